@@ -1,0 +1,36 @@
+# The two commands (README): `make run` runs the whole pipeline on the bundled mini world,
+# `make test` runs the test suite. Both create .venv and install what they need when missing.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= configs/mini.yaml
+# Re-install when the dependency list changes.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# pip on our machines prints one warning per missing local index folder; keep the log readable.
+QUIET_PIP := sed "/is ignored: it is neither a file nor a directory/d"
+
+.PHONY: install run test world clean-venv
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing into $(VENV) (first time: ~2 minutes)"
+	$(BIN)/python -m pip install -q --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pip install -q "torch==2.13.0" 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pip install -q -e ".[dev]" 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pip check
+	@rm -f $(VENV)/.installed-* && touch $@
+
+run: $(STAMP)
+	$(BIN)/tuna run --config $(CONFIG)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+world: $(STAMP)
+	$(BIN)/tuna world --config $(CONFIG)
+
+clean-venv:
+	rm -rf $(VENV)

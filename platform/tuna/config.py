@@ -1,0 +1,329 @@
+"""Typed recipe configuration: one frozen dataclass per step, loaded from YAML with `key=value` overrides.
+
+A recipe (``configs/*.yaml``) holds data only; this module is its schema. Loading validates every key
+when the config is built: an unknown key, a wrong type or an impossible value raises
+:class:`~tuna.errors.ConfigError` with a one-line message naming the dotted key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tuna.errors import ConfigError
+
+ImageFormat = Literal["png", "jpg"]
+Projector = Literal["linear", "mlp2x_gelu"]
+TagMode = Literal["tags", "captions", "random", "none"]
+
+# Hard limits of the procedural world (names and shapes it can draw); see tuna.world.taxonomy.
+MAX_SUPERORDINATES = 6
+MAX_COARSE_PER_SUPERORDINATE = 4
+MAX_FINE_PER_COARSE = 7
+NUM_SHAPES = 18
+
+
+class _KeyError(ConfigError):
+    """A value check inside a section; the loader prefixes the section path."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.detail = message
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise _KeyError(key, message)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where and with which seed every step of a run writes."""
+
+    name: str = "mini"
+    seed: int = 0
+    data_dir: str = "data/mini"
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name.strip()), "name", "must be a non-empty string")
+        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        _require(bool(self.data_dir.strip()), "data_dir", "must be a non-empty path")
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """Size of one domain's three-level taxonomy (superordinate > coarse > fine)."""
+
+    superordinates: int = 2
+    coarse_per_superordinate: int = 3
+    fine_per_coarse: int = 4
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.superordinates <= MAX_SUPERORDINATES, "superordinates",
+                 f"must be in 1..{MAX_SUPERORDINATES}, got {self.superordinates}")
+        _require(1 <= self.coarse_per_superordinate <= MAX_COARSE_PER_SUPERORDINATE,
+                 "coarse_per_superordinate",
+                 f"must be in 1..{MAX_COARSE_PER_SUPERORDINATE}, got {self.coarse_per_superordinate}")
+        _require(2 <= self.fine_per_coarse <= MAX_FINE_PER_COARSE, "fine_per_coarse",
+                 f"must be in 2..{MAX_FINE_PER_COARSE} (siblings must exist to be confusable), "
+                 f"got {self.fine_per_coarse}")
+
+    @property
+    def num_coarse(self) -> int:
+        return self.superordinates * self.coarse_per_superordinate
+
+    @property
+    def num_fine(self) -> int:
+        return self.num_coarse * self.fine_per_coarse
+
+
+@dataclass(frozen=True)
+class TaxonomyConfig(DomainConfig):
+    """Domain A: the training domain, with a held-out (OOD) share of fine classes."""
+
+    superordinates: int = 4
+    coarse_per_superordinate: int = 3
+    fine_per_coarse: int = 5
+    ood_fraction: float = 0.3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0.0 < self.ood_fraction < 1.0, "ood_fraction",
+                 f"must be in (0, 1): at least one class per coarse class is held out and at least one "
+                 f"is seen; got {self.ood_fraction}")
+        n_ood = self.num_ood
+        _require(n_ood <= self.num_fine - self.num_coarse, "ood_fraction",
+                 f"{self.ood_fraction} holds out {n_ood} of {self.num_fine} fine classes, more OOD than "
+                 f"classes allow (each of the {self.num_coarse} coarse classes keeps one seen class); "
+                 f"lower it")
+
+    @property
+    def num_ood(self) -> int:
+        """Held-out fine classes: the fraction rounded, and at least one per coarse class."""
+        return max(self.num_coarse, round(self.ood_fraction * self.num_fine))
+
+
+@dataclass(frozen=True)
+class CorpusSizes:
+    """Number of samples per corpus (eval sizes are per split: ID and OOD each)."""
+
+    web: int = 12000
+    web_b: int = 3000
+    alignment: int = 6000
+    instruction: int = 4000
+    pope_images: int = 100
+    finer: int = 300
+    finer_b: int = 300
+    mme_images: int = 40
+    captions: int = 100
+    text_docs_per_class: int = 20
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            n = getattr(self, f.name)
+            _require(1 <= n <= 10_000_000, f.name, f"must be in 1..10000000 samples, got {n}")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """How web alt-text departs from the truth (CC3M-like noise)."""
+
+    omit_rate: float = 0.15
+    misname_rate: float = 0.05
+    entity_rate: float = 0.2
+    filler_rate: float = 0.35
+    corrupt_rate: float = 0.002
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            p = getattr(self, f.name)
+            _require(0.0 <= p <= 1.0, f.name, f"must be a probability in [0, 1], got {p}")
+        _require(self.corrupt_rate <= 0.5, "corrupt_rate",
+                 f"must be <= 0.5 (a corpus must stay mostly readable), got {self.corrupt_rate}")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The bundled synthetic world: taxonomy, rendering and corpus sizes."""
+
+    image_size: int = 64
+    image_format: ImageFormat = "png"
+    objects_per_image: tuple[int, int] = (1, 4)
+    shard_size: int = 1000
+    workers: int = 2
+    taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
+    domain_b: DomainConfig = field(default_factory=DomainConfig)
+    sizes: CorpusSizes = field(default_factory=CorpusSizes)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+
+    def __post_init__(self) -> None:
+        _require(32 <= self.image_size <= 1024, "image_size", f"must be in 32..1024 pixels, got {self.image_size}")
+        lo, hi = self.objects_per_image
+        _require(1 <= lo <= hi <= 6, "objects_per_image", f"must be [min, max] with 1 <= min <= max <= 6, got [{lo}, {hi}]")
+        _require(hi >= 3, "objects_per_image", f"max must be >= 3 (POPE needs 3 objects per image), got {hi}")
+        _require(1 <= self.shard_size <= 100_000, "shard_size", f"must be in 1..100000, got {self.shard_size}")
+        _require(1 <= self.workers <= 64, "workers", f"must be in 1..64, got {self.workers}")
+        used = self.taxonomy.num_coarse + self.domain_b.num_coarse
+        _require(used <= NUM_SHAPES, "domain_b",
+                 f"domain A ({self.taxonomy.num_coarse}) and domain B ({self.domain_b.num_coarse}) need "
+                 f"{used} coarse classes, each with its own shape; only {NUM_SHAPES} shapes exist")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which checkpoints build TUNA (a path or hub id each; unset = the tiny models trained on the world)."""
+
+    vision_tower: str | None = None
+    language_model: str | None = None
+    projector: Projector = "mlp2x_gelu"
+    vision_feature_layer: int = -2
+    num_tags: int = 5
+    tag_mode: TagMode = "tags"
+    tuner: bool = True
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.num_tags <= 64, "num_tags", f"must be in 1..64, got {self.num_tags}")
+        _require(self.vision_feature_layer != 0, "vision_feature_layer",
+                 "0 is the embedding output; use -1 (last) or -2 (LLaVA's choice)")
+
+
+@dataclass(frozen=True)
+class TunaConfig:
+    """A whole recipe."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.run.data_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (tuples become lists), the same shape as the YAML recipe."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from plain data, with dotted-key error messages.
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, allowed))}; got {value!r}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in _TYPE_NAMES:
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(f"{key}: must be {_TYPE_NAMES[tp]}, got {value!r}")
+    raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a schema bug, not user input
+
+
+def build(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; every error names the dotted key ``path.key``."""
+    where = path or "recipe"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a mapping of keys, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            full = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"unknown key '{full}'; allowed under {where}: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            full = f"{path}.{name}" if path else name
+            kwargs[name] = _coerce(data[name], hints[name], full)
+    try:
+        return cls(**kwargs)
+    except _KeyError as err:
+        full = f"{path}.{err.key}" if path else err.key
+        raise ConfigError(f"{full}: {err.detail}") from None
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in a raw recipe mapping; the value is parsed as YAML (``3``, ``0.5``, ``[1, 4]``)."""
+    key, sep, raw = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {override!r}: expected key=value, e.g. world.sizes.web=200")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({err.problem})") from None
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TunaConfig:
+    """Load a YAML recipe (or the defaults when ``path`` is None), apply overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found; pass one of configs/smoke.yaml, configs/mini.yaml, configs/llava7b.yaml")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            line = getattr(getattr(err, "problem_mark", None), "line", None)
+            at = f" at line {line + 1}" if line is not None else ""
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML{at}; fix its syntax") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections (run, world, model)")
+        data = loaded or {}
+    for override in overrides:
+        apply_override(data, override)
+    return build(TunaConfig, data)
+
+
+def section_fingerprint(section: Any) -> str:
+    """A stable hash of one config section, used to tell whether a step's output is up to date."""
+    import hashlib
+    import json
+
+    payload = json.dumps(_plain(dataclasses.asdict(section)), sort_keys=True).encode()
+    return hashlib.sha256(payload).hexdigest()[:16]

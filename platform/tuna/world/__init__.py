@@ -1,0 +1,1 @@
+"""The bundled synthetic world: taxonomies, scenes, renderer, and corpora in real formats."""
