@@ -1,0 +1,70 @@
+"""Per-sample validation shared by batch jobs: decode or reject one sample, and keep a quarantine list.
+
+Batch jobs never stop on a bad sample: they skip it, count it and record the key and the reason in
+``quarantine.jsonl`` next to their output, then say how many were skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from tuna.errors import CorruptSample
+from tuna.formats import WebSample
+
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def decode_image(data: bytes | None, key: str) -> Image.Image:
+    """RGB image from encoded bytes; raises CorruptSample naming the key for missing, truncated or non-image bytes."""
+    if not data:
+        raise CorruptSample(key, "no image bytes")
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.width * img.height > MAX_IMAGE_PIXELS:
+            raise CorruptSample(key, f"image is {img.width}x{img.height}, over the {MAX_IMAGE_PIXELS} pixel limit")
+        img.load()  # forces a full decode: truncated files fail here, not later
+        return img.convert("RGB")
+    except CorruptSample:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        raise CorruptSample(key, f"image does not decode ({type(err).__name__}: {err})") from None
+
+
+def caption_text(sample: WebSample, max_chars: int) -> str:
+    """The caption of a web sample, rejected when missing, empty, not UTF-8 or longer than ``max_chars``."""
+    text = sample.text()
+    if len(text) > max_chars:
+        raise CorruptSample(sample.key, f"caption is {len(text)} characters, over the {max_chars} limit (mine.max_caption_chars)")
+    return text
+
+
+class Quarantine:
+    """Collects rejected samples; :meth:`write` saves them as JSON lines (key, source, reason)."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, str]] = []
+
+    def add(self, err: CorruptSample, source: str = "") -> None:
+        self.rows.append({"key": err.key, "source": source, "reason": err.reason})
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def reasons(self) -> dict[str, int]:
+        """Count per reason kind (the reason text up to its first parenthesis or comma)."""
+        return dict(Counter(r["reason"].split(" (")[0].split(",")[0] for r in self.rows))
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows), encoding="utf-8")
+
+    def summary(self, total: int, what: str = "samples") -> str:
+        if not self.rows:
+            return f"{total} {what}, none skipped"
+        kinds = ", ".join(f"{n} {k}" for k, n in sorted(self.reasons().items()))
+        return f"{total} {what}, {len(self.rows)} skipped ({kinds}); see quarantine.jsonl"
