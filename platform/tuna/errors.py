@@ -28,10 +28,11 @@ class DataFormatError(TunaError, ValueError):
 class CorruptSample(TunaError, ValueError):
     """One sample of a batch job is unreadable (bad image bytes, empty or non-UTF-8 caption)."""
 
-    def __init__(self, key: str, reason: str) -> None:
+    def __init__(self, key: str, reason: str, kind: str = "corrupt") -> None:
         super().__init__(f"sample {key!r}: {reason}")
         self.key = key
         self.reason = reason
+        self.kind = kind  # short label for counting: bad_image, empty_caption, long_caption, ...
 
 
 class InvalidRequest(TunaError, ValueError):

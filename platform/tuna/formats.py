@@ -92,13 +92,13 @@ class WebSample:
         from tuna.errors import CorruptSample
 
         if self.caption is None:
-            raise CorruptSample(self.key, "no caption (.txt) in the shard")
+            raise CorruptSample(self.key, "no caption (.txt) in the shard", "no_caption")
         try:
             text = self.caption.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise CorruptSample(self.key, f"caption is not UTF-8 (byte {err.start})") from None
+            raise CorruptSample(self.key, f"caption is not UTF-8 (byte {err.start})", "non_utf8_caption") from None
         if not text.strip():
-            raise CorruptSample(self.key, "caption is empty")
+            raise CorruptSample(self.key, "caption is empty", "empty_caption")
         return text
 
 

@@ -22,42 +22,42 @@ MAX_IMAGE_PIXELS = 64_000_000
 def decode_image(data: bytes | None, key: str) -> Image.Image:
     """RGB image from encoded bytes; raises CorruptSample naming the key for missing, truncated or non-image bytes."""
     if not data:
-        raise CorruptSample(key, "no image bytes")
+        raise CorruptSample(key, "no image bytes", "no_image")
     try:
         img = Image.open(io.BytesIO(data))
         if img.width * img.height > MAX_IMAGE_PIXELS:
-            raise CorruptSample(key, f"image is {img.width}x{img.height}, over the {MAX_IMAGE_PIXELS} pixel limit")
+            raise CorruptSample(key, f"image is {img.width}x{img.height}, over the {MAX_IMAGE_PIXELS} pixel limit", "image_too_large")
         img.load()  # forces a full decode: truncated files fail here, not later
         return img.convert("RGB")
     except CorruptSample:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise CorruptSample(key, f"image does not decode ({type(err).__name__}: {err})") from None
+        raise CorruptSample(key, f"image does not decode ({type(err).__name__}: {err})", "bad_image") from None
 
 
 def caption_text(sample: WebSample, max_chars: int) -> str:
     """The caption of a web sample, rejected when missing, empty, not UTF-8 or longer than ``max_chars``."""
     text = sample.text()
     if len(text) > max_chars:
-        raise CorruptSample(sample.key, f"caption is {len(text)} characters, over the {max_chars} limit (mine.max_caption_chars)")
+        raise CorruptSample(sample.key, f"caption is {len(text)} characters, over the {max_chars} limit (mine.max_caption_chars)", "long_caption")
     return text
 
 
 class Quarantine:
-    """Collects rejected samples; :meth:`write` saves them as JSON lines (key, source, reason)."""
+    """Collects rejected samples; :meth:`write` saves them as JSON lines (key, source, kind, reason)."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, str]] = []
 
     def add(self, err: CorruptSample, source: str = "") -> None:
-        self.rows.append({"key": err.key, "source": source, "reason": err.reason})
+        self.rows.append({"key": err.key, "source": source, "kind": err.kind, "reason": err.reason})
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def reasons(self) -> dict[str, int]:
-        """Count per reason kind (the reason text up to its first parenthesis or comma)."""
-        return dict(Counter(r["reason"].split(" (")[0].split(",")[0] for r in self.rows))
+        """Count per kind (bad_image, empty_caption, long_caption, ...)."""
+        return dict(Counter(r["kind"] for r in self.rows))
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
