@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -36,21 +35,72 @@ def cmd_world(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """Run every step built so far, in order, skipping steps whose outputs are up to date."""
-    from tuna.world.generate import generate_world, is_up_to_date, world_dir
+def cmd_index(args: argparse.Namespace) -> int:
+    from tuna.retrieval.datastore import DATASTORES, build_datastore
 
     cfg = _config(args)
-    timings: list[tuple[str, float, str]] = []
-    t0 = time.perf_counter()
-    if not args.force and is_up_to_date(cfg):
-        timings.append(("world", 0.0, "up to date"))
-    else:
-        generate_world(cfg, progress=not args.quiet)
-        timings.append(("world", time.perf_counter() - t0, f"-> {world_dir(cfg)}"))
-    print(f"\nrun '{cfg.run.name}' (seed {cfg.run.seed}) done:")
-    for step, secs, note in timings:
-        print(f"  {step:<10} {secs:7.1f}s  {note}")
+    names = list(DATASTORES) if args.datastore == "all" else [args.datastore]
+    for name in names:
+        m = build_datastore(cfg, name, rebuild=args.rebuild, progress=not args.quiet)
+        print(f"  {name:<11} {m['rows']:>7} rows  skipped {m['skipped']:>4}  index {m['index']['type']}/{m['index']['metric']}"
+              f"  encoder {m['encoder']['fingerprint']}  -> {m['uri']}")
+    return 0
+
+
+def _index_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--datastore", default="all", choices=["A", "B", "A_captions", "all"],
+                   help="which datastore to build (default: all)")
+    p.add_argument("--rebuild", action="store_true", help="drop the collection first instead of resuming")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_encoder(args: argparse.Namespace) -> int:
+    """Train the tiny CLIP (or load model.vision_tower) and print its zero-shot FINER accuracy."""
+    from tuna.retrieval.encoder import run_encoder, summary_line
+
+    out = run_encoder(_config(args), force=args.force, progress=not args.quiet)
+    print(f"encoder {out['path']} ({out['status']}; fingerprint {out['fingerprint']}, dim {out['dim']})")
+    print(f"  {summary_line(out['metrics'])}")
+    return 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    """Mine tags from the web corpora (A, B or all) into <data_dir>/tags/<domain>/ and print a summary."""
+    from tuna.tags.io import is_up_to_date, mine_corpus, resolve_domains, tags_dir
+
+    cfg = _config(args)
+    miner = None
+    for domain in resolve_domains(args.domain):
+        if not args.force and is_up_to_date(cfg, domain):
+            print(f"  {domain}  tags are up to date at {tags_dir(cfg, domain)} (same shards and mine config); --force re-mines")
+            continue
+        if miner is None:
+            from tuna.tags.miner import TagMiner
+
+            miner = TagMiner(cfg.mine)
+        m = mine_corpus(cfg, domain, progress=not args.quiet, miner=miner)
+        kinds = ", ".join(f"{n} {k}" for k, n in m["skipped_by_kind"].items())
+        print(f"  {domain}  {m['count']:>7} captions mined, {m['skipped']} skipped{f' ({kinds})' if kinds else ''}; "
+              f"{m['unique_objects']} unique objects, {m['tags_per_caption']} tags/caption; "
+              f"{m['seconds']:.1f}s ({m['captions_per_second']} captions/s) -> {tags_dir(cfg, domain)}")
+    return 0
+
+
+def _mine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--domain", default="all", choices=["A", "B", "all"], help="which web corpus to mine (default: all)")
+    p.add_argument("--force", action="store_true", help="re-mine even when the tags are up to date")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run every step built so far, in order, skipping steps whose outputs are up to date."""
+    from tuna.runner import run_all
+
+    cfg = _config(args)
+    results = run_all(cfg, force=args.force, progress=not args.quiet)
+    print(f"\nrun '{cfg.run.name}' (seed {cfg.run.seed}) done in {sum(r.seconds for r in results):.1f}s:")
+    for r in results:
+        print(f"  {r.name:<8} {r.seconds:7.1f}s  {r.summary}")
     return 0
 
 
@@ -74,6 +124,9 @@ def _force_quiet(p: argparse.ArgumentParser) -> None:
 
 VERBS: dict[str, Verb] = {
     "world": Verb("generate the bundled world: taxonomies, images and every corpus in real formats", cmd_world, _force_quiet),
+    "index": Verb("embed the web corpora and build the Milvus datastores A, B and A_captions (resumable)", cmd_index, _index_args),
+    "encoder": Verb("train the tiny CLIP on web A + B (or load model.vision_tower); print zero-shot accuracy", cmd_encoder, _force_quiet),
+    "mine": Verb("mine tags (objects, attributes, entities) from the web captions with spaCy", cmd_mine, _mine_args),
     "run": Verb("run the whole pipeline built so far on a recipe (the README's main command)", cmd_run, _force_quiet),
 }
 

@@ -204,26 +204,40 @@ class MineConfig:
 class EncoderConfig:
     """The tiny CLIP trained contrastively on the web corpora (unused when model.vision_tower is set)."""
 
-    patch_size: int = 12
-    hidden_size: int = 128
-    layers: int = 4
-    heads: int = 4
-    text_hidden_size: int = 128
-    text_layers: int = 2
-    projection_dim: int = 128
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    threads: int = 2
+    patch_size: int = 12            # ViT patch side in pixels; must divide world.image_size
+    hidden_size: int = 64           # vision width
+    layers: int = 3                 # vision transformer layers
+    heads: int = 2                  # vision attention heads
+    mlp_ratio: int = 4              # MLP width / hidden width, both towers
+    text_hidden_size: int = 64      # text width
+    text_layers: int = 1            # text transformer layers
+    text_heads: int = 2             # text attention heads
+    max_text_tokens: int = 48       # caption tokens kept (with start/end tokens); longer captions are cut
+    projection_dim: int = 64        # shared image-text embedding size (the datastore key size)
+    epochs: int = 10                # passes over web A + web B
+    batch_size: int = 128           # pairs per contrastive batch (the negatives of each pair)
+    lr: float = 1e-3                # AdamW peak learning rate
+    weight_decay: float = 0.05      # AdamW weight decay on matrices (not norms, biases, embeddings)
+    warmup: float = 0.05            # share of steps with linear warmup, then cosine decay to 0
+    flip: bool = True               # random horizontal flips of training images
+    text_dropout: float = 0.0       # chance each caption word is dropped per step (names must carry the match)
+    threads: int = 2                # torch CPU threads
 
     def __post_init__(self) -> None:
-        for name in ("patch_size", "hidden_size", "layers", "heads", "text_hidden_size", "text_layers",
-                     "projection_dim", "epochs", "batch_size", "threads"):
+        for name in ("patch_size", "hidden_size", "layers", "heads", "mlp_ratio", "text_hidden_size", "text_layers",
+                     "text_heads", "projection_dim", "epochs", "batch_size", "threads"):
             v = getattr(self, name)
             _require(v >= 1, name, f"must be >= 1, got {v}")
         _require(self.hidden_size % self.heads == 0, "heads",
                  f"hidden_size {self.hidden_size} must be divisible by heads {self.heads}")
+        _require(self.text_hidden_size % self.text_heads == 0, "text_heads",
+                 f"text_hidden_size {self.text_hidden_size} must be divisible by text_heads {self.text_heads}")
+        _require(8 <= self.max_text_tokens <= 512, "max_text_tokens", f"must be in 8..512, got {self.max_text_tokens}")
+        _require(self.batch_size >= 2, "batch_size", f"must be >= 2 (a contrastive batch needs negatives), got {self.batch_size}")
         _require(0 < self.lr < 1, "lr", f"must be in (0, 1), got {self.lr}")
+        _require(0 <= self.weight_decay < 1, "weight_decay", f"must be in [0, 1), got {self.weight_decay}")
+        _require(0 <= self.warmup < 1, "warmup", f"must be a share of steps in [0, 1), got {self.warmup}")
+        _require(0 <= self.text_dropout < 1, "text_dropout", f"must be a probability in [0, 1), got {self.text_dropout}")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,6 @@ import concurrent.futures as cf
 import hashlib
 import json
 import multiprocessing
-import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,8 +21,9 @@ import numpy as np
 from tqdm import tqdm
 
 from tuna.config import TunaConfig, section_fingerprint
-from tuna.errors import OutputError
+from tuna.errors import ConfigError
 from tuna.formats import dump_json, dump_jsonl, write_web_shard
+from tuna.staging import staged_dir
 from tuna.world import language
 from tuna.world.questions import MME_TASKS, POPE_SPLITS, mme_pair, pope_questions
 from tuna.world.render import encode, render
@@ -95,7 +94,7 @@ def _make(job: tuple[CorpusSpec, int]) -> Sample:
                 continue
         break
     else:
-        raise RuntimeError(f"{spec.name}[{index}]: no valid scene in 200 draws; widen world.objects_per_image")
+        raise ConfigError(f"{spec.name}[{index}]: no valid scene in 200 draws; widen world.objects_per_image")
     image = encode(render(scene, rng), w.image_format)
     if spec.text == "web":
         tax = _STATE["B"] if spec.pool == "B" else _STATE["A"]
@@ -361,26 +360,11 @@ def _fingerprint(cfg: TunaConfig) -> str:
     return section_fingerprint(cfg.world) + f"-seed{cfg.run.seed}"
 
 
-def _prepare_output(target: Path) -> Path:
-    parent = target.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        tmp = parent / f".{target.name}.tmp-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-    except OSError as err:
-        raise OutputError(f"cannot write the world under {str(parent)!r} ({err.strerror or err}); "
-                          f"set run.data_dir to a writable folder") from None
-    return tmp
-
-
 def generate_world(cfg: TunaConfig, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Generate the whole world into ``<run.data_dir>/world`` and return its manifest."""
     target = world_dir(cfg)
-    tmp = _prepare_output(target)
-    try:
-        t0 = time.perf_counter()
+    t0 = time.perf_counter()
+    with staged_dir(target, "world") as tmp:
         a, b = build_taxonomies(cfg.world.taxonomy, cfg.world.domain_b, cfg.run.seed)
         out = _Writer(tmp)
         out.write("taxonomy.json", dump_taxonomies(a, b).encode())
@@ -397,17 +381,5 @@ def generate_world(cfg: TunaConfig, progress: bool = True, log: Callable[[str], 
             "digests": out.digests(),
         }
         (tmp / "manifest.json").write_bytes(dump_json(manifest))
-        _swap_into_place(tmp, target)
-        log(f"world written to {target} in {time.perf_counter() - t0:.1f}s")
-        return manifest
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    log(f"world written to {target} in {time.perf_counter() - t0:.1f}s")
+    return manifest

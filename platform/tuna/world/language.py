@@ -11,7 +11,7 @@ from tuna.config import NoiseConfig
 from tuna.world.scene import ObjectInstance, Scene
 from tuna.world.taxonomy import COLOURS, MARK_PHRASES, FineClass, Taxonomy
 
-NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six"]
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven"]  # up to max objects (6) + 1: MME count negatives
 FILLERS = ["", "", "stock photo of ", "image of ", "a photo of ", "close-up view of ", "illustration : ",
            "my new ", "look at this ", "vector image of ", "picture of "]
 SUFFIXES = ["", "", " on a textured background", " !", " for sale", " , isolated", " - free image"]

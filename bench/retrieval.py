@@ -1,0 +1,172 @@
+"""Retrieval benchmark: Milvus Lite (our datastore path) vs faiss-cpu (IndexFlatIP, IndexHNSWFlat) and
+numpy brute force, on the same vectors, in one run on one machine.
+
+Two vector sets: the real world embeddings (datastore A's corpus through the trained encoder) and
+N random 512-d unit vectors (default 200k). For each engine: build time, batch QPS over 1,000
+queries, single-query p50/p99 latency, recall@10 against exact search. Writes JSON.
+
+    .venv/bin/python bench/retrieval.py --config configs/mini.yaml [--random-rows 200000] [--out bench/results/retrieval.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform as pyplatform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tuna.config import IndexConfig, load_config
+from tuna.retrieval.store import MilvusStore
+
+K = 10
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def exact_topk(base: np.ndarray, queries: np.ndarray, k: int = K) -> np.ndarray:
+    sims = queries @ base.T
+    idx = np.argpartition(-sims, k, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(sims, idx, 1), axis=1)
+    return np.take_along_axis(idx, order, 1)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def _latency(fn, queries: np.ndarray, n: int) -> tuple[float, float]:
+    times = []
+    for q in queries[:n]:
+        t = time.perf_counter()
+        fn(q[None, :])
+        times.append((time.perf_counter() - t) * 1000)
+    return float(np.percentile(times, 50)), float(np.percentile(times, 99))
+
+
+def bench_numpy(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, singles: int) -> dict:
+    t = time.perf_counter()
+    found = exact_topk(base, queries)
+    batch = time.perf_counter() - t
+    p50, p99 = _latency(lambda q: exact_topk(base, q), queries, singles)
+    return {"build_s": 0.0, "batch_qps": len(queries) / batch, "single_p50_ms": p50, "single_p99_ms": p99,
+            "recall_at_10": recall(found, truth)}
+
+
+def bench_faiss(kind: str, base: np.ndarray, queries: np.ndarray, truth: np.ndarray, singles: int, ix: IndexConfig) -> dict:
+    import faiss
+
+    d = base.shape[1]
+    t = time.perf_counter()
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    else:
+        index = faiss.IndexHNSWFlat(d, ix.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ix.ef_construction
+        index.hnsw.efSearch = max(ix.ef, K)
+    index.add(base)
+    build = time.perf_counter() - t
+    t = time.perf_counter()
+    _, found = index.search(queries, K)
+    batch = time.perf_counter() - t
+    p50, p99 = _latency(lambda q: index.search(q, K), queries, singles)
+    return {"build_s": build, "batch_qps": len(queries) / batch, "single_p50_ms": p50, "single_p99_ms": p99,
+            "recall_at_10": recall(found, truth)}
+
+
+def bench_milvus(base: np.ndarray, queries: np.ndarray, truth: np.ndarray, singles: int, ix: IndexConfig, workdir: Path) -> dict:
+    store = MilvusStore(str(workdir / f"bench-{base.shape[0]}-{base.shape[1]}.db"))
+    ids = [str(i) for i in range(len(base))]
+    t = time.perf_counter()
+    store.ensure("bench", base.shape[1])
+    step = 2000
+    for s in range(0, len(base), step):
+        store.upsert("bench", ids[s:s + step], base[s:s + step], [[] for _ in ids[s:s + step]], [""] * len(ids[s:s + step]), "bench")
+    insert = time.perf_counter() - t
+    store.build_index("bench", ix)
+    build = time.perf_counter() - t
+    t = time.perf_counter()
+    hits = store.search("bench", queries, K, ix, batch_size=len(queries))
+    batch = time.perf_counter() - t
+    found = np.array([[int(n.id) for n in h] for h in hits])
+    p50, p99 = _latency(lambda q: store.search("bench", q, K, ix), queries, singles)
+    store.close()
+    return {"build_s": build, "insert_rows_per_s": len(base) / insert, "batch_qps": len(queries) / batch,
+            "single_p50_ms": p50, "single_p99_ms": p99, "recall_at_10": recall(found, truth)}
+
+
+def run_set(name: str, base: np.ndarray, queries: np.ndarray, ix: IndexConfig, singles: int, workdir: Path) -> dict:
+    truth = exact_topk(base, queries)
+    print(f"[{name}] {base.shape[0]} x {base.shape[1]}, {len(queries)} queries", flush=True)
+    res = {"rows": int(base.shape[0]), "dim": int(base.shape[1]), "queries": int(len(queries)), "engines": {}}
+    for engine, fn in (("numpy_bruteforce", lambda: bench_numpy(base, queries, truth, singles)),
+                       ("faiss_flat_ip", lambda: bench_faiss("flat", base, queries, truth, singles, ix)),
+                       ("faiss_hnsw", lambda: bench_faiss("hnsw", base, queries, truth, singles, ix)),
+                       ("milvus_lite_hnsw", lambda: bench_milvus(base, queries, truth, singles, ix, workdir))):
+        r = fn()
+        res["engines"][engine] = {k: round(v, 4) for k, v in r.items()}
+        print(f"  {engine:<18} " + "  ".join(f"{k}={v:.4g}" for k, v in r.items()), flush=True)
+    m = res["engines"]["milvus_lite_hnsw"]
+    res["ratios_milvus_over"] = {
+        peer: {"batch_qps": round(m["batch_qps"] / res["engines"][peer]["batch_qps"], 4),
+               "single_p50": round(m["single_p50_ms"] / res["engines"][peer]["single_p50_ms"], 2)}
+        for peer in ("numpy_bruteforce", "faiss_flat_ip", "faiss_hnsw")}
+    return res
+
+
+def world_vectors(cfg_path: str, limit: int) -> np.ndarray:
+    from tuna.errors import CorruptSample
+    from tuna.formats import iter_web
+    from tuna.retrieval.encoder import encoder_path, load_encoder
+    from tuna.samples import decode_image
+    from tuna.world.generate import world_dir
+
+    cfg = load_config(cfg_path)
+    enc = load_encoder(encoder_path(cfg))
+    images = []
+    for s in iter_web(world_dir(cfg) / "web/A"):
+        try:
+            images.append(decode_image(s.image, s.key))
+        except CorruptSample:
+            continue
+        if len(images) >= limit:
+            break
+    return enc.embed_images(images)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/mini.yaml")
+    ap.add_argument("--random-rows", type=int, default=200_000)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--singles", type=int, default=200, help="single-query latency samples")
+    ap.add_argument("--out", default="bench/results/retrieval.json")
+    args = ap.parse_args()
+    cfg = load_config(args.config)
+    ix = cfg.index
+    rng = np.random.default_rng(0)
+    results = {"machine": {"python": sys.version.split()[0], "platform": pyplatform.platform()},
+               "k": K, "index": {"M": ix.hnsw_m, "efConstruction": ix.ef_construction, "ef": ix.ef}, "sets": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        vecs = world_vectors(args.config, limit=1_000_000)
+        q = rng.choice(len(vecs), size=min(args.queries, len(vecs)), replace=False)
+        queries = _unit(vecs[q] + rng.normal(0, 0.02, vecs[q].shape).astype(np.float32))
+        results["sets"]["world"] = run_set("world", vecs, queries, ix, args.singles, Path(tmp))
+        base = _unit(rng.normal(size=(args.random_rows, 512)).astype(np.float32))
+        queries = _unit(rng.normal(size=(args.queries, 512)).astype(np.float32))
+        results["sets"]["random512"] = run_set("random512", base, queries, ix, args.singles, Path(tmp))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Retrieval: the CLIP encoder and the Milvus datastore."""

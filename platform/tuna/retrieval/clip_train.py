@@ -1,0 +1,226 @@
+"""Contrastive pre-training of the tiny CLIP on web corpora: pairs, tokenizer, processor, model, loop.
+
+The pieces :func:`tuna.retrieval.encoder.train_encoder` puts together. Everything here is pure
+torch / transformers / tokenizers: no files are written and no tracking or datastore engine is touched.
+
+- :func:`load_pairs` reads WebDataset shards, decodes every image once into a uint8 tensor and
+  quarantines what does not decode (truncated images, empty / non-UTF-8 / oversized captions);
+- :func:`build_tokenizer` trains a word-level tokenizer on the captions, wrapped as a
+  ``PreTrainedTokenizerFast`` (round-trips through ``save_pretrained`` / ``AutoTokenizer``);
+- :func:`build_processor` is the CLIP image processor (PIL backend) at the world's image size;
+- :func:`build_model` is a Hugging Face ``CLIPModel`` (ViT image tower, causal text tower);
+- :func:`train_clip` runs symmetric InfoNCE with a learnable temperature, AdamW, warmup + cosine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from tqdm import tqdm
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+from transformers import PreTrainedTokenizerFast
+
+from tuna.config import EncoderConfig
+from tuna.errors import ConfigError, CorruptSample, DataFormatError
+from tuna.formats import iter_web
+from tuna.samples import Quarantine, caption_text, decode_image
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"
+SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]  # ids 0..3; EOS must not be 2 (CLIP's legacy argmax pooling)
+PROMPT_WORDS = "a photo of a ."          # zero-shot prompt words, always in the vocabulary
+MAX_LOGIT_SCALE = math.log(100.0)       # CLIP clamps the learned temperature at 1/100
+
+
+@dataclass
+class Pairs:
+    """Decoded image-caption pairs of one or more web corpora."""
+
+    pixels: torch.Tensor                 # (N, 3, S, S) uint8, already resized/cropped as the processor does
+    captions: list[str]
+    total: int                           # samples read, kept or not
+    quarantine: Quarantine
+    corpus_sha256: str                   # hash of every shard file read, in order
+    per_corpus: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> samples, kept, skipped
+
+
+def _resize_like_processor(img, processor: CLIPImageProcessorPil) -> np.ndarray:
+    """(3, S, S) uint8 of an off-size image: the processor's resize + centre crop, without rescale/normalise."""
+    out = processor(images=[img], do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"][0]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def load_pairs(folders: Mapping[str, Path], processor: CLIPImageProcessorPil, max_caption_chars: int,
+               progress: bool = True) -> Pairs:
+    """Every readable (image, caption) pair of the WebDataset shards in ``folders`` (name -> folder).
+
+    Corrupt samples are skipped and recorded in the returned quarantine with source ``name/shard``.
+    """
+    size = processor.crop_size["height"], processor.crop_size["width"]
+    arrays: list[np.ndarray] = []
+    captions: list[str] = []
+    quarantine = Quarantine()
+    per_corpus: dict[str, dict[str, int]] = {}
+    digest = hashlib.sha256()
+    total = 0
+    for name, folder in folders.items():
+        folder = Path(folder)
+        for shard in sorted(folder.glob("*.tar")):
+            digest.update(f"{name}/{shard.name}\0".encode())
+            digest.update(hashlib.sha256(shard.read_bytes()).digest())
+        n = kept = 0
+        for sample in tqdm(iter_web(folder), desc=f"read {name}", unit="pair", disable=not progress, leave=False):
+            n += 1
+            try:
+                text = caption_text(sample, max_caption_chars)
+                img = decode_image(sample.image, sample.key)
+            except CorruptSample as err:
+                quarantine.add(err, f"{name}/{sample.shard}")
+                continue
+            if (img.height, img.width) == size:
+                arrays.append(np.asarray(img, np.uint8).transpose(2, 0, 1))
+            else:
+                arrays.append(_resize_like_processor(img, processor))
+            captions.append(text)
+            kept += 1
+        per_corpus[name] = {"samples": n, "kept": kept, "skipped": n - kept}
+        total += n
+    if not captions:
+        raise DataFormatError(f"no readable image-caption pair in {', '.join(str(f) for f in folders.values())} "
+                              f"({len(quarantine)} quarantined); regenerate the world (tuna world --force)")
+    pixels = torch.from_numpy(np.stack(arrays))
+    return Pairs(pixels=pixels, captions=captions, total=total, quarantine=quarantine,
+                 corpus_sha256=digest.hexdigest(), per_corpus=per_corpus)
+
+
+def build_tokenizer(captions: list[str], max_tokens: int) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the captions' words (lowercased, punctuation split off).
+
+    Adds ``<|startoftext|>`` / ``<|endoftext|>`` around every text, pads with ``<pad>`` on the right.
+    """
+    tok = Tokenizer(models.WordLevel(unk_token=UNK))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1, show_progress=False)
+    tok.train_from_iterator([PROMPT_WORDS, *captions], trainer)
+    bos, eos = tok.token_to_id(BOS), tok.token_to_id(EOS)
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A {EOS}", special_tokens=[(BOS, bos), (EOS, eos)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+                                   model_max_length=max_tokens, padding_side="right",
+                                   model_input_names=["input_ids", "attention_mask"])
+
+
+def build_processor(image_size: int) -> CLIPImageProcessorPil:
+    """CLIP preprocessing (bicubic shortest-edge resize, centre crop, OpenAI mean/std) at ``image_size``."""
+    return CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+
+
+def build_model(enc: EncoderConfig, tokenizer: PreTrainedTokenizerFast, image_size: int) -> CLIPModel:
+    """A freshly initialised ``CLIPModel`` sized by ``enc`` (call ``torch.manual_seed`` first)."""
+    if image_size % enc.patch_size:
+        raise ConfigError(f"encoder.patch_size: {enc.patch_size} does not divide world.image_size {image_size}; "
+                          f"pick a divisor of {image_size}")
+    vision = CLIPVisionConfig(hidden_size=enc.hidden_size, intermediate_size=enc.mlp_ratio * enc.hidden_size,
+                              num_hidden_layers=enc.layers, num_attention_heads=enc.heads, image_size=image_size,
+                              patch_size=enc.patch_size, projection_dim=enc.projection_dim)
+    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=enc.text_hidden_size,
+                          intermediate_size=enc.mlp_ratio * enc.text_hidden_size, num_hidden_layers=enc.text_layers,
+                          num_attention_heads=enc.text_heads, max_position_embeddings=enc.max_text_tokens,
+                          pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                          eos_token_id=tokenizer.eos_token_id, projection_dim=enc.projection_dim)
+    config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=enc.projection_dim)
+    return CLIPModel(config)
+
+
+def normalise(pixels: torch.Tensor, processor: CLIPImageProcessorPil) -> torch.Tensor:
+    """(B, 3, S, S) uint8 -> float pixel values, exactly as the processor rescales and normalises."""
+    mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(processor.image_std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (pixels.float() * float(processor.rescale_factor) - mean) / std
+
+
+def drop_words(ids: torch.Tensor, mask: torch.Tensor, p: float, special: torch.Tensor,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop each non-special token with probability ``p`` and close the gaps (text augmentation).
+
+    ``ids``, ``mask``: (B, L) right-padded; returns the same shapes, still right-padded, EOS kept.
+    """
+    word = (mask == 1) & ~torch.isin(ids, special)
+    keep = (mask == 1) & ~(word & (torch.rand(ids.shape, generator=gen) < p))
+    order = torch.argsort((~keep).int(), dim=1, stable=True)             # kept tokens first, in order
+    new_mask = keep.gather(1, order).long()
+    new_ids = torch.where(new_mask == 1, ids.gather(1, order), torch.zeros_like(ids))
+    return new_ids, new_mask
+
+
+def _param_groups(model: CLIPModel, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_clip(model: CLIPModel, pairs: Pairs, tokenizer: PreTrainedTokenizerFast, processor: CLIPImageProcessorPil,
+               enc: EncoderConfig, seed: int, progress: bool = True,
+               log: Callable[[str], None] = print) -> dict[str, object]:
+    """Train ``model`` in place on ``pairs``; returns the loss curve summary and step counts."""
+    tokens = tokenizer(pairs.captions, padding="longest", truncation=True, max_length=enc.max_text_tokens,
+                       return_tensors="pt")
+    ids, mask = tokens["input_ids"], tokens["attention_mask"]          # (N, L)
+    lengths = mask.sum(1)
+    special = torch.tensor(sorted(tokenizer.all_special_ids))
+    n = len(pairs.captions)
+    batch = min(enc.batch_size, n)
+    steps_per_epoch = n // batch
+    total = steps_per_epoch * enc.epochs
+    warmup = max(1, round(enc.warmup * total))
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(_param_groups(model, enc.weight_decay), lr=enc.lr, betas=(0.9, 0.98), eps=1e-6)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+    model.train()
+    epoch_losses: list[float] = []
+    first: float | None = None
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, desc="encoder", unit="step", disable=not progress, leave=False)
+    for epoch in range(enc.epochs):
+        order = torch.randperm(n, generator=gen)
+        running = 0.0
+        for s in range(steps_per_epoch):
+            idx = order[s * batch:(s + 1) * batch]
+            x = pairs.pixels[idx]                                           # (B, 3, S, S) uint8
+            if enc.flip:
+                flip = torch.rand(len(idx), generator=gen) < 0.5
+                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+            width = int(lengths[idx].max())
+            b_ids, b_mask = ids[idx, :width], mask[idx, :width]
+            if enc.text_dropout > 0:
+                b_ids, b_mask = drop_words(b_ids, b_mask, enc.text_dropout, special, gen)
+            out = model(input_ids=b_ids, attention_mask=b_mask, pixel_values=normalise(x, processor), return_loss=True)
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
+            loss = out.loss.item()
+            first = loss if first is None else first
+            running += loss
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}")
+        epoch_losses.append(running / max(1, steps_per_epoch))
+        log(f"encoder epoch {epoch + 1}/{enc.epochs}: loss {epoch_losses[-1]:.3f} "
+            f"(temperature 1/{model.logit_scale.exp().item():.1f}, {time.perf_counter() - t0:.0f}s)")
+    bar.close()
+    model.eval()
+    return {"steps": total, "batch_size": batch, "first": first, "last_epoch": epoch_losses[-1] if epoch_losses else None,
+            "per_epoch": [round(v, 4) for v in epoch_losses], "logit_scale": model.logit_scale.exp().item(),
+            "train_seconds": round(time.perf_counter() - t0, 1)}

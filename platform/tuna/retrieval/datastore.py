@@ -1,0 +1,248 @@
+"""`tuna index`: build the named datastores from the web corpora, and retrieve from them by name.
+
+Datastores (``DATASTORES``): ``A`` (world A's web corpus, values = mined tags), ``B`` (domain B, the
+swap target) and ``A_captions`` (world A, values = the caption itself: the ablation that retrieves
+captions instead of tags). Keys are the encoder's image embeddings. Builds are idempotent and
+resumable: rows already in the collection are skipped, upserts keep one row per id, and the
+manifest is written last, so a datastore without ``manifest.json`` is an unfinished build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from tuna.config import TunaConfig, section_fingerprint
+from tuna.errors import CorruptSample, TunaError
+from tuna.formats import WebSample, iter_web
+from tuna.retrieval.store import MilvusStore, Neighbour, UnknownDatastore, datastore_uri, index_params
+from tuna.samples import Quarantine, caption_text, decode_image
+
+BUILDER_VERSION = "tuna.index/1"
+FLUSH_EVERY = 8  # batches between flushes: what a killed build keeps
+
+
+@dataclass(frozen=True)
+class DatastoreSpec:
+    corpus: str          # web corpus folder under the world, e.g. "web/A"
+    values: str          # "tags" (mined tags) or "captions" (the caption itself)
+    tags_domain: str     # which `tuna mine` output holds this corpus's tags
+    source: str          # value of the row's `source` field
+
+
+DATASTORES: dict[str, DatastoreSpec] = {
+    "A": DatastoreSpec("web/A", "tags", "A", "world-A"),
+    "B": DatastoreSpec("web/B", "tags", "B", "world-B"),
+    "A_captions": DatastoreSpec("web/A", "captions", "A", "world-A"),
+}
+
+
+def spec_of(name: str) -> DatastoreSpec:
+    if name not in DATASTORES:
+        raise UnknownDatastore(f"unknown datastore {name!r}; known: {', '.join(DATASTORES)}")
+    return DATASTORES[name]
+
+
+def datastore_dir(cfg: TunaConfig, name: str) -> Path:
+    """Where datastore ``name``'s manifest and quarantine list live (and its Milvus Lite folder, locally)."""
+    return cfg.data_dir / "datastores" / name
+
+
+def read_manifest(cfg: TunaConfig, name: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((datastore_dir(cfg, name) / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _encoder_fingerprint(cfg: TunaConfig) -> str | None:
+    """The current encoder's fingerprint without loading it (from its manifest); None if unknown."""
+    if cfg.model.vision_tower:
+        return None
+    try:
+        return json.loads((cfg.data_dir / "encoder" / "manifest.json").read_text())["fingerprint"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return None
+
+
+def is_up_to_date(cfg: TunaConfig, name: str) -> bool:
+    """True when datastore ``name`` was finished by this builder from the current encoder, corpus, tags and index config."""
+    from tuna.world.generate import world_dir
+
+    m = read_manifest(cfg, name)
+    spec = spec_of(name)
+    if not m or m.get("builder") != BUILDER_VERSION or m.get("index_config") != section_fingerprint(cfg.index):
+        return False
+    fingerprint = _encoder_fingerprint(cfg)
+    if fingerprint is None or m["encoder"]["fingerprint"] != fingerprint:
+        return False
+    if m["corpus"]["hash"] != _files_hash(sorted((world_dir(cfg) / spec.corpus).glob("*.tar"))):
+        return False
+    tags_file = cfg.data_dir / "tags" / spec.tags_domain / "tags.parquet"
+    return spec.values != "tags" or (tags_file.exists() and m.get("tags_hash") == _files_hash([tags_file]))
+
+
+def _files_hash(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _batches(samples: Iterator[WebSample], size: int) -> Iterator[list[WebSample]]:
+    batch: list[WebSample] = []
+    for s in samples:
+        batch.append(s)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def build_datastore(cfg: TunaConfig, name: str, rebuild: bool = False, progress: bool = True,
+                    log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Embed datastore ``name``'s corpus, insert it with its values, index it; returns the manifest."""
+    from tuna.retrieval.encoder import encoder_path, load_encoder
+    from tuna.tags.miner import load_tags
+    from tuna.world.generate import world_dir
+
+    spec = spec_of(name)
+    corpus = world_dir(cfg) / spec.corpus
+    shards = sorted(corpus.glob("*.tar"))
+    if not shards:
+        raise TunaError(f"no web corpus at {corpus}; run `tuna world --config <recipe>` first")
+    tags_file = cfg.data_dir / "tags" / spec.tags_domain / "tags.parquet"
+    tags: dict[str, list[str]] | None = None
+    if spec.values == "tags":
+        if not tags_file.exists():
+            raise TunaError(f"no mined tags at {tags_file}; run `tuna mine --config <recipe>` first")
+        tags = load_tags(tags_file)
+    encoder = load_encoder(encoder_path(cfg))
+    t0 = time.perf_counter()
+    out_dir = datastore_dir(cfg, name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "manifest.json").unlink(missing_ok=True)  # unfinished until the manifest is back
+    store = MilvusStore.for_datastore(cfg, name)
+    try:
+        if rebuild:
+            store.drop(name)
+        store.ensure(name, encoder.dim)
+        done = store.ids(name)
+        if done:
+            log(f"datastore {name}: resuming, {len(done)} rows already in place")
+        quarantine = Quarantine()
+        seen = inserted = 0
+        bar = tqdm(desc=f"index {name}", unit="img", disable=not progress, leave=False)
+        for n, batch in enumerate(_batches(iter_web(corpus), cfg.index.batch_size)):
+            ids, images, values, captions = [], [], [], []
+            for s in batch:
+                seen += 1
+                if s.key in done:
+                    continue
+                try:
+                    caption = caption_text(s, cfg.mine.max_caption_chars)
+                    image = decode_image(s.image, s.key)
+                    if tags is not None and s.key not in tags:
+                        raise CorruptSample(s.key, "no mined tags (quarantined by tuna mine)", "no_tags")
+                except CorruptSample as err:
+                    quarantine.add(err, f"{spec.corpus}/{s.shard}")
+                    continue
+                ids.append(s.key)
+                images.append(image)
+                values.append(tags[s.key] if tags is not None else [caption])
+                captions.append(caption)
+            if ids:
+                vectors = encoder.embed_images(images, batch_size=cfg.index.batch_size)
+                inserted += store.upsert(name, ids, vectors, values, captions, spec.source)
+            if n % FLUSH_EVERY == FLUSH_EVERY - 1:
+                store.flush(name)
+            bar.update(len(batch))
+        bar.close()
+        info = store.build_index(name, cfg.index)
+        rows = store.count(name)
+    finally:
+        store.close()
+    quarantine.write(out_dir / "quarantine.jsonl")
+    manifest = {
+        "builder": BUILDER_VERSION,
+        "name": name,
+        "collection": f"tuna_{name}",
+        "uri": datastore_uri(cfg, name) if cfg.index.uri is None else cfg.index.uri,
+        "values": spec.values,
+        "source": spec.source,
+        "encoder": {"path": encoder.path, "fingerprint": encoder.fingerprint, "dim": encoder.dim},
+        "corpus": {"path": spec.corpus, "hash": _files_hash(shards), "samples": seen},
+        "tags_hash": _files_hash([tags_file]) if tags is not None else None,
+        "rows": rows,
+        "inserted_now": inserted,
+        "skipped": len(quarantine),
+        "skipped_by_kind": quarantine.reasons(),
+        "index": {"type": info.get("index_type"), "metric": info.get("metric_type"),
+                  "params": info.get("params", index_params(cfg.index))},
+        "index_config": section_fingerprint(cfg.index),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build_seconds": round(time.perf_counter() - t0, 1),
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    log(f"datastore {name}: {rows} rows ({quarantine.summary(seen, 'samples')}) in {manifest['build_seconds']}s")
+    return manifest
+
+
+def aggregate_values(neighbours: Sequence[Neighbour], limit: int) -> list[tuple[str, float]]:
+    """Rank the neighbours' values: each value scores the sum of the similarities of the neighbours
+    carrying it (a similarity-weighted vote), ties by first appearance; the top ``limit`` are kept."""
+    score: dict[str, float] = {}
+    for nb in neighbours:
+        for v in dict.fromkeys(nb.values):
+            score[v] = score.get(v, 0.0) + nb.score
+    return sorted(score.items(), key=lambda kv: -kv[1])[:limit]
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """What one image retrieved: its neighbours and their values ranked by vote."""
+
+    neighbours: list[Neighbour]
+    values: list[tuple[str, float]]
+
+
+class Retriever:
+    """Batched retrieval from any named datastore; connections are opened lazily and kept, so
+    switching datastores between calls costs nothing and needs no restart."""
+
+    def __init__(self, cfg: TunaConfig) -> None:
+        self.cfg = cfg
+        self._stores: dict[str, MilvusStore] = {}
+
+    def _store(self, name: str) -> MilvusStore:
+        spec_of(name)
+        uri = datastore_uri(self.cfg, name)
+        if uri not in self._stores:
+            self._stores[uri] = MilvusStore.for_datastore(self.cfg, name)
+        return self._stores[uri]
+
+    def retrieve(self, name: str, image_vectors: np.ndarray, k: int | None = None,
+                 max_values: int | None = None) -> list[Retrieved]:
+        """Top-k neighbours per image (image_vectors: (N, dim), unit norm) and their ranked values."""
+        k = k or self.cfg.index.top_k
+        limit = max_values or self.cfg.model.num_tags
+        hits = self._store(name).search(name, image_vectors, k, self.cfg.index)
+        return [Retrieved(neighbours=h, values=aggregate_values(h, limit)) for h in hits]
+
+    def close(self) -> None:
+        for s in self._stores.values():
+            s.close()
+        self._stores.clear()

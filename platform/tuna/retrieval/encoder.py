@@ -1,0 +1,395 @@
+"""The CLIP encoder: train the world's tiny CLIP, load any CLIP by path or hub id, embed, evaluate zero-shot.
+
+The datastore keys are this encoder's image embeddings and the tag encoder reads its text embeddings,
+so everything downstream goes through :class:`ClipEncoder`, whichever checkpoint backs it:
+
+- locally, the tiny ``CLIPModel`` trained by :func:`train_encoder` on web A + web B (all fine
+  classes, the "400M pairs" of our world) and saved with ``save_pretrained`` to ``<data_dir>/encoder``;
+- on a cluster, ``openai/clip-vit-large-patch14-336`` (``model.vision_tower``), loaded the same way.
+
+:func:`evaluate_zero_shot` scores fine-class top-1 on the FINER ID, OOD and domain-B images with
+``"a photo of a {name}."`` prompts over the domain's class names: the encoder must know held-out (OOD)
+classes, the half of the alignment gap TUNA relies on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import transformers
+from PIL import Image
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPModel
+
+from tuna.config import TunaConfig, section_fingerprint
+from tuna.errors import CorruptSample, DataFormatError, OutputError, TunaError
+from tuna.formats import load_finer
+from tuna.samples import decode_image
+
+ENCODER_VERSION = "tuna.encoder/1"
+PROMPT = "a photo of a {name}."
+FINER_SPLITS = {"id": "A", "ood": "A", "b": "B"}   # FINER split -> taxonomy domain whose names are the candidates
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class EncoderUnavailable(TunaError, FileNotFoundError):
+    """No loadable CLIP at the given path or hub id."""
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+@contextlib.contextmanager
+def _hf_progress(enabled: bool):
+    """Hide transformers' own progress bars (weight loading / writing) unless ``enabled``."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if was and not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not enabled:
+            hf_logging.enable_progress_bar()
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the state dict (sorted names, dtypes, shapes, raw bytes): the "encoder hash".
+
+    Independent of the file layout, so a checkpoint hashes the same however it was saved or loaded.
+    """
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class ClipEncoder:
+    """A CLIP model with its tokenizer and image processor; embeddings are float32 and L2-normalised."""
+
+    def __init__(self, model: CLIPModel, tokenizer: Any, processor: Any, path: str, encoder_hash: str | None = None) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.processor = processor
+        self.path = path
+        self.encoder_hash = encoder_hash or weights_sha256(model)
+        self.fingerprint = self.encoder_hash[:16]
+        self.dim: int = int(model.config.projection_dim)
+        self.max_text_tokens = int(model.config.text_config.max_position_embeddings)
+
+    def __repr__(self) -> str:
+        return f"ClipEncoder(path={self.path!r}, dim={self.dim}, fingerprint={self.fingerprint})"
+
+    @torch.inference_mode()
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 256) -> np.ndarray:
+        """(N, dim) float32 unit-norm image embeddings; images go through the saved processor."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = [np.zeros((0, self.dim), np.float32)]
+        dtype = self.model.dtype
+        for i in range(0, len(images), batch_size):
+            pixels = self.processor(images=list(images[i:i + batch_size]), return_tensors="pt")["pixel_values"]
+            feats = self.model.get_image_features(pixel_values=pixels.to(dtype)).pooler_output   # (B, dim)
+            out.append(F.normalize(feats.float(), dim=-1).numpy())
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+        """(N, dim) float32 unit-norm text embeddings; texts longer than the text tower's positions are cut."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        out = [np.zeros((0, self.dim), np.float32)]
+        for i in range(0, len(texts), batch_size):
+            tok = self.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
+                                 max_length=self.max_text_tokens, return_tensors="pt")
+            feats = self.model.get_text_features(input_ids=tok["input_ids"],
+                                                 attention_mask=tok["attention_mask"]).pooler_output  # (B, dim)
+            out.append(F.normalize(feats.float(), dim=-1).numpy())
+        return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def encoder_path(cfg: TunaConfig) -> str:
+    """Where the run's encoder comes from: ``model.vision_tower`` when set, else ``<data_dir>/encoder``."""
+    return cfg.model.vision_tower or str(cfg.data_dir / "encoder")
+
+
+def load_encoder(path_or_id: str | Path) -> ClipEncoder:
+    """Load a CLIP (model, tokenizer, image processor) from a folder or a Hugging Face hub id.
+
+    Raises :class:`EncoderUnavailable` (one line, naming the source and the fix) when nothing loads.
+    """
+    src = str(path_or_id)
+    local = Path(src).expanduser()
+    fix = ("train one with `tuna encoder --config <recipe>` (it writes <run.data_dir>/encoder) "
+           "or set model.vision_tower to a CLIP folder or hub id")
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise EncoderUnavailable(f"encoder folder {src!r} holds no config.json (not a saved model); {fix}")
+        where = str(local)
+    elif local.exists():
+        raise EncoderUnavailable(f"encoder path {src!r} is a file, not a model folder; {fix}")
+    elif isinstance(path_or_id, Path) or src.startswith((".", "/", "~")) or not _HUB_ID.match(src):
+        raise EncoderUnavailable(f"no CLIP encoder at {src!r} (no such folder); {fix}")
+    else:
+        where = src  # a hub id: from the local cache, or downloaded where the hub is reachable
+    try:
+        config = AutoConfig.from_pretrained(where)
+        if config.model_type != "clip":
+            raise EncoderUnavailable(f"{src!r} holds a {config.model_type!r} model, not CLIP; point model.vision_tower at a CLIP checkpoint")
+        with _hf_progress(False):
+            model = CLIPModel.from_pretrained(where)
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        processor = AutoImageProcessor.from_pretrained(where)
+    except EncoderUnavailable:
+        raise
+    except (OSError, ValueError, KeyError) as err:
+        raise EncoderUnavailable(f"cannot load CLIP encoder {src!r} ({_one_line(err)}); {fix}") from None
+    return ClipEncoder(model, tokenizer, processor, path=src)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def _knn_loo(emb: np.ndarray, labels: np.ndarray, k: int = 5) -> float | None:
+    """Leave-one-out kNN-k accuracy (cosine, majority vote, nearest breaks ties); None below 2 samples."""
+    if len(labels) < 2:
+        return None
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    nn = np.argsort(-sims, axis=1)[:, :k]                                  # (N, k)
+    hits = 0
+    for i, row in enumerate(nn):
+        votes: dict[Any, float] = {}
+        for rank, j in enumerate(row):
+            votes[labels[j]] = votes.get(labels[j], 0.0) + 1.0 + 1e-3 * (k - rank)
+        hits += max(votes, key=votes.__getitem__) == labels[i]
+    return hits / len(labels)
+
+
+def _split_metrics(encoder: ClipEncoder, folder: Path, classes: list[dict[str, Any]], split: str) -> dict[str, Any]:
+    rows = load_finer(folder / "finer.jsonl")
+    images, gold, skipped = [], [], 0
+    for row in rows:
+        path = folder / "images" / row["image"]
+        try:
+            images.append(decode_image(path.read_bytes() if path.is_file() else None, str(row["id"])))
+            gold.append(row["fine-level-lbl"])
+        except CorruptSample:
+            skipped += 1
+    if not images:
+        raise DataFormatError(f"{folder}: no readable FINER image ({skipped} skipped); regenerate the world (tuna world --force)")
+    names = [c["name"] for c in classes]
+    coarse = {c["name"]: c["coarse"] for c in classes}
+    text = encoder.embed_texts([PROMPT.format(name=n) for n in names])     # (C, dim)
+    emb = encoder.embed_images(images)                                     # (N, dim)
+    sims = emb @ text.T                                                    # (N, C)
+    order = np.argsort(-sims, axis=1)
+    gold_arr = np.array(gold)
+    pred = np.array(names)[order[:, 0]]
+    top5 = np.array([g in {names[j] for j in o[:5]} for g, o in zip(gold, order)])
+    # Candidates restricted to this split's own classes (ID names for ID, held-out names for OOD).
+    own = [i for i, c in enumerate(classes) if split == "b" or bool(c["ood"]) == (split == "ood")]
+    pred_own = np.array(names)[np.array(own)[np.argmax(sims[:, own], axis=1)]]
+    return {
+        "n": len(gold), "skipped": skipped, "candidates": len(names),
+        "top1": round(float(np.mean(pred == gold_arr)), 4),
+        "top5": round(float(np.mean(top5)), 4),
+        "coarse_top1": round(float(np.mean([coarse[p] == coarse.get(g) for p, g in zip(pred, gold)])), 4),
+        "top1_within_split": round(float(np.mean(pred_own == gold_arr)), 4),
+        "knn5_loo": None if (k := _knn_loo(emb, gold_arr)) is None else round(k, 4),
+    }
+
+
+def evaluate_zero_shot(encoder: ClipEncoder, world_dir: Path) -> dict[str, Any]:
+    """Zero-shot fine-class accuracy on the FINER ID, OOD and domain-B images of a world.
+
+    Per split: ``top1`` / ``top5`` over all class names of the split's domain (prompt
+    ``"a photo of a {name}."``), ``coarse_top1`` (the predicted name's coarse class is right),
+    ``top1_within_split`` (candidates only the split's own classes) and ``knn5_loo`` (leave-one-out
+    5-nearest-neighbour accuracy on the image embeddings, a cheap probe of the image features).
+    """
+    world_dir = Path(world_dir)
+    tax_path = world_dir / "taxonomy.json"
+    try:
+        taxonomy = json.loads(tax_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataFormatError(f"{tax_path}: not found; generate the world first (tuna world)") from None
+    except json.JSONDecodeError as err:
+        raise DataFormatError(f"{tax_path}: not valid JSON ({err.msg})") from None
+    out: dict[str, Any] = {"prompt": PROMPT, "encoder": encoder.path, "fingerprint": encoder.fingerprint}
+    for split, domain in FINER_SPLITS.items():
+        classes = taxonomy.get(domain, {}).get("classes")
+        if not classes:
+            raise DataFormatError(f"{tax_path}: no classes for domain {domain!r}")
+        out[split] = _split_metrics(encoder, world_dir / "eval" / "finer" / split, classes, split)
+    return out
+
+
+def summary_line(metrics: dict[str, Any]) -> str:
+    """``zero-shot fine top-1: ID 85.0% | OOD 82.3% | B 90.0%`` for logs and the CLI."""
+    parts = [f"{s.upper()} {100 * metrics[s]['top1']:.1f}%" for s in FINER_SPLITS if s in metrics]
+    return "zero-shot fine top-1: " + " | ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def _world(cfg: TunaConfig) -> tuple[Path, dict[str, Any]]:
+    from tuna.world.generate import world_dir
+
+    wdir = world_dir(cfg)
+    try:
+        manifest = json.loads((wdir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        raise DataFormatError(f"no world at {wdir} (manifest.json missing or unreadable); "
+                              f"generate it first: tuna world --config <recipe>") from None
+    return wdir, manifest
+
+
+def _inputs(cfg: TunaConfig, world_manifest: dict[str, Any]) -> dict[str, Any]:
+    """Everything the trained weights depend on; equal inputs mean the saved encoder is up to date."""
+    return {"encoder_config": section_fingerprint(cfg.encoder), "seed": cfg.run.seed,
+            "world": world_manifest.get("fingerprint"), "max_caption_chars": cfg.mine.max_caption_chars}
+
+
+def is_up_to_date(cfg: TunaConfig) -> bool:
+    """True when ``<data_dir>/encoder`` was trained by this code from the same config, seed and world."""
+    target = cfg.data_dir / "encoder"
+    try:
+        manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
+        _, world_manifest = _world(cfg)
+    except (OSError, json.JSONDecodeError, DataFormatError):
+        return False
+    return (manifest.get("version") == ENCODER_VERSION and manifest.get("inputs") == _inputs(cfg, world_manifest)
+            and (target / "config.json").is_file())
+
+
+def _count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def train_encoder(cfg: TunaConfig, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the tiny CLIP on web A + web B, evaluate it zero-shot, save it to ``<data_dir>/encoder``.
+
+    The folder holds the model, tokenizer and image processor (``save_pretrained``), ``manifest.json``
+    (encoder hash, corpus hash, config, timings, loss curve), ``metrics.json`` and ``quarantine.jsonl``.
+    It is written to a temporary folder and renamed into place at the end. Returns the manifest.
+    """
+    from tuna.retrieval import clip_train
+
+    enc = cfg.encoder
+    wdir, world_manifest = _world(cfg)
+    target = cfg.data_dir / "encoder"
+    try:
+        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    except OSError as err:
+        raise OutputError(f"cannot write the encoder under {str(target.parent)!r} ({err.strerror or err}); "
+                          f"set run.data_dir to a writable folder") from None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(enc.threads)
+    t0 = time.perf_counter()
+    try:
+        processor = clip_train.build_processor(cfg.world.image_size)
+        pairs = clip_train.load_pairs({"web/A": wdir / "web" / "A", "web/B": wdir / "web" / "B"}, processor,
+                                      cfg.mine.max_caption_chars, progress)
+        log(f"encoder data: {pairs.quarantine.summary(pairs.total, 'web pairs')}")
+        tokenizer = clip_train.build_tokenizer(pairs.captions, enc.max_text_tokens)
+        torch.manual_seed(cfg.run.seed)
+        model = clip_train.build_model(enc, tokenizer, cfg.world.image_size)
+        log(f"encoder: CLIPModel with {_count_params(model.vision_model) / 1e6:.2f}M vision + "
+            f"{_count_params(model.text_model) / 1e6:.2f}M text parameters, vocabulary {len(tokenizer)}, "
+            f"{len(pairs.captions)} pairs x {enc.epochs} epochs on {enc.threads} threads")
+        curve = clip_train.train_clip(model, pairs, tokenizer, processor, enc, cfg.run.seed, progress, log)
+        with _hf_progress(False):
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        pairs.quarantine.write(tmp / "quarantine.jsonl")
+        encoder = ClipEncoder(model, tokenizer, processor, path=str(target))
+        t_eval = time.perf_counter()
+        metrics = evaluate_zero_shot(encoder, wdir)
+        metrics["encoder"] = str(target)
+        eval_seconds = time.perf_counter() - t_eval
+        manifest = {
+            "version": ENCODER_VERSION,
+            "encoder_hash": encoder.encoder_hash,
+            "fingerprint": encoder.fingerprint,
+            "dim": encoder.dim,
+            "corpus_hash": pairs.corpus_sha256,
+            "corpora": pairs.per_corpus,
+            "pairs": len(pairs.captions),
+            "quarantined": {"count": len(pairs.quarantine), "kinds": pairs.quarantine.reasons()},
+            "inputs": _inputs(cfg, world_manifest),
+            "config": cfg.to_dict()["encoder"],
+            "image_size": cfg.world.image_size,
+            "vocab_size": len(tokenizer),
+            "params": {"vision": _count_params(model.vision_model), "text": _count_params(model.text_model),
+                       "total": _count_params(model)},
+            "train_seconds": curve["train_seconds"],
+            "eval_seconds": round(eval_seconds, 1),
+            "total_seconds": round(time.perf_counter() - t0, 1),
+            "loss": {k: curve[k] for k in ("first", "last_epoch", "per_epoch", "steps", "batch_size")},
+            "temperature": round(1.0 / curve["logit_scale"], 5),
+            "zero_shot_top1": {s: metrics[s]["top1"] for s in FINER_SPLITS},
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    log(f"encoder {encoder.fingerprint} written to {target} in {manifest['total_seconds']:.0f}s "
+        f"(training {manifest['train_seconds']:.0f}s); {summary_line(metrics)}")
+    return manifest
+
+
+def run_encoder(cfg: TunaConfig, force: bool = False, progress: bool = True,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The ``tuna encoder`` step: evaluate ``model.vision_tower`` when set, else train (unless up to date).
+
+    Returns ``{"status": "trained" | "up to date" | "loaded", "path", "fingerprint", "dim", "metrics"}``.
+    """
+    if cfg.model.vision_tower:
+        encoder = load_encoder(cfg.model.vision_tower)
+        wdir, _ = _world(cfg)
+        metrics = evaluate_zero_shot(encoder, wdir)
+        return {"status": "loaded", "path": encoder.path, "fingerprint": encoder.fingerprint, "dim": encoder.dim,
+                "metrics": metrics}
+    target = cfg.data_dir / "encoder"
+    if not force and is_up_to_date(cfg):
+        manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
+        metrics = json.loads((target / "metrics.json").read_text(encoding="utf-8"))
+        return {"status": "up to date", "path": str(target), "fingerprint": manifest["fingerprint"],
+                "dim": manifest["dim"], "metrics": metrics}
+    manifest = train_encoder(cfg, progress=progress, log=log)
+    metrics = json.loads((target / "metrics.json").read_text(encoding="utf-8"))
+    return {"status": "trained", "path": str(target), "fingerprint": manifest["fingerprint"], "dim": manifest["dim"],
+            "metrics": metrics, "train_seconds": manifest["train_seconds"]}

@@ -1,0 +1,303 @@
+"""The Milvus datastore: the only module that talks to Milvus (pymilvus).
+
+A *datastore* is a named Milvus collection of (id, image embedding, values, caption, source) rows,
+where ``values`` are the tags mined from the caption (or, for the captions ablation, the caption
+itself). Locally each datastore lives in its own Milvus Lite folder (a DVC output); on a cluster all
+datastores are collections of one Milvus standalone/cluster reached by ``http://host:19530`` — the
+same code. Retrieval takes the datastore name per call, so a request can swap datastores without a
+restart. Every search is batched: one call per batch of query vectors, never one per image.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from tuna.config import IndexConfig, TunaConfig
+from tuna.errors import ConfigError, DatastoreUnavailable, TunaError
+
+T = TypeVar("T")
+MAX_VALUES = 64          # tags (or captions) kept per row
+MAX_VALUE_CHARS = 1024   # per tag / caption
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+
+class DimensionMismatch(TunaError):
+    """The encoder's embedding size differs from an existing collection's vector size."""
+
+
+class UnknownDatastore(TunaError, KeyError):
+    """A datastore name that does not exist; maps to gRPC INVALID_ARGUMENT."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """One retrieved row: its id, similarity score, values (tags or a caption), caption and source."""
+
+    id: str
+    score: float
+    values: list[str]
+    caption: str
+    source: str
+
+
+def _is_remote(uri: str) -> bool:
+    return uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
+
+def lite_path(cfg: TunaConfig, name: str) -> Path:
+    """Milvus Lite folder of datastore ``name`` for a local run: ``<data_dir>/datastores/<name>/milvus.db``."""
+    return cfg.data_dir / "datastores" / name / "milvus.db"
+
+
+def datastore_uri(cfg: TunaConfig, name: str) -> str:
+    """The URI holding datastore ``name``: index.uri when set (one server for all), else its Milvus Lite folder."""
+    return cfg.index.uri or str(lite_path(cfg, name))
+
+
+def collection_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise ConfigError(f"datastore name {name!r}: use letters, digits and underscores, starting with a letter")
+    return f"tuna_{name}"
+
+
+def _quiet_pymilvus() -> None:
+    # pymilvus logs every failed RPC with a traceback; our errors carry the message instead.
+    # Milvus Lite's in-process gRPC server logs "Method not implemented" (AllocTimestamp) when a
+    # query iterator falls back to its portable path; that is expected, not an error.
+    for name in ("pymilvus", "pymilvus.decorators", "milvus_lite", "grpc._server"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+class MilvusStore:
+    """A connection to one Milvus URI (a Lite folder or a server), with retries and batched calls."""
+
+    def __init__(self, uri: str, token: str | None = None, retries: int = 5, backoff_seconds: float = 0.5,
+                 timeout: float = 10.0) -> None:
+        _quiet_pymilvus()
+        self.uri = uri
+        self.retries = retries
+        self.backoff = backoff_seconds
+        self._token = token
+        self._timeout = timeout
+        self._loaded: set[str] = set()
+        if not _is_remote(uri):
+            try:
+                Path(uri).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise DatastoreUnavailable(f"cannot create the Milvus Lite folder {uri!r} ({err.strerror}); "
+                                           f"set index.uri or run.data_dir to a writable place") from None
+        self.client = self._retry("connect", self._connect)
+
+    @classmethod
+    def for_datastore(cls, cfg: TunaConfig, name: str) -> "MilvusStore":
+        ix: IndexConfig = cfg.index
+        token = os.environ.get(ix.token_env) or None
+        return cls(datastore_uri(cfg, name), token=token, retries=ix.retries, backoff_seconds=ix.backoff_seconds)
+
+    def _connect(self) -> Any:
+        from pymilvus import MilvusClient
+
+        kwargs: dict[str, Any] = {"uri": self.uri, "timeout": self._timeout}
+        if self._token:
+            kwargs["token"] = self._token
+        return MilvusClient(**kwargs)
+
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn``; on connection failures retry with exponential backoff, then raise DatastoreUnavailable."""
+        from pymilvus.exceptions import MilvusException
+
+        delay = self.backoff
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                return fn()
+            except MilvusException as err:
+                if not _is_connection_error(err):
+                    raise
+                last = err
+            except (ConnectionError, OSError) as err:
+                last = err
+            if attempt < self.retries:
+                time.sleep(delay)
+                delay *= 2
+        raise DatastoreUnavailable(
+            f"Milvus at {self.uri} is unreachable ({what} failed after {self.retries + 1} attempts: "
+            f"{_short(last)}); start Milvus or fix index.uri") from None
+
+    # ----------------------------------------------------------------------------------- collections
+
+    def has(self, name: str) -> bool:
+        return bool(self._retry("has_collection", lambda: self.client.has_collection(collection_name(name))))
+
+    def dim(self, name: str) -> int:
+        desc = self._retry("describe", lambda: self.client.describe_collection(collection_name(name)))
+        for f in desc["fields"]:
+            if f["name"] == "vector":
+                return int(f["params"]["dim"])
+        raise TunaError(f"collection {collection_name(name)} at {self.uri} has no 'vector' field; it was not made by tuna index")
+
+    def ensure(self, name: str, dim: int) -> bool:
+        """Create datastore ``name`` for ``dim``-d vectors if missing; True if created.
+
+        An existing collection with another vector size is refused (DimensionMismatch) with both numbers.
+        """
+        from pymilvus import DataType, MilvusClient
+
+        if self.has(name):
+            have = self.dim(name)
+            if have != dim:
+                raise DimensionMismatch(
+                    f"datastore {name!r} at {self.uri} holds {have}-d vectors but the encoder makes {dim}-d "
+                    f"vectors; rebuild it (tuna index --rebuild) or use the encoder it was built with")
+            return False
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=128)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("values", DataType.ARRAY, element_type=DataType.VARCHAR, max_capacity=MAX_VALUES,
+                         max_length=MAX_VALUE_CHARS)
+        schema.add_field("caption", DataType.VARCHAR, max_length=4 * MAX_VALUE_CHARS)
+        schema.add_field("source", DataType.VARCHAR, max_length=128)
+        self._retry("create_collection", lambda: self.client.create_collection(collection_name(name), schema=schema))
+        return True
+
+    def drop(self, name: str) -> None:
+        if self.has(name):
+            self._retry("drop_collection", lambda: self.client.drop_collection(collection_name(name)))
+
+    def count(self, name: str) -> int:
+        stats = self._retry("stats", lambda: self.client.get_collection_stats(collection_name(name)))
+        return int(stats["row_count"])
+
+    def ids(self, name: str) -> set[str]:
+        """Every row id of datastore ``name`` (what a resumed build skips)."""
+        if not self.has(name):
+            return set()
+        out: set[str] = set()
+        it = self._retry("query", lambda: self.client.query_iterator(collection_name(name), batch_size=4096,
+                                                                     filter="", output_fields=["id"]))
+        while True:
+            page = it.next()
+            if not page:
+                break
+            out.update(r["id"] for r in page)
+        it.close()
+        return out
+
+    # ------------------------------------------------------------------------------------------ rows
+
+    def upsert(self, name: str, ids: Sequence[str], vectors: np.ndarray, values: Sequence[Sequence[str]],
+               captions: Sequence[str], source: str) -> int:
+        """Insert or replace rows (one per id: re-running a build never duplicates). vectors: (N, dim)."""
+        if vectors.ndim != 2 or vectors.shape[0] != len(ids):
+            raise ValueError(f"vectors must be (N={len(ids)}, dim), got {tuple(vectors.shape)}")
+        rows = [{"id": i, "vector": v.tolist(), "values": [x[:MAX_VALUE_CHARS] for x in vals[:MAX_VALUES]],
+                 "caption": c[: 4 * MAX_VALUE_CHARS], "source": source}
+                for i, v, vals, c in zip(ids, vectors.astype(np.float32), values, captions)]
+        if not rows:
+            return 0
+        res = self._retry("upsert", lambda: self.client.upsert(collection_name(name), rows))
+        return int(res["upsert_count"])
+
+    def flush(self, name: str) -> None:
+        self._retry("flush", lambda: self.client.flush(collection_name(name)))
+
+    def build_index(self, name: str, ix: IndexConfig) -> dict[str, Any]:
+        """Flush, (re)build the vector index described by ``ix`` if it differs, load; returns the index description."""
+        coll = collection_name(name)
+        self.flush(name)
+        want = index_params(ix)
+        current = self.index_info(name)
+        if current and (current.get("index_type") != ix.index_type or current.get("metric_type") != ix.metric
+                        or current.get("params", {}) != want):
+            self._retry("release", lambda: self.client.release_collection(coll))
+            self._loaded.discard(name)
+            self._retry("drop_index", lambda: self.client.drop_index(coll, "vector"))
+            current = None
+        if not current:
+            params = self.client.prepare_index_params()
+            # Milvus Lite honours build parameters only when nested under "params".
+            params.add_index(field_name="vector", index_type=ix.index_type, metric_type=ix.metric, params={"params": want})
+            self._retry("create_index", lambda: self.client.create_index(coll, params))
+        self._retry("load", lambda: self.client.load_collection(coll))
+        self._loaded.add(name)
+        return self.index_info(name) or {}
+
+    def index_info(self, name: str) -> dict[str, Any] | None:
+        names = self._retry("list_indexes", lambda: self.client.list_indexes(collection_name(name)))
+        if "vector" not in names:
+            return None
+        return dict(self._retry("describe_index", lambda: self.client.describe_index(collection_name(name), "vector")))
+
+    # ---------------------------------------------------------------------------------------- search
+
+    def search(self, name: str, vectors: np.ndarray, k: int, ix: IndexConfig, filter: str = "",
+               batch_size: int | None = None) -> list[list[Neighbour]]:
+        """Top-``k`` neighbours of each query row. vectors: (N, dim); one Milvus call per batch of queries."""
+        if not self.has(name):
+            raise UnknownDatastore(f"datastore {name!r} does not exist at {self.uri}; build it with tuna index")
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2:
+            raise ValueError(f"query vectors must be (N, dim), got shape {tuple(vectors.shape)}")
+        dim = self.dim(name)
+        if vectors.shape[1] != dim:
+            raise DimensionMismatch(f"queries are {vectors.shape[1]}-d but datastore {name!r} holds {dim}-d vectors")
+        if name not in self._loaded:  # a reopened collection starts released
+            self._retry("load", lambda: self.client.load_collection(collection_name(name)))
+            self._loaded.add(name)
+        params = search_params(ix)
+        step = batch_size or ix.batch_size
+        out: list[list[Neighbour]] = []
+        for start in range(0, len(vectors), step):
+            batch = vectors[start:start + step].tolist()
+            hits = self._retry("search", lambda: self.client.search(
+                collection_name(name), data=batch, limit=k, filter=filter, search_params=params,
+                output_fields=["values", "caption", "source"]))
+            out.extend([Neighbour(id=str(h["id"]), score=float(h["distance"]), values=list(h["entity"]["values"]),
+                                  caption=h["entity"]["caption"], source=h["entity"]["source"]) for h in q] for q in hits)
+        return out
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        except Exception:  # closing a dead connection must not mask the error being reported
+            pass
+
+
+def index_params(ix: IndexConfig) -> dict[str, Any]:
+    """Build parameters for the configured index type."""
+    if ix.index_type == "HNSW":
+        return {"M": ix.hnsw_m, "efConstruction": ix.ef_construction}
+    if ix.index_type == "IVF_FLAT":
+        return {"nlist": ix.nlist}
+    return {}
+
+
+def search_params(ix: IndexConfig) -> dict[str, Any]:
+    if ix.index_type == "HNSW":
+        return {"metric_type": ix.metric, "params": {"ef": ix.ef}}
+    if ix.index_type == "IVF_FLAT":
+        return {"metric_type": ix.metric, "params": {"nprobe": ix.nprobe}}
+    return {"metric_type": ix.metric, "params": {}}
+
+
+def _is_connection_error(err: Exception) -> bool:
+    text = str(err).lower()
+    return any(s in text for s in ("fail connecting", "unavailable", "connection refused", "deadline exceeded",
+                                   "connect failed", "server unavailable", "failed to connect"))
+
+
+def _short(err: Exception | None) -> str:
+    msg = getattr(err, "message", None) or str(err)
+    return " ".join(str(msg).split())[:160]

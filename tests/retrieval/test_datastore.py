@@ -1,0 +1,178 @@
+"""`tuna index` end to end on a smoke world: real encoder, real spaCy tags, real Milvus Lite."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tuna.cli import main
+from tuna.config import TunaConfig, load_config
+from tuna.errors import CorruptSample, TunaError
+from tuna.formats import iter_web
+from tuna.retrieval.datastore import DATASTORES, Retriever, build_datastore, datastore_dir, read_manifest
+from tuna.retrieval.encoder import encoder_path, load_encoder, train_encoder
+from tuna.retrieval.store import DimensionMismatch, MilvusStore, UnknownDatastore, lite_path
+from tuna.samples import decode_image
+from tuna.tags.io import load_tags, mine_corpus
+from tuna.world.generate import generate_world, world_dir
+
+pytestmark = pytest.mark.integration
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+KIND = {"truncated_image": "bad_image", "empty_caption": "empty_caption",
+        "non_utf8_caption": "non_utf8_caption", "oversized_caption": "long_caption"}
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> TunaConfig:
+    """World -> encoder -> tags -> the three datastores, for one smoke run."""
+    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path_factory.mktemp('index')}"])
+    generate_world(cfg, progress=False, log=_quiet)
+    train_encoder(cfg, progress=False, log=_quiet)
+    for domain in ("A", "B"):
+        mine_corpus(cfg, domain, progress=False)
+    for name in DATASTORES:
+        build_datastore(cfg, name, progress=False, log=_quiet)
+    return cfg
+
+
+def _good_samples(cfg: TunaConfig, corpus: str) -> list:
+    out = []
+    for s in iter_web(world_dir(cfg) / corpus):
+        try:
+            s.text()
+            if len(s.text()) > cfg.mine.max_caption_chars:
+                continue
+            out.append((s.key, decode_image(s.image, s.key)))
+        except CorruptSample:
+            continue
+    return out
+
+
+def test_rows_and_quarantine_match_the_corpus(built: TunaConfig) -> None:
+    world = json.loads((world_dir(built) / "manifest.json").read_text())
+    for name, total in (("A", world["counts"]["web_A"]), ("B", world["counts"]["web_B"]), ("A_captions", world["counts"]["web_A"])):
+        m = read_manifest(built, name)
+        assert m is not None
+        damaged = world["corrupt"] if DATASTORES[name].corpus == "web/A" else []
+        assert m["rows"] == total - len(damaged)
+        assert m["skipped"] == len(damaged)
+        q = [json.loads(line) for line in (datastore_dir(built, name) / "quarantine.jsonl").read_text().splitlines()]
+        assert sorted((r["key"], r["kind"]) for r in q) == sorted((d["key"], KIND[d["kind"]]) for d in damaged)
+
+
+def test_manifest_records_lineage(built: TunaConfig) -> None:
+    m = read_manifest(built, "A")
+    enc = load_encoder(encoder_path(built))
+    assert m["encoder"] == {"path": enc.path, "fingerprint": enc.fingerprint, "dim": enc.dim}
+    assert len(m["corpus"]["hash"]) == 16 and m["tags_hash"] and m["values"] == "tags"
+    assert m["index"] == {"type": "HNSW", "metric": "COSINE", "params": {"M": 16, "efConstruction": 64}}
+    assert m["created_at"].endswith("+00:00")
+    assert read_manifest(built, "A_captions")["values"] == "captions"
+
+
+def test_each_image_retrieves_itself_with_its_own_tags(built: TunaConfig) -> None:
+    samples = _good_samples(built, "web/A")
+    enc = load_encoder(encoder_path(built))
+    vecs = enc.embed_images([img for _, img in samples])
+    tags = load_tags(built.data_dir / "tags/A/tags.parquet")
+    retriever = Retriever(built)
+    got = retriever.retrieve("A", vecs, k=5)
+    assert len(got) == len(samples) and all(len(r.neighbours) == 5 for r in got)
+    self_top = np.mean([r.neighbours[0].id == key or r.neighbours[0].score > 0.9999 for (key, _), r in zip(samples, got)])
+    assert self_top >= 0.98
+    own = [r for (key, _), r in zip(samples, got) if r.neighbours[0].id == key]
+    assert len(own) >= 0.9 * len(samples)  # exact duplicates aside, the top hit is the image itself
+    assert all(r.neighbours[0].values == tags[r.neighbours[0].id] for r in own)
+    # values are ranked by a similarity-weighted vote over the neighbours
+    scores = [s for _, s in got[0].values]
+    assert scores == sorted(scores, reverse=True) and len(got[0].values) <= built.model.num_tags
+    retriever.close()
+
+
+def test_swap_datastore_per_call_without_restart(built: TunaConfig) -> None:
+    samples = _good_samples(built, "web/B")[:20]
+    enc = load_encoder(encoder_path(built))
+    vecs = enc.embed_images([img for _, img in samples])
+    retriever = Retriever(built)
+    from_b = retriever.retrieve("B", vecs, k=3)
+    from_a = retriever.retrieve("A", vecs, k=3)
+    caps = retriever.retrieve("A_captions", vecs, k=3)
+    assert {n.source for r in from_b for n in r.neighbours} == {"world-B"}
+    assert {n.source for r in from_a for n in r.neighbours} == {"world-A"}
+    assert all(n.values == [n.caption] for r in caps for n in r.neighbours)
+    with pytest.raises(UnknownDatastore, match="unknown datastore 'C'"):
+        retriever.retrieve("C", vecs, k=3)
+    retriever.close()
+
+
+def test_pulled_snapshot_answers_identically(built: TunaConfig, tmp_path: Path) -> None:
+    """DVC restores the datastore folder byte for byte; the copy must give the same search results."""
+    samples = _good_samples(built, "web/A")[:50]
+    vecs = load_encoder(encoder_path(built)).embed_images([img for _, img in samples])
+    before = Retriever(built).retrieve("A", vecs, k=5)
+    other = load_config(SMOKE, [f"run.data_dir={tmp_path}"])
+    shutil.copytree(datastore_dir(built, "A"), datastore_dir(other, "A"))
+    after = Retriever(other).retrieve("A", vecs, k=5)
+    assert [[(n.id, round(n.score, 5)) for n in r.neighbours] for r in after] == \
+           [[(n.id, round(n.score, 5)) for n in r.neighbours] for r in before]
+
+
+def test_killed_build_resumes_to_one_row_per_id(built: TunaConfig, tmp_path: Path) -> None:
+    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}", "index.batch_size=16"])
+    for sub in ("world", "encoder", "tags"):
+        shutil.copytree(built.data_dir / sub, cfg.data_dir / sub)
+    cmd = [sys.executable, "-m", "tuna.cli", "index", "--config", str(SMOKE), "--datastore", "A", "--quiet",
+           f"run.data_dir={tmp_path}", "index.batch_size=16"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    db = lite_path(cfg, "A")
+    deadline = time.time() + 60
+    while not db.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if read_manifest(cfg, "A") is None:  # killed before the end: no manifest marks it unfinished
+        assert proc.returncode == -signal.SIGKILL
+    m = build_datastore(cfg, "A", progress=False, log=_quiet)
+    store = MilvusStore(str(db))
+    ids = store.ids("A")
+    assert store.count("A") == len(ids) == m["rows"] == read_manifest(built, "A")["rows"]
+    store.close()
+
+
+def test_dimension_mismatch_is_refused_with_both_numbers(built: TunaConfig, tmp_path: Path) -> None:
+    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}"])
+    for sub in ("world", "encoder", "tags"):
+        shutil.copytree(built.data_dir / sub, cfg.data_dir / sub)
+    store = MilvusStore(str(lite_path(cfg, "A")))
+    store.ensure("A", 7)
+    store.close()
+    dim = load_encoder(encoder_path(cfg)).dim
+    with pytest.raises(DimensionMismatch, match=f"holds 7-d vectors but the encoder makes {dim}-d"):
+        build_datastore(cfg, "A", progress=False, log=_quiet)
+
+
+def test_missing_inputs_give_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}"])
+    with pytest.raises(TunaError, match="run `tuna world"):
+        build_datastore(cfg, "A", progress=False, log=_quiet)
+    generate_world(cfg, progress=False, log=_quiet)
+    with pytest.raises(TunaError, match="run `tuna mine"):
+        build_datastore(cfg, "A", progress=False, log=_quiet)
+    assert main(["index", "--config", str(SMOKE), f"run.data_dir={tmp_path}", "--datastore", "A", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tuna mine" in err[0]

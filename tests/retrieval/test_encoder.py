@@ -1,0 +1,191 @@
+"""The CLIP encoder on a smoke world: train, save/load round trip, embeddings, fingerprints, quarantine, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import AutoTokenizer
+
+from tuna.cli import main
+from tuna.config import load_config
+from tuna.errors import ConfigError, TunaError
+from tuna.retrieval import clip_train
+from tuna.retrieval.encoder import (
+    ClipEncoder,
+    EncoderUnavailable,
+    encoder_path,
+    evaluate_zero_shot,
+    is_up_to_date,
+    load_encoder,
+    train_encoder,
+)
+
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+# What the world generator damages on purpose -> the kind the encoder's quarantine records.
+KIND = {"truncated_image": "bad_image", "empty_caption": "empty_caption",
+        "non_utf8_caption": "non_utf8_caption", "oversized_caption": "long_caption"}
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A smoke world, an encoder trained on it with seed 0, and one trained on the same world with seed 1."""
+    from tuna.world.generate import generate_world
+
+    root = tmp_path_factory.mktemp("encoder")
+    cfg = load_config(SMOKE, [f"run.data_dir={root / 'seed0'}"])
+    world = generate_world(cfg, progress=False, log=_quiet)
+    manifest = train_encoder(cfg, progress=False, log=_quiet)
+    cfg1 = load_config(SMOKE, [f"run.data_dir={root / 'seed1'}", "run.seed=1"])
+    shutil.copytree(root / "seed0" / "world", root / "seed1" / "world")
+    manifest1 = train_encoder(cfg1, progress=False, log=_quiet)
+    return {"cfg": cfg, "world": world, "manifest": manifest, "manifest1": manifest1, "root": root,
+            "path": Path(encoder_path(cfg))}
+
+
+@pytest.fixture(scope="module")
+def encoder(trained: dict) -> ClipEncoder:
+    return load_encoder(trained["path"])
+
+
+def _finer_images(trained: dict, split: str = "ood", n: int = 6) -> list[Image.Image]:
+    folder = trained["path"].parent / "world" / "eval" / "finer" / split / "images"
+    return [Image.open(p).convert("RGB") for p in sorted(folder.iterdir())[:n]]
+
+
+def test_training_writes_model_tokenizer_processor_manifest_metrics(trained: dict) -> None:
+    path, manifest = trained["path"], trained["manifest"]
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
+                 "manifest.json", "metrics.json", "quarantine.jsonl"):
+        assert (path / name).is_file(), name
+    assert not list(path.parent.glob(".encoder.tmp-*")), "the temporary folder is renamed into place"
+    assert json.loads((path / "manifest.json").read_text()) == manifest
+    assert len(manifest["encoder_hash"]) == 64 and manifest["fingerprint"] == manifest["encoder_hash"][:16]
+    assert len(manifest["corpus_hash"]) == 64
+    assert manifest["dim"] == trained["cfg"].encoder.projection_dim
+    assert manifest["loss"]["steps"] >= 1 and manifest["loss"]["per_epoch"]
+    metrics = json.loads((path / "metrics.json").read_text())
+    for split in ("id", "ood", "b"):
+        assert 0.0 <= metrics[split]["top1"] <= metrics[split]["top5"] <= 1.0
+        assert metrics[split]["n"] == trained["world"]["counts"][f"finer_{split}"]
+    assert is_up_to_date(trained["cfg"])
+
+
+def test_save_load_round_trip_gives_identical_embeddings(trained: dict, encoder: ClipEncoder, tmp_path: Path) -> None:
+    images = _finer_images(trained)
+    texts = ["a photo of a thing.", "a small red striped object on a textured background"]
+    encoder.model.save_pretrained(tmp_path)
+    encoder.tokenizer.save_pretrained(tmp_path)
+    encoder.processor.save_pretrained(tmp_path)
+    again = load_encoder(str(tmp_path))
+    assert again.fingerprint == encoder.fingerprint
+    assert np.array_equal(again.embed_images(images), encoder.embed_images(images))
+    assert np.array_equal(again.embed_texts(texts), encoder.embed_texts(texts))
+
+
+def test_embeddings_are_unit_norm_float32_of_the_projection_size(trained: dict, encoder: ClipEncoder) -> None:
+    images = _finer_images(trained, "b", 5)
+    img = encoder.embed_images(images, batch_size=2)
+    txt = encoder.embed_texts(["a photo of a thing."] * 3, batch_size=2)
+    for emb, n in ((img, 5), (txt, 3)):
+        assert emb.shape == (n, encoder.dim) and emb.dtype == np.float32
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert encoder.embed_images([]).shape == (0, encoder.dim)
+    np.testing.assert_allclose(img, encoder.embed_images(images, batch_size=256), atol=1e-5)  # batching: float noise only
+
+
+def test_fingerprint_stable_across_reloads_and_changes_with_the_seed(trained: dict, encoder: ClipEncoder) -> None:
+    assert load_encoder(trained["path"]).fingerprint == encoder.fingerprint == trained["manifest"]["fingerprint"]
+    assert trained["manifest1"]["fingerprint"] != trained["manifest"]["fingerprint"]
+    assert trained["manifest1"]["corpus_hash"] == trained["manifest"]["corpus_hash"], "same world, same corpus"
+
+
+def test_corrupt_samples_are_quarantined_with_counts_matching_the_world(trained: dict) -> None:
+    expected = [(c["key"], KIND[c["kind"]]) for c in trained["world"]["corrupt"]]
+    assert expected, "the smoke world damages some web samples on purpose"
+    rows = [json.loads(line) for line in (trained["path"] / "quarantine.jsonl").read_text().splitlines()]
+    assert sorted((r["key"], r["kind"]) for r in rows) == sorted(expected)
+    assert all(r["source"].startswith("web/A/") and r["reason"] for r in rows)
+    manifest = trained["manifest"]
+    assert manifest["quarantined"]["kinds"] == dict(Counter(kind for _, kind in expected))
+    web_a = manifest["corpora"]["web/A"]
+    assert web_a["samples"] == trained["world"]["counts"]["web_A"]
+    assert web_a["skipped"] == trained["world"]["counts"]["web_A_corrupt"] == len(rows)
+    assert manifest["pairs"] == sum(c["kept"] for c in manifest["corpora"].values())
+
+
+def test_loading_a_missing_encoder_is_a_one_line_tuna_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-encoder"
+    with pytest.raises(TunaError) as err:
+        load_encoder(missing)
+    assert isinstance(err.value, EncoderUnavailable)
+    assert str(missing) in str(err.value) and "\n" not in str(err.value) and "tuna encoder" in str(err.value)
+    with pytest.raises(EncoderUnavailable, match="config.json"):
+        load_encoder(tmp_path)  # a folder, but not a saved model
+
+
+def test_cli_reports_a_missing_vision_tower_on_one_line(trained: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["encoder", "--config", str(SMOKE), f"run.data_dir={trained['root'] / 'seed0'}",
+                 f"model.vision_tower={tmp_path / 'missing'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "missing" in err
+
+
+def test_cli_skips_an_up_to_date_encoder_and_prints_accuracy(trained: dict, capsys: pytest.CaptureFixture) -> None:
+    code = main(["encoder", "--config", str(SMOKE), f"run.data_dir={trained['root'] / 'seed0'}", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and "up to date" in out and trained["manifest"]["fingerprint"] in out
+    assert "ID" in out and "OOD" in out and "B" in out
+
+
+def test_cli_evaluates_a_given_vision_tower_without_training(trained: dict, capsys: pytest.CaptureFixture) -> None:
+    before = trained["path"].joinpath("manifest.json").read_text()
+    code = main(["encoder", "--config", str(SMOKE), f"run.data_dir={trained['root'] / 'seed1'}",
+                 f"model.vision_tower={trained['path']}", "--quiet"])
+    assert code == 0 and "loaded" in capsys.readouterr().out
+    assert trained["path"].joinpath("manifest.json").read_text() == before
+
+
+def test_evaluate_zero_shot_matches_the_saved_metrics(trained: dict, encoder: ClipEncoder) -> None:
+    metrics = evaluate_zero_shot(encoder, trained["path"].parent / "world")
+    saved = json.loads((trained["path"] / "metrics.json").read_text())
+    for split in ("id", "ood", "b"):
+        assert metrics[split]["top1"] == saved[split]["top1"]
+
+
+def test_training_pixels_match_the_saved_processor(trained: dict, encoder: ClipEncoder) -> None:
+    """No train/serve skew: the fast training path normalises exactly as the processor does."""
+    images = _finer_images(trained, "id", 3)
+    uint8 = np.stack([np.asarray(im, np.uint8).transpose(2, 0, 1) for im in images])
+    import torch
+
+    fast = clip_train.normalise(torch.from_numpy(uint8), encoder.processor).numpy()
+    slow = encoder.processor(images=images, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
+
+
+def test_tokenizer_round_trips_and_ends_texts_with_the_pooled_token(trained: dict, encoder: ClipEncoder) -> None:
+    tok = AutoTokenizer.from_pretrained(trained["path"])
+    ids = tok(["a photo of a qqzzx."])["input_ids"][0]
+    assert ids == encoder.tokenizer(["a photo of a qqzzx."])["input_ids"][0]
+    eos = encoder.model.config.text_config.eos_token_id
+    assert ids[-1] == eos == tok.eos_token_id and eos != 2, "CLIP pools at the first EOS; id 2 selects legacy argmax pooling"
+    assert tok.convert_ids_to_tokens(ids)[1:-1] == ["a", "photo", "of", "a", "<unk>", "."]
+
+
+def test_bad_encoder_settings_name_the_key() -> None:
+    with pytest.raises(ConfigError, match="encoder.text_heads"):
+        load_config(SMOKE, ["encoder.text_heads=3"])
+    cfg = load_config(SMOKE, ["encoder.patch_size=7"])
+    tok = clip_train.build_tokenizer(["a photo of a thing"], cfg.encoder.max_text_tokens)
+    with pytest.raises(ConfigError, match="encoder.patch_size"):
+        clip_train.build_model(cfg.encoder, tok, cfg.world.image_size)

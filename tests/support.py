@@ -1,0 +1,70 @@
+"""Test helpers shared by the suite: repository paths, a word tokeniser and smoke-world generation."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuna.config import TunaConfig, load_config
+from tuna.world.generate import generate_world, world_dir
+from tuna.world.taxonomy import Taxonomy, load_taxonomies
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+SMOKE = CONFIGS / "smoke.yaml"
+RECIPES = sorted(CONFIGS.glob("*.yaml"))
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def words(text: str) -> set[str]:
+    """The lower-case words of ``text`` (class names are single alphabetic words)."""
+    return set(_WORD.findall(text.lower()))
+
+
+@dataclass(frozen=True)
+class World:
+    """A generated world on disk, with its config, manifest and taxonomies."""
+
+    cfg: TunaConfig
+    root: Path
+    manifest: dict[str, Any]
+    a: Taxonomy
+    b: Taxonomy
+
+    @property
+    def ood_names(self) -> set[str]:
+        return {c.name for c in self.a.ood_classes}
+
+    @property
+    def id_names(self) -> set[str]:
+        return {c.name for c in self.a.id_classes}
+
+    @property
+    def a_names(self) -> set[str]:
+        return {c.name for c in self.a.classes}
+
+    @property
+    def b_names(self) -> set[str]:
+        return {c.name for c in self.b.classes}
+
+
+def make_world(data_dir: Path, *overrides: str) -> World:
+    """Generate the smoke world (plus ``overrides``) under ``data_dir`` and load what describes it."""
+    cfg = load_config(SMOKE, [f"run.data_dir={data_dir}", *overrides])
+    manifest = generate_world(cfg, progress=False, log=lambda s: None)
+    root = world_dir(cfg)
+    assert json.loads((root / "manifest.json").read_text()) == manifest
+    a, b = load_taxonomies((root / "taxonomy.json").read_text())
+    return World(cfg=cfg, root=root, manifest=manifest, a=a, b=b)
+
+
+def mentions(text: str, names: set[str]) -> set[str]:
+    """The class ``names`` that ``text`` mentions, as a word or in plural ("zeduls", "plotutrouxes")."""
+    from tuna.world.language import plural
+
+    found = words(text)
+    return {n for n in names if n in found or plural(n) in found}
