@@ -220,7 +220,11 @@ class EncoderConfig:
     weight_decay: float = 0.05      # AdamW weight decay on matrices (not norms, biases, embeddings)
     warmup: float = 0.05            # share of steps with linear warmup, then cosine decay to 0
     flip: bool = True               # random horizontal flips of training images
+    shift: int = 0                  # random translation of training images, in pixels (0 = off)
     text_dropout: float = 0.0       # chance each caption word is dropped per step (names must carry the match)
+    subsample: float = 0.0          # word2vec-style dropping of frequent caption words (threshold; 0 = off)
+    sincos_init: bool = True        # start the ViT position table from 2-D sine-cosine (a spatial prior)
+    pca_init: bool = False          # start the patch embedding from whitened principal components of patches
     threads: int = 2                # torch CPU threads
 
     def __post_init__(self) -> None:
@@ -238,6 +242,8 @@ class EncoderConfig:
         _require(0 <= self.weight_decay < 1, "weight_decay", f"must be in [0, 1), got {self.weight_decay}")
         _require(0 <= self.warmup < 1, "warmup", f"must be a share of steps in [0, 1), got {self.warmup}")
         _require(0 <= self.text_dropout < 1, "text_dropout", f"must be a probability in [0, 1), got {self.text_dropout}")
+        _require(0 <= self.subsample < 1, "subsample", f"must be a word-frequency threshold in [0, 1), got {self.subsample}")
+        _require(0 <= self.shift <= 64, "shift", f"must be in 0..64 pixels, got {self.shift}")
 
 
 @dataclass(frozen=True)
@@ -268,6 +274,22 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class TrackConfig:
+    """MLflow tracking: where runs, metrics, artifacts and registered models go."""
+
+    tracking_uri: str | None = None
+    artifact_root: str | None = None
+    experiment: str = "tuna"
+    registered_model: str = "tuna-mini"
+    ui_port: int = 5000
+
+    def __post_init__(self) -> None:
+        _require(bool(self.experiment.strip()), "experiment", "must be a non-empty experiment name")
+        _require(bool(self.registered_model.strip()), "registered_model", "must be a non-empty model name")
+        _require(1024 <= self.ui_port <= 65535, "ui_port", f"must be in 1024..65535, got {self.ui_port}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """Which checkpoints build TUNA (a path or hub id each; unset = the tiny models trained on the world)."""
 
@@ -294,6 +316,7 @@ class TunaConfig:
     mine: MineConfig = field(default_factory=MineConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     @property
@@ -407,7 +430,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             at = f" at line {line + 1}" if line is not None else ""
             raise ConfigError(f"config file {str(p)!r} is not valid YAML{at}; fix its syntax") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections (run, world, mine, encoder, index, model)")
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections (run, world, mine, encoder, index, track, model)")
         data = loaded or {}
     for override in overrides:
         apply_override(data, override)
