@@ -104,6 +104,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Serve the MLflow UI for the recipe's local tracking store on 127.0.0.1 until Ctrl-C."""
+    from tuna.track import serve_ui
+
+    return serve_ui(_config(args), port=args.port)
+
+
+def _ui_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: track.ui_port)")
+
+
 def _print_counts(counts: dict[str, int]) -> None:
     width = max(len(k) for k in counts)
     for key, value in counts.items():
@@ -128,6 +139,7 @@ VERBS: dict[str, Verb] = {
     "encoder": Verb("train the tiny CLIP on web A + B (or load model.vision_tower); print zero-shot accuracy", cmd_encoder, _force_quiet),
     "mine": Verb("mine tags (objects, attributes, entities) from the web captions with spaCy", cmd_mine, _mine_args),
     "run": Verb("run the whole pipeline built so far on a recipe (the README's main command)", cmd_run, _force_quiet),
+    "ui": Verb("browse the local MLflow store (runs, metrics, models) with mlflow ui on 127.0.0.1", cmd_ui, _ui_args),
 }
 
 

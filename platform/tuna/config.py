@@ -275,7 +275,10 @@ class IndexConfig:
 
 @dataclass(frozen=True)
 class TrackConfig:
-    """MLflow tracking: where runs, metrics, artifacts and registered models go."""
+    """MLflow tracking: where runs, metrics, artifacts and registered models go (see tuna.track).
+
+    The environment variable MLFLOW_TRACKING_URI, when set, overrides ``tracking_uri``.
+    """
 
     tracking_uri: str | None = None
     artifact_root: str | None = None

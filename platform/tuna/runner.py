@@ -1,7 +1,8 @@
 """`tuna run`: every step built so far, in order, each skipped when its outputs are up to date.
 
 The same library calls the CLI verbs, the DVC stages and the KFP components make; this is the local,
-one-process front door. Each later step appends itself to :func:`steps`.
+one-process front door. The whole run is one MLflow parent run and each step that runs a nested
+run holding its metrics. Each later step appends itself to :func:`steps`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from dataclasses import dataclass
 
 from tuna.config import TunaConfig
 
+Outcome = tuple[str, dict[str, float]]  # (one-line summary, metrics for the step's MLflow run)
+
 
 @dataclass(frozen=True)
 class Step:
     name: str
     up_to_date: Callable[[TunaConfig], bool]
-    run: Callable[[TunaConfig, bool], str]  # (cfg, progress) -> one-line summary
+    run: Callable[[TunaConfig, bool], Outcome]  # (cfg, progress) -> outcome
 
 
 @dataclass(frozen=True)
@@ -27,43 +30,50 @@ class StepResult:
     summary: str
 
 
-def _world(cfg: TunaConfig, progress: bool) -> str:
+def _world(cfg: TunaConfig, progress: bool) -> Outcome:
     from tuna.world.generate import generate_world, world_dir
 
     m = generate_world(cfg, progress=progress)
-    return f"{sum(v for k, v in m['counts'].items() if k.startswith(('web_A', 'web_B')) and 'corrupt' not in k)} web samples -> {world_dir(cfg)}"
+    web = m["counts"]["web_A"] + m["counts"]["web_B"]
+    return f"{web} web samples -> {world_dir(cfg)}", {k: float(v) for k, v in m["counts"].items()}
 
 
-def _encoder(cfg: TunaConfig, progress: bool) -> str:
+def _encoder(cfg: TunaConfig, progress: bool) -> Outcome:
     from tuna.retrieval.encoder import run_encoder, summary_line
 
     out = run_encoder(cfg, force=True, progress=progress)
-    return f"{out['path']}: {summary_line(out['metrics'])}"
+    metrics = {f"zero_shot_top1_{split}": float(m["top1"]) for split, m in out["metrics"].items()
+               if isinstance(m, dict) and "top1" in m}
+    return f"{out['path']}: {summary_line(out['metrics'])}", metrics
 
 
-def _mine(cfg: TunaConfig, progress: bool) -> str:
+def _mine(cfg: TunaConfig, progress: bool) -> Outcome:
     from tuna.tags.io import mine_corpus
     from tuna.tags.miner import TagMiner
 
     miner = TagMiner(cfg.mine)
-    parts = []
+    parts, metrics = [], {}
     for domain in ("A", "B"):
         m = mine_corpus(cfg, domain, progress=progress, miner=miner)
         parts.append(f"{domain}: {m['count']} captions, {m['skipped']} skipped")
-    return "; ".join(parts)
+        metrics.update({f"{domain}_captions": float(m["count"]), f"{domain}_skipped": float(m["skipped"]),
+                        f"{domain}_tags_per_caption": float(m["tags_per_caption"])})
+    return "; ".join(parts), metrics
 
 
-def _index(cfg: TunaConfig, progress: bool) -> str:
+def _index(cfg: TunaConfig, progress: bool) -> Outcome:
     from tuna.retrieval.datastore import DATASTORES, build_datastore, is_up_to_date
 
-    parts = []
+    parts, metrics = [], {}
     for name in DATASTORES:
         if is_up_to_date(cfg, name):
             parts.append(f"{name}: up to date")
             continue
         m = build_datastore(cfg, name, rebuild=True, progress=progress)
         parts.append(f"{name}: {m['rows']} rows, {m['skipped']} skipped")
-    return "; ".join(parts)
+        metrics.update({f"{name}_rows": float(m["rows"]), f"{name}_skipped": float(m["skipped"]),
+                        f"{name}_build_seconds": float(m["build_seconds"])})
+    return "; ".join(parts), metrics
 
 
 def _indexes_up_to_date(cfg: TunaConfig) -> bool:
@@ -106,13 +116,21 @@ def run_all(cfg: TunaConfig, force: bool = False, progress: bool = True,
 
     ``force`` reruns every step; a rerun step makes the later ones stale, so they rerun too.
     """
+    from tuna import track
+
     results = []
-    for step in steps():
-        t0 = time.perf_counter()
-        if not force and step.up_to_date(cfg):
-            results.append(StepResult(step.name, 0.0, "up to date"))
-            continue
-        log(f"== {step.name}")
-        summary = step.run(cfg, progress)
-        results.append(StepResult(step.name, time.perf_counter() - t0, summary))
+    with track.pipeline_run(cfg) as parent:
+        for step in steps():
+            t0 = time.perf_counter()
+            if not force and step.up_to_date(cfg):
+                results.append(StepResult(step.name, 0.0, "up to date"))
+                continue
+            log(f"== {step.name}")
+            with track.stage_run(step.name, cfg) as run:
+                summary, metrics = step.run(cfg, progress)
+                seconds = time.perf_counter() - t0
+                run.log_metrics({**metrics, "seconds": seconds})
+                run.set_tags({"tuna.summary": summary[:4000]})
+            results.append(StepResult(step.name, seconds, summary))
+        parent.log_metrics({f"{r.name}_seconds": r.seconds for r in results})
     return results

@@ -1,0 +1,44 @@
+"""`tuna run` end to end on the smoke recipe: every step for real, one MLflow parent run, a nested run per step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuna.cli import main
+from tuna.config import load_config
+from tuna.runner import run_all, steps
+from tuna.track import tracking_uri
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+pytestmark = pytest.mark.integration
+
+
+def test_run_chain_tracks_every_step_and_skips_when_up_to_date(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}"])
+    first = run_all(cfg, progress=False, log=lambda s: None)
+    assert [r.name for r in first] == [s.name for s in steps()] == ["world", "encoder", "mine", "index"]
+    assert all(r.summary != "up to date" for r in first)
+    for sub in ("world/manifest.json", "encoder/manifest.json", "tags/A/tags.parquet",
+                "datastores/A/manifest.json", "datastores/B/manifest.json", "datastores/A_captions/manifest.json"):
+        assert (tmp_path / sub).exists(), sub
+
+    client = MlflowClient(tracking_uri(cfg))
+    exp = client.get_experiment_by_name(cfg.track.experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("tuna.kind") == "pipeline"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = {r.data.tags["mlflow.runName"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert set(children) == {"world", "encoder", "mine", "index"}
+    assert children["world"].data.metrics["web_A"] == 300
+    assert children["index"].data.metrics["A_rows"] == 292
+    assert "zero_shot_top1_ood" in children["encoder"].data.metrics
+    assert parents[0].data.params["world.sizes.web"] == "300"
+
+    # Second run: nothing changed, so every step is skipped; the CLI prints the table.
+    assert main(["run", "--config", str(SMOKE), f"run.data_dir={tmp_path}", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("up to date") == 4
