@@ -1,0 +1,28 @@
+"""The TUNA model: configuration, modeling and builders (pure torch + transformers; no I/O, no infra).
+
+``configuration_tuna.TunaConfig`` + ``modeling_tuna.TunaForConditionalGeneration`` are the Hugging Face
+pair; ``builder`` composes a saved CLIP and a saved causal LM, lists the trainable groups per stage and
+exports the baseline (tag_mode "none") as a ``LlavaForConditionalGeneration``.
+"""
+
+from tuna.model.builder import (
+    ModelLoadError,
+    build_tuna,
+    set_trainable,
+    stage_parameters,
+    to_llava,
+)
+from tuna.model.configuration_tuna import TunaConfig
+from tuna.model.modeling_tuna import (
+    IGNORE_INDEX,
+    ModelInputError,
+    TunaCausalLMOutput,
+    TunaForConditionalGeneration,
+    TunaMergedInputs,
+)
+
+__all__ = [
+    "IGNORE_INDEX", "ModelInputError", "ModelLoadError", "TunaCausalLMOutput", "TunaConfig",
+    "TunaForConditionalGeneration", "TunaMergedInputs", "build_tuna", "set_trainable", "stage_parameters",
+    "to_llava",
+]

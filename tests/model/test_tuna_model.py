@@ -1,0 +1,216 @@
+"""TUNA forward: shapes, the LLaVA equivalence of tag_mode none, tuner weights, label masking, gradients, save/load, generate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlavaConfig, LlavaForConditionalGeneration
+from tuna.model import IGNORE_INDEX, TunaForConditionalGeneration, set_trainable
+from tuna_tiny import LM_VOCAB, K, T, make_batch
+
+P = 16  # (32 px / 8 px)**2 patches, CLS dropped
+D = 32
+
+
+def _llava_from_parts(model: TunaForConditionalGeneration) -> LlavaForConditionalGeneration:
+    """A plain Llava built from its own config, loaded by name from TUNA's CLIP vision tower, projector and LM."""
+    cfg = model.config
+    llava = LlavaForConditionalGeneration(LlavaConfig(
+        vision_config=cfg.clip_config.vision_config.to_dict(), text_config=cfg.text_config.to_dict(),
+        image_token_index=cfg.image_token_index, image_seq_length=P, vision_feature_layer=cfg.vision_feature_layer,
+        vision_feature_select_strategy="default", projector_hidden_act="gelu",
+        tie_word_embeddings=cfg.text_config.tie_word_embeddings))
+    state = {f"model.vision_tower.{n}": t for n, t in model.clip.vision_model.state_dict().items()}
+    state |= {f"model.multi_modal_projector.{n}": t for n, t in model.projector.state_dict().items()}  # linear_1, linear_2
+    state |= {f"model.language_model.{n}": t for n, t in model.language_model.model.state_dict().items()}
+    state["lm_head.weight"] = model.language_model.lm_head.weight
+    missing, unexpected = llava.load_state_dict(state, strict=False)
+    assert not unexpected and not missing
+    return llava.eval()
+
+
+def test_shapes(make_model):
+    model = make_model()
+    batch = make_batch(model)
+    with torch.no_grad():
+        out = model(**batch)
+    merged = 10 - 1 + P + K * (1 + T)
+    assert out.logits.shape == (2, merged, LM_VOCAB)
+    assert out.tag_weights.shape == (2, K)
+    assert out.image_hidden_states.shape == (2, P, D)
+    assert out.tag_hidden_states.shape == (2, K, D)
+    assert out.attention_mask.shape == (2, merged)
+    # row 0, tag 1 has 2 padding slots; row 1, tag 2 is absent (its visual-tag slot and T word slots)
+    assert out.attention_mask.sum(-1).tolist() == [merged - 2, merged - (1 + T)]
+
+
+def test_linear_projector_shapes(make_model):
+    model = make_model(projector="linear")
+    with torch.no_grad():
+        out = model(**make_batch(model))
+    assert out.image_hidden_states.shape == (2, P, D)
+    assert not hasattr(model.projector, "linear_2")
+
+
+@pytest.mark.parametrize("layer", [-2, -1])
+def test_tag_mode_none_equals_plain_llava(make_model, layer):
+    model = make_model(tag_mode="none", image_token_index=LM_VOCAB - 1, vision_feature_layer=layer)
+    batch = make_batch(model)
+    llava = _llava_from_parts(model)
+    ids = batch["input_ids"]
+    llava_ids = torch.cat([ids[:, :3], torch.full((2, P), LM_VOCAB - 1), ids[:, 4:]], dim=1)  # <image> repeated P times
+    with torch.no_grad():
+        ours = model(**batch)              # tag inputs are ignored in tag_mode none
+        plain = model(input_ids=ids, pixel_values=batch["pixel_values"])
+        ref = llava(input_ids=llava_ids, pixel_values=batch["pixel_values"])
+    assert ours.logits.shape == ref.logits.shape == (2, 10 - 1 + P, LM_VOCAB)
+    torch.testing.assert_close(ours.logits, ref.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(plain.logits, ours.logits, atol=0, rtol=0)
+    assert ours.tag_weights is None and ours.tag_hidden_states is None
+
+
+def test_random_and_captions_modes_share_the_tags_forward(make_model):
+    outs = []
+    for mode in ("tags", "random", "captions"):
+        model = make_model(tag_mode=mode)
+        with torch.no_grad():
+            outs.append(model(**make_batch(model)).logits)
+    torch.testing.assert_close(outs[1], outs[0], atol=0, rtol=0)
+    torch.testing.assert_close(outs[2], outs[0], atol=0, rtol=0)
+
+
+def test_tuner_weights_are_a_softmax_per_image(make_model):
+    model = make_model()
+    batch = make_batch(model)
+    with torch.no_grad():
+        out = model(**batch)
+        w = out.tag_weights
+        assert torch.allclose(w.sum(-1), torch.ones(2))
+        assert w[1, K - 1] == 0 and (w[batch["tag_mask"]] > 0).all()
+        # = softmax(scale * cosine(CLIP text feature, CLIP image feature)) over the valid tags
+        clip = model.clip
+        text = clip.get_text_features(input_ids=batch["tag_clip_input_ids"].flatten(0, 1)).pooler_output.view(2, K, -1)
+        image = clip.get_image_features(pixel_values=batch["pixel_values"]).pooler_output
+        cos = torch.einsum("bkd,bd->bk", F.normalize(text, dim=-1), F.normalize(image, dim=-1))
+        logits = (model.tuner.logit_scale.exp() * cos).masked_fill(~batch["tag_mask"], float("-inf"))
+        torch.testing.assert_close(w, logits.softmax(-1), atol=1e-6, rtol=0)
+        # precomputed CLIP text features give the same forward as CLIP-tokenised tags
+        pre = {k: v for k, v in batch.items() if k != "tag_clip_input_ids"}
+        out_pre = model(**pre, tag_features=text)
+        torch.testing.assert_close(out_pre.logits, out.logits, atol=1e-5, rtol=0)
+        # an absent tag's content changes nothing
+        changed = {k: v.clone() for k, v in batch.items()}
+        changed["tag_input_ids"][1, K - 1] = 5
+        changed["tag_clip_input_ids"][1, K - 1, 1:-1] = 7
+        out2 = model(**changed)
+    torch.testing.assert_close(out2.tag_weights, w, atol=0, rtol=0)
+    torch.testing.assert_close(out2.logits, out.logits, atol=0, rtol=0)
+
+
+def test_weights_scale_each_tags_embeddings(make_model):
+    model = make_model()
+    batch = make_batch(model)
+    with torch.no_grad():
+        merged = model.prepare_multimodal_inputs(**batch)
+        block = merged.inputs_embeds[:, 3 + P: 3 + P + K * (1 + T)].view(2, K, 1 + T, D)
+        words = model.get_input_embeddings()(batch["tag_input_ids"])                   # (B, k, T, D)
+        n_valid = batch["tag_mask"].sum(-1, keepdim=True)
+        scale = (merged.tag_weights * n_valid)[..., None, None]                         # "mean" norm: weight * n_valid
+        real = (batch["tag_attention_mask"].bool() & batch["tag_mask"][..., None])[..., None]
+        torch.testing.assert_close(block[:, :, 1:], words * scale * real, atol=1e-6, rtol=0)
+        torch.testing.assert_close(block[:, :, 0], merged.tag_hidden_states * scale[..., 0], atol=1e-6, rtol=0)
+
+
+def test_uniform_weights_when_tuner_off(make_model):
+    model = make_model(tuner=False)
+    with torch.no_grad():
+        w = model(**make_batch(model)).tag_weights
+    torch.testing.assert_close(w, torch.tensor([[1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]]))
+
+
+def test_padding_slots_change_nothing(make_model):
+    """Tags of <= 2 tokens padded to T=4 slots give the same predictions as the same tags in 2 slots."""
+    model = make_model()
+    batch = make_batch(model)
+    batch["tag_attention_mask"][..., 2:] = 0
+    short = dict(batch, tag_input_ids=batch["tag_input_ids"][..., :2], tag_attention_mask=batch["tag_attention_mask"][..., :2])
+    with torch.no_grad():
+        long_out, short_out = model(**batch), model(**short)
+    after = 10 - 3 - 1   # text tokens after <image>
+    torch.testing.assert_close(long_out.logits[:, -after:], short_out.logits[:, -after:], atol=1e-5, rtol=0)
+
+
+def test_label_masking_and_loss(make_model):
+    model = make_model()
+    batch = make_batch(model)
+    labels = batch["input_ids"].clone()
+    labels[:, :4] = IGNORE_INDEX                         # prompt up to and including <image>
+    out = model(**batch, labels=labels)
+    block = P + K * (1 + T)
+    assert (out.labels[:, 3:3 + block] == IGNORE_INDEX).all()
+    assert torch.equal(out.labels[:, 3 + block:], labels[:, 4:])
+    assert torch.equal(out.labels[:, :3], labels[:, :3])
+    shift_logits, shift_labels = out.logits[:, :-1].flatten(0, 1), out.labels[:, 1:].flatten()
+    expected = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+    assert torch.isfinite(out.loss)
+    torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=0)
+
+
+def test_gradients_reach_trained_parts_not_frozen_towers(make_model):
+    model = make_model().train()
+    set_trainable(model, stage=2)
+    batch = make_batch(model)
+    labels = batch["input_ids"].masked_fill(batch["input_ids"] < 0, IGNORE_INDEX)
+    model(**batch, labels=labels).loss.backward()
+
+    def reached(module: torch.nn.Module) -> bool:
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+    for part in (model.projector, model.tag_encoder, model.tuner, model.language_model.model.layers):
+        assert reached(part), part
+    assert all(p.grad is None and not p.requires_grad for p in model.clip.parameters())
+    assert model.get_input_embeddings().weight.grad is None     # word embeddings frozen by default in stage 2
+
+
+def test_save_and_load_round_trip(make_model, tmp_path):
+    model = make_model(tag_weight_norm="sum", tuner=True)
+    with torch.no_grad():
+        model.tuner.logit_scale.fill_(1.5)
+    model.save_pretrained(tmp_path)
+    loaded = TunaForConditionalGeneration.from_pretrained(tmp_path).eval()
+    batch = make_batch(model)
+    with torch.no_grad():
+        a, b = model(**batch), loaded(**batch)
+    torch.testing.assert_close(b.logits, a.logits, atol=0, rtol=0)
+    torch.testing.assert_close(b.tag_weights, a.tag_weights, atol=0, rtol=0)
+    cfg = loaded.config
+    assert (cfg.num_tags, cfg.max_tag_tokens, cfg.tag_weight_norm, cfg.projector_type) == (K, T, "sum", "mlp2x_gelu")
+    assert not any(p.requires_grad for p in loaded.clip.parameters())
+
+
+def test_greedy_generate_runs_and_is_deterministic(make_model):
+    model = make_model()
+    batch = make_batch(model)
+    kw = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    first, again = model.generate(**batch, **kw), model.generate(**batch, **kw)
+    assert first.shape[0] == 2 and 1 <= first.shape[1] <= 4
+    assert torch.equal(first, again)
+    with torch.no_grad():
+        step0 = model(**batch).logits[:, -1].argmax(-1)
+    assert torch.equal(first[:, 0], step0)
+
+
+def test_generate_left_padded_batch_matches_single_rows(make_model):
+    model = make_model()
+    batch = make_batch(model)
+    ids = batch["input_ids"].clone()
+    prompt = torch.cat([torch.tensor([7, model.config.image_token_index]), ids[1, 4:]])  # 8 tokens, one <image>
+    ids[1] = torch.cat([torch.zeros(2, dtype=ids.dtype), prompt])                       # row 1: two left pads
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    kw = {"max_new_tokens": 3, "do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+    both = model.generate(**dict(batch, input_ids=ids), attention_mask=mask, **kw)
+    single = {k: v[1:] for k, v in batch.items()}
+    alone = model.generate(**dict(single, input_ids=ids[1:, 2:]), **kw)
+    assert torch.equal(both[1], alone[0])
