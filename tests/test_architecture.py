@@ -1,0 +1,52 @@
+"""The layout rules of DESIGN.md, checked on the source: model code is pure, each engine has one home."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "platform" / "tuna"
+# engine -> the only module(s) under platform/tuna allowed to import it
+ENGINE_HOMES = {
+    "pymilvus": {"retrieval/store.py"},
+    "milvus_lite": {"retrieval/store.py"},
+    "mlflow": {"track.py"},
+    "kfp": set(),          # components/ and pipelines/ only
+    "tritonclient": set(),  # lands with serving (serve/client.py)
+}
+MODEL_FORBIDDEN = {"pymilvus", "kfp", "mlflow", "tritonclient", "milvus_lite", "deepspeed"}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+SOURCES = sorted(SRC.rglob("*.py"))
+
+
+def test_platform_is_a_source_root_not_a_package() -> None:
+    assert not (SRC.parent / "__init__.py").exists()
+
+
+@pytest.mark.parametrize("path", [p for p in SOURCES if "model" in p.relative_to(SRC).parts], ids=lambda p: p.name)
+def test_model_code_is_pure(path: Path) -> None:
+    bad = _imports(path) & MODEL_FORBIDDEN
+    assert not bad, f"{path.relative_to(SRC)} imports {sorted(bad)}"
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip().startswith(("from tuna.", "import tuna.")):  # only its own package and the error types
+            assert line.strip().startswith(("from tuna.model", "from tuna.errors", "import tuna.model")), line
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINE_HOMES))
+def test_each_engine_is_touched_in_one_module(engine: str) -> None:
+    users = {str(p.relative_to(SRC)) for p in SOURCES if engine in _imports(p)}
+    assert users <= ENGINE_HOMES[engine], f"{engine} imported by {sorted(users - ENGINE_HOMES[engine])}"
