@@ -135,9 +135,9 @@ def _force_quiet(p: argparse.ArgumentParser) -> None:
 
 VERBS: dict[str, Verb] = {
     "world": Verb("generate the bundled world: taxonomies, images and every corpus in real formats", cmd_world, _force_quiet),
-    "index": Verb("embed the web corpora and build the Milvus datastores A, B and A_captions (resumable)", cmd_index, _index_args),
     "encoder": Verb("train the tiny CLIP on web A + B (or load model.vision_tower); print zero-shot accuracy", cmd_encoder, _force_quiet),
     "mine": Verb("mine tags (objects, attributes, entities) from the web captions with spaCy", cmd_mine, _mine_args),
+    "index": Verb("embed the web corpora and build the Milvus datastores A, B and A_captions (resumable)", cmd_index, _index_args),
     "run": Verb("run the whole pipeline built so far on a recipe (the README's main command)", cmd_run, _force_quiet),
     "ui": Verb("browse the local MLflow store (runs, metrics, models) with mlflow ui on 127.0.0.1", cmd_ui, _ui_args),
 }

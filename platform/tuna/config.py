@@ -220,11 +220,9 @@ class EncoderConfig:
     weight_decay: float = 0.05      # AdamW weight decay on matrices (not norms, biases, embeddings)
     warmup: float = 0.05            # share of steps with linear warmup, then cosine decay to 0
     flip: bool = True               # random horizontal flips of training images
-    shift: int = 0                  # random translation of training images, in pixels (0 = off)
-    text_dropout: float = 0.0       # chance each caption word is dropped per step (names must carry the match)
-    subsample: float = 0.0          # word2vec-style dropping of frequent caption words (threshold; 0 = off)
-    sincos_init: bool = True        # start the ViT position table from 2-D sine-cosine (a spatial prior)
-    pca_init: bool = False          # start the patch embedding from whitened principal components of patches
+    rotate: bool = False            # random quarter turns of training images
+    zoom: float = 1.0               # random crops keep a side of zoom..1 of the image (1 = off)
+    mask_ratio: float = 0.0         # share of image patches dropped per training step (FLIP); 0 = all patches
     threads: int = 2                # torch CPU threads
 
     def __post_init__(self) -> None:
@@ -241,9 +239,8 @@ class EncoderConfig:
         _require(0 < self.lr < 1, "lr", f"must be in (0, 1), got {self.lr}")
         _require(0 <= self.weight_decay < 1, "weight_decay", f"must be in [0, 1), got {self.weight_decay}")
         _require(0 <= self.warmup < 1, "warmup", f"must be a share of steps in [0, 1), got {self.warmup}")
-        _require(0 <= self.text_dropout < 1, "text_dropout", f"must be a probability in [0, 1), got {self.text_dropout}")
-        _require(0 <= self.subsample < 1, "subsample", f"must be a word-frequency threshold in [0, 1), got {self.subsample}")
-        _require(0 <= self.shift <= 64, "shift", f"must be in 0..64 pixels, got {self.shift}")
+        _require(0 <= self.mask_ratio <= 0.9, "mask_ratio", f"must be in [0, 0.9], got {self.mask_ratio}")
+        _require(0.25 <= self.zoom <= 1, "zoom", f"must be a crop side share in [0.25, 1], got {self.zoom}")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTextConfig, CLIPVisionConfig
@@ -136,28 +137,78 @@ def build_model(enc: EncoderConfig, tokenizer: PreTrainedTokenizerFast, image_si
                           pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                           eos_token_id=tokenizer.eos_token_id, projection_dim=enc.projection_dim)
     config = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=enc.projection_dim)
-    return CLIPModel(config)
+    model = CLIPModel(config)
+    with torch.no_grad():  # a spatial prior for a ViT trained from scratch on little data; stays trainable
+        model.vision_model.embeddings.position_embedding.weight.copy_(sincos_2d(image_size // enc.patch_size, enc.hidden_size))
+    return model
+
+
+def sincos_2d(grid: int, dim: int, scale: float = 0.5) -> torch.Tensor:
+    """(1 + grid*grid, dim) 2-D sine-cosine position table (class token row zero), as MAE / MoCo v3 use.
+
+    A spatial prior for a ViT trained from scratch on little data; it stays a trainable embedding.
+    """
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float32) / max(1, quarter))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij")
+    parts = []
+    for coord in (xs.reshape(-1), ys.reshape(-1)):
+        angle = coord[:, None] * omega[None, :]                                # (grid*grid, quarter)
+        parts += [torch.sin(angle), torch.cos(angle)]
+    table = torch.cat(parts, dim=1)                                            # (grid*grid, 4*quarter)
+    table = torch.cat([table, torch.zeros(grid * grid, dim - table.shape[1])], dim=1)
+    return scale * torch.cat([torch.zeros(1, dim), table], dim=0)
 
 
 def normalise(pixels: torch.Tensor, processor: CLIPImageProcessorPil) -> torch.Tensor:
-    """(B, 3, S, S) uint8 -> float pixel values, exactly as the processor rescales and normalises."""
+    """(B, 3, S, S) uint8 (or float 0..255) -> pixel values, exactly as the processor rescales and normalises."""
     mean = torch.tensor(processor.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(processor.image_std, dtype=torch.float32).view(1, 3, 1, 1)
     return (pixels.float() * float(processor.rescale_factor) - mean) / std
 
 
-def drop_words(ids: torch.Tensor, mask: torch.Tensor, p: float, special: torch.Tensor,
-               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop each non-special token with probability ``p`` and close the gaps (text augmentation).
+def augment(x: torch.Tensor, enc: EncoderConfig, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips, quarter turns and zoom-in crops, as one batched affine resample.
 
-    ``ids``, ``mask``: (B, L) right-padded; returns the same shapes, still right-padded, EOS kept.
+    (B, 3, S, S) uint8 in, (B, 3, S, S) float in 0..255 out. A crop keeps a side of ``zoom``..1 of the
+    image, placed anywhere inside it (``zoom`` 1 = no crop, no shift).
     """
-    word = (mask == 1) & ~torch.isin(ids, special)
-    keep = (mask == 1) & ~(word & (torch.rand(ids.shape, generator=gen) < p))
-    order = torch.argsort((~keep).int(), dim=1, stable=True)             # kept tokens first, in order
-    new_mask = keep.gather(1, order).long()
-    new_ids = torch.where(new_mask == 1, ids.gather(1, order), torch.zeros_like(ids))
-    return new_ids, new_mask
+    b = x.shape[0]
+    one = torch.ones(b)
+    scale = enc.zoom + (1 - enc.zoom) * torch.rand(b, generator=gen) if enc.zoom < 1 else one
+    turns = torch.randint(0, 4, (b,), generator=gen) if enc.rotate else torch.zeros(b, dtype=torch.long)
+    mirror = torch.where(torch.rand(b, generator=gen) < 0.5, -one, one) if enc.flip else one
+    cos = torch.cos(turns * math.pi / 2).round()
+    sin = torch.sin(turns * math.pi / 2).round()
+    room = 1 - scale                                                        # the crop centre may move this far
+    tx = room * (2 * torch.rand(b, generator=gen) - 1)
+    ty = room * (2 * torch.rand(b, generator=gen) - 1)
+    theta = torch.stack([torch.stack([scale * cos * mirror, -scale * sin, tx], 1),
+                         torch.stack([scale * sin * mirror, scale * cos, ty], 1)], 1)    # (B, 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def clip_loss(model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+              mask_ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """Symmetric InfoNCE of a batch of pairs with the model's learned temperature.
+
+    With ``mask_ratio`` > 0 each image keeps a random ``1 - mask_ratio`` of its patch tokens (FLIP:
+    fewer tokens per step, so more steps per second); the saved model always sees every patch.
+    """
+    vm = model.vision_model
+    hidden = vm.embeddings(pixel_values)                                   # (B, 1 + N, D), class token first
+    b, n, d = hidden.shape[0], hidden.shape[1] - 1, hidden.shape[2]
+    keep = n - int(mask_ratio * n)
+    if keep < n:
+        idx = torch.rand(b, n, generator=gen).argsort(dim=1)[:, :keep] + 1   # (B, keep) kept patch positions
+        hidden = torch.cat([hidden[:, :1], hidden.gather(1, idx[..., None].expand(-1, -1, d))], dim=1)
+    hidden = vm.encoder(inputs_embeds=vm.pre_layrnorm(hidden)).last_hidden_state
+    image = model.visual_projection(vm.post_layernorm(hidden[:, 0]))       # (B, P)
+    text = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output  # (B, P)
+    logits = model.logit_scale.exp() * F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T      # (B text, B image)
+    labels = torch.arange(len(logits))
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 def _param_groups(model: CLIPModel, weight_decay: float) -> list[dict]:
@@ -168,14 +219,16 @@ def _param_groups(model: CLIPModel, weight_decay: float) -> list[dict]:
 
 
 def train_clip(model: CLIPModel, pairs: Pairs, tokenizer: PreTrainedTokenizerFast, processor: CLIPImageProcessorPil,
-               enc: EncoderConfig, seed: int, progress: bool = True,
-               log: Callable[[str], None] = print) -> dict[str, object]:
-    """Train ``model`` in place on ``pairs``; returns the loss curve summary and step counts."""
+               enc: EncoderConfig, seed: int, progress: bool = True, log: Callable[[str], None] = print,
+               on_epoch: Callable[[int], None] | None = None) -> dict[str, object]:
+    """Train ``model`` in place on ``pairs``; returns the loss curve summary and step counts.
+
+    ``on_epoch(epoch)`` runs after each epoch (model in eval mode), e.g. to log zero-shot accuracy.
+    """
     tokens = tokenizer(pairs.captions, padding="longest", truncation=True, max_length=enc.max_text_tokens,
                        return_tensors="pt")
     ids, mask = tokens["input_ids"], tokens["attention_mask"]          # (N, L)
     lengths = mask.sum(1)
-    special = torch.tensor(sorted(tokenizer.all_special_ids))
     n = len(pairs.captions)
     batch = min(enc.batch_size, n)
     steps_per_epoch = n // batch
@@ -196,22 +249,20 @@ def train_clip(model: CLIPModel, pairs: Pairs, tokenizer: PreTrainedTokenizerFas
         for s in range(steps_per_epoch):
             idx = order[s * batch:(s + 1) * batch]
             x = pairs.pixels[idx]                                           # (B, 3, S, S) uint8
-            if enc.flip:
-                flip = torch.rand(len(idx), generator=gen) < 0.5
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-            width = int(lengths[idx].max())
-            b_ids, b_mask = ids[idx, :width], mask[idx, :width]
-            if enc.text_dropout > 0:
-                b_ids, b_mask = drop_words(b_ids, b_mask, enc.text_dropout, special, gen)
-            out = model(input_ids=b_ids, attention_mask=b_mask, pixel_values=normalise(x, processor), return_loss=True)
-            out.loss.backward()
+            if enc.rotate or enc.zoom < 1:
+                x = augment(x, enc, gen)
+            elif enc.flip:
+                x = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
+            width = int(lengths[idx].max())                                 # trim the batch's padding
+            loss_t = clip_loss(model, ids[idx, :width], mask[idx, :width], normalise(x, processor), enc.mask_ratio, gen)
+            loss_t.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             with torch.no_grad():
                 model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
-            loss = out.loss.item()
+            loss = loss_t.item()
             first = loss if first is None else first
             running += loss
             bar.update(1)
@@ -219,6 +270,10 @@ def train_clip(model: CLIPModel, pairs: Pairs, tokenizer: PreTrainedTokenizerFas
         epoch_losses.append(running / max(1, steps_per_epoch))
         log(f"encoder epoch {epoch + 1}/{enc.epochs}: loss {epoch_losses[-1]:.3f} "
             f"(temperature 1/{model.logit_scale.exp().item():.1f}, {time.perf_counter() - t0:.0f}s)")
+        if on_epoch is not None:
+            model.eval()
+            on_epoch(epoch + 1)
+            model.train()
     bar.close()
     model.eval()
     return {"steps": total, "batch_size": batch, "first": first, "last_epoch": epoch_losses[-1] if epoch_losses else None,
