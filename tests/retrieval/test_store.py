@@ -130,3 +130,16 @@ def test_unreachable_server_retries_then_one_line_naming_the_uri() -> None:
         MilvusStore(uri, retries=2, backoff_seconds=0.01, timeout=1)
     msg = str(err.value)
     assert uri in msg and "3 attempts" in msg and "\n" not in msg
+
+
+def test_resume_after_the_index_was_built_reopens_a_released_collection(tmp_path: Path, vecs: np.ndarray) -> None:
+    """A build killed after build_index: the reopened collection starts released; ids() must still work."""
+    store = MilvusStore(str(tmp_path / "a.db"))
+    _fill(store, "A", vecs)
+    store.build_index("A", IndexConfig())
+    store.close()
+    again = MilvusStore(str(tmp_path / "a.db"))
+    assert len(again.ids("A")) == 500
+    _fill(again, "A", vecs[:10])
+    again.build_index("A", IndexConfig())
+    assert again.count("A") == 500

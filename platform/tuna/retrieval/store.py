@@ -184,6 +184,7 @@ class MilvusStore:
         """Every row id of datastore ``name`` (what a resumed build skips)."""
         if not self.has(name):
             return set()
+        self._ensure_loaded(name)
         out: set[str] = set()
         it = self._retry("query", lambda: self.client.query_iterator(collection_name(name), batch_size=4096,
                                                                      filter="", output_fields=["id"]))
@@ -234,6 +235,14 @@ class MilvusStore:
         self._loaded.add(name)
         return self.index_info(name) or {}
 
+    def _ensure_loaded(self, name: str) -> None:
+        """Load an indexed collection once per connection: a reopened one starts released, and
+        searches and queries on a released collection fail (an unindexed one is queryable as is)."""
+        if name in self._loaded or self.index_info(name) is None:
+            return
+        self._retry("load", lambda: self.client.load_collection(collection_name(name)))
+        self._loaded.add(name)
+
     def index_info(self, name: str) -> dict[str, Any] | None:
         names = self._retry("list_indexes", lambda: self.client.list_indexes(collection_name(name)))
         if "vector" not in names:
@@ -253,9 +262,7 @@ class MilvusStore:
         dim = self.dim(name)
         if vectors.shape[1] != dim:
             raise DimensionMismatch(f"queries are {vectors.shape[1]}-d but datastore {name!r} holds {dim}-d vectors")
-        if name not in self._loaded:  # a reopened collection starts released
-            self._retry("load", lambda: self.client.load_collection(collection_name(name)))
-            self._loaded.add(name)
+        self._ensure_loaded(name)
         params = search_params(ix)
         step = batch_size or ix.batch_size
         out: list[list[Neighbour]] = []
