@@ -222,7 +222,6 @@ class EncoderConfig:
     flip: bool = True               # random horizontal flips of training images
     rotate: bool = False            # random quarter turns of training images
     zoom: float = 1.0               # random crops keep a side of zoom..1 of the image (1 = off)
-    mask_ratio: float = 0.0         # share of image patches dropped per training step (FLIP); 0 = all patches
     threads: int = 2                # torch CPU threads
 
     def __post_init__(self) -> None:
@@ -239,7 +238,6 @@ class EncoderConfig:
         _require(0 < self.lr < 1, "lr", f"must be in (0, 1), got {self.lr}")
         _require(0 <= self.weight_decay < 1, "weight_decay", f"must be in [0, 1), got {self.weight_decay}")
         _require(0 <= self.warmup < 1, "warmup", f"must be a share of steps in [0, 1), got {self.warmup}")
-        _require(0 <= self.mask_ratio <= 0.9, "mask_ratio", f"must be in [0, 0.9], got {self.mask_ratio}")
         _require(0.25 <= self.zoom <= 1, "zoom", f"must be a crop side share in [0.25, 1], got {self.zoom}")
 
 

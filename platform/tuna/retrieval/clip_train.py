@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTextConfig, CLIPVisionConfig
@@ -189,28 +188,6 @@ def augment(x: torch.Tensor, enc: EncoderConfig, gen: torch.Generator) -> torch.
     return torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def clip_loss(model: CLIPModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
-              mask_ratio: float, gen: torch.Generator) -> torch.Tensor:
-    """Symmetric InfoNCE of a batch of pairs with the model's learned temperature.
-
-    With ``mask_ratio`` > 0 each image keeps a random ``1 - mask_ratio`` of its patch tokens (FLIP:
-    fewer tokens per step, so more steps per second); the saved model always sees every patch.
-    """
-    vm = model.vision_model
-    hidden = vm.embeddings(pixel_values)                                   # (B, 1 + N, D), class token first
-    b, n, d = hidden.shape[0], hidden.shape[1] - 1, hidden.shape[2]
-    keep = n - int(mask_ratio * n)
-    if keep < n:
-        idx = torch.rand(b, n, generator=gen).argsort(dim=1)[:, :keep] + 1   # (B, keep) kept patch positions
-        hidden = torch.cat([hidden[:, :1], hidden.gather(1, idx[..., None].expand(-1, -1, d))], dim=1)
-    hidden = vm.encoder(inputs_embeds=vm.pre_layrnorm(hidden)).last_hidden_state
-    image = model.visual_projection(vm.post_layernorm(hidden[:, 0]))       # (B, P)
-    text = model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output  # (B, P)
-    logits = model.logit_scale.exp() * F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T      # (B text, B image)
-    labels = torch.arange(len(logits))
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-
-
 def _param_groups(model: CLIPModel, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -254,19 +231,20 @@ def train_clip(model: CLIPModel, pairs: Pairs, tokenizer: PreTrainedTokenizerFas
             elif enc.flip:
                 x = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
             width = int(lengths[idx].max())                                 # trim the batch's padding
-            loss_t = clip_loss(model, ids[idx, :width], mask[idx, :width], normalise(x, processor), enc.mask_ratio, gen)
-            loss_t.backward()
+            out = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width],
+                        pixel_values=normalise(x, processor), return_loss=True)   # symmetric InfoNCE
+            out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             with torch.no_grad():
                 model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)
-            loss = loss_t.item()
+            loss = out.loss.item()
             first = loss if first is None else first
             running += loss
             bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}")
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}", refresh=False)
         epoch_losses.append(running / max(1, steps_per_epoch))
         log(f"encoder epoch {epoch + 1}/{enc.epochs}: loss {epoch_losses[-1]:.3f} "
             f"(temperature 1/{model.logit_scale.exp().item():.1f}, {time.perf_counter() - t0:.0f}s)")

@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ def _one_line(err: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _hf_progress(enabled: bool):
+def _hf_progress(enabled: bool) -> Iterator[None]:
     """Hide transformers' own progress bars (weight loading / writing) unless ``enabled``."""
     from transformers.utils import logging as hf_logging
 
@@ -281,6 +281,17 @@ def is_up_to_date(cfg: TunaConfig) -> bool:
             and (target / "config.json").is_file())
 
 
+def _remove_stale_tmp(target: Path) -> None:
+    """Delete ``.encoder.tmp-<pid>`` folders left by killed runs (their process is gone)."""
+    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
+        try:
+            os.kill(int(tmp.name.rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue  # not ours to judge: a foreign name, or a live process of another user
+
+
 def _count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -297,6 +308,7 @@ def train_encoder(cfg: TunaConfig, progress: bool = True, log: Callable[[str], N
     enc = cfg.encoder
     wdir, world_manifest = _world(cfg)
     target = cfg.data_dir / "encoder"
+    _remove_stale_tmp(target)
     try:
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
         if tmp.exists():
