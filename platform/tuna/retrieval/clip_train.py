@@ -9,7 +9,8 @@ torch / transformers / tokenizers: no files are written and no tracking or datas
   ``PreTrainedTokenizerFast`` (round-trips through ``save_pretrained`` / ``AutoTokenizer``);
 - :func:`build_processor` is the CLIP image processor (PIL backend) at the world's image size;
 - :func:`build_model` is a Hugging Face ``CLIPModel`` (ViT image tower, causal text tower);
-- :func:`train_clip` runs symmetric InfoNCE with a learnable temperature, AdamW, warmup + cosine.
+- :func:`train_clip` runs symmetric InfoNCE with a learnable temperature, AdamW, warmup + cosine,
+  on flipped / quarter-turned / zoomed-in images (:func:`augment`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTextConfig, CLIPVisionConfig
@@ -51,7 +53,7 @@ class Pairs:
     per_corpus: dict[str, dict[str, int]] = field(default_factory=dict)  # name -> samples, kept, skipped
 
 
-def _resize_like_processor(img, processor: CLIPImageProcessorPil) -> np.ndarray:
+def _resize_like_processor(img: Image.Image, processor: CLIPImageProcessorPil) -> np.ndarray:
     """(3, S, S) uint8 of an off-size image: the processor's resize + centre crop, without rescale/normalise."""
     out = processor(images=[img], do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"][0]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
