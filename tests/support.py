@@ -68,3 +68,12 @@ def mentions(text: str, names: set[str]) -> set[str]:
 
     found = words(text)
     return {n for n in names if n in found or plural(n) in found}
+
+
+# What the world generator damages on purpose -> the kind a step's quarantine records.
+DAMAGE_KIND = {"truncated_image": "bad_image", "empty_caption": "empty_caption",
+               "non_utf8_caption": "non_utf8_caption", "oversized_caption": "long_caption"}
+
+
+def quiet(_: str) -> None:
+    """A log callback that prints nothing."""

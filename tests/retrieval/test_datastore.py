@@ -26,13 +26,11 @@ from tuna.tags.io import load_tags, mine_corpus
 from tuna.world.generate import generate_world, world_dir
 
 pytestmark = pytest.mark.integration
+from support import DAMAGE_KIND, quiet  # noqa: E402
+
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
-KIND = {"truncated_image": "bad_image", "empty_caption": "empty_caption",
-        "non_utf8_caption": "non_utf8_caption", "oversized_caption": "long_caption"}
-
-
-def _quiet(_: str) -> None:
-    pass
+KIND = DAMAGE_KIND
+_quiet = quiet
 
 
 @pytest.fixture(scope="module")

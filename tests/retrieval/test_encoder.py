@@ -26,14 +26,11 @@ from tuna.retrieval.encoder import (
     train_encoder,
 )
 
+from support import DAMAGE_KIND, quiet  # noqa: E402
+
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
-# What the world generator damages on purpose -> the kind the encoder's quarantine records.
-KIND = {"truncated_image": "bad_image", "empty_caption": "empty_caption",
-        "non_utf8_caption": "non_utf8_caption", "oversized_caption": "long_caption"}
-
-
-def _quiet(_: str) -> None:
-    pass
+KIND = DAMAGE_KIND
+_quiet = quiet
 
 
 @pytest.fixture(scope="module")
