@@ -77,3 +77,22 @@ DAMAGE_KIND = {"truncated_image": "bad_image", "empty_caption": "empty_caption",
 
 def quiet(_: str) -> None:
     """A log callback that prints nothing."""
+
+
+def make_prepared(data_dir: Path, *overrides: str) -> World:
+    """The smoke world plus everything training reads: encoder, mined tags, datastores A/B/A_captions and the LM."""
+    from tuna.lm import run_lm
+    from tuna.retrieval.datastore import DATASTORES, build_datastore
+    from tuna.retrieval.encoder import run_encoder
+    from tuna.tags.io import mine_corpus
+    from tuna.tags.miner import TagMiner
+
+    w = make_world(data_dir, *overrides)
+    run_encoder(w.cfg, force=True, progress=False, log=quiet)
+    miner = TagMiner(w.cfg.mine)
+    for domain in ("A", "B"):
+        mine_corpus(w.cfg, domain, progress=False, miner=miner)
+    for name in DATASTORES:
+        build_datastore(w.cfg, name, rebuild=True, progress=False, log=quiet)
+    run_lm(w.cfg, force=True, progress=False, log=quiet)
+    return w

@@ -15,6 +15,7 @@ ENGINE_HOMES = {
     "mlflow": {"track.py"},
     "kfp": set(),          # components/ and pipelines/ only
     "tritonclient": set(),  # lands with serving (serve/client.py)
+    "kubernetes": {"train/cluster.py"},
 }
 MODEL_FORBIDDEN = {"pymilvus", "kfp", "mlflow", "tritonclient", "milvus_lite", "deepspeed"}
 

@@ -7,6 +7,7 @@ configs/smoke.yaml world.sizes.web=500``). User errors print one line and exit 2
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -64,6 +65,16 @@ def cmd_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lm(args: argparse.Namespace) -> int:
+    """Train the tokenizer and tiny Llama on the world text (or load model.language_model); print one summary line."""
+    from tuna.lm import run_lm, summary_line
+
+    out = run_lm(_config(args), force=args.force, progress=not args.quiet, log=(lambda s: None) if args.quiet else print)
+    print(f"lm {out['path']} ({out['status']}; {out['params'] / 1e6:.2f}M parameters, vocabulary {out['vocab_size']}): "
+          f"{summary_line(out['metrics'])}")
+    return 0
+
+
 def cmd_mine(args: argparse.Namespace) -> int:
     """Mine tags from the web corpora (A, B or all) into <data_dir>/tags/<domain>/ and print a summary."""
     from tuna.tags.io import is_up_to_date, mine_corpus, resolve_domains, tags_dir
@@ -90,6 +101,48 @@ def _mine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--domain", default="all", choices=["A", "B", "all"], help="which web corpus to mine (default: all)")
     p.add_argument("--force", action="store_true", help="re-mine even when the tags are up to date")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train stage 1, 2 or both of a variant: locally on DeepSpeed ranks, or as a TrainJob / PyTorchJob."""
+    cfg = _config(args)
+    stages = [1, 2] if args.stage == "all" else [int(args.stage)]
+    if args.launcher == "local":
+        from tuna.train.launch import launch_local
+
+        from tuna.train.engine import stage_dir
+
+        launch_local(cfg, "all" if len(stages) == 2 else stages[0], args.variant, resume=args.resume)
+        for stage in stages:
+            m = json.loads((stage_dir(cfg, args.variant, stage) / "metrics.json").read_text())
+            print(f"{args.variant} stage {stage}: {m['steps']} steps on {m['world_size']} ranks, loss {m['first_loss']} -> "
+                  f"{m['final_loss']}, {m['seconds']}s ({m['samples_per_s']} samples/s) -> {m['model']}")
+        return 0
+    from tuna.train import cluster
+
+    for stage in stages:
+        render = cluster.render_trainjob if args.launcher == "trainjob" else cluster.render_pytorchjob
+        obj = render(cfg, stage, args.variant, args.overrides, recipe=args.config, resume=args.resume)
+        cluster.validate(obj)
+        if args.dry_run:
+            print(cluster.to_yaml(obj), end="")
+            continue
+        name = cluster.submit(obj, context=args.context)
+        print(f"submitted {obj['kind']} {name} in namespace {obj['metadata'].get('namespace', 'default')}")
+        state = cluster.follow(name, obj["metadata"].get("namespace", "default"), obj["kind"], context=args.context)
+        if state != "Succeeded":
+            raise cluster.ClusterError(f"{obj['kind']} {name} ended {state}; see `kubectl describe {obj['kind'].lower()} {name}`")
+    return 0
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stage", default="all", choices=["1", "2", "all"], help="training stage (default: both, in order)")
+    p.add_argument("--variant", default="tuna", help="tuna (default), baseline (= LLaVA), captions, random or tuner_off")
+    p.add_argument("--resume", action="store_true", help="continue from the newest ZeRO checkpoint of the stage")
+    p.add_argument("--launcher", default="local", choices=["local", "trainjob", "pytorchjob"],
+                   help="local DeepSpeed ranks (default), a Kubeflow Trainer TrainJob, or a PyTorchJob")
+    p.add_argument("--dry-run", action="store_true", help="with trainjob/pytorchjob: print the validated manifest, submit nothing")
+    p.add_argument("--context", default=None, help="kubeconfig context for trainjob/pytorchjob (default: the current one)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -138,6 +191,8 @@ VERBS: dict[str, Verb] = {
     "encoder": Verb("train the tiny CLIP on web A + B (or load model.vision_tower); print zero-shot accuracy", cmd_encoder, _force_quiet),
     "mine": Verb("mine tags (objects, attributes, entities) from the web captions with spaCy", cmd_mine, _mine_args),
     "index": Verb("embed the web corpora and build the Milvus datastores A, B and A_captions (resumable)", cmd_index, _index_args),
+    "lm": Verb("train the tokenizer and tiny Llama on the world text (or load model.language_model)", cmd_lm, _force_quiet),
+    "train": Verb("train stage 1 and/or 2 with DeepSpeed ZeRO (local ranks, or a TrainJob/PyTorchJob on a cluster)", cmd_train, _train_args),
     "run": Verb("run the whole pipeline built so far on a recipe (the README's main command)", cmd_run, _force_quiet),
     "ui": Verb("browse the local MLflow store (runs, metrics, models) with mlflow ui on 127.0.0.1", cmd_ui, _ui_args),
 }

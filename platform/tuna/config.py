@@ -8,6 +8,7 @@ when the config is built: an unknown key, a wrong type or an impossible value ra
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from tuna.errors import ConfigError
 ImageFormat = Literal["png", "jpg"]
 Projector = Literal["linear", "mlp2x_gelu"]
 TagMode = Literal["tags", "captions", "random", "none"]
+Precision = Literal["fp32", "bf16", "fp16"]
 IndexType = Literal["HNSW", "FLAT", "IVF_FLAT", "AUTOINDEX"]
 Metric = Literal["COSINE", "IP", "L2"]
 
@@ -269,6 +271,49 @@ class IndexConfig:
 
 
 @dataclass(frozen=True)
+class LMConfig:
+    """The tokenizer and tiny LlamaForCausalLM pre-trained on the world text (unused when model.language_model is set)."""
+
+    vocab_size: int = 2048          # byte-level BPE entries at most (specials included); training may stop earlier
+    hidden_size: int = 128          # Llama width
+    layers: int = 2                 # decoder layers
+    heads: int = 4                  # attention heads (must divide hidden_size)
+    kv_heads: int = 4               # key/value heads (grouped-query attention; must divide heads)
+    intermediate_size: int = 384    # SwiGLU MLP width
+    max_length: int = 512           # longest sequence the LM takes (positions; stage-2 image + tag + text tokens)
+    block_size: int = 128           # tokens per packed pre-training block (<= max_length)
+    tie_word_embeddings: bool = True  # the LM head shares the input embedding table
+    epochs: int = 3                 # passes over the packed corpus
+    text_repeats: int = 2           # copies of the text corpus per epoch (captions and answers appear once)
+    batch_size: int = 4             # blocks per optimizer step (small: many steps learn the class facts)
+    lr: float = 5e-3                # AdamW peak learning rate (linear warmup, then cosine decay to 0)
+    weight_decay: float = 0.05      # AdamW weight decay on matrices (not norms or embeddings)
+    warmup: float = 0.05            # share of steps with linear warmup
+    val_fraction: float = 0.05      # share of text-corpus documents held out for validation perplexity
+    threads: int = 2                # torch CPU threads
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "layers", "heads", "kv_heads", "intermediate_size", "epochs", "text_repeats",
+                     "batch_size", "threads"):
+            v = getattr(self, name)
+            _require(v >= 1, name, f"must be >= 1, got {v}")
+        _require(260 <= self.vocab_size <= 1_000_000, "vocab_size",
+                 f"must be in 260..1000000 (256 bytes + 4 special tokens at least), got {self.vocab_size}")
+        _require(self.hidden_size % self.heads == 0, "heads",
+                 f"hidden_size {self.hidden_size} must be divisible by heads {self.heads}")
+        _require((self.hidden_size // self.heads) % 2 == 0, "heads",
+                 f"head size hidden_size / heads = {self.hidden_size / self.heads:g} must be even (rotary positions)")
+        _require(self.heads % self.kv_heads == 0, "kv_heads", f"heads {self.heads} must be divisible by kv_heads {self.kv_heads}")
+        _require(16 <= self.max_length <= 1_000_000, "max_length", f"must be in 16..1000000, got {self.max_length}")
+        _require(8 <= self.block_size <= self.max_length, "block_size",
+                 f"must be in 8..max_length ({self.max_length}), got {self.block_size}")
+        _require(0 < self.lr < 1, "lr", f"must be in (0, 1), got {self.lr}")
+        _require(0 <= self.weight_decay < 1, "weight_decay", f"must be in [0, 1), got {self.weight_decay}")
+        _require(0 <= self.warmup < 1, "warmup", f"must be a share of steps in [0, 1), got {self.warmup}")
+        _require(0 < self.val_fraction < 0.5, "val_fraction", f"must be in (0, 0.5), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
 class TrackConfig:
     """MLflow tracking: where runs, metrics, artifacts and registered models go (see tuna.track).
 
@@ -306,6 +351,158 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class StageConfig:
+    """One training stage (1: alignment, projector + tag encoder; 2: instruction tuning, + tuner + LM)."""
+
+    epochs: float = 1.0             # passes over the stage's data (fractions allowed)
+    max_steps: int | None = None    # stop after this many optimizer steps (None = run the epochs)
+    batch_size: int = 16            # examples per rank per micro-step (DeepSpeed train_micro_batch_size_per_gpu)
+    grad_accum: int = 1             # micro-steps per optimizer step
+    lr: float = 1e-3                # AdamW peak learning rate (linear warmup, then cosine decay)
+    weight_decay: float = 0.0       # AdamW weight decay
+    warmup: float = 0.03            # share of optimizer steps spent warming up
+    max_length: int = 128           # text tokens per example (image and tag tokens come on top)
+    zero_stage: int = 2             # DeepSpeed ZeRO stage: 1, 2 or 3
+    train_word_embeddings: bool = False  # stage 2: also train the LM's input embedding table
+
+    def __post_init__(self) -> None:
+        _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        _require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1 or null, got {self.max_steps}")
+        for name in ("batch_size", "grad_accum"):
+            v = getattr(self, name)
+            _require(v >= 1, name, f"must be >= 1, got {v}")
+        _require(0 < self.lr < 1, "lr", f"must be in (0, 1), got {self.lr}")
+        _require(0 <= self.weight_decay < 1, "weight_decay", f"must be in [0, 1), got {self.weight_decay}")
+        _require(0 <= self.warmup < 1, "warmup", f"must be a share of steps in [0, 1), got {self.warmup}")
+        _require(16 <= self.max_length <= 32768, "max_length", f"must be in 16..32768, got {self.max_length}")
+        _require(self.zero_stage in (1, 2, 3), "zero_stage", f"must be 1, 2 or 3, got {self.zero_stage}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Two-stage DeepSpeed training (`tuna train`): ranks, precision, checkpoints, the two stages."""
+
+    ranks: int = 2                  # local DeepSpeed ranks (CPU processes here, GPUs on a node)
+    threads_per_rank: int = 1       # torch CPU threads per rank
+    precision: Precision = "fp32"   # fp32 | bf16 | fp16 (fp32 on CPU; bf16 on GPUs)
+    checkpoint_every: int = 50      # optimizer steps between ZeRO checkpoints (the last step always saves)
+    keep_checkpoints: int = 2       # newest ZeRO checkpoints kept per stage
+    log_every: int = 5              # optimizer steps between MLflow metric points
+    template: str = "vicuna_v1"     # conversation template of stage 2 (stage 1 uses LLaVA's plain template)
+    system_prompt: str = ("A chat between a curious human and an artificial intelligence assistant. "
+                          "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+    gradient_clipping: float = 1.0  # max gradient norm (0 = off)
+    deepspeed_config: str | None = None  # a DeepSpeed JSON with "auto" fields; null = the repo's zero<stage>.json
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(default_factory=lambda: StageConfig(lr=2e-4))
+
+    def __post_init__(self) -> None:
+        _require(1 <= self.ranks <= 1024, "ranks", f"must be in 1..1024, got {self.ranks}")
+        _require(self.threads_per_rank >= 1, "threads_per_rank", f"must be >= 1, got {self.threads_per_rank}")
+        _require(self.checkpoint_every >= 1, "checkpoint_every", f"must be >= 1, got {self.checkpoint_every}")
+        _require(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
+        _require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        _require(self.template in ("vicuna_v1",), "template", f"must be vicuna_v1, got {self.template!r}")
+        _require(self.gradient_clipping >= 0, "gradient_clipping", f"must be >= 0, got {self.gradient_clipping}")
+
+    def stage(self, n: int) -> StageConfig:
+        """The settings of stage ``n`` (1 or 2)."""
+        if n not in (1, 2):
+            raise ConfigError(f"train stage must be 1 or 2, got {n!r}")
+        return self.stage1 if n == 1 else self.stage2
+
+
+# Kubernetes names and quantities, as the API server checks them (RFC 1123 labels/subdomains, resource quantities).
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
+MAX_GPUS_PER_NODE = 16  # the largest GPU node types (e.g. 16 x A100 40GB) carry 16
+
+
+@dataclass(frozen=True)
+class TolerationConfig:
+    """One toleration of the training pods (e.g. for the taint GPU node pools carry)."""
+
+    key: str | None = None          # taint key; null with operator Exists tolerates every taint
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None        # taint value (operator Equal only)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None  # null = every effect
+
+    def __post_init__(self) -> None:
+        _require(self.operator == "Equal" or self.value is None, "value",
+                 f"must be null with operator Exists (use operator Equal to match a value), got {self.value!r}")
+        _require(self.operator == "Exists" or bool(self.key), "key", "must name the taint when operator is Equal")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Training on Kubernetes (`tuna train --launcher trainjob|pytorchjob`, see tuna.train.cluster)."""
+
+    namespace: str = "tuna"                          # namespace of the TrainJob / PyTorchJob
+    image: str = "ghcr.io/tuna-platform/tuna:0.1.0"  # project image, pinned by tag or digest
+    workdir: str = "/opt/tuna"                       # the repository inside the image (recipes in <workdir>/configs)
+    runtime: str = "tuna-deepspeed-distributed"      # Kubeflow Trainer ClusterTrainingRuntime the TrainJob uses
+    num_nodes: int = 1                               # pods (nodes) in the job
+    gpus_per_node: int = 0                           # nvidia.com/gpu per pod = ranks per pod; 0 = CPU pods
+    cpu: str = "4"                                   # CPU per pod (Kubernetes quantity)
+    memory: str = "16Gi"                             # memory per pod (Kubernetes quantity)
+    shm_size: str = "2Gi"                            # /dev/shm per pod (NCCL and DataLoader workers use it)
+    precision: Precision | None = None               # null = train.precision
+    zero_stage: int | None = None                    # null = train.stage<N>.zero_stage of the launched stage
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[TolerationConfig, ...] = ()
+    service_account: str | None = None               # pods' ServiceAccount (null = the namespace default)
+    data_pvc: str | None = "tuna-data"               # PVC holding run.data_dir (null = pod-local, lost at exit)
+    data_mount: str = "/mnt/tuna"                    # where data_pvc is mounted; a relative run.data_dir lands here
+    checkpoints_pvc: str | None = None               # separate PVC for checkpoints (null = under run.data_dir)
+    checkpoints_mount: str = "/mnt/tuna-checkpoints"  # where checkpoints_pvc is mounted
+    mlflow_secret: str | None = None                 # Secret with MLFLOW_TRACKING_USERNAME / _PASSWORD
+    milvus_secret: str | None = None                 # Secret with the Milvus token (key: index.token_env)
+    s3_secret: str | None = None                     # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    mlflow_tracking_uri: str | None = None           # null = track.tracking_uri
+    kube_context: str | None = None                  # kubeconfig context (null = current; in a pod: in-cluster)
+    poll_seconds: float = 15.0                       # status polling interval while following a job
+    follow_timeout: float = 86400.0                  # stop following (the job keeps running) after this long
+
+    def __post_init__(self) -> None:
+        _require(bool(_DNS_LABEL.match(self.namespace)) and len(self.namespace) <= 63, "namespace",
+                 f"must be a Kubernetes namespace name (lower-case letters, digits, '-'; <= 63), got {self.namespace!r}")
+        last = self.image.rsplit("/", 1)[-1]
+        _require(bool(self.image.strip()) and not any(c.isspace() for c in self.image)
+                 and (":" in last or "@sha256:" in self.image), "image",
+                 f"must name a tag or digest (e.g. ghcr.io/tuna-platform/tuna:0.1.0) so every pod runs the same code, "
+                 f"got {self.image!r}")
+        for name in ("workdir", "data_mount", "checkpoints_mount"):
+            path = getattr(self, name)
+            _require(path.startswith("/"), name, f"must be an absolute path in the pod, got {path!r}")
+        _require(bool(_DNS_SUBDOMAIN.match(self.runtime)), "runtime",
+                 f"must name a ClusterTrainingRuntime (lower-case DNS name), got {self.runtime!r}")
+        _require(1 <= self.num_nodes <= 1024, "num_nodes", f"must be in 1..1024, got {self.num_nodes}")
+        _require(0 <= self.gpus_per_node <= MAX_GPUS_PER_NODE, "gpus_per_node",
+                 f"must be in 0..{MAX_GPUS_PER_NODE} (0 = CPU pods; no node type has more), got {self.gpus_per_node}")
+        for name in ("cpu", "memory", "shm_size"):
+            q = getattr(self, name)
+            _require(bool(_QUANTITY.match(q)), name, f"must be a Kubernetes quantity such as 8, 500m, 64Gi, got {q!r}")
+        _require(not (self.precision == "fp16" and self.gpus_per_node == 0), "precision",
+                 "fp16 needs GPUs (DeepSpeed refuses it on CPU); use fp32 or bf16, or set gpus_per_node")
+        _require(self.zero_stage is None or self.zero_stage in (1, 2, 3), "zero_stage",
+                 f"must be 1, 2, 3 or null, got {self.zero_stage}")
+        for k, v in self.node_selector.items():
+            _require(bool(k) and bool(v) and not any(c.isspace() for c in k + v), "node_selector",
+                     f"keys and values must be non-empty label strings, got {k!r}: {v!r}")
+        for name in ("service_account", "data_pvc", "checkpoints_pvc", "mlflow_secret", "milvus_secret", "s3_secret"):
+            v = getattr(self, name)
+            _require(v is None or bool(_DNS_SUBDOMAIN.match(v)), name,
+                     f"must be a Kubernetes object name (lower-case DNS name) or null, got {v!r}")
+        _require(self.checkpoints_pvc is None or self.checkpoints_mount != self.data_mount, "checkpoints_mount",
+                 f"must differ from data_mount ({self.data_mount})")
+        _require(self.mlflow_tracking_uri is None or "://" in self.mlflow_tracking_uri, "mlflow_tracking_uri",
+                 f"must be a URI such as http://mlflow.tuna.svc:5000, got {self.mlflow_tracking_uri!r}")
+        _require(0.1 <= self.poll_seconds <= 3600, "poll_seconds", f"must be in 0.1..3600, got {self.poll_seconds}")
+        _require(self.follow_timeout > 0, "follow_timeout", f"must be > 0 seconds, got {self.follow_timeout}")
+
+
+@dataclass(frozen=True)
 class TunaConfig:
     """A whole recipe."""
 
@@ -314,8 +511,11 @@ class TunaConfig:
     mine: MineConfig = field(default_factory=MineConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
     track: TrackConfig = field(default_factory=TrackConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def data_dir(self) -> Path:
@@ -353,6 +553,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in allowed:
             raise ConfigError(f"{key}: must be one of {', '.join(map(str, allowed))}; got {value!r}")
         return value
+    if origin is dict:  # dict[str, X]: a YAML mapping (cluster.node_selector)
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: must be a mapping, got {value!r}")
+        return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
+    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:  # tuple[X, ...]: a YAML list of any length
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: must be a list, got {value!r}")
+        return tuple(_coerce(v, typing.get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):

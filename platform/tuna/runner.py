@@ -76,6 +76,19 @@ def _index(cfg: TunaConfig, progress: bool) -> Outcome:
     return "; ".join(parts), metrics
 
 
+def _lm(cfg: TunaConfig, progress: bool) -> Outcome:
+    from tuna.lm import flat_metrics, run_lm, summary_line
+
+    out = run_lm(cfg, force=True, progress=progress)
+    return f"{out['path']}: {summary_line(out['metrics'])}", {**flat_metrics(out["metrics"]), "params": float(out["params"])}
+
+
+def _lm_up_to_date(cfg: TunaConfig) -> bool:
+    from tuna.lm import is_up_to_date
+
+    return cfg.model.language_model is None and is_up_to_date(cfg)
+
+
 def _indexes_up_to_date(cfg: TunaConfig) -> bool:
     from tuna.retrieval.datastore import DATASTORES, is_up_to_date
 
@@ -100,6 +113,38 @@ def _encoder_up_to_date(cfg: TunaConfig) -> bool:
     return cfg.model.vision_tower is None and is_up_to_date(cfg)
 
 
+TRAINED_VARIANTS = ("tuna", "baseline")  # `tuna run` trains TUNA and the LLaVA baseline like for like
+
+
+def _train(cfg: TunaConfig, progress: bool) -> Outcome:
+    from tuna.train.engine import is_up_to_date
+    from tuna.train.launch import launch_local
+
+    import json
+
+    from tuna.train.engine import stage_dir
+
+    parts, metrics = [], {}
+    for variant in TRAINED_VARIANTS:
+        todo = [s for s in (1, 2) if not is_up_to_date(cfg, variant, s)]
+        if not todo:
+            parts.append(f"{variant}: up to date")
+            continue
+        launch_local(cfg, "all" if todo[0] == 1 else 2, variant)  # stage 1 rerun -> stage 2 reruns too
+        for stage in (1, 2) if todo[0] == 1 else (2,):
+            m = json.loads((stage_dir(cfg, variant, stage) / "metrics.json").read_text())
+            parts.append(f"{variant} s{stage}: loss {m['first_loss']} -> {m['final_loss']} in {m['seconds']}s")
+            metrics.update({f"{variant}_s{stage}_final_loss": float(m["final_loss"]),
+                            f"{variant}_s{stage}_seconds": float(m["seconds"])})
+    return "; ".join(parts), metrics
+
+
+def _train_up_to_date(cfg: TunaConfig) -> bool:
+    from tuna.train.engine import is_up_to_date
+
+    return all(is_up_to_date(cfg, v, 2) for v in TRAINED_VARIANTS)
+
+
 def steps() -> list[Step]:
     """The chain, in order. Every issue that lands a step appends it here."""
     return [
@@ -107,6 +152,8 @@ def steps() -> list[Step]:
         Step("encoder", _encoder_up_to_date, _encoder),
         Step("mine", _tags_up_to_date, _mine),
         Step("index", _indexes_up_to_date, _index),
+        Step("lm", _lm_up_to_date, _lm),
+        Step("train", _train_up_to_date, _train),
     ]
 
 

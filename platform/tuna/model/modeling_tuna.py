@@ -138,7 +138,7 @@ class AdaptiveWeightTuner(nn.Module):
 
     def __init__(self, logit_scale_init: float) -> None:
         super().__init__()
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(logit_scale_init)))  # () learned in stage 2
+        self.logit_scale = nn.Parameter(torch.tensor([math.log(logit_scale_init)]))  # (1,) learned in stage 2; not 0-d: DeepSpeed broadcasts params as bytes
 
     def forward(self, tag_features: torch.Tensor, image_features: torch.Tensor, tag_mask: torch.Tensor) -> torch.Tensor:
         """(B, k, Dt), (B, Dt), (B, k) bool -> (B, k) weights; each row sums to 1 over its valid tags (all 0 if none)."""
@@ -188,6 +188,7 @@ class TunaForConditionalGeneration(PreTrainedModel, GenerationMixin):
         super().__init__(config)
         clip_cfg = config.clip_config
         self.clip = clip if clip is not None else CLIPModel(clip_cfg)
+        _vectorize_scalar_parameters(self.clip)
         lm_width = config.text_config.hidden_size
         self.projector = TunaProjector(config.projector_type, clip_cfg.vision_config.hidden_size, lm_width,
                                        config.projector_hidden_act)
@@ -490,6 +491,15 @@ class TunaForConditionalGeneration(PreTrainedModel, GenerationMixin):
                                                 tag_attention_mask, tag_mask, tag_clip_input_ids,
                                                 tag_clip_attention_mask, tag_features)
         return super().generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs)
+
+
+def _vectorize_scalar_parameters(module: nn.Module) -> None:
+    """Turn 0-d parameters (CLIP's ``logit_scale``) into shape (1,): DeepSpeed broadcasts every parameter as
+    bytes, which a 0-d tensor cannot be viewed as; the value and its use (broadcast in products) are unchanged."""
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None and p.dim() == 0:
+                sub._parameters[name] = nn.Parameter(p.detach().reshape(1), requires_grad=p.requires_grad)
 
 
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -276,10 +276,16 @@ class MilvusStore:
         return out
 
     def close(self) -> None:
+        """Close the connection; for a Milvus Lite file also stop its in-process server, which holds the
+        file's lock (until then no other process, e.g. a training rank, can open the datastore)."""
         try:
             self.client.close()
         except Exception:  # closing a dead connection must not mask the error being reported
             pass
+        if self.uri.endswith(".db"):
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
 
 
 def index_params(ix: IndexConfig) -> dict[str, Any]:

@@ -1,0 +1,145 @@
+"""Attach retrieved tags to a set of image files, once, and keep them next to the run's data.
+
+Training (and offline evaluation) feed the model precomputed tags: each image is embedded with the
+run's CLIP encoder and its top-k neighbours are searched in a named datastore in batches; the ranked
+values (tags, or captions for the ``A_captions`` datastore) are stored per image file name in a JSON
+file. Tag modes map to sources: ``tags`` -> the domain's tag datastore, ``captions`` -> ``A_captions``,
+``random`` -> tags drawn at random (seeded per image) from the datastore's mined vocabulary, ``none``
+-> nothing. A cache file records the encoder and datastore fingerprints; a stale cache is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from tuna.config import TunaConfig
+from tuna.errors import CorruptSample, TunaError
+from tuna.samples import Quarantine, decode_image
+
+ATTACH_VERSION = "tuna.attach/1"
+Tagged = list[tuple[str, float]]  # ranked (value, score) pairs of one image
+
+
+class TagsUnavailable(TunaError, FileNotFoundError):
+    """The datastore or mined tags an attach needs are missing."""
+
+
+def source_of(tag_mode: str, domain: str = "A") -> str | None:
+    """The datastore a tag mode retrieves from (None for ``none``)."""
+    if tag_mode == "none":
+        return None
+    if tag_mode == "captions":
+        if domain != "A":
+            raise TunaError(f"tag mode 'captions' exists for domain A only (datastore A_captions), got domain {domain!r}")
+        return "A_captions"
+    if tag_mode in ("tags", "random"):
+        return domain
+    raise TunaError(f"unknown tag mode {tag_mode!r}; use tags, captions, random or none")
+
+
+def _datastore_fingerprint(cfg: TunaConfig, name: str) -> str:
+    from tuna.retrieval.datastore import read_manifest
+
+    manifest = read_manifest(cfg, name)
+    if manifest is None:
+        raise TagsUnavailable(f"datastore {name!r} is not built under {cfg.data_dir / 'datastores' / name}; "
+                              f"run `tuna index --datastore {name}` first")
+    payload = json.dumps({k: manifest.get(k) for k in ("encoder", "corpus", "rows", "index")}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _vocabulary(cfg: TunaConfig, domain: str) -> list[str]:
+    from tuna.tags.io import load_tags
+
+    tags = load_tags(cfg.data_dir / "tags" / domain)
+    vocab = sorted({t for row in tags.values() for t in row})
+    if not vocab:
+        raise TagsUnavailable(f"no mined tags for domain {domain} under {cfg.data_dir / 'tags' / domain}; run `tuna mine`")
+    return vocab
+
+
+def _random_tags(vocab: Sequence[str], key: str, k: int, seed: int) -> Tagged:
+    rng = random.Random(f"{seed}:{key}")
+    return [(t, 0.0) for t in rng.sample(list(vocab), min(k, len(vocab)))]
+
+
+def retrieve_images(cfg: TunaConfig, images: Sequence[Path], datastore: str, progress: bool = False,
+                    quarantine: Quarantine | None = None) -> dict[str, Tagged]:
+    """Embed ``images`` with the run's encoder and retrieve from ``datastore``: file name -> ranked values.
+
+    Images that do not decode are skipped and added to ``quarantine`` (when given).
+    """
+    from tuna.retrieval.datastore import Retriever
+    from tuna.retrieval.encoder import encoder_path, load_encoder
+
+    encoder = load_encoder(encoder_path(cfg))
+    retriever = Retriever(cfg)
+    out: dict[str, Tagged] = {}
+    size = cfg.index.batch_size
+    try:
+        bar = tqdm(total=len(images), desc=f"retrieve {datastore}", unit="img", disable=not progress, leave=False)
+        for i in range(0, len(images), size):
+            batch, names = [], []
+            for path in images[i:i + size]:
+                try:
+                    data = path.read_bytes() if path.is_file() else None
+                    batch.append(decode_image(data, path.name))
+                    names.append(path.name)
+                except CorruptSample as err:
+                    if quarantine is not None:
+                        quarantine.add(err, str(path))
+            if batch:
+                hits = retriever.retrieve(datastore, encoder.embed_images(batch), max_values=cfg.model.num_tags)
+                for name, hit in zip(names, hits):
+                    out[name] = [(v, round(float(s), 6)) for v, s in hit.values]
+            bar.update(len(images[i:i + size]))
+        bar.close()
+    finally:
+        retriever.close()
+    return out
+
+
+def attach_tags(cfg: TunaConfig, images: Sequence[Path], cache: Path, tag_mode: str, domain: str = "A",
+                progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Tagged]:
+    """Ranked tags per image file name for ``tag_mode``, from ``cache`` when it is current, else computed and saved.
+
+    ``none`` returns an empty mapping and writes nothing.
+    """
+    source = source_of(tag_mode, domain)
+    if source is None:
+        return {}
+    key = {
+        "version": ATTACH_VERSION, "mode": tag_mode, "datastore": source, "k": cfg.model.num_tags,
+        "datastore_fingerprint": _datastore_fingerprint(cfg, source), "top_k": cfg.index.top_k, "seed": cfg.run.seed,
+        "images": hashlib.sha256("\n".join(sorted(p.name for p in images)).encode()).hexdigest()[:16],
+    }
+    if cache.is_file():
+        try:
+            stored = json.loads(cache.read_text(encoding="utf-8"))
+            if stored.get("key") == key:
+                return {name: [(v, float(s)) for v, s in tags] for name, tags in stored["tags"].items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # unreadable cache: recompute
+    quarantine = Quarantine()
+    if tag_mode == "random":
+        vocab = _vocabulary(cfg, domain)
+        tags = {p.name: _random_tags(vocab, p.name, cfg.model.num_tags, cfg.run.seed) for p in images}
+    else:
+        tags = retrieve_images(cfg, images, source, progress=progress, quarantine=quarantine)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    payload: dict[str, Any] = {"key": key, "tags": tags, "skipped": quarantine.rows}
+    tmp.write_text(json.dumps(payload, sort_keys=True), encoding="utf-8")
+    tmp.replace(cache)
+    log(f"attached {tag_mode} from {source} to {len(tags)} images ({len(quarantine)} skipped) -> {cache}")
+    return tags
+
+
+__all__ = ["TagsUnavailable", "Tagged", "attach_tags", "retrieve_images", "source_of"]

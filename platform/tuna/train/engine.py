@@ -1,0 +1,462 @@
+"""One training stage on one rank, with DeepSpeed ZeRO: the code every launcher runs (local ranks or a pod).
+
+Stage 1 builds TUNA from the run's CLIP and LM and trains the projector and the tag encoder on the
+alignment set; stage 2 starts from stage 1's saved model and also trains the tuner and the LM on the
+instruction set. The data order is a seeded permutation per epoch, cut into global batches, so a
+resumed run sees exactly the batches the uninterrupted one would. ZeRO checkpoints are written every
+``train.checkpoint_every`` steps and at the end; the last one is consolidated with DeepSpeed's
+zero_to_fp32 into a Hugging Face folder (``model/``); stage 1 also writes ``mm_projector.bin``.
+
+Outputs: ``<data_dir>/train/<variant>/stage<N>/`` with ``checkpoints/``, ``model/``, ``loss.jsonl``,
+``metrics.json`` and ``deepspeed_config.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tuna.config import TunaConfig, section_fingerprint
+from tuna.errors import TunaError
+
+ENGINE_VERSION = "tuna.train/1"
+VARIANTS: dict[str, dict[str, Any]] = {
+    "tuna": {},                                # the recipe's model section as written
+    "baseline": {"tag_mode": "none"},          # LLaVA: same class, data and training, no tags
+    "captions": {"tag_mode": "captions"},      # retrieve captions instead of tags
+    "random": {"tag_mode": "random"},          # random tags from the datastore's vocabulary
+    "tuner_off": {"tuner": False},             # uniform tag weights
+}
+DATA_FILES = {1: "alignment/pretrain.json", 2: "instruction/instruct.json"}
+
+
+class TrainError(TunaError):
+    """Training cannot start or continue as configured."""
+
+
+# ------------------------------------------------------------------------------------------ paths
+
+
+def stage_dir(cfg: TunaConfig, variant: str, stage: int) -> Path:
+    """``<data_dir>/train/<variant>/stage<stage>``."""
+    return cfg.data_dir / "train" / variant / f"stage{stage}"
+
+
+def model_dir(cfg: TunaConfig, variant: str, stage: int = 2) -> Path:
+    """The consolidated Hugging Face model of ``variant`` after ``stage``."""
+    return stage_dir(cfg, variant, stage) / "model"
+
+
+def lm_source(cfg: TunaConfig) -> str:
+    """The causal LM: ``model.language_model`` when set, else the tiny LM of `tuna lm` (``<data_dir>/lm``)."""
+    from tuna.lm import lm_path
+
+    return lm_path(cfg)
+
+
+def variant_model(cfg: TunaConfig, variant: str) -> dict[str, Any]:
+    """The model settings of ``variant``: the recipe's model section with the variant's changes."""
+    if variant not in VARIANTS:
+        raise TrainError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    m = asdict(cfg.model) | VARIANTS[variant]
+    return {"projector": m["projector"], "vision_feature_layer": m["vision_feature_layer"], "num_tags": m["num_tags"],
+            "tag_mode": m["tag_mode"], "tuner": m["tuner"]}
+
+
+def _manifest_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def inputs_digest(cfg: TunaConfig, variant: str, stage: int) -> dict[str, str | None]:
+    """Digests of what a stage reads: the world, the encoder, the LM, the datastores (their manifests), and
+    for stage 2 the stage-1 result; any change makes the stage's output stale."""
+    from tuna.retrieval.encoder import encoder_path
+
+    d = cfg.data_dir
+    out = {"world": _manifest_digest(d / "world" / "manifest.json"),
+           "encoder": _manifest_digest(Path(encoder_path(cfg)) / "manifest.json") or encoder_path(cfg),
+           "lm": _manifest_digest(Path(lm_source(cfg)) / "manifest.json") or lm_source(cfg)}
+    if variant_model(cfg, variant)["tag_mode"] != "none":
+        for name in ("A", "A_captions"):
+            out[f"datastore_{name}"] = _manifest_digest(d / "datastores" / name / "manifest.json")
+    if stage == 2:
+        out["stage1"] = _manifest_digest(stage_dir(cfg, variant, 1) / "metrics.json")
+    return out
+
+
+def fingerprint(cfg: TunaConfig, variant: str, stage: int, world_size: int) -> str:
+    """What a checkpoint must match to be resumed, and an output to be up to date: stage settings, model
+    variant, ranks, seed, template, precision and the inputs' digests."""
+    payload = {
+        "version": ENGINE_VERSION, "stage": stage, "stage_cfg": section_fingerprint(cfg.train.stage(stage)),
+        "model": variant_model(cfg, variant), "world_size": world_size, "seed": cfg.run.seed,
+        "system": cfg.train.system_prompt, "precision": cfg.train.precision,
+        "inputs": inputs_digest(cfg, variant, stage),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_up_to_date(cfg: TunaConfig, variant: str, stage: int) -> bool:
+    """True when ``variant``'s stage output exists with this config's fingerprint (on ``train.ranks`` ranks)."""
+    path = stage_dir(cfg, variant, stage) / "metrics.json"
+    if not path.is_file():
+        return False
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if done.get("fingerprint") != fingerprint(cfg, variant, stage, cfg.train.ranks):
+        return False
+    return stage == 1 or is_up_to_date(cfg, variant, 1)
+
+
+# ------------------------------------------------------------------------------------------ schedule
+
+
+def lr_lambda(total: int, warmup: float) -> Callable[[int], float]:
+    """Linear warmup over ``warmup`` of ``total`` steps, then cosine decay to 0."""
+    warm = max(1, int(round(total * warmup))) if warmup > 0 else 0
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+class BatchPlan:
+    """Which example indices rank ``r`` takes at optimizer step ``s``, micro-step ``m``: seeded per epoch."""
+
+    def __init__(self, n: int, world_size: int, batch_size: int, grad_accum: int, seed: int) -> None:
+        self.n, self.world, self.bs, self.accum, self.seed = n, world_size, batch_size, grad_accum, seed
+        self.global_batch = world_size * batch_size * grad_accum
+        self.steps_per_epoch = n // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise TrainError(f"{n} examples cannot fill one global batch of {self.global_batch} (ranks {world_size} x "
+                             f"batch {batch_size} x accumulation {grad_accum}); lower the batch size or add data")
+        self._perm: dict[int, np.ndarray] = {}
+
+    def total_steps(self, epochs: float, max_steps: int | None) -> int:
+        steps = max(1, int(math.ceil(epochs * self.steps_per_epoch)))
+        return min(steps, max_steps) if max_steps else steps
+
+    def indices(self, step: int, micro: int, rank: int) -> list[int]:
+        epoch, within = divmod(step, self.steps_per_epoch)
+        if epoch not in self._perm:
+            self._perm = {epoch: np.random.default_rng(self.seed + epoch).permutation(self.n)}
+        start = within * self.global_batch + (micro * self.world + rank) * self.bs
+        return self._perm[epoch][start:start + self.bs].tolist()
+
+
+# ------------------------------------------------------------------------------------------ building
+
+
+def _load_tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise TrainError(f"cannot load a tokenizer from {source!r} ({str(err).splitlines()[0]}); run `tuna lm` or set "
+                         f"model.language_model to a folder holding one") from None
+    if tok.pad_token_id is None:  # Vicuna/Llama ship none: pad with unk (or eos), never trained on (labels -100)
+        tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
+    return tok
+
+
+def build_model(cfg: TunaConfig, variant: str, stage: int) -> tuple[Any, Any]:
+    """(model, LM tokenizer) at the start of ``stage``: freshly composed for stage 1, stage 1's output for 2."""
+    from tuna.model import TunaForConditionalGeneration, build_tuna
+    from tuna.retrieval.encoder import encoder_path
+
+    settings = variant_model(cfg, variant)
+    if stage == 1:
+        lm = lm_source(cfg)
+        model = build_tuna(encoder_path(cfg), lm, max_tag_tokens=8, **settings)
+        return model, _load_tokenizer(lm)
+    prev = model_dir(cfg, variant, 1)
+    if not (prev / "config.json").is_file():
+        raise TrainError(f"stage 2 of {variant!r} starts from stage 1's model, but {prev} holds none; run "
+                         f"`tuna train --stage 1 --variant {variant}` first")
+    model = TunaForConditionalGeneration.from_pretrained(str(prev))
+    return model, _load_tokenizer(str(prev))
+
+
+def _examples(cfg: TunaConfig, variant: str, stage: int, tokenizer: Any, rank: int, barrier: Callable[[], None],
+              log: Callable[[str], None]) -> tuple[list[Any], dict[str, int]]:
+    from tuna.formats import load_llava
+    from tuna.retrieval.attach import attach_tags
+    from tuna.train.data import check_images, prepare
+
+    world = cfg.data_dir / "world"
+    src = world / DATA_FILES[stage]
+    if not src.is_file():
+        raise TrainError(f"stage {stage} trains on {src}, which does not exist; run `tuna world` first")
+    records = load_llava(src)
+    tag_mode = variant_model(cfg, variant)["tag_mode"]
+    tags = None
+    if tag_mode != "none":
+        cache = cfg.data_dir / "train" / "retrieved" / f"{src.parent.name}-{tag_mode}.json"
+        images = sorted({r.image for r in records})
+        if rank == 0:  # one process opens Milvus Lite; the others read the cache it writes
+            attach_tags(cfg, images, cache, tag_mode, "A", progress=False, log=log)
+        barrier()
+        tags = attach_tags(cfg, images, cache, tag_mode, "A", progress=False, log=log)
+    sc = cfg.train.stage(stage)
+    prepared = prepare(records, tokenizer, stage, sc.max_length, cfg.train.system_prompt, tags, cfg.model.num_tags)
+    good, bad = check_images(prepared.examples)
+    skipped = dict(prepared.skipped)
+    if bad:
+        skipped["bad_image"] = len(bad)
+    return good, skipped
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def _checkpoint_tags(ckpt: Path) -> list[str]:
+    return sorted(p.name for p in ckpt.glob("step-*") if p.is_dir())
+
+
+def _prune(ckpt: Path, keep: int) -> None:
+    for tag in _checkpoint_tags(ckpt)[:-keep]:
+        shutil.rmtree(ckpt / tag, ignore_errors=True)
+
+
+def _truncate_loss_log(path: Path, last_step: int) -> None:
+    """Keep the loss log's lines up to ``last_step`` (a resumed run rewrites the steps after its checkpoint)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= last_step:
+                keep.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    path.write_text("".join(keep), encoding="utf-8")
+
+
+def consolidate(ckpt: Path, tag: str) -> dict[str, torch.Tensor]:
+    """The fp32 state dict of a ZeRO checkpoint (any stage), gathered with DeepSpeed's zero_to_fp32."""
+    import contextlib
+    import io
+
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    chatter = io.StringIO()  # zero_to_fp32 prints its progress; keep it out of the user's log
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
+
+
+def save_hf(cfg: TunaConfig, variant: str, stage: int, state: dict[str, torch.Tensor], tokenizer: Any, out: Path) -> None:
+    """Load the consolidated ``state`` into a fresh model and ``save_pretrained`` it with its tokenizers and processor."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    from tuna.retrieval.encoder import encoder_path
+
+    model, _ = build_model(cfg, variant, stage)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    missing = [k for k in missing if k not in tied and not k.endswith("lm_head.weight")]
+    if unexpected or missing:
+        raise TrainError(f"the consolidated checkpoint does not fit the model: {len(missing)} missing "
+                         f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    clip = encoder_path(cfg) if stage == 1 else str(model_dir(cfg, variant, 1))
+    AutoImageProcessor.from_pretrained(clip).save_pretrained(str(tmp))
+    clip_tok = clip if stage == 1 else str(Path(clip) / "clip_tokenizer")
+    AutoTokenizer.from_pretrained(clip_tok).save_pretrained(str(tmp / "clip_tokenizer"))
+    if stage == 1:  # LLaVA's stage-1 artefact: the connector alone (and TUNA's tag encoder beside it)
+        torch.save({k: v for k, v in state.items() if k.startswith("projector.")}, tmp / "mm_projector.bin")
+        tag_enc = {k: v for k, v in state.items() if k.startswith("tag_encoder.")}
+        if tag_enc:
+            torch.save(tag_enc, tmp / "tag_encoder.bin")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+
+
+# ------------------------------------------------------------------------------------------ the loop
+
+
+def train_stage(cfg: TunaConfig, stage: int, variant: str = "tuna", resume: bool = False,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run training stage ``stage`` of ``variant`` on this rank (call in every rank); returns rank 0's metrics."""
+    import deepspeed
+    import deepspeed.ops
+    import torch.distributed as dist
+
+    from tuna import track
+    from tuna.model import set_trainable
+    from tuna.train import ds_config
+    from tuna.train.data import Collator
+
+    if stage not in (1, 2):
+        raise TrainError(f"--stage must be 1 or 2, got {stage!r}")
+    torch.set_num_threads(cfg.train.threads_per_rank)
+    # The CPU accelerator JIT-builds a shared-memory all-reduce op (~1 min) used only by inference; training
+    # communicates through gloo, so skip the build.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    say = log if rank == 0 else (lambda _msg: None)
+    torch.manual_seed(cfg.run.seed)
+    sc = cfg.train.stage(stage)
+    out = stage_dir(cfg, variant, stage)
+    ckpt = out / "checkpoints"
+    fp = fingerprint(cfg, variant, stage, world)
+
+    model, tokenizer = build_model(cfg, variant, stage)
+    groups = set_trainable(model, stage, sc.train_word_embeddings)
+    params = [p for g in groups.values() for p in g.values()]
+    if not params:
+        raise TrainError(f"stage {stage} of {variant!r} has no trainable parameters; check model.tag_mode / model.tuner")
+    examples, skipped = _examples(cfg, variant, stage, tokenizer, rank, dist.barrier, say)
+    plan = BatchPlan(len(examples), world, sc.batch_size, sc.grad_accum, cfg.run.seed)
+    total = plan.total_steps(sc.epochs, sc.max_steps)
+    ds = ds_config.resolve(cfg, stage, world, hidden_size=model.config.text_config.hidden_size)
+    optimizer = torch.optim.AdamW(params, lr=sc.lr, weight_decay=sc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, sc.warmup))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds)
+
+    from tuna.retrieval.encoder import load_encoder  # the CLIP tokenizer and image processor of the tower
+    enc_src = None
+    if stage == 1:
+        from tuna.retrieval.encoder import encoder_path
+
+        enc_src = encoder_path(cfg)
+        enc = load_encoder(enc_src)
+        processor, clip_tok = enc.processor, enc.tokenizer
+    else:
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        prev = model_dir(cfg, variant, 1)
+        processor = AutoImageProcessor.from_pretrained(str(prev))
+        clip_tok = AutoTokenizer.from_pretrained(str(prev / "clip_tokenizer"))
+    use_tags = model.config.tag_mode != "none"
+    collate = Collator(tokenizer, processor, clip_tok, model.config.num_tags, model.config.max_tag_tokens, use_tags)
+
+    start, losses = 0, []
+    if out.exists() and not resume and rank == 0:
+        shutil.rmtree(out)
+    dist.barrier()
+    if resume and (ckpt / "latest").is_file():
+        path, client = engine.load_checkpoint(str(ckpt))
+        if path is None or client is None:
+            raise TrainError(f"cannot resume from {ckpt}: DeepSpeed found no loadable checkpoint; drop --resume to start over")
+        if client.get("fingerprint") != fp:
+            raise TrainError(f"checkpoint {path} was written by a different config (fingerprint {client.get('fingerprint')}, "
+                             f"this run {fp}); drop --resume to start over or restore that recipe")
+        start, losses = int(client["step"]), list(client["losses"])
+        say(f"resumed {variant} stage {stage} at step {start}/{total} from {path}")
+    elif resume:
+        say(f"no checkpoint under {ckpt}; starting {variant} stage {stage} from step 0")
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "deepspeed_config.json").write_text(json.dumps(ds, indent=1) + "\n")
+        _truncate_loss_log(out / "loss.jsonl", start)
+
+    engine.train()
+    with track.stage_run(f"train-{variant}-stage{stage}", cfg) as run:
+        t_start = time.perf_counter()
+        run.log_params({"train": asdict(cfg.train), "variant": variant, "stage": stage, "world_size": world,
+                        "examples": len(examples), "total_steps": total, "model": variant_model(cfg, variant)})
+        run.set_tags({"tuna.variant": variant, "tuna.train_stage": str(stage)})
+        why = f" ({', '.join(f'{n} {k}' for k, n in skipped.items())})" if skipped else ""
+        say(f"{variant} stage {stage}: {len(examples)} examples, {sum(skipped.values())} skipped{why}; "
+            f"{world} ranks x batch {sc.batch_size} x accum {sc.grad_accum}, {total} steps, ZeRO-{sc.zero_stage}")
+        for step in range(start, total):
+            t0 = time.perf_counter()
+            step_loss = 0.0
+            for micro in range(sc.grad_accum):
+                batch = collate([examples[i] for i in plan.indices(step, micro, rank)])
+                loss = engine(**batch).loss
+                engine.backward(loss)
+                engine.step()
+                step_loss += float(loss.detach()) / sc.grad_accum
+            mean = torch.tensor([step_loss])
+            dist.all_reduce(mean)
+            step_loss = float(mean) / world
+            if not math.isfinite(step_loss):
+                raise TrainError(f"loss became {step_loss} at step {step + 1}; lower train.stage{stage}.lr")
+            losses.append(round(step_loss, 6))
+            dt = time.perf_counter() - t0
+            done = step + 1
+            if rank == 0:
+                with open(out / "loss.jsonl", "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": done, "loss": losses[-1], "lr": scheduler.get_last_lr()[0],
+                                        "seconds": round(dt, 4)}) + "\n")
+                if done % cfg.train.log_every == 0 or done == total:
+                    run.log_metrics({"loss": step_loss, "lr": scheduler.get_last_lr()[0], "step_time_s": dt,
+                                     "samples_per_s": plan.global_batch / dt}, step=done)
+                    say(f"  step {done}/{total}  loss {step_loss:.4f}  {plan.global_batch / dt:.1f} samples/s")
+            if done % cfg.train.checkpoint_every == 0 or done == total:
+                engine.save_checkpoint(str(ckpt), tag=f"step-{done:06d}",
+                                       client_state={"step": done, "losses": losses, "fingerprint": fp})
+                dist.barrier()
+                if rank == 0:
+                    _prune(ckpt, cfg.train.keep_checkpoints)
+        seconds = time.perf_counter() - t_start
+        dist.barrier()
+        metrics: dict[str, Any] = {}
+        if rank == 0:
+            tag = _checkpoint_tags(ckpt)[-1]
+            save_hf(cfg, variant, stage, consolidate(ckpt, tag), tokenizer, out / "model")
+            trained = total - start
+            metrics = {
+                "fingerprint": fp, "variant": variant, "stage": stage, "world_size": world, "steps": total,
+                "resumed_from": start, "examples": len(examples), "skipped": skipped,
+                "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+                "seconds": round(seconds, 1),
+                "samples_per_s": round(trained * plan.global_batch / seconds, 2) if trained else None,
+                "trainable_params": sum(p.numel() for p in params), "zero_stage": sc.zero_stage,
+                "checkpoint": str(ckpt / tag), "model": str(out / "model"),
+            }
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+            run.log_metrics({"final_loss": metrics["final_loss"] or 0.0, "train_seconds": seconds,
+                             **{f"skipped_{k}": v for k, v in skipped.items()}})
+            run.log_loss_curve(list(enumerate(losses, 1)), title=f"{variant} stage {stage} loss")
+            run.log_artifact(out / "deepspeed_config.json", "config")
+            run.log_artifact(out / "metrics.json", "metrics")
+            if stage == 2:
+                run.log_model_folder(out / "model")
+                name = registered_name(cfg, variant)
+                if losses and math.isfinite(losses[-1]) and losses[-1] < losses[0]:
+                    version = track.register_model(run.run_id, "model", name, cfg=cfg) if run.enabled else None
+                    metrics["registered"] = {"name": name, "version": version}
+                    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        dist.barrier()
+        return metrics
+
+
+def registered_name(cfg: TunaConfig, variant: str) -> str:
+    """Registry name of ``variant``: track.registered_model for TUNA, its ``llava`` twin for the baseline."""
+    base = cfg.track.registered_model
+    if variant == "tuna":
+        return base
+    if variant == "baseline":
+        return base.replace("tuna", "llava") if "tuna" in base else f"{base}-baseline"
+    return f"{base}-{variant.replace('_', '-')}"
+
+
+__all__ = ["VARIANTS", "BatchPlan", "TrainError", "build_model", "consolidate", "fingerprint", "is_up_to_date",
+           "lm_source", "lr_lambda", "model_dir", "registered_name", "stage_dir", "train_stage", "variant_model"]

@@ -1,0 +1,117 @@
+"""Launch a training stage: locally with the ``deepspeed`` launcher (N ranks on this machine).
+
+The recipe the ranks read is the resolved config written to ``<data_dir>/train/recipes/``, so the
+ranks see exactly what the caller validated (overrides included). Cluster launches (TrainJob,
+PyTorchJob) are rendered and submitted by :mod:`tuna.train.cluster` and run the same worker module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuna.config import TunaConfig
+from tuna.train.engine import TrainError, stage_dir, variant_model
+
+WORKER = "tuna.train.worker"
+# DeepSpeed launcher chatter that says nothing to a user (shown with TUNA_DEBUG=1).
+_NOISE = re.compile(r"\[(real_accelerator|launch|runner|constants|comm|config_utils|engine|logging)\.py:\d+|"
+                    r"^\s*(\[WARNING\]|\[INFO\]|Using /|Emitting ninja|Building extension|Loading extension)")
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def check_ranks(cfg: TunaConfig) -> None:
+    """Refuse a local CPU run asking for more ranks than cores (one line naming the setting)."""
+    import torch
+
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if cfg.train.ranks > n:
+            raise TrainError(f"train.ranks={cfg.train.ranks} but this machine has {n} GPUs; lower train.ranks")
+        return
+    cores = available_cores()
+    if cfg.train.ranks > cores:
+        raise TrainError(f"train.ranks={cfg.train.ranks} asks for more CPU ranks than the {cores} cores here; "
+                         f"set train.ranks <= {cores}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_recipe(cfg: TunaConfig, variant: str, stage: int | str) -> Path:
+    """Write the resolved recipe the ranks load; returns its path."""
+    path = cfg.data_dir / "train" / "recipes" / f"{variant}-stage{stage}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def local_command(recipe: Path, stage: int | str, variant: str, ranks: int, resume: bool, port: int) -> list[str]:
+    """The ``deepspeed`` launcher command for ``ranks`` local ranks running the worker module."""
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "--module", WORKER, "--config", str(recipe), "--stage", str(stage),
+           "--variant", variant]
+    return cmd + (["--resume"] if resume else [])
+
+
+def launch_local(cfg: TunaConfig, stage: int | str, variant: str = "tuna", resume: bool = False,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``stage`` (1, 2 or "all": both in one launch) of ``variant`` on ``train.ranks`` local ranks;
+    returns the last stage's metrics.json."""
+    if stage not in (1, 2, "all"):
+        raise TrainError(f"stage must be 1, 2 or 'all', got {stage!r}")
+    variant_model(cfg, variant)  # unknown variant: fail before starting processes
+    check_ranks(cfg)
+    recipe = write_recipe(cfg, variant, stage)
+    cmd = local_command(recipe, stage, variant, cfg.train.ranks, resume, free_port())
+    env = dict(os.environ, OMP_NUM_THREADS=str(cfg.train.threads_per_rank), PYTHONUNBUFFERED="1",
+               TOKENIZERS_PARALLELISM="false")
+    verbose = bool(os.environ.get("TUNA_DEBUG"))
+    # Same process group as the caller: Ctrl-C or a kill of the group reaches the launcher and every rank.
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if verbose or not _NOISE.search(line):
+                log(line.rstrip("\n"))
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        _stop(proc)
+        raise
+    if rc != 0:
+        raise TrainError(f"training stage {stage} of {variant!r} failed (launcher exit code {rc}); the rank's error is "
+                         f"printed above; fix it and rerun with --resume to continue from the last checkpoint")
+    metrics = stage_dir(cfg, variant, 2 if stage == "all" else stage) / "metrics.json"
+    return json.loads(metrics.read_text())
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the launcher (it stops its ranks) and wait; kill it if it does not go within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+__all__ = ["available_cores", "check_ranks", "launch_local", "local_command", "write_recipe"]

@@ -1,0 +1,61 @@
+"""One training rank: ``python -m tuna.train.worker --config R --stage 1|2|all [--variant V] [--resume] [key=value ...]``.
+
+Every launcher runs this module: the local ``deepspeed`` launcher (2 CPU ranks here), torchrun in a
+PyTorchJob, or the Kubeflow Trainer DeepSpeed runtime in a TrainJob. Rank and world size come from the
+environment (RANK/WORLD_SIZE/MASTER_ADDR or the MPI variables), read by ``deepspeed.init_distributed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+
+from tuna.config import load_config
+from tuna.errors import TunaError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tuna.train.worker", description="one DeepSpeed training rank")
+    p.add_argument("--config", required=True, metavar="FILE", help="YAML recipe")
+    p.add_argument("--stage", required=True, choices=["1", "2", "all"], help="training stage (all = 1 then 2, one launch)")
+    p.add_argument("--variant", default="tuna", help="model variant (tuna, baseline, captions, random, tuner_off)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest ZeRO checkpoint of this stage")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rank = os.environ.get("RANK", "0")
+    if not os.environ.get("TUNA_DEBUG"):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars per rank say nothing
+        hf_logging.set_verbosity_error()
+        warnings.filterwarnings("ignore", category=FutureWarning)  # torch.distributed deprecations inside DeepSpeed
+    try:
+        from tuna.train.engine import train_stage
+
+        cfg = load_config(args.config, args.overrides)
+        for stage in [1, 2] if args.stage == "all" else [int(args.stage)]:
+            train_stage(cfg, stage, args.variant, resume=args.resume)
+        return 0
+    except TunaError as err:
+        print(f"tuna train [rank {rank}]: error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # an internal bug: one line, the traceback on request
+        if os.environ.get("TUNA_DEBUG"):
+            raise
+        print(f"tuna train [rank {rank}]: internal error: {type(err).__name__}: {err} (set TUNA_DEBUG=1 for the traceback)",
+              file=sys.stderr, flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

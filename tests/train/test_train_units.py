@@ -1,0 +1,165 @@
+"""Training pieces without DeepSpeed processes: templates and label masking, batches, the data order, the
+learning-rate schedule, DeepSpeed config resolution and the launcher's refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
+
+from support import SMOKE
+from tuna.config import load_config
+from tuna.errors import ConfigError
+from tuna.formats import LlavaRecord
+from tuna.model.configuration_tuna import IMAGE_TOKEN_INDEX
+from tuna.train import ds_config
+from tuna.train.data import (
+    IGNORE_INDEX,
+    Collator,
+    prepare,
+    prompt_ids,
+    tokenize_conversation,
+    tokenize_plain,
+)
+from tuna.train.engine import BatchPlan, TrainError, lr_lambda, registered_name, variant_model
+from tuna.train.launch import check_ranks, local_command
+
+WORDS = ["<unk>", "<s>", "</s>", "<pad>", "USER", ":", "ASSISTANT", "what", "is", "it", "?", "a", "zedul", "red",
+         "No", "2", "Yes", "how", "many", "\n", "chat"]
+
+
+@pytest.fixture(scope="module")
+def tok() -> PreTrainedTokenizerFast:
+    vocab = {w: i for i, w in enumerate(WORDS)}
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+
+
+def _conv(*turns: str, image: str = "x.png") -> LlavaRecord:
+    return LlavaRecord(id="1", image=Path(image), conversations=[
+        {"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(turns)])
+
+
+def test_plain_template_masks_everything_but_the_caption(tok: PreTrainedTokenizerFast) -> None:
+    ids, labels = tokenize_plain(_conv("<image>\nwhat is it?", "a red zedul"), tok)
+    assert ids[:2] == [tok.bos_token_id, IMAGE_TOKEN_INDEX]
+    assert labels[:2] == [IGNORE_INDEX, IGNORE_INDEX]
+    assert tok.convert_ids_to_tokens([t for t in labels if t != IGNORE_INDEX]) == ["a", "red", "zedul", "</s>"]
+    assert ids[2:] == labels[2:]
+
+
+def test_conversation_masks_human_turns_and_keeps_every_answer(tok: PreTrainedTokenizerFast) -> None:
+    rec = _conv("<image>\nwhat is it?", "a zedul", "how many?", "2")
+    ids, labels = tokenize_conversation(rec, tok, "chat")
+    assert ids.count(IMAGE_TOKEN_INDEX) == 1 and len(ids) == len(labels)
+    answers = [t for t in labels if t != IGNORE_INDEX]
+    assert tok.convert_ids_to_tokens(answers) == ["a", "zedul", "</s>", "2", "</s>"]
+    # every label position is either masked or equal to the input id (a causal LM shifts inside)
+    assert all(lab in (IGNORE_INDEX, i) for lab, i in zip(labels, ids))
+    # the generation prompt is exactly the training prefix of the first answer
+    first_answer = labels.index(next(t for t in labels if t != IGNORE_INDEX))
+    assert prompt_ids(tok, "chat", "<image>\nwhat is it?") == ids[:first_answer]
+
+
+def test_prepare_skips_and_counts_examples_cut_before_their_answer(tok: PreTrainedTokenizerFast) -> None:
+    long_q = "<image>\n" + "what " * 40
+    recs = [_conv("<image>\nwhat is it?", "a zedul", image="a.png"), _conv(long_q, "No", image="b.png"),
+            _conv("<image>\nwhat?", "Yes", image="c.png")]
+    tags = {"a.png": [("zedul", 0.9), ("red", 0.5)], "b.png": [("red", 0.1)]}
+    out = prepare(recs, tok, 2, 20, "chat", tags, num_tags=5)
+    assert [e.image.name for e in out.examples] == ["a.png"]
+    assert out.examples[0].tags == ["zedul", "red"]
+    assert out.skipped == {"no_answer_within_max_length": 1, "no_retrieved_tags": 1}
+
+
+def test_collator_pads_right_and_shapes_tags(tok: PreTrainedTokenizerFast, prepared) -> None:
+    from tuna.retrieval.encoder import load_encoder
+
+    enc = load_encoder(prepared.cfg.data_dir / "encoder")
+    img = next((prepared.root / "alignment" / "images").glob("*.png"))
+    recs = [_conv("<image>\nwhat is it?", "a zedul", image=str(img)), _conv("<image>\nwhat?", "No", image=str(img))]
+    tags = {img.name: [("zedul", 0.9), ("red zedul", 0.5)]}
+    ex = prepare(recs, tok, 2, 64, "chat", tags, num_tags=3).examples
+    batch = Collator(tok, enc.processor, enc.tokenizer, num_tags=3, max_tag_tokens=4, use_tags=True)(ex)
+    b, length = batch["input_ids"].shape
+    assert b == 2 and batch["labels"].shape == (2, length) and batch["attention_mask"][1].sum() < length
+    assert batch["input_ids"][1, -1] == tok.pad_token_id and batch["labels"][1, -1] == IGNORE_INDEX
+    assert batch["pixel_values"].shape[:2] == (2, 3)
+    assert batch["tag_input_ids"].shape[:2] == (2, 3) and batch["tag_mask"].tolist() == [[True, True, False]] * 2
+    assert batch["tag_clip_input_ids"].shape[:2] == (2, 3)
+    assert int(batch["tag_attention_mask"][0, 1].sum()) == 2  # "red zedul": two LM tokens
+
+
+def test_batch_plan_is_seeded_disjoint_across_ranks_and_resumable() -> None:
+    plan = BatchPlan(n=50, world_size=2, batch_size=4, grad_accum=2, seed=7)
+    assert plan.steps_per_epoch == 3 and plan.total_steps(2, None) == 6 and plan.total_steps(2, 4) == 4
+    seen = [i for m in range(2) for r in range(2) for i in plan.indices(0, m, r)]
+    assert len(seen) == len(set(seen)) == 16
+    again = BatchPlan(n=50, world_size=2, batch_size=4, grad_accum=2, seed=7)
+    assert again.indices(4, 1, 1) == plan.indices(4, 1, 1)  # a resumed run jumps straight to its step
+    assert plan.indices(3, 0, 0) != plan.indices(0, 0, 0)   # a new epoch reshuffles
+    with pytest.raises(TrainError, match="cannot fill one global batch of 16"):
+        BatchPlan(n=10, world_size=2, batch_size=4, grad_accum=2, seed=0)
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
+    f = lr_lambda(100, 0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5, abs=0.02) and f(100) == pytest.approx(0.0)
+
+
+def test_deepspeed_config_resolves_every_auto_field() -> None:
+    cfg = load_config(SMOKE, ["train.stage2.zero_stage=3", "train.stage2.grad_accum=2"])
+    ds = ds_config.resolve(cfg, 2, world_size=2, hidden_size=32)
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["train_batch_size"] == cfg.train.stage2.batch_size * 2 * 2
+    assert ds["gradient_accumulation_steps"] == 2 and ds["gradient_clipping"] == cfg.train.gradient_clipping
+    assert ds["bf16"]["enabled"] is False and ds["fp16"]["enabled"] is False
+    assert ds["zero_optimization"]["stage3_param_persistence_threshold"] == 320
+    assert "auto" not in json.dumps(ds)
+    assert ds_config.resolve(cfg, 1, world_size=2)["zero_optimization"]["stage"] == cfg.train.stage1.zero_stage
+
+
+def test_deepspeed_config_refusals(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="fp16 is refused by DeepSpeed on CPU"):
+        ds_config.resolve(load_config(SMOKE, ["train.precision=fp16"]), 1, 2)
+    custom = tmp_path / "ds.json"
+    custom.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_batch_size": "auto"}))
+    with pytest.raises(ConfigError, match="zero_stage is 2 but .* sets zero_optimization.stage 3"):
+        ds_config.resolve(load_config(SMOKE, [f"train.deepspeed_config={custom}"]), 1, 2)
+    custom.write_text(json.dumps({"zero_optimization": {"stage": 2, "sub_group_size": "auto"}}))
+    with pytest.raises(ConfigError, match="zero_optimization.sub_group_size stayed \"auto\""):
+        ds_config.resolve(load_config(SMOKE, [f"train.deepspeed_config={custom}"]), 1, 2)
+    custom.write_text("{not json")
+    with pytest.raises(ConfigError, match="is not valid JSON"):
+        ds_config.resolve(load_config(SMOKE, [f"train.deepspeed_config={custom}"]), 1, 2)
+
+
+def test_more_ranks_than_cores_is_refused_with_the_setting() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("the CPU-core check applies to CPU machines")
+    with pytest.raises(TrainError, match=r"train.ranks=512 asks for more CPU ranks than the \d+ cores"):
+        check_ranks(load_config(SMOKE, ["train.ranks=512"]))
+
+
+def test_local_command_runs_the_worker_module_on_n_ranks() -> None:
+    cmd = local_command(Path("r.yaml"), 2, "baseline", 2, True, 29501)
+    assert cmd[1:3] == ["-m", "deepspeed.launcher.runner"]
+    assert cmd[cmd.index("--num_gpus") + 1] == "2" and cmd[cmd.index("--module") + 1] == "tuna.train.worker"
+    assert cmd[-5:] == ["--stage", "2", "--variant", "baseline", "--resume"]
+
+
+def test_variants_and_registry_names() -> None:
+    cfg = load_config(SMOKE)
+    assert variant_model(cfg, "baseline")["tag_mode"] == "none" and variant_model(cfg, "tuner_off")["tuner"] is False
+    assert variant_model(cfg, "tuna")["tag_mode"] == cfg.model.tag_mode
+    with pytest.raises(TrainError, match="unknown variant 'llava'"):
+        variant_model(cfg, "llava")
+    mini = load_config(SMOKE, ["track.registered_model=tuna-mini"])
+    assert registered_name(mini, "tuna") == "tuna-mini" and registered_name(mini, "baseline") == "llava-mini"
+    assert registered_name(mini, "tuner_off") == "tuna-mini-tuner-off"
