@@ -121,17 +121,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tuna.train import cluster
 
     for stage in stages:
-        render = cluster.render_trainjob if args.launcher == "trainjob" else cluster.render_pytorchjob
-        obj = render(cfg, stage, args.variant, args.overrides, recipe=args.config, resume=args.resume)
-        cluster.validate(obj)
-        if args.dry_run:
-            print(cluster.to_yaml(obj), end="")
-            continue
-        name = cluster.submit(obj, context=args.context)
-        print(f"submitted {obj['kind']} {name} in namespace {obj['metadata'].get('namespace', 'default')}")
-        state = cluster.follow(name, obj["metadata"].get("namespace", "default"), obj["kind"], context=args.context)
-        if state != "Succeeded":
-            raise cluster.ClusterError(f"{obj['kind']} {name} ended {state}; see `kubectl describe {obj['kind'].lower()} {name}`")
+        state = cluster.launch(cfg, stage, args.variant, args.overrides, launcher=args.launcher, recipe=args.config,
+                               resume=args.resume, dry_run=args.dry_run)
+        if state == "Failed":
+            raise cluster.ClusterError(f"stage {stage} of {args.variant!r} failed on the cluster; see `kubectl describe` "
+                                       f"of the job named above, fix it and resubmit with --resume")
     return 0
 
 
@@ -142,7 +136,6 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--launcher", default="local", choices=["local", "trainjob", "pytorchjob"],
                    help="local DeepSpeed ranks (default), a Kubeflow Trainer TrainJob, or a PyTorchJob")
     p.add_argument("--dry-run", action="store_true", help="with trainjob/pytorchjob: print the validated manifest, submit nothing")
-    p.add_argument("--context", default=None, help="kubeconfig context for trainjob/pytorchjob (default: the current one)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -85,7 +85,7 @@ def test_trainjob_runs_the_worker_under_mpirun_with_the_cluster_settings() -> No
     assert mpirun[:4] == ["--hostfile", "/etc/mpi/hostfile", "-np", "32"]
     args = worker_parser().parse_args(cmd[cmd.index("python") + 3:])
     assert cmd[cmd.index("python") + 1:cmd.index("python") + 3] == ["-m", "tuna.train.worker"]
-    assert (args.config, args.stage, args.variant, args.resume) == ("/opt/tuna/configs/llava7b.yaml", 2, "tuna", True)
+    assert (args.config, args.stage, args.variant, args.resume) == ("/opt/tuna/configs/llava7b.yaml", "2", "tuna", True)
     assert args.overrides == ["train.stage2.lr=0.00001",  # the caller's, then the cluster's (resolved, so last)
                               "train.ranks=8", "train.precision=bf16", "train.stage2.zero_stage=3"]
     assert not any(o.startswith("run.data_dir=") for o in args.overrides)  # /mnt/tuna/llava7b is on the PVC already
@@ -103,7 +103,7 @@ def test_pytorchjob_runs_the_worker_under_torchrun() -> None:
     run = get_args_parser().parse_args(container["command"][1:])  # torchrun's own parser
     assert (run.nnodes, run.nproc_per_node, run.module, run.training_script) == ("4", "8", True, "tuna.train.worker")
     args = worker_parser().parse_args(run.training_script_args)
-    assert (args.config, args.stage) == ("/opt/tuna/configs/llava7b.yaml", 2)
+    assert (args.config, args.stage) == ("/opt/tuna/configs/llava7b.yaml", "2")
     assert "train.stage2.zero_stage=3" in args.overrides and "train.precision=bf16" in args.overrides
 
 

@@ -163,3 +163,23 @@ def test_variants_and_registry_names() -> None:
     mini = load_config(SMOKE, ["track.registered_model=tuna-mini"])
     assert registered_name(mini, "tuna") == "tuna-mini" and registered_name(mini, "baseline") == "llava-mini"
     assert registered_name(mini, "tuner_off") == "tuna-mini-tuner-off"
+
+
+def test_cli_dry_run_prints_a_validated_cluster_job(capsys: pytest.CaptureFixture[str]) -> None:
+    from support import CONFIGS
+    from tuna.cli import main
+
+    assert main(["train", "--config", str(CONFIGS / "llava7b.yaml"), "--stage", "2", "--launcher", "pytorchjob",
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "kind: PyTorchJob" in out and "tuna.train.worker" in out and "train.stage2.zero_stage=3" in out
+
+
+def test_cli_refuses_more_ranks_than_cores_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from tuna.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU-core check applies to CPU machines")
+    assert main(["train", "--config", str(SMOKE), "--stage", "1", "train.ranks=512"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.ranks=512" in err[0]

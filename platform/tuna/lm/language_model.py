@@ -62,6 +62,17 @@ def _hf_quiet() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -188,54 +199,49 @@ def train_lm(cfg: TunaConfig, progress: bool = True, log: Callable[[str], None] 
     wdir = _world_dir(cfg)
     taxonomy = _taxonomy(wdir)
     target = cfg.data_dir / "lm"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(lm.threads)
     t0 = time.perf_counter()
-    try:
-        with staged_dir(target, "language model") as tmp:
-            corpus = pretrain.load_corpus(wdir, lm.val_fraction, cfg.run.seed)
-            tokenizer = train_tokenizer(corpus.tokenizer_texts(), lm.vocab_size, lm.max_length)
-            docs = pretrain.encode_documents(tokenizer, corpus.documents(lm.text_repeats))
-            torch.manual_seed(cfg.run.seed)
-            model = pretrain.build_model(lm, tokenizer)
-            params = _count_params(model)
-            log(f"lm: LlamaForCausalLM with {params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}, "
-                f"{sum(len(d) for d in docs)} tokens x {lm.epochs} epochs on {lm.threads} threads")
-            curve = pretrain.pretrain(model, docs, lm, cfg.run.seed, progress, log)
-            t_eval = time.perf_counter()
-            metrics = evaluate_lm(model, tokenizer, corpus, taxonomy)
-            eval_seconds = time.perf_counter() - t_eval
-            with _hf_quiet():
-                model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            weights = weights_sha256(model)
-            manifest = {
-                "version": LM_VERSION,
-                "inputs": _inputs(cfg, corpus.sha256),
-                "weights_hash": weights,
-                "fingerprint": weights[:16],
-                "corpus_hash": corpus.sha256,
-                "corpus": {**corpus.counts, "train_tokens": curve["tokens_per_epoch"], "val_tokens": metrics["val"]["tokens"]},
-                "config": cfg.to_dict()["lm"],
-                "seed": cfg.run.seed,
-                "vocab_size": len(tokenizer),
-                "params": params,
-                "loss": {k: curve[k] for k in ("first", "last_epoch", "per_epoch", "steps", "batch_size", "block_size")},
-                "val_perplexity": metrics["val"]["perplexity"],
-                "probe_coarse": {s: metrics["probe"][s]["coarse"] for s in pretrain.PROBE_SPLITS if s in metrics["probe"]},
-                "tokens_per_name": {s: v["mean"] for s, v in metrics["tokens_per_name"].items()},
-                "train_seconds": curve["train_seconds"],
-                "eval_seconds": round(eval_seconds, 1),
-                "total_seconds": round(time.perf_counter() - t0, 1),
-                "threads": lm.threads,
-                "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            }
-            metrics["lm"] = str(target)
-            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    finally:
-        torch.set_num_threads(threads)
+    with _torch_threads(lm.threads), staged_dir(target, "language model") as tmp:
+        corpus = pretrain.load_corpus(wdir, lm.val_fraction, cfg.run.seed)
+        tokenizer = train_tokenizer(corpus.tokenizer_texts(), lm.vocab_size, lm.max_length)
+        docs = pretrain.encode_documents(tokenizer, corpus.documents(lm.text_repeats))
+        torch.manual_seed(cfg.run.seed)
+        model = pretrain.build_model(lm, tokenizer)
+        params = _count_params(model)
+        log(f"lm: LlamaForCausalLM with {params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}, "
+            f"{sum(len(d) for d in docs)} tokens x {lm.epochs} epochs on {lm.threads} threads")
+        curve = pretrain.pretrain(model, docs, lm, cfg.run.seed, progress, log)
+        t_eval = time.perf_counter()
+        metrics = evaluate_lm(model, tokenizer, corpus, taxonomy)
+        eval_seconds = time.perf_counter() - t_eval
+        with _hf_quiet():
+            model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        weights = weights_sha256(model)
+        manifest = {
+            "version": LM_VERSION,
+            "inputs": _inputs(cfg, corpus.sha256),
+            "weights_hash": weights,
+            "fingerprint": weights[:16],
+            "corpus_hash": corpus.sha256,
+            "corpus": {**corpus.counts, "train_tokens": curve["tokens_per_epoch"], "val_tokens": metrics["val"]["tokens"]},
+            "config": cfg.to_dict()["lm"],
+            "seed": cfg.run.seed,
+            "vocab_size": len(tokenizer),
+            "params": params,
+            "loss": {k: curve[k] for k in ("first", "last_epoch", "per_epoch", "steps", "batch_size", "block_size")},
+            "val_perplexity": metrics["val"]["perplexity"],
+            "probe_coarse": {s: metrics["probe"][s]["coarse"] for s in pretrain.PROBE_SPLITS if s in metrics["probe"]},
+            "tokens_per_name": {s: v["mean"] for s, v in metrics["tokens_per_name"].items()},
+            "train_seconds": curve["train_seconds"],
+            "eval_seconds": round(eval_seconds, 1),
+            "total_seconds": round(time.perf_counter() - t0, 1),
+            "threads": lm.threads,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        metrics["lm"] = str(target)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     log(f"lm {manifest['fingerprint']} written to {target} in {manifest['total_seconds']:.0f}s "
         f"(training {manifest['train_seconds']:.0f}s); {summary_line(metrics)}")
     return manifest
@@ -253,7 +259,8 @@ def run_lm(cfg: TunaConfig, force: bool = False, progress: bool = True,
         model = model.to("cuda") if gpu else model
         wdir = _world_dir(cfg)
         corpus = pretrain.load_corpus(wdir, cfg.lm.val_fraction, cfg.run.seed)
-        metrics = evaluate_lm(model, tokenizer, corpus, _taxonomy(wdir))
+        with _torch_threads(cfg.lm.threads):
+            metrics = evaluate_lm(model, tokenizer, corpus, _taxonomy(wdir))
         metrics["lm"] = cfg.model.language_model
         return {"status": "loaded", "path": cfg.model.language_model, "params": _count_params(model),
                 "vocab_size": len(tokenizer), "metrics": metrics}

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +298,65 @@ def save_hf(cfg: TunaConfig, variant: str, stage: int, state: dict[str, torch.Te
 # ------------------------------------------------------------------------------------------ the loop
 
 
+@dataclass
+class StageInputs:
+    """What one rank trains in a stage: the model (trainable groups set), its tokenizer, the trainable
+    parameters, the examples (and skip counts by reason) and the batch collator."""
+
+    model: Any
+    tokenizer: Any
+    params: list[torch.nn.Parameter]
+    examples: list[Any]
+    skipped: dict[str, int]
+    collate: Any
+
+
+def prepare_stage(cfg: TunaConfig, variant: str, stage: int, rank: int = 0,
+                  barrier: Callable[[], None] = lambda: None, log: Callable[[str], None] = print) -> StageInputs:
+    """Build the model, freeze what the stage does not train, and load, tag and tokenise the stage's data."""
+    from tuna.model import set_trainable
+    from tuna.train.data import Collator
+
+    sc = cfg.train.stage(stage)
+    model, tokenizer = build_model(cfg, variant, stage)
+    groups = set_trainable(model, stage, sc.train_word_embeddings)
+    params = [p for g in groups.values() for p in g.values()]
+    if not params:
+        raise TrainError(f"stage {stage} of {variant!r} has no trainable parameters; check model.tag_mode / model.tuner")
+    examples, skipped = _examples(cfg, variant, stage, tokenizer, rank, barrier, log)
+    if stage == 1:  # the CLIP tokenizer and image processor of the tower
+        from tuna.retrieval.encoder import encoder_path, load_encoder
+
+        enc = load_encoder(encoder_path(cfg))
+        processor, clip_tok = enc.processor, enc.tokenizer
+    else:
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        prev = model_dir(cfg, variant, 1)
+        processor = AutoImageProcessor.from_pretrained(str(prev))
+        clip_tok = AutoTokenizer.from_pretrained(str(prev / "clip_tokenizer"))
+    use_tags = model.config.tag_mode != "none"
+    collate = Collator(tokenizer, processor, clip_tok, model.config.num_tags, model.config.max_tag_tokens, use_tags)
+    return StageInputs(model, tokenizer, params, examples, skipped, collate)
+
+
+def optimizer_step(engine: Any, collate: Callable[[list[Any]], dict[str, torch.Tensor]], examples: list[Any],
+                   plan: BatchPlan, step: int, rank: int) -> float:
+    """One optimizer step of a DeepSpeed engine (its micro-steps included); returns the loss averaged over ranks."""
+    import torch.distributed as dist
+
+    step_loss = 0.0
+    for micro in range(plan.accum):
+        batch = collate([examples[i] for i in plan.indices(step, micro, rank)])
+        loss = engine(**batch).loss
+        engine.backward(loss)
+        engine.step()
+        step_loss += float(loss.detach()) / plan.accum
+    mean = torch.tensor([step_loss])
+    dist.all_reduce(mean)
+    return float(mean) / plan.world
+
+
 def train_stage(cfg: TunaConfig, stage: int, variant: str = "tuna", resume: bool = False,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run training stage ``stage`` of ``variant`` on this rank (call in every rank); returns rank 0's metrics."""
@@ -306,9 +365,7 @@ def train_stage(cfg: TunaConfig, stage: int, variant: str = "tuna", resume: bool
     import torch.distributed as dist
 
     from tuna import track
-    from tuna.model import set_trainable
     from tuna.train import ds_config
-    from tuna.train.data import Collator
 
     if stage not in (1, 2):
         raise TrainError(f"--stage must be 1 or 2, got {stage!r}")
@@ -325,35 +382,15 @@ def train_stage(cfg: TunaConfig, stage: int, variant: str = "tuna", resume: bool
     ckpt = out / "checkpoints"
     fp = fingerprint(cfg, variant, stage, world)
 
-    model, tokenizer = build_model(cfg, variant, stage)
-    groups = set_trainable(model, stage, sc.train_word_embeddings)
-    params = [p for g in groups.values() for p in g.values()]
-    if not params:
-        raise TrainError(f"stage {stage} of {variant!r} has no trainable parameters; check model.tag_mode / model.tuner")
-    examples, skipped = _examples(cfg, variant, stage, tokenizer, rank, dist.barrier, say)
+    inputs = prepare_stage(cfg, variant, stage, rank, dist.barrier, say)
+    model, tokenizer, params, examples, skipped, collate = (inputs.model, inputs.tokenizer, inputs.params,
+                                                            inputs.examples, inputs.skipped, inputs.collate)
     plan = BatchPlan(len(examples), world, sc.batch_size, sc.grad_accum, cfg.run.seed)
     total = plan.total_steps(sc.epochs, sc.max_steps)
     ds = ds_config.resolve(cfg, stage, world, hidden_size=model.config.text_config.hidden_size)
     optimizer = torch.optim.AdamW(params, lr=sc.lr, weight_decay=sc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, sc.warmup))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds)
-
-    from tuna.retrieval.encoder import load_encoder  # the CLIP tokenizer and image processor of the tower
-    enc_src = None
-    if stage == 1:
-        from tuna.retrieval.encoder import encoder_path
-
-        enc_src = encoder_path(cfg)
-        enc = load_encoder(enc_src)
-        processor, clip_tok = enc.processor, enc.tokenizer
-    else:
-        from transformers import AutoImageProcessor, AutoTokenizer
-
-        prev = model_dir(cfg, variant, 1)
-        processor = AutoImageProcessor.from_pretrained(str(prev))
-        clip_tok = AutoTokenizer.from_pretrained(str(prev / "clip_tokenizer"))
-    use_tags = model.config.tag_mode != "none"
-    collate = Collator(tokenizer, processor, clip_tok, model.config.num_tags, model.config.max_tag_tokens, use_tags)
 
     start, losses = 0, []
     if out.exists() and not resume and rank == 0:
@@ -386,16 +423,7 @@ def train_stage(cfg: TunaConfig, stage: int, variant: str = "tuna", resume: bool
             f"{world} ranks x batch {sc.batch_size} x accum {sc.grad_accum}, {total} steps, ZeRO-{sc.zero_stage}")
         for step in range(start, total):
             t0 = time.perf_counter()
-            step_loss = 0.0
-            for micro in range(sc.grad_accum):
-                batch = collate([examples[i] for i in plan.indices(step, micro, rank)])
-                loss = engine(**batch).loss
-                engine.backward(loss)
-                engine.step()
-                step_loss += float(loss.detach()) / sc.grad_accum
-            mean = torch.tensor([step_loss])
-            dist.all_reduce(mean)
-            step_loss = float(mean) / world
+            step_loss = optimizer_step(engine, collate, examples, plan, step, rank)
             if not math.isfinite(step_loss):
                 raise TrainError(f"loss became {step_loss} at step {step + 1}; lower train.stage{stage}.lr")
             losses.append(round(step_loss, 6))
@@ -458,5 +486,5 @@ def registered_name(cfg: TunaConfig, variant: str) -> str:
     return f"{base}-{variant.replace('_', '-')}"
 
 
-__all__ = ["VARIANTS", "BatchPlan", "TrainError", "build_model", "consolidate", "fingerprint", "is_up_to_date",
+__all__ = ["VARIANTS", "BatchPlan", "StageInputs", "optimizer_step", "prepare_stage", "TrainError", "build_model", "consolidate", "fingerprint", "is_up_to_date",
            "lm_source", "lr_lambda", "model_dir", "registered_name", "stage_dir", "train_stage", "variant_model"]
