@@ -82,7 +82,7 @@ def test_two_stages_on_two_ranks_save_hf_models_and_mlflow_runs(prepared) -> Non
     assert history[-1].value == pytest.approx(s1["final_loss"], abs=1e-5)
     arts = {a.path for a in client.list_artifacts(run.info.run_id)} | {
         a.path for p in ("plots", "config") for a in client.list_artifacts(run.info.run_id, p)}
-    assert {"plots/loss_curve.png", "config/deepspeed_config.json"} <= arts
+    assert {"plots/loss_curve.png", "config/deepspeed_config.json", "config/recipe.yaml"} <= arts
     assert client.list_artifacts(runs["train-tuna-stage2"].info.run_id, "model")
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from tuna.config import TunaConfig, section_fingerprint
 from tuna.errors import TunaError
@@ -410,6 +411,7 @@ def train_stage(cfg: TunaConfig, stage: int, variant: str = "tuna", resume: bool
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "deepspeed_config.json").write_text(json.dumps(ds, indent=1) + "\n")
+        (out / "recipe.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
         _truncate_loss_log(out / "loss.jsonl", start)
 
     engine.train()
@@ -464,6 +466,7 @@ def train_stage(cfg: TunaConfig, stage: int, variant: str = "tuna", resume: bool
                              **{f"skipped_{k}": v for k, v in skipped.items()}})
             run.log_loss_curve(list(enumerate(losses, 1)), title=f"{variant} stage {stage} loss")
             run.log_artifact(out / "deepspeed_config.json", "config")
+            run.log_artifact(out / "recipe.yaml", "config")
             run.log_artifact(out / "metrics.json", "metrics")
             if stage == 2:
                 run.log_model_folder(out / "model")

@@ -1,0 +1,136 @@
+"""POPE: yes/no answer parsing and the per-split metrics (accuracy, precision, recall, F1, yes-ratio).
+
+The parsing rule is the one of POPE's ``evaluate.py`` (github.com/RUCAIBox/POPE; LLaVA's
+``llava/eval/eval_pope.py`` repeats it): keep only the text before the first ".", delete commas, split
+on single spaces; if one of the words is exactly ``No``, ``not`` or ``no`` the answer is "no", otherwise
+"yes". Its quirks are kept on purpose so numbers stay comparable with published ones: "Not sure" is a
+"yes" (capitalised "Not" is not in the list), "Nope" is a "yes", "No\\nthere is ..." without a space is
+a "yes".
+
+Two additions of ours, both documented where they act:
+
+- the generation is stripped of leading/trailing whitespace first (LLaVA's ``model_vqa_loader`` writes
+  ``outputs.strip()``, so this is what POPE's rule sees in the LLaVA pipeline);
+- an empty or whitespace-only generation is *unparsed* (``None``): neither yes nor no, always wrong,
+  counted separately. POPE's rule would call it "yes".
+
+Metrics treat "yes" as the positive class. An unparsed answer is never a predicted "yes": it lowers
+accuracy, and it lowers recall when the label is "yes"; it does not enter precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from tuna.errors import DataFormatError
+from tuna.world.questions import POPE_SPLITS
+
+YesNo = Literal["yes", "no"]
+NEGATION_WORDS = ("No", "not", "no")  # POPE's list, case-sensitive as in evaluate.py
+METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+
+
+def parse_yes_no(text: str) -> YesNo | None:
+    """POPE's reading of one generation: "yes", "no", or None when it is empty or whitespace-only."""
+    if not isinstance(text, str):
+        raise TypeError(f"a generation must be a str, got {type(text).__name__}: {text!r}")
+    text = text.strip()
+    if not text:
+        return None
+    if "." in text:  # only the first sentence counts
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if any(w in words for w in NEGATION_WORDS) else "yes"
+
+
+def _label(value: object, index: int) -> YesNo:
+    if isinstance(value, str) and value.strip().lower() in ("yes", "no"):
+        return "yes" if value.strip().lower() == "yes" else "no"
+    raise ValueError(f"label {index} must be 'yes' or 'no', got {value!r}")
+
+
+def _ratio(num: int, den: int) -> float:
+    return num / den if den else 0.0
+
+
+def pope_metrics(answers: Sequence[str], labels: Sequence[str]) -> dict[str, float | int]:
+    """Metrics of one POPE split: ``answers`` (raw generations) against ``labels`` ("yes"/"no"), by position.
+
+    Returns accuracy, precision, recall, f1, yes_ratio (fractions in [0, 1]), n, unparsed and the
+    confusion counts tp/fp/tn/fn over parsed answers. Precision is 0.0 when nothing was answered "yes"
+    (POPE's script divides by zero there); F1 is 0.0 when precision + recall is 0.
+    """
+    if len(answers) != len(labels):
+        raise ValueError(f"{len(answers)} answers for {len(labels)} labels; they must pair up by position")
+    if not labels:
+        raise ValueError("no POPE answers to score (empty split)")
+    tp = fp = tn = fn = unparsed = 0
+    positives = 0
+    for i, (answer, raw_label) in enumerate(zip(answers, labels)):
+        label = _label(raw_label, i)
+        positives += label == "yes"
+        pred = parse_yes_no(answer)
+        if pred is None:
+            unparsed += 1
+        elif pred == "yes":
+            tp += label == "yes"
+            fp += label == "no"
+        else:
+            tn += label == "no"
+            fn += label == "yes"
+    n = len(labels)
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, positives)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"accuracy": (tp + tn) / n, "precision": precision, "recall": recall, "f1": f1,
+            "yes_ratio": (tp + fp) / n, "n": n, "unparsed": unparsed, "tp": tp, "fp": fp, "tn": tn, "fn": fn}
+
+
+def pope_summary(per_split: Mapping[str, Mapping[str, float | int]]) -> dict[str, float | int]:
+    """The headline numbers as LLaVA-1.5 and TUNA report POPE: F1 and accuracy averaged over the splits
+    (unweighted mean of the per-split values from :func:`pope_metrics`)."""
+    if not per_split:
+        raise ValueError("no POPE splits to summarise")
+    for split, m in per_split.items():
+        missing = [k for k in ("f1", "accuracy") if k not in m]
+        if missing:
+            raise ValueError(f"POPE split {split!r} lacks {', '.join(missing)}; pass pope_metrics() results")
+    k = len(per_split)
+    return {"f1": sum(float(m["f1"]) for m in per_split.values()) / k,
+            "accuracy": sum(float(m["accuracy"]) for m in per_split.values()) / k,
+            "splits": k}
+
+
+# ------------------------------------------------------------------------------ loader-side helpers
+
+
+def pope_split_files(folder: Path) -> dict[str, Path]:
+    """split -> question file in a POPE folder (``*_pope_{random,popular,adversarial}.json``, JSON lines as
+    in POPE's ``output/coco/``); raises DataFormatError naming the folder when a split is missing or doubled."""
+    folder = Path(folder)
+    out: dict[str, Path] = {}
+    for split in POPE_SPLITS:
+        found = sorted(folder.glob(f"*_pope_{split}.json"))
+        if len(found) != 1:
+            what = "no file" if not found else f"{len(found)} files ({', '.join(p.name for p in found)})"
+            raise DataFormatError(f"{folder}: {what} matching *_pope_{split}.json; expected exactly one per split")
+        out[split] = found[0]
+    return out
+
+
+def load_pope_splits(folder: Path) -> dict[str, list[dict[str, Any]]]:
+    """split -> question rows (``question_id``, ``image``, ``text``, ``label``) of a POPE folder."""
+    from tuna.formats import load_pope
+
+    return {split: load_pope(path) for split, path in pope_split_files(folder).items()}
+
+
+def score_pope_rows(rows: Sequence[Mapping[str, Any]], answers: Mapping[Any, str]) -> dict[str, float | int]:
+    """:func:`pope_metrics` for question ``rows`` with ``answers`` keyed by ``question_id``; a question
+    without an answer raises (a silently shorter split would change the metrics)."""
+    missing = [r["question_id"] for r in rows if r["question_id"] not in answers]
+    if missing:
+        raise ValueError(f"{len(missing)} POPE question(s) have no answer, e.g. question_id {missing[0]!r}")
+    return pope_metrics([answers[r["question_id"]] for r in rows], [r["label"] for r in rows])
