@@ -183,3 +183,13 @@ def test_cli_refuses_more_ranks_than_cores_in_one_line(capsys: pytest.CaptureFix
     assert main(["train", "--config", str(SMOKE), "--stage", "1", "train.ranks=512"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.ranks=512" in err[0]
+
+
+def test_multi_turn_prompt_is_the_training_prefix_of_the_next_answer(tok: PreTrainedTokenizerFast) -> None:
+    from tuna.train.data import conversation_prompt_ids
+
+    rec = _conv("<image>\nwhat is it?", "a zedul", "how many?", "2")
+    ids, labels = tokenize_conversation(rec, tok, "chat")
+    second = len(ids) - 2  # the last answer is "2" + </s>
+    assert conversation_prompt_ids(tok, "chat", [("<image>\nwhat is it?", "a zedul")], "how many?") == ids[:second]
+    assert conversation_prompt_ids(tok, "chat", [("what is it?", "a zedul")], "how many?") == ids[:second]

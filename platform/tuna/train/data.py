@@ -76,11 +76,24 @@ def tokenize_conversation(record: LlavaRecord, tokenizer: Any, system: str) -> t
     return ids, labels
 
 
-def prompt_ids(tokenizer: Any, system: str, question: str) -> list[int]:
-    """Ids for generation: ``<s>`` + the v1 prompt of ``question`` (``<image>`` is prepended when absent)."""
-    if IMAGE not in question:
+def conversation_prompt_ids(tokenizer: Any, system: str, turns: Sequence[tuple[str, str]], question: str) -> list[int]:
+    """Ids for generation: ``<s>``, the earlier ``turns`` [(question, answer), ...] exactly as training
+    tokenises them, then ``question`` up to ``ASSISTANT:``. ``<image>`` is put in the first question when absent."""
+    turns = [(q, a) for q, a in turns]
+    if turns and IMAGE not in turns[0][0]:
+        turns[0] = (f"{IMAGE}\n{turns[0][0]}", turns[0][1])
+    elif not turns and IMAGE not in question:
         question = f"{IMAGE}\n{question}"
-    return _bos(tokenizer) + _encode(tokenizer, prompt_text(system, question))
+    ids = list(_bos(tokenizer))
+    for n, (q, a) in enumerate(turns):
+        ids += _encode(tokenizer, prompt_text(system, q) if n == 0 else f"USER: {q} ASSISTANT:")
+        ids += _encode(tokenizer, " " + a.strip()) + [tokenizer.eos_token_id]
+    return ids + _encode(tokenizer, prompt_text(system, question) if not turns else f"USER: {question} ASSISTANT:")
+
+
+def prompt_ids(tokenizer: Any, system: str, question: str) -> list[int]:
+    """Ids for generation of a first question: ``<s>`` + its v1 prompt (``<image>`` prepended when absent)."""
+    return conversation_prompt_ids(tokenizer, system, [], question)
 
 
 @dataclass(frozen=True)
@@ -200,5 +213,5 @@ def check_images(examples: Sequence[Example]) -> tuple[list[Example], list[Corru
     return good, bad
 
 
-__all__ = ["IGNORE_INDEX", "Collator", "DataError", "Example", "Prepared", "check_images", "prepare",
+__all__ = ["IGNORE_INDEX", "Collator", "DataError", "Example", "Prepared", "check_images", "conversation_prompt_ids", "prepare",
            "prompt_ids", "prompt_text", "tokenize_conversation", "tokenize_plain"]

@@ -1,0 +1,115 @@
+"""Answer questions about images with a trained model folder: the code evaluation and serving share.
+
+A :class:`Predictor` loads what `tuna train` saves (``model/``: weights, LM tokenizer, image
+processor, ``clip_tokenizer/``), builds prompts with the training template (:mod:`tuna.train.data`),
+and generates greedily (or samples) in batches. Tags are given per image as ranked strings (from
+:func:`tuna.retrieval.attach.attach_tags` offline, live retrieval when serving); a baseline model
+(tag mode ``none``) ignores them. Outputs carry the tuner's weights per tag for provenance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from tuna.errors import TunaError
+from tuna.train.data import Collator, conversation_prompt_ids
+
+
+class ModelFolderError(TunaError, FileNotFoundError):
+    """A model folder that `tuna train` did not write (or only partly)."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    tags: list[str]
+    tag_weights: list[float]  # the tuner's weight per tag (empty for the baseline)
+
+
+class Predictor:
+    """A trained TUNA (or baseline) model ready to answer; ``system`` is the template's system prompt."""
+
+    def __init__(self, model_dir: str | Path, system: str, threads: int | None = None) -> None:
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        from tuna.model import TunaForConditionalGeneration
+
+        folder = Path(model_dir)
+        for need in ("config.json", "tokenizer.json", "preprocessor_config.json", "clip_tokenizer"):
+            if not (folder / need).exists():
+                raise ModelFolderError(f"{folder} lacks {need}: not a model folder written by `tuna train`; point at "
+                                       f"data/<run>/train/<variant>/stage2/model")
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = TunaForConditionalGeneration.from_pretrained(str(folder)).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
+        processor = AutoImageProcessor.from_pretrained(str(folder))
+        clip_tokenizer = AutoTokenizer.from_pretrained(str(folder / "clip_tokenizer"))
+        cfg = self.model.config
+        self.uses_tags = cfg.tag_mode != "none"
+        self.num_tags = cfg.num_tags
+        self.collator = Collator(self.tokenizer, processor, clip_tokenizer, cfg.num_tags, cfg.max_tag_tokens, self.uses_tags)
+        self.processor = processor
+        self.system = system
+        self.path = str(folder)
+
+    def _left_pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, length - len(r):] = torch.tensor(r)
+            mask[i, length - len(r):] = 1
+        return ids, mask
+
+    @torch.inference_mode()
+    def answer(self, images: Sequence[Image.Image], conversations: Sequence[Sequence[tuple[str, str]]],
+               questions: Sequence[str], tags: Sequence[Sequence[str]] | None = None, max_new_tokens: int = 24,
+               temperature: float = 0.0, top_k: int = 0, seed: int | None = None) -> list[Answer]:
+        """One answer per image: ``questions[i]`` asked after the earlier turns ``conversations[i]``
+        ([(question, answer), ...], empty for a first question), with ``tags[i]`` (ranked) attached."""
+        n = len(images)
+        if not (len(conversations) == len(questions) == n) or (tags is not None and len(tags) != n):
+            raise ValueError(f"answer() needs one conversation, question and tag list per image; got {n} images, "
+                             f"{len(conversations)} conversations, {len(questions)} questions, "
+                             f"{'no' if tags is None else len(tags)} tag lists")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        rows = [conversation_prompt_ids(self.tokenizer, self.system, list(conv), q) for conv, q in zip(conversations, questions)]
+        input_ids, attention_mask = self._left_pad(rows)
+        kwargs: dict[str, Any] = {"pixel_values": self.processor(images=list(images), return_tensors="pt")["pixel_values"]}
+        tag_lists = [list(t)[: self.num_tags] for t in tags] if tags is not None else [[] for _ in range(n)]
+        if self.uses_tags:
+            kwargs.update(self.collator.tag_tensors(tag_lists))
+        gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id,
+                               "eos_token_id": self.tokenizer.eos_token_id}
+        if temperature > 0:
+            if seed is not None:
+                torch.manual_seed(seed)
+            gen.update(do_sample=True, temperature=temperature, top_k=top_k or None)
+        else:
+            gen.update(do_sample=False)
+        weights = None
+        if self.uses_tags:
+            merged = self.model.prepare_multimodal_inputs(input_ids, kwargs["pixel_values"], attention_mask, None,
+                                                          **{k: v for k, v in kwargs.items() if k.startswith("tag_")})
+            weights = merged.tag_weights
+        out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs, **gen)
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        answers = []
+        for i, text in enumerate(texts):
+            k = len(tag_lists[i]) if self.uses_tags else 0
+            w = [round(float(x), 4) for x in weights[i, :k]] if weights is not None else []
+            answers.append(Answer(text.strip(), tag_lists[i] if self.uses_tags else [], w))
+        return answers
+
+
+__all__ = ["Answer", "ModelFolderError", "Predictor"]

@@ -1,0 +1,273 @@
+"""The evaluation metrics on hand-computed cases, then on the smoke world's real eval files with the
+ground truth as the "prediction" (a perfect model must score perfectly)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support import World
+from tuna.eval.chair import (
+    chair_metrics,
+    chair_vocabulary,
+    mention_index,
+    object_mentions,
+)
+from tuna.eval.finer import (
+    EM_WINDOW,
+    answer_tokens,
+    attrseek_prompts,
+    direct_prompt,
+    finer_metrics,
+    level_hits,
+    normalize,
+    token_f1,
+)
+from tuna.eval.mme import mme_metrics
+from tuna.eval.pope import (
+    load_pope_splits,
+    parse_yes_no,
+    pope_metrics,
+    pope_summary,
+    score_pope_rows,
+)
+from tuna.formats import MmeItem, coco_objects_by_image, load_coco, load_finer, load_mme
+from tuna.world.questions import MME_TASKS, POPE_SPLITS
+
+# ------------------------------------------------------------------------------------------- POPE
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("No.", "no"),
+    ("No", "no"),
+    ("no, there is not.", "no"),
+    ("There is no zedul in the image.", "no"),
+    ("There is no", "no"),
+    ("I do not see one.", "no"),
+    ("Yes, there is a zedul in the image.", "yes"),
+    ("yes", "yes"),
+    ("YES", "yes"),
+    ("Yes. There is no quarei.", "yes"),       # only the first sentence counts
+    ("Not sure", "yes"),                       # POPE's quirk: capitalised "Not" is not in its list
+    ("  No  ", "no"),                          # stripped first, as LLaVA writes its answers
+    ("", None),
+    ("   \n\t", None),
+])
+def test_pope_parsing_follows_the_pope_rule(text: str, want: str | None) -> None:
+    assert parse_yes_no(text) == want
+
+
+def test_pope_metrics_hand_computed() -> None:
+    answers = ["Yes, there is a zedul in the image.", "No.", "Not sure", "There is no zedul.",
+               "yes", "", "No, it is not.", "   "]
+    labels = ["yes", "no", "no", "no", "yes", "yes", "yes", "no"]
+    # parsed: yes no yes no yes - no -  -> TP 2 (0, 4), FP 1 (2), TN 2 (1, 3), FN 1 (6), unparsed 2 (5, 7)
+    m = pope_metrics(answers, labels)
+    assert (m["tp"], m["fp"], m["tn"], m["fn"], m["unparsed"], m["n"]) == (2, 1, 2, 1, 2, 8)
+    assert m["accuracy"] == pytest.approx(4 / 8)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 4)          # the unparsed "yes" (5) is a miss
+    assert m["f1"] == pytest.approx(4 / 7)
+    assert m["yes_ratio"] == pytest.approx(3 / 8)
+
+
+def test_pope_all_yes_and_all_no() -> None:
+    labels = ["yes", "no", "yes", "no"]
+    m = pope_metrics(["Yes"] * 4, labels)
+    assert (m["accuracy"], m["precision"], m["recall"], m["yes_ratio"]) == (0.5, 0.5, 1.0, 1.0)
+    assert m["f1"] == pytest.approx(2 / 3)
+    m = pope_metrics(["No"] * 4, labels)
+    assert (m["accuracy"], m["precision"], m["recall"], m["f1"], m["yes_ratio"]) == (0.5, 0.0, 0.0, 0.0, 0.0)
+
+
+def test_pope_summary_is_the_mean_over_splits() -> None:
+    s = pope_summary({"random": {"f1": 0.9, "accuracy": 0.8}, "popular": {"f1": 0.6, "accuracy": 0.7}})
+    assert s["f1"] == pytest.approx(0.75) and s["accuracy"] == pytest.approx(0.75) and s["splits"] == 2
+
+
+def test_pope_rejects_bad_input_naming_it() -> None:
+    with pytest.raises(ValueError, match="3 answers for 2 labels"):
+        pope_metrics(["yes"] * 3, ["yes", "no"])
+    with pytest.raises(ValueError, match="'maybe'"):
+        pope_metrics(["yes", "no"], ["yes", "maybe"])
+    with pytest.raises(ValueError, match="question_id 2"):
+        score_pope_rows([{"question_id": 1, "label": "yes"}, {"question_id": 2, "label": "no"}], {1: "Yes"})
+    with pytest.raises(ValueError, match="lacks f1"):
+        pope_summary({"random": {"accuracy": 1.0}})
+
+
+def test_pope_on_the_world_with_labels_as_answers(world: World) -> None:
+    for part in ("id", "ood"):
+        splits = load_pope_splits(world.root / "eval" / "pope" / part)
+        assert set(splits) == set(POPE_SPLITS)
+        per_split = {}
+        for split, rows in splits.items():
+            perfect = score_pope_rows(rows, {r["question_id"]: ("Yes, there is." if r["label"] == "yes" else
+                                                                "No, there is not.") for r in rows})
+            assert perfect["f1"] == 1.0 and perfect["accuracy"] == 1.0 and perfect["yes_ratio"] == 0.5
+            per_split[split] = perfect
+            flipped = pope_metrics(["no" if r["label"] == "yes" else "yes" for r in rows], [r["label"] for r in rows])
+            assert flipped["accuracy"] == 0.0 and flipped["f1"] == 0.0
+        assert pope_summary(per_split)["f1"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------ FINER
+
+LABELS = {"superordinate": "fruit", "coarse": "berry", "fine": "zedul"}
+RECORD = {"id": "0", "basic-level-lbl": "fruit", "coarse-level-lbl": "berry", "fine-level-lbl": "zedul"}
+
+
+def test_finer_normalisation() -> None:
+    assert answer_tokens("Answer: The Zedul.") == ["zedul"]
+    assert answer_tokens("Attributes: a red, striped shape. Answer: An  ZEDUL!") == ["zedul"]
+    assert normalize("  The  Apple,the pear;  a-b ") == "apple pear b"
+    assert answer_tokens("It is a zedul") == ["it", "is", "zedul"]   # no "Answer:": the whole text
+
+
+@pytest.mark.parametrize(("prediction", "want"), [
+    ("Answer: The Zedul.", (True, True, True)),
+    ("zeduls", (True, True, True)),                 # plural accepted
+    ("It is a berry.", (True, True, False)),        # coarse answer: wrong at fine level
+    ("Some berrys.", (True, True, False)),           # the world's plural of a coarse label
+    ("A fruit.", (True, False, False)),
+    ("quarei", (False, False, False)),              # a sibling's name is no hit at any level
+    ("", (False, False, False)),
+])
+def test_finer_level_acceptance(prediction: str, want: tuple[bool, bool, bool]) -> None:
+    hits = level_hits(prediction, LABELS)
+    assert (hits["superordinate"], hits["coarse"], hits["fine"]) == want
+
+
+def test_finer_gold_beyond_the_window_is_not_counted() -> None:
+    assert level_hits(" ".join(["word"] * (EM_WINDOW - 1) + ["zedul"]), LABELS)["fine"]
+    assert not level_hits(" ".join(["word"] * EM_WINDOW + ["zedul"]), LABELS)["fine"]
+    # articles and punctuation are gone before counting
+    assert level_hits(" ".join(["the"] * 30 + ["zedul"]), LABELS)["fine"]
+
+
+def test_finer_token_f1() -> None:
+    assert token_f1("Answer: zedul", "zedul") == 1.0
+    assert token_f1("Answer: zedul berry", "zedul") == pytest.approx(2 / 3)
+    assert token_f1("berry", "zedul") == 0.0
+    assert token_f1("", "zedul") == 0.0
+
+
+def test_finer_metrics_hand_computed() -> None:
+    preds = ["Answer: The Zedul.", "a berry", "", "quarei"]
+    m = finer_metrics(preds, [RECORD] * 4)
+    assert m == {"superordinate_em": 0.5, "coarse_em": 0.5, "fine_em": 0.25, "token_f1": 0.25, "n": 4, "empty": 1}
+
+
+def test_finer_rejects_bad_input_naming_it() -> None:
+    with pytest.raises(ValueError, match="2 predictions for 1"):
+        finer_metrics(["a", "b"], [RECORD])
+    with pytest.raises(ValueError, match="fine-level-lbl"):
+        finer_metrics(["a"], [{**RECORD, "fine-level-lbl": ""}])
+    with pytest.raises(ValueError, match="superordinate"):
+        attrseek_prompts(" ")
+
+
+def test_finer_prompts() -> None:
+    turn1, turn2 = attrseek_prompts("fruit")
+    assert "fruit" in turn1 and "Attributes:" in turn1 and "Answer:" not in turn1
+    assert "fruit" in turn2 and "Answer:" in turn2
+    assert "fruit" in direct_prompt("fruit")
+
+
+def test_finer_on_the_world_with_labels_as_predictions(world: World) -> None:
+    for split in ("id", "ood", "b"):
+        records = load_finer(world.root / "eval" / "finer" / split / "finer.jsonl")
+        perfect = finer_metrics([f"Answer: {r['fine-level-lbl']}" for r in records], records)
+        assert perfect == {"superordinate_em": 1.0, "coarse_em": 1.0, "fine_em": 1.0, "token_f1": 1.0,
+                           "n": len(records), "empty": 0}
+        coarse = finer_metrics([r["coarse-level-lbl"] for r in records], records)
+        assert (coarse["superordinate_em"], coarse["coarse_em"], coarse["fine_em"]) == (1.0, 1.0, 0.0)
+
+
+# -------------------------------------------------------------------------------------------- MME
+
+
+def _mme(task: str, image: str, answer: str) -> MmeItem:
+    return MmeItem(task=task, image=Path(image), question="Is there a zedul in this image?", answer=answer)
+
+
+def test_mme_hand_computed() -> None:
+    items = [_mme("existence", "a.png", "Yes"), _mme("existence", "a.png", "No"),
+             _mme("existence", "b.png", "Yes"), _mme("existence", "b.png", "No"),
+             _mme("count", "c.png", "Yes"), _mme("count", "c.png", "No")]
+    preds = ["Yes", "No, there is not.", "Yes.", "", "yes", "no"]   # b.png: one of two wrong (empty)
+    m = mme_metrics(items, preds)
+    ex, co = m["tasks"]["existence"], m["tasks"]["count"]
+    assert (ex["accuracy"], ex["accuracy_plus"], ex["images"], ex["unparsed"]) == (0.75, 0.5, 2, 1)
+    assert ex["score"] == pytest.approx(125.0)
+    assert (co["accuracy"], co["accuracy_plus"], co["score"]) == (1.0, 1.0, 200.0)
+    assert m["total"] == pytest.approx(325.0) and m["n"] == 6 and m["unparsed"] == 1
+
+
+def test_mme_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="'Maybe'"):
+        mme_metrics([_mme("existence", "a.png", "Maybe")], ["Yes"])
+    with pytest.raises(ValueError, match="1 predictions for 2"):
+        mme_metrics([_mme("count", "a.png", "Yes"), _mme("count", "a.png", "No")], ["Yes"])
+
+
+def test_mme_on_the_world_with_answers_as_predictions(world: World) -> None:
+    for part in ("id", "ood"):
+        items = load_mme(world.root / "eval" / "mme" / part)
+        m = mme_metrics(items, [f"{it.answer}." for it in items])
+        assert set(m["tasks"]) == set(MME_TASKS)
+        assert all(t["score"] == 200.0 and t["questions"] == 2 * t["images"] for t in m["tasks"].values())
+        assert m["total"] == 200.0 * len(MME_TASKS)
+        wrong = mme_metrics(items, ["No" if it.answer == "Yes" else "Yes" for it in items])
+        assert wrong["total"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------ CHAIR
+
+VOCAB = ["zedul", "quarei", "brailusil", "plotutroux"]
+
+
+def test_chair_mentions_count_singular_plural_and_every_occurrence() -> None:
+    index = mention_index(VOCAB)
+    assert object_mentions("Plotutrouxes, a zedul and another ZEDUL; zedulx is no word.", index) == [
+        "plotutroux", "zedul", "zedul"]
+    assert object_mentions("", index) == []
+
+
+def test_chair_hand_computed() -> None:
+    gt = {"1.png": ["zedul", "quarei"], "2.png": ["brailusil"], "3.png": ["zedul"]}
+    caps = {"1.png": "Two zeduls and a quarei.",                       # 2 mentions, none hallucinated
+            "2.png": "A brailusil next to a zedul and a plotutroux.",  # 3 mentions, 2 hallucinated
+            "3.png": "  "}                                             # nothing mentioned, nothing recalled
+    m = chair_metrics(caps, gt, VOCAB)
+    assert m["chair_i"] == pytest.approx(2 / 5)
+    assert m["chair_s"] == pytest.approx(1 / 3)
+    assert m["recall"] == pytest.approx(3 / 4)
+    assert (m["n"], m["mentions"], m["hallucinated"], m["empty"]) == (3, 5, 2, 1)
+
+
+def test_chair_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="'9.png'"):
+        chair_metrics({"9.png": "a zedul"}, {"1.png": ["zedul"]}, VOCAB)
+    with pytest.raises(ValueError, match="gizmo"):
+        chair_metrics({"1.png": "a zedul"}, {"1.png": ["gizmo"]}, VOCAB)
+
+
+def test_chair_on_the_world_with_ground_truth_captions(world: World) -> None:
+    vocab = chair_vocabulary(world.a, world.b)
+    for part in ("id", "ood"):
+        folder = world.root / "eval" / "captions" / part
+        gt = coco_objects_by_image(load_coco(folder / "instances.json"))
+        exact = chair_metrics({img: "There are " + " and ".join(objs) + "." for img, objs in gt.items()}, gt, vocab)
+        assert (exact["chair_i"], exact["chair_s"], exact["recall"]) == (0.0, 0.0, 1.0)
+        # the world's own reference captions describe only what is there
+        refs = load_coco(folder / "captions.json")
+        files = {im["id"]: im["file_name"] for im in refs["images"]}
+        first = {}
+        for ann in refs["annotations"]:
+            first.setdefault(files[ann["image_id"]], ann["caption"])
+        assert chair_metrics(first, gt, vocab)["chair_i"] == 0.0
+        # naming one absent class in every caption hallucinates in each of them
+        absent = {img: next(v for v in vocab if v not in objs) for img, objs in gt.items()}
+        bad = chair_metrics({img: f"A {absent[img]}." for img in gt}, gt, vocab)
+        assert bad["chair_s"] == 1.0 and bad["chair_i"] == 1.0 and bad["recall"] == 0.0
