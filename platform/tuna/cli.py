@@ -143,11 +143,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tuna.runner import run_all
 
     cfg = _config(args)
-    results = run_all(cfg, force=args.force, progress=not args.quiet)
+    results = run_all(cfg, force=args.force, progress=not args.quiet, ablations=getattr(args, "ablations", False))
     print(f"\nrun '{cfg.run.name}' (seed {cfg.run.seed}) done in {sum(r.seconds for r in results):.1f}s:")
     for r in results:
         print(f"  {r.name:<8} {r.seconds:7.1f}s  {r.summary}")
     return 0
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    _force_quiet(p)
+    p.add_argument("--ablations", action="store_true",
+                   help="train and evaluate every eval.ablations variant (tuner off, captions, random, baseline) and print one table")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate trained variants (POPE, FINER, MME, CHAIR; the datastore swap for TUNA) and print the table."""
+    from tuna.eval.suite import eval_dir, evaluate_variant, is_up_to_date, summarize, table
+
+    cfg = _config(args)
+    names = list(dict.fromkeys(cfg.eval.ablations)) if args.ablations else [v.strip() for v in args.variant.split(",") if v.strip()]
+    for variant in names:
+        if args.force or not is_up_to_date(cfg, variant):
+            evaluate_variant(cfg, variant, progress=not args.quiet)
+        else:
+            print(f"eval {variant}: up to date ({eval_dir(cfg) / variant / 'metrics.json'}); --force re-evaluates")
+    print(table(summarize(cfg, names)))
+    print(f"\nmetrics: {eval_dir(cfg)}/<variant>/metrics.json, table: {eval_dir(cfg) / 'table.md'}")
+    return 0
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    _force_quiet(p)
+    p.add_argument("--variant", default="tuna,baseline", help="comma-separated trained variants (default: tuna,baseline)")
+    p.add_argument("--ablations", action="store_true", help="evaluate every eval.ablations variant")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -186,7 +214,8 @@ VERBS: dict[str, Verb] = {
     "index": Verb("embed the web corpora and build the Milvus datastores A, B and A_captions (resumable)", cmd_index, _index_args),
     "lm": Verb("train the tokenizer and tiny Llama on the world text (or load model.language_model)", cmd_lm, _force_quiet),
     "train": Verb("train stage 1 and/or 2 with DeepSpeed ZeRO (local ranks, or a TrainJob/PyTorchJob on a cluster)", cmd_train, _train_args),
-    "run": Verb("run the whole pipeline built so far on a recipe (the README's main command)", cmd_run, _force_quiet),
+    "eval": Verb("evaluate trained variants: POPE, FINER EM, MME, CHAIR and the datastore swap; print the table", cmd_eval, _eval_args),
+    "run": Verb("run the whole pipeline built so far on a recipe (the README's main command)", cmd_run, _run_args),
     "ui": Verb("browse the local MLflow store (runs, metrics, models) with mlflow ui on 127.0.0.1", cmd_ui, _ui_args),
 }
 

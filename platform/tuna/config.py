@@ -379,6 +379,27 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """`tuna eval`: which tasks, how to batch, and the ablation variants of `tuna run --ablations`."""
+
+    tasks: tuple[str, ...] = ("pope", "finer", "mme", "chair")  # eval tasks run per model
+    batch_size: int = 32            # questions generated per batch
+    threads: int = 2                # torch CPU threads while generating
+    attrseek: bool = True           # FINER: also the two-turn ATTRSEEK prompting
+    ablations: tuple[str, ...] = ("tuna", "tuner_off", "captions", "random", "baseline")  # variants of --ablations
+
+    def __post_init__(self) -> None:
+        known = ("pope", "finer", "mme", "chair")
+        bad = [t for t in self.tasks if t not in known]
+        _require(not bad and len(self.tasks) > 0, "tasks", f"must be a non-empty list of {', '.join(known)}; got {list(self.tasks)}")
+        _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        _require(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
+        variants = ("tuna", "baseline", "captions", "random", "tuner_off")
+        badv = [v for v in self.ablations if v not in variants]
+        _require(not badv, "ablations", f"unknown variants {badv}; known: {', '.join(variants)}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Two-stage DeepSpeed training (`tuna train`): ranks, precision, checkpoints, the two stages."""
 
@@ -515,6 +536,7 @@ class TunaConfig:
     track: TrackConfig = field(default_factory=TrackConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property

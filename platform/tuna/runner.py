@@ -8,6 +8,7 @@ run holding its metrics. Each later step appends itself to :func:`steps`.
 from __future__ import annotations
 
 import time
+from functools import partial
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -116,16 +117,19 @@ def _encoder_up_to_date(cfg: TunaConfig) -> bool:
 TRAINED_VARIANTS = ("tuna", "baseline")  # `tuna run` trains TUNA and the LLaVA baseline like for like
 
 
-def _train(cfg: TunaConfig, progress: bool) -> Outcome:
-    from tuna.train.engine import is_up_to_date
-    from tuna.train.launch import launch_local
+def variants(cfg: TunaConfig, ablations: bool) -> tuple[str, ...]:
+    """The variants a run trains and evaluates: TUNA and the baseline, or every ``eval.ablations`` variant."""
+    return tuple(dict.fromkeys(cfg.eval.ablations)) if ablations else TRAINED_VARIANTS
 
+
+def _train(cfg: TunaConfig, progress: bool, names: tuple[str, ...] = TRAINED_VARIANTS) -> Outcome:
     import json
 
-    from tuna.train.engine import stage_dir
+    from tuna.train.engine import is_up_to_date, stage_dir
+    from tuna.train.launch import launch_local
 
     parts, metrics = [], {}
-    for variant in TRAINED_VARIANTS:
+    for variant in names:
         todo = [s for s in (1, 2) if not is_up_to_date(cfg, variant, s)]
         if not todo:
             parts.append(f"{variant}: up to date")
@@ -139,26 +143,46 @@ def _train(cfg: TunaConfig, progress: bool) -> Outcome:
     return "; ".join(parts), metrics
 
 
-def _train_up_to_date(cfg: TunaConfig) -> bool:
+def _train_up_to_date(cfg: TunaConfig, names: tuple[str, ...] = TRAINED_VARIANTS) -> bool:
     from tuna.train.engine import is_up_to_date
 
-    return all(is_up_to_date(cfg, v, 2) for v in TRAINED_VARIANTS)
+    return all(is_up_to_date(cfg, v, 2) for v in names)
 
 
-def steps() -> list[Step]:
-    """The chain, in order. Every issue that lands a step appends it here."""
+def _eval(cfg: TunaConfig, progress: bool, names: tuple[str, ...] = TRAINED_VARIANTS) -> Outcome:
+    from tuna.eval.suite import eval_dir, evaluate_variant, is_up_to_date, summarize, table
+
+    for variant in names:
+        if not is_up_to_date(cfg, variant):
+            evaluate_variant(cfg, variant, progress=progress)
+    rows = summarize(cfg, names)
+    print("\n" + table(rows) + "\n")
+    metrics = {f"{v}_{k}".replace("@", "_at_"): float(x) for v, r in rows.items() for k, x in r.items()}
+    return f"{len(rows)} variants evaluated -> {eval_dir(cfg) / 'table.md'}", metrics
+
+
+def _eval_up_to_date(cfg: TunaConfig, names: tuple[str, ...] = TRAINED_VARIANTS) -> bool:
+    from tuna.eval.suite import is_up_to_date
+
+    return all(is_up_to_date(cfg, v) for v in names)
+
+
+def steps(cfg: TunaConfig | None = None, ablations: bool = False) -> list[Step]:
+    """The chain, in order (with ``ablations``, train and eval cover every ``eval.ablations`` variant)."""
+    names = variants(cfg, ablations) if cfg is not None else TRAINED_VARIANTS
     return [
         Step("world", _world_up_to_date, _world),
         Step("encoder", _encoder_up_to_date, _encoder),
         Step("mine", _tags_up_to_date, _mine),
         Step("index", _indexes_up_to_date, _index),
         Step("lm", _lm_up_to_date, _lm),
-        Step("train", _train_up_to_date, _train),
+        Step("train", partial(_train_up_to_date, names=names), partial(_train, names=names)),
+        Step("eval", partial(_eval_up_to_date, names=names), partial(_eval, names=names)),
     ]
 
 
 def run_all(cfg: TunaConfig, force: bool = False, progress: bool = True,
-            log: Callable[[str], None] = print) -> list[StepResult]:
+            log: Callable[[str], None] = print, ablations: bool = False) -> list[StepResult]:
     """Run every step; a step whose outputs are up to date is skipped unless ``force``.
 
     ``force`` reruns every step; a rerun step makes the later ones stale, so they rerun too.
@@ -167,7 +191,7 @@ def run_all(cfg: TunaConfig, force: bool = False, progress: bool = True,
 
     results = []
     with track.pipeline_run(cfg) as parent:
-        for step in steps():
+        for step in steps(cfg, ablations):
             t0 = time.perf_counter()
             if not force and step.up_to_date(cfg):
                 results.append(StepResult(step.name, 0.0, "up to date"))

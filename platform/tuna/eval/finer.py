@@ -143,7 +143,7 @@ def _check_concept(superordinate: str) -> str:
 def direct_prompt(superordinate: str) -> str:
     """The one-turn question: which kind of ``superordinate`` is shown (the world's instruction phrasing)."""
     sup = _check_concept(superordinate)
-    return f"What kind of {sup} is in the image? Give its name."
+    return f"What kind of {sup} is in the image?"
 
 
 def attrseek_prompts(superordinate: str) -> tuple[str, str]:

@@ -118,4 +118,7 @@ class TunaConfig(PretrainedConfig):
         return self.tag_encoder_heads or self.clip_config.vision_config.num_attention_heads
 
 
+# Known to the Auto classes, so a saved TUNA folder loads its config (and its tokenizers) without warnings.
+AutoConfig.register("tuna", TunaConfig, exist_ok=True)
+
 __all__ = ["IMAGE_TOKEN_INDEX", "PROJECTORS", "TAG_MODES", "TunaConfig"]

@@ -1,0 +1,219 @@
+"""`tuna eval`: answer the world's eval sets with a trained model and score them.
+
+Per model (a trained variant's stage-2 folder): POPE (ID and OOD, random/popular/adversarial), FINER
+direct and ATTRSEEK (ID, OOD and domain B), MME-style yes/no (ID and OOD) and CHAIR on generated
+captions. Tags for each eval image come from the variant's tag source (datastore ``A`` for world A,
+``B`` for domain B by default; ``datastores`` overrides which one answers domain B: the zero-shot swap).
+Greedy decoding, batched; empty generations are scored as wrong answers, never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from tuna.config import TunaConfig
+from tuna.errors import CorruptSample, TunaError
+from tuna.samples import decode_image
+
+SHORT = "\nAnswer the question using a single word or phrase."  # LLaVA's short-answer suffix (also in training)
+CAPTION_PROMPT = "Describe the image in detail."
+EVAL_VERSION = "tuna.eval/1"
+
+
+class EvalError(TunaError):
+    """An evaluation that cannot run as asked."""
+
+
+@dataclass(frozen=True)
+class Query:
+    image: Path
+    question: str
+    turns: tuple[tuple[str, str], ...] = ()
+
+
+class Asker:
+    """Batches queries through a :class:`~tuna.inference.Predictor` with the tags of each image."""
+
+    def __init__(self, predictor: Any, batch_size: int = 32, progress: bool = False) -> None:
+        self.predictor, self.batch_size, self.progress = predictor, batch_size, progress
+        self.unreadable: list[dict[str, str]] = []
+
+    def ask(self, queries: Sequence[Query], tags: dict[str, list[tuple[str, float]]], max_new_tokens: int,
+            desc: str = "") -> list[str]:
+        """The generated text per query ("" for an image that does not decode: scored as wrong)."""
+        out: list[str] = [""] * len(queries)
+        bar = tqdm(total=len(queries), desc=desc, unit="q", disable=not self.progress, leave=False)
+        for start in range(0, len(queries), self.batch_size):
+            chunk = list(enumerate(queries[start:start + self.batch_size], start))
+            images, keep = [], []
+            for i, q in chunk:
+                try:
+                    images.append(decode_image(q.image.read_bytes() if q.image.is_file() else None, str(q.image)))
+                    keep.append((i, q))
+                except CorruptSample as err:
+                    self.unreadable.append({"image": str(q.image), "reason": err.reason})
+            if keep:
+                answers = self.predictor.answer(
+                    images, [list(q.turns) for _, q in keep], [q.question for _, q in keep],
+                    [[t for t, _ in tags.get(q.image.name, [])] for _, q in keep], max_new_tokens=max_new_tokens)
+                for (i, _), a in zip(keep, answers):
+                    out[i] = a.text
+            bar.update(len(chunk))
+        bar.close()
+        return out
+
+
+def _tags_for(cfg: TunaConfig, tag_mode: str, images: Sequence[Path], name: str, datastore: str | None) -> dict[str, Any]:
+    """Ranked tags per eval image for ``tag_mode`` from ``datastore`` (A, B, or None = no tags)."""
+    from tuna.retrieval.attach import attach_tags
+
+    if tag_mode == "none" or datastore is None:
+        return {}
+    domain = "B" if datastore == "B" else "A"
+    mode = tag_mode if not (tag_mode == "captions" and domain == "B") else "tags"  # B has no captions store
+    cache = cfg.data_dir / "eval" / "retrieved" / f"{name}-{mode}-{datastore}.json"
+    return attach_tags(cfg, sorted(set(images)), cache, mode, domain, log=lambda s: None)
+
+
+def eval_pope(cfg: TunaConfig, asker: Asker, tag_mode: str) -> dict[str, Any]:
+    """POPE per split (ID/OOD x random/popular/adversarial) and LLaVA's mean F1 per split group."""
+    from tuna.eval.pope import load_pope_splits, pope_metrics, pope_summary
+
+    out: dict[str, Any] = {}
+    for group in ("id", "ood"):
+        folder = cfg.data_dir / "world" / "eval" / "pope" / group
+        splits = load_pope_splits(folder)
+        images = [folder / "images" / r["image"] for rows in splits.values() for r in rows]
+        tags = _tags_for(cfg, tag_mode, images, f"pope-{group}", "A")
+        per_split = {}
+        for split, rows in splits.items():
+            queries = [Query(folder / "images" / r["image"], r["text"] + SHORT) for r in rows]
+            answers = asker.ask(queries, tags, max_new_tokens=4, desc=f"pope {group} {split}")
+            per_split[split] = pope_metrics(answers, [r["label"] for r in rows])
+        out[group] = {"splits": per_split, **pope_summary(per_split)}
+    return out
+
+
+def eval_finer(cfg: TunaConfig, asker: Asker, tag_mode: str, b_datastores: Sequence[str | None] = ("B",),
+               attrseek: bool = True) -> dict[str, Any]:
+    """FINER EM per level (direct and ATTRSEEK) on ID and OOD (datastore A) and domain B (each of ``b_datastores``)."""
+    from tuna.eval.finer import attrseek_prompts, direct_prompt, finer_metrics
+    from tuna.formats import load_finer
+
+    out: dict[str, Any] = {}
+    runs: list[tuple[str, str, str | None]] = [("id", "id", "A"), ("ood", "ood", "A")]
+    runs += [(f"b@{d or 'none'}", "b", d) for d in b_datastores]
+    for key, split, store in runs:
+        folder = cfg.data_dir / "world" / "eval" / "finer" / split
+        records = load_finer(folder / "finer.jsonl")
+        images = [folder / "images" / r["image"] for r in records]
+        tags = _tags_for(cfg, tag_mode, images, f"finer-{split}", store)
+        direct = [Query(img, direct_prompt(r["basic-level-lbl"])) for img, r in zip(images, records)]
+        res = {"direct": finer_metrics(asker.ask(direct, tags, 16, desc=f"finer {key}"), records)}
+        if attrseek:
+            t1 = [Query(img, attrseek_prompts(r["basic-level-lbl"])[0]) for img, r in zip(images, records)]
+            first = asker.ask(t1, tags, 24, desc=f"finer {key} attrseek 1")
+            t2 = [Query(img, attrseek_prompts(r["basic-level-lbl"])[1], ((q.question, a),))
+                  for img, r, q, a in zip(images, records, t1, first)]
+            res["attrseek"] = finer_metrics(asker.ask(t2, tags, 12, desc=f"finer {key} attrseek 2"), records)
+        out[key] = res
+    return out
+
+
+def eval_mme(cfg: TunaConfig, asker: Asker, tag_mode: str) -> dict[str, Any]:
+    """MME-style accuracy / accuracy+ per subtask and the total, on ID and OOD."""
+    from tuna.eval.mme import mme_metrics
+    from tuna.formats import load_mme
+
+    out = {}
+    for group in ("id", "ood"):
+        items = load_mme(cfg.data_dir / "world" / "eval" / "mme" / group)
+        tags = _tags_for(cfg, tag_mode, [i.image for i in items], f"mme-{group}", "A")
+        answers = asker.ask([Query(i.image, i.question + SHORT) for i in items], tags, 4, desc=f"mme {group}")
+        out[group] = mme_metrics(items, answers)
+    return out
+
+
+def eval_chair(cfg: TunaConfig, asker: Asker, tag_mode: str, max_new_tokens: int = 48) -> dict[str, Any]:
+    """CHAIR_i / CHAIR_s / recall of generated detailed descriptions against the ground-truth objects."""
+    from tuna.eval.chair import chair_metrics, chair_vocabulary
+    from tuna.formats import coco_objects_by_image, load_coco
+    from tuna.world.taxonomy import load_taxonomies
+
+    a, b = load_taxonomies((cfg.data_dir / "world" / "taxonomy.json").read_text())
+    vocab = chair_vocabulary(a, b)
+    out = {}
+    for group in ("id", "ood"):
+        folder = cfg.data_dir / "world" / "eval" / "captions" / group
+        truth = coco_objects_by_image(load_coco(folder / "instances.json"))   # file name -> GT objects
+        names = sorted(truth)
+        tags = _tags_for(cfg, tag_mode, [folder / "images" / n for n in names], f"captions-{group}", "A")
+        captions = asker.ask([Query(folder / "images" / n, CAPTION_PROMPT) for n in names], tags, max_new_tokens,
+                             desc=f"chair {group}")
+        out[group] = chair_metrics(dict(zip(names, captions)), truth, vocab)
+    return out
+
+
+def evaluate_model(cfg: TunaConfig, model_dir: Path, tag_mode: str, b_datastores: Sequence[str | None] = ("B",),
+                   tasks: Sequence[str] = ("pope", "finer", "mme", "chair"), progress: bool = False,
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Every task for one trained model; returns the metrics (and how long each task took)."""
+    from tuna.inference import Predictor
+
+    predictor = Predictor(model_dir, cfg.train.system_prompt, threads=cfg.eval.threads)
+    if predictor.uses_tags != (tag_mode != "none"):
+        raise EvalError(f"{model_dir} was trained with tag_mode {predictor.model.config.tag_mode!r} but is evaluated with "
+                        f"{tag_mode!r}; evaluate each variant with its own tag mode")
+    asker = Asker(predictor, cfg.eval.batch_size, progress)
+    runners = {"pope": lambda: eval_pope(cfg, asker, tag_mode),
+               "finer": lambda: eval_finer(cfg, asker, tag_mode, b_datastores, cfg.eval.attrseek),
+               "mme": lambda: eval_mme(cfg, asker, tag_mode),
+               "chair": lambda: eval_chair(cfg, asker, tag_mode)}
+    out: dict[str, Any] = {"model": str(model_dir), "tag_mode": tag_mode, "seconds": {}}
+    for task in tasks:
+        if task not in runners:
+            raise EvalError(f"unknown eval task {task!r}; known: {', '.join(runners)}")
+        t0 = time.perf_counter()
+        out[task] = runners[task]()
+        out["seconds"][task] = round(time.perf_counter() - t0, 1)
+        log(f"  {task}: {out['seconds'][task]}s")
+    out["unreadable_images"] = asker.unreadable
+    return out
+
+
+def headline(m: dict[str, Any]) -> dict[str, float]:
+    """The numbers of the summary table for one model's metrics."""
+    row: dict[str, float] = {}
+    if "pope" in m:
+        for g in ("id", "ood"):
+            row[f"pope_{g}_f1"] = m["pope"][g]["f1"]
+    if "finer" in m:
+        for key, res in m["finer"].items():
+            row[f"finer_{key}_fine_em"] = res["direct"]["fine_em"]
+            row[f"finer_{key}_coarse_em"] = res["direct"]["coarse_em"]
+            if "attrseek" in res:
+                row[f"finer_{key}_attrseek_fine_em"] = res["attrseek"]["fine_em"]
+    if "mme" in m:
+        for g in ("id", "ood"):
+            row[f"mme_{g}_total"] = m["mme"][g]["total"]
+    if "chair" in m:
+        for g in ("id", "ood"):
+            row[f"chair_{g}_i"] = m["chair"][g]["chair_i"]
+            row[f"chair_{g}_s"] = m["chair"][g]["chair_s"]
+    return row
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+__all__ = ["Asker", "EvalError", "Query", "eval_chair", "eval_finer", "eval_mme", "eval_pope", "evaluate_model",
+           "headline", "write_json"]

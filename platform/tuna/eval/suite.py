@@ -1,0 +1,111 @@
+"""Evaluate trained variants side by side: per-variant metrics, the summary table, up-to-date checks.
+
+Outputs under ``<data_dir>/eval/``: ``<variant>/metrics.json`` (every number of every task) and
+``summary.json`` / ``table.md`` (the headline numbers per variant). TUNA is also asked the domain-B
+FINER questions with datastore A, B and none (the zero-shot datastore swap; nothing is retrained).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tuna.config import TunaConfig, section_fingerprint
+from tuna.eval.run import EVAL_VERSION, EvalError, evaluate_model, headline, write_json
+
+# The columns of the summary table: (key in headline(), header).
+COLUMNS = (
+    ("finer_ood_fine_em", "FINER OOD fine EM"), ("finer_id_fine_em", "FINER ID fine EM"),
+    ("finer_ood_coarse_em", "FINER OOD coarse EM"), ("finer_b@B_fine_em", "FINER B fine EM (datastore B)"),
+    ("pope_id_f1", "POPE ID F1"), ("pope_ood_f1", "POPE OOD F1"), ("mme_id_total", "MME ID"),
+    ("mme_ood_total", "MME OOD"), ("chair_ood_i", "CHAIR_i OOD"), ("chair_ood_s", "CHAIR_s OOD"),
+)
+
+
+def eval_dir(cfg: TunaConfig) -> Path:
+    return cfg.data_dir / "eval"
+
+
+def b_datastores(variant: str, tag_mode: str) -> tuple[str | None, ...]:
+    """Which datastores answer domain B: all three for TUNA (the swap), B for tag ablations, none for the baseline."""
+    if tag_mode == "none":
+        return (None,)
+    return ("A", "B", None) if variant == "tuna" else ("B",)
+
+
+def _fingerprint(cfg: TunaConfig, variant: str) -> str:
+    from tuna.train.engine import stage_dir
+
+    trained = stage_dir(cfg, variant, 2) / "metrics.json"
+    payload = {"version": EVAL_VERSION, "eval": section_fingerprint(cfg.eval),
+               "model": hashlib.sha256(trained.read_bytes()).hexdigest()[:16] if trained.is_file() else None,
+               "world": _digest(cfg.data_dir / "world" / "manifest.json"),
+               "datastores": [_digest(cfg.data_dir / "datastores" / n / "manifest.json") for n in ("A", "B", "A_captions")]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+
+def is_up_to_date(cfg: TunaConfig, variant: str) -> bool:
+    path = eval_dir(cfg) / variant / "metrics.json"
+    try:
+        return json.loads(path.read_text())["fingerprint"] == _fingerprint(cfg, variant)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def evaluate_variant(cfg: TunaConfig, variant: str, progress: bool = False,
+                     log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate one trained variant (its stage-2 model) on every task of ``eval.tasks``; saves and returns the metrics."""
+    from tuna.train.engine import model_dir, variant_model
+
+    folder = model_dir(cfg, variant, 2)
+    if not (folder / "config.json").is_file():
+        raise EvalError(f"variant {variant!r} has no trained model at {folder}; run `tuna train --variant {variant}` first")
+    tag_mode = variant_model(cfg, variant)["tag_mode"]
+    log(f"eval {variant} ({folder})")
+    metrics = evaluate_model(cfg, folder, tag_mode, b_datastores(variant, tag_mode), cfg.eval.tasks, progress, log)
+    metrics.update(variant=variant, fingerprint=_fingerprint(cfg, variant), headline=headline(metrics))
+    write_json(eval_dir(cfg) / variant / "metrics.json", metrics)
+    return metrics
+
+
+def summarize(cfg: TunaConfig, variants: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Headline numbers of each evaluated variant (from their metrics.json), saved as summary.json and table.md."""
+    rows = {}
+    for v in variants:
+        path = eval_dir(cfg) / v / "metrics.json"
+        if path.is_file():
+            rows[v] = json.loads(path.read_text())["headline"]
+    write_json(eval_dir(cfg) / "summary.json", rows)
+    (eval_dir(cfg) / "table.md").write_text(table(rows) + "\n", encoding="utf-8")
+    return rows
+
+
+def _fmt(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if key.startswith("mme"):
+        return f"{value:.0f}"
+    return f"{100 * value:.1f}"
+
+
+def table(rows: dict[str, dict[str, float]]) -> str:
+    """A markdown table: one row per variant, EM/F1/CHAIR in percent, MME as its 0-800 score."""
+    cols = [(k, h) for k, h in COLUMNS if any(k in r for r in rows.values())]
+    lines = ["| variant | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for v, r in rows.items():
+        lines.append(f"| {v} | " + " | ".join(_fmt(k, r.get(k)) for k, _ in cols) + " |")
+    swap = {k.split("_")[1]: r[k] for v, r in rows.items() if v == "tuna" for k in r if k.startswith("finer_b@") and k.endswith("fine_em")}
+    if swap:
+        lines += ["", "Datastore swap (TUNA, domain-B FINER fine EM, no retraining): "
+                  + ", ".join(f"{k.split('@')[1]} {100 * v:.1f}" for k, v in sorted(swap.items()))]
+    return "\n".join(lines)
+
+
+__all__ = ["b_datastores", "eval_dir", "evaluate_variant", "is_up_to_date", "summarize", "table"]
