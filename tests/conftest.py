@@ -18,3 +18,21 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> World:
     """A second smoke world with the encoder, tags, datastores and LM built: what training reads. Tests that
     train write their own outputs under it (train/<variant>/...) and must not touch its inputs."""
     return make_prepared(tmp_path_factory.mktemp("prepared"))
+
+
+@pytest.fixture(scope="session")
+def trained(prepared: World) -> World:
+    """``prepared`` with TUNA (stage 1 on ZeRO-2, stage 2 on ZeRO-3) and the LLaVA baseline trained by the
+    real `tuna train` on 2 DeepSpeed CPU ranks; the launches' outputs are checked by the training tests."""
+    import subprocess
+    import sys
+
+    from support import SMOKE
+
+    base = [sys.executable, "-m", "tuna.cli", "train", "--config", str(SMOKE), "--stage", "all"]
+    for variant, extra in (("tuna", ["train.stage2.zero_stage=3"]), ("baseline", [])):
+        done = subprocess.run([*base, "--variant", variant, f"run.data_dir={prepared.cfg.data_dir}", *extra],
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"tuna train --variant {variant} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        assert "Traceback" not in done.stdout + done.stderr
+    return prepared

@@ -20,11 +20,12 @@ def test_run_chain_tracks_every_step_and_skips_when_up_to_date(tmp_path: Path, c
 
     cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}"])
     first = run_all(cfg, progress=False, log=lambda s: None)
-    assert [r.name for r in first] == [s.name for s in steps()] == ["world", "encoder", "mine", "index", "lm", "train"]
+    assert [r.name for r in first] == [s.name for s in steps()] == ["world", "encoder", "mine", "index", "lm", "train", "eval"]
     assert all(r.summary != "up to date" for r in first)
     for sub in ("world/manifest.json", "encoder/manifest.json", "tags/A/tags.parquet",
                 "datastores/A/manifest.json", "datastores/B/manifest.json", "datastores/A_captions/manifest.json",
-                "lm/manifest.json", "train/tuna/stage2/model/config.json", "train/baseline/stage2/model/config.json"):
+                "lm/manifest.json", "train/tuna/stage2/model/config.json", "train/baseline/stage2/model/config.json",
+                "eval/tuna/metrics.json", "eval/baseline/metrics.json", "eval/table.md"):
         assert (tmp_path / sub).exists(), sub
 
     client = MlflowClient(tracking_uri(cfg))
@@ -33,7 +34,7 @@ def test_run_chain_tracks_every_step_and_skips_when_up_to_date(tmp_path: Path, c
     parents = [r for r in runs if r.data.tags.get("tuna.kind") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = {r.data.tags["mlflow.runName"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
-    assert set(children) == {"world", "encoder", "mine", "index", "lm", "train", "train-tuna-stage1", "train-tuna-stage2",
+    assert set(children) == {"world", "encoder", "mine", "index", "lm", "train", "eval", "train-tuna-stage1", "train-tuna-stage2",
                              "train-baseline-stage1", "train-baseline-stage2"}  # ranks' runs nest under the pipeline
     assert children["world"].data.metrics["web_A"] == 300
     assert children["index"].data.metrics["A_rows"] == 292

@@ -37,8 +37,11 @@ class Predictor:
 
     def __init__(self, model_dir: str | Path, system: str, threads: int | None = None) -> None:
         from transformers import AutoImageProcessor, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from tuna.model import TunaForConditionalGeneration
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars on every load say nothing to a user
 
         folder = Path(model_dir)
         for need in ("config.json", "tokenizer.json", "preprocessor_config.json", "clip_tokenizer"):

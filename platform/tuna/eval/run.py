@@ -70,6 +70,9 @@ class Asker:
         return out
 
 
+_SESSION: dict[str, Any] = {}  # the retrieval session of the evaluation in progress (see evaluate_model)
+
+
 def _tags_for(cfg: TunaConfig, tag_mode: str, images: Sequence[Path], name: str, datastore: str | None) -> dict[str, Any]:
     """Ranked tags per eval image for ``tag_mode`` from ``datastore`` (A, B, or None = no tags)."""
     from tuna.retrieval.attach import attach_tags
@@ -79,7 +82,7 @@ def _tags_for(cfg: TunaConfig, tag_mode: str, images: Sequence[Path], name: str,
     domain = "B" if datastore == "B" else "A"
     mode = tag_mode if not (tag_mode == "captions" and domain == "B") else "tags"  # B has no captions store
     cache = cfg.data_dir / "eval" / "retrieved" / f"{name}-{mode}-{datastore}.json"
-    return attach_tags(cfg, sorted(set(images)), cache, mode, domain, log=lambda s: None)
+    return attach_tags(cfg, sorted(set(images)), cache, mode, domain, log=lambda s: None, session=_SESSION.get("open"))
 
 
 def eval_pope(cfg: TunaConfig, asker: Asker, tag_mode: str) -> dict[str, Any]:
@@ -97,7 +100,7 @@ def eval_pope(cfg: TunaConfig, asker: Asker, tag_mode: str) -> dict[str, Any]:
             queries = [Query(folder / "images" / r["image"], r["text"] + SHORT) for r in rows]
             answers = asker.ask(queries, tags, max_new_tokens=4, desc=f"pope {group} {split}")
             per_split[split] = pope_metrics(answers, [r["label"] for r in rows])
-        out[group] = {"splits": per_split, **pope_summary(per_split)}
+        out[group] = {**pope_summary(per_split), "per_split": per_split}
     return out
 
 
@@ -177,13 +180,23 @@ def evaluate_model(cfg: TunaConfig, model_dir: Path, tag_mode: str, b_datastores
                "mme": lambda: eval_mme(cfg, asker, tag_mode),
                "chair": lambda: eval_chair(cfg, asker, tag_mode)}
     out: dict[str, Any] = {"model": str(model_dir), "tag_mode": tag_mode, "seconds": {}}
-    for task in tasks:
-        if task not in runners:
-            raise EvalError(f"unknown eval task {task!r}; known: {', '.join(runners)}")
-        t0 = time.perf_counter()
-        out[task] = runners[task]()
-        out["seconds"][task] = round(time.perf_counter() - t0, 1)
-        log(f"  {task}: {out['seconds'][task]}s")
+    bad = [t for t in tasks if t not in runners]
+    if bad:
+        raise EvalError(f"unknown eval task {bad[0]!r}; known: {', '.join(runners)}")
+    from tuna.retrieval.attach import RetrievalSession
+
+    # One encoder and one Milvus connection for the whole evaluation (opened only if tags are retrieved).
+    _SESSION["open"] = RetrievalSession(cfg) if tag_mode in ("tags", "captions") else None
+    try:
+        for task in tasks:
+            t0 = time.perf_counter()
+            out[task] = runners[task]()
+            out["seconds"][task] = round(time.perf_counter() - t0, 1)
+            log(f"  {task}: {out['seconds'][task]}s")
+    finally:
+        session = _SESSION.pop("open", None)
+        if session is not None:
+            session.close()
     out["unreadable_images"] = asker.unreadable
     return out
 

@@ -70,17 +70,37 @@ def _random_tags(vocab: Sequence[str], key: str, k: int, seed: int) -> Tagged:
     return [(t, 0.0) for t in rng.sample(list(vocab), min(k, len(vocab)))]
 
 
+class RetrievalSession:
+    """The run's encoder and an open Retriever, shared by many :func:`attach_tags` calls; close it when done
+    (a Milvus Lite datastore stays locked to this process while it is open)."""
+
+    def __init__(self, cfg: TunaConfig) -> None:
+        from tuna.retrieval.datastore import Retriever
+        from tuna.retrieval.encoder import encoder_path, load_encoder
+
+        self.cfg = cfg
+        self.encoder = load_encoder(encoder_path(cfg))
+        self.retriever = Retriever(cfg)
+
+    def close(self) -> None:
+        self.retriever.close()
+
+    def __enter__(self) -> RetrievalSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def retrieve_images(cfg: TunaConfig, images: Sequence[Path], datastore: str, progress: bool = False,
-                    quarantine: Quarantine | None = None) -> dict[str, Tagged]:
+                    quarantine: Quarantine | None = None, session: RetrievalSession | None = None) -> dict[str, Tagged]:
     """Embed ``images`` with the run's encoder and retrieve from ``datastore``: file name -> ranked values.
 
-    Images that do not decode are skipped and added to ``quarantine`` (when given).
+    Images that do not decode are skipped and added to ``quarantine`` (when given). Without ``session``
+    one is opened and closed around the call.
     """
-    from tuna.retrieval.datastore import Retriever
-    from tuna.retrieval.encoder import encoder_path, load_encoder
-
-    encoder = load_encoder(encoder_path(cfg))
-    retriever = Retriever(cfg)
+    own = session is None
+    sess = session or RetrievalSession(cfg)
     out: dict[str, Tagged] = {}
     size = cfg.index.batch_size
     try:
@@ -96,18 +116,20 @@ def retrieve_images(cfg: TunaConfig, images: Sequence[Path], datastore: str, pro
                     if quarantine is not None:
                         quarantine.add(err, str(path))
             if batch:
-                hits = retriever.retrieve(datastore, encoder.embed_images(batch), max_values=cfg.model.num_tags)
+                hits = sess.retriever.retrieve(datastore, sess.encoder.embed_images(batch), max_values=cfg.model.num_tags)
                 for name, hit in zip(names, hits):
                     out[name] = [(v, round(float(s), 6)) for v, s in hit.values]
             bar.update(len(images[i:i + size]))
         bar.close()
     finally:
-        retriever.close()
+        if own:
+            sess.close()
     return out
 
 
 def attach_tags(cfg: TunaConfig, images: Sequence[Path], cache: Path, tag_mode: str, domain: str = "A",
-                progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Tagged]:
+                progress: bool = False, log: Callable[[str], None] = print,
+                session: RetrievalSession | None = None) -> dict[str, Tagged]:
     """Ranked tags per image file name for ``tag_mode``, from ``cache`` when it is current, else computed and saved.
 
     ``none`` returns an empty mapping and writes nothing.
@@ -132,7 +154,7 @@ def attach_tags(cfg: TunaConfig, images: Sequence[Path], cache: Path, tag_mode: 
         vocab = _vocabulary(cfg, domain)
         tags = {p.name: _random_tags(vocab, p.name, cfg.model.num_tags, cfg.run.seed) for p in images}
     else:
-        tags = retrieve_images(cfg, images, source, progress=progress, quarantine=quarantine)
+        tags = retrieve_images(cfg, images, source, progress=progress, quarantine=quarantine, session=session)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(".tmp")
     payload: dict[str, Any] = {"key": key, "tags": tags, "skipped": quarantine.rows}
@@ -142,4 +164,4 @@ def attach_tags(cfg: TunaConfig, images: Sequence[Path], cache: Path, tag_mode: 
     return tags
 
 
-__all__ = ["TagsUnavailable", "Tagged", "attach_tags", "retrieve_images", "source_of"]
+__all__ = ["RetrievalSession", "TagsUnavailable", "Tagged", "attach_tags", "retrieve_images", "source_of"]

@@ -1,0 +1,66 @@
+"""`tuna eval` on the smoke world with models trained by the real `tuna train` (the `trained` fixture):
+every task scored for TUNA and the baseline, the datastore swap, the table, and the one-line refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+from support import SMOKE
+from tuna.cli import main
+
+
+def _numbers(tree: object) -> list[float]:
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in _numbers(v)]
+    if isinstance(tree, list):
+        return [x for v in tree for x in _numbers(v)]
+    return [float(tree)] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+def test_eval_scores_every_task_for_tuna_and_baseline(trained, capsys: pytest.CaptureFixture[str]) -> None:
+    d = trained.cfg.data_dir
+    assert main(["eval", "--config", str(SMOKE), f"run.data_dir={d}", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| tuna |" in out and "| baseline |" in out and "Datastore swap" in out
+    tuna = json.loads((d / "eval/tuna/metrics.json").read_text())
+    base = json.loads((d / "eval/baseline/metrics.json").read_text())
+    for m in (tuna, base):
+        assert set(m["seconds"]) == {"pope", "finer", "mme", "chair"}
+        assert set(m["pope"]) == {"id", "ood"} and set(m["pope"]["id"]["per_split"]) == {"random", "popular", "adversarial"}
+        assert all(math.isfinite(x) for x in _numbers(m["headline"]))
+        assert all(0.0 <= m["headline"][k] <= 1.0 for k in m["headline"] if not k.startswith("mme"))
+        n_pope = sum(s["n"] for s in m["pope"]["id"]["per_split"].values())
+        assert n_pope == 3 * 6 * trained.cfg.world.sizes.pope_images  # every question answered and scored
+    # TUNA answers domain B with datastores A, B and none (the zero-shot swap); the baseline has no tags.
+    assert {"b@A", "b@B", "b@none"} <= set(tuna["finer"]) and set(base["finer"]) == {"id", "ood", "b@none"}
+    assert {"direct", "attrseek"} <= set(tuna["finer"]["ood"])
+    table = (d / "eval/table.md").read_text()
+    assert table.splitlines()[0].startswith("| variant | FINER OOD fine EM")
+    # Up to date: a second call re-evaluates nothing.
+    assert main(["eval", "--config", str(SMOKE), f"run.data_dir={d}", "--quiet"]) == 0
+    assert capsys.readouterr().out.count("up to date") == 2
+
+
+def test_eval_of_an_untrained_variant_is_one_line(trained, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--config", str(SMOKE), "--variant", "random", f"run.data_dir={trained.cfg.data_dir}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tuna train --variant random" in err[0]
+
+
+def test_eval_file_with_missing_fields_is_one_line(trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "data"
+    shutil.copytree(trained.cfg.data_dir, broken, ignore=shutil.ignore_patterns("checkpoints", "mlflow"))
+    finer = broken / "world/eval/finer/ood/finer.jsonl"
+    rows = finer.read_text().splitlines()
+    row = json.loads(rows[0])
+    del row["fine-level-lbl"]
+    finer.write_text("\n".join([json.dumps(row)] + rows[1:]) + "\n")
+    code = main(["eval", "--config", str(SMOKE), "--variant", "baseline", "--force", "--quiet",
+                 f"run.data_dir={broken}", "eval.tasks=[finer]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "fine-level-lbl" in err[0] and "finer.jsonl" in err[0]
