@@ -100,12 +100,11 @@ class Predictor:
             gen.update(do_sample=True, temperature=temperature, top_k=top_k or None)
         else:
             gen.update(do_sample=False)
-        weights = None
-        if self.uses_tags:
-            merged = self.model.prepare_multimodal_inputs(input_ids, kwargs["pixel_values"], attention_mask, None,
-                                                          **{k: v for k, v in kwargs.items() if k.startswith("tag_")})
-            weights = merged.tag_weights
-        out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs, **gen)
+        # Merge image, tags and prompt once; generation continues from the merged embeddings (and the
+        # tuner's weights of this very forward are the provenance).
+        merged = self.model.prepare_multimodal_inputs(input_ids, kwargs.pop("pixel_values"), attention_mask, None, **kwargs)
+        weights = merged.tag_weights
+        out = self.model.generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **gen)
         texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
         answers = []
         for i, text in enumerate(texts):
