@@ -384,7 +384,7 @@ class EvalConfig:
 
     tasks: tuple[str, ...] = ("pope", "finer", "mme", "chair")  # eval tasks run per model
     batch_size: int = 32            # questions generated per batch
-    threads: int = 2                # torch CPU threads while generating
+    threads: int = 1                # torch CPU threads while generating
     attrseek: bool = True           # FINER: also the two-turn ATTRSEEK prompting
     ablations: tuple[str, ...] = ("tuna", "tuner_off", "captions", "random", "baseline")  # variants of --ablations
 
