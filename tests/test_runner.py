@@ -40,8 +40,13 @@ def test_run_chain_tracks_every_step_and_skips_when_up_to_date(tmp_path: Path, c
     assert children["index"].data.metrics["A_rows"] == 292
     assert "zero_shot_top1_ood" in children["encoder"].data.metrics
     assert parents[0].data.params["world.sizes.web"] == "300"
+    # The eval step's run holds the report (markdown, figures, flat metrics) and the headline numbers.
+    logged = {a.path for a in client.list_artifacts(children["eval"].info.run_id, "report")}
+    assert {"report/report.md", "report/metrics.json", "report/headline.png"} <= logged
+    assert "tuna_finer_ood_fine_em" in children["eval"].data.metrics
 
     # Second run: nothing changed, so every step is skipped; the CLI prints the table.
     assert main(["run", "--config", str(SMOKE), f"run.data_dir={tmp_path}", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert out.count("up to date") == len(steps())
+    assert "| tuna |" in out and out.rstrip().endswith(f"report: {tmp_path / 'eval' / 'report' / 'report.md'}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -147,6 +148,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nrun '{cfg.run.name}' (seed {cfg.run.seed}) done in {sum(r.seconds for r in results):.1f}s:")
     for r in results:
         print(f"  {r.name:<8} {r.seconds:7.1f}s  {r.summary}")
+    from tuna.eval.report import report_dir
+
+    table, report = cfg.data_dir / "eval" / "table.md", report_dir(cfg) / "report.md"
+    if table.is_file():  # the run ends with the evaluation table and where the report is
+        print("\n" + table.read_text(encoding="utf-8").rstrip())
+    if report.is_file():
+        print(f"\nreport: {report}")
     return 0
 
 
@@ -168,7 +176,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         else:
             print(f"eval {variant}: up to date ({eval_dir(cfg) / variant / 'metrics.json'}); --force re-evaluates")
     print(table(summarize(cfg, names)))
+    if cfg.eval.probes:  # alignment diagnostics (eval/probes.json), before the report that may cite them
+        from tuna.eval.suite import probe
+
+        print(probe(cfg, force=args.force, progress=not args.quiet))
+    from tuna import track
+    from tuna.eval.report import write_report
+
+    command = shlex.join(["tuna", "eval", "--config", str(args.config), *(["--ablations"] if args.ablations else
+                                                                           ["--variant", args.variant]), *args.overrides])
+    with track.stage_run("eval-report", cfg) as run:
+        report = write_report(cfg, names, run=run, command=command)
     print(f"\nmetrics: {eval_dir(cfg)}/<variant>/metrics.json, table: {eval_dir(cfg) / 'table.md'}")
+    print(f"report: {report}")
     return 0
 
 

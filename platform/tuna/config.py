@@ -165,6 +165,7 @@ class WorldConfig:
     image_size: int = 64
     image_format: ImageFormat = "png"
     objects_per_image: tuple[int, int] = (1, 4)
+    product_share: float = 0.0      # share of web images (A and B) that are single-object product photos (one large object)
     shard_size: int = 1000
     workers: int = 2
     taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
@@ -177,6 +178,7 @@ class WorldConfig:
         lo, hi = self.objects_per_image
         _require(1 <= lo <= hi <= 6, "objects_per_image", f"must be [min, max] with 1 <= min <= max <= 6, got [{lo}, {hi}]")
         _require(hi >= 3, "objects_per_image", f"max must be >= 3 (POPE needs 3 objects per image), got {hi}")
+        _require(0.0 <= self.product_share <= 1.0, "product_share", f"must be a share in [0, 1], got {self.product_share}")
         _require(1 <= self.shard_size <= 100_000, "shard_size", f"must be in 1..100000, got {self.shard_size}")
         _require(1 <= self.workers <= 64, "workers", f"must be in 1..64, got {self.workers}")
         used = self.taxonomy.num_coarse + self.domain_b.num_coarse
@@ -387,6 +389,7 @@ class EvalConfig:
     threads: int = 1                # torch CPU threads while generating
     attrseek: bool = True           # FINER: also the two-turn ATTRSEEK prompting
     ablations: tuple[str, ...] = ("tuna", "tuner_off", "captions", "random", "baseline")  # variants of --ablations
+    probes: bool = False            # `tuna eval` also runs the alignment diagnostics (tuna.eval.probes) on TUNA + baseline
 
     def __post_init__(self) -> None:
         known = ("pope", "finer", "mme", "chair")

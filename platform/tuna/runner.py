@@ -11,8 +11,12 @@ import time
 from functools import partial
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from tuna.config import TunaConfig
+
+if TYPE_CHECKING:
+    from tuna.track import Run
 
 Outcome = tuple[str, dict[str, float]]  # (one-line summary, metrics for the step's MLflow run)
 
@@ -21,7 +25,8 @@ Outcome = tuple[str, dict[str, float]]  # (one-line summary, metrics for the ste
 class Step:
     name: str
     up_to_date: Callable[[TunaConfig], bool]
-    run: Callable[[TunaConfig, bool], Outcome]  # (cfg, progress) -> outcome
+    run: Callable[..., Outcome]  # (cfg, progress) -> outcome; (cfg, progress, run=<stage run>) when with_run
+    with_run: bool = False  # the step logs to its own MLflow stage run itself (artifacts, not only metrics)
 
 
 @dataclass(frozen=True)
@@ -149,22 +154,24 @@ def _train_up_to_date(cfg: TunaConfig, names: tuple[str, ...] = TRAINED_VARIANTS
     return all(is_up_to_date(cfg, v, 2) for v in names)
 
 
-def _eval(cfg: TunaConfig, progress: bool, names: tuple[str, ...] = TRAINED_VARIANTS) -> Outcome:
-    from tuna.eval.suite import eval_dir, evaluate_variant, is_up_to_date, summarize, table
+def _eval(cfg: TunaConfig, progress: bool, names: tuple[str, ...] = TRAINED_VARIANTS, run: Run | None = None) -> Outcome:
+    from tuna.eval.report import write_report
+    from tuna.eval.suite import evaluate_variant, is_up_to_date, summarize
 
     for variant in names:
         if not is_up_to_date(cfg, variant):
             evaluate_variant(cfg, variant, progress=progress)
     rows = summarize(cfg, names)
-    print("\n" + table(rows) + "\n")
-    metrics = {f"{v}_{k}".replace("@", "_at_"): float(x) for v, r in rows.items() for k, x in r.items()}
-    return f"{len(rows)} variants evaluated -> {eval_dir(cfg) / 'table.md'}", metrics
+    # The report logs its figures (artifacts report/) and the flat numbers per variant to the eval run.
+    report = write_report(cfg, names, run=run, command=f"tuna run --config configs/{cfg.run.name}.yaml", log=print)
+    return f"{len(rows)} variants evaluated -> {report}", {}
 
 
 def _eval_up_to_date(cfg: TunaConfig, names: tuple[str, ...] = TRAINED_VARIANTS) -> bool:
+    from tuna.eval import report
     from tuna.eval.suite import is_up_to_date
 
-    return all(is_up_to_date(cfg, v) for v in names)
+    return all(is_up_to_date(cfg, v) for v in names) and report.is_up_to_date(cfg, names)
 
 
 def steps(cfg: TunaConfig | None = None, ablations: bool = False) -> list[Step]:
@@ -177,7 +184,7 @@ def steps(cfg: TunaConfig | None = None, ablations: bool = False) -> list[Step]:
         Step("index", _indexes_up_to_date, _index),
         Step("lm", _lm_up_to_date, _lm),
         Step("train", partial(_train_up_to_date, names=names), partial(_train, names=names)),
-        Step("eval", partial(_eval_up_to_date, names=names), partial(_eval, names=names)),
+        Step("eval", partial(_eval_up_to_date, names=names), partial(_eval, names=names), with_run=True),
     ]
 
 
@@ -198,7 +205,7 @@ def run_all(cfg: TunaConfig, force: bool = False, progress: bool = True,
                 continue
             log(f"== {step.name}")
             with track.stage_run(step.name, cfg) as run:
-                summary, metrics = step.run(cfg, progress)
+                summary, metrics = step.run(cfg, progress, run=run) if step.with_run else step.run(cfg, progress)
                 seconds = time.perf_counter() - t0
                 run.log_metrics({**metrics, "seconds": seconds})
                 run.set_tags({"tuna.summary": summary[:4000]})

@@ -7,13 +7,14 @@ FINER questions with datastore A, B and none (the zero-shot datastore swap; noth
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tuna.config import TunaConfig, section_fingerprint
+from tuna.config import TunaConfig
 from tuna.eval.run import EVAL_VERSION, EvalError, evaluate_model, headline, write_json
 
 # The columns of the summary table: (key in headline(), header).
@@ -40,11 +41,18 @@ def _fingerprint(cfg: TunaConfig, variant: str) -> str:
     from tuna.train.engine import stage_dir
 
     trained = stage_dir(cfg, variant, 2) / "metrics.json"
-    payload = {"version": EVAL_VERSION, "eval": section_fingerprint(cfg.eval),
+    payload = {"version": EVAL_VERSION, "eval": _eval_fingerprint(cfg),
                "model": hashlib.sha256(trained.read_bytes()).hexdigest()[:16] if trained.is_file() else None,
                "world": _digest(cfg.data_dir / "world" / "manifest.json"),
                "datastores": [_digest(cfg.data_dir / "datastores" / n / "manifest.json") for n in ("A", "B", "A_captions")]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _eval_fingerprint(cfg: TunaConfig) -> str:
+    """``section_fingerprint(cfg.eval)`` without ``probes``: the probes keep their own fingerprint
+    (tuna.eval.probes), so switching them on or off re-scores no model."""
+    fields = {k: v for k, v in dataclasses.asdict(cfg.eval).items() if k != "probes"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _digest(path: Path) -> str | None:
@@ -108,4 +116,15 @@ def table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["b_datastores", "eval_dir", "evaluate_variant", "is_up_to_date", "summarize", "table"]
+def probe(cfg: TunaConfig, force: bool = False, progress: bool = False, log: Callable[[str], None] = print) -> str:
+    """The alignment diagnostics (tuna.eval.probes) on the trained TUNA and baseline -> ``eval/probes.json``;
+    skipped when up to date unless ``force``. Returns the one-line summary."""
+    from tuna.eval.probes import is_up_to_date as probes_up_to_date
+    from tuna.eval.probes import probes_path, run_probes
+
+    if not force and probes_up_to_date(cfg):
+        return f"probes: up to date ({probes_path(cfg)}); --force re-runs"
+    return run_probes(cfg, progress=progress, log=log)["summary"]
+
+
+__all__ = ["b_datastores", "eval_dir", "evaluate_variant", "is_up_to_date", "probe", "summarize", "table"]

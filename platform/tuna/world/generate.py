@@ -8,6 +8,7 @@ the target and renamed into place at the end, so a failed or interrupted run lea
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -20,14 +21,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from tuna.config import TunaConfig, section_fingerprint
+from tuna.config import TunaConfig
 from tuna.errors import ConfigError
 from tuna.formats import dump_json, dump_jsonl, write_web_shard
 from tuna.staging import staged_dir
 from tuna.world import language
 from tuna.world.questions import MME_TASKS, POPE_SPLITS, mme_pair, pope_questions
 from tuna.world.render import encode, render
-from tuna.world.scene import Scene, popularity, sample_rng, sample_scene
+from tuna.world.scene import CORPUS_CODES, Scene, popularity, sample_rng, sample_scene
 from tuna.world.taxonomy import COLOURS, FineClass, Taxonomy, build_taxonomies, dump_taxonomies
 
 GENERATOR_VERSION = "tuna.world/1"
@@ -69,6 +70,15 @@ def _pool(name: str) -> list[FineClass]:
     return {"A": list(a.classes), "A_id": a.id_classes, "A_ood": a.ood_classes, "B": list(_STATE["B"].classes)}[name]
 
 
+def _is_product_photo(seed: int, corpus: str, index: int, share: float) -> bool:
+    """Whether web sample ``index`` is a single-object product photo (world.product_share).
+
+    Drawn from its own stream, apart from the sample's RNG, so ``product_share: 0`` (no draw at all)
+    leaves every sample byte-identical to a world generated without the option.
+    """
+    return bool(np.random.default_rng([seed, CORPUS_CODES[corpus], index, 1]).random() < share)
+
+
 def _make(job: tuple[CorpusSpec, int]) -> Sample:
     """Draw, render and describe sample ``index`` of corpus ``spec``."""
     spec, index = job
@@ -78,10 +88,13 @@ def _make(job: tuple[CorpusSpec, int]) -> Sample:
     pool = _pool(spec.pool)
     key = f"{index:09d}"
     text: Any = None
+    product = spec.text == "web" and w.product_share > 0 and _is_product_photo(cfg.run.seed, spec.name, index, w.product_share)
     for _attempt in range(200):
         if spec.single:
             scene = sample_scene(rng, key, pool, _STATE["prior"], w.image_size, (1, 1),
                                  required=[pool[index % len(pool)]], sizes=["large"])
+        elif product:  # a product photo: one large object, class drawn by popularity
+            scene = sample_scene(rng, key, pool, _STATE["prior"], w.image_size, (1, 1), sizes=["large"])
         else:
             lo = max(w.objects_per_image[0], spec.min_distinct)
             scene = sample_scene(rng, key, pool, _STATE["prior"], w.image_size, (lo, w.objects_per_image[1]))
@@ -356,8 +369,18 @@ def is_up_to_date(cfg: TunaConfig) -> bool:
     return m.get("generator") == GENERATOR_VERSION and m.get("fingerprint") == _fingerprint(cfg)
 
 
+# World knobs added after worlds were already generated, with the value that reproduces those worlds
+# byte for byte: at that value they are left out of the fingerprint, so existing worlds stay up to date.
+_LATER_KNOBS: dict[str, Any] = {"product_share": 0.0}
+
+
 def _fingerprint(cfg: TunaConfig) -> str:
-    return section_fingerprint(cfg.world) + f"-seed{cfg.run.seed}"
+    world = dataclasses.asdict(cfg.world)
+    for knob, off in _LATER_KNOBS.items():
+        if world.get(knob) == off:
+            del world[knob]
+    digest = hashlib.sha256(json.dumps(world, sort_keys=True).encode()).hexdigest()[:16]  # = section_fingerprint
+    return f"{digest}-seed{cfg.run.seed}"
 
 
 def generate_world(cfg: TunaConfig, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:

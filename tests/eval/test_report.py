@@ -1,0 +1,134 @@
+"""The evaluation report on models trained by the real `tuna train` (the `trained` fixture): markdown, PNGs,
+flat metrics, MLflow artifacts read back, the probes figure when probes.json exists, and the CLI's report line."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from support import SMOKE, World, quiet
+from tuna import track
+from tuna.cli import main
+from tuna.config import load_config
+from tuna.eval.report import is_up_to_date, write_report
+from tuna.eval.run import EvalError
+
+VARIANTS = ("tuna", "baseline")
+FIGURES = {"headline.png", "pope_splits.png", "swap.png", "tuner_weights.png"}
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained: World) -> World:
+    """``trained`` with TUNA and the baseline evaluated (reusing metrics another test already wrote)."""
+    from tuna.eval.suite import evaluate_variant
+
+    for variant in VARIANTS:
+        if not (trained.cfg.data_dir / "eval" / variant / "metrics.json").is_file():
+            evaluate_variant(trained.cfg, variant, log=quiet)
+    return trained
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default store (sqlite under the data dir); no tracking URI, parent run or rank from the caller's shell."""
+    for name in (track.TRACKING_URI_ENV, track.PARENT_RUN_ENV, "RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def _links(markdown: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", markdown)
+
+
+def _check_png(path: Path) -> None:
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.width > 100 and img.height > 100, path
+        img.verify()
+
+
+def test_report_writes_markdown_pngs_metrics_and_logs_them_to_mlflow(evaluated: World) -> None:
+    from mlflow import MlflowClient
+
+    cfg = evaluated.cfg
+    with track.stage_run("eval", cfg) as run:
+        report = write_report(cfg, VARIANTS, run=run, command="tuna eval --config configs/smoke.yaml", log=quiet)
+    folder = report.parent
+    assert report == cfg.data_dir / "eval" / "report" / "report.md"
+    text = report.read_text(encoding="utf-8")
+    assert "| tuna |" in text and "| baseline |" in text and "Datastore swap" in text
+    assert "`tuna eval --config configs/smoke.yaml`" in text
+    links = _links(text)
+    assert FIGURES <= set(links), links
+    assert all((folder / name).is_file() for name in links)  # links only figures that exist
+    pngs = {p.name for p in folder.glob("*.png")}
+    assert pngs == set(links)  # and every figure is linked
+    for name in pngs:
+        _check_png(folder / name)
+    assert ("probes.png" in pngs) == (cfg.data_dir / "eval" / "probes.json").is_file()
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(VARIANTS) <= set(metrics)
+    for variant in VARIANTS:
+        assert {"finer_ood_fine_em", "pope_id_f1", "pope_ood_random_f1"} <= set(metrics[variant])
+        assert all(isinstance(x, float) for x in metrics[variant].values())
+    assert is_up_to_date(cfg, VARIANTS)
+
+    client = MlflowClient(track.tracking_uri(cfg))
+    logged = {Path(a.path).name for a in client.list_artifacts(run.run_id, "report")}
+    assert {"report.md", "metrics.json", *pngs} <= logged
+    back = client.download_artifacts(run.run_id, "report/metrics.json", str(cfg.data_dir / "eval" / "_download"))
+    assert json.loads(Path(back).read_text()) == metrics
+    shutil.rmtree(cfg.data_dir / "eval" / "_download")
+    data = client.get_run(run.run_id).data
+    assert data.metrics["tuna_finer_ood_fine_em"] == pytest.approx(metrics["tuna"]["finer_ood_fine_em"])
+    assert "baseline_pope_id_f1" in data.metrics and "tuna_finer_b_at_B_fine_em" in data.metrics
+
+
+def test_tuna_eval_prints_the_report_path_and_tracks_an_eval_report_run(evaluated: World,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from mlflow import MlflowClient
+
+    cfg = evaluated.cfg
+    assert main(["eval", "--config", str(SMOKE), f"run.data_dir={cfg.data_dir}", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("up to date") == 2  # nothing re-evaluated; only the report is written
+    assert f"report: {cfg.data_dir / 'eval' / 'report' / 'report.md'}" in out
+    client = MlflowClient(track.tracking_uri(cfg))
+    exp = client.get_experiment_by_name(cfg.track.experiment)
+    runs = client.search_runs([exp.experiment_id], "tags.`tuna.stage` = 'eval-report'")
+    assert runs and runs[0].info.status == "FINISHED"
+    assert any(Path(a.path).name == "report.md" for a in client.list_artifacts(runs[0].info.run_id, "report"))
+
+
+def test_report_draws_probes_and_explains_what_is_missing(evaluated: World, tmp_path: Path) -> None:
+    """Only the metrics files (no model): the tuner figure is explained away, an unevaluated variant is
+    named, probes.json (with a malformed entry) becomes a figure; with nothing evaluated it is one error."""
+    for variant in VARIANTS:
+        dst = tmp_path / "eval" / variant
+        dst.mkdir(parents=True)
+        shutil.copy(evaluated.cfg.data_dir / "eval" / variant / "metrics.json", dst)
+    (tmp_path / "eval" / "probes.json").write_text(json.dumps({
+        "linear_probe": {"id": {"clip": 0.9, "connector": 0.7, "tuna": 0.8}, "ood": {"clip": 0.8, "connector": 0.4, "tuna": 0.6}},
+        "linear_probe_std": {"id": {"connector": 0.01}}, "n": {"id": {"images": 300}, "ood": {"images": 300}},
+        "claims": {"connector_below_clip": {"id": True, "ood": False}}, "note": "not a probe", "broken": {"id": "n/a"}}))
+    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}"])
+    report = write_report(cfg, [*VARIANTS, "random"], log=quiet)
+    text = report.read_text(encoding="utf-8")
+    assert "not evaluated, left out: random" in text and "No tuner-weight figure: no trained TUNA model" in text
+    links = _links(text)
+    assert "probes.png" in links and "tuner_weights.png" not in links
+    for name in links:
+        _check_png(report.parent / name)
+    section = text.split("## Probes")[1].split("## Files")[0]
+    assert "| linear_probe | connector | 70.0 +- 1.0 | 40.0 |" in section
+    assert "- claims / connector_below_clip: id true, ood false" in section  # other results listed as they are
+    assert "| n |" not in section and "| broken |" not in section  # counts and malformed entries are not shares
+    probes = json.loads((report.parent / "metrics.json").read_text())["probes"]
+    assert set(probes) == {"linear_probe"} and probes["linear_probe"]["id"]["clip"] == 0.9
+    with pytest.raises(EvalError, match="no evaluated variant"):
+        write_report(load_config(SMOKE, [f"run.data_dir={tmp_path / 'none'}"]), VARIANTS, log=quiet)
