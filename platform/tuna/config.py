@@ -226,6 +226,7 @@ class EncoderConfig:
     flip: bool = True               # random horizontal flips of training images
     rotate: bool = False            # random quarter turns of training images
     zoom: float = 1.0               # random crops keep a side of zoom..1 of the image (1 = off)
+    clean_captions: float = 0.0     # share of captions swapped, per step, for "a photo of a X and a Y." over the mined object nouns
     threads: int = 2                # torch CPU threads
 
     def __post_init__(self) -> None:
@@ -243,6 +244,7 @@ class EncoderConfig:
         _require(0 <= self.weight_decay < 1, "weight_decay", f"must be in [0, 1), got {self.weight_decay}")
         _require(0 <= self.warmup < 1, "warmup", f"must be a share of steps in [0, 1), got {self.warmup}")
         _require(0.25 <= self.zoom <= 1, "zoom", f"must be a crop side share in [0.25, 1], got {self.zoom}")
+        _require(0 <= self.clean_captions <= 1, "clean_captions", f"must be a share in [0, 1], got {self.clean_captions}")
 
 
 @dataclass(frozen=True)

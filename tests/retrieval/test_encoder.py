@@ -17,6 +17,7 @@ from tuna.config import load_config
 from tuna.errors import ConfigError, TunaError
 from tuna.retrieval import clip_train
 from tuna.retrieval.encoder import (
+    PROMPT,
     ClipEncoder,
     EncoderUnavailable,
     encoder_path,
@@ -186,3 +187,47 @@ def test_bad_encoder_settings_name_the_key() -> None:
     tok = clip_train.build_tokenizer(["a photo of a thing"], cfg.encoder.max_text_tokens)
     with pytest.raises(ConfigError, match="encoder.patch_size"):
         clip_train.build_model(cfg.encoder, tok, cfg.world.image_size)
+
+
+def test_object_caption_is_the_zero_shot_prompt_over_the_objects() -> None:
+    assert clip_train.object_caption(["zedul"]) == PROMPT.format(name="zedul")
+    assert clip_train.object_caption(["zedul", "pivin", "zedul", "mabrut"]) == "a photo of a zedul, a pivin and a mabrut."
+    assert clip_train.object_caption(["zedul", "pivin"]) == "a photo of a zedul and a pivin."
+    assert clip_train.object_caption([]) is None and clip_train.object_caption([""]) is None
+
+
+def test_clean_captions_come_from_the_caption_text_alone(trained: dict) -> None:
+    from tuna.formats import iter_web
+
+    samples = list(iter_web(trained["path"].parent / "world" / "web" / "A"))[:60]
+    captions = [s.caption.decode("utf-8") for s in samples if s.caption and s.caption.strip() and s.caption.isascii()]
+    cleaned = clip_train.clean_captions(captions, trained["cfg"].mine)
+    assert len(cleaned) == len(captions) and sum(c is not None for c in cleaned) >= 0.9 * len(captions)
+    import re
+
+    taxonomy = json.loads((trained["path"].parent / "world" / "taxonomy.json").read_text())
+    truth = {n for s in samples for n in s.meta["objects"]} | {c["coarse"] for c in taxonomy["A"]["classes"]}
+    named = {w for c in cleaned if c for w in re.findall(r"\ba (\w+)", c.removeprefix("a photo of "))}
+    assert len(named & truth) >= 0.8 * len(named), "the world's object names and hypernyms, nearly all"
+
+
+def test_training_with_clean_captions_records_them_and_tracks_the_miner(trained: dict, tmp_path: Path) -> None:
+    shutil.copytree(trained["root"] / "seed0" / "world", tmp_path / "world")
+    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}", "encoder.clean_captions=1.0"])
+    manifest = train_encoder(cfg, progress=False, log=_quiet)
+    cleaning = manifest["clean_captions"]
+    assert cleaning["rate"] == 1.0 and cleaning["with_objects"] >= 0.9 * manifest["pairs"]
+    assert manifest["inputs"]["spacy_model"] == cfg.mine.spacy_model and is_up_to_date(cfg)
+    assert manifest["fingerprint"] != trained["manifest"]["fingerprint"]
+    # Off (the default), nothing about cleaning enters the inputs: encoders trained before the key stay up to date.
+    assert trained["manifest"]["clean_captions"] == {"rate": 0.0}
+    assert "spacy_model" not in trained["manifest"]["inputs"]
+    import dataclasses
+    import hashlib
+
+    fields = dataclasses.asdict(trained["cfg"].encoder)
+    del fields["clean_captions"]
+    before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    assert trained["manifest"]["inputs"]["encoder_config"] == before
+    with pytest.raises(ConfigError, match="encoder.clean_captions"):
+        load_config(SMOKE, ["encoder.clean_captions=2"])

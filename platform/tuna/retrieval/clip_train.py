@@ -10,7 +10,10 @@ torch / transformers / tokenizers: no files are written and no tracking or datas
 - :func:`build_processor` is the CLIP image processor (PIL backend) at the world's image size;
 - :func:`build_model` is a Hugging Face ``CLIPModel`` (ViT image tower, causal text tower);
 - :func:`train_clip` runs symmetric InfoNCE with a learnable temperature, AdamW, warmup + cosine,
-  on flipped / quarter-turned / zoomed-in images (:func:`augment`).
+  on flipped / quarter-turned / zoomed-in images (:func:`augment`);
+- :func:`clean_captions` turns each alt-text into ``"a photo of a X, a Y and a Z."`` over the object
+  nouns the tag miner (:mod:`tuna.tags.miner`, spaCy) finds in it: caption cleaning from the text
+  alone (no labels), which ``train_clip`` swaps in for a share of the captions (``encoder.clean_captions``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from tqdm import tqdm
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 from transformers import PreTrainedTokenizerFast
 
-from tuna.config import EncoderConfig
+from tuna.config import EncoderConfig, MineConfig
 from tuna.errors import ConfigError, CorruptSample, DataFormatError
 from tuna.formats import iter_web
 from tuna.samples import Quarantine, caption_text, decode_image
@@ -100,6 +103,32 @@ def load_pairs(folders: Mapping[str, Path], processor: CLIPImageProcessorPil, ma
     pixels = torch.from_numpy(np.stack(arrays))
     return Pairs(pixels=pixels, captions=captions, total=total, quarantine=quarantine,
                  corpus_sha256=digest.hexdigest(), per_corpus=per_corpus)
+
+
+def object_caption(objects: Sequence[str]) -> str | None:
+    """``"a photo of a X, a Y and a Z."`` for the object nouns of one caption (None when there are none).
+
+    The zero-shot prompt's own wording (``"a photo of a {name}."``), so a one-object caption is the prompt.
+    """
+    names = [o for o in dict.fromkeys(objects) if o]
+    if not names:
+        return None
+    parts = [f"a {n}" for n in names]
+    body = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"a photo of {body}."
+
+
+def clean_captions(captions: Sequence[str], mine: MineConfig) -> list[str | None]:
+    """Each alt-text cleaned down to its objects (:func:`object_caption`), None where none is found.
+
+    The objects are what ``tuna mine`` extracts (spaCy tagger + the miner's phrase rules): stock-photo
+    filler, named entities, instance attributes (colour, size) and word order are dropped. Uses the
+    caption text only, as a web-scale pipeline could; no label of the world is read.
+    """
+    from tuna.tags.miner import TagMiner
+
+    miner = TagMiner(mine)
+    return [object_caption(tags.objects) for tags in miner.mine(captions)]
 
 
 def build_tokenizer(captions: list[str], max_tokens: int) -> PreTrainedTokenizerFast:
@@ -199,16 +228,24 @@ def _param_groups(model: CLIPModel, weight_decay: float) -> list[dict]:
 
 def train_clip(model: CLIPModel, pairs: Pairs, tokenizer: PreTrainedTokenizerFast, processor: CLIPImageProcessorPil,
                enc: EncoderConfig, seed: int, progress: bool = True, log: Callable[[str], None] = print,
-               on_epoch: Callable[[int], None] | None = None) -> dict[str, object]:
+               on_epoch: Callable[[int], None] | None = None,
+               cleaned: Sequence[str | None] | None = None) -> dict[str, object]:
     """Train ``model`` in place on ``pairs``; returns the loss curve summary and step counts.
 
     ``on_epoch(epoch)`` runs after each epoch (model in eval mode), e.g. to log zero-shot accuracy.
+    ``cleaned`` (one per pair, None = keep the alt-text, e.g. from :func:`clean_captions`) replaces each
+    pair's caption with probability ``enc.clean_captions``, drawn afresh at every step.
     """
-    tokens = tokenizer(pairs.captions, padding="longest", truncation=True, max_length=enc.max_text_tokens,
-                       return_tensors="pt")
-    ids, mask = tokens["input_ids"], tokens["attention_mask"]          # (N, L)
-    lengths = mask.sum(1)
     n = len(pairs.captions)
+    texts = [pairs.captions]
+    if cleaned is not None and enc.clean_captions > 0:
+        if len(cleaned) != n:
+            raise ValueError(f"cleaned captions: {len(cleaned)} for {n} pairs")
+        texts.append([c or raw for c, raw in zip(cleaned, pairs.captions)])
+    tokens = tokenizer([t for group in texts for t in group], padding="longest", truncation=True,
+                       max_length=enc.max_text_tokens, return_tensors="pt")
+    ids, mask = tokens["input_ids"], tokens["attention_mask"]          # (N, L) or (2N, L): raw, then cleaned
+    lengths = mask.sum(1)
     batch = min(enc.batch_size, n)
     steps_per_epoch = n // batch
     total = steps_per_epoch * enc.epochs
@@ -232,8 +269,11 @@ def train_clip(model: CLIPModel, pairs: Pairs, tokenizer: PreTrainedTokenizerFas
                 x = augment(x, enc, gen)
             elif enc.flip:
                 x = torch.where((torch.rand(len(idx), generator=gen) < 0.5).view(-1, 1, 1, 1), x.flip(-1), x)
-            width = int(lengths[idx].max())                                 # trim the batch's padding
-            out = model(input_ids=ids[idx, :width], attention_mask=mask[idx, :width],
+            rows = idx
+            if len(texts) > 1:                                              # cleaned caption for a share of the pairs
+                rows = torch.where(torch.rand(len(idx), generator=gen) < enc.clean_captions, idx + n, idx)
+            width = int(lengths[rows].max())                                # trim the batch's padding
+            out = model(input_ids=ids[rows, :width], attention_mask=mask[rows, :width],
                         pixel_values=normalise(x, processor), return_loss=True)   # symmetric InfoNCE
             out.loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

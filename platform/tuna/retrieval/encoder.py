@@ -15,6 +15,7 @@ classes, the half of the alignment gap TUNA relies on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -33,7 +34,7 @@ import transformers
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPModel
 
-from tuna.config import TunaConfig, section_fingerprint
+from tuna.config import TunaConfig
 from tuna.errors import CorruptSample, DataFormatError, OutputError, TunaError
 from tuna.formats import load_finer
 from tuna.samples import decode_image
@@ -263,10 +264,27 @@ def _world(cfg: TunaConfig) -> tuple[Path, dict[str, Any]]:
     return wdir, manifest
 
 
+# Encoder keys added after encoders were already trained, with the value that reproduces them: at that
+# value they are left out of the config fingerprint, so existing encoders stay up to date.
+_LATER_KEYS: dict[str, Any] = {"clean_captions": 0.0}
+
+
+def _config_fingerprint(enc: Any) -> str:
+    """``section_fingerprint(cfg.encoder)``, leaving out later keys at their reproducing value."""
+    fields = dataclasses.asdict(enc)
+    for key, off in _LATER_KEYS.items():
+        if fields.get(key) == off:
+            del fields[key]
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _inputs(cfg: TunaConfig, world_manifest: dict[str, Any]) -> dict[str, Any]:
     """Everything the trained weights depend on; equal inputs mean the saved encoder is up to date."""
-    return {"encoder_config": section_fingerprint(cfg.encoder), "seed": cfg.run.seed,
-            "world": world_manifest.get("fingerprint"), "max_caption_chars": cfg.mine.max_caption_chars}
+    inputs = {"encoder_config": _config_fingerprint(cfg.encoder), "seed": cfg.run.seed,
+              "world": world_manifest.get("fingerprint"), "max_caption_chars": cfg.mine.max_caption_chars}
+    if cfg.encoder.clean_captions > 0:  # the tag miner's pipeline decides the cleaned captions
+        inputs["spacy_model"] = cfg.mine.spacy_model
+    return inputs
 
 
 def is_up_to_date(cfg: TunaConfig) -> bool:
@@ -325,13 +343,22 @@ def train_encoder(cfg: TunaConfig, progress: bool = True, log: Callable[[str], N
         pairs = clip_train.load_pairs({"web/A": wdir / "web" / "A", "web/B": wdir / "web" / "B"}, processor,
                                       cfg.mine.max_caption_chars, progress)
         log(f"encoder data: {pairs.quarantine.summary(pairs.total, 'web pairs')}")
-        tokenizer = clip_train.build_tokenizer(pairs.captions, enc.max_text_tokens)
+        cleaned: list[str | None] | None = None
+        cleaning: dict[str, Any] = {"rate": enc.clean_captions}
+        if enc.clean_captions > 0:
+            t_clean = time.perf_counter()
+            cleaned = clip_train.clean_captions(pairs.captions, cfg.mine)
+            found = sum(c is not None for c in cleaned)
+            cleaning.update(with_objects=found, seconds=round(time.perf_counter() - t_clean, 1))
+            log(f"encoder captions: {found}/{len(cleaned)} cleaned to their mined objects in {cleaning['seconds']:.0f}s "
+                f"(used for {enc.clean_captions:.0%} of the pairs at each step)")
+        tokenizer = clip_train.build_tokenizer(pairs.captions + [c for c in cleaned or [] if c], enc.max_text_tokens)
         torch.manual_seed(cfg.run.seed)
         model = clip_train.build_model(enc, tokenizer, cfg.world.image_size)
         log(f"encoder: CLIPModel with {_count_params(model.vision_model) / 1e6:.2f}M vision + "
             f"{_count_params(model.text_model) / 1e6:.2f}M text parameters, vocabulary {len(tokenizer)}, "
             f"{len(pairs.captions)} pairs x {enc.epochs} epochs on {enc.threads} threads")
-        curve = clip_train.train_clip(model, pairs, tokenizer, processor, enc, cfg.run.seed, progress, log)
+        curve = clip_train.train_clip(model, pairs, tokenizer, processor, enc, cfg.run.seed, progress, log, cleaned=cleaned)
         with _hf_progress(False):
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -350,6 +377,7 @@ def train_encoder(cfg: TunaConfig, progress: bool = True, log: Callable[[str], N
             "corpus_hash": pairs.corpus_sha256,
             "corpora": pairs.per_corpus,
             "pairs": len(pairs.captions),
+            "clean_captions": cleaning,
             "quarantined": {"count": len(pairs.quarantine), "kinds": pairs.quarantine.reasons()},
             "inputs": _inputs(cfg, world_manifest),
             "config": cfg.to_dict()["encoder"],
