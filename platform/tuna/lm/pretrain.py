@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tuna.schedule import warmup_cosine
 from tuna.config import LMConfig
 from tuna.errors import DataFormatError
 from tuna.formats import iter_text, load_llava
@@ -143,7 +144,7 @@ def pretrain(model: LlamaForCausalLM, docs: Sequence[list[int]], lm: LMConfig, s
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(_param_groups(model, lm.weight_decay), lr=lm.lr, betas=(0.9, 0.95), eps=1e-8)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+        opt, warmup_cosine(warmup, total))
     model.train()
     epoch_losses: list[float] = []
     first: float | None = None

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 from transformers import PreTrainedTokenizerFast
 
+from tuna.schedule import warmup_cosine
 from tuna.config import EncoderConfig, MineConfig
 from tuna.errors import ConfigError, CorruptSample, DataFormatError
 from tuna.formats import iter_web
@@ -253,7 +254,7 @@ def train_clip(model: CLIPModel, pairs: Pairs, tokenizer: PreTrainedTokenizerFas
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(_param_groups(model, enc.weight_decay), lr=enc.lr, betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
+        opt, warmup_cosine(warmup, total))
     model.train()
     epoch_losses: list[float] = []
     first: float | None = None

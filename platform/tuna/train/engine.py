@@ -129,16 +129,10 @@ def is_up_to_date(cfg: TunaConfig, variant: str, stage: int) -> bool:
 
 
 def lr_lambda(total: int, warmup: float) -> Callable[[int], float]:
-    """Linear warmup over ``warmup`` of ``total`` steps, then cosine decay to 0."""
-    warm = max(1, int(round(total * warmup))) if warmup > 0 else 0
+    """Linear warmup over ``warmup`` (a share) of ``total`` steps, then cosine decay to 0."""
+    from tuna.schedule import warmup_cosine
 
-    def f(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, total - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return f
+    return warmup_cosine(max(1, int(round(total * warmup))) if warmup > 0 else 0, total)
 
 
 class BatchPlan:
