@@ -125,6 +125,7 @@ class CorpusSizes:
 
     web: int = 12000
     web_b: int = 3000
+    clip_web: int = 0               # extra domain-A web pairs only the CLIP encoder trains on (its WIT-400M; 0 = none)
     alignment: int = 6000
     instruction: int = 4000
     pope_images: int = 100
@@ -137,7 +138,8 @@ class CorpusSizes:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             n = getattr(self, f.name)
-            _require(1 <= n <= 10_000_000, f.name, f"must be in 1..10000000 samples, got {n}")
+            low = 0 if f.name == "clip_web" else 1
+            _require(low <= n <= 10_000_000, f.name, f"must be in {low}..10000000 samples, got {n}")
 
 
 @dataclass(frozen=True)

@@ -231,3 +231,14 @@ def test_training_with_clean_captions_records_them_and_tracks_the_miner(trained:
     assert trained["manifest"]["inputs"]["encoder_config"] == before
     with pytest.raises(ConfigError, match="encoder.clean_captions"):
         load_config(SMOKE, ["encoder.clean_captions=2"])
+
+
+def test_training_reads_the_clip_only_crawl_when_the_world_has_one(tmp_path: Path) -> None:
+    from tuna.world.generate import generate_world
+
+    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}", "world.sizes.clip_web=120"])
+    world = generate_world(cfg, progress=False, log=_quiet)
+    manifest = train_encoder(cfg, progress=False, log=_quiet)
+    assert set(manifest["corpora"]) == {"web/A", "web/B", "web/clip"}
+    assert manifest["corpora"]["web/clip"]["samples"] == world["counts"]["web_clip"] == 120
+    assert manifest["pairs"] == sum(c["kept"] for c in manifest["corpora"].values())

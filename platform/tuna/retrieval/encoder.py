@@ -3,8 +3,9 @@
 The datastore keys are this encoder's image embeddings and the tag encoder reads its text embeddings,
 so everything downstream goes through :class:`ClipEncoder`, whichever checkpoint backs it:
 
-- locally, the tiny ``CLIPModel`` trained by :func:`train_encoder` on web A + web B (all fine
-  classes, the "400M pairs" of our world) and saved with ``save_pretrained`` to ``<data_dir>/encoder``;
+- locally, the tiny ``CLIPModel`` trained by :func:`train_encoder` on web A + web B and the world's
+  CLIP-only crawl ``web/clip`` (all fine classes, the "400M pairs" of our world) and saved with
+  ``save_pretrained`` to ``<data_dir>/encoder``;
 - on a cluster, ``openai/clip-vit-large-patch14-336`` (``model.vision_tower``), loaded the same way.
 
 :func:`evaluate_zero_shot` scores fine-class top-1 on the FINER ID, OOD and domain-B images with
@@ -278,6 +279,16 @@ def _config_fingerprint(enc: Any) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def web_corpora(wdir: Path) -> dict[str, Path]:
+    """The web corpora the encoder trains on: web A, web B and, when the world has one, the CLIP-only crawl."""
+    from tuna.world.generate import CLIP_WEB_DIR
+
+    folders = {"web/A": wdir / "web" / "A", "web/B": wdir / "web" / "B"}
+    if (wdir / CLIP_WEB_DIR).is_dir():
+        folders[CLIP_WEB_DIR] = wdir / CLIP_WEB_DIR
+    return folders
+
+
 def _inputs(cfg: TunaConfig, world_manifest: dict[str, Any]) -> dict[str, Any]:
     """Everything the trained weights depend on; equal inputs mean the saved encoder is up to date."""
     inputs = {"encoder_config": _config_fingerprint(cfg.encoder), "seed": cfg.run.seed,
@@ -315,7 +326,8 @@ def _count_params(module: torch.nn.Module) -> int:
 
 
 def train_encoder(cfg: TunaConfig, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train the tiny CLIP on web A + web B, evaluate it zero-shot, save it to ``<data_dir>/encoder``.
+    """Train the tiny CLIP on web A + web B (+ the world's CLIP-only crawl, ``world.sizes.clip_web``),
+    evaluate it zero-shot, save it to ``<data_dir>/encoder``.
 
     The folder holds the model, tokenizer and image processor (``save_pretrained``), ``manifest.json``
     (encoder hash, corpus hash, config, timings, loss curve), ``metrics.json`` and ``quarantine.jsonl``.
@@ -340,8 +352,7 @@ def train_encoder(cfg: TunaConfig, progress: bool = True, log: Callable[[str], N
     t0 = time.perf_counter()
     try:
         processor = clip_train.build_processor(cfg.world.image_size)
-        pairs = clip_train.load_pairs({"web/A": wdir / "web" / "A", "web/B": wdir / "web" / "B"}, processor,
-                                      cfg.mine.max_caption_chars, progress)
+        pairs = clip_train.load_pairs(web_corpora(wdir), processor, cfg.mine.max_caption_chars, progress)
         log(f"encoder data: {pairs.quarantine.summary(pairs.total, 'web pairs')}")
         cleaned: list[str | None] | None = None
         cleaning: dict[str, Any] = {"rate": enc.clean_captions}

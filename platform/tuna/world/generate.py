@@ -32,6 +32,7 @@ from tuna.world.scene import CORPUS_CODES, Scene, popularity, sample_rng, sample
 from tuna.world.taxonomy import COLOURS, FineClass, Taxonomy, build_taxonomies, dump_taxonomies
 
 GENERATOR_VERSION = "tuna.world/1"
+CLIP_WEB_DIR = "web/clip"  # world.sizes.clip_web: web pairs for CLIP pre-training only (not mined, not indexed)
 CORRUPTION_KINDS = ("truncated_image", "empty_caption", "non_utf8_caption", "oversized_caption")
 
 
@@ -124,6 +125,7 @@ def corpus_specs(cfg: TunaConfig) -> list[CorpusSpec]:
     specs = [
         CorpusSpec("web", s.web, "A", "web"),
         CorpusSpec("web_b", s.web_b, "B", "web"),
+        *([CorpusSpec("clip_web", s.clip_web, "A", "web")] if s.clip_web else []),
         CorpusSpec("alignment", s.alignment, "A_id", "clean"),
         CorpusSpec("instruction", s.instruction, "A_id", "instruct"),
         CorpusSpec("pope_id", s.pope_images, "A_id", "none", min_distinct=3),
@@ -270,7 +272,11 @@ def _write_corpora(cfg: TunaConfig, a: Taxonomy, b: Taxonomy, out: _Writer, prog
         corrupt = _write_web(runner, specs["web", "web"], "web/A", out, progress)
         _write_web(runner, specs["web_b", "web"], "web/B", out, progress)
         counts.update(web_A=cfg.world.sizes.web, web_B=cfg.world.sizes.web_b, web_A_corrupt=len(corrupt))
-        log(f"web corpora: {cfg.world.sizes.web} + {cfg.world.sizes.web_b} samples ({len(corrupt)} damaged on purpose) in {time.perf_counter() - t0:.1f}s")
+        if cfg.world.sizes.clip_web:  # CLIP's own, larger crawl (as WIT-400M next to a CC3M datastore): only `tuna encoder` reads it
+            _write_web(runner, specs["clip_web", "web"], CLIP_WEB_DIR, out, progress)
+            counts["web_clip"] = cfg.world.sizes.clip_web
+        log(f"web corpora: {cfg.world.sizes.web} + {cfg.world.sizes.web_b} samples ({len(corrupt)} damaged on purpose)"
+            + (f" + {cfg.world.sizes.clip_web} CLIP-only" if cfg.world.sizes.clip_web else "") + f" in {time.perf_counter() - t0:.1f}s")
 
         def collect(name: str, text: str) -> list[Sample]:
             spec = specs[name, text]
@@ -371,14 +377,18 @@ def is_up_to_date(cfg: TunaConfig) -> bool:
 
 # World knobs added after worlds were already generated, with the value that reproduces those worlds
 # byte for byte: at that value they are left out of the fingerprint, so existing worlds stay up to date.
-_LATER_KNOBS: dict[str, Any] = {"product_share": 0.0}
+_LATER_KNOBS: dict[str, Any] = {"product_share": 0.0, "sizes.clip_web": 0}
 
 
 def _fingerprint(cfg: TunaConfig) -> str:
     world = dataclasses.asdict(cfg.world)
     for knob, off in _LATER_KNOBS.items():
-        if world.get(knob) == off:
-            del world[knob]
+        *parents, leaf = knob.split(".")
+        section = world
+        for name in parents:
+            section = section[name]
+        if section.get(leaf) == off:
+            del section[leaf]
     digest = hashlib.sha256(json.dumps(world, sort_keys=True).encode()).hexdigest()[:16]  # = section_fingerprint
     return f"{digest}-seed{cfg.run.seed}"
 
