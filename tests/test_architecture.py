@@ -14,7 +14,10 @@ ENGINE_HOMES = {
     "milvus_lite": {"retrieval/store.py"},
     "mlflow": {"track.py"},
     "kfp": set(),          # components/ and pipelines/ only
-    "tritonclient": set(),  # lands with serving (serve/client.py)
+    # The gRPC client; configs.py reads only Triton's model-config protobuf schema (it never connects).
+    "tritonclient": {"serve/client.py", "serve/configs.py"},
+    "pytriton": {"serve/server.py"},                        # the bundled tritonserver binary
+    "triton_python_backend_utils": {"serve/python_backend.py"},  # inside Triton's python stub only
     "kubernetes": {"train/cluster.py"},
 }
 MODEL_FORBIDDEN = {"pymilvus", "kfp", "mlflow", "tritonclient", "milvus_lite", "deepspeed"}

@@ -20,12 +20,14 @@ def test_run_chain_tracks_every_step_and_skips_when_up_to_date(tmp_path: Path, c
 
     cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}"])
     first = run_all(cfg, progress=False, log=lambda s: None)
-    assert [r.name for r in first] == [s.name for s in steps()] == ["world", "encoder", "mine", "index", "lm", "train", "eval"]
+    assert [r.name for r in first] == [s.name for s in steps()] == ["world", "encoder", "mine", "index", "lm", "train", "eval",
+                                                                 "serve"]
     assert all(r.summary != "up to date" for r in first)
     for sub in ("world/manifest.json", "encoder/manifest.json", "tags/A/tags.parquet",
                 "datastores/A/manifest.json", "datastores/B/manifest.json", "datastores/A_captions/manifest.json",
                 "lm/manifest.json", "train/tuna/stage2/model/config.json", "train/baseline/stage2/model/config.json",
-                "eval/tuna/metrics.json", "eval/baseline/metrics.json", "eval/table.md"):
+                "eval/tuna/metrics.json", "eval/baseline/metrics.json", "eval/table.md",
+                "serve/tuna/model_repository/tuna/config.pbtxt", "serve/tuna/export.json"):
         assert (tmp_path / sub).exists(), sub
 
     client = MlflowClient(tracking_uri(cfg))
@@ -34,7 +36,7 @@ def test_run_chain_tracks_every_step_and_skips_when_up_to_date(tmp_path: Path, c
     parents = [r for r in runs if r.data.tags.get("tuna.kind") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = {r.data.tags["mlflow.runName"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
-    assert set(children) == {"world", "encoder", "mine", "index", "lm", "train", "eval", "train-tuna-stage1", "train-tuna-stage2",
+    assert set(children) == {"world", "encoder", "mine", "index", "lm", "train", "eval", "serve", "train-tuna-stage1", "train-tuna-stage2",
                              "train-baseline-stage1", "train-baseline-stage2"}  # ranks' runs nest under the pipeline
     assert children["world"].data.metrics["web_A"] == 300
     assert children["index"].data.metrics["A_rows"] == 292
@@ -44,9 +46,12 @@ def test_run_chain_tracks_every_step_and_skips_when_up_to_date(tmp_path: Path, c
     logged = {a.path for a in client.list_artifacts(children["eval"].info.run_id, "report")}
     assert {"report/report.md", "report/metrics.json", "report/headline.png"} <= logged
     assert "tuna_finer_ood_fine_em" in children["eval"].data.metrics
+    # The serve step asked the exported model one question through a real tritonserver over gRPC.
+    assert children["serve"].data.metrics["grpc_latency_ms"] > 0
+    assert "gRPC answer" in children["serve"].data.tags["tuna.summary"]
 
-    # Second run: nothing changed, so every step is skipped; the CLI prints the table.
+    # Second run: nothing changed, so every step is skipped but the live serving check; the CLI prints the table.
     assert main(["run", "--config", str(SMOKE), f"run.data_dir={tmp_path}", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert out.count("up to date") == len(steps())
+    assert out.count("up to date") == len(steps()) - 1 and "gRPC answer" in out
     assert "| tuna |" in out and out.rstrip().endswith(f"report: {tmp_path / 'eval' / 'report' / 'report.md'}")

@@ -13,6 +13,7 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from tuna import __version__
 from tuna.config import TunaConfig, load_config
@@ -209,6 +210,92 @@ def _ui_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: track.ui_port)")
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a trained variant as a Triton model repository (+ the TensorRT-LLM build kit with --trtllm)."""
+    from tuna.serve.export import export_repository
+
+    cfg = _config(args)
+    m = export_repository(cfg, args.variant, out=Path(args.out) if args.out else None, trtllm=args.trtllm)
+    root = Path(args.out) if args.out else cfg.data_dir / "serve" / m["variant"]
+    print(f"  repository: {root / m['repository']}  (serve it: tuna serve --config {args.config})")
+    if "trtllm" in m:
+        print(f"  GPU: {root / m['trtllm']['repository']} + {root / m['trtllm']['build']} (engine at {m['trtllm']['engine_dir']})")
+    return 0
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", default=None, help="trained variant to export (default: serve.variant)")
+    p.add_argument("--trtllm", action="store_true", help="also write the GPU repository (tensorrtllm backend) and trtllm-build kit")
+    p.add_argument("--out", default=None, metavar="DIR", help="export folder (default: <data_dir>/serve/<variant>)")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the exported repository with the local tritonserver until Ctrl-C or SIGTERM."""
+    import signal
+    import threading
+
+    from tuna.serve.local import start_server
+
+    cfg = _config(args)
+    server = start_server(cfg, args.variant, free_ports=args.free_ports)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(f"ask it:  tuna ask --config {args.config} --url {server.grpc_url} --image <png> \"What is in the image?\"")
+    print("stop it: Ctrl-C (or SIGTERM)", flush=True)
+    try:
+        while not stop.wait(1.0):
+            if server.process is not None and server.process.poll() is not None:
+                raise TunaError(f"tritonserver exited with code {server.process.returncode}: {server.log_tail()}")
+    finally:
+        code = server.stop()
+    print(f"tritonserver stopped (exit code {code})")
+    return 0
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", default=None, help="trained variant to serve (default: serve.variant)")
+    p.add_argument("--free-ports", action="store_true", help="bind free ports instead of serve.grpc_port/http_port/metrics_port")
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    """Ask the served model one question about one image over gRPC; print the answer and its provenance."""
+    from tuna.serve.client import TunaClient
+
+    cfg = _config(args)
+    path = Path(args.image)
+    if not path.is_file():
+        raise TunaError(f"--image {args.image!r}: no such file; give a PNG or JPEG path")
+    url = args.url or f"{cfg.serve.host}:{cfg.serve.grpc_port}"
+    client = TunaClient(url, timeout=args.timeout)
+    reply = client.ask(path.read_bytes(), args.question, args.max_tokens or cfg.serve.default_max_tokens,
+                       datastore=args.datastore, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
+    if args.json:
+        print(json.dumps({"answer": reply.text, "provenance": reply.provenance}, indent=1))
+        return 0
+    print(reply.text)
+    prov = reply.provenance
+    if prov.get("tags"):
+        print(f"  datastore {prov['datastore']} (version {prov['datastore_version']}); tags (score, tuner weight):")
+        for tag, score, weight in zip(prov["tags"], prov["scores"], prov["weights"]):
+            print(f"    {tag:<28} {score:7.3f}  {weight:6.3f}")
+    print(f"  model {prov['model']['name']} {prov['model']['variant']} ({prov['model']['digest']})")
+    return 0
+
+
+def _ask_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("question", help="the question, e.g. \"What is in the image?\"")
+    p.add_argument("--image", required=True, help="PNG or JPEG file")
+    p.add_argument("--url", default=None, help="Triton gRPC host:port (default: serve.host:serve.grpc_port)")
+    p.add_argument("--datastore", default=None, help="datastore to retrieve tags from (A, B, ...; default: the server's)")
+    p.add_argument("--max-tokens", type=int, default=None, help="new tokens at most (default: serve.default_max_tokens)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0: greedy)")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest tokens")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
+    p.add_argument("--json", action="store_true", help="print answer and provenance as JSON")
+
+
 def _print_counts(counts: dict[str, int]) -> None:
     width = max(len(k) for k in counts)
     for key, value in counts.items():
@@ -236,6 +323,9 @@ VERBS: dict[str, Verb] = {
     "train": Verb("train stage 1 and/or 2 with DeepSpeed ZeRO (local ranks, or a TrainJob/PyTorchJob on a cluster)", cmd_train, _train_args),
     "eval": Verb("evaluate trained variants: POPE, FINER EM, MME, CHAIR and the datastore swap; print the table", cmd_eval, _eval_args),
     "run": Verb("run the whole pipeline built so far on a recipe (the README's main command)", cmd_run, _run_args),
+    "export": Verb("export a trained variant as a Triton model repository (ensemble tuna; --trtllm adds the GPU kit)", cmd_export, _export_args),
+    "serve": Verb("serve the exported model with the local tritonserver (gRPC, HTTP, metrics) until Ctrl-C", cmd_serve, _serve_args),
+    "ask": Verb("ask the served model a question about an image over gRPC; print answer and provenance", cmd_ask, _ask_args),
     "ui": Verb("browse the local MLflow store (runs, metrics, models) with mlflow ui on 127.0.0.1", cmd_ui, _ui_args),
 }
 
@@ -246,16 +336,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
     for name, verb in VERBS.items():
         p = sub.add_parser(name, help=verb.help, description=verb.help)
+        if verb.add_args:  # first: a verb's own positional (ask's question) comes before the overrides
+            verb.add_args(p)
         p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE", help=f"YAML recipe (default: {DEFAULT_CONFIG})")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override recipe keys, e.g. world.sizes.web=500")
-        if verb.add_args:
-            verb.add_args(p)
         p.set_defaults(func=verb.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # key=value overrides may come anywhere (argparse alone takes positionals only in one run).
+    args, extra = parser.parse_known_args(argv)
+    bad = [x for x in extra if x.startswith("-") or "=" not in x]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = [*getattr(args, "overrides", []), *extra]
     try:
         return args.func(args)
     except TunaError as err:

@@ -531,6 +531,44 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """Serving (`tuna export`, `tuna serve`, `tuna ask`): the Triton model repository and the local server."""
+
+    variant: str = "tuna"               # trained variant exported (data/<run>/train/<variant>/stage2/model)
+    host: str = "127.0.0.1"             # address the local tritonserver binds (never 0.0.0.0 on a dev machine)
+    grpc_port: int = 8001               # gRPC port (0 = a free port)
+    http_port: int = 8000               # HTTP port: health, metadata (0 = a free port)
+    metrics_port: int = 8002            # Prometheus metrics port (0 = a free port)
+    max_batch_size: int = 8             # per model: requests Triton may batch into one execute()
+    queue_delay_us: int = 2000          # dynamic batching: longest wait to fill a batch (microseconds)
+    instances: int = 1                  # CPU instances of the preprocessing, LLM and postprocessing models
+    datastore: str | None = None        # default datastore when a request names none (null = the model's domain A source)
+    default_max_tokens: int = 32        # max_tokens used by `tuna ask` when not given
+    max_tokens_limit: int = 256         # requests asking for more new tokens are refused
+    max_image_bytes: int = 16_777_216   # encoded image size limit (16 MiB): larger requests are refused
+    max_text_chars: int = 2000          # question length limit (characters)
+    ready_timeout: int = 180            # seconds `tuna serve` waits for every model to load
+    question: str = "What is in the image?"  # what `tuna run` asks the served model
+
+    def __post_init__(self) -> None:
+        variants = ("tuna", "baseline", "captions", "random", "tuner_off")
+        _require(self.variant in variants, "variant", f"must be one of {', '.join(variants)}; got {self.variant!r}")
+        for name in ("grpc_port", "http_port", "metrics_port"):
+            v = getattr(self, name)
+            _require(v == 0 or 1024 <= v <= 65535, name, f"must be 0 (free port) or 1024..65535, got {v}")
+        _require(1 <= self.max_batch_size <= 1024, "max_batch_size", f"must be in 1..1024, got {self.max_batch_size}")
+        _require(0 <= self.queue_delay_us <= 10_000_000, "queue_delay_us", f"must be in 0..10000000, got {self.queue_delay_us}")
+        _require(1 <= self.instances <= 64, "instances", f"must be in 1..64, got {self.instances}")
+        _require(1 <= self.max_tokens_limit <= 100_000, "max_tokens_limit", f"must be in 1..100000, got {self.max_tokens_limit}")
+        _require(1 <= self.default_max_tokens <= self.max_tokens_limit, "default_max_tokens",
+                 f"must be in 1..max_tokens_limit ({self.max_tokens_limit}), got {self.default_max_tokens}")
+        _require(1024 <= self.max_image_bytes <= 1 << 30, "max_image_bytes", f"must be in 1024..1073741824, got {self.max_image_bytes}")
+        _require(1 <= self.max_text_chars <= 1_000_000, "max_text_chars", f"must be in 1..1000000, got {self.max_text_chars}")
+        _require(1 <= self.ready_timeout <= 3600, "ready_timeout", f"must be in 1..3600 seconds, got {self.ready_timeout}")
+        _require(bool(self.question.strip()), "question", "must be a non-empty question")
+
+
+@dataclass(frozen=True)
 class TunaConfig:
     """A whole recipe."""
 
@@ -545,6 +583,7 @@ class TunaConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     @property
     def data_dir(self) -> Path:

@@ -64,6 +64,11 @@ class Predictor:
         self.system = system
         self.path = str(folder)
 
+    def silent_ids(self) -> list[int]:
+        """Special token ids an answer never holds: ``<s>``, ``<unk>`` and padding (not the end token)."""
+        t = self.tokenizer
+        return sorted({i for i in (t.bos_token_id, t.unk_token_id, t.pad_token_id) if i is not None and i != t.eos_token_id})
+
     def _left_pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         length = max(len(r) for r in rows)
         ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -76,9 +81,12 @@ class Predictor:
     @torch.inference_mode()
     def answer(self, images: Sequence[Image.Image], conversations: Sequence[Sequence[tuple[str, str]]],
                questions: Sequence[str], tags: Sequence[Sequence[str]] | None = None, max_new_tokens: int = 24,
-               temperature: float = 0.0, top_k: int = 0, seed: int | None = None) -> list[Answer]:
+               temperature: float = 0.0, top_k: int = 0, seed: int | None = None,
+               min_new_tokens: int = 0) -> list[Answer]:
         """One answer per image: ``questions[i]`` asked after the earlier turns ``conversations[i]``
-        ([(question, answer), ...], empty for a first question), with ``tags[i]`` (ranked) attached."""
+        ([(question, answer), ...], empty for a first question), with ``tags[i]`` (ranked) attached.
+        ``min_new_tokens`` > 0 keeps the end token away that long and never emits the other special tokens
+        (``<s>``, ``<unk>``, padding): what serving does, so an answer is never empty."""
         n = len(images)
         if not (len(conversations) == len(questions) == n) or (tags is not None and len(tags) != n):
             raise ValueError(f"answer() needs one conversation, question and tag list per image; got {n} images, "
@@ -94,6 +102,8 @@ class Predictor:
             kwargs.update(self.collator.tag_tensors(tag_lists))
         gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id,
                                "eos_token_id": self.tokenizer.eos_token_id}
+        if min_new_tokens > 0:
+            gen.update(min_new_tokens=min_new_tokens, suppress_tokens=self.silent_ids())
         if temperature > 0:
             if seed is not None:
                 torch.manual_seed(seed)

@@ -174,6 +174,21 @@ def _eval_up_to_date(cfg: TunaConfig, names: tuple[str, ...] = TRAINED_VARIANTS)
     return all(is_up_to_date(cfg, v) for v in names) and report.is_up_to_date(cfg, names)
 
 
+def _serve(cfg: TunaConfig, progress: bool) -> Outcome:
+    """Export the TUNA model, serve it with tritonserver, ask one question over gRPC, stop."""
+    from tuna.serve.local import demo
+
+    out = demo(cfg)
+    prov = out["provenance"]
+    tags = ", ".join(prov.get("tags", [])[:3])
+    return (f"gRPC answer {out['answer']!r} (datastore {prov.get('datastore')}: {tags}...) in {out['latency_s'] * 1000:.0f} ms",
+            {"grpc_latency_ms": out["latency_s"] * 1000})
+
+
+def _never(cfg: TunaConfig) -> bool:
+    return False
+
+
 def steps(cfg: TunaConfig | None = None, ablations: bool = False) -> list[Step]:
     """The chain, in order (with ``ablations``, train and eval cover every ``eval.ablations`` variant)."""
     names = variants(cfg, ablations) if cfg is not None else TRAINED_VARIANTS
@@ -185,6 +200,7 @@ def steps(cfg: TunaConfig | None = None, ablations: bool = False) -> list[Step]:
         Step("lm", _lm_up_to_date, _lm),
         Step("train", partial(_train_up_to_date, names=names), partial(_train, names=names)),
         Step("eval", partial(_eval_up_to_date, names=names), partial(_eval, names=names), with_run=True),
+        Step("serve", _never, _serve),  # a live check of the served model: always runs (~10 s)
     ]
 
 

@@ -1,0 +1,119 @@
+"""gRPC client of the served ensemble (the one module that imports tritonclient's gRPC API).
+
+:func:`ask` sends one question about one image to the ``tuna`` model and returns the answer with its
+provenance (retrieved tags, scores, tuner weights, datastore version). Server-side refusals come back as
+:class:`RequestRefused` carrying the gRPC status (INVALID_ARGUMENT, UNAVAILABLE, ...) and Triton's message.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tuna.errors import TunaError
+
+
+class RequestRefused(TunaError):
+    """The server answered the request with an error status."""
+
+    def __init__(self, status: str, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class ServerUnreachable(TunaError, ConnectionError):
+    """No Triton server answers at the URL."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    provenance: dict[str, Any]
+
+
+def _bytes_input(grpc: Any, name: str, value: bytes) -> Any:
+    t = grpc.InferInput(name, [1, 1], "BYTES")
+    t.set_data_from_numpy(np.array([[value]], dtype=object))
+    return t
+
+
+def _scalar(grpc: Any, name: str, value: Any, dtype: str, np_dtype: Any) -> Any:
+    t = grpc.InferInput(name, [1, 1], dtype)
+    t.set_data_from_numpy(np.array([[value]], dtype=np_dtype))
+    return t
+
+
+def build_inputs(image: bytes, question: str, max_tokens: int, datastore: str | None = None,
+                 temperature: float | None = None, top_k: int | None = None, seed: int | None = None) -> list[Any]:
+    """The ensemble's input tensors for one request (optional ones only when given)."""
+    import tritonclient.grpc as grpc
+
+    inputs = [_bytes_input(grpc, "text_input", question.encode("utf-8")),
+              _bytes_input(grpc, "image_bytes_input", image),
+              _scalar(grpc, "max_tokens", max_tokens, "INT32", np.int32)]
+    if datastore is not None:
+        inputs.append(_bytes_input(grpc, "datastore", datastore.encode("utf-8")))
+    if temperature is not None:
+        inputs.append(_scalar(grpc, "temperature", temperature, "FP32", np.float32))
+    if top_k is not None:
+        inputs.append(_scalar(grpc, "top_k", top_k, "INT32", np.int32))
+    if seed is not None:
+        inputs.append(_scalar(grpc, "seed", seed, "UINT64", np.uint64))
+    return inputs
+
+
+class TunaClient:
+    """A gRPC connection to a Triton serving the ``tuna`` ensemble."""
+
+    def __init__(self, url: str, model: str = "tuna", timeout: float = 60.0) -> None:
+        import tritonclient.grpc as grpc
+
+        self.url, self.model, self.timeout = url, model, timeout
+        try:
+            self._client = grpc.InferenceServerClient(url)
+        except Exception as err:  # noqa: BLE001 - a malformed URL
+            raise ServerUnreachable(f"cannot connect to Triton at {url!r} ({err}); give host:port of the gRPC endpoint") from None
+
+    def ready(self) -> bool:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return bool(self._client.is_model_ready(self.model))
+        except InferenceServerException:
+            return False
+
+    def infer(self, inputs: list[Any]) -> Reply:
+        """Send prepared input tensors; returns the reply or raises RequestRefused / ServerUnreachable."""
+        import tritonclient.grpc as grpc
+        from tritonclient.utils import InferenceServerException
+
+        outputs = [grpc.InferRequestedOutput("text_output"), grpc.InferRequestedOutput("provenance")]
+        try:
+            result = self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout)
+        except InferenceServerException as err:
+            status = str(err.status() or "UNKNOWN").replace("StatusCode.", "")
+            message = " ".join(str(err.message() or err).split())
+            transport = any(m in message.lower() for m in ("failed to connect", "connection refused", "socket closed",
+                                                              "dns resolution failed", "connection reset"))
+            if status == "UNAVAILABLE" and transport and not message.startswith("in ensemble"):
+                raise ServerUnreachable(f"no Triton server answers at {self.url} ({message}); start one with "
+                                        f"`tuna serve --config <recipe>`") from None
+            raise RequestRefused(status, message) from None
+        text = result.as_numpy("text_output").reshape(-1)[0]
+        prov = result.as_numpy("provenance").reshape(-1)[0]
+        return Reply(text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text),
+                     json.loads(prov.decode("utf-8") if isinstance(prov, bytes) else prov))
+
+    def ask(self, image: bytes, question: str, max_tokens: int = 32, datastore: str | None = None,
+            temperature: float | None = None, top_k: int | None = None, seed: int | None = None) -> Reply:
+        return self.infer(build_inputs(image, question, max_tokens, datastore, temperature, top_k, seed))
+
+    def close(self) -> None:
+        self._client.close()
+
+
+__all__ = ["Reply", "RequestRefused", "ServerUnreachable", "TunaClient", "build_inputs"]

@@ -1,0 +1,262 @@
+"""`tuna export`: a trained model folder -> a Triton model repository (and the TensorRT-LLM build kit).
+
+Layout (``<data_dir>/serve/<variant>/``)::
+
+    model_repository/            what `tuna serve` and the Helm chart's init container load
+      tuna/config.pbtxt          the ensemble (public inputs/outputs)
+      preprocessing/             python: image bytes -> pixels, question -> prompt ids
+      retrieval/                 python: CLIP -> Milvus -> tag encoder + tuner -> prompt table + provenance
+      tensorrt_llm/              python on CPU: the LM on the prompt table (TensorRT-LLM's tensor names)
+      postprocessing/            python: token ids -> text, provenance passed on
+    trtllm/                      with --trtllm: the GPU variant of the repository and the engine build kit
+    export.json                  what was exported: variant, model digest, datastore versions, file digests
+
+Exports are deterministic: the same model and recipe give byte-identical repositories.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuna.config import TunaConfig
+from tuna.errors import TunaError
+from tuna.serve import configs
+from tuna.serve.steps import SERVING_FILE
+
+EXPORT_VERSION = "tuna.serve/1"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
+BACKEND_CLASSES = {
+    "preprocessing": "PreprocessingModel", "retrieval": "RetrievalModel",
+    "tensorrt_llm": "LLMModel", "postprocessing": "PostprocessingModel",
+}
+
+
+class ExportError(TunaError):
+    """The model or datastores to export are missing or do not fit together."""
+
+
+def model_folder(cfg: TunaConfig, variant: str | None = None) -> Path:
+    """The stage-2 model folder `tuna train` wrote for ``variant`` (default: serve.variant)."""
+    return cfg.data_dir / "train" / (variant or cfg.serve.variant) / "stage2" / "model"
+
+
+def export_dir(cfg: TunaConfig, variant: str | None = None) -> Path:
+    return cfg.data_dir / "serve" / (variant or cfg.serve.variant)
+
+
+def repository_dir(cfg: TunaConfig, variant: str | None = None) -> Path:
+    return export_dir(cfg, variant) / "model_repository"
+
+
+def _digest_tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _datastores(cfg: TunaConfig, tag_mode: str, clip_dim: int) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """The datastores a request may pick (name -> version info) and the default one."""
+    from tuna.retrieval.attach import _datastore_fingerprint, source_of
+    from tuna.retrieval.datastore import DATASTORES, read_manifest
+
+    if tag_mode == "none":
+        return {}, None
+    default = cfg.serve.datastore or source_of(tag_mode, "A")
+    wanted = [default] + [n for n in (("A", "B") if tag_mode != "captions" else ("A_captions",)) if n != default]
+    found: dict[str, dict[str, Any]] = {}
+    for name in wanted:
+        if name not in DATASTORES:
+            raise ExportError(f"serve.datastore: unknown datastore {name!r}; known: {', '.join(DATASTORES)}")
+        manifest = read_manifest(cfg, name)
+        if manifest is None:
+            if name == default:
+                raise ExportError(f"datastore {name!r} is not built under {cfg.data_dir / 'datastores' / name}; "
+                                  f"run `tuna index --config <recipe>` first")
+            continue
+        dim = int(manifest["encoder"]["dim"])
+        if dim != clip_dim:
+            raise ExportError(f"datastore {name!r} holds {dim}-d keys but the model's CLIP embeds in {clip_dim}-d: the "
+                              f"model and datastore come from different encoders; rebuild with `tuna index --rebuild`")
+        found[name] = {"version": _datastore_fingerprint(cfg, name), "rows": manifest["rows"],
+                       "values": manifest["values"], "collection": manifest["collection"]}
+    return found, default
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def _copy_files(src: Path, dst: Path, names: tuple[str, ...]) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, dst / name)
+
+
+def _recipe(cfg: TunaConfig) -> str:
+    data = cfg.to_dict()
+    data["run"]["data_dir"] = str(cfg.data_dir.resolve())
+    data["index"]["retries"] = min(cfg.index.retries, 1)          # a request fails fast when Milvus is down
+    data["index"]["backoff_seconds"] = min(cfg.index.backoff_seconds, 0.2)
+    return yaml.safe_dump(data, sort_keys=True)
+
+
+def _repository(cfg: TunaConfig, model_dir: Path, root: Path, lm_dir: Path, settings: dict[str, Any],
+                trtllm_engine: str | None) -> dict[str, Any]:
+    """Write one repository under ``root``: python steps everywhere, or the tensorrtllm backend for the LLM."""
+    s = cfg.serve
+    batching = configs.Batching(s.max_batch_size, s.queue_delay_us, s.instances)
+    table = "TYPE_FP16" if trtllm_engine else "TYPE_FP32"
+    models = {
+        configs.ENSEMBLE: configs.ensemble(batching),
+        "preprocessing": configs.preprocessing(batching),
+        # Milvus Lite folders are locked to one process: one retrieval instance unless Milvus is a server.
+        "retrieval": configs.retrieval(batching, table, s.instances if cfg.index.uri else 1),
+        "tensorrt_llm": (configs.llm_trtllm(batching, table, trtllm_engine) if trtllm_engine
+                         else configs.llm_python(batching, table)),
+        "postprocessing": configs.postprocessing(batching),
+    }
+    problems = configs.check_wiring(models)
+    if problems:
+        raise ExportError("the ensemble is miswired: " + "; ".join(problems))  # a bug here, never user input
+    for name, model in models.items():
+        _write(root / name / "config.pbtxt", configs.to_text(model))
+        (root / name / "1").mkdir(parents=True, exist_ok=True)
+    for step, cls in BACKEND_CLASSES.items():
+        if step == "tensorrt_llm" and trtllm_engine:
+            continue
+        _write(root / step / "1" / "model.py",
+               f'"""Triton python model `{step}` of the TUNA ensemble (written by `tuna export`)."""\n\n'
+               f"from tuna.serve.python_backend import {cls} as TritonPythonModel  # noqa: F401\n")
+    pre = root / "preprocessing" / "1" / "assets"
+    _copy_files(model_dir, pre, TOKENIZER_FILES + ("preprocessor_config.json",))
+    _write(pre / SERVING_FILE, json.dumps(settings["preprocessing"], indent=1, sort_keys=True))
+    ret = root / "retrieval" / "1" / "assets"
+    shutil.copytree(model_dir, ret / "model", dirs_exist_ok=True)
+    _write(ret / "recipe.yaml", _recipe(cfg))
+    _write(ret / SERVING_FILE, json.dumps(settings["retrieval"], indent=1, sort_keys=True))
+    if not trtllm_engine:
+        shutil.copytree(lm_dir, root / "tensorrt_llm" / "1" / "assets", dirs_exist_ok=True)
+        _write(root / "tensorrt_llm" / "1" / "assets" / SERVING_FILE, json.dumps(settings["tensorrt_llm"], indent=1, sort_keys=True))
+    _copy_files(model_dir, root / "postprocessing" / "1" / "assets", TOKENIZER_FILES)
+    return {name: configs.to_text(m) for name, m in models.items()}
+
+
+def _trtllm_kit(kit: Path, lm_dir: Path, lm_config: dict[str, Any], max_batch_size: int, max_table_rows: int) -> None:
+    """The commands and configs that turn the exported LM into a TensorRT-LLM engine on a GPU node."""
+    dtype = "bfloat16"
+    build = {
+        "checkpoint_dir": "/work/trtllm/checkpoint", "output_dir": "/work/trtllm/engine",
+        "max_batch_size": max_batch_size, "max_input_len": int(lm_config.get("max_position_embeddings", 2048)),
+        "max_seq_len": int(lm_config.get("max_position_embeddings", 2048)),
+        "max_prompt_embedding_table_size": max_batch_size * max_table_rows,
+        "gemm_plugin": dtype, "gpt_attention_plugin": dtype, "remove_input_padding": "enable",
+        "paged_kv_cache": "enable", "context_fmha": "enable",
+    }
+    _write(kit / "build_config.json", json.dumps(build, indent=1, sort_keys=True))
+    flags = " \\\n  ".join(f"--{k} {v}" for k, v in sorted(build.items()) if k not in ("checkpoint_dir", "output_dir"))
+    script = f"""#!/usr/bin/env bash
+# Build the TensorRT-LLM engine of the exported LM (run inside nvcr.io/nvidia/tritonserver:<ver>-trtllm-python-py3
+# on a GPU node, from this folder). The LM is a Hugging Face {lm_config.get('model_type', 'llama')} checkpoint in ./hf_lm.
+set -euo pipefail
+TRTLLM_EXAMPLES=${{TRTLLM_EXAMPLES:-/app/tensorrt_llm/examples}}
+python "$TRTLLM_EXAMPLES/models/core/llama/convert_checkpoint.py" \\
+  --model_dir ./hf_lm --output_dir /work/trtllm/checkpoint --dtype {dtype} --tp_size ${{TP_SIZE:-1}}
+trtllm-build --checkpoint_dir /work/trtllm/checkpoint --output_dir /work/trtllm/engine \\
+  {flags}
+# Serve: copy the engine to the path the repository's tensorrt_llm/config.pbtxt names (gpt_model_path).
+"""
+    _write(kit / "build.sh", script)
+    (kit / "build.sh").chmod(0o755)
+    shutil.copytree(lm_dir, kit / "hf_lm", dirs_exist_ok=True)
+
+
+def export_repository(cfg: TunaConfig, variant: str | None = None, out: Path | None = None, trtllm: bool = False,
+                      log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export ``variant``'s stage-2 model as a Triton model repository; returns the export manifest."""
+    import torch
+
+    from tuna.model import TunaForConditionalGeneration
+    from tuna.train.engine import VARIANTS
+
+    variant = variant or cfg.serve.variant
+    if variant not in VARIANTS:
+        raise ExportError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    model_dir = model_folder(cfg, variant)
+    if not (model_dir / "config.json").is_file():
+        raise ExportError(f"no trained model at {model_dir}; run `tuna train --variant {variant}` first")
+    target = out or export_dir(cfg, variant)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    torch.set_num_threads(1)
+    model = TunaForConditionalGeneration.from_pretrained(str(model_dir)).eval()
+    mc = model.config
+    datastores, default = _datastores(cfg, mc.tag_mode, int(mc.clip_config.projection_dim))
+    lm_dir = tmp / "lm"
+    model.language_model.save_pretrained(str(lm_dir))
+    model_digest = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:16]
+    model_info = {"name": cfg.track.registered_model, "variant": variant, "digest": model_digest, "tag_mode": mc.tag_mode}
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    silent = sorted({i for i in (tok.bos_token_id, tok.unk_token_id, tok.pad_token_id) if i is not None and i != tok.eos_token_id})
+    settings = {
+        "tensorrt_llm": {"silent_token_ids": silent},
+        "preprocessing": {"system_prompt": cfg.train.system_prompt, "max_tokens_limit": cfg.serve.max_tokens_limit,
+                          "max_image_bytes": cfg.serve.max_image_bytes, "max_text_chars": cfg.serve.max_text_chars},
+        "retrieval": {"system_prompt": cfg.train.system_prompt, "recipe": "recipe.yaml", "default_datastore": default,
+                      "datastores": datastores, "uses_tags": mc.tag_mode != "none", "model": model_info},
+    }
+    repo = tmp / "model_repository"
+    texts = _repository(cfg, model_dir, repo, lm_dir, settings, None)
+    manifest: dict[str, Any] = {
+        "export": EXPORT_VERSION, "variant": variant, "model": model_info, "model_dir": str(model_dir),
+        "datastores": datastores, "default_datastore": default, "ensemble": configs.ENSEMBLE,
+        "repository": "model_repository", "configs": sorted(texts),
+    }
+    if trtllm:
+        kit = tmp / "trtllm"
+        engine = "/engines/tuna"
+        _repository(cfg, model_dir, kit / "model_repository", lm_dir, settings, engine)
+        rows = int(mc.clip_config.vision_config.image_size // mc.clip_config.vision_config.patch_size) ** 2
+        rows += mc.num_tags * (1 + int(mc.max_tag_tokens))
+        _trtllm_kit(kit, lm_dir, mc.text_config.to_dict(), cfg.serve.max_batch_size, rows)
+        manifest["trtllm"] = {"repository": "trtllm/model_repository", "build": "trtllm/build.sh", "engine_dir": engine}
+    shutil.rmtree(lm_dir)
+    manifest["files"] = _digest_tree(tmp)
+    _write(tmp / "export.json", json.dumps(manifest, indent=1, sort_keys=True))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    n = len(manifest["files"])
+    log(f"exported {variant} ({model_digest}) -> {target / 'model_repository'} ({n} files; datastores "
+        f"{', '.join(datastores) or 'none'}, default {default}){' + trtllm kit' if trtllm else ''}")
+    return manifest
+
+
+
+
+
+def is_up_to_date(cfg: TunaConfig, variant: str | None = None) -> bool:
+    """True when the exported repository holds the current model and datastore versions."""
+    variant = variant or cfg.serve.variant
+    try:
+        manifest = json.loads((export_dir(cfg, variant) / "export.json").read_text(encoding="utf-8"))
+        digest = hashlib.sha256((model_folder(cfg, variant) / "model.safetensors").read_bytes()).hexdigest()[:16]
+    except (OSError, ValueError):
+        return False
+    if manifest.get("export") != EXPORT_VERSION or manifest["model"]["digest"] != digest:
+        return False
+    from tuna.retrieval.attach import _datastore_fingerprint
+
+    try:
+        return all(_datastore_fingerprint(cfg, name) == info["version"] for name, info in manifest["datastores"].items())
+    except TunaError:
+        return False
+__all__ = ["ExportError", "export_dir", "export_repository", "is_up_to_date", "model_folder", "repository_dir"]

@@ -1,0 +1,221 @@
+"""Triton python-backend models of the ensemble: tensors in, :mod:`tuna.serve.steps` called, tensors out.
+
+Each exported ``<step>/1/model.py`` is one line that names a class here as ``TritonPythonModel``; the
+classes run only inside Triton's python-backend stub (``triton_python_backend_utils`` is imported there).
+Per request: a problem it caused becomes that request's error (INVALID_ARGUMENT naming the field, or
+UNAVAILABLE naming the Milvus URI) and the rest of the batch is still answered; anything unexpected is an
+INTERNAL error for that request. The model never raises out of ``execute``, so the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuna.errors import DatastoreUnavailable, InvalidRequest, TunaError
+
+
+def _pb() -> Any:
+    import triton_python_backend_utils as pb_utils  # only inside tritonserver's python stub
+
+    return pb_utils
+
+
+def _assets(args: dict[str, Any]) -> Path:
+    return Path(args["model_repository"]) / args["model_version"] / "assets"
+
+
+def _error(err: BaseException) -> Any:
+    pb = _pb()
+    if isinstance(err, InvalidRequest):
+        return pb.TritonError(str(err), pb.TritonError.INVALID_ARG)
+    if isinstance(err, DatastoreUnavailable):
+        return pb.TritonError(str(err), pb.TritonError.UNAVAILABLE)
+    if isinstance(err, TunaError):
+        return pb.TritonError(str(err), pb.TritonError.INVALID_ARG)
+    return pb.TritonError(f"internal error: {type(err).__name__}: {err}", pb.TritonError.INTERNAL)
+
+
+def _one(request: Any, name: str, required: bool = True) -> Any:
+    """The single value of input ``name`` of a one-row request (None for an absent optional input)."""
+    tensor = _pb().get_input_tensor_by_name(request, name)
+    if tensor is None:
+        if required:
+            raise InvalidRequest(f"{name}: missing; it is a required input")
+        return None
+    arr = tensor.as_numpy()
+    if arr.shape[0] != 1 or arr.size != 1:
+        raise InvalidRequest(f"{name}: shape {list(arr.shape)}; send one value per request ([1, 1]): Triton batches "
+                             f"concurrent requests itself")
+    return arr.reshape(-1)[0]
+
+
+def _row(request: Any, name: str) -> np.ndarray:
+    """Input ``name`` of a one-row request without its batch dimension."""
+    tensor = _pb().get_input_tensor_by_name(request, name)
+    if tensor is None:
+        raise InvalidRequest(f"{name}: missing; it is a required input")
+    arr = tensor.as_numpy()
+    if arr.shape[0] != 1:
+        raise InvalidRequest(f"{name}: batch of {arr.shape[0]} in one request; send one row per request")
+    return arr[0]
+
+
+def _tensor(name: str, value: np.ndarray) -> Any:
+    return _pb().Tensor(name, value)
+
+
+def _log(message: str) -> None:
+    try:
+        _pb().Logger.log_warn(message)
+    except Exception:  # noqa: BLE001 - logging must never fail a request
+        pass
+
+
+class _Step:
+    """Shared ``execute``: per-request parsing with per-request errors, then one batched call."""
+
+    def parse(self, request: Any) -> Any:
+        raise NotImplementedError
+
+    def run(self, items: list[Any]) -> list[list[Any]]:
+        raise NotImplementedError
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        pb = _pb()
+        responses: list[Any] = [None] * len(requests)
+        items, where = [], []
+        for i, request in enumerate(requests):
+            try:
+                items.append(self.parse(request))
+                where.append(i)
+            except Exception as err:  # noqa: BLE001 - the request's own error
+                responses[i] = pb.InferenceResponse(error=_error(err))
+        if items:
+            try:
+                outputs = self.run(items)
+                for i, tensors in zip(where, outputs):
+                    responses[i] = (pb.InferenceResponse(error=_error(tensors)) if isinstance(tensors, BaseException)
+                                    else pb.InferenceResponse(output_tensors=tensors))
+            except Exception as err:  # noqa: BLE001 - a batch-level failure answers each request
+                if not isinstance(err, TunaError):
+                    _log(traceback.format_exc())
+                for i in where:
+                    responses[i] = pb.InferenceResponse(error=_error(err))
+        return responses
+
+
+class PreprocessingModel(_Step):
+    def initialize(self, args: dict[str, Any]) -> None:
+        from tuna.serve.steps import Preprocessor
+
+        self.step = Preprocessor(_assets(args))
+
+    def parse(self, request: Any) -> Any:
+        text = _one(request, "QUERY")
+        image = _one(request, "IMAGE_BYTES")
+        if not isinstance(image, (bytes, np.bytes_)):
+            raise InvalidRequest("image_bytes_input: must be BYTES holding a PNG or JPEG file")
+        return self.step(bytes(text) if isinstance(text, (bytes, np.bytes_)) else str(text), bytes(image),
+                         int(_one(request, "REQUEST_OUTPUT_LEN")))
+
+    def run(self, items: list[Any]) -> list[list[Any]]:
+        return [[_tensor("INPUT_ID", p.input_ids[None]), _tensor("PIXEL_VALUES", p.pixel_values[None]),
+                 _tensor("REQUEST_OUTPUT_LEN", np.array([[p.request_output_len]], np.int32)),
+                 _tensor("OUT_END_ID", np.array([[p.end_id]], np.int32)),
+                 _tensor("OUT_PAD_ID", np.array([[p.pad_id]], np.int32))] for p in items]
+
+
+class RetrievalModel(_Step):
+    def initialize(self, args: dict[str, Any]) -> None:
+        from tuna.serve.steps import Retrieval
+
+        self.step = Retrieval(_assets(args))
+        config = json.loads(args["model_config"])
+        table = next(o for o in config["output"] if o["name"] == "PROMPT_EMBEDDING_TABLE")
+        self.table_dtype = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16}.get(table["data_type"], np.float32)
+
+    def parse(self, request: Any) -> Any:
+        ds = _one(request, "DATASTORE", required=False)
+        return _row(request, "INPUT_ID"), _row(request, "PIXEL_VALUES"), self.step.datastore_of(ds)
+
+    def run(self, items: list[Any]) -> list[list[Any]]:
+        ids, pixels, names = zip(*items)
+        out = []
+        for t in self.step(list(ids), list(pixels), list(names)):
+            out.append([_tensor("INPUT_ID", t.input_ids[None]),
+                        _tensor("INPUT_LENGTH", np.array([[len(t.input_ids)]], np.int32)),
+                        _tensor("PROMPT_EMBEDDING_TABLE", t.table.astype(self.table_dtype)[None]),
+                        _tensor("PROMPT_VOCAB_SIZE", np.array([[t.vocab_size]], np.int32)),
+                        _tensor("PROVENANCE", np.array([[json.dumps(t.provenance, sort_keys=True).encode()]], dtype=object))])
+        return out
+
+    def finalize(self) -> None:
+        self.step.close()
+
+
+class LLMModel(_Step):
+    """CPU stand-in for the ``tensorrt_llm`` step (same tensor names)."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        from tuna.serve.steps import Generator
+
+        threads = int(os.environ.get("TUNA_SERVE_THREADS", "1"))
+        self.step = Generator(_assets(args), threads=threads)
+
+    def parse(self, request: Any) -> Any:
+        from tuna.serve.steps import GenerationRequest
+
+        ids = _row(request, "input_ids")
+        table = _pb().get_input_tensor_by_name(request, "prompt_embedding_table")
+        table_arr = table.as_numpy()[0] if table is not None else np.zeros((0, self.step.hidden), np.float32)
+        end = _one(request, "end_id", required=False)
+        pad = _one(request, "pad_id", required=False)
+        temp = _one(request, "temperature", required=False)
+        top_k = _one(request, "runtime_top_k", required=False)
+        seed = _one(request, "random_seed", required=False)
+        temperature = float(temp) if temp is not None else 0.0
+        if not (0.0 <= temperature <= 10.0) or temperature != temperature:
+            raise InvalidRequest(f"temperature: {temperature} is outside 0..10 (0 = greedy)")
+        k = int(top_k) if top_k is not None else 0
+        if not 0 <= k <= 100_000:
+            raise InvalidRequest(f"top_k: {k} is outside 0..100000 (0 = no top-k filter)")
+        max_new = int(_one(request, "request_output_len"))
+        if max_new < 1:
+            raise InvalidRequest(f"max_tokens: {max_new} must be >= 1")
+        req = GenerationRequest(ids, table_arr, max_new, int(end) if end is not None else self.step.lm.config.eos_token_id,
+                                int(pad) if pad is not None else 0, temperature, k, int(seed) if seed is not None else None)
+        self.step.embeddings(req)  # validates ids against the table now, as this request's own error
+        return req
+
+    def run(self, items: list[Any]) -> list[list[Any]]:
+        out = []
+        for toks in self.step(items):
+            out.append([_tensor("output_ids", toks[None, None].astype(np.int32)),
+                        _tensor("sequence_length", np.array([[len(toks)]], np.int32))])
+        return out
+
+
+class PostprocessingModel(_Step):
+    def initialize(self, args: dict[str, Any]) -> None:
+        from tuna.serve.steps import Postprocessor
+
+        self.step = Postprocessor(_assets(args))
+
+    def parse(self, request: Any) -> Any:
+        tokens = _row(request, "TOKENS_BATCH")            # (beams, n)
+        length = int(_row(request, "SEQUENCE_LENGTH").reshape(-1)[0])
+        provenance = _one(request, "PROVENANCE")
+        return tokens[0][:length], provenance
+
+    def run(self, items: list[Any]) -> list[list[Any]]:
+        return [[_tensor("OUTPUT", np.array([[self.step(ids).encode("utf-8")]], dtype=object)),
+                 _tensor("PROVENANCE_OUT", np.array([[bytes(prov)]], dtype=object))] for ids, prov in items]
+
+
+__all__ = ["LLMModel", "PostprocessingModel", "PreprocessingModel", "RetrievalModel"]
