@@ -97,7 +97,7 @@ def in_process(repo: Path, images: list[bytes], question: str, max_tokens: int) 
 def _drive(call, items: list[Any], clients: int) -> tuple[list[float], float]:
     lat: list[float] = []
     lock = threading.Lock()
-    work = list(enumerate(items))
+    work = list(enumerate(items))[::-1]   # popped from the end: in order
 
     def worker() -> None:
         while True:
