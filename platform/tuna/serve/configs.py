@@ -63,9 +63,11 @@ def _tensor(msg: Any, name: str, dtype: str, dims: list[int], optional: bool | N
         t.allow_ragged_batch = True
 
 
-def _base(name: str, backend: str, batching: Batching, instances: int | None = None) -> pb.ModelConfig:
+def _base(name: str, backend: str, batching: Batching, instances: int | None = None, wait: bool = True) -> pb.ModelConfig:
+    """``wait``: the step batches real work (one Milvus search, one generate) and may wait serve.queue_delay_us
+    to fill a batch; per-request steps (decode, detokenize) never wait: under load they batch what is queued."""
     cfg = pb.ModelConfig(name=name, backend=backend, max_batch_size=batching.max_batch_size)
-    cfg.dynamic_batching.max_queue_delay_microseconds = batching.queue_delay_us
+    cfg.dynamic_batching.max_queue_delay_microseconds = batching.queue_delay_us if wait else 0
     group = cfg.instance_group.add()
     group.count = instances or batching.instances
     group.kind = pb.ModelInstanceGroup.KIND_CPU
@@ -73,7 +75,7 @@ def _base(name: str, backend: str, batching: Batching, instances: int | None = N
 
 
 def preprocessing(b: Batching) -> pb.ModelConfig:
-    cfg = _base("preprocessing", "python", b)
+    cfg = _base("preprocessing", "python", b, wait=False)
     _tensor(cfg.input, "QUERY", "TYPE_STRING", [1])
     _tensor(cfg.input, "IMAGE_BYTES", "TYPE_STRING", [1])
     _tensor(cfg.input, "REQUEST_OUTPUT_LEN", "TYPE_INT32", [1])
@@ -137,7 +139,7 @@ def llm_trtllm(b: Batching, table_dtype: str, engine_dir: str, kv_cache_fraction
 
 
 def postprocessing(b: Batching) -> pb.ModelConfig:
-    cfg = _base("postprocessing", "python", b)
+    cfg = _base("postprocessing", "python", b, wait=False)
     _tensor(cfg.input, "TOKENS_BATCH", "TYPE_INT32", [-1, -1])
     _tensor(cfg.input, "SEQUENCE_LENGTH", "TYPE_INT32", [-1])
     _tensor(cfg.input, "PROVENANCE", "TYPE_STRING", [1])

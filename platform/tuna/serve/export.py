@@ -88,6 +88,14 @@ def _datastores(cfg: TunaConfig, tag_mode: str, clip_dim: int) -> tuple[dict[str
     return found, default
 
 
+def _serve_fingerprint(cfg: TunaConfig) -> str:
+    """What in the recipe shapes the exported files: the serve section, the system prompt, the index settings."""
+    from tuna.config import section_fingerprint
+
+    return "-".join(section_fingerprint(x) for x in (cfg.serve, cfg.index)) + "-" + \
+        hashlib.sha256(cfg.train.system_prompt.encode()).hexdigest()[:8]
+
+
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
@@ -219,7 +227,7 @@ def export_repository(cfg: TunaConfig, variant: str | None = None, out: Path | N
     manifest: dict[str, Any] = {
         "export": EXPORT_VERSION, "variant": variant, "model": model_info, "model_dir": str(model_dir),
         "datastores": datastores, "default_datastore": default, "ensemble": configs.ENSEMBLE,
-        "repository": "model_repository", "configs": sorted(texts),
+        "repository": "model_repository", "configs": sorted(texts), "serve_config": _serve_fingerprint(cfg),
     }
     if trtllm:
         kit = tmp / "trtllm"
@@ -251,7 +259,8 @@ def is_up_to_date(cfg: TunaConfig, variant: str | None = None) -> bool:
         digest = hashlib.sha256((model_folder(cfg, variant) / "model.safetensors").read_bytes()).hexdigest()[:16]
     except (OSError, ValueError):
         return False
-    if manifest.get("export") != EXPORT_VERSION or manifest["model"]["digest"] != digest:
+    if (manifest.get("export") != EXPORT_VERSION or manifest["model"]["digest"] != digest
+            or manifest.get("serve_config") != _serve_fingerprint(cfg)):
         return False
     from tuna.retrieval.attach import _datastore_fingerprint
 
