@@ -256,9 +256,9 @@ def test_pvc_copy_init_container(rendered: dict[str, list[dict[str, Any]]]) -> N
     (init,) = spec["initContainers"]
     assert "cp -R /source/. /models/" in init["args"][0]
     assert {"name": "model-source", "mountPath": "/source", "readOnly": True,
-            "subPath": "mini/serve/model_repository"} in init["volumeMounts"]
+            "subPath": "data/mini/serve/tuna/model_repository"} in init["volumeMounts"]
     volumes = {v["name"]: v for v in spec["volumes"]}
-    assert volumes["model-source"]["persistentVolumeClaim"] == {"claimName": "tuna-artifacts", "readOnly": True}
+    assert volumes["model-source"]["persistentVolumeClaim"] == {"claimName": "tuna-data", "readOnly": True}
     assert "emptyDir" in volumes["model-repository"]
 
 
