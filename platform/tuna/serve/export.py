@@ -190,9 +190,12 @@ def export_repository(cfg: TunaConfig, variant: str | None = None, out: Path | N
                       log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export ``variant``'s stage-2 model as a Triton model repository; returns the export manifest."""
     import torch
+    from transformers.utils import logging as hf_logging
 
     from tuna.model import TunaForConditionalGeneration
     from tuna.train.engine import VARIANTS
+
+    hf_logging.disable_progress_bar()   # "Loading weights" / "Writing model shards" bars say nothing here
 
     variant = variant or cfg.serve.variant
     if variant not in VARIANTS:
