@@ -29,7 +29,10 @@ def start_server(cfg: TunaConfig, variant: str | None = None, free_ports: bool =
     repo = ensure_exported(cfg, variant, log)
     s = cfg.serve
     ports = (0, 0, 0) if free_ports else (s.grpc_port, s.http_port, s.metrics_port)
-    server = TritonServer(repo, host=s.host, grpc_port=ports[0], http_port=ports[1], metrics_port=ports[2])
+    logs = cfg.data_dir / "serve" / "logs"   # beside, not inside, the exported (DVC-tracked) folder
+    logs.mkdir(parents=True, exist_ok=True)
+    server = TritonServer(repo, host=s.host, grpc_port=ports[0], http_port=ports[1], metrics_port=ports[2],
+                          log_path=logs / f"tritonserver-{variant or s.variant}.log")
     t0 = time.perf_counter()
     server.start(ready_timeout=s.ready_timeout)
     log(f"tritonserver ready in {time.perf_counter() - t0:.1f}s: gRPC {server.grpc_url}, HTTP {server.http_url}, "
