@@ -162,16 +162,24 @@ def _eval(cfg: TunaConfig, progress: bool, names: tuple[str, ...] = TRAINED_VARI
         if not is_up_to_date(cfg, variant):
             evaluate_variant(cfg, variant, progress=progress)
     rows = summarize(cfg, names)
+    probes = ""
+    if cfg.eval.probes:  # alignment diagnostics (eval/probes.json) before the report, which shows them
+        from tuna.eval.suite import probe
+
+        probes = "; " + probe(cfg, progress=progress)
     # The report logs its figures (artifacts report/) and the flat numbers per variant to the eval run.
     report = write_report(cfg, names, run=run, command=f"tuna run --config configs/{cfg.run.name}.yaml", log=print)
-    return f"{len(rows)} variants evaluated -> {report}", {}
+    return f"{len(rows)} variants evaluated -> {report}{probes}", {}
 
 
 def _eval_up_to_date(cfg: TunaConfig, names: tuple[str, ...] = TRAINED_VARIANTS) -> bool:
     from tuna.eval import report
     from tuna.eval.suite import is_up_to_date
 
-    return all(is_up_to_date(cfg, v) for v in names) and report.is_up_to_date(cfg, names)
+    from tuna.eval.probes import is_up_to_date as probes_up_to_date
+
+    return (all(is_up_to_date(cfg, v) for v in names) and report.is_up_to_date(cfg, names)
+            and (not cfg.eval.probes or probes_up_to_date(cfg)))
 
 
 def _serve(cfg: TunaConfig, progress: bool) -> Outcome:
