@@ -13,7 +13,8 @@ ENGINE_HOMES = {
     "pymilvus": {"retrieval/store.py"},
     "milvus_lite": {"retrieval/store.py"},
     "mlflow": {"track.py"},
-    "kfp": set(),          # components/ and pipelines/ only
+    # compile / submit / kfp.local front door (imports inside functions); components/ and pipelines/ are outside
+    "kfp": {"pipeline.py"},
     # The gRPC client; configs.py reads only Triton's model-config protobuf schema (it never connects).
     "tritonclient": {"serve/client.py", "serve/configs.py"},
     "pytriton": {"serve/server.py"},                        # the bundled tritonserver binary

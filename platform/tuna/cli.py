@@ -296,6 +296,50 @@ def _ask_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print answer and provenance as JSON")
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    """Compile the versioned KFP pipeline, submit it to a KFP host, or run it here through kfp.local."""
+    from tuna import pipeline
+
+    if args.action is None:
+        raise TunaError("give an action: tuna pipeline compile | submit --host URL | run --local")
+    version = args.version or pipeline.pipeline_version()
+    if args.action == "compile":
+        out_dir = Path(args.out) if args.out else pipeline.repo_root() / "pipelines" / "compiled"
+        print(f"compiled {pipeline.compile_pipeline(out_dir, version, gpu=args.gpu)}")
+        return 0
+    if args.action == "submit":
+        if not args.host:
+            raise TunaError("submit needs --host URL (the KFP API, e.g. http://localhost:8888); to run here: run --local")
+        out = pipeline.submit(args.host, args.experiment, version, pipeline.submit_params(args.config, args.overrides, args.param),
+                              gpu=args.gpu, out_dir=Path(args.out) if args.out else None)
+        print(f"pipeline {pipeline.PIPELINE_NAME} version {out['version']} ({out['package']}) -> run {out['run_id']} "
+              f"in experiment {args.experiment!r}: {out['url']}")
+        return 0
+    if not args.local:
+        raise TunaError("run executes through kfp.local only: add --local (for a cluster: tuna pipeline submit --host URL)")
+    _config(args)  # a bad recipe or override: one line before kfp starts
+    params = {k: v for k, v in pipeline.submit_params(args.config, args.overrides, args.param).items()
+              if k not in ("config", "overrides")}
+    out = pipeline.run_local(args.config, args.overrides, params=params)
+    print(f"\npipeline done in {out['seconds']:.0f}s; task outputs: {out['run_dir']}")
+    table = Path(out["data_dir"]) / "eval" / "table.md"
+    if table.is_file():
+        print("\n" + table.read_text(encoding="utf-8").rstrip())
+    return 0
+
+
+def _pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", choices=["compile", "submit", "run"], help="compile the IR, submit it to KFP, or run it here")
+    p.add_argument("--local", action="store_true", help="run: through kfp.local (SubprocessRunner, this venv)")
+    p.add_argument("--version", default=None, help="pipeline version (default: <package version>+<git short sha>)")
+    p.add_argument("--out", default=None, metavar="DIR", help="where compiled IR goes (default: <repository>/pipelines/compiled)")
+    p.add_argument("--gpu", action="store_true", help="compile with GPU accelerators, node selector and tolerations on training")
+    p.add_argument("--host", default=None, help="submit: KFP API URL, e.g. http://localhost:8888")
+    p.add_argument("--experiment", default="tuna", help="submit: KFP experiment name (default: tuna)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="submit/run: pipeline parameter, e.g. mlflow_secret=tuna-mlflow (repeatable)")
+
+
 def _print_counts(counts: dict[str, int]) -> None:
     width = max(len(k) for k in counts)
     for key, value in counts.items():
@@ -327,6 +371,8 @@ VERBS: dict[str, Verb] = {
     "serve": Verb("serve the exported model with the local tritonserver (gRPC, HTTP, metrics) until Ctrl-C", cmd_serve, _serve_args),
     "ask": Verb("ask the served model a question about an image over gRPC; print answer and provenance", cmd_ask, _ask_args),
     "ui": Verb("browse the local MLflow store (runs, metrics, models) with mlflow ui on 127.0.0.1", cmd_ui, _ui_args),
+    "pipeline": Verb("Kubeflow pipeline: compile the versioned IR, submit it to a KFP host, or run it with kfp.local",
+                     cmd_pipeline, _pipeline_args),
 }
 
 

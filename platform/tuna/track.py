@@ -335,7 +335,8 @@ def _rank() -> int:
 
 
 @contextmanager
-def _exported(values: Mapping[str, str]) -> Iterator[None]:
+def exported_env(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the block, then restore what was there."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -375,7 +376,7 @@ def pipeline_run(cfg: TunaConfig, name: str | None = None) -> Iterator[Run]:
             recipe = Path(tmp) / "recipe.yaml"
             recipe.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
             run.log_artifact(recipe)
-        with _exported({PARENT_RUN_ENV: info.run_id, TRACKING_URI_ENV: uri}):
+        with exported_env({PARENT_RUN_ENV: info.run_id, TRACKING_URI_ENV: uri}):
             yield run
 
 

@@ -151,18 +151,20 @@ def _one_line(stderr: str) -> str:
 
 
 def run_tool(binary: Path | str, args: Sequence[str | os.PathLike[str]], *, what: str,
-             cwd: Path | str | None = None, timeout: float = 300.0) -> str:
+             cwd: Path | str | None = None, timeout: float = 300.0, env: dict[str, str] | None = None) -> str:
     """Run ``binary args...`` and return its stdout (text).
 
     ``what`` says what the call is for (e.g. ``"render chart tuna-serving"``). A non-zero exit raises
     :class:`~tuna.errors.TunaError` whose one-line message names ``what``, the command and the first line of
     stderr (later lines follow in brackets, shortened); the full stderr is kept on the exception as
     ``.stderr`` and the exit code as ``.returncode``. A missing binary or a timeout raises the same way.
+    ``env`` adds variables to this process's environment for the call.
     """
     cmd = [str(binary), *(os.fspath(a) for a in args)]
     shown = shlex.join([Path(cmd[0]).name, *cmd[1:]])
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=timeout, check=False,
+                              env={**os.environ, **env} if env else None)
     except FileNotFoundError:
         raise TunaError(f"{what}: `{shown}` cannot run: {cmd[0]} does not exist") from None
     except PermissionError:

@@ -1,0 +1,17 @@
+"""KFP component `lm`: `tuna lm` - the tokenizer and tiny Llama trained on the world text (or model.language_model)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+from tuna.pipeline import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def lm(config: str, overrides: list, world: Input[Dataset], model: Output[Model]):
+    """Train (or load) the language model (skipped when up to date); metadata: fingerprint, parameters,
+    vocabulary, validation perplexity, weights hash, uri."""
+    from tuna import pipeline
+
+    with pipeline.task("lm"):
+        result = pipeline.run_lm_step(config, overrides)
+    pipeline.publish(model, result)
+    print(f"lm: {result.summary} (world {world.metadata.get('fingerprint')})")

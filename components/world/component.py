@@ -1,0 +1,17 @@
+"""KFP component `world`: `tuna world` - the bundled world (taxonomy, images, every corpus in its real format)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+from tuna.pipeline import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def world(config: str, overrides: list, dataset: Output[Dataset]):
+    """Generate the world into run.data_dir (skipped when up to date); the artifact holds its manifest, the
+    metadata its counts, SHA-256 digests, fingerprint and uri."""
+    from tuna import pipeline
+
+    with pipeline.task("world"):
+        result = pipeline.run_world(config, overrides)
+    pipeline.publish(dataset, result)
+    print(f"world: {result.summary}")

@@ -1,0 +1,303 @@
+"""The compiled pipeline: versioning, the golden IR, the DAG and its Kubernetes settings, submit, the CLI verb."""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pipeline_support import GOLDEN, load_ir, tasks_by_display_name
+from support import REPO, SMOKE
+from tuna.cli import main
+from tuna.pipeline import (
+    GOLDEN_VERSION,
+    PipelineError,
+    PipelineOptions,
+    compile_pipeline,
+    pipeline_version,
+    submit,
+)
+
+REFRESH = ("the pipeline IR changed; if that is intended, refresh the golden copy with\n"
+           "    .venv/bin/tuna pipeline compile --version golden\n"
+           "(writes pipelines/compiled/tuna-golden.yaml) and commit it with the change")
+DATA = ("world", "encoder", "mine-tags", "index-A", "index-B", "index-A-captions", "lm")
+TRAIN = ("train-tuna-stage1", "train-tuna-stage2", "train-baseline-stage1", "train-baseline-stage2")
+LATER = ("start-run", *TRAIN, "evaluate", "export", "register", "deploy")
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_pipeline(tmp_path_factory.mktemp("compiled"), GOLDEN_VERSION)
+
+
+@pytest.fixture(scope="module")
+def compiled_gpu(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return compile_pipeline(tmp_path_factory.mktemp("compiled-gpu"), "0.1.0+test", gpu=True)
+
+
+def test_fresh_compile_matches_the_golden_ir_byte_for_byte(compiled: Path) -> None:
+    assert compiled.name == "tuna-golden.yaml"
+    assert GOLDEN.is_file(), REFRESH
+    assert compiled.read_bytes() == GOLDEN.read_bytes(), REFRESH
+
+
+def test_compile_is_deterministic_and_versioned(tmp_path: Path, compiled: Path) -> None:
+    again = compile_pipeline(tmp_path, GOLDEN_VERSION)
+    assert again.read_bytes() == compiled.read_bytes()
+    version = pipeline_version()
+    assert re.fullmatch(r"0\.1\.0\+([0-9a-f]{7}(\.dirty)?|unknown)", version), version
+    path = compile_pipeline(tmp_path, version)
+    assert path.name == f"tuna-{version}.yaml"
+    spec, _ = load_ir(path)
+    assert spec["pipelineInfo"]["name"] == "tuna" and version in spec["pipelineInfo"]["description"]
+
+
+def test_dag_order_and_dependencies(compiled: Path) -> None:
+    spec, _ = load_ir(compiled)
+    tasks = tasks_by_display_name(spec)
+    assert set(tasks) >= {"validate", *DATA, *LATER, "notify", "tuna-run"}
+
+    def deps(name: str) -> set[str]:
+        names = {k: n for n, (k, _) in tasks.items()}
+        return {names[d] for d in tasks[name][1].get("dependentTasks", [])}
+
+    def upstream(name: str) -> set[str]:
+        seen, todo = set(), [name]
+        while todo:
+            for d in deps(todo.pop()):
+                if d not in seen:
+                    seen.add(d)
+                    todo.append(d)
+        return seen
+
+    assert deps("validate") == set()  # the first task: everything else waits for it
+    for name in (*DATA, *LATER):
+        assert "validate" in upstream(name), name
+    assert deps("encoder") >= {"world"} and deps("index-A") >= {"encoder", "mine-tags"}
+    assert {"index-A", "index-B", "index-A-captions", "lm"} <= deps("start-run")
+    assert deps("train-tuna-stage1") >= {"start-run", "lm", "index-A"}
+    assert "train-tuna-stage1" in deps("train-tuna-stage2") and "train-baseline-stage1" in deps("train-baseline-stage2")
+    assert deps("evaluate") >= {"train-tuna-stage2", "train-baseline-stage2", "index-B", "index-A-captions"}
+    assert deps("export") >= {"evaluate", "train-tuna-stage2"}
+    assert deps("register") >= {"export", "evaluate"} and deps("deploy") >= {"export", "register"}
+    assert not {n for n in (*DATA, *LATER) if n.startswith("train")} & upstream("index-A")  # no training before data
+    # The exit handler: notify runs when the body (tuna-run) ends, however it ended.
+    _, notify = tasks["notify"]
+    assert notify["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert notify["dependentTasks"] == [tasks["tuna-run"][0]]
+    assert "taskFinalStatus" in str(notify["inputs"])
+
+
+def test_caching_is_on_for_data_steps_only(compiled: Path) -> None:
+    spec, _ = load_ir(compiled)
+    tasks = tasks_by_display_name(spec)
+    for name in DATA:
+        assert tasks[name][1]["cachingOptions"].get("enableCache") is True, name
+    for name in ("validate", *LATER, "notify"):
+        assert not tasks[name][1].get("cachingOptions", {}).get("enableCache"), name
+
+
+def _executor(spec: dict[str, Any], platform: dict[str, Any], name: str) -> dict[str, Any]:
+    _, task = tasks_by_display_name(spec)[name]
+    label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+    return platform["deploymentSpec"]["executors"].get(label, {})
+
+
+def test_pvcs_secrets_and_labels_in_the_platform_spec(compiled: Path) -> None:
+    spec, platform = load_ir(compiled)
+    assert _executor(spec, platform, "validate").get("pvcMount") is None  # reads only the recipe in the image
+    assert "secretAsEnv" not in _executor(spec, platform, "validate")
+    for name in (*DATA, *LATER, "notify"):
+        ex = _executor(spec, platform, name)
+        mounts = {m["mountPath"]: m["pvcNameParameter"]["componentInputParameter"] for m in ex["pvcMount"]}
+        assert mounts["/mnt/tuna"].endswith("data_pvc"), name
+        wants_ckpt = name.startswith("train") or name in ("export", "register")
+        assert ("/mnt/tuna-checkpoints" in mounts) == wants_ckpt, name
+        assert ex["podMetadata"]["labels"] == {"app.kubernetes.io/part-of": "tuna", "app.kubernetes.io/component": "pipeline"}
+        secrets = {s["secretNameParameter"]["componentInputParameter"].split("--")[-1]: s for s in ex.get("secretAsEnv", [])}
+        if name == "notify":
+            assert not secrets
+            continue
+        assert {"mlflow_secret", "milvus_secret", "s3_secret"} <= set(secrets), name
+        env = {e["envVar"] for s in ex["secretAsEnv"] for e in s["keyToEnv"]}
+        assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "MILVUS_TOKEN"} <= env
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    for secret in ("mlflow_secret", "milvus_secret", "s3_secret"):
+        assert params[secret]["parameterType"] == "STRING"  # pipeline parameters, checked by validate
+    assert params["overrides"]["parameterType"] == "LIST" and params["config"]["defaultValue"] == "configs/mini.yaml"
+
+
+def test_gpu_is_a_compile_option_on_training_tasks_only(compiled: Path, compiled_gpu: Path) -> None:
+    spec, platform = load_ir(compiled)
+    gspec, gplatform = load_ir(compiled_gpu)
+    executors = gspec["deploymentSpec"]["executors"]
+    for name in (*DATA, *LATER):
+        _, task = tasks_by_display_name(gspec)[name]
+        label = gspec["components"][task["componentRef"]["name"]]["executorLabel"]
+        resources = executors[label]["container"].get("resources", {})
+        ex = _executor(gspec, gplatform, name)
+        if name.startswith("train"):
+            assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert resources["accelerator"]["resourceCount"] == "8"
+            assert ex["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+            assert ex["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+        else:
+            assert "accelerator" not in resources and "nodeSelector" not in ex, name
+        cpu = _executor(spec, platform, name)
+        assert "nodeSelector" not in cpu and "tolerations" not in cpu
+    assert "GPU" in gspec["pipelineInfo"]["description"]
+
+
+@pytest.mark.parametrize(("options", "names"), [
+    ({"gpus_per_node": 0}, "gpus_per_node: 0 is out of range 1..16"),
+    ({"gpus_per_node": 17}, "gpus_per_node: 17 is out of range"),
+    ({"accelerator": "nvidia gpu"}, "accelerator: 'nvidia gpu' is not an extended resource name"),
+    ({"checkpoints_mount": "/mnt/tuna"}, "checkpoints_mount: must differ from data_mount"),
+    ({"data_mount": "data"}, "data_mount: 'data' must be an absolute folder"),
+    ({"gpu_tolerations": (("k", "Maybe", "NoSchedule"),)}, "gpu_tolerations: ('k', 'Maybe', 'NoSchedule')"),
+])
+def test_compile_time_options_fail_in_one_line(options: dict[str, Any], names: str) -> None:
+    with pytest.raises(PipelineError) as info:
+        PipelineOptions(**options)
+    assert names in str(info.value) and "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------------------------ submit
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_submit_to_an_unreachable_host_is_one_line_naming_the_url(tmp_path: Path) -> None:
+    host = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(PipelineError) as info:
+        submit(host, "tuna", "0.1.0+test", {"config": "configs/mini.yaml"}, out_dir=tmp_path)
+    assert str(info.value).startswith(f"KFP host {host} is unreachable") and "\n" not in str(info.value)
+
+
+class FakeClient:
+    """Records what submit asks of kfp.Client (a KFP API server cannot run here)."""
+
+    def __init__(self, existing_version: str | None = None) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.existing = existing_version
+
+    def get_pipeline_id(self, name: str) -> str | None:
+        self.calls.append(("get_pipeline_id", name))
+        return "p-1" if self.existing else None
+
+    def upload_pipeline(self, path: str, pipeline_name: str, description: str) -> Any:
+        self.calls.append(("upload_pipeline", (Path(path).name, pipeline_name)))
+        return type("P", (), {"pipeline_id": "p-1"})
+
+    def list_pipeline_versions(self, pipeline_id: str, page_size: int, filter: str) -> Any:
+        self.calls.append(("list_pipeline_versions", filter))
+        versions = [type("V", (), {"pipeline_version_id": "v-old"})] if self.existing and self.existing in filter else []
+        return type("L", (), {"pipeline_versions": versions})
+
+    def upload_pipeline_version(self, path: str, pipeline_version_name: str, pipeline_id: str) -> Any:
+        self.calls.append(("upload_pipeline_version", (Path(path).name, pipeline_version_name, pipeline_id)))
+        return type("V", (), {"pipeline_version_id": "v-1"})
+
+    def create_experiment(self, name: str) -> Any:
+        self.calls.append(("create_experiment", name))
+        return type("E", (), {"experiment_id": "e-1"})
+
+    def run_pipeline(self, **kw: Any) -> Any:
+        self.calls.append(("run_pipeline", kw))
+        return type("R", (), {"run_id": "r-1"})
+
+
+@pytest.fixture()
+def kfp_host() -> Any:
+    """Something that answers HTTP (submit probes the host before talking to it)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_submit_uploads_a_pipeline_version_and_creates_a_run(tmp_path: Path, kfp_host: str) -> None:
+    client = FakeClient()
+    params = {"config": "configs/llava7b.yaml", "overrides": ["train.stage2.max_steps=10"], "mlflow_secret": "tuna-mlflow"}
+    out = submit(kfp_host, "tuna-exp", "0.1.0+abc1234", params, out_dir=tmp_path, client_factory=lambda h: client)
+    names = [c[0] for c in client.calls]
+    assert names == ["get_pipeline_id", "upload_pipeline", "list_pipeline_versions", "upload_pipeline_version",
+                     "create_experiment", "run_pipeline"]
+    assert dict(client.calls)["upload_pipeline_version"] == ("tuna-0.1.0+abc1234.yaml", "0.1.0+abc1234", "p-1")
+    run = dict(client.calls)["run_pipeline"]
+    assert run["pipeline_id"] == "p-1" and run["version_id"] == "v-1" and run["experiment_id"] == "e-1"
+    assert run["params"] == params
+    assert out["run_id"] == "r-1" and out["url"] == f"{kfp_host}/#/runs/details/r-1"
+    assert (tmp_path / "tuna-0.1.0+abc1234.yaml").is_file()
+    # The same version again: reused, not uploaded twice.
+    again = FakeClient(existing_version="0.1.0+abc1234")
+    submit(kfp_host, "tuna-exp", "0.1.0+abc1234", params, out_dir=tmp_path, client_factory=lambda h: again)
+    assert "upload_pipeline_version" not in [c[0] for c in again.calls]
+    assert dict(again.calls)["run_pipeline"]["version_id"] == "v-old"
+
+
+def test_submit_turns_a_server_refusal_into_one_line(tmp_path: Path, kfp_host: str) -> None:
+    class Refusing(FakeClient):
+        def create_experiment(self, name: str) -> Any:
+            raise RuntimeError("(403)\nReason: Forbidden\nHTTP response body: no")
+
+    with pytest.raises(PipelineError) as info:
+        submit(kfp_host, "tuna", "0.1.0+x", {}, out_dir=tmp_path, client_factory=lambda h: Refusing())
+    assert str(info.value) == f"KFP host {kfp_host}: RuntimeError: (403)"
+
+
+# ------------------------------------------------------------------------------------------------ the CLI verb
+
+
+def test_cli_compile_submit_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["pipeline", "compile", "--out", str(tmp_path), "--version", "9.9.9+cli"]) == 0
+    assert capsys.readouterr().out.strip() == f"compiled {tmp_path / 'tuna-9.9.9+cli.yaml'}"
+    assert main(["pipeline", "compile", "--out", str(tmp_path), "--version", "9.9.9+cli", "--gpu"]) == 0
+    assert (tmp_path / "tuna-9.9.9+cli-gpu.yaml").is_file()
+    cases = [
+        (["pipeline"], "tuna pipeline: error: give an action: tuna pipeline compile | submit --host URL | run --local"),
+        (["pipeline", "run", "--config", str(SMOKE)], "tuna pipeline: error: run executes through kfp.local only: add --local"),
+        (["pipeline", "submit"], "tuna pipeline: error: submit needs --host URL"),
+        (["pipeline", "run", "--local", "--config", str(SMOKE), "world.nope=1"], "tuna pipeline: error: unknown key 'world.nope'"),
+    ]
+    port = _free_port()
+    cases.append((["pipeline", "submit", "--host", f"http://127.0.0.1:{port}", "--out", str(tmp_path)],
+                  f"tuna pipeline: error: KFP host http://127.0.0.1:{port} is unreachable"))
+    for argv, start in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(start) and err.count("\n") == 1, err
+
+
+def test_golden_ir_is_committed_where_the_readme_says() -> None:
+    assert GOLDEN.parent == REPO / "pipelines" / "compiled"
+    assert "tuna-golden.yaml" in (REPO / "pipelines" / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_dag_covers_what_tuna_run_covers() -> None:
+    from tuna.pipeline import VARIANTS, load_pipeline_module
+    from tuna.retrieval.datastore import DATASTORES
+    from tuna.runner import TRAINED_VARIANTS
+
+    module = load_pipeline_module()
+    assert module.DATASTORES == tuple(DATASTORES) and VARIANTS == TRAINED_VARIANTS
