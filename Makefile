@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 run: $(STAMP)
-	$(BIN)/tuna run --config $(CONFIG)
+	$(BIN)/tuna pipeline run --local --config $(CONFIG)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -320,17 +320,24 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     _config(args)  # a bad recipe or override: one line before kfp starts
     params = {k: v for k, v in pipeline.submit_params(args.config, args.overrides, args.param).items()
               if k not in ("config", "overrides")}
-    out = pipeline.run_local(args.config, args.overrides, params=params)
-    print(f"\npipeline done in {out['seconds']:.0f}s; task outputs: {out['run_dir']}")
-    table = Path(out["data_dir"]) / "eval" / "table.md"
+    out = pipeline.run_local(args.config, args.overrides, params=params, verbose=args.verbose)
+    print(f"\npipeline done in {out['seconds']:.0f}s; task outputs: {out['run_dir']}"
+          + (f"; full log: {out['log']}" if out.get("log") else ""))
+    data = Path(out["data_dir"])
+    table = data / "eval" / "table.md"
     if table.is_file():
         print("\n" + table.read_text(encoding="utf-8").rstrip())
+    report = data / "eval" / "report" / "report.md"
+    if report.is_file():
+        print(f"\nreport: {report}")
+    print(f"MLflow: .venv/bin/tuna ui --config {args.config}   (runs, metrics, models on 127.0.0.1)")
     return 0
 
 
 def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", nargs="?", choices=["compile", "submit", "run"], help="compile the IR, submit it to KFP, or run it here")
     p.add_argument("--local", action="store_true", help="run: through kfp.local (SubprocessRunner, this venv)")
+    p.add_argument("--verbose", action="store_true", help="run: stream kfp.local's full output (default: task progress; the rest to a log file)")
     p.add_argument("--version", default=None, help="pipeline version (default: <package version>+<git short sha>)")
     p.add_argument("--out", default=None, metavar="DIR", help="where compiled IR goes (default: <repository>/pipelines/compiled)")
     p.add_argument("--gpu", action="store_true", help="compile with GPU accelerators, node selector and tolerations on training")

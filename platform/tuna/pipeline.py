@@ -27,6 +27,7 @@ artifacts carry provenance. A user error ends the task with one line (:func:`tas
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -277,14 +278,49 @@ def submit_params(config: str, overrides: Sequence[str], params: Sequence[str] =
 # --------------------------------------------------------------------------------------------- run with kfp.local
 
 
+class _ProgressLog(io.TextIOBase):
+    """kfp.local's output: every line to ``log``; task starts/ends, task errors and our step lines to ``screen``."""
+
+    _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+    _SHOW = re.compile(r"Executing task|finished with status|Pipeline '.*' finished|: error: |asked '|provenance: "
+                       r"|tritonserver ready")
+
+    _START = re.compile(r"Executing task '([^']+)'")
+    _END = re.compile(r"Task '([^']+)' finished with status")
+
+    def __init__(self, log: TextIO, screen: TextIO) -> None:
+        self.log, self.screen, self._buf = log, screen, ""
+        self._started: dict[str, float] = {}
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self._buf += text
+        *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            clean = self._ANSI.sub("", line).strip()
+            if self._SHOW.search(clean):
+                shown = clean.split(" - INFO - ")[-1]
+                if (m := self._START.search(shown)):
+                    self._started[m.group(1)] = time.perf_counter()
+                elif (m := self._END.search(shown)) and m.group(1) in self._started:
+                    shown += f" ({time.perf_counter() - self._started.pop(m.group(1)):.1f} s)"
+                self.screen.write(shown + "\n")
+                self.screen.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
 def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: str | Path | None = None,
-              params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+              params: Mapping[str, Any] | None = None, verbose: bool = True) -> dict[str, Any]:
     """Run the pipeline on this machine through ``kfp.local.SubprocessRunner(use_venv=False)``.
 
     The same IR as :func:`compile_pipeline` (CPU build) with ``target="local"``, ``launcher="local"`` and
     ``deploy_target="local"``; ``run.data_dir`` is made absolute (the tasks are subprocesses). Task outputs
     go to ``<pipeline_root>/<tuna-timestamp>/<task>/`` (default root ``<data_dir>/kfp``). A failing task
-    raises PipelineError with that task's one-line error.
+    raises PipelineError with that task's one-line error. With ``verbose`` False, kfp.local's output goes to
+    ``<run root>/pipeline-<time>.log`` and the screen shows task progress and the serving answer only.
     """
     from kfp import local
 
@@ -302,10 +338,16 @@ def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: 
     old = os.environ.get(ERROR_FILE_ENV)
     os.environ[ERROR_FILE_ENV] = str(error_file)
     t0 = time.perf_counter()
+    log_path = root / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"
     try:
-        with warnings.catch_warnings():
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(warnings.catch_warnings())
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+            if not verbose:
+                log = stack.enter_context(open(log_path, "w", encoding="utf-8"))
+                stack.enter_context(contextlib.redirect_stdout(_ProgressLog(log, sys.stdout)))
+                print(f"kfp.local log: {log_path}", file=sys.stderr)
             pipeline(**args)
     except RuntimeError as err:
         detail = error_file.read_text(encoding="utf-8").strip() if error_file.is_file() else ""
@@ -320,7 +362,7 @@ def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: 
     new = sorted((p for p in root.iterdir() if p.is_dir() and p.name not in before), key=lambda p: p.stat().st_mtime)
     run_dir = new[-1] if new else root
     return {"pipeline_root": str(root), "run_dir": str(run_dir), "seconds": seconds, "data_dir": str(data_dir),
-            "tasks": sorted(p.name for p in run_dir.iterdir() if p.is_dir())}
+            "tasks": sorted(p.name for p in run_dir.iterdir() if p.is_dir()), "log": None if verbose else str(log_path)}
 
 
 # --------------------------------------------------------------------------------------------- task plumbing

@@ -301,3 +301,21 @@ def test_the_dag_covers_what_tuna_run_covers() -> None:
 
     module = load_pipeline_module()
     assert module.DATASTORES == tuple(DATASTORES) and VARIANTS == TRAINED_VARIANTS
+
+
+def test_quiet_local_runs_show_task_progress_with_times_and_log_everything() -> None:
+    import io
+
+    from tuna.pipeline import _ProgressLog
+
+    log, screen = io.StringIO(), io.StringIO()
+    out = _ProgressLog(log, screen)
+    out.write("03:01:16.934 - INFO - Executing task \x1b[96m'world'\x1b[0m\nsome executor chatter\n")
+    out.write("03:01:17.000 - INFO - Task \x1b[96m'world'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m\n")
+    out.write("    asked 'What?' about 1.png over gRPC in 5 ms -> 'A'\n    deploy: error: no model")
+    out.write("\n")
+    shown = screen.getvalue().splitlines()
+    assert shown[0] == "Executing task 'world'"
+    assert shown[1].startswith("Task 'world' finished with status SUCCESS (") and shown[1].endswith(" s)")
+    assert shown[2].startswith("asked 'What?'") and shown[3] == "deploy: error: no model"
+    assert "some executor chatter" in log.getvalue() and "some executor chatter" not in screen.getvalue()

@@ -222,9 +222,19 @@ def test_train_refuses_bad_arguments_before_starting_ranks(tmp_path: Path, stage
     assert not (tmp_path / "train").exists()
 
 
+def _untrained(prepared: World, tmp_path: Path) -> Path:
+    """A copy of the prepared smoke data without any training (other tests train in ``prepared`` itself)."""
+    import shutil
+
+    target = tmp_path / "untrained"
+    shutil.copytree(prepared.cfg.data_dir, target, ignore=shutil.ignore_patterns("train", "eval", "serve", "kfp"))
+    return target
+
+
 def test_evaluate_needs_trained_models(prepared: World, tmp_path: Path) -> None:
+    data = _untrained(prepared, tmp_path)
     with pytest.raises(SystemExit) as info:
-        component("evaluate").python_func(config=str(SMOKE), overrides=[f"run.data_dir={prepared.cfg.data_dir}"],
+        component("evaluate").python_func(config=str(SMOKE), overrides=[f"run.data_dir={data}"],
                                           mlflow_parent="", tuna_model=art("Model", {"variant": "tuna"}),
                                           baseline_model=art("Model", {"variant": "baseline"}),
                                           metrics=out("Metrics", tmp_path, "metrics"), report=out("Markdown", tmp_path, "report"))
@@ -240,7 +250,7 @@ def test_evaluate_needs_trained_models(prepared: World, tmp_path: Path) -> None:
 def test_export_needs_a_trained_model(prepared: World, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as info:
         component("export_model_repository").python_func(
-            config=str(SMOKE), overrides=[f"run.data_dir={prepared.cfg.data_dir}"], mlflow_parent="",
+            config=str(SMOKE), overrides=[f"run.data_dir={_untrained(prepared, tmp_path)}"], mlflow_parent="",
             model=art("Model", {"variant": "tuna"}), repository=out("Model", tmp_path, "repository"))
     assert "no trained model at" in one_line_exit(info, "export_model_repository")
 
