@@ -65,6 +65,8 @@ def test_manifest_counts(mined) -> None:
         assert m["spacy_model_version"] and m["spacy_version"] and m["created_at"]
         assert m["input_hash"] == input_hash(web_dir(cfg, domain))
         assert "parser" not in m["pipes"]
+        assert m["fast_path"] is True and 0 <= m["duplicate_captions"] < m["count"]
+        assert 0 < m["ner_captions"] <= m["count"] - m["duplicate_captions"]
     assert manifests["B"]["skipped"] == 0  # the world damages web A only
 
 

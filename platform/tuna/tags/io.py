@@ -4,7 +4,8 @@ Layout under ``<run.data_dir>/tags/<A|B>/``:
 
 - ``tags.parquet``: key, caption, objects, attributes, entities, tags (one row per mined caption);
 - ``manifest.json``: count, skipped (by kind), miner version, spaCy model and version, input hash (of
-  the shard files), config fingerprint, tag statistics, timing, created_at;
+  the shard files), config fingerprint, tag statistics, captions sent to NER, exact repeats answered
+  from an earlier identical caption (each still has its own row), timing, created_at;
 - ``quarantine.jsonl``: captions that were not mined (empty, not UTF-8, over ``mine.max_caption_chars``,
   missing), one JSON line each with the key, shard, kind and reason. Images are not checked here.
 
@@ -100,17 +101,21 @@ def mine_corpus(cfg: TunaConfig, domain: str, progress: bool = True, miner: TagM
         samples = _progress(iter_web(folder), folder, progress, f"mine {domain}")
         texts = _good_captions(samples, cfg.mine.max_caption_chars, quarantine, pending)
         columns: dict[str, list[Any]] = {k: [] for k in ("key", "caption", "objects", "attributes", "entities", "tags")}
-        ner_before = miner.ner_captions
+        keys, captions, objects, attributes, entities, flat = columns.values()
+        ner_before, duplicates_before = miner.ner_captions, miner.duplicates
         for tags in miner.mine(texts):
             key, caption = pending.popleft()
-            for name, value in (("key", key), ("caption", caption), ("objects", tags.objects),
-                                ("attributes", tags.attributes), ("entities", tags.entities), ("tags", tags.tags)):
-                columns[name].append(value)
+            keys.append(key)
+            captions.append(caption)
+            objects.append(tags.objects)
+            attributes.append(tags.attributes)
+            entities.append(tags.entities)
+            flat.append(tags.tags)
         seconds = time.perf_counter() - t0
-        ner_captions = miner.ner_captions - ner_before
+        counts = {"ner_captions": miner.ner_captions - ner_before, "duplicate_captions": miner.duplicates - duplicates_before}
         _write_parquet(tmp / TAGS_FILE, columns)
         quarantine.write(tmp / QUARANTINE_FILE)
-        manifest = _manifest(cfg, domain, folder, digest, miner, columns, quarantine, seconds, ner_captions)
+        manifest = _manifest(cfg, domain, folder, digest, miner, columns, quarantine, seconds, counts)
         (tmp / MANIFEST_FILE).write_bytes(dump_json(manifest))
     return manifest
 
@@ -178,7 +183,7 @@ def _write_parquet(path: Path, columns: dict[str, list[Any]]) -> None:
 
 
 def _manifest(cfg: TunaConfig, domain: str, folder: Path, digest: str, miner: TagMiner,
-              columns: dict[str, list[Any]], quarantine: Quarantine, seconds: float, ner_captions: int) -> dict[str, Any]:
+              columns: dict[str, list[Any]], quarantine: Quarantine, seconds: float, counts: dict[str, int]) -> dict[str, Any]:
     import spacy
 
     n = len(columns["key"])
@@ -195,7 +200,9 @@ def _manifest(cfg: TunaConfig, domain: str, folder: Path, digest: str, miner: Ta
         "spacy_model_version": miner.model_version,
         "spacy_version": spacy.__version__,
         "pipes": miner.pipes,
-        "ner_captions": ner_captions,
+        "fast_path": miner.fast,
+        "ner_captions": counts["ner_captions"],
+        "duplicate_captions": counts["duplicate_captions"],  # exact repeats answered without parsing (rows kept)
         "input_hash": digest,
         "config": cfg.to_dict()["mine"],
         "config_fingerprint": section_fingerprint(cfg.mine),
