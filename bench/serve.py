@@ -7,6 +7,8 @@ question each, greedy, ``--max-tokens`` new tokens):
   as each Triton python stub runs), one request at a time: p50/p99 latency and requests/s;
 - Triton sequential: one gRPC client, one request at a time: p50/p99 and requests/s;
 - Triton concurrent: ``--clients`` gRPC clients at once (dynamic batching): requests/s;
+- the same two Triton measurements with no batching waits (serve.queue_delay_us=0), the other side of the
+  latency / throughput trade-off;
 - floor: a trivial python model (echo) on the same server build: p50/p99 and requests/s with the same clients.
 
 Goals (issue #6): Triton p50 <= 1.2x in-process p50; concurrent throughput >= 3x sequential.
@@ -204,6 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     inproc = in_process(repo, images, question, args.max_tokens)
     print("triton ...", file=sys.stderr)
     triton = through_triton(repo, images, question, args.max_tokens, args.clients)
+    no_wait = None
+    if cfg.serve.queue_delay_us > 0:  # the other side of the trade-off: no batching waits at all
+        print("triton without batching waits ...", file=sys.stderr)
+        from tuna.serve.export import export_repository
+
+        quick = load_config(args.config, [*args.overrides, "serve.queue_delay_us=0"])
+        with tempfile.TemporaryDirectory() as tmp:
+            export_repository(quick, out=Path(tmp) / "export", log=lambda s: None)
+            no_wait = through_triton(Path(tmp) / "export" / "model_repository", images, question, args.max_tokens,
+                                     args.clients)
+        no_wait.pop("answers_sequential")
     print("floor ...", file=sys.stderr)
     bare = floor(args.requests, args.clients)
     same = sum(a == b for a, b in zip(inproc.pop("answers"), triton.pop("answers_sequential")))
@@ -215,13 +228,21 @@ def main(argv: list[str] | None = None) -> int:
         "throughput_ratio_concurrent_over_sequential": round(
             triton["concurrent"]["throughput_rps"] / triton["sequential"]["throughput_rps"], 3),
         "goals": {"p50_ratio_max": 1.2, "throughput_ratio_min": 3.0},
+        "queue_delay_us": cfg.serve.queue_delay_us,
+        "no_wait": None if no_wait is None else {
+            **no_wait, "p50_ratio_triton_over_in_process": round(no_wait["sequential"]["p50_ms"] / inproc["p50_ms"], 3),
+            "throughput_ratio_concurrent_over_sequential": round(
+                no_wait["concurrent"]["throughput_rps"] / no_wait["sequential"]["throughput_rps"], 3)},
         "machine": {"python": pyplatform.python_version(), "cores": os.cpu_count()},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps({k: report[k] for k in ("p50_ratio_triton_over_in_process", "throughput_ratio_concurrent_over_sequential",
-                                             "same_answers_triton_vs_in_process")}, indent=1))
+    keys = ("p50_ratio_triton_over_in_process", "throughput_ratio_concurrent_over_sequential")
+    shown = {k: report[k] for k in (*keys, "same_answers_triton_vs_in_process")}
+    if report["no_wait"]:
+        shown["no_wait"] = {k: report["no_wait"][k] for k in keys}
+    print(json.dumps(shown, indent=1))
     print(f"-> {out}")
     return 0
 
