@@ -9,6 +9,7 @@ INTERNAL error for that request. The model never raises out of ``execute``, so t
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import traceback
@@ -77,14 +78,16 @@ def _log(message: str) -> None:
         pass
 
 
-class _Step:
+class _Step(abc.ABC):
     """Shared ``execute``: per-request parsing with per-request errors, then one batched call."""
 
+    @abc.abstractmethod
     def parse(self, request: Any) -> Any:
-        raise NotImplementedError
+        """One request's inputs, checked (raise InvalidRequest naming the field)."""
 
+    @abc.abstractmethod
     def run(self, items: list[Any]) -> list[list[Any]]:
-        raise NotImplementedError
+        """Output tensors per parsed request, in order."""
 
     def execute(self, requests: list[Any]) -> list[Any]:
         pb = _pb()

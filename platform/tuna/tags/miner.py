@@ -209,7 +209,8 @@ class EmbeddingMemo:
 
 
 def _no_backprop(d_output: Any) -> Any:
-    raise NotImplementedError("tuna.tags: the memoised embedding is for prediction only")
+    """The miner only predicts; training a pipeline through the memo is refused (train the plain spaCy model)."""
+    raise RuntimeError("tuna.tags: the memoised embedding is for prediction only; train with the plain spaCy pipeline")
 
 
 def memoise_embeddings(nlp: "Language", limit: int = EMBEDDING_MEMO_SIZE) -> list[EmbeddingMemo]:
