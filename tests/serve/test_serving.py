@@ -324,3 +324,21 @@ def test_tuna_ask_prints_answer_and_provenance_and_fails_in_one_line(server: Tri
     assert err.count("\n") == 0 and f"no Triton server answers at {dead}" in err
     assert main(["ask", "Hi?", "--image", str(tmp_path / "missing.png"), "--config", str(SMOKE)]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_the_baseline_exports_and_answers_without_retrieval(trained: World, tmp_path: Path) -> None:
+    from tuna.serve.steps import GenerationRequest, Generator, Preprocessor, Retrieval
+
+    export_repository(trained.cfg, "baseline", out=tmp_path / "baseline", log=QUIET)
+    repo = tmp_path / "baseline" / "model_repository"
+    manifest = json.loads((tmp_path / "baseline" / "export.json").read_text())
+    assert manifest["datastores"] == {} and manifest["default_datastore"] is None
+    pre, ret = Preprocessor(repo / "preprocessing" / "1" / "assets"), Retrieval(repo / "retrieval" / "1" / "assets")
+    p = pre("What is in the image?", _image(trained), 4)
+    assert ret.datastore_of(None) == ""
+    with pytest.raises(InvalidRequest, match="retrieves no tags"):
+        ret.datastore_of("A")
+    (t,) = ret([p.input_ids], [p.pixel_values], [""])
+    assert t.provenance["tags"] == [] and t.provenance["datastore"] is None and t.provenance["model"]["variant"] == "baseline"
+    out = Generator(repo / "tensorrt_llm" / "1" / "assets")([GenerationRequest(t.input_ids, t.table, 4, p.end_id, p.pad_id)])
+    assert len(out[0]) >= 1

@@ -173,7 +173,13 @@ class Retrieval:
                 requested = requested.decode("utf-8")
             except UnicodeDecodeError:
                 raise InvalidRequest("datastore: not UTF-8 text; send a datastore name such as 'A' or 'B'") from None
-        name = (requested or "").strip() or self.default
+        name = (requested or "").strip()
+        if not self.predictor.uses_tags:   # the baseline (LLaVA) retrieves nothing
+            if name:
+                raise InvalidRequest(f"datastore: model variant {self.model_info.get('variant')!r} retrieves no tags; "
+                                     f"omit datastore or serve a TUNA variant")
+            return ""
+        name = name or self.default
         if name not in self.datastores:
             raise InvalidRequest(f"datastore: unknown datastore {name!r}; this server has {', '.join(sorted(self.datastores))}")
         return name
