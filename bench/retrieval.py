@@ -147,20 +147,26 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--singles", type=int, default=200, help="single-query latency samples")
     ap.add_argument("--out", default="bench/results/retrieval.json")
+    ap.add_argument("--sets", default="world,random512", help="comma-separated: world, random512")
+    ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. index.ef=512 index.hnsw_m=32")
     args = ap.parse_args()
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     ix = cfg.index
     rng = np.random.default_rng(0)
     results = {"machine": {"python": sys.version.split()[0], "platform": pyplatform.platform()},
                "k": K, "index": {"M": ix.hnsw_m, "efConstruction": ix.ef_construction, "ef": ix.ef}, "sets": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        vecs = world_vectors(args.config, limit=1_000_000)
-        q = rng.choice(len(vecs), size=min(args.queries, len(vecs)), replace=False)
-        queries = _unit(vecs[q] + rng.normal(0, 0.02, vecs[q].shape).astype(np.float32))
-        results["sets"]["world"] = run_set("world", vecs, queries, ix, args.singles, Path(tmp))
-        base = _unit(rng.normal(size=(args.random_rows, 512)).astype(np.float32))
-        queries = _unit(rng.normal(size=(args.queries, 512)).astype(np.float32))
-        results["sets"]["random512"] = run_set("random512", base, queries, ix, args.singles, Path(tmp))
+        sets = {x.strip() for x in args.sets.split(",") if x.strip()}
+        if "world" in sets:
+            vecs = world_vectors(args.config, limit=1_000_000)
+            q = rng.choice(len(vecs), size=min(args.queries, len(vecs)), replace=False)
+            queries = _unit(vecs[q] + rng.normal(0, 0.02, vecs[q].shape).astype(np.float32))
+            results["sets"]["world"] = run_set("world", vecs, queries, ix, args.singles, Path(tmp))
+        if "random512" in sets:
+            rng = np.random.default_rng(1)   # the random set's own stream: the same vectors with or without the world set
+            base = _unit(rng.normal(size=(args.random_rows, 512)).astype(np.float32))
+            queries = _unit(rng.normal(size=(args.queries, 512)).astype(np.float32))
+            results["sets"]["random512"] = run_set("random512", base, queries, ix, args.singles, Path(tmp))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1) + "\n")
