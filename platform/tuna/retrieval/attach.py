@@ -44,7 +44,8 @@ def source_of(tag_mode: str, domain: str = "A") -> str | None:
     raise TunaError(f"unknown tag mode {tag_mode!r}; use tags, captions, random or none")
 
 
-def _datastore_fingerprint(cfg: TunaConfig, name: str) -> str:
+def datastore_fingerprint(cfg: TunaConfig, name: str) -> str:
+    """A datastore's version: a digest of its manifest's encoder, corpus, rows and index (what retrieval depends on)."""
     from tuna.retrieval.datastore import read_manifest
 
     manifest = read_manifest(cfg, name)
@@ -139,7 +140,7 @@ def attach_tags(cfg: TunaConfig, images: Sequence[Path], cache: Path, tag_mode: 
         return {}
     key = {
         "version": ATTACH_VERSION, "mode": tag_mode, "datastore": source, "k": cfg.model.num_tags,
-        "datastore_fingerprint": _datastore_fingerprint(cfg, source), "top_k": cfg.index.top_k, "seed": cfg.run.seed,
+        "datastore_fingerprint": datastore_fingerprint(cfg, source), "top_k": cfg.index.top_k, "seed": cfg.run.seed,
         "images": hashlib.sha256("\n".join(sorted(p.name for p in images)).encode()).hexdigest()[:16],
     }
     if cache.is_file():
@@ -164,4 +165,5 @@ def attach_tags(cfg: TunaConfig, images: Sequence[Path], cache: Path, tag_mode: 
     return tags
 
 
-__all__ = ["RetrievalSession", "TagsUnavailable", "Tagged", "attach_tags", "retrieve_images", "source_of"]
+__all__ = ["RetrievalSession", "TagsUnavailable", "Tagged", "attach_tags", "datastore_fingerprint", "retrieve_images",
+           "source_of"]

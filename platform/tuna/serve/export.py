@@ -62,7 +62,7 @@ def _digest_tree(root: Path) -> dict[str, str]:
 
 def _datastores(cfg: TunaConfig, tag_mode: str, clip_dim: int) -> tuple[dict[str, dict[str, Any]], str | None]:
     """The datastores a request may pick (name -> version info) and the default one."""
-    from tuna.retrieval.attach import _datastore_fingerprint, source_of
+    from tuna.retrieval.attach import datastore_fingerprint, source_of
     from tuna.retrieval.datastore import DATASTORES, read_manifest
 
     if tag_mode == "none":
@@ -83,7 +83,7 @@ def _datastores(cfg: TunaConfig, tag_mode: str, clip_dim: int) -> tuple[dict[str
         if dim != clip_dim:
             raise ExportError(f"datastore {name!r} holds {dim}-d keys but the model's CLIP embeds in {clip_dim}-d: the "
                               f"model and datastore come from different encoders; rebuild with `tuna index --rebuild`")
-        found[name] = {"version": _datastore_fingerprint(cfg, name), "rows": manifest["rows"],
+        found[name] = {"version": datastore_fingerprint(cfg, name), "rows": manifest["rows"],
                        "values": manifest["values"], "collection": manifest["collection"]}
     return found, default
 
@@ -265,10 +265,10 @@ def is_up_to_date(cfg: TunaConfig, variant: str | None = None) -> bool:
     if (manifest.get("export") != EXPORT_VERSION or manifest["model"]["digest"] != digest
             or manifest.get("serve_config") != _serve_fingerprint(cfg)):
         return False
-    from tuna.retrieval.attach import _datastore_fingerprint
+    from tuna.retrieval.attach import datastore_fingerprint
 
     try:
-        return all(_datastore_fingerprint(cfg, name) == info["version"] for name, info in manifest["datastores"].items())
+        return all(datastore_fingerprint(cfg, name) == info["version"] for name, info in manifest["datastores"].items())
     except TunaError:
         return False
 __all__ = ["ExportError", "export_dir", "export_repository", "is_up_to_date", "model_folder", "repository_dir"]
