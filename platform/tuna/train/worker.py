@@ -8,6 +8,7 @@ environment (RANK/WORLD_SIZE/MASTER_ADDR or the MPI variables), read by ``deepsp
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 import warnings
@@ -57,5 +58,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def shutdown(code: int) -> None:
+    """Leave the process group, run Python's exit handlers, and exit with ``code`` without the
+    interpreter's C++ teardown: a gloo or DeepSpeed thread still joinable there aborts the rank with
+    "terminate called without an active exception" after a successful stage (seen after ZeRO-3)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception as err:  # the work is saved; a failed goodbye must not fail the stage
+        print(f"tuna train: warning: leaving the process group failed: {err}", file=sys.stderr, flush=True)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    shutdown(main())
