@@ -291,6 +291,7 @@ class LMConfig:
     tie_word_embeddings: bool = True  # the LM head shares the input embedding table
     epochs: int = 3                 # passes over the packed corpus
     text_repeats: int = 2           # copies of the text corpus per epoch (captions and answers appear once)
+    reading_docs_per_class: int = 0  # retrieval-reading documents per class (tags then a question; 0 = none)
     batch_size: int = 4             # blocks per optimizer step (small: many steps learn the class facts)
     lr: float = 5e-3                # AdamW peak learning rate (linear warmup, then cosine decay to 0)
     weight_decay: float = 0.05      # AdamW weight decay on matrices (not norms or embeddings)
@@ -303,6 +304,8 @@ class LMConfig:
                      "batch_size", "threads"):
             v = getattr(self, name)
             _require(v >= 1, name, f"must be >= 1, got {v}")
+        _require(0 <= self.reading_docs_per_class <= 10_000, "reading_docs_per_class",
+                 f"must be in 0..10000, got {self.reading_docs_per_class}")
         _require(260 <= self.vocab_size <= 1_000_000, "vocab_size",
                  f"must be in 260..1000000 (256 bytes + 4 special tokens at least), got {self.vocab_size}")
         _require(self.hidden_size % self.heads == 0, "heads",
@@ -370,6 +373,7 @@ class StageConfig:
     max_length: int = 128           # text tokens per example (image and tag tokens come on top)
     zero_stage: int = 2             # DeepSpeed ZeRO stage: 1, 2 or 3
     train_word_embeddings: bool = False  # stage 2: also train the LM's input embedding table
+    lm_lr_scale: float = 1.0  # the LM's learning rate = lr x this (0 = LM frozen in this stage)
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -378,6 +382,7 @@ class StageConfig:
             v = getattr(self, name)
             _require(v >= 1, name, f"must be >= 1, got {v}")
         _require(0 < self.lr < 1, "lr", f"must be in (0, 1), got {self.lr}")
+        _require(0 <= self.lm_lr_scale <= 10, "lm_lr_scale", f"must be in 0..10, got {self.lm_lr_scale}")
         _require(0 <= self.weight_decay < 1, "weight_decay", f"must be in [0, 1), got {self.weight_decay}")
         _require(0 <= self.warmup < 1, "warmup", f"must be a share of steps in [0, 1), got {self.warmup}")
         _require(16 <= self.max_length <= 32768, "max_length", f"must be in 16..32768, got {self.max_length}")

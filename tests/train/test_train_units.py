@@ -193,3 +193,22 @@ def test_multi_turn_prompt_is_the_training_prefix_of_the_next_answer(tok: PreTra
     second = len(ids) - 2  # the last answer is "2" + </s>
     assert conversation_prompt_ids(tok, "chat", [("<image>\nwhat is it?", "a zedul")], "how many?") == ids[:second]
     assert conversation_prompt_ids(tok, "chat", [("what is it?", "a zedul")], "how many?") == ids[:second]
+
+
+def test_param_groups_give_the_lm_its_own_learning_rate() -> None:
+    from tuna.train.engine import StageInputs
+
+    connector, lm_a, lm_b = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    inputs = StageInputs(None, None, [connector, lm_a, lm_b], [], {}, None, lm_params=[lm_a, lm_b])
+    groups = inputs.param_groups(1e-3, 0.25)
+    assert [len(g["params"]) for g in groups] == [1, 2]
+    assert groups[0]["params"][0] is connector and groups[0]["lr"] == 1e-3 and groups[1]["lr"] == pytest.approx(2.5e-4)
+    no_lm = StageInputs(None, None, [connector], [], {}, None).param_groups(1e-3, 0.25)
+    assert len(no_lm) == 1 and no_lm[0]["params"] == [connector]
+
+
+@pytest.mark.parametrize("override, name", [("train.stage2.lm_lr_scale=-1", "lm_lr_scale"),
+                                            ("lm.reading_docs_per_class=-3", "reading_docs_per_class")])
+def test_lm_learning_rate_scale_and_reading_documents_are_validated(override: str, name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_config(SMOKE, [override])

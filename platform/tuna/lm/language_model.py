@@ -171,7 +171,10 @@ def _world_dir(cfg: TunaConfig) -> Path:
 
 def _inputs(cfg: TunaConfig, corpus_hash: str) -> dict[str, Any]:
     """Everything the trained weights depend on; equal inputs mean the saved LM is up to date."""
-    return {"lm_config": section_fingerprint(cfg.lm), "seed": cfg.run.seed, "corpus": corpus_hash}
+    inputs = {"lm_config": section_fingerprint(cfg.lm), "seed": cfg.run.seed, "corpus": corpus_hash}
+    if cfg.lm.reading_docs_per_class:
+        inputs["num_tags"] = cfg.model.num_tags  # the reading documents list model.num_tags tags
+    return inputs
 
 
 def is_up_to_date(cfg: TunaConfig) -> bool:
@@ -203,7 +206,8 @@ def train_lm(cfg: TunaConfig, progress: bool = True, log: Callable[[str], None] 
     with _torch_threads(lm.threads), staged_dir(target, "language model") as tmp:
         corpus = pretrain.load_corpus(wdir, lm.val_fraction, cfg.run.seed)
         tokenizer = train_tokenizer(corpus.tokenizer_texts(), lm.vocab_size, lm.max_length)
-        docs = pretrain.encode_documents(tokenizer, corpus.documents(lm.text_repeats))
+        reading = pretrain.reading_documents(taxonomy, lm.reading_docs_per_class, cfg.run.seed, cfg.model.num_tags)
+        docs = pretrain.encode_documents(tokenizer, corpus.documents(lm.text_repeats) + reading)
         torch.manual_seed(cfg.run.seed)
         model = pretrain.build_model(lm, tokenizer)
         params = _count_params(model)

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +304,13 @@ class StageInputs:
     examples: list[Any]
     skipped: dict[str, int]
     collate: Any
+    lm_params: list[torch.nn.Parameter] = field(default_factory=list)  # the part of ``params`` in the LM
+
+    def param_groups(self, lr: float, lm_lr_scale: float) -> list[dict[str, Any]]:
+        """Optimizer groups: the LM's weights at ``lr * lm_lr_scale``, everything else at ``lr``."""
+        lm = {id(p) for p in self.lm_params}
+        rest = [p for p in self.params if id(p) not in lm]
+        return [g for g in ({"params": rest, "lr": lr}, {"params": self.lm_params, "lr": lr * lm_lr_scale}) if g["params"]]
 
 
 def prepare_stage(cfg: TunaConfig, variant: str, stage: int, rank: int = 0,
@@ -315,6 +322,9 @@ def prepare_stage(cfg: TunaConfig, variant: str, stage: int, rank: int = 0,
     sc = cfg.train.stage(stage)
     model, tokenizer = build_model(cfg, variant, stage)
     groups = set_trainable(model, stage, sc.train_word_embeddings)
+    if sc.lm_lr_scale == 0 and "language_model" in groups:   # the LM stays as pre-trained in this stage
+        for p in groups.pop("language_model").values():
+            p.requires_grad_(False)
     params = [p for g in groups.values() for p in g.values()]
     if not params:
         raise TrainError(f"stage {stage} of {variant!r} has no trainable parameters; check model.tag_mode / model.tuner")
@@ -332,7 +342,8 @@ def prepare_stage(cfg: TunaConfig, variant: str, stage: int, rank: int = 0,
         clip_tok = AutoTokenizer.from_pretrained(str(prev / "clip_tokenizer"))
     use_tags = model.config.tag_mode != "none"
     collate = Collator(tokenizer, processor, clip_tok, model.config.num_tags, model.config.max_tag_tokens, use_tags)
-    return StageInputs(model, tokenizer, params, examples, skipped, collate)
+    return StageInputs(model, tokenizer, params, examples, skipped, collate,
+                       list(groups.get("language_model", {}).values()))
 
 
 def optimizer_step(engine: Any, collate: Callable[[list[Any]], dict[str, torch.Tensor]], examples: list[Any],
@@ -383,7 +394,7 @@ def train_stage(cfg: TunaConfig, stage: int, variant: str = "tuna", resume: bool
     plan = BatchPlan(len(examples), world, sc.batch_size, sc.grad_accum, cfg.run.seed)
     total = plan.total_steps(sc.epochs, sc.max_steps)
     ds = ds_config.resolve(cfg, stage, world, hidden_size=model.config.text_config.hidden_size)
-    optimizer = torch.optim.AdamW(params, lr=sc.lr, weight_decay=sc.weight_decay)
+    optimizer = torch.optim.AdamW(inputs.param_groups(sc.lr, sc.lm_lr_scale), lr=sc.lr, weight_decay=sc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, sc.warmup))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds)
 

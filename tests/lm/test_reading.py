@@ -1,0 +1,67 @@
+"""Retrieval-reading documents of LM pre-training: tags, then a question answered by the tags' majority name."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import pytest
+
+from tuna.lm.pretrain import reading_documents
+
+TAXONOMY = {
+    "A": {"classes": [
+        {"name": "zedul", "coarse": "berry", "superordinate": "fruit", "pattern": "wavy", "accent": "orange", "ood": False},
+        {"name": "kraidroul", "coarse": "berry", "superordinate": "fruit", "pattern": "checkered", "accent": "black", "ood": True},
+        {"name": "zenai", "coarse": "spade", "superordinate": "tool", "pattern": "plain", "accent": "blue", "ood": False},
+    ]},
+    "B": {"classes": [
+        {"name": "lanenox", "coarse": "tunic", "superordinate": "garment", "pattern": "striped", "accent": "teal", "ood": False},
+        {"name": "quetru", "coarse": "tunic", "superordinate": "garment", "pattern": "wavy", "accent": "red", "ood": False},
+    ]},
+}
+NAMES = {c["name"] for d in TAXONOMY.values() for c in d["classes"]}
+DOC = re.compile(r"^USER: (?P<tags>[^\n]+)\n(?P<question>.+) ASSISTANT: (?P<answer>.+)$", re.S)
+
+
+def _parse(doc: str) -> tuple[list[str], str, str]:
+    m = DOC.match(doc)
+    assert m, doc
+    return m["tags"].split(" "), m["question"], m["answer"]
+
+
+def test_every_class_gets_its_documents_ood_and_domain_b_included() -> None:
+    docs = reading_documents(TAXONOMY, per_class=7, seed=0)
+    assert len(docs) == 7 * len(NAMES)
+    answered = Counter(next(n for n in NAMES if re.search(rf"\b{n}\b", _parse(d)[2])) for d in docs)
+    assert answered == {n: 7 for n in NAMES}
+
+
+def test_the_answer_names_the_majority_of_the_five_tags() -> None:
+    for doc in reading_documents(TAXONOMY, per_class=20, seed=1):
+        words, question, answer = _parse(doc)
+        names = [w for w in words if w in NAMES]
+        assert len(names) == 5, doc                       # k = 5 tags, each ends in one class name
+        top, count = Counter(names).most_common(1)[0]
+        assert count >= 3 and re.search(rf"\b{top}\b", answer), doc
+        assert question.startswith(("What kind of", "What is the object"))
+
+
+def test_short_and_long_answer_forms_both_appear() -> None:
+    docs = reading_documents(TAXONOMY, per_class=20, seed=2)
+    short = [d for d in docs if "single word or phrase" in d]
+    assert 0 < len(short) < len(docs)
+    for d in short:
+        assert _parse(d)[2] in NAMES
+
+
+def test_deterministic_for_a_seed_and_empty_when_off() -> None:
+    assert reading_documents(TAXONOMY, 5, seed=3) == reading_documents(TAXONOMY, 5, seed=3)
+    assert reading_documents(TAXONOMY, 5, seed=3) != reading_documents(TAXONOMY, 5, seed=4)
+    assert reading_documents(TAXONOMY, 0, seed=3) == []
+
+
+@pytest.mark.parametrize("per_class, k", [(-1, 5), (3, 1)])
+def test_bad_arguments_are_refused(per_class: int, k: int) -> None:
+    with pytest.raises(ValueError, match="per_class"):
+        reading_documents(TAXONOMY, per_class, seed=0, k=k)
