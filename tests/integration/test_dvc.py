@@ -121,3 +121,17 @@ def test_datastore_snapshot_pulled_from_the_remote_answers_identically(project: 
     assert neighbours() == before
     out = _run(["dvc", "status", *chain], project)
     assert "changed" not in out and "modified" not in out, out
+
+
+def test_exp_run_sets_a_recipe_param_and_tracks_the_experiment(project: Path) -> None:
+    """Ablations are DVC experiments: `dvc exp run -S <recipe>:<key>=<value>` rewrites the recipe, reruns the
+    stages that depend on the key, and `dvc exp show` lists the experiment with that param."""
+    _run(["dvc", "repro", "world@smoke"], project)
+    _run(["git", "add", "-A"], project)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
+    _run(["dvc", "exp", "run", "-n", "web200", "-S", "configs/smoke.yaml:world.sizes.web=200", "world@smoke"], project)
+    manifest = json.loads((project / "data/smoke/world/manifest.json").read_text())
+    assert manifest["counts"]["web_A"] == 200
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], project))
+    text = json.dumps(shown)
+    assert "web200" in text and '"web": 200' in text.replace('"web":200', '"web": 200')

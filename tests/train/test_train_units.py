@@ -212,3 +212,51 @@ def test_param_groups_give_the_lm_its_own_learning_rate() -> None:
 def test_lm_learning_rate_scale_and_reading_documents_are_validated(override: str, name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_config(SMOKE, [override])
+
+
+def test_reading_examples_are_blank_image_conversations_with_their_tags(tok: PreTrainedTokenizerFast, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tuna.train.data import reading_examples, write_blank_image
+    from tuna.world.reading import ReadingSample
+
+    blank = write_blank_image(tmp_path / "reading" / "blank-32.png", 32)
+    assert Image.open(blank).size == (32, 32) and Image.open(blank).getpixel((5, 5)) == (128, 128, 128)
+    samples = [ReadingSample(["red zedul", "zedul"], "what is it?", "a zedul", "zedul"),
+               ReadingSample(["zedul"] * 2, "what is it? " * 40, "zedul", "zedul")]  # too long: dropped
+    out = reading_examples(samples, [blank, blank], tok, max_length=40, system="chat")
+    assert len(out) == 1
+    ex = out[0]
+    assert ex.image == blank and ex.tags == ["red zedul", "zedul"] and IMAGE_TOKEN_INDEX in ex.input_ids
+    answer = [t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE_INDEX]
+    assert tok.convert_ids_to_tokens(answer) == ["a", "zedul", "</s>"]
+
+
+@pytest.mark.parametrize("mode", ["scene", "blank"])
+def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFast, prepared, mode: str) -> None:
+    """Counterfactual reading rows sit on a training scene of the answer's coarse class (or a blank image)."""
+    from tuna.train.engine import _reading
+
+    cfg = load_config(SMOKE, [f"run.data_dir={prepared.cfg.data_dir}", "train.stage2.reading_per_class=2",
+                              f"train.stage2.reading_image={mode}"])
+    taxonomy = json.loads((prepared.root / "taxonomy.json").read_text())
+    classes = {c["name"]: c for dom in taxonomy.values() for c in dom["classes"]}
+    inst = json.loads((prepared.root / "instruction" / "instances.json").read_text())
+    cats = {c["id"]: c["name"] for c in inst["categories"]}
+    file_id = {im["file_name"]: im["id"] for im in inst["images"]}
+    objects: dict[int, list[str]] = {}
+    for a in inst["annotations"]:
+        objects.setdefault(a["image_id"], []).append(cats[a["category_id"]])
+    rows = _reading(cfg, tok, cfg.train.stage2)
+    assert len(rows) == 2 * len(classes)
+    domain_a_coarse = {classes[n]["coarse"] for o in objects.values() if len(o) == 1 for n in o}
+    for ex in rows:
+        assert len(ex.tags) == cfg.model.num_tags and ex.image.is_file()
+        name = max(classes, key=lambda n: sum(t.split()[-1] == n for t in ex.tags))   # the tags' majority
+        if mode == "blank":
+            assert ex.image.name == f"blank-{cfg.world.image_size}.png"
+            continue
+        shown = objects[file_id[ex.image.name]]
+        assert len(shown) == 1                                                      # a single-object scene
+        if classes[name]["coarse"] in domain_a_coarse:
+            assert classes[shown[0]]["coarse"] == classes[name]["coarse"]

@@ -35,7 +35,8 @@ from tuna.schedule import warmup_cosine
 from tuna.config import LMConfig
 from tuna.errors import DataFormatError
 from tuna.formats import iter_text, load_llava
-from tuna.world.language import SHORT_ANSWER, article
+from tuna.world.language import article
+from tuna.world.reading import reading_samples
 
 CORPUS_FILES = ("text/corpus.jsonl", "alignment/pretrain.json", "instruction/instruct.json")  # never eval/
 PROBE_SPLITS = ("id", "ood", "b")
@@ -96,57 +97,11 @@ def load_corpus(world_dir: Path, val_fraction: float, seed: int) -> Corpus:
                           "captions": len(captions), "answers": len(answers)})
 
 
-_SIZES = ("small", "large")
-
-
-def _tag(cls: dict[str, Any], rng: np.random.Generator) -> str:
-    """One retrieved-style tag naming ``cls``: the bare name or an attribute + the name (as tag mining yields)."""
-    attrs = [cls["pattern"], cls["accent"], str(rng.choice(_SIZES))]
-    if rng.random() < 0.35:
-        return cls["name"]
-    return f"{attrs[int(rng.integers(len(attrs)))]} {cls['name']}"
-
-
 def reading_documents(taxonomy: dict[str, Any], per_class: int, seed: int, k: int = 5) -> list[str]:
-    """Retrieval-reading documents: a list of ``k`` tags, then a question whose answer is the class the
-    list supports most, in the chat layout of instruction tuning.
-
-    ``USER: checkered kraidroul kraidroul voveisur large kraidroul black voveisur\nWhat kind of fruit is in
-    the image? ASSISTANT: There is a kraidroul, which is a kind of berry.``
-
-    Every class of the world's text corpus (OOD and domain B included, as an LLM knows rare names from
-    text) gets ``per_class`` documents; the answer's name leads the list in most of them and is always
-    its majority, as nearest-neighbour tags are. This is the reading skill a real LLM brings to TUNA;
-    no image and nothing from the eval splits is used.
-    """
-    if per_class < 0 or k < 2:
-        raise ValueError(f"per_class must be >= 0 and k >= 2, got per_class={per_class}, k={k}")
-    rng = np.random.default_rng(seed)
-    classes = [c for dom in sorted(taxonomy) for c in taxonomy[dom].get("classes", [])]
-    docs = []
-    for cls in classes:
-        siblings = [c for c in classes if c["coarse"] == cls["coarse"] and c["name"] != cls["name"]]
-        for _ in range(per_class):
-            n_own = int(rng.integers((k + 2) // 2, k + 1)) if siblings else k  # a strict majority of the k tags
-            others = [siblings[int(i)] for i in rng.integers(len(siblings), size=k - n_own)] if siblings else []
-            tags = [_tag(cls, rng) for _ in range(n_own)] + [_tag(o, rng) for o in others]
-            rest = tags[1:]
-            order = rng.permutation(len(rest))
-            tags = [tags[0]] + [rest[int(i)] for i in order]
-            if others and rng.random() < 0.2:                         # sometimes a look-alike ranks first
-                j = tags.index(next(t for t in tags if t.split()[-1] != cls["name"]))
-                tags[0], tags[j] = tags[j], tags[0]
-            name, a = cls["name"], article(cls["name"])
-            q, long, short = [
-                (f"What kind of {cls['superordinate']} is in the image?",
-                 f"There is {a} {name}, which is a kind of {cls['coarse']}.", name),
-                (f"What kind of {cls['coarse']} is this?", f"This is {a} {name}.", name),
-                ("What is the object in the image?", f"It is {a} {name}.", name),
-            ][int(rng.integers(3))]
-            if rng.random() < 0.5:
-                q, long = f"{q}\n{SHORT_ANSWER}", short
-            docs.append(f"USER: {' '.join(tags)}\n{q} ASSISTANT: {long}")
-    return docs
+    """Retrieval-reading documents (:func:`tuna.world.reading.reading_samples`) in the chat layout of
+    instruction tuning, as pre-training text: ``USER: {tags}\n{question} ASSISTANT: {answer}``."""
+    return [f"USER: {' '.join(r.tags)}\n{r.question} ASSISTANT: {r.answer}"
+            for r in reading_samples(taxonomy, per_class, seed, k)]
 
 
 def build_model(lm: LMConfig, tokenizer: Any) -> LlamaForCausalLM:

@@ -9,6 +9,7 @@ builds the same prefix for generation, so evaluation and serving ask the way tra
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,6 +140,35 @@ def prepare(records: Sequence[LlavaRecord], tokenizer: Any, stage: int, max_leng
     return Prepared(out, skipped)
 
 
+def reading_examples(samples: Sequence[Any], images: Sequence[Path], tokenizer: Any, max_length: int,
+                     system: str) -> list[Example]:
+    """Reading conversations (:class:`tuna.world.reading.ReadingSample`) as stage-2 examples: ``images[i]``
+    (a blank image, or a scene whose true tags they replace), the sample's tags as the retrieved tags, one
+    question and its answer. Conversations longer than ``max_length`` are dropped."""
+    if len(images) != len(samples):
+        raise DataError(f"reading_examples needs one image per sample, got {len(images)} for {len(samples)}")
+    out = []
+    for n, (r, image) in enumerate(zip(samples, images)):
+        rec = LlavaRecord(f"reading-{n:06d}", image, [{"from": "human", "value": f"{IMAGE}\n{r.question}"},
+                                                      {"from": "gpt", "value": r.answer}])
+        ids, labels = tokenize_conversation(rec, tokenizer, system)
+        if len(ids) <= max_length:
+            out.append(Example(rec.id, image, ids, labels, list(r.tags)))
+    return out
+
+
+def write_blank_image(path: Path, size: int) -> Path:
+    """A mid-grey ``size`` x ``size`` PNG at ``path`` (the image of text-only conversations); written once, atomically."""
+    from PIL import Image
+
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # ranks may write it at once
+        Image.new("RGB", (size, size), (128, 128, 128)).save(tmp, format="PNG")
+        tmp.replace(path)
+    return path
+
+
 class Collator:
     """Examples -> one padded batch of model inputs (right padding; tags padded to ``num_tags``)."""
 
@@ -214,4 +244,4 @@ def check_images(examples: Sequence[Example]) -> tuple[list[Example], list[Corru
 
 
 __all__ = ["IGNORE_INDEX", "Collator", "DataError", "Example", "Prepared", "check_images", "conversation_prompt_ids", "prepare",
-           "prompt_ids", "prompt_text", "tokenize_conversation", "tokenize_plain"]
+           "prompt_ids", "prompt_text", "reading_examples", "tokenize_conversation", "tokenize_plain", "write_blank_image"]

@@ -219,7 +219,54 @@ def _examples(cfg: TunaConfig, variant: str, stage: int, tokenizer: Any, rank: i
     skipped = dict(prepared.skipped)
     if bad:
         skipped["bad_image"] = len(bad)
+    if stage == 2 and tag_mode != "none" and sc.reading_per_class:
+        good += _reading(cfg, tokenizer, sc)
     return good, skipped
+
+
+def _reading(cfg: TunaConfig, tokenizer: Any, sc: Any) -> list[Any]:
+    """Stage 2's reading conversations: tags written from the world's taxonomy (tuna.world.reading) on a
+    blank image, or on a training scene of the same coarse class (counterfactual tags: the answer follows
+    the tags, not the scene's own class)."""
+    import numpy as np
+
+    from tuna.train.data import reading_examples, write_blank_image
+    from tuna.world.reading import reading_samples
+
+    world = cfg.data_dir / "world"
+    try:
+        taxonomy = json.loads((world / "taxonomy.json").read_text(encoding="utf-8"))
+        instances = (json.loads((world / "instruction" / "instances.json").read_text(encoding="utf-8"))
+                     if sc.reading_image == "scene" else None)
+    except (OSError, json.JSONDecodeError) as err:
+        raise TrainError(f"train.stage2.reading_per_class needs the world's taxonomy and instruction instances ({err}); "
+                         f"run `tuna world` first") from None
+    samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, cfg.model.num_tags)
+    if instances is None:
+        blank = write_blank_image(cfg.data_dir / "train" / "reading" / f"blank-{cfg.world.image_size}.png",
+                                  cfg.world.image_size)
+        images = [blank] * len(samples)
+    else:
+        coarse = {c["name"]: c["coarse"] for dom in taxonomy.values() for c in dom.get("classes", [])}
+        cats = {c["id"]: c["name"] for c in instances["categories"]}
+        per_image: dict[int, list[str]] = {}
+        for a in instances["annotations"]:
+            per_image.setdefault(a["image_id"], []).append(cats[a["category_id"]])
+        files = {im["id"]: world / "instruction" / "images" / im["file_name"] for im in instances["images"]}
+        by_coarse: dict[str, list[Path]] = {}
+        for image_id, names in sorted(per_image.items()):
+            if len(names) == 1:
+                by_coarse.setdefault(coarse[names[0]], []).append(files[image_id])
+        every = [p for paths in by_coarse.values() for p in paths]
+        if not every:
+            raise TrainError(f"train.stage2.reading_image=scene needs single-object instruction images; "
+                             f"{world / 'instruction'} has none (use reading_image=blank)")
+        rng = np.random.default_rng(cfg.run.seed + 2)
+        images = []
+        for r in samples:
+            pool = by_coarse.get(coarse.get(r.name, ""), every)
+            images.append(pool[int(rng.integers(len(pool)))])
+    return reading_examples(samples, images, tokenizer, sc.max_length, cfg.train.system_prompt)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
