@@ -92,13 +92,25 @@ def test_datasets_are_not_committed_to_git() -> None:
     assert ignored.returncode == 0
 
 
-def test_datastore_snapshot_pulled_from_the_remote_answers_identically(project: Path) -> None:
-    """dvc repro builds world -> encoder -> tags -> datastore A; after push, wipe and pull, the
-    pulled Milvus Lite folder gives the same neighbours as the one that was built."""
+def test_whole_smoke_dag_reproduces_and_its_datastore_snapshot_pulls_back_identically(project: Path) -> None:
+    """`dvc repro eval@smoke export@smoke` runs every stage of the DAG through its `tuna` verb (world,
+    encoder, mine, index A/B/A_captions, lm, train tuna + baseline, eval, export); afterwards nothing is
+    stale and `dvc metrics show` has the eval metrics. Then datastore A's chain is pushed, wiped and
+    pulled: the pulled Milvus Lite folder gives the same neighbours as the one that was built."""
     from tuna.config import load_config
     from tuna.retrieval.datastore import Retriever
 
-    _run(["dvc", "repro", "index@smoke-A"], project)
+    _run(["dvc", "repro", "eval@smoke", "export@smoke"], project)
+    lock = (project / "dvc.lock").read_text()
+    for stage in ("world@smoke", "encoder@smoke", "mine@smoke", "index@smoke-A", "index@smoke-B", "lm@smoke",
+                  "train@smoke-tuna", "train@smoke-baseline", "eval@smoke", "export@smoke"):
+        assert f"{stage}:" in lock, stage
+    assert (project / "data/smoke/serve/tuna/model_repository/tuna/config.pbtxt").is_file()
+    status = _run(["dvc", "status", "eval@smoke", "export@smoke", "--with-deps"], project)
+    assert "changed" not in status and "modified" not in status, status
+    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], project))
+    text = json.dumps(metrics)
+    assert "eval/tuna/metrics.json" in text and "eval/baseline/metrics.json" in text and "finer" in text
     cfg = load_config(project / "configs/smoke.yaml", [f"run.data_dir={project / 'data/smoke'}"])
     rng = np.random.default_rng(0)
     dim = json.loads((project / "data/smoke/datastores/A/manifest.json").read_text())["encoder"]["dim"]

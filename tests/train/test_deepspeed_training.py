@@ -50,6 +50,11 @@ def test_two_stages_on_two_ranks_save_hf_models_and_mlflow_runs(trained) -> None
     s2 = json.loads((d / "train/tuna/stage2/metrics.json").read_text())
     assert (s1["world_size"], s1["zero_stage"], s2["zero_stage"]) == (2, 2, 3)
     assert s1["steps"] == prepared.cfg.train.stage1.max_steps and s1["skipped"] == {}
+    # Stage 2 mixed in one reading conversation per class of the world (smoke: reading_per_class 1).
+    taxonomy = json.loads((prepared.root / "taxonomy.json").read_text())
+    n_classes = sum(len(dom["classes"]) for dom in taxonomy.values())
+    instructions = len(json.loads((prepared.root / "instruction/instruct.json").read_text()))
+    assert s2["examples"] == instructions + prepared.cfg.train.stage2.reading_per_class * n_classes
 
     # Stage 1: the connector alone, as LLaVA's mm_projector.bin, equal to the consolidated model's; CLIP untouched.
     one = TunaForConditionalGeneration.from_pretrained(str(d / "train/tuna/stage1/model"))
