@@ -171,6 +171,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     names = list(dict.fromkeys(cfg.eval.ablations)) if args.ablations else [v.strip() for v in args.variant.split(",") if v.strip()]
+    if getattr(args, "validation", False):  # FINER on the validation split only: no report, no MLflow, the eval splits untouched
+        from tuna.eval.suite import validate_variant
+
+        rows = {v: validate_variant(cfg, v, progress=not args.quiet) for v in names}
+        print(table(rows))
+        print(f"\nvalidation metrics: {eval_dir(cfg) / 'validation'}/<variant>.json")
+        return 0
     for variant in names:
         if args.force or not is_up_to_date(cfg, variant):
             evaluate_variant(cfg, variant, progress=not args.quiet)
@@ -197,6 +204,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     _force_quiet(p)
     p.add_argument("--variant", default="tuna,baseline", help="comma-separated trained variants (default: tuna,baseline)")
     p.add_argument("--ablations", action="store_true", help="evaluate every eval.ablations variant")
+    p.add_argument("--validation", action="store_true",
+                   help="FINER on the world's validation split (world.sizes.finer_val) only, to choose settings without the eval splits")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -131,6 +131,7 @@ class CorpusSizes:
     pope_images: int = 100
     finer: int = 300
     finer_b: int = 300
+    finer_val: int = 0              # FINER-style validation images per split (ID, OOD, B) for choosing settings (0 = none)
     mme_images: int = 40
     captions: int = 100
     text_docs_per_class: int = 20
@@ -138,7 +139,7 @@ class CorpusSizes:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             n = getattr(self, f.name)
-            low = 0 if f.name == "clip_web" else 1
+            low = 0 if f.name in ("clip_web", "finer_val") else 1
             _require(low <= n <= 10_000_000, f.name, f"must be in {low}..10000000 samples, got {n}")
 
 

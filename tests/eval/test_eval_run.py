@@ -64,3 +64,32 @@ def test_eval_file_with_missing_fields_is_one_line(trained, tmp_path: Path, caps
                  f"run.data_dir={broken}", "eval.tasks=[finer]"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "fine-level-lbl" in err[0] and "finer.jsonl" in err[0]
+
+
+def test_validation_scores_finer_on_the_validation_split_only(trained, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tuna eval --validation`: FINER on world/val (never the eval images), its own metrics file, no report."""
+    d = trained.cfg.data_dir
+    report = d / "eval/report/report.md"
+    before = report.stat().st_mtime_ns if report.is_file() else None
+    assert main(["eval", "--config", str(SMOKE), "--validation", f"run.data_dir={d}", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| tuna |" in out and "| baseline |" in out and "eval/validation" in out
+    m = json.loads((d / "eval/validation/tuna.json").read_text())
+    assert m["split"] == "val" and set(m["seconds"]) == {"finer"}
+    n = trained.cfg.world.sizes.finer_val
+    assert m["finer"]["ood"]["direct"]["n"] == n and {"b@A", "b@B", "b@none"} <= set(m["finer"])
+    assert all(0.0 <= v <= 1.0 for v in m["headline"].values())
+    cached = {p.name for p in (d / "eval/retrieved").iterdir()}
+    assert any(name.startswith("val-finer-ood") for name in cached)          # the validation images' own tags
+    assert (report.stat().st_mtime_ns if report.is_file() else None) == before
+
+
+def test_validation_without_a_validation_split_is_one_line(trained, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    d = trained.cfg.data_dir
+    copy = tmp_path / "noval"
+    shutil.copytree(d / "world", copy / "world", ignore=shutil.ignore_patterns("val"))
+    shutil.copytree(d / "train/tuna/stage2/model", copy / "train/tuna/stage2/model")
+    code = main(["eval", "--config", str(SMOKE), "--validation", "--variant", "tuna", f"run.data_dir={copy}", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "finer_val" in err and len(err.strip().splitlines()) == 1

@@ -49,7 +49,7 @@ def test_smoke_runs_in_one_process(world: World) -> None:
 def test_manifest_digests_match_the_files_on_disk(world: World) -> None:
     assert world.manifest["digests"] == recompute_digests(world.root)
     expected = {"taxonomy.json", "text", "alignment", "instruction", "web/A", "web/B",
-                "eval/pope", "eval/finer", "eval/mme", "eval/captions"}
+                "eval/pope", "eval/finer", "eval/mme", "eval/captions"} | ({"val"} if world.cfg.world.sizes.finer_val else set())
     assert set(world.manifest["digests"]) == expected
 
 

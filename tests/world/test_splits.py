@@ -177,3 +177,19 @@ def test_mme_splits_ask_about_their_classes(world: World) -> None:
                 assert named <= world.a_names  # an absent object: any class of domain A
             else:
                 assert named <= own, f"mme/{split}/{item.task}: {item.question}"
+
+
+def test_finer_validation_split_is_disjoint_from_the_eval_split(world: World) -> None:
+    """world.sizes.finer_val: same classes per split as FINER's eval images, other images, other files."""
+    import hashlib
+
+    n = world.cfg.world.sizes.finer_val
+    assert n > 0, "the smoke recipe generates a validation split"
+    for split, names in (("id", None), ("ood", set(world.ood_names)), ("b", None)):
+        val, ev = world.root / "val" / "finer" / split, world.root / "eval" / "finer" / split
+        rows = load_finer(val / "finer.jsonl")
+        assert len(rows) == n == world.manifest["counts"][f"finer_val_{split}"]
+        if names is not None:
+            assert {r["fine-level-lbl"] for r in rows} <= names
+        digest = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (ev / "images").iterdir()}
+        assert not digest & {hashlib.sha256((val / "images" / r["image"]).read_bytes()).hexdigest() for r in rows}

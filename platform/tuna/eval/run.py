@@ -105,8 +105,9 @@ def eval_pope(cfg: TunaConfig, asker: Asker, tag_mode: str) -> dict[str, Any]:
 
 
 def eval_finer(cfg: TunaConfig, asker: Asker, tag_mode: str, b_datastores: Sequence[str | None] = ("B",),
-               attrseek: bool = True) -> dict[str, Any]:
-    """FINER EM per level (direct and ATTRSEEK) on ID and OOD (datastore A) and domain B (each of ``b_datastores``)."""
+               attrseek: bool = True, root: str = "eval") -> dict[str, Any]:
+    """FINER EM per level (direct and ATTRSEEK) on ID and OOD (datastore A) and domain B (each of ``b_datastores``),
+    on the world's eval split (``root`` "eval") or its validation split ("val", world.sizes.finer_val)."""
     from tuna.eval.finer import attrseek_prompts, direct_prompt, finer_metrics
     from tuna.formats import load_finer
 
@@ -114,10 +115,10 @@ def eval_finer(cfg: TunaConfig, asker: Asker, tag_mode: str, b_datastores: Seque
     runs: list[tuple[str, str, str | None]] = [("id", "id", "A"), ("ood", "ood", "A")]
     runs += [(f"b@{d or 'none'}", "b", d) for d in b_datastores]
     for key, split, store in runs:
-        folder = cfg.data_dir / "world" / "eval" / "finer" / split
+        folder = cfg.data_dir / "world" / root / "finer" / split
         records = load_finer(folder / "finer.jsonl")
         images = [folder / "images" / r["image"] for r in records]
-        tags = _tags_for(cfg, tag_mode, images, f"finer-{split}", store)
+        tags = _tags_for(cfg, tag_mode, images, f"finer-{split}" if root == "eval" else f"{root}-finer-{split}", store)
         direct = [Query(img, direct_prompt(r["basic-level-lbl"])) for img, r in zip(images, records)]
         res = {"direct": finer_metrics(asker.ask(direct, tags, 16, desc=f"finer {key}"), records)}
         if attrseek:
@@ -166,7 +167,7 @@ def eval_chair(cfg: TunaConfig, asker: Asker, tag_mode: str, max_new_tokens: int
 
 def evaluate_model(cfg: TunaConfig, model_dir: Path, tag_mode: str, b_datastores: Sequence[str | None] = ("B",),
                    tasks: Sequence[str] = ("pope", "finer", "mme", "chair"), progress: bool = False,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print, finer_root: str = "eval") -> dict[str, Any]:
     """Every task for one trained model; returns the metrics (and how long each task took)."""
     from tuna.inference import Predictor
 
@@ -176,7 +177,7 @@ def evaluate_model(cfg: TunaConfig, model_dir: Path, tag_mode: str, b_datastores
                         f"{tag_mode!r}; evaluate each variant with its own tag mode")
     asker = Asker(predictor, cfg.eval.batch_size, progress)
     runners = {"pope": lambda: eval_pope(cfg, asker, tag_mode),
-               "finer": lambda: eval_finer(cfg, asker, tag_mode, b_datastores, cfg.eval.attrseek),
+               "finer": lambda: eval_finer(cfg, asker, tag_mode, b_datastores, cfg.eval.attrseek, finer_root),
                "mme": lambda: eval_mme(cfg, asker, tag_mode),
                "chair": lambda: eval_chair(cfg, asker, tag_mode)}
     out: dict[str, Any] = {"model": str(model_dir), "tag_mode": tag_mode, "seconds": {}}

@@ -83,6 +83,27 @@ def evaluate_variant(cfg: TunaConfig, variant: str, progress: bool = False,
     return metrics
 
 
+def validate_variant(cfg: TunaConfig, variant: str, progress: bool = False,
+                     log: Callable[[str], None] = print) -> dict[str, float]:
+    """FINER on the world's validation split (world.sizes.finer_val), for choosing settings without looking at
+    the eval splits: saves ``eval/validation/<variant>.json`` and returns its headline numbers."""
+    from tuna.train.engine import model_dir, variant_model
+
+    val = cfg.data_dir / "world" / "val" / "finer"
+    if not (val / "ood" / "finer.jsonl").is_file():
+        raise EvalError(f"{val} does not exist: set world.sizes.finer_val > 0 (e.g. 100) and regenerate the world")
+    folder = model_dir(cfg, variant, 2)
+    if not (folder / "config.json").is_file():
+        raise EvalError(f"variant {variant!r} has no trained model at {folder}; run `tuna train --variant {variant}` first")
+    tag_mode = variant_model(cfg, variant)["tag_mode"]
+    log(f"validate {variant} ({folder})")
+    metrics = evaluate_model(cfg, folder, tag_mode, b_datastores(variant, tag_mode), ("finer",), progress, log,
+                             finer_root="val")
+    metrics.update(variant=variant, split="val", headline=headline(metrics))
+    write_json(eval_dir(cfg) / "validation" / f"{variant}.json", metrics)
+    return metrics["headline"]
+
+
 def summarize(cfg: TunaConfig, variants: Sequence[str]) -> dict[str, dict[str, float]]:
     """Headline numbers of each evaluated variant (from their metrics.json), saved as summary.json and table.md."""
     rows = {}

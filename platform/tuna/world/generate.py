@@ -133,6 +133,9 @@ def corpus_specs(cfg: TunaConfig) -> list[CorpusSpec]:
         CorpusSpec("finer_id", s.finer, "A_id", "none", single=True),
         CorpusSpec("finer_ood", s.finer, "A_ood", "none", single=True),
         CorpusSpec("finer_b", s.finer_b, "B", "none", single=True),
+        *([CorpusSpec("finer_val_id", s.finer_val, "A_id", "none", single=True),
+           CorpusSpec("finer_val_ood", s.finer_val, "A_ood", "none", single=True),
+           CorpusSpec("finer_val_b", s.finer_val, "B", "none", single=True)] if s.finer_val else []),
         CorpusSpec("captions_id", s.captions, "A_id", "clean"),
         CorpusSpec("captions_ood", s.captions, "A_ood", "clean"),
     ]
@@ -321,15 +324,18 @@ def _write_corpora(cfg: TunaConfig, a: Taxonomy, b: Taxonomy, out: _Writer, prog
                 q = pope_questions([s.scene for s in smp], names, vocab, cfg.run.seed + (0 if split == "id" else 1), ps)
                 out.write(f"eval/pope/{split}/world_pope_{ps}.json", dump_jsonl(q))
                 counts[f"pope_{split}_{ps}"] = len(q)
-        for split, name in (("id", "finer_id"), ("ood", "finer_ood"), ("b", "finer_b")):
+        finer = [("eval", split, f"finer_{split}") for split in ("id", "ood", "b")]
+        if cfg.world.sizes.finer_val:  # validation images of the same classes, for choosing settings (never reported)
+            finer += [("val", split, f"finer_val_{split}") for split in ("id", "ood", "b")]
+        for root, split, name in finer:
             smp = collect(name, "none")
-            names = _write_images(smp, f"eval/finer/{split}", ext, out)
+            names = _write_images(smp, f"{root}/finer/{split}", ext, out)
             rows = [{"id": s.key, "image": n, "basic-level-lbl": o.cls.superordinate, "coarse-level-lbl": o.cls.coarse,
                      "fine-level-lbl": o.cls.name, "attributes": o.cls.attributes, "instance-attributes": o.attributes,
                      "domain": o.cls.domain, **({"brand": o.cls.brand} if o.cls.brand else {})}
                     for s, n in zip(smp, names) for o in s.scene.objects[:1]]
-            out.write(f"eval/finer/{split}/finer.jsonl", dump_jsonl(rows))
-            counts[f"finer_{split}"] = len(rows)
+            out.write(f"{root}/finer/{split}/finer.jsonl", dump_jsonl(rows))
+            counts[name] = len(rows)
         for split in ("id", "ood"):
             for task in MME_TASKS:
                 smp = collect(f"mme_{split}", f"mme:{task}")
