@@ -132,3 +132,12 @@ def test_report_draws_probes_and_explains_what_is_missing(evaluated: World, tmp_
     assert set(probes) == {"linear_probe"} and probes["linear_probe"]["id"]["clip"] == 0.9
     with pytest.raises(EvalError, match="no evaluated variant"):
         write_report(load_config(SMOKE, [f"run.data_dir={tmp_path / 'none'}"]), VARIANTS, log=quiet)
+
+
+def test_swap_line_reads_direct_prompting_whatever_the_key_order() -> None:
+    from tuna.eval.suite import table
+
+    row = {"finer_b@B_fine_em": 0.78, "finer_b@B_attrseek_fine_em": 0.0, "finer_b@A_fine_em": 0.01,
+           "finer_b@A_attrseek_fine_em": 0.5, "finer_b@none_fine_em": 0.0}
+    line = table({"tuna": row}).splitlines()[-1]
+    assert line.endswith("A 1.0, B 78.0, none 0.0"), line

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -124,16 +125,19 @@ def _fmt(key: str, value: float | None) -> str:
     return f"{100 * value:.1f}"
 
 
+_SWAP_KEY = re.compile(r"finer_b@([^_]+)_fine_em")  # direct prompting only (not ..._attrseek_fine_em)
+
+
 def table(rows: dict[str, dict[str, float]]) -> str:
     """A markdown table: one row per variant, EM/F1/CHAIR in percent, MME as its 0-800 score."""
     cols = [(k, h) for k, h in COLUMNS if any(k in r for r in rows.values())]
     lines = ["| variant | " + " | ".join(h for _, h in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for v, r in rows.items():
         lines.append(f"| {v} | " + " | ".join(_fmt(k, r.get(k)) for k, _ in cols) + " |")
-    swap = {k.split("_")[1]: r[k] for v, r in rows.items() if v == "tuna" for k in r if k.startswith("finer_b@") and k.endswith("fine_em")}
+    swap = {m[1]: r[k] for v, r in rows.items() if v == "tuna" for k in r if (m := _SWAP_KEY.fullmatch(k))}
     if swap:
         lines += ["", "Datastore swap (TUNA, domain-B FINER fine EM, no retraining): "
-                  + ", ".join(f"{k.split('@')[1]} {100 * v:.1f}" for k, v in sorted(swap.items()))]
+                  + ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(swap.items()))]
     return "\n".join(lines)
 
 
