@@ -376,7 +376,7 @@ class StageConfig:
     train_word_embeddings: bool = False  # stage 2: also train the LM's input embedding table
     lm_lr_scale: float = 1.0  # the LM's learning rate = lr x this (0 = LM frozen in this stage)
     reading_per_class: int = 0  # stage 2: text-only reading conversations per class mixed in (tuna.world.reading; 0 = none)
-    reading_image: str = "blank"  # image of those conversations: blank (text-only) | scene (a training image of the same coarse class: counterfactual tags)
+    reading_image: str = "blank"  # image of those conversations: blank (text-only) | scene (a training image of the same coarse class: counterfactual tags) | own (a training image of the named class when it has one, else scene)
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -388,8 +388,8 @@ class StageConfig:
         _require(0 <= self.lm_lr_scale <= 10, "lm_lr_scale", f"must be in 0..10, got {self.lm_lr_scale}")
         _require(0 <= self.reading_per_class <= 10_000, "reading_per_class",
                  f"must be in 0..10000, got {self.reading_per_class}")
-        _require(self.reading_image in ("blank", "scene"), "reading_image",
-                 f"must be blank or scene, got {self.reading_image!r}")
+        _require(self.reading_image in ("blank", "scene", "own"), "reading_image",
+                 f"must be blank, scene or own, got {self.reading_image!r}")
         _require(0 <= self.weight_decay < 1, "weight_decay", f"must be in [0, 1), got {self.weight_decay}")
         _require(0 <= self.warmup < 1, "warmup", f"must be a share of steps in [0, 1), got {self.warmup}")
         _require(16 <= self.max_length <= 32768, "max_length", f"must be in 16..32768, got {self.max_length}")

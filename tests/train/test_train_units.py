@@ -232,9 +232,10 @@ def test_reading_examples_are_blank_image_conversations_with_their_tags(tok: Pre
     assert tok.convert_ids_to_tokens(answer) == ["a", "zedul", "</s>"]
 
 
-@pytest.mark.parametrize("mode", ["scene", "blank"])
+@pytest.mark.parametrize("mode", ["scene", "blank", "own"])
 def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFast, prepared, mode: str) -> None:
-    """Counterfactual reading rows sit on a training scene of the answer's coarse class (or a blank image)."""
+    """Reading rows sit on a training scene of the answer's coarse class (scene), of the answer's own class
+    when it has one (own), or on a blank image."""
     from tuna.train.engine import _reading
 
     cfg = load_config(SMOKE, [f"run.data_dir={prepared.cfg.data_dir}", "train.stage2.reading_per_class=2",
@@ -250,6 +251,7 @@ def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFas
     rows = _reading(cfg, tok, cfg.train.stage2)
     assert len(rows) == 2 * len(classes)
     domain_a_coarse = {classes[n]["coarse"] for o in objects.values() if len(o) == 1 for n in o}
+    single_classes = {o[0] for o in objects.values() if len(o) == 1}
     for ex in rows:
         assert len(ex.tags) == cfg.model.num_tags and ex.image.is_file()
         name = max(classes, key=lambda n: sum(t.split()[-1] == n for t in ex.tags))   # the tags' majority
@@ -258,5 +260,7 @@ def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFas
             continue
         shown = objects[file_id[ex.image.name]]
         assert len(shown) == 1                                                      # a single-object scene
-        if classes[name]["coarse"] in domain_a_coarse:
+        if mode == "own" and name in single_classes:
+            assert shown[0] == name                                                 # the named class itself
+        elif classes[name]["coarse"] in domain_a_coarse:
             assert classes[shown[0]]["coarse"] == classes[name]["coarse"]

@@ -226,8 +226,9 @@ def _examples(cfg: TunaConfig, variant: str, stage: int, tokenizer: Any, rank: i
 
 def _reading(cfg: TunaConfig, tokenizer: Any, sc: Any) -> list[Any]:
     """Stage 2's reading conversations: tags written from the world's taxonomy (tuna.world.reading) on a
-    blank image, or on a training scene of the same coarse class (counterfactual tags: the answer follows
-    the tags, not the scene's own class)."""
+    blank image, on a training scene of the same coarse class (``scene``: counterfactual tags, the answer
+    follows the tags, not the scene's own class), or (``own``) on a scene of the named class itself when
+    it has training images (seen classes), counterfactual only for the others."""
     import numpy as np
 
     from tuna.train.data import reading_examples, write_blank_image
@@ -237,7 +238,7 @@ def _reading(cfg: TunaConfig, tokenizer: Any, sc: Any) -> list[Any]:
     try:
         taxonomy = json.loads((world / "taxonomy.json").read_text(encoding="utf-8"))
         instances = (json.loads((world / "instruction" / "instances.json").read_text(encoding="utf-8"))
-                     if sc.reading_image == "scene" else None)
+                     if sc.reading_image in ("scene", "own") else None)
     except (OSError, json.JSONDecodeError) as err:
         raise TrainError(f"train.stage2.reading_per_class needs the world's taxonomy and instruction instances ({err}); "
                          f"run `tuna world` first") from None
@@ -254,9 +255,11 @@ def _reading(cfg: TunaConfig, tokenizer: Any, sc: Any) -> list[Any]:
             per_image.setdefault(a["image_id"], []).append(cats[a["category_id"]])
         files = {im["id"]: world / "instruction" / "images" / im["file_name"] for im in instances["images"]}
         by_coarse: dict[str, list[Path]] = {}
+        by_class: dict[str, list[Path]] = {}
         for image_id, names in sorted(per_image.items()):
             if len(names) == 1:
                 by_coarse.setdefault(coarse[names[0]], []).append(files[image_id])
+                by_class.setdefault(names[0], []).append(files[image_id])
         every = [p for paths in by_coarse.values() for p in paths]
         if not every:
             raise TrainError(f"train.stage2.reading_image=scene needs single-object instruction images; "
@@ -264,7 +267,8 @@ def _reading(cfg: TunaConfig, tokenizer: Any, sc: Any) -> list[Any]:
         rng = np.random.default_rng(cfg.run.seed + 2)
         images = []
         for r in samples:
-            pool = by_coarse.get(coarse.get(r.name, ""), every)
+            pool = by_class.get(r.name) if sc.reading_image == "own" else None
+            pool = pool or by_coarse.get(coarse.get(r.name, ""), every)
             images.append(pool[int(rng.integers(len(pool)))])
     return reading_examples(samples, images, tokenizer, sc.max_length, cfg.train.system_prompt)
 
