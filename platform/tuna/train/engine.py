@@ -231,15 +231,17 @@ def _reading(cfg: TunaConfig, tokenizer: Any, sc: Any) -> list[Any]:
     it has training images (seen classes), counterfactual only for the others."""
     import numpy as np
 
+    from tuna.errors import DataFormatError
+    from tuna.formats import coco_objects_by_image, load_coco
     from tuna.train.data import reading_examples, write_blank_image
     from tuna.world.reading import reading_samples
 
     world = cfg.data_dir / "world"
     try:
         taxonomy = json.loads((world / "taxonomy.json").read_text(encoding="utf-8"))
-        instances = (json.loads((world / "instruction" / "instances.json").read_text(encoding="utf-8"))
+        instances = (load_coco(world / "instruction" / "instances.json")
                      if sc.reading_image in ("scene", "own") else None)
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, json.JSONDecodeError, DataFormatError) as err:
         raise TrainError(f"train.stage2.reading_per_class needs the world's taxonomy and instruction instances ({err}); "
                          f"run `tuna world` first") from None
     samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, cfg.model.num_tags)
@@ -249,17 +251,13 @@ def _reading(cfg: TunaConfig, tokenizer: Any, sc: Any) -> list[Any]:
         images = [blank] * len(samples)
     else:
         coarse = {c["name"]: c["coarse"] for dom in taxonomy.values() for c in dom.get("classes", [])}
-        cats = {c["id"]: c["name"] for c in instances["categories"]}
-        per_image: dict[int, list[str]] = {}
-        for a in instances["annotations"]:
-            per_image.setdefault(a["image_id"], []).append(cats[a["category_id"]])
-        files = {im["id"]: world / "instruction" / "images" / im["file_name"] for im in instances["images"]}
         by_coarse: dict[str, list[Path]] = {}
         by_class: dict[str, list[Path]] = {}
-        for image_id, names in sorted(per_image.items()):
+        for file_name, names in coco_objects_by_image(instances).items():   # in image order
             if len(names) == 1:
-                by_coarse.setdefault(coarse[names[0]], []).append(files[image_id])
-                by_class.setdefault(names[0], []).append(files[image_id])
+                path = world / "instruction" / "images" / file_name
+                by_coarse.setdefault(coarse[names[0]], []).append(path)
+                by_class.setdefault(names[0], []).append(path)
         every = [p for paths in by_coarse.values() for p in paths]
         if not every:
             raise TrainError(f"train.stage2.reading_image=scene needs single-object instruction images; "
