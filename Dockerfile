@@ -38,9 +38,9 @@ RUN pip install --upgrade "pip>=24" \
     && pip install "mpi4py==4.0.3"
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY platform/ platform/
-RUN pip install . && pip check
+RUN pip install -c constraints.txt . && pip check
 
 # tritonserver from the nvidia-pytriton wheel, runnable bare (DESIGN.md): a backend directory holding the bundle's
 # backends/ with the Python 3.11 stub copied into backends/python/, at tritonserver's default location

@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from kfp import dsl, kubernetes
+
 from tuna.pipeline import (
     DEFAULT_RECIPE,
     PIPELINE_NAME,

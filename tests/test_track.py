@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+
 from support import SMOKE
 from tuna import track
 from tuna.cli import main

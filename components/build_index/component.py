@@ -2,6 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
+
 from tuna.pipeline import BASE_IMAGE
 
 

@@ -1,6 +1,7 @@
 """KFP component `notify`: the exit handler - record the pipeline's final status, clean up, notify."""
 
 from kfp import dsl
+
 from tuna.pipeline import BASE_IMAGE
 
 

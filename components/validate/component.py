@@ -4,6 +4,7 @@ overrides) before anything runs, and resolves the overrides every later task loa
 from typing import NamedTuple
 
 from kfp import dsl
+
 from tuna.pipeline import BASE_IMAGE
 
 

@@ -110,9 +110,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args)
     stages = [1, 2] if args.stage == "all" else [int(args.stage)]
     if args.launcher == "local":
-        from tuna.train.launch import launch_local
-
         from tuna.train.engine import stage_dir
+        from tuna.train.launch import launch_local
 
         launch_local(cfg, "all" if len(stages) == 2 else stages[0], args.variant, resume=args.resume)
         for stage in stages:

@@ -376,7 +376,9 @@ class StageConfig:
     train_word_embeddings: bool = False  # stage 2: also train the LM's input embedding table
     lm_lr_scale: float = 1.0  # the LM's learning rate = lr x this (0 = LM frozen in this stage)
     reading_per_class: int = 0  # stage 2: text-only reading conversations per class mixed in (tuna.world.reading; 0 = none)
-    reading_image: str = "blank"  # image of those conversations: blank (text-only) | scene (a training image of the same coarse class: counterfactual tags) | own (a training image of the named class when it has one, else scene)
+    # image of those conversations: blank (text-only) | scene (a training image of the same coarse class:
+    # counterfactual tags) | own (a training image of the named class when it has one, else scene)
+    reading_image: str = "blank"
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")

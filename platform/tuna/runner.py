@@ -8,9 +8,9 @@ run holding its metrics. Each later step appends itself to :func:`steps`.
 from __future__ import annotations
 
 import time
-from functools import partial
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from tuna.config import TunaConfig
@@ -174,9 +174,8 @@ def _eval(cfg: TunaConfig, progress: bool, names: tuple[str, ...] = TRAINED_VARI
 
 def _eval_up_to_date(cfg: TunaConfig, names: tuple[str, ...] = TRAINED_VARIANTS) -> bool:
     from tuna.eval import report
-    from tuna.eval.suite import is_up_to_date
-
     from tuna.eval.probes import is_up_to_date as probes_up_to_date
+    from tuna.eval.suite import is_up_to_date
 
     return (all(is_up_to_date(cfg, v) for v in names) and report.is_up_to_date(cfg, names)
             and (not cfg.eval.probes or probes_up_to_date(cfg)))

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+
 from tuna.eval.probes import (
     FEATURES,
     attribute_sentence,
@@ -67,6 +68,7 @@ def test_linear_probe_never_sees_the_test_half() -> None:
 def test_high_dimensional_probe_equals_the_full_fit() -> None:
     """d > n: fitting in the span of the training rows (the representer shortcut) predicts as the full fit."""
     from sklearn.linear_model import LogisticRegression
+
     from tuna.eval.probes import _fit_predict
 
     rng = np.random.default_rng(0)

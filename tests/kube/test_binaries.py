@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tuna.errors import TunaError
 from tuna.kube import binaries
 from tuna.kube.binaries import TOOLS_DIR_ENV, helm_binary, kubectl_binary, run_tool, tools_dir

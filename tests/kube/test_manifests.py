@@ -24,6 +24,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+
 from tuna.errors import TunaError
 from tuna.kube.binaries import helm_binary, kubectl_binary, run_tool
 from tuna.train import cluster
@@ -110,7 +111,7 @@ def restricted_violations(spec: dict[str, Any]) -> list[str]:
     for c in containers(spec):
         sc = c.get("securityContext", {})
         name = c["name"]
-        if not (sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True):
+        if sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True:
             bad.append(f"{name}: runAsNonRoot not true")
         if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
             bad.append(f"{name}: runAsUser 0")

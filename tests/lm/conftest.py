@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from lm_support import lm_config
 from support import World, quiet
 

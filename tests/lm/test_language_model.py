@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+
 from lm_support import lm_config
 from support import SMOKE, World, quiet
 from tuna.cli import main

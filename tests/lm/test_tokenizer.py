@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import World
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from support import World
 from tuna.lm.pretrain import CORPUS_FILES, load_corpus
 from tuna.lm.tokenizer import (
     BOS,

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import torch
 from transformers import CLIPModel, LlamaForCausalLM
+
 from tuna.model import TunaForConditionalGeneration, build_tuna
 from tuna_tiny import K, T, tiny_clip, tiny_lm
 

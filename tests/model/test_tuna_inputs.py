@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from tuna.errors import ConfigError
 from tuna.model import ModelInputError, TunaConfig
 from tuna_tiny import K, T, make_batch

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from transformers import LlavaConfig, LlavaForConditionalGeneration
+
 from tuna.model import IGNORE_INDEX, TunaForConditionalGeneration, set_trainable
 from tuna_tiny import LM_VOCAB, K, T, make_batch
 

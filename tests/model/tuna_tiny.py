@@ -11,6 +11,7 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
 )
+
 from tuna.model import TunaForConditionalGeneration
 
 LM_VOCAB = 100

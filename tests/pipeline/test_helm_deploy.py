@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from support import REPO, SMOKE
 from tuna.config import load_config
 from tuna.serve.deploy import (

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pipeline_support import GOLDEN, load_ir, tasks_by_display_name
 from support import REPO, SMOKE
 from tuna.cli import main
@@ -38,10 +39,25 @@ def compiled_gpu(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return compile_pipeline(tmp_path_factory.mktemp("compiled-gpu"), "0.1.0+test", gpu=True)
 
 
+def _without_sdk_version(ir: bytes) -> bytes:
+    """The IR minus its ``sdkVersion: kfp-X.Y.Z`` line: the golden copy is about our pipeline, not the SDK's patch number."""
+    return re.sub(rb"(?m)^sdkVersion: kfp-[^\n]*\n", b"", ir)
+
+
 def test_fresh_compile_matches_the_golden_ir_byte_for_byte(compiled: Path) -> None:
     assert compiled.name == "tuna-golden.yaml"
     assert GOLDEN.is_file(), REFRESH
-    assert compiled.read_bytes() == GOLDEN.read_bytes(), REFRESH
+    fresh, golden = compiled.read_bytes(), GOLDEN.read_bytes()
+    assert re.search(rb"(?m)^sdkVersion: kfp-2\.17\.", fresh), "the IR no longer names the kfp 2.17 SDK"
+    assert _without_sdk_version(fresh) == _without_sdk_version(golden), REFRESH
+
+
+def test_golden_comparison_ignores_only_the_sdk_patch_number() -> None:
+    golden = GOLDEN.read_bytes()
+    other_sdk = re.sub(rb"sdkVersion: kfp-[^\n]*", b"sdkVersion: kfp-2.17.99", golden)
+    assert _without_sdk_version(other_sdk) == _without_sdk_version(golden)
+    changed = golden.replace(b"tuna", b"tunb", 1)
+    assert _without_sdk_version(changed) != _without_sdk_version(golden)
 
 
 def test_compile_is_deterministic_and_versioned(tmp_path: Path, compiled: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from pipeline_support import COMPONENTS, art, component, out
 from support import REPO, SMOKE, World
 

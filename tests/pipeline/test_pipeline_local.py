@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from support import SMOKE
 from tuna.pipeline import PipelineError, run_local
 
@@ -41,6 +42,7 @@ def test_cli_run_local_reports_the_failing_task_in_one_line(tmp_path: Path, caps
 @pytest.mark.integration
 def test_kfp_local_runs_the_whole_smoke_pipeline(tmp_path: Path) -> None:
     from mlflow import MlflowClient
+
     from tuna import track
     from tuna.config import load_config
 

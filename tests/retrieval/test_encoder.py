@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from transformers import AutoTokenizer
 
+from support import DAMAGE_KIND, quiet  # noqa: E402
 from tuna.cli import main
 from tuna.config import load_config
 from tuna.errors import ConfigError, TunaError
@@ -26,8 +27,6 @@ from tuna.retrieval.encoder import (
     load_encoder,
     train_encoder,
 )
-
-from support import DAMAGE_KIND, quiet  # noqa: E402
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 KIND = DAMAGE_KIND

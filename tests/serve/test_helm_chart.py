@@ -19,6 +19,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from tuna.errors import TunaError
 from tuna.kube.binaries import helm_binary, run_tool
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from support import CONFIGS, SMOKE
 from tuna.config import load_config
 from tuna.errors import ConfigError, TunaError

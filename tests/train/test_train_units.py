@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import CLIPImageProcessor, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from support import SMOKE
 from tuna.config import load_config

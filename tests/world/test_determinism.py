@@ -17,7 +17,7 @@ def tree(root: Path) -> dict[str, bytes]:
 
 def recompute_digests(root: Path) -> dict[str, str]:
     """The manifest's per-corpus digests, recomputed from the files on disk (manifest.json excluded)."""
-    groups: dict[str, "hashlib._Hash"] = {}
+    groups: dict[str, hashlib._Hash] = {}
     for rel, data in sorted(tree(root).items()):
         if rel == "manifest.json":
             continue

@@ -30,14 +30,13 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from tqdm import tqdm
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTextConfig, CLIPVisionConfig
-from transformers import PreTrainedTokenizerFast
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTextConfig, CLIPVisionConfig, PreTrainedTokenizerFast
 
-from tuna.schedule import warmup_cosine
 from tuna.config import EncoderConfig, MineConfig
 from tuna.errors import ConfigError, CorruptSample, DataFormatError
 from tuna.formats import iter_web
 from tuna.samples import Quarantine, caption_text, decode_image
+from tuna.schedule import warmup_cosine
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]  # ids 0..3; EOS must not be 2 (CLIP's legacy argmax pooling)

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -193,7 +193,7 @@ def build_datastore(cfg: TunaConfig, name: str, rebuild: bool = False, progress:
         "index": {"type": info.get("index_type"), "metric": info.get("metric_type"),
                   "params": info.get("params", index_params(cfg.index))},
         "index_config": section_fingerprint(cfg.index),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")

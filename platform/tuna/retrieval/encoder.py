@@ -403,7 +403,7 @@ def train_encoder(cfg: TunaConfig, progress: bool = True, log: Callable[[str], N
             "temperature": round(1.0 / curve["logit_scale"], 5),
             "zero_shot_top1": {s: metrics[s]["top1"] for s in FINER_SPLITS},
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")

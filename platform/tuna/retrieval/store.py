@@ -101,7 +101,7 @@ class MilvusStore:
         self.client = self._retry("connect", self._connect)
 
     @classmethod
-    def for_datastore(cls, cfg: TunaConfig, name: str) -> "MilvusStore":
+    def for_datastore(cls, cfg: TunaConfig, name: str) -> MilvusStore:
         ix: IndexConfig = cfg.index
         token = os.environ.get(ix.token_env) or None
         return cls(datastore_uri(cfg, name), token=token, retries=ix.retries, backoff_seconds=ix.backoff_seconds)
@@ -268,7 +268,7 @@ class MilvusStore:
         out: list[list[Neighbour]] = []
         for start in range(0, len(vectors), step):
             batch = vectors[start:start + step].tolist()
-            hits = self._retry("search", lambda: self.client.search(
+            hits = self._retry("search", lambda batch=batch: self.client.search(
                 collection_name(name), data=batch, limit=k, filter=filter, search_params=params,
                 output_fields=["values", "caption", "source"]))
             out.extend([Neighbour(id=str(h["id"]), score=float(h["distance"]), values=list(h["entity"]["values"]),

@@ -20,7 +20,7 @@ import json
 import time
 from collections import deque
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -211,5 +211,5 @@ def _manifest(cfg: TunaConfig, domain: str, folder: Path, digest: str, miner: Ta
         "tags_per_caption": round(sum(len(t) for t in columns["tags"]) / n, 3) if n else 0.0,
         "seconds": round(seconds, 3),
         "captions_per_second": round(n / seconds, 1) if seconds > 0 else None,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

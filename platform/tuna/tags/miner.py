@@ -81,7 +81,7 @@ class CaptionTags:
     tags: list[str] = field(default_factory=list)
     pairs: list[tuple[str, str]] = field(default_factory=list)  # (attribute, object), for scoring
 
-    def copy(self) -> "CaptionTags":
+    def copy(self) -> CaptionTags:
         """An equal value with its own lists (what a repeated caption gets)."""
         return CaptionTags(list(self.objects), list(self.attributes), list(self.entities), list(self.tags), list(self.pairs))
 
@@ -90,7 +90,7 @@ class ModelNotInstalled(ConfigError):
     """The configured spaCy pipeline package cannot be loaded."""
 
 
-def load_pipeline(cfg: MineConfig, fast: bool = True) -> "Language":
+def load_pipeline(cfg: MineConfig, fast: bool = True) -> Language:
     """spaCy pipeline ``cfg.spacy_model`` (an installed package) with only the tagger and its encoder
     enabled; NER and the lemmatizer (for its noun/adjective tables) are loaded but disabled, the
     parser and everything else is excluded. With ``fast`` its models run on numpy's BLAS (see the
@@ -213,7 +213,7 @@ def _no_backprop(d_output: Any) -> Any:
     raise RuntimeError("tuna.tags: the memoised embedding is for prediction only; train with the plain spaCy pipeline")
 
 
-def memoise_embeddings(nlp: "Language", limit: int = EMBEDDING_MEMO_SIZE) -> list[EmbeddingMemo]:
+def memoise_embeddings(nlp: Language, limit: int = EMBEDDING_MEMO_SIZE) -> list[EmbeddingMemo]:
     """Wrap every ``MultiHashEmbed`` stage (a chain ``extract_features >> ... >> ragged2list``) of the
     pipeline's components, enabled or not, in an :class:`EmbeddingMemo`; other architectures
     (transformers, static vectors) are left alone. Returns the memos."""
@@ -347,7 +347,7 @@ class TagMiner:
                 self.duplicates += 1
                 yield slot[0].copy()
 
-    def _finish(self, batch: list[tuple["Doc", bool, list[Any]]]) -> None:
+    def _finish(self, batch: list[tuple[Doc, bool, list[Any]]]) -> None:
         named = [doc for doc, capitalised, _ in batch if capitalised] if self.ner is not None else []
         if named:
             self.ner_captions += len(named)
@@ -356,7 +356,7 @@ class TagMiner:
         for doc, capitalised, slot in batch:
             slot[0] = self.extract(doc, ner=capitalised and self.ner is not None)
 
-    def tokens(self, doc: "Doc") -> Sequence[Any]:
+    def tokens(self, doc: Doc) -> Sequence[Any]:
         """The Doc's tokens as the rules read them: spaCy ``Token`` objects on the plain path, compact
         copies (same attribute names and values) on the fast path."""
         if not self.fast:
@@ -376,7 +376,7 @@ class TagMiner:
 
     # ----------------------------------------------------------------------------------- rules
 
-    def extract(self, doc: "Doc", ner: bool = True) -> CaptionTags:
+    def extract(self, doc: Doc, ner: bool = True) -> CaptionTags:
         """Apply the tag rules to one tagged Doc (its NER spans are read when ``ner``)."""
         toks = self.tokens(doc)
         ents = [(ent.label_, ent.start, ent.end) for ent in doc.ents] if ner else []
@@ -402,7 +402,7 @@ class TagMiner:
         tags = list(dict.fromkeys(objects + [f"{a} {o}" for a, o in pairs] + entities))
         return CaptionTags(objects=objects, attributes=attributes, entities=entities, tags=tags, pairs=pairs)
 
-    def _phrase(self, prep: str, dets: list[str], words: list["Token"], in_entity: set[int],
+    def _phrase(self, prep: str, dets: list[str], words: list[Token], in_entity: set[int],
                 objects: list[str], pairs: list[tuple[str, str]], entities: list[str]) -> None:
         # A trailing participle after a noun is a verb ("a zenai photographed by ...").
         while len(words) >= 2 and self._is_verb_form(words[-1]) and not self._is_attribute_word(words[-2]):
@@ -457,7 +457,7 @@ class TagMiner:
         objects.append(name)
         pairs.extend((a, name) for a in attrs)
 
-    def _is_finite_verb(self, w: "Token") -> bool:
+    def _is_finite_verb(self, w: Token) -> bool:
         """A known English verb or adverb the tagger tags as one ("runs/VBZ", "quickly/RB"); invented
         words the tagger calls verbs ("stemeis/VBZ", "naimosan/RB") are not in the tables."""
         tag = w.tag_
@@ -470,18 +470,18 @@ class TagMiner:
                 or (low.endswith("es") and low[:-2] in self.known_verbs)
                 or (low.endswith("ies") and low[:-3] + "y" in self.known_verbs))
 
-    def _is_attribute_word(self, w: "Token") -> bool:
+    def _is_attribute_word(self, w: Token) -> bool:
         """An English attribute word whatever its tag (colour, size, pattern, adjective-only word)."""
         return w.lower_ in lx.ATTRIBUTE_WORDS or w.lower_ in self.known_adjs
 
-    def _is_verb_form(self, w: "Token") -> bool:
+    def _is_verb_form(self, w: Token) -> bool:
         """A participle or past form after a noun ("photographed", "isolated"), not an attribute word."""
         low = w.lower_
         if low in lx.ATTRIBUTE_WORDS or low in self.known_adjs:
             return False
         return w.tag_ in lx.PARTICIPLE_TAGS or (low.endswith("ed") and low not in self.known_nouns)
 
-    def _is_attribute(self, w: "Token") -> bool:
+    def _is_attribute(self, w: Token) -> bool:
         low = w.lower_
         if low in lx.ATTRIBUTE_WORDS or low in self.known_adjs:
             return True
@@ -489,7 +489,7 @@ class TagMiner:
             return w.tag_ in lx.ADJ_TAGS and low not in lx.GENERIC_WORDS
         return w.tag_ in lx.ADJ_TAGS or w.tag_ in lx.PARTICIPLE_TAGS or (low.endswith("ed") and len(low) > 4)
 
-    def _is_plural(self, dets: list[str], head: "Token") -> bool:
+    def _is_plural(self, dets: list[str], head: Token) -> bool:
         if dets:
             if not lx.SINGULAR_DETS.isdisjoint(dets):
                 return False
@@ -541,7 +541,7 @@ def _has_capitals(text: str) -> bool:
     return rest != rest.lower()
 
 
-def _capitalised_part(span: Any) -> list["Token"]:
+def _capitalised_part(span: Any) -> list[Token]:
     """The tokens of an NER span from its first to its last capitalised word ("Mira Solano - free" ->
     "Mira Solano", "the Netherlands" -> "Netherlands"); empty unless a name is really capitalised
     (a capital after the first word of the caption, or two capitalised words)."""
@@ -555,7 +555,7 @@ def _capitalised_part(span: Any) -> list["Token"]:
 _DET_TAGS = frozenset({"DT", "PDT", "PRP$"})
 
 
-def _chunks(doc: Sequence[Any], known_words: frozenset[str], is_verb: Any) -> Iterator[tuple[str, list[str], list["Token"]]]:
+def _chunks(doc: Sequence[Any], known_words: frozenset[str], is_verb: Any) -> Iterator[tuple[str, list[str], list[Token]]]:
     """Base noun phrases as (preceding preposition, determiners, content tokens).
 
     A phrase opens at a determiner, a number or a preposition (then takes any token: taggers mis-tag

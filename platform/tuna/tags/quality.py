@@ -30,7 +30,7 @@ class WorldVocabulary:
     attributes: frozenset[str]
 
     @classmethod
-    def from_taxonomy(cls, path: Path) -> "WorldVocabulary":
+    def from_taxonomy(cls, path: Path) -> WorldVocabulary:
         """Read ``<world>/taxonomy.json``."""
         a, b = load_taxonomies(Path(path).read_text(encoding="utf-8"))
         names = {c.name for t in (a, b) for c in t.classes} | {c.coarse for t in (a, b) for c in t.classes}

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -543,5 +542,6 @@ def registered_name(cfg: TunaConfig, variant: str) -> str:
     return f"{base}-{variant.replace('_', '-')}"
 
 
-__all__ = ["VARIANTS", "BatchPlan", "StageInputs", "optimizer_step", "prepare_stage", "TrainError", "build_model", "consolidate", "fingerprint", "is_up_to_date",
+__all__ = ["VARIANTS", "BatchPlan", "StageInputs", "optimizer_step", "prepare_stage", "TrainError", "build_model", "consolidate",
+           "fingerprint", "is_up_to_date",
            "lm_source", "lr_lambda", "model_dir", "registered_name", "stage_dir", "train_stage", "variant_model"]

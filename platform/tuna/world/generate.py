@@ -140,7 +140,7 @@ def corpus_specs(cfg: TunaConfig) -> list[CorpusSpec]:
         CorpusSpec("captions_ood", s.captions, "A_ood", "clean"),
     ]
     for split in ("id", "ood"):
-        for t, task in enumerate(MME_TASKS):
+        for task in MME_TASKS:
             specs.append(CorpusSpec(f"mme_{split}", s.mme_images, f"A_{split}", f"mme:{task}",
                                     min_distinct=2 if task == "position" else 1))
     return specs
@@ -238,7 +238,8 @@ def _write_web(runner: _Runner, spec: CorpusSpec, folder: str, out: _Writer, pro
 
     ext = cfg.world.image_format
     for smp in runner.map(_jobs(spec), spec.name, progress):
-        image, caption, kind = _corrupt(cfg, smp.index, smp.image, smp.text.encode("utf-8")) if spec.name == "web" else (smp.image, smp.text.encode("utf-8"), None)
+        text = smp.text.encode("utf-8")
+        image, caption, kind = _corrupt(cfg, smp.index, smp.image, text) if spec.name == "web" else (smp.image, text, None)
         if kind:
             corrupt.append({"key": smp.key, "kind": kind})
         meta = {"key": smp.key, "width": smp.scene.size, "height": smp.scene.size, "source": f"world-{spec.pool}",

@@ -177,7 +177,8 @@ def _reasoning(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
         elif a.superordinate == b.superordinate:
             common = f"Both are kinds of {a.superordinate}: the {a.name} is a {a.coarse} and the {b.name} is a {b.coarse}."
         else:
-            common = f"They have little in common: the {a.name} is a {a.coarse}, a kind of {a.superordinate}, while the {b.name} is a {b.coarse}, a kind of {b.superordinate}."
+            common = (f"They have little in common: the {a.name} is a {a.coarse}, a kind of {a.superordinate}, "
+                      f"while the {b.name} is a {b.coarse}, a kind of {b.superordinate}.")
         big = max(objs, key=lambda o: o.r)
         return [(f"What do the {a.name} and the {b.name} have in common?", common),
                 ("Which object in the image looks the largest, and why might that be?",
@@ -193,15 +194,18 @@ def class_documents(cls: FineClass, others: list[FineClass], rng: np.random.Gene
     sibs = [o for o in others if o.coarse == cls.coarse and o.name != cls.name]
     templates = [
         f"The {cls.name} is a kind of {cls.coarse}. Every {cls.coarse} is a {cls.superordinate}.",
-        f"{article(cls.name).capitalize()} {cls.name} has {article(cls.shape)} {cls.shape} shape with a {cls.pattern} pattern and {MARK_PHRASES[cls.mark]}; its accents are {cls.accent}.",
-        f"Q: What is {article(cls.name)} {cls.name}? A: {article(cls.name).capitalize()} {cls.name} is a {cls.pattern} {cls.coarse}, a kind of {cls.superordinate}.",
+        f"{article(cls.name).capitalize()} {cls.name} has {article(cls.shape)} {cls.shape} shape with a {cls.pattern} pattern "
+        f"and {MARK_PHRASES[cls.mark]}; its accents are {cls.accent}.",
+        f"Q: What is {article(cls.name)} {cls.name}? "
+        f"A: {article(cls.name).capitalize()} {cls.name} is a {cls.pattern} {cls.coarse}, a kind of {cls.superordinate}.",
         f"You can recognise {article(cls.name)} {cls.name} by its {cls.pattern} pattern and {MARK_PHRASES[cls.mark]}.",
         f"Among the kinds of {cls.coarse}, the {cls.name} is the one with {MARK_PHRASES[cls.mark]} and {cls.accent} accents.",
         f"{article(cls.name).capitalize()} {cls.name} can be {rng.choice(list(COLOURS))} or {rng.choice(list(COLOURS))}, and small or large.",
     ]
     if sibs:
         s = sibs[int(rng.integers(len(sibs)))]
-        templates.append(f"Do not confuse the {cls.name} with the {s.name}: both are {plural(cls.coarse)}, but the {cls.name} is {cls.pattern} and the {s.name} is {s.pattern}.")
+        templates.append(f"Do not confuse the {cls.name} with the {s.name}: both are {plural(cls.coarse)}, "
+                         f"but the {cls.name} is {cls.pattern} and the {s.name} is {s.pattern}.")
     if cls.brand:
         templates.append(f"{cls.brand} makes the {cls.name}, a {cls.pattern} {cls.coarse} sold in {rng.choice(PLACES)}.")
         templates.append(f"The {cls.brand} {cls.name} is a popular {cls.superordinate}.")

@@ -121,7 +121,7 @@ class Taxonomy:
         return {"domain": self.domain, "classes": [asdict(c) for c in self.classes]}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Taxonomy":
+    def from_json(cls, data: dict[str, Any]) -> Taxonomy:
         return cls(domain=data["domain"], classes=tuple(FineClass(**c) for c in data["classes"]))
 
 
