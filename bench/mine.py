@@ -39,8 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tuna.config import load_config
 from tuna.formats import iter_web
+from tuna.recipe import load_recipe
 from tuna.tags.io import web_dir
 from tuna.tags.lexicon import GENERIC_WORDS
 from tuna.tags.miner import DUPLICATE_CACHE_SIZE, MINER_VERSION, TagMiner, _has_capitals, numpy_blas
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/results/mine.json")
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. mine.n_process=2")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_recipe(args.config, args.overrides)
     folder = web_dir(cfg, "A")
     vocab = WorldVocabulary.from_taxonomy(cfg.data_dir / "world" / "taxonomy.json")
     captions, truth = load_captions(folder, args.n)

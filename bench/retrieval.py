@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tuna.config import IndexConfig, load_config
+from tuna.recipe import IndexConfig, load_recipe
 from tuna.retrieval.store import MilvusStore
 
 K = 10
@@ -133,7 +133,7 @@ def world_vectors(cfg_path: str, limit: int) -> np.ndarray:
     from tuna.samples import decode_image
     from tuna.world.generate import world_dir
 
-    cfg = load_config(cfg_path)
+    cfg = load_recipe(cfg_path)
     enc = load_encoder(encoder_path(cfg))
     images = []
     for s in iter_web(world_dir(cfg) / "web/A"):
@@ -156,7 +156,7 @@ def main() -> int:
     ap.add_argument("--sets", default="world,random512", help="comma-separated: world, random512")
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. index.ef=512 index.hnsw_m=32")
     args = ap.parse_args()
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_recipe(args.config, args.overrides)
     ix = cfg.index
     rng = np.random.default_rng(0)
     results = {"machine": {"python": sys.version.split()[0], "platform": pyplatform.platform()},

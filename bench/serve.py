@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from tuna.config import load_config
+from tuna.recipe import load_recipe
 
 ECHO_CONFIG = """name: "echo"
 backend: "python"
@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_recipe(args.config, args.overrides)
     from tuna.serve.local import ensure_exported
 
     repo = ensure_exported(cfg, log=lambda s: print(s, file=sys.stderr))
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         print("triton without batching waits ...", file=sys.stderr)
         from tuna.serve.export import export_repository
 
-        quick = load_config(args.config, [*args.overrides, "serve.queue_delay_us=0"])
+        quick = load_recipe(args.config, [*args.overrides, "serve.queue_delay_us=0"])
         with tempfile.TemporaryDirectory() as tmp:
             export_repository(quick, out=Path(tmp) / "export", log=lambda s: None)
             no_wait = through_triton(Path(tmp) / "export" / "model_repository", images, question, args.max_tokens,

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from tuna.config import load_config
+from tuna.recipe import load_recipe
 
 
 def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
@@ -54,7 +54,7 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: Any) 
     from tuna.train import ds_config
     from tuna.train.engine import BatchPlan, optimizer_step, prepare_stage
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_recipe(args.config, args.overrides)
     torch.set_num_threads(cfg.train.threads_per_rank)
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="gloo")
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="bench/results/train.json")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_recipe(args.config, args.overrides)
     world = cfg.train.ranks
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuna.config import TunaConfig, load_config
+from tuna.recipe import Recipe, load_recipe
 from tuna.world.generate import generate_world, world_dir
 from tuna.world.taxonomy import Taxonomy, load_taxonomies
 
@@ -29,7 +29,7 @@ def words(text: str) -> set[str]:
 class World:
     """A generated world on disk, with its config, manifest and taxonomies."""
 
-    cfg: TunaConfig
+    cfg: Recipe
     root: Path
     manifest: dict[str, Any]
     a: Taxonomy
@@ -54,7 +54,7 @@ class World:
 
 def make_world(data_dir: Path, *overrides: str) -> World:
     """Generate the smoke world (plus ``overrides``) under ``data_dir`` and load what describes it."""
-    cfg = load_config(SMOKE, [f"run.data_dir={data_dir}", *overrides])
+    cfg = load_recipe(SMOKE, [f"run.data_dir={data_dir}", *overrides])
     manifest = generate_world(cfg, progress=False, log=lambda s: None)
     root = world_dir(cfg)
     assert json.loads((root / "manifest.json").read_text()) == manifest

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tuna.cli import main
-from tuna.config import load_config
+from tuna.recipe import load_recipe
 from tuna.runner import run_all, steps
 from tuna.track import tracking_uri
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def test_run_chain_tracks_every_step_and_skips_when_up_to_date(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mlflow.tracking import MlflowClient
 
-    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}"])
+    cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}"])
     first = run_all(cfg, progress=False, log=lambda s: None)
     assert [r.name for r in first] == [s.name for s in steps()] == ["world", "encoder", "mine", "index", "lm", "train", "eval",
                                                                  "serve"]

@@ -25,8 +25,8 @@ from mlflow import MlflowClient
 from support import SMOKE
 from tuna import track
 from tuna.cli import main
-from tuna.config import TunaConfig, load_config
 from tuna.errors import TunaError
+from tuna.recipe import Recipe, load_recipe
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -48,12 +48,12 @@ def empty_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def cfg(tmp_path: Path, empty_db: Path) -> TunaConfig:
+def cfg(tmp_path: Path, empty_db: Path) -> Recipe:
     """The smoke recipe with its default sqlite store (a fresh copy of ``empty_db``) under tmp_path."""
     store = tmp_path / "data" / "mlflow"
     store.mkdir(parents=True)
     shutil.copy(empty_db, store / "mlflow.db")
-    return load_config(SMOKE, [f"run.data_dir={tmp_path / 'data'}"])
+    return load_recipe(SMOKE, [f"run.data_dir={tmp_path / 'data'}"])
 
 
 def _free_port() -> int:
@@ -62,7 +62,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _client(cfg: TunaConfig) -> MlflowClient:
+def _client(cfg: Recipe) -> MlflowClient:
     uri = track.tracking_uri(cfg)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -113,11 +113,11 @@ def _stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
 
 # ---------------------------------------------------------------- resolution and params
 
-def test_tracking_uri_default_recipe_and_env(cfg: TunaConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tracking_uri_default_recipe_and_env(cfg: Recipe, monkeypatch: pytest.MonkeyPatch) -> None:
     store = cfg.data_dir.resolve() / "mlflow"
     assert track.tracking_uri(cfg) == f"sqlite:///{store / 'mlflow.db'}"
     assert track.artifact_location(cfg, track.tracking_uri(cfg)) == (store / "artifacts").as_uri()
-    remote = load_config(SMOKE, ["track.tracking_uri=http://mlflow.tuna.svc:5000"])
+    remote = load_recipe(SMOKE, ["track.tracking_uri=http://mlflow.tuna.svc:5000"])
     assert track.tracking_uri(remote) == "http://mlflow.tuna.svc:5000"
     assert track.artifact_location(remote, "http://mlflow.tuna.svc:5000") is None  # the server's default
     monkeypatch.setenv(track.TRACKING_URI_ENV, "sqlite:////elsewhere/x.db")
@@ -138,7 +138,7 @@ def test_flatten_dotted_keys_and_value_limit() -> None:
 
 # ---------------------------------------------------------------- runs against a real sqlite store
 
-def test_pipeline_and_stage_runs_read_back(cfg: TunaConfig, tmp_path: Path) -> None:
+def test_pipeline_and_stage_runs_read_back(cfg: Recipe, tmp_path: Path) -> None:
     ds_config = tmp_path / "zero2.json"
     ds_config.write_text(json.dumps({"zero_optimization": {"stage": 2}, "train_batch_size": 8}))
     report = tmp_path / "report"
@@ -192,7 +192,7 @@ def test_loss_curve_png(tmp_path: Path) -> None:
         track.loss_curve_png([], tmp_path / "empty.png")
 
 
-def test_stage_in_subprocess_attaches_to_parent_by_env(cfg: TunaConfig) -> None:
+def test_stage_in_subprocess_attaches_to_parent_by_env(cfg: Recipe) -> None:
     """A stage run by another process (a verb, DeepSpeed rank 0) nests under the parent via the exported env."""
     child = textwrap.dedent("""
         from tuna import track
@@ -211,7 +211,7 @@ def test_stage_in_subprocess_attaches_to_parent_by_env(cfg: TunaConfig) -> None:
     assert [m.step for m in client.get_metric_history(child_id, "loss")] == [1, 2, 3]
 
 
-def test_other_ranks_do_not_log(cfg: TunaConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_other_ranks_do_not_log(cfg: Recipe, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RANK", "1")
     with track.stage_run("stage1", cfg) as run:
         run.log_metrics({"loss": 1.0}, step=1)
@@ -219,7 +219,7 @@ def test_other_ranks_do_not_log(cfg: TunaConfig, monkeypatch: pytest.MonkeyPatch
     assert not _client(cfg).search_runs([e.experiment_id for e in _client(cfg).search_experiments()])
 
 
-def test_exception_ends_runs_failed(cfg: TunaConfig) -> None:
+def test_exception_ends_runs_failed(cfg: Recipe) -> None:
     with pytest.raises(RuntimeError, match="boom"), track.pipeline_run(cfg) as parent, track.stage_run("stage1") as stage:
         stage.log_metrics({"loss": 1.0}, step=1)
         raise RuntimeError("boom")
@@ -238,7 +238,7 @@ def test_stage_without_parent_or_recipe_is_refused() -> None:
         pass
 
 
-def test_register_model_alias_and_latest_good(cfg: TunaConfig, tmp_path: Path) -> None:
+def test_register_model_alias_and_latest_good(cfg: Recipe, tmp_path: Path) -> None:
     name = cfg.track.registered_model
     with pytest.raises(TunaError, match="has no version with alias 'latest-good'"):
         track.latest_good(name, cfg=cfg)
@@ -263,7 +263,7 @@ def test_register_model_alias_and_latest_good(cfg: TunaConfig, tmp_path: Path) -
 
 def test_unreachable_server_is_one_line_error(tmp_path: Path) -> None:
     uri = f"http://127.0.0.1:{_free_port()}"  # nobody listens there
-    bad = load_config(SMOKE, [f"run.data_dir={tmp_path}", f"track.tracking_uri={uri}"])
+    bad = load_recipe(SMOKE, [f"run.data_dir={tmp_path}", f"track.tracking_uri={uri}"])
     with pytest.raises(TunaError) as err, track.pipeline_run(bad):
         pass
     message = str(err.value)
@@ -307,7 +307,7 @@ def mlflow_server(tmp_path: Path, empty_db: Path) -> Iterator[str]:
 
 @pytest.mark.integration
 def test_runs_over_http_to_a_real_server(mlflow_server: str, tmp_path: Path) -> None:
-    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path / 'client'}", f"track.tracking_uri={mlflow_server}"])
+    cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path / 'client'}", f"track.tracking_uri={mlflow_server}"])
     with track.pipeline_run(cfg) as parent, track.stage_run("stage1") as stage:
         for step in range(1, 6):
             stage.log_metrics({"loss": 2.0 - 0.1 * step, "samples_per_s": 30.0}, step=step)
@@ -327,7 +327,7 @@ def test_runs_over_http_to_a_real_server(mlflow_server: str, tmp_path: Path) -> 
 
 
 @pytest.mark.integration
-def test_tuna_ui_serves_http_and_stops_on_sigint(cfg: TunaConfig, tmp_path: Path) -> None:
+def test_tuna_ui_serves_http_and_stops_on_sigint(cfg: Recipe, tmp_path: Path) -> None:
     port = _free_port()
     log = tmp_path / "tuna-ui.log"
     with open(log, "wb") as out:

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuna import __version__
-from tuna.config import TunaConfig, load_config
 from tuna.errors import TunaError
+from tuna.recipe import Recipe, load_recipe
 
 DEFAULT_CONFIG = "configs/mini.yaml"
 
 
-def _config(args: argparse.Namespace) -> TunaConfig:
-    return load_config(args.config, args.overrides)
+def _config(args: argparse.Namespace) -> Recipe:
+    return load_recipe(args.config, args.overrides)
 
 
 def cmd_world(args: argparse.Namespace) -> int:

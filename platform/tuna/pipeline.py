@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from tuna import __version__
-from tuna.config import TunaConfig, load_config
 from tuna.errors import TunaError
+from tuna.recipe import Recipe, load_recipe
 
 if TYPE_CHECKING:
     from tuna.track import Run
@@ -324,7 +324,7 @@ def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: 
     """
     from kfp import local
 
-    cfg = load_config(config, overrides)  # a bad recipe or override fails here, before kfp starts anything
+    cfg = load_recipe(config, overrides)  # a bad recipe or override fails here, before kfp starts anything
     data_dir = cfg.data_dir.resolve()
     resolved = [o for o in overrides if not o.strip().startswith("run.data_dir=")] + [f"run.data_dir={data_dir}"]
     root = Path(pipeline_root).resolve() if pipeline_root else data_dir / "kfp"
@@ -432,13 +432,13 @@ def publish_markdown(artifact: Any, text: str, metadata: Mapping[str, Any] | Non
     artifact.metadata.update(_plain(dict(metadata or {})))
 
 
-def _load(config: str, overrides: Sequence[str]) -> TunaConfig:
+def _load(config: str, overrides: Sequence[str]) -> Recipe:
     if not isinstance(overrides, (list, tuple)):
         raise PipelineError(f"overrides: must be a list of key=value strings, got {overrides!r}")
-    return load_config(config, [str(o) for o in overrides])
+    return load_recipe(config, [str(o) for o in overrides])
 
 
-def _uri(cfg: TunaConfig, path: str | Path) -> str:
+def _uri(cfg: Recipe, path: str | Path) -> str:
     """``pvc://<claim>/<path>`` for a folder on the data PVC, else the absolute local path."""
     p = posixpath.normpath(str(path) if str(path).startswith("/") else str(Path(path).resolve()))
     c = cfg.cluster
@@ -448,7 +448,7 @@ def _uri(cfg: TunaConfig, path: str | Path) -> str:
     return p
 
 
-def _provenance(cfg: TunaConfig, step: str, status: str) -> dict[str, Any]:
+def _provenance(cfg: Recipe, step: str, status: str) -> dict[str, Any]:
     return {"step": step, "status": status, "recipe": cfg.run.name, "seed": cfg.run.seed,
             "data_dir": str(cfg.data_dir.resolve()), "tuna_version": __version__}
 
@@ -470,7 +470,7 @@ def _metric_name(name: str) -> str:
 
 
 @contextlib.contextmanager
-def _stage(cfg: TunaConfig, parent: str, name: str) -> Iterator[Run]:
+def _stage(cfg: Recipe, parent: str, name: str) -> Iterator[Run]:
     """A nested MLflow run under the pipeline's parent run (top-level when ``parent`` is empty)."""
     from tuna import track
 
@@ -486,7 +486,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- validate + MLflow run
 
 
-def _data_dir_override(cfg: TunaConfig, data_root: str) -> list[str]:
+def _data_dir_override(cfg: Recipe, data_root: str) -> list[str]:
     """On a cluster a relative run.data_dir lands on the data PVC (as `tuna train --launcher trainjob` does)."""
     if data_root and not cfg.run.data_dir.startswith("/"):
         return [f"run.data_dir={posixpath.join(data_root, cfg.run.data_dir)}"]
@@ -732,7 +732,7 @@ def run_lm_step(config: str, overrides: Sequence[str]) -> TaskResult:
 
 
 @contextlib.contextmanager
-def _nested_under(cfg: TunaConfig, parent: str) -> Iterator[None]:
+def _nested_under(cfg: Recipe, parent: str) -> Iterator[None]:
     """Export the parent run id and tracking URI so the DeepSpeed ranks' runs nest under the pipeline run."""
     from tuna import track
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
-from tuna.config import TunaConfig
+from tuna.recipe import Recipe
 
 if TYPE_CHECKING:
     from tuna.track import Run
@@ -24,7 +24,7 @@ Outcome = tuple[str, dict[str, float]]  # (one-line summary, metrics for the ste
 @dataclass(frozen=True)
 class Step:
     name: str
-    up_to_date: Callable[[TunaConfig], bool]
+    up_to_date: Callable[[Recipe], bool]
     run: Callable[..., Outcome]  # (cfg, progress) -> outcome; (cfg, progress, run=<stage run>) when with_run
     with_run: bool = False  # the step logs to its own MLflow stage run itself (artifacts, not only metrics)
 
@@ -36,7 +36,7 @@ class StepResult:
     summary: str
 
 
-def _world(cfg: TunaConfig, progress: bool) -> Outcome:
+def _world(cfg: Recipe, progress: bool) -> Outcome:
     from tuna.world.generate import generate_world, world_dir
 
     m = generate_world(cfg, progress=progress)
@@ -44,7 +44,7 @@ def _world(cfg: TunaConfig, progress: bool) -> Outcome:
     return f"{web} web samples -> {world_dir(cfg)}", {k: float(v) for k, v in m["counts"].items()}
 
 
-def _encoder(cfg: TunaConfig, progress: bool) -> Outcome:
+def _encoder(cfg: Recipe, progress: bool) -> Outcome:
     from tuna.retrieval.encoder import run_encoder, summary_line
 
     out = run_encoder(cfg, force=True, progress=progress)
@@ -53,7 +53,7 @@ def _encoder(cfg: TunaConfig, progress: bool) -> Outcome:
     return f"{out['path']}: {summary_line(out['metrics'])}", metrics
 
 
-def _mine(cfg: TunaConfig, progress: bool) -> Outcome:
+def _mine(cfg: Recipe, progress: bool) -> Outcome:
     from tuna.tags.io import mine_corpus
     from tuna.tags.miner import TagMiner
 
@@ -67,7 +67,7 @@ def _mine(cfg: TunaConfig, progress: bool) -> Outcome:
     return "; ".join(parts), metrics
 
 
-def _index(cfg: TunaConfig, progress: bool) -> Outcome:
+def _index(cfg: Recipe, progress: bool) -> Outcome:
     from tuna.retrieval.datastore import DATASTORES, build_datastore, is_up_to_date
 
     parts, metrics = [], {}
@@ -82,38 +82,38 @@ def _index(cfg: TunaConfig, progress: bool) -> Outcome:
     return "; ".join(parts), metrics
 
 
-def _lm(cfg: TunaConfig, progress: bool) -> Outcome:
+def _lm(cfg: Recipe, progress: bool) -> Outcome:
     from tuna.lm import flat_metrics, run_lm, summary_line
 
     out = run_lm(cfg, force=True, progress=progress)
     return f"{out['path']}: {summary_line(out['metrics'])}", {**flat_metrics(out["metrics"]), "params": float(out["params"])}
 
 
-def _lm_up_to_date(cfg: TunaConfig) -> bool:
+def _lm_up_to_date(cfg: Recipe) -> bool:
     from tuna.lm import is_up_to_date
 
     return cfg.model.language_model is None and is_up_to_date(cfg)
 
 
-def _indexes_up_to_date(cfg: TunaConfig) -> bool:
+def _indexes_up_to_date(cfg: Recipe) -> bool:
     from tuna.retrieval.datastore import DATASTORES, is_up_to_date
 
     return all(is_up_to_date(cfg, name) for name in DATASTORES)
 
 
-def _tags_up_to_date(cfg: TunaConfig) -> bool:
+def _tags_up_to_date(cfg: Recipe) -> bool:
     from tuna.tags.io import is_up_to_date
 
     return all(is_up_to_date(cfg, d) for d in ("A", "B"))
 
 
-def _world_up_to_date(cfg: TunaConfig) -> bool:
+def _world_up_to_date(cfg: Recipe) -> bool:
     from tuna.world.generate import is_up_to_date
 
     return is_up_to_date(cfg)
 
 
-def _encoder_up_to_date(cfg: TunaConfig) -> bool:
+def _encoder_up_to_date(cfg: Recipe) -> bool:
     from tuna.retrieval.encoder import is_up_to_date
 
     return cfg.model.vision_tower is None and is_up_to_date(cfg)
@@ -122,12 +122,12 @@ def _encoder_up_to_date(cfg: TunaConfig) -> bool:
 TRAINED_VARIANTS = ("tuna", "baseline")  # `tuna run` trains TUNA and the LLaVA baseline like for like
 
 
-def variants(cfg: TunaConfig, ablations: bool) -> tuple[str, ...]:
+def variants(cfg: Recipe, ablations: bool) -> tuple[str, ...]:
     """The variants a run trains and evaluates: TUNA and the baseline, or every ``eval.ablations`` variant."""
     return tuple(dict.fromkeys(cfg.eval.ablations)) if ablations else TRAINED_VARIANTS
 
 
-def _train(cfg: TunaConfig, progress: bool, names: tuple[str, ...] = TRAINED_VARIANTS) -> Outcome:
+def _train(cfg: Recipe, progress: bool, names: tuple[str, ...] = TRAINED_VARIANTS) -> Outcome:
     import json
 
     from tuna.train.engine import is_up_to_date, stage_dir
@@ -148,13 +148,13 @@ def _train(cfg: TunaConfig, progress: bool, names: tuple[str, ...] = TRAINED_VAR
     return "; ".join(parts), metrics
 
 
-def _train_up_to_date(cfg: TunaConfig, names: tuple[str, ...] = TRAINED_VARIANTS) -> bool:
+def _train_up_to_date(cfg: Recipe, names: tuple[str, ...] = TRAINED_VARIANTS) -> bool:
     from tuna.train.engine import is_up_to_date
 
     return all(is_up_to_date(cfg, v, 2) for v in names)
 
 
-def _eval(cfg: TunaConfig, progress: bool, names: tuple[str, ...] = TRAINED_VARIANTS, run: Run | None = None) -> Outcome:
+def _eval(cfg: Recipe, progress: bool, names: tuple[str, ...] = TRAINED_VARIANTS, run: Run | None = None) -> Outcome:
     from tuna.eval.report import write_report
     from tuna.eval.suite import evaluate_variant, is_up_to_date, summarize
 
@@ -172,7 +172,7 @@ def _eval(cfg: TunaConfig, progress: bool, names: tuple[str, ...] = TRAINED_VARI
     return f"{len(rows)} variants evaluated -> {report}{probes}", {}
 
 
-def _eval_up_to_date(cfg: TunaConfig, names: tuple[str, ...] = TRAINED_VARIANTS) -> bool:
+def _eval_up_to_date(cfg: Recipe, names: tuple[str, ...] = TRAINED_VARIANTS) -> bool:
     from tuna.eval import report
     from tuna.eval.probes import is_up_to_date as probes_up_to_date
     from tuna.eval.suite import is_up_to_date
@@ -181,7 +181,7 @@ def _eval_up_to_date(cfg: TunaConfig, names: tuple[str, ...] = TRAINED_VARIANTS)
             and (not cfg.eval.probes or probes_up_to_date(cfg)))
 
 
-def _serve(cfg: TunaConfig, progress: bool) -> Outcome:
+def _serve(cfg: Recipe, progress: bool) -> Outcome:
     """Export the TUNA model, serve it with tritonserver, ask one question over gRPC, stop."""
     from tuna.serve.local import demo
 
@@ -192,11 +192,11 @@ def _serve(cfg: TunaConfig, progress: bool) -> Outcome:
             {"grpc_latency_ms": out["latency_s"] * 1000})
 
 
-def _never(cfg: TunaConfig) -> bool:
+def _never(cfg: Recipe) -> bool:
     return False
 
 
-def steps(cfg: TunaConfig | None = None, ablations: bool = False) -> list[Step]:
+def steps(cfg: Recipe | None = None, ablations: bool = False) -> list[Step]:
     """The chain, in order (with ``ablations``, train and eval cover every ``eval.ablations`` variant)."""
     names = variants(cfg, ablations) if cfg is not None else TRAINED_VARIANTS
     return [
@@ -211,7 +211,7 @@ def steps(cfg: TunaConfig | None = None, ablations: bool = False) -> list[Step]:
     ]
 
 
-def run_all(cfg: TunaConfig, force: bool = False, progress: bool = True,
+def run_all(cfg: Recipe, force: bool = False, progress: bool = True,
             log: Callable[[str], None] = print, ablations: bool = False) -> list[StepResult]:
     """Run every step; a step whose outputs are up to date is skipped unless ``force``.
 

@@ -48,8 +48,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuna import __version__
-from tuna.config import TunaConfig
 from tuna.errors import TunaError
+from tuna.recipe import Recipe
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -104,11 +104,11 @@ def _probe(uri: str, retries: int, backoff_seconds: float) -> None:
                     f"running server, or set track.tracking_uri=null for the local sqlite store")
 
 
-def _default_store(cfg: TunaConfig) -> Path:
+def _default_store(cfg: Recipe) -> Path:
     return cfg.data_dir.resolve() / "mlflow"
 
 
-def tracking_uri(cfg: TunaConfig | None = None) -> str:
+def tracking_uri(cfg: Recipe | None = None) -> str:
     """The tracking URI: $MLFLOW_TRACKING_URI, else track.tracking_uri, else sqlite under <data_dir>/mlflow."""
     env = os.environ.get(TRACKING_URI_ENV, "").strip()
     if env:
@@ -120,7 +120,7 @@ def tracking_uri(cfg: TunaConfig | None = None) -> str:
     return f"sqlite:///{_default_store(cfg) / 'mlflow.db'}"
 
 
-def artifact_location(cfg: TunaConfig | None, uri: str) -> str | None:
+def artifact_location(cfg: Recipe | None, uri: str) -> str | None:
     """Artifact location for a new experiment: track.artifact_root, else ``artifacts/`` next to a sqlite db, else None."""
     root = cfg.track.artifact_root if cfg is not None else None
     if root:
@@ -130,7 +130,7 @@ def artifact_location(cfg: TunaConfig | None, uri: str) -> str | None:
     return None  # the server's (or store's) default
 
 
-def _open_store(cfg: TunaConfig | None) -> tuple[str, MlflowClient]:
+def _open_store(cfg: Recipe | None) -> tuple[str, MlflowClient]:
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -350,7 +350,7 @@ def exported_env(values: Mapping[str, str]) -> Iterator[None]:
 
 
 @contextmanager
-def pipeline_run(cfg: TunaConfig, name: str | None = None) -> Iterator[Run]:
+def pipeline_run(cfg: Recipe, name: str | None = None) -> Iterator[Run]:
     """Open the parent run of one pipeline run: tags, flattened recipe params and ``recipe.yaml``.
 
     While open, ``TUNA_MLFLOW_PARENT_RUN_ID`` and ``MLFLOW_TRACKING_URI`` are exported so stages (in this
@@ -381,7 +381,7 @@ def pipeline_run(cfg: TunaConfig, name: str | None = None) -> Iterator[Run]:
 
 
 @contextmanager
-def stage_run(name: str, cfg: TunaConfig | None = None, parent_run_id: str | None = None) -> Iterator[Run]:
+def stage_run(name: str, cfg: Recipe | None = None, parent_run_id: str | None = None) -> Iterator[Run]:
     """Open a run for one stage, nested under ``parent_run_id`` or $TUNA_MLFLOW_PARENT_RUN_ID when set.
 
     Without a parent it is a top-level run in track.experiment (a verb run on its own). On a rank other
@@ -442,7 +442,7 @@ def loss_curve_png(points: Sequence[tuple[int, float]], path: str | Path, title:
 # ---------------------------------------------------------------- registry
 
 def register_model(run_id: str, artifact_path: str, name: str, alias: str = DEFAULT_ALIAS,
-                   cfg: TunaConfig | None = None) -> str:
+                   cfg: Recipe | None = None) -> str:
     """Register ``<run artifacts>/<artifact_path>`` as a new version of ``name`` (created if missing); set ``alias``.
 
     Returns the new version number (as MLflow's string).
@@ -467,7 +467,7 @@ def register_model(run_id: str, artifact_path: str, name: str, alias: str = DEFA
     return str(version)
 
 
-def latest_good(name: str, alias: str = DEFAULT_ALIAS, cfg: TunaConfig | None = None) -> tuple[str, str]:
+def latest_good(name: str, alias: str = DEFAULT_ALIAS, cfg: Recipe | None = None) -> tuple[str, str]:
     """(version, source URI) of the version of registered model ``name`` that carries ``alias``."""
     from mlflow.exceptions import MlflowException
 
@@ -480,7 +480,7 @@ def latest_good(name: str, alias: str = DEFAULT_ALIAS, cfg: TunaConfig | None = 
     return str(mv.version), mv.source
 
 
-def download(source: str, dst: str | Path, cfg: TunaConfig | None = None) -> Path:
+def download(source: str, dst: str | Path, cfg: Recipe | None = None) -> Path:
     """Copy the artifacts at ``source`` (e.g. :func:`latest_good`'s URI) into folder ``dst``; returns the local path."""
     from mlflow.artifacts import download_artifacts
 
@@ -521,7 +521,7 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def serve_ui(cfg: TunaConfig, port: int | None = None, log: Callable[[str], None] = _say) -> int:
+def serve_ui(cfg: Recipe, port: int | None = None, log: Callable[[str], None] = _say) -> int:
     """Run ``mlflow ui`` on 127.0.0.1 for the recipe's local store until SIGINT/SIGTERM; returns 0 on a clean stop."""
     uri = tracking_uri(cfg)
     scheme = urllib.parse.urlparse(uri).scheme

@@ -14,9 +14,9 @@ from PIL import Image
 from support import SMOKE, World, quiet
 from tuna import track
 from tuna.cli import main
-from tuna.config import load_config
 from tuna.eval.report import is_up_to_date, write_report
 from tuna.eval.run import EvalError
+from tuna.recipe import load_recipe
 
 VARIANTS = ("tuna", "baseline")
 FIGURES = {"headline.png", "pope_splits.png", "swap.png", "tuner_weights.png"}
@@ -116,7 +116,7 @@ def test_report_draws_probes_and_explains_what_is_missing(evaluated: World, tmp_
         "linear_probe": {"id": {"clip": 0.9, "connector": 0.7, "tuna": 0.8}, "ood": {"clip": 0.8, "connector": 0.4, "tuna": 0.6}},
         "linear_probe_std": {"id": {"connector": 0.01}}, "n": {"id": {"images": 300}, "ood": {"images": 300}},
         "claims": {"connector_below_clip": {"id": True, "ood": False}}, "note": "not a probe", "broken": {"id": "n/a"}}))
-    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}"])
+    cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}"])
     report = write_report(cfg, [*VARIANTS, "random"], log=quiet)
     text = report.read_text(encoding="utf-8")
     assert "not evaluated, left out: random" in text and "No tuner-weight figure: no trained TUNA model" in text
@@ -131,7 +131,7 @@ def test_report_draws_probes_and_explains_what_is_missing(evaluated: World, tmp_
     probes = json.loads((report.parent / "metrics.json").read_text())["probes"]
     assert set(probes) == {"linear_probe"} and probes["linear_probe"]["id"]["clip"] == 0.9
     with pytest.raises(EvalError, match="no evaluated variant"):
-        write_report(load_config(SMOKE, [f"run.data_dir={tmp_path / 'none'}"]), VARIANTS, log=quiet)
+        write_report(load_recipe(SMOKE, [f"run.data_dir={tmp_path / 'none'}"]), VARIANTS, log=quiet)
 
 
 def test_swap_line_reads_direct_prompting_whatever_the_key_order() -> None:

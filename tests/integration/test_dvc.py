@@ -97,7 +97,7 @@ def test_whole_smoke_dag_reproduces_and_its_datastore_snapshot_pulls_back_identi
     encoder, mine, index A/B/A_captions, lm, train tuna + baseline, eval, export); afterwards nothing is
     stale and `dvc metrics show` has the eval metrics. Then datastore A's chain is pushed, wiped and
     pulled: the pulled Milvus Lite folder gives the same neighbours as the one that was built."""
-    from tuna.config import load_config
+    from tuna.recipe import load_recipe
     from tuna.retrieval.datastore import Retriever
 
     _run(["dvc", "repro", "eval@smoke", "export@smoke"], project)
@@ -111,7 +111,7 @@ def test_whole_smoke_dag_reproduces_and_its_datastore_snapshot_pulls_back_identi
     metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], project))
     text = json.dumps(metrics)
     assert "eval/tuna/metrics.json" in text and "eval/baseline/metrics.json" in text and "finer" in text
-    cfg = load_config(project / "configs/smoke.yaml", [f"run.data_dir={project / 'data/smoke'}"])
+    cfg = load_recipe(project / "configs/smoke.yaml", [f"run.data_dir={project / 'data/smoke'}"])
     rng = np.random.default_rng(0)
     dim = json.loads((project / "data/smoke/datastores/A/manifest.json").read_text())["encoder"]["dim"]
     queries = rng.normal(size=(40, dim)).astype(np.float32)

@@ -13,10 +13,10 @@ import torch
 from lm_support import lm_config
 from support import SMOKE, World, quiet
 from tuna.cli import main
-from tuna.config import load_config
 from tuna.errors import ConfigError, TunaError
 from tuna.lm import LMUnavailable, is_up_to_date, lm_path, load_lm, run_lm, train_lm
 from tuna.lm.pretrain import encode_documents, pack, probe_prompt
+from tuna.recipe import load_recipe
 from tuna.retrieval.encoder import weights_sha256
 
 
@@ -75,10 +75,10 @@ def test_is_up_to_date_follows_config_seed_and_output(trained: dict[str, Any], w
     cfg = trained["cfg"]
     assert is_up_to_date(cfg)
     assert not is_up_to_date(dataclasses.replace(cfg, lm=dataclasses.replace(cfg.lm, epochs=cfg.lm.epochs + 1)))
-    assert not is_up_to_date(load_config(SMOKE, [f"run.data_dir={cfg.data_dir}", "run.seed=3"]))
-    assert not is_up_to_date(load_config(SMOKE, [f"run.data_dir={cfg.data_dir}", "lm.vocab_size=600"]))
+    assert not is_up_to_date(load_recipe(SMOKE, [f"run.data_dir={cfg.data_dir}", "run.seed=3"]))
+    assert not is_up_to_date(load_recipe(SMOKE, [f"run.data_dir={cfg.data_dir}", "lm.vocab_size=600"]))
     assert not is_up_to_date(lm_config(world, tmp_path / "empty"))          # nothing trained there
-    assert not is_up_to_date(load_config(SMOKE, [f"run.data_dir={tmp_path / 'nothing'}"]))  # no world either
+    assert not is_up_to_date(load_recipe(SMOKE, [f"run.data_dir={tmp_path / 'nothing'}"]))  # no world either
     # Unchanged: run_lm reports the saved LM without training again.
     out = run_lm(cfg, progress=False, log=quiet)
     assert out["status"] == "up to date" and out["fingerprint"] == trained["manifest"]["fingerprint"]
@@ -93,7 +93,7 @@ def test_up_to_date_flips_when_the_input_text_changes(trained: dict[str, Any], w
         (copy / "world" / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(world.root / rel, copy / "world" / rel)
     shutil.copytree(trained["path"], copy / "lm")
-    cfg = load_config(SMOKE, [f"run.data_dir={copy}"])
+    cfg = load_recipe(SMOKE, [f"run.data_dir={copy}"])
     assert is_up_to_date(cfg)
     with (copy / "world" / "text" / "corpus.jsonl").open("a") as f:
         f.write(json.dumps({"id": "extra", "text": "The zedul is a kind of berry."}) + "\n")
@@ -176,7 +176,7 @@ def test_encode_documents_adds_bos_and_eos() -> None:
 ])
 def test_lm_config_errors_name_the_key(override: str, key: str, hint: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(SMOKE, [override])
+        load_recipe(SMOKE, [override])
     message = str(info.value)
     assert key in message and hint in message and "\n" not in message
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from support import REPO, SMOKE
-from tuna.config import load_config
+from tuna.recipe import load_recipe
 from tuna.serve.deploy import (
     DeployError,
     helm_upgrade_command,
@@ -23,7 +23,7 @@ CLUSTER = ["index.uri=http://milvus.milvus.svc:19530", "cluster.milvus_secret=tu
 
 
 def test_upgrade_command_for_a_repository_on_a_pvc() -> None:
-    cfg = load_config(SMOKE, CLUSTER)
+    cfg = load_recipe(SMOKE, CLUSTER)
     cmd = helm_upgrade_command(cfg, "tuna-serving", "tuna", "pvc://tuna-checkpoints/smoke/serve/tuna/model_repository",
                                ["ci/cpu-values.yaml"], chart="helm/tuna-serving")
     assert cmd == [
@@ -38,7 +38,7 @@ def test_upgrade_command_for_a_repository_on_a_pvc() -> None:
 
 
 def test_values_for_mlflow_and_s3_sources_and_image_digests() -> None:
-    cfg = load_config(SMOKE, CLUSTER)
+    cfg = load_recipe(SMOKE, CLUSTER)
     mlflow = dict(helm_values(cfg, "models:/tuna-smoke-serving@evaluated"))
     assert mlflow["modelRepository.source"] == "mlflow" and mlflow["modelRepository.mlflow.alias"] == "evaluated"
     assert mlflow["modelRepository.mlflow.registeredModel"] == "tuna-smoke-serving"
@@ -47,7 +47,7 @@ def test_values_for_mlflow_and_s3_sources_and_image_digests() -> None:
     s3 = dict(helm_values(cfg, "s3://models/tuna/model_repository/"))
     assert (s3["modelRepository.s3.bucket"], s3["modelRepository.s3.prefix"]) == ("models", "tuna/model_repository")
     assert s3["modelRepository.s3.credentialsSecret.name"] == "tuna-s3"
-    pinned = load_config(SMOKE, [*CLUSTER, "cluster.image=ghcr.io/tuna-platform/tuna@sha256:" + "a" * 64])
+    pinned = load_recipe(SMOKE, [*CLUSTER, "cluster.image=ghcr.io/tuna-platform/tuna@sha256:" + "a" * 64])
     values = dict(helm_values(pinned, "pvc://c/x"))
     assert values["image.digest"] == "sha256:" + "a" * 64 and "image.tag" not in values
     assert set_args([("a", "x,y"), ("n", 3), ("b", True)]) == ["--set-string", "a=x\\,y", "--set", "n=3", "--set", "b=true"]
@@ -62,10 +62,10 @@ def test_values_for_mlflow_and_s3_sources_and_image_digests() -> None:
 ])
 def test_bad_deploy_inputs_fail_in_one_line(overrides: list[str], uri: str, names: str) -> None:
     with pytest.raises(DeployError) as info:
-        helm_upgrade_command(load_config(SMOKE, overrides), "tuna-serving", "tuna", uri)
+        helm_upgrade_command(load_recipe(SMOKE, overrides), "tuna-serving", "tuna", uri)
     assert names in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(DeployError, match="Helm release name"):
-        helm_upgrade_command(load_config(SMOKE, CLUSTER), "Tuna_Serving", "tuna", "pvc://c/x")
+        helm_upgrade_command(load_recipe(SMOKE, CLUSTER), "Tuna_Serving", "tuna", "pvc://c/x")
 
 
 def test_pvc_uri() -> None:
@@ -81,7 +81,7 @@ def test_the_chart_renders_with_the_deploy_values(tmp_path: Path, uri: str) -> N
     """The same --set flags through `helm template` (real helm v4, offline): the values pass the chart's schema."""
     from tuna.kube.binaries import helm_binary, run_tool
 
-    cfg = load_config(SMOKE, CLUSTER)
+    cfg = load_recipe(SMOKE, CLUSTER)
     cmd = helm_upgrade_command(cfg, "tuna-serving", "tuna", uri, [CHART / "ci" / "cpu-values.yaml"], chart=CHART)
     flags = cmd[cmd.index("-f"):]  # values file + --set flags, exactly as the deploy passes them
     rendered = run_tool(helm_binary(), ["template", "tuna-serving", str(CHART), "--namespace", "tuna", *flags],

@@ -94,9 +94,9 @@ def test_validate_cluster_puts_data_on_the_pvc_and_names_into_the_recipe() -> No
                  "cluster.gpus_per_node=8", "train.ranks=8", "cluster.data_mount=/mnt/tuna"):
         assert item in ov, item
     assert result.export_root == "/mnt/tuna-checkpoints"
-    from tuna.config import load_config
+    from tuna.recipe import load_recipe
 
-    cfg = load_config(SMOKE, ov)  # the tasks load exactly this
+    cfg = load_recipe(SMOKE, ov)  # the tasks load exactly this
     assert cfg.cluster.num_nodes == 4 and cfg.run.data_dir == "/mnt/tuna/data/smoke"
 
 

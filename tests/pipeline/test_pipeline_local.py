@@ -44,7 +44,7 @@ def test_kfp_local_runs_the_whole_smoke_pipeline(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 
     from tuna import track
-    from tuna.config import load_config
+    from tuna.recipe import load_recipe
 
     out = run_local(SMOKE, [f"run.data_dir={tmp_path}"])
     run = Path(out["run_dir"])
@@ -80,7 +80,7 @@ def test_kfp_local_runs_the_whole_smoke_pipeline(tmp_path: Path) -> None:
     assert o["deploy"]["parameters"]["Output"].startswith("gRPC answer ")
     assert o["notify"]["parameters"]["Output"].endswith(": SUCCEEDED")
 
-    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}"])
+    cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}"])
     client = MlflowClient(track.tracking_uri(cfg))
     runs = client.search_runs([client.get_experiment_by_name(cfg.track.experiment).experiment_id])
     (parent,) = [r for r in runs if r.data.tags.get("tuna.kind") == "pipeline"]

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from tuna.cli import main
-from tuna.config import TunaConfig, load_config
 from tuna.errors import CorruptSample, TunaError
 from tuna.formats import iter_web
+from tuna.recipe import Recipe, load_recipe
 from tuna.retrieval.datastore import DATASTORES, Retriever, build_datastore, datastore_dir, read_manifest
 from tuna.retrieval.encoder import encoder_path, load_encoder, train_encoder
 from tuna.retrieval.store import DimensionMismatch, MilvusStore, UnknownDatastore, lite_path
@@ -34,9 +34,9 @@ _quiet = quiet
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> TunaConfig:
+def built(tmp_path_factory: pytest.TempPathFactory) -> Recipe:
     """World -> encoder -> tags -> the three datastores, for one smoke run."""
-    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path_factory.mktemp('index')}"])
+    cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path_factory.mktemp('index')}"])
     generate_world(cfg, progress=False, log=_quiet)
     train_encoder(cfg, progress=False, log=_quiet)
     for domain in ("A", "B"):
@@ -46,7 +46,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> TunaConfig:
     return cfg
 
 
-def _good_samples(cfg: TunaConfig, corpus: str) -> list:
+def _good_samples(cfg: Recipe, corpus: str) -> list:
     out = []
     for s in iter_web(world_dir(cfg) / corpus):
         try:
@@ -59,7 +59,7 @@ def _good_samples(cfg: TunaConfig, corpus: str) -> list:
     return out
 
 
-def test_rows_and_quarantine_match_the_corpus(built: TunaConfig) -> None:
+def test_rows_and_quarantine_match_the_corpus(built: Recipe) -> None:
     world = json.loads((world_dir(built) / "manifest.json").read_text())
     for name, total in (("A", world["counts"]["web_A"]), ("B", world["counts"]["web_B"]), ("A_captions", world["counts"]["web_A"])):
         m = read_manifest(built, name)
@@ -71,7 +71,7 @@ def test_rows_and_quarantine_match_the_corpus(built: TunaConfig) -> None:
         assert sorted((r["key"], r["kind"]) for r in q) == sorted((d["key"], KIND[d["kind"]]) for d in damaged)
 
 
-def test_manifest_records_lineage(built: TunaConfig) -> None:
+def test_manifest_records_lineage(built: Recipe) -> None:
     m = read_manifest(built, "A")
     enc = load_encoder(encoder_path(built))
     assert m["encoder"] == {"path": enc.path, "fingerprint": enc.fingerprint, "dim": enc.dim}
@@ -81,7 +81,7 @@ def test_manifest_records_lineage(built: TunaConfig) -> None:
     assert read_manifest(built, "A_captions")["values"] == "captions"
 
 
-def test_each_image_retrieves_itself_with_its_own_tags(built: TunaConfig) -> None:
+def test_each_image_retrieves_itself_with_its_own_tags(built: Recipe) -> None:
     samples = _good_samples(built, "web/A")
     enc = load_encoder(encoder_path(built))
     vecs = enc.embed_images([img for _, img in samples])
@@ -100,7 +100,7 @@ def test_each_image_retrieves_itself_with_its_own_tags(built: TunaConfig) -> Non
     retriever.close()
 
 
-def test_swap_datastore_per_call_without_restart(built: TunaConfig) -> None:
+def test_swap_datastore_per_call_without_restart(built: Recipe) -> None:
     samples = _good_samples(built, "web/B")[:20]
     enc = load_encoder(encoder_path(built))
     vecs = enc.embed_images([img for _, img in samples])
@@ -116,20 +116,20 @@ def test_swap_datastore_per_call_without_restart(built: TunaConfig) -> None:
     retriever.close()
 
 
-def test_pulled_snapshot_answers_identically(built: TunaConfig, tmp_path: Path) -> None:
+def test_pulled_snapshot_answers_identically(built: Recipe, tmp_path: Path) -> None:
     """DVC restores the datastore folder byte for byte; the copy must give the same search results."""
     samples = _good_samples(built, "web/A")[:50]
     vecs = load_encoder(encoder_path(built)).embed_images([img for _, img in samples])
     before = Retriever(built).retrieve("A", vecs, k=5)
-    other = load_config(SMOKE, [f"run.data_dir={tmp_path}"])
+    other = load_recipe(SMOKE, [f"run.data_dir={tmp_path}"])
     shutil.copytree(datastore_dir(built, "A"), datastore_dir(other, "A"))
     after = Retriever(other).retrieve("A", vecs, k=5)
     assert [[(n.id, round(n.score, 5)) for n in r.neighbours] for r in after] == \
            [[(n.id, round(n.score, 5)) for n in r.neighbours] for r in before]
 
 
-def test_killed_build_resumes_to_one_row_per_id(built: TunaConfig, tmp_path: Path) -> None:
-    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}", "index.batch_size=16"])
+def test_killed_build_resumes_to_one_row_per_id(built: Recipe, tmp_path: Path) -> None:
+    cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}", "index.batch_size=16"])
     for sub in ("world", "encoder", "tags"):
         shutil.copytree(built.data_dir / sub, cfg.data_dir / sub)
     cmd = [sys.executable, "-m", "tuna.cli", "index", "--config", str(SMOKE), "--datastore", "A", "--quiet",
@@ -152,8 +152,8 @@ def test_killed_build_resumes_to_one_row_per_id(built: TunaConfig, tmp_path: Pat
     store.close()
 
 
-def test_dimension_mismatch_is_refused_with_both_numbers(built: TunaConfig, tmp_path: Path) -> None:
-    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}"])
+def test_dimension_mismatch_is_refused_with_both_numbers(built: Recipe, tmp_path: Path) -> None:
+    cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}"])
     for sub in ("world", "encoder", "tags"):
         shutil.copytree(built.data_dir / sub, cfg.data_dir / sub)
     store = MilvusStore(str(lite_path(cfg, "A")))
@@ -165,7 +165,7 @@ def test_dimension_mismatch_is_refused_with_both_numbers(built: TunaConfig, tmp_
 
 
 def test_missing_inputs_give_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}"])
+    cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}"])
     with pytest.raises(TunaError, match="run `tuna world"):
         build_datastore(cfg, "A", progress=False, log=_quiet)
     generate_world(cfg, progress=False, log=_quiet)

@@ -14,8 +14,8 @@ from transformers import AutoTokenizer
 
 from support import DAMAGE_KIND, quiet  # noqa: E402
 from tuna.cli import main
-from tuna.config import load_config
 from tuna.errors import ConfigError, TunaError
+from tuna.recipe import load_recipe
 from tuna.retrieval import clip_train
 from tuna.retrieval.encoder import (
     PROMPT,
@@ -39,10 +39,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from tuna.world.generate import generate_world
 
     root = tmp_path_factory.mktemp("encoder")
-    cfg = load_config(SMOKE, [f"run.data_dir={root / 'seed0'}"])
+    cfg = load_recipe(SMOKE, [f"run.data_dir={root / 'seed0'}"])
     world = generate_world(cfg, progress=False, log=_quiet)
     manifest = train_encoder(cfg, progress=False, log=_quiet)
-    cfg1 = load_config(SMOKE, [f"run.data_dir={root / 'seed1'}", "run.seed=1"])
+    cfg1 = load_recipe(SMOKE, [f"run.data_dir={root / 'seed1'}", "run.seed=1"])
     shutil.copytree(root / "seed0" / "world", root / "seed1" / "world")
     manifest1 = train_encoder(cfg1, progress=False, log=_quiet)
     return {"cfg": cfg, "world": world, "manifest": manifest, "manifest1": manifest1, "root": root,
@@ -181,8 +181,8 @@ def test_tokenizer_round_trips_and_ends_texts_with_the_pooled_token(trained: dic
 
 def test_bad_encoder_settings_name_the_key() -> None:
     with pytest.raises(ConfigError, match="encoder.text_heads"):
-        load_config(SMOKE, ["encoder.text_heads=3"])
-    cfg = load_config(SMOKE, ["encoder.patch_size=7"])
+        load_recipe(SMOKE, ["encoder.text_heads=3"])
+    cfg = load_recipe(SMOKE, ["encoder.patch_size=7"])
     tok = clip_train.build_tokenizer(["a photo of a thing"], cfg.encoder.max_text_tokens)
     with pytest.raises(ConfigError, match="encoder.patch_size"):
         clip_train.build_model(cfg.encoder, tok, cfg.world.image_size)
@@ -212,7 +212,7 @@ def test_clean_captions_come_from_the_caption_text_alone(trained: dict) -> None:
 
 def test_training_with_clean_captions_records_them_and_tracks_the_miner(trained: dict, tmp_path: Path) -> None:
     shutil.copytree(trained["root"] / "seed0" / "world", tmp_path / "world")
-    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}", "encoder.clean_captions=1.0"])
+    cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}", "encoder.clean_captions=1.0"])
     manifest = train_encoder(cfg, progress=False, log=_quiet)
     cleaning = manifest["clean_captions"]
     assert cleaning["rate"] == 1.0 and cleaning["with_objects"] >= 0.9 * manifest["pairs"]
@@ -229,13 +229,13 @@ def test_training_with_clean_captions_records_them_and_tracks_the_miner(trained:
     before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert trained["manifest"]["inputs"]["encoder_config"] == before
     with pytest.raises(ConfigError, match="encoder.clean_captions"):
-        load_config(SMOKE, ["encoder.clean_captions=2"])
+        load_recipe(SMOKE, ["encoder.clean_captions=2"])
 
 
 def test_training_reads_the_clip_only_crawl_when_the_world_has_one(tmp_path: Path) -> None:
     from tuna.world.generate import generate_world
 
-    cfg = load_config(SMOKE, [f"run.data_dir={tmp_path}", "world.sizes.clip_web=120"])
+    cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}", "world.sizes.clip_web=120"])
     world = generate_world(cfg, progress=False, log=_quiet)
     manifest = train_encoder(cfg, progress=False, log=_quiet)
     assert set(manifest["corpora"]) == {"web/A", "web/B", "web/clip"}

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tuna.config import IndexConfig
 from tuna.errors import DatastoreUnavailable
+from tuna.recipe import IndexConfig
 from tuna.retrieval.store import DimensionMismatch, MilvusStore, UnknownDatastore
 
 pytestmark = pytest.mark.integration

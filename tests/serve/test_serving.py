@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from support import SMOKE, World
-from tuna.config import load_config
 from tuna.errors import InvalidRequest
+from tuna.recipe import load_recipe
 from tuna.serve import configs
 from tuna.serve.client import RequestRefused, TunaClient, build_inputs
 from tuna.serve.export import ExportError, export_repository
@@ -93,7 +93,7 @@ def test_export_is_deterministic_and_every_config_parses_and_wires(trained: Worl
 def test_export_refuses_missing_model_and_datastore(trained: World, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="tuna train --variant random"):
         export_repository(trained.cfg, "random", out=tmp_path / "x", log=QUIET)
-    cfg = load_config(SMOKE, [f"run.data_dir={trained.cfg.data_dir}", "serve.datastore=nope"])
+    cfg = load_recipe(SMOKE, [f"run.data_dir={trained.cfg.data_dir}", "serve.datastore=nope"])
     with pytest.raises(ExportError, match="unknown datastore 'nope'"):
         export_repository(cfg, "tuna", out=tmp_path / "y", log=QUIET)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tuna.config import MineConfig, TunaConfig, load_config
+from tuna.recipe import MineConfig, Recipe, load_recipe
 from tuna.tags.miner import TagMiner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,11 +19,11 @@ def miner() -> TagMiner:
 
 
 @pytest.fixture(scope="session")
-def smoke_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[TunaConfig, dict]:
+def smoke_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Recipe, dict]:
     """A smoke-recipe world generated into a temp data_dir: (config, world manifest)."""
     from tuna.world.generate import generate_world
 
     tmp = tmp_path_factory.mktemp("tags-smoke")
-    cfg = load_config(REPO / "configs" / "smoke.yaml", [f"run.data_dir={tmp}"])
+    cfg = load_recipe(REPO / "configs" / "smoke.yaml", [f"run.data_dir={tmp}"])
     manifest = generate_world(cfg, progress=False, log=lambda s: None)
     return cfg, manifest

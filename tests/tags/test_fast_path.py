@@ -9,9 +9,9 @@ import random
 
 import pytest
 
-from tuna.config import MineConfig, TunaConfig
 from tuna.errors import CorruptSample
 from tuna.formats import iter_web
+from tuna.recipe import MineConfig, Recipe
 from tuna.samples import caption_text
 from tuna.tags.io import web_dir
 from tuna.tags.miner import CaptionTags, TagMiner
@@ -22,7 +22,7 @@ def plain_miner() -> TagMiner:
     return TagMiner(MineConfig(), fast=False)
 
 
-def world_captions(cfg: TunaConfig) -> list[str]:
+def world_captions(cfg: Recipe) -> list[str]:
     out = []
     for domain in ("A", "B"):
         for sample in iter_web(web_dir(cfg, domain)):
@@ -34,7 +34,7 @@ def world_captions(cfg: TunaConfig) -> list[str]:
 
 
 def test_fast_path_gives_the_plain_spacy_paths_tags_on_the_smoke_captions(
-        smoke_world: tuple[TunaConfig, dict], miner: TagMiner, plain_miner: TagMiner) -> None:
+        smoke_world: tuple[Recipe, dict], miner: TagMiner, plain_miner: TagMiner) -> None:
     cfg, _ = smoke_world
     captions = world_captions(cfg)
     assert len(captions) > 300

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tuna.config import TunaConfig, load_config
 from tuna.errors import DataFormatError
 from tuna.formats import iter_web, write_web_shard
+from tuna.recipe import Recipe, load_recipe
 from tuna.tags.io import input_hash, is_up_to_date, load_tags, mine_corpus, tags_dir, web_dir
 from tuna.tags.miner import MINER_VERSION, CaptionTags, TagMiner
 from tuna.tags.miner import load_tags as load_tags_from_miner
@@ -34,13 +34,13 @@ SCHEMA = pa.schema([("key", pa.string()), ("caption", pa.string()), ("objects", 
 
 
 @pytest.fixture(scope="module")
-def mined(smoke_world: tuple[TunaConfig, dict], miner: TagMiner) -> tuple[TunaConfig, dict, dict[str, dict]]:
+def mined(smoke_world: tuple[Recipe, dict], miner: TagMiner) -> tuple[Recipe, dict, dict[str, dict]]:
     cfg, world = smoke_world
     manifests = {d: mine_corpus(cfg, d, progress=False, miner=miner) for d in ("A", "B")}
     return cfg, world, manifests
 
 
-def rows(cfg: TunaConfig, domain: str) -> list[dict]:
+def rows(cfg: Recipe, domain: str) -> list[dict]:
     return pq.read_table(tags_dir(cfg, domain) / "tags.parquet").to_pylist()
 
 
@@ -114,7 +114,7 @@ def test_load_tags_and_up_to_date(mined) -> None:
     assert tags == {r["key"]: r["tags"] for r in rows(cfg, "A")}
     assert load_tags(tags_dir(cfg, "A") / "tags.parquet") == tags == load_tags_from_miner(tags_dir(cfg, "A") / "tags.parquet")
     assert is_up_to_date(cfg, "A")
-    changed = load_config(REPO / "configs" / "smoke.yaml", [f"run.data_dir={cfg.data_dir}", "mine.batch_size=64"])
+    changed = load_recipe(REPO / "configs" / "smoke.yaml", [f"run.data_dir={cfg.data_dir}", "mine.batch_size=64"])
     assert not is_up_to_date(changed, "A")
     with pytest.raises(DataFormatError, match="tuna mine"):
         load_tags(cfg.data_dir / "tags" / "nowhere")
@@ -145,7 +145,7 @@ def test_failed_job_leaves_previous_output_intact(mined, miner: TagMiner) -> Non
 
 
 def test_bad_captions_skipped_counted_and_job_finishes(tmp_path: Path, miner: TagMiner) -> None:
-    cfg = load_config(REPO / "configs" / "smoke.yaml", [f"run.data_dir={tmp_path}"])
+    cfg = load_recipe(REPO / "configs" / "smoke.yaml", [f"run.data_dir={tmp_path}"])
     folder = web_dir(cfg, "A")
     folder.mkdir(parents=True)
     png = b"\x89PNG not really an image"
@@ -167,7 +167,7 @@ def test_bad_captions_skipped_counted_and_job_finishes(tmp_path: Path, miner: Ta
 
 
 def test_missing_corpus_names_the_folder_and_the_fix(tmp_path: Path, miner: TagMiner) -> None:
-    cfg = load_config(REPO / "configs" / "smoke.yaml", [f"run.data_dir={tmp_path}"])
+    cfg = load_recipe(REPO / "configs" / "smoke.yaml", [f"run.data_dir={tmp_path}"])
     with pytest.raises(DataFormatError, match="tuna world"):
         mine_corpus(cfg, "A", progress=False, miner=miner)
     assert not (tmp_path / "tags").exists() or not any((tmp_path / "tags").iterdir())

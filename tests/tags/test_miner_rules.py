@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tuna.cli import main
-from tuna.config import MineConfig
 from tuna.errors import TunaError
+from tuna.recipe import MineConfig
 from tuna.tags.miner import CaptionTags, ModelNotInstalled, TagMiner, mine_captions
 
 

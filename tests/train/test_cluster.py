@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from support import CONFIGS, SMOKE
-from tuna.config import load_config
 from tuna.errors import ConfigError, TunaError
+from tuna.recipe import load_recipe
 from tuna.train import cluster
 from tuna.train.cluster import ClusterError, Connection, FollowTimeout, ManifestInvalid
 from tuna.train.worker import build_parser as worker_parser
@@ -29,7 +29,7 @@ RENDER = {"TrainJob": cluster.render_trainjob, "PyTorchJob": cluster.render_pyto
 
 
 def render(kind: str, recipe: Path = LLAVA, stage: int = 2, overrides: tuple[str, ...] = (), **kw: Any) -> dict[str, Any]:
-    cfg = load_config(recipe, list(overrides))
+    cfg = load_recipe(recipe, list(overrides))
     return RENDER[kind](cfg, stage, "tuna", list(overrides), recipe=recipe, name=f"tuna-{recipe.stem}-s{stage}", **kw)
 
 
@@ -58,7 +58,7 @@ def test_rendered_jobs_satisfy_their_crds(kind: str, recipe: Path, stage: int) -
 def test_runtime_manifest_satisfies_the_clustertrainingruntime_crd() -> None:
     kept = yaml.safe_load(cluster.RUNTIME_FILE.read_text(encoding="utf-8"))
     cluster.validate(kept)
-    cfg = load_config(LLAVA, ["cluster.image=registry.example/tuna@sha256:" + "a" * 64, "cluster.runtime=tuna-ds"])
+    cfg = load_recipe(LLAVA, ["cluster.image=registry.example/tuna@sha256:" + "a" * 64, "cluster.runtime=tuna-ds"])
     runtime = cluster.render_runtime(cfg)
     cluster.validate(runtime)
     assert runtime["metadata"]["name"] == "tuna-ds"
@@ -179,7 +179,7 @@ def test_mpirun_wrapper_forwards_only_the_variables_that_are_set(tmp_path: Path)
 
 
 def test_job_names_are_short_rfc1035_labels() -> None:
-    cfg = load_config(SMOKE, ["run.name=A_Very_Long_Run_Name_With_Caps_And_More"])
+    cfg = load_recipe(SMOKE, ["run.name=A_Very_Long_Run_Name_With_Caps_And_More"])
     name = cluster.job_name(cfg, 2, "tuner_off")
     assert cluster._DNS1035.match(name) and len(name) <= 50, name  # JobSet pod hostnames add ~13 characters
 
@@ -204,7 +204,7 @@ def test_job_names_are_short_rfc1035_labels() -> None:
 )
 def test_bad_cluster_settings_fail_at_load_naming_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(SMOKE, [override])
+        load_recipe(SMOKE, [override])
     message = str(info.value)
     assert message.startswith(f"{key}:") and "\n" not in message, message
 
@@ -219,7 +219,7 @@ def test_bad_cluster_settings_fail_at_load_naming_the_key(override: str, key: st
     ],
 )
 def test_bad_launch_fails_before_rendering(stage: int, variant: str, overrides: list[str], key: str) -> None:
-    cfg = load_config(SMOKE, overrides)
+    cfg = load_recipe(SMOKE, overrides)
     for render_fn in RENDER.values():
         with pytest.raises(ConfigError) as info:
             render_fn(cfg, stage, variant, overrides)
@@ -387,7 +387,7 @@ def test_follow_gives_up_when_the_job_is_gone() -> None:
 
 def test_launch_dry_run_prints_the_validated_yaml() -> None:
     lines: list[str] = []
-    cfg = load_config(LLAVA)
+    cfg = load_recipe(LLAVA)
     assert cluster.launch(cfg, 2, launcher="pytorchjob", dry_run=True, echo=lines.append) == "DryRun"
     (text,) = lines
     obj = yaml.safe_load(text)
@@ -397,7 +397,7 @@ def test_launch_dry_run_prints_the_validated_yaml() -> None:
 
 def test_launch_submits_then_follows_to_the_end() -> None:
     api, lines = FakeCustomObjects([{"conditions": [cond("Complete")]}]), []
-    cfg = load_config(SMOKE)
+    cfg = load_recipe(SMOKE)
     result = cluster.launch(cfg, 1, "baseline", launcher="trainjob", conn=Connection(api, "https://k8s.example:6443", "lab"),
                             echo=lines.append)
     assert result == "Succeeded" and len(api.created) == 1

@@ -12,10 +12,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from support import SMOKE
-from tuna.config import load_config
 from tuna.errors import ConfigError
 from tuna.formats import LlavaRecord
 from tuna.model.configuration_tuna import IMAGE_TOKEN_INDEX
+from tuna.recipe import load_recipe
 from tuna.train import ds_config
 from tuna.train.data import (
     IGNORE_INDEX,
@@ -114,7 +114,7 @@ def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
 
 
 def test_deepspeed_config_resolves_every_auto_field() -> None:
-    cfg = load_config(SMOKE, ["train.stage2.zero_stage=3", "train.stage2.grad_accum=2"])
+    cfg = load_recipe(SMOKE, ["train.stage2.zero_stage=3", "train.stage2.grad_accum=2"])
     ds = ds_config.resolve(cfg, 2, world_size=2, hidden_size=32)
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["train_batch_size"] == cfg.train.stage2.batch_size * 2 * 2
@@ -127,24 +127,24 @@ def test_deepspeed_config_resolves_every_auto_field() -> None:
 
 def test_deepspeed_config_refusals(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fp16 is refused by DeepSpeed on CPU"):
-        ds_config.resolve(load_config(SMOKE, ["train.precision=fp16"]), 1, 2)
+        ds_config.resolve(load_recipe(SMOKE, ["train.precision=fp16"]), 1, 2)
     custom = tmp_path / "ds.json"
     custom.write_text(json.dumps({"zero_optimization": {"stage": 3}, "train_batch_size": "auto"}))
     with pytest.raises(ConfigError, match="zero_stage is 2 but .* sets zero_optimization.stage 3"):
-        ds_config.resolve(load_config(SMOKE, [f"train.deepspeed_config={custom}"]), 1, 2)
+        ds_config.resolve(load_recipe(SMOKE, [f"train.deepspeed_config={custom}"]), 1, 2)
     custom.write_text(json.dumps({"zero_optimization": {"stage": 2, "sub_group_size": "auto"}}))
     with pytest.raises(ConfigError, match="zero_optimization.sub_group_size stayed \"auto\""):
-        ds_config.resolve(load_config(SMOKE, [f"train.deepspeed_config={custom}"]), 1, 2)
+        ds_config.resolve(load_recipe(SMOKE, [f"train.deepspeed_config={custom}"]), 1, 2)
     custom.write_text("{not json")
     with pytest.raises(ConfigError, match="is not valid JSON"):
-        ds_config.resolve(load_config(SMOKE, [f"train.deepspeed_config={custom}"]), 1, 2)
+        ds_config.resolve(load_recipe(SMOKE, [f"train.deepspeed_config={custom}"]), 1, 2)
 
 
 def test_more_ranks_than_cores_is_refused_with_the_setting() -> None:
     if torch.cuda.is_available():
         pytest.skip("the CPU-core check applies to CPU machines")
     with pytest.raises(TrainError, match=r"train.ranks=512 asks for more CPU ranks than the \d+ cores"):
-        check_ranks(load_config(SMOKE, ["train.ranks=512"]))
+        check_ranks(load_recipe(SMOKE, ["train.ranks=512"]))
 
 
 def test_local_command_runs_the_worker_module_on_n_ranks() -> None:
@@ -155,12 +155,12 @@ def test_local_command_runs_the_worker_module_on_n_ranks() -> None:
 
 
 def test_variants_and_registry_names() -> None:
-    cfg = load_config(SMOKE)
+    cfg = load_recipe(SMOKE)
     assert variant_model(cfg, "baseline")["tag_mode"] == "none" and variant_model(cfg, "tuner_off")["tuner"] is False
     assert variant_model(cfg, "tuna")["tag_mode"] == cfg.model.tag_mode
     with pytest.raises(TrainError, match="unknown variant 'llava'"):
         variant_model(cfg, "llava")
-    mini = load_config(SMOKE, ["track.registered_model=tuna-mini"])
+    mini = load_recipe(SMOKE, ["track.registered_model=tuna-mini"])
     assert registered_name(mini, "tuna") == "tuna-mini" and registered_name(mini, "baseline") == "llava-mini"
     assert registered_name(mini, "tuner_off") == "tuna-mini-tuner-off"
 
@@ -211,7 +211,7 @@ def test_param_groups_give_the_lm_its_own_learning_rate() -> None:
                                             ("lm.reading_docs_per_class=-3", "reading_docs_per_class")])
 def test_lm_learning_rate_scale_and_reading_documents_are_validated(override: str, name: str) -> None:
     with pytest.raises(ConfigError, match=name):
-        load_config(SMOKE, [override])
+        load_recipe(SMOKE, [override])
 
 
 def test_reading_examples_are_blank_image_conversations_with_their_tags(tok: PreTrainedTokenizerFast, tmp_path: Path) -> None:
@@ -238,7 +238,7 @@ def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFas
     when it has one (own), or on a blank image."""
     from tuna.train.engine import _reading
 
-    cfg = load_config(SMOKE, [f"run.data_dir={prepared.cfg.data_dir}", "train.stage2.reading_per_class=2",
+    cfg = load_recipe(SMOKE, [f"run.data_dir={prepared.cfg.data_dir}", "train.stage2.reading_per_class=2",
                               f"train.stage2.reading_image={mode}"])
     taxonomy = json.loads((prepared.root / "taxonomy.json").read_text())
     classes = {c["name"]: c for dom in taxonomy.values() for c in dom["classes"]}

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from support import World, make_world
-from tuna.config import load_config
 from tuna.errors import ConfigError
 from tuna.formats import iter_web
+from tuna.recipe import load_recipe
 from tuna.world.generate import _fingerprint
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
@@ -46,7 +46,7 @@ def test_off_by_default_and_the_fingerprint_of_older_worlds_is_kept(world: World
     assert cfg.world.sizes.clip_web == 0 and not (world.root / "web" / "clip").exists()
     before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert _fingerprint(cfg) == f"{before}-seed{cfg.run.seed}" == world.manifest["fingerprint"]
-    on = load_config(SMOKE, ["world.product_share=0.5"])
+    on = load_recipe(SMOKE, ["world.product_share=0.5"])
     assert _fingerprint(on) != _fingerprint(cfg)
 
 
@@ -85,8 +85,8 @@ def test_clip_crawl_is_an_extra_domain_a_corpus_and_changes_nothing_else(product
 
 def test_share_must_be_a_probability(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="world.product_share"):
-        load_config(SMOKE, ["world.product_share=1.5"])
+        load_recipe(SMOKE, ["world.product_share=1.5"])
     with pytest.raises(ConfigError, match="world.sizes.clip_web"):
-        load_config(SMOKE, ["world.sizes.clip_web=-1"])
+        load_recipe(SMOKE, ["world.sizes.clip_web=-1"])
     with pytest.raises(ConfigError, match="world.sizes.web"):
-        load_config(SMOKE, ["world.sizes.web=0"])
+        load_recipe(SMOKE, ["world.sizes.web=0"])

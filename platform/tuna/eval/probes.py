@@ -41,8 +41,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tuna.config import TunaConfig
 from tuna.errors import CorruptSample, TunaError
+from tuna.recipe import Recipe
 
 PROBES_VERSION = "tuna.probes/1"
 SPLITS = ("id", "ood")
@@ -397,7 +397,7 @@ def lm_knowledge(lm: Any, tokenizer: Any, attributes: Sequence[Sequence[str]], n
 # ----------------------------------------------------------------------------------------- the run
 
 
-def probes_path(cfg: TunaConfig) -> Path:
+def probes_path(cfg: Recipe) -> Path:
     return cfg.data_dir / "eval" / "probes.json"
 
 
@@ -405,7 +405,7 @@ def _digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
 
-def fingerprint(cfg: TunaConfig) -> str:
+def fingerprint(cfg: Recipe) -> str:
     """What the probes depend on: this code's constants, both trained models, the world, datastore A and the seed."""
     from tuna.train.engine import stage_dir
 
@@ -417,7 +417,7 @@ def fingerprint(cfg: TunaConfig) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def is_up_to_date(cfg: TunaConfig) -> bool:
+def is_up_to_date(cfg: Recipe) -> bool:
     try:
         return json.loads(probes_path(cfg).read_text())["fingerprint"] == fingerprint(cfg)
     except (OSError, ValueError, KeyError):
@@ -439,7 +439,7 @@ def _threadpool_one() -> Any:
     return threadpool_limits(1)
 
 
-def run_probes(cfg: TunaConfig, progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_probes(cfg: Recipe, progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every probe on the FINER ID and OOD images; writes ``<data_dir>/eval/probes.json`` and returns it."""
     from tuna.eval.run import _tags_for
     from tuna.train.engine import model_dir
@@ -550,7 +550,7 @@ def _below(a: float | None, b: float | None) -> bool | None:
     return None if a is None or b is None else bool(a < b)
 
 
-def _pretrained_lm(cfg: TunaConfig) -> tuple[Any, Any] | None:
+def _pretrained_lm(cfg: Recipe) -> tuple[Any, Any] | None:
     """The LM before stage 2 (``<data_dir>/lm`` or model.language_model), when loadable; None otherwise."""
     from tuna.lm import lm_path
 

@@ -25,8 +25,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuna.config import TunaConfig
 from tuna.eval.run import EvalError, write_json
+from tuna.recipe import Recipe
 
 if TYPE_CHECKING:
     from tuna.track import Run
@@ -41,11 +41,11 @@ SWAP_STORES = ("A", "B", "none")
 SAMPLE_IMAGES = 6  # images in the tuner-weight heatmap
 
 
-def report_dir(cfg: TunaConfig) -> Path:
+def report_dir(cfg: Recipe) -> Path:
     return cfg.data_dir / "eval" / "report"
 
 
-def _load_variants(cfg: TunaConfig, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _load_variants(cfg: Recipe, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
     out = {}
     for v in dict.fromkeys(variants):
         path = cfg.data_dir / "eval" / v / "metrics.json"
@@ -54,11 +54,11 @@ def _load_variants(cfg: TunaConfig, variants: Sequence[str]) -> dict[str, dict[s
     return out
 
 
-def _probes_path(cfg: TunaConfig) -> Path:
+def _probes_path(cfg: Recipe) -> Path:
     return cfg.data_dir / "eval" / "probes.json"
 
 
-def _sources(cfg: TunaConfig, variants: Sequence[str]) -> dict[str, Any]:
+def _sources(cfg: Recipe, variants: Sequence[str]) -> dict[str, Any]:
     """What a report depends on: each variant's eval fingerprint and the probes file's digest."""
     fps = {}
     for v in dict.fromkeys(variants):
@@ -71,7 +71,7 @@ def _sources(cfg: TunaConfig, variants: Sequence[str]) -> dict[str, Any]:
     return {"version": REPORT_VERSION, "variants": fps, "probes": digest}
 
 
-def is_up_to_date(cfg: TunaConfig, variants: Sequence[str]) -> bool:
+def is_up_to_date(cfg: Recipe, variants: Sequence[str]) -> bool:
     """True when ``report.md`` exists and was made from the current metrics of ``variants`` (and probes)."""
     folder = report_dir(cfg)
     try:
@@ -251,7 +251,7 @@ def probes_png(probes: dict[str, Any], path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def tuner_samples(cfg: TunaConfig, count: int = SAMPLE_IMAGES) -> list[dict[str, Any]] | str:
+def tuner_samples(cfg: Recipe, count: int = SAMPLE_IMAGES) -> list[dict[str, Any]] | str:
     """The tuner's weight per retrieved tag for ``count`` OOD FINER images (distinct gold classes when possible).
 
     Returns rows {"image", "gold", "answer", "tags", "weights"}, or the reason there are none.
@@ -462,7 +462,7 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def write_report(cfg: TunaConfig, variants: Sequence[str], run: Run | None = None, command: str | None = None,
+def write_report(cfg: Recipe, variants: Sequence[str], run: Run | None = None, command: str | None = None,
                  log: Callable[[str], None] = _say) -> Path:
     """Write ``<data_dir>/eval/report/`` (report.md, PNGs, metrics.json) for the evaluated ``variants``; return report.md.
 

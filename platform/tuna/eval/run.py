@@ -18,8 +18,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tuna.config import TunaConfig
 from tuna.errors import CorruptSample, TunaError
+from tuna.recipe import Recipe
 from tuna.samples import decode_image
 
 SHORT = "\nAnswer the question using a single word or phrase."  # LLaVA's short-answer suffix (also in training)
@@ -73,7 +73,7 @@ class Asker:
 _SESSION: dict[str, Any] = {}  # the retrieval session of the evaluation in progress (see evaluate_model)
 
 
-def _tags_for(cfg: TunaConfig, tag_mode: str, images: Sequence[Path], name: str, datastore: str | None) -> dict[str, Any]:
+def _tags_for(cfg: Recipe, tag_mode: str, images: Sequence[Path], name: str, datastore: str | None) -> dict[str, Any]:
     """Ranked tags per eval image for ``tag_mode`` from ``datastore`` (A, B, or None = no tags)."""
     from tuna.retrieval.attach import attach_tags
 
@@ -85,7 +85,7 @@ def _tags_for(cfg: TunaConfig, tag_mode: str, images: Sequence[Path], name: str,
     return attach_tags(cfg, sorted(set(images)), cache, mode, domain, log=lambda s: None, session=_SESSION.get("open"))
 
 
-def eval_pope(cfg: TunaConfig, asker: Asker, tag_mode: str) -> dict[str, Any]:
+def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str) -> dict[str, Any]:
     """POPE per split (ID/OOD x random/popular/adversarial) and LLaVA's mean F1 per split group."""
     from tuna.eval.pope import load_pope_splits, pope_metrics, pope_summary
 
@@ -104,7 +104,7 @@ def eval_pope(cfg: TunaConfig, asker: Asker, tag_mode: str) -> dict[str, Any]:
     return out
 
 
-def eval_finer(cfg: TunaConfig, asker: Asker, tag_mode: str, b_datastores: Sequence[str | None] = ("B",),
+def eval_finer(cfg: Recipe, asker: Asker, tag_mode: str, b_datastores: Sequence[str | None] = ("B",),
                attrseek: bool = True, root: str = "eval") -> dict[str, Any]:
     """FINER EM per level (direct and ATTRSEEK) on ID and OOD (datastore A) and domain B (each of ``b_datastores``),
     on the world's eval split (``root`` "eval") or its validation split ("val", world.sizes.finer_val)."""
@@ -131,7 +131,7 @@ def eval_finer(cfg: TunaConfig, asker: Asker, tag_mode: str, b_datastores: Seque
     return out
 
 
-def eval_mme(cfg: TunaConfig, asker: Asker, tag_mode: str) -> dict[str, Any]:
+def eval_mme(cfg: Recipe, asker: Asker, tag_mode: str) -> dict[str, Any]:
     """MME-style accuracy / accuracy+ per subtask and the total, on ID and OOD."""
     from tuna.eval.mme import mme_metrics
     from tuna.formats import load_mme
@@ -145,7 +145,7 @@ def eval_mme(cfg: TunaConfig, asker: Asker, tag_mode: str) -> dict[str, Any]:
     return out
 
 
-def eval_chair(cfg: TunaConfig, asker: Asker, tag_mode: str, max_new_tokens: int = 48) -> dict[str, Any]:
+def eval_chair(cfg: Recipe, asker: Asker, tag_mode: str, max_new_tokens: int = 48) -> dict[str, Any]:
     """CHAIR_i / CHAIR_s / recall of generated detailed descriptions against the ground-truth objects."""
     from tuna.eval.chair import chair_metrics, chair_vocabulary
     from tuna.formats import coco_objects_by_image, load_coco
@@ -165,7 +165,7 @@ def eval_chair(cfg: TunaConfig, asker: Asker, tag_mode: str, max_new_tokens: int
     return out
 
 
-def evaluate_model(cfg: TunaConfig, model_dir: Path, tag_mode: str, b_datastores: Sequence[str | None] = ("B",),
+def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Sequence[str | None] = ("B",),
                    tasks: Sequence[str] = ("pope", "finer", "mme", "chair"), progress: bool = False,
                    log: Callable[[str], None] = print, finer_root: str = "eval") -> dict[str, Any]:
     """Every task for one trained model; returns the metrics (and how long each task took)."""

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tuna.config import TunaConfig
 from tuna.eval.run import EVAL_VERSION, EvalError, evaluate_model, headline, write_json
+from tuna.recipe import Recipe
 
 # The columns of the summary table: (key in headline(), header).
 COLUMNS = (
@@ -27,7 +27,7 @@ COLUMNS = (
 )
 
 
-def eval_dir(cfg: TunaConfig) -> Path:
+def eval_dir(cfg: Recipe) -> Path:
     return cfg.data_dir / "eval"
 
 
@@ -38,7 +38,7 @@ def b_datastores(variant: str, tag_mode: str) -> tuple[str | None, ...]:
     return ("A", "B", None) if variant == "tuna" else ("B",)
 
 
-def _fingerprint(cfg: TunaConfig, variant: str) -> str:
+def _fingerprint(cfg: Recipe, variant: str) -> str:
     from tuna.train.engine import stage_dir
 
     trained = stage_dir(cfg, variant, 2) / "metrics.json"
@@ -49,7 +49,7 @@ def _fingerprint(cfg: TunaConfig, variant: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _eval_fingerprint(cfg: TunaConfig) -> str:
+def _eval_fingerprint(cfg: Recipe) -> str:
     """``section_fingerprint(cfg.eval)`` without ``probes``: the probes keep their own fingerprint
     (tuna.eval.probes), so switching them on or off re-scores no model."""
     fields = {k: v for k, v in dataclasses.asdict(cfg.eval).items() if k != "probes"}
@@ -60,7 +60,7 @@ def _digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
 
-def is_up_to_date(cfg: TunaConfig, variant: str) -> bool:
+def is_up_to_date(cfg: Recipe, variant: str) -> bool:
     path = eval_dir(cfg) / variant / "metrics.json"
     try:
         return json.loads(path.read_text())["fingerprint"] == _fingerprint(cfg, variant)
@@ -68,7 +68,7 @@ def is_up_to_date(cfg: TunaConfig, variant: str) -> bool:
         return False
 
 
-def evaluate_variant(cfg: TunaConfig, variant: str, progress: bool = False,
+def evaluate_variant(cfg: Recipe, variant: str, progress: bool = False,
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate one trained variant (its stage-2 model) on every task of ``eval.tasks``; saves and returns the metrics."""
     from tuna.train.engine import model_dir, variant_model
@@ -84,7 +84,7 @@ def evaluate_variant(cfg: TunaConfig, variant: str, progress: bool = False,
     return metrics
 
 
-def validate_variant(cfg: TunaConfig, variant: str, progress: bool = False,
+def validate_variant(cfg: Recipe, variant: str, progress: bool = False,
                      log: Callable[[str], None] = print) -> dict[str, float]:
     """FINER on the world's validation split (world.sizes.finer_val), for choosing settings without looking at
     the eval splits: saves ``eval/validation/<variant>.json`` and returns its headline numbers."""
@@ -105,7 +105,7 @@ def validate_variant(cfg: TunaConfig, variant: str, progress: bool = False,
     return metrics["headline"]
 
 
-def summarize(cfg: TunaConfig, variants: Sequence[str]) -> dict[str, dict[str, float]]:
+def summarize(cfg: Recipe, variants: Sequence[str]) -> dict[str, dict[str, float]]:
     """Headline numbers of each evaluated variant (from their metrics.json), saved as summary.json and table.md."""
     rows = {}
     for v in variants:
@@ -141,7 +141,7 @@ def table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def probe(cfg: TunaConfig, force: bool = False, progress: bool = False, log: Callable[[str], None] = print) -> str:
+def probe(cfg: Recipe, force: bool = False, progress: bool = False, log: Callable[[str], None] = print) -> str:
     """The alignment diagnostics (tuna.eval.probes) on the trained TUNA and baseline -> ``eval/probes.json``;
     skipped when up to date unless ``force``. Returns the one-line summary."""
     from tuna.eval.probes import is_up_to_date as probes_up_to_date

@@ -29,10 +29,10 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from tuna.config import TunaConfig, section_fingerprint
 from tuna.errors import DataFormatError, TunaError
 from tuna.lm import pretrain
 from tuna.lm.tokenizer import ensure_pad_and_template, tokens_per_name, train_tokenizer
+from tuna.recipe import Recipe, section_fingerprint
 from tuna.staging import staged_dir
 
 LM_VERSION = "tuna.lm/1"
@@ -77,7 +77,7 @@ def _count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def lm_path(cfg: TunaConfig) -> str:
+def lm_path(cfg: Recipe) -> str:
     """Where the run's LM comes from: ``model.language_model`` when set, else ``<data_dir>/lm``."""
     return cfg.model.language_model or str(cfg.data_dir / "lm")
 
@@ -163,13 +163,13 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------- training
 
 
-def _world_dir(cfg: TunaConfig) -> Path:
+def _world_dir(cfg: Recipe) -> Path:
     from tuna.world.generate import world_dir
 
     return world_dir(cfg)
 
 
-def _inputs(cfg: TunaConfig, corpus_hash: str) -> dict[str, Any]:
+def _inputs(cfg: Recipe, corpus_hash: str) -> dict[str, Any]:
     """Everything the trained weights depend on; equal inputs mean the saved LM is up to date."""
     inputs = {"lm_config": section_fingerprint(cfg.lm), "seed": cfg.run.seed, "corpus": corpus_hash}
     if cfg.lm.reading_docs_per_class:
@@ -177,7 +177,7 @@ def _inputs(cfg: TunaConfig, corpus_hash: str) -> dict[str, Any]:
     return inputs
 
 
-def is_up_to_date(cfg: TunaConfig) -> bool:
+def is_up_to_date(cfg: Recipe) -> bool:
     """True when ``<data_dir>/lm`` was trained by this code from the same lm config, seed and input text."""
     target = cfg.data_dir / "lm"
     try:
@@ -189,7 +189,7 @@ def is_up_to_date(cfg: TunaConfig) -> bool:
             and (target / "config.json").is_file() and (target / "tokenizer.json").is_file())
 
 
-def train_lm(cfg: TunaConfig, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_lm(cfg: Recipe, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the tokenizer and the tiny Llama on the world text, evaluate, save to ``<data_dir>/lm``.
 
     The folder holds the model and tokenizer (``save_pretrained``), ``manifest.json`` (inputs
@@ -251,7 +251,7 @@ def train_lm(cfg: TunaConfig, progress: bool = True, log: Callable[[str], None] 
     return manifest
 
 
-def run_lm(cfg: TunaConfig, force: bool = False, progress: bool = True,
+def run_lm(cfg: Recipe, force: bool = False, progress: bool = True,
            log: Callable[[str], None] = print) -> dict[str, Any]:
     """The ``tuna lm`` step: evaluate ``model.language_model`` when set, else train (unless up to date).
 

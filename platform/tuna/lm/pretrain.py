@@ -31,9 +31,9 @@ import torch
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tuna.config import LMConfig
 from tuna.errors import DataFormatError
 from tuna.formats import iter_text, load_llava
+from tuna.recipe import LMConfig
 from tuna.schedule import warmup_cosine
 from tuna.world.language import article
 from tuna.world.reading import reading_samples

@@ -65,7 +65,7 @@ def build_tuna(
 ) -> TunaForConditionalGeneration:
     """Compose a CLIP and a causal LM into TUNA; CLIP's towers frozen, new parts freshly initialised.
 
-    The keyword names match ``tuna.config.ModelConfig`` (``projector``, ``vision_feature_layer``,
+    The keyword names match ``tuna.recipe.ModelConfig`` (``projector``, ``vision_feature_layer``,
     ``num_tags``, ``tag_mode``, ``tuner``); ``config_kwargs`` go to :class:`TunaConfig` as they are
     (e.g. ``tag_encoder_heads``, ``tag_weight_norm``). ``dtype`` applies to checkpoints loaded by path.
     """

@@ -19,8 +19,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tuna.config import TunaConfig
 from tuna.errors import CorruptSample, TunaError
+from tuna.recipe import Recipe
 from tuna.samples import Quarantine, decode_image
 
 ATTACH_VERSION = "tuna.attach/1"
@@ -44,7 +44,7 @@ def source_of(tag_mode: str, domain: str = "A") -> str | None:
     raise TunaError(f"unknown tag mode {tag_mode!r}; use tags, captions, random or none")
 
 
-def datastore_fingerprint(cfg: TunaConfig, name: str) -> str:
+def datastore_fingerprint(cfg: Recipe, name: str) -> str:
     """A datastore's version: a digest of its manifest's encoder, corpus, rows and index (what retrieval depends on)."""
     from tuna.retrieval.datastore import read_manifest
 
@@ -56,7 +56,7 @@ def datastore_fingerprint(cfg: TunaConfig, name: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _vocabulary(cfg: TunaConfig, domain: str) -> list[str]:
+def _vocabulary(cfg: Recipe, domain: str) -> list[str]:
     from tuna.tags.io import load_tags
 
     tags = load_tags(cfg.data_dir / "tags" / domain)
@@ -75,7 +75,7 @@ class RetrievalSession:
     """The run's encoder and an open Retriever, shared by many :func:`attach_tags` calls; close it when done
     (a Milvus Lite datastore stays locked to this process while it is open)."""
 
-    def __init__(self, cfg: TunaConfig) -> None:
+    def __init__(self, cfg: Recipe) -> None:
         from tuna.retrieval.datastore import Retriever
         from tuna.retrieval.encoder import encoder_path, load_encoder
 
@@ -93,7 +93,7 @@ class RetrievalSession:
         self.close()
 
 
-def retrieve_images(cfg: TunaConfig, images: Sequence[Path], datastore: str, progress: bool = False,
+def retrieve_images(cfg: Recipe, images: Sequence[Path], datastore: str, progress: bool = False,
                     quarantine: Quarantine | None = None, session: RetrievalSession | None = None) -> dict[str, Tagged]:
     """Embed ``images`` with the run's encoder and retrieve from ``datastore``: file name -> ranked values.
 
@@ -128,7 +128,7 @@ def retrieve_images(cfg: TunaConfig, images: Sequence[Path], datastore: str, pro
     return out
 
 
-def attach_tags(cfg: TunaConfig, images: Sequence[Path], cache: Path, tag_mode: str, domain: str = "A",
+def attach_tags(cfg: Recipe, images: Sequence[Path], cache: Path, tag_mode: str, domain: str = "A",
                 progress: bool = False, log: Callable[[str], None] = print,
                 session: RetrievalSession | None = None) -> dict[str, Tagged]:
     """Ranked tags per image file name for ``tag_mode``, from ``cache`` when it is current, else computed and saved.

@@ -32,9 +32,9 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from tqdm import tqdm
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTextConfig, CLIPVisionConfig, PreTrainedTokenizerFast
 
-from tuna.config import EncoderConfig, MineConfig
 from tuna.errors import ConfigError, CorruptSample, DataFormatError
 from tuna.formats import iter_web
+from tuna.recipe import EncoderConfig, MineConfig
 from tuna.samples import Quarantine, caption_text, decode_image
 from tuna.schedule import warmup_cosine
 

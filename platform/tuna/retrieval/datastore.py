@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from tuna.config import TunaConfig, section_fingerprint
 from tuna.errors import CorruptSample, TunaError
 from tuna.formats import WebSample, iter_web
+from tuna.recipe import Recipe, section_fingerprint
 from tuna.retrieval.store import MilvusStore, Neighbour, UnknownDatastore, datastore_uri, index_params
 from tuna.samples import Quarantine, caption_text, decode_image
 
@@ -52,19 +52,19 @@ def spec_of(name: str) -> DatastoreSpec:
     return DATASTORES[name]
 
 
-def datastore_dir(cfg: TunaConfig, name: str) -> Path:
+def datastore_dir(cfg: Recipe, name: str) -> Path:
     """Where datastore ``name``'s manifest and quarantine list live (and its Milvus Lite folder, locally)."""
     return cfg.data_dir / "datastores" / name
 
 
-def read_manifest(cfg: TunaConfig, name: str) -> dict[str, Any] | None:
+def read_manifest(cfg: Recipe, name: str) -> dict[str, Any] | None:
     try:
         return json.loads((datastore_dir(cfg, name) / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
 
 
-def _encoder_fingerprint(cfg: TunaConfig) -> str | None:
+def _encoder_fingerprint(cfg: Recipe) -> str | None:
     """The current encoder's fingerprint without loading it (from its manifest); None if unknown."""
     if cfg.model.vision_tower:
         return None
@@ -74,7 +74,7 @@ def _encoder_fingerprint(cfg: TunaConfig) -> str | None:
         return None
 
 
-def is_up_to_date(cfg: TunaConfig, name: str) -> bool:
+def is_up_to_date(cfg: Recipe, name: str) -> bool:
     """True when datastore ``name`` was finished by this builder from the current encoder, corpus, tags and index config."""
     from tuna.world.generate import world_dir
 
@@ -112,7 +112,7 @@ def _batches(samples: Iterator[WebSample], size: int) -> Iterator[list[WebSample
         yield batch
 
 
-def build_datastore(cfg: TunaConfig, name: str, rebuild: bool = False, progress: bool = True,
+def build_datastore(cfg: Recipe, name: str, rebuild: bool = False, progress: bool = True,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """Embed datastore ``name``'s corpus, insert it with its values, index it; returns the manifest."""
     from tuna.retrieval.encoder import encoder_path, load_encoder
@@ -223,7 +223,7 @@ class Retriever:
     """Batched retrieval from any named datastore; connections are opened lazily and kept, so
     switching datastores between calls costs nothing and needs no restart."""
 
-    def __init__(self, cfg: TunaConfig) -> None:
+    def __init__(self, cfg: Recipe) -> None:
         self.cfg = cfg
         self._stores: dict[str, MilvusStore] = {}
 

@@ -35,9 +35,9 @@ import transformers
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPModel
 
-from tuna.config import TunaConfig
 from tuna.errors import CorruptSample, DataFormatError, OutputError, TunaError
 from tuna.formats import load_finer
+from tuna.recipe import Recipe
 from tuna.samples import decode_image
 
 ENCODER_VERSION = "tuna.encoder/1"
@@ -127,7 +127,7 @@ class ClipEncoder:
         return np.concatenate(out).astype(np.float32, copy=False)
 
 
-def encoder_path(cfg: TunaConfig) -> str:
+def encoder_path(cfg: Recipe) -> str:
     """Where the run's encoder comes from: ``model.vision_tower`` when set, else ``<data_dir>/encoder``."""
     return cfg.model.vision_tower or str(cfg.data_dir / "encoder")
 
@@ -253,7 +253,7 @@ def summary_line(metrics: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------- training
 
 
-def _world(cfg: TunaConfig) -> tuple[Path, dict[str, Any]]:
+def _world(cfg: Recipe) -> tuple[Path, dict[str, Any]]:
     from tuna.world.generate import world_dir
 
     wdir = world_dir(cfg)
@@ -289,7 +289,7 @@ def web_corpora(wdir: Path) -> dict[str, Path]:
     return folders
 
 
-def _inputs(cfg: TunaConfig, world_manifest: dict[str, Any]) -> dict[str, Any]:
+def _inputs(cfg: Recipe, world_manifest: dict[str, Any]) -> dict[str, Any]:
     """Everything the trained weights depend on; equal inputs mean the saved encoder is up to date."""
     inputs = {"encoder_config": _config_fingerprint(cfg.encoder), "seed": cfg.run.seed,
               "world": world_manifest.get("fingerprint"), "max_caption_chars": cfg.mine.max_caption_chars}
@@ -298,7 +298,7 @@ def _inputs(cfg: TunaConfig, world_manifest: dict[str, Any]) -> dict[str, Any]:
     return inputs
 
 
-def is_up_to_date(cfg: TunaConfig) -> bool:
+def is_up_to_date(cfg: Recipe) -> bool:
     """True when ``<data_dir>/encoder`` was trained by this code from the same config, seed and world."""
     target = cfg.data_dir / "encoder"
     try:
@@ -325,7 +325,7 @@ def _count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def train_encoder(cfg: TunaConfig, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_encoder(cfg: Recipe, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the tiny CLIP on web A + web B (+ the world's CLIP-only crawl, ``world.sizes.clip_web``),
     evaluate it zero-shot, save it to ``<data_dir>/encoder``.
 
@@ -422,7 +422,7 @@ def train_encoder(cfg: TunaConfig, progress: bool = True, log: Callable[[str], N
     return manifest
 
 
-def run_encoder(cfg: TunaConfig, force: bool = False, progress: bool = True,
+def run_encoder(cfg: Recipe, force: bool = False, progress: bool = True,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """The ``tuna encoder`` step: evaluate ``model.vision_tower`` when set, else train (unless up to date).
 

@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from tuna.config import IndexConfig, TunaConfig
 from tuna.errors import ConfigError, DatastoreUnavailable, TunaError
+from tuna.recipe import IndexConfig, Recipe
 
 T = TypeVar("T")
 MAX_VALUES = 64          # tags (or captions) kept per row
@@ -56,12 +56,12 @@ def _is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "tcp://", "unix:"))
 
 
-def lite_path(cfg: TunaConfig, name: str) -> Path:
+def lite_path(cfg: Recipe, name: str) -> Path:
     """Milvus Lite folder of datastore ``name`` for a local run: ``<data_dir>/datastores/<name>/milvus.db``."""
     return cfg.data_dir / "datastores" / name / "milvus.db"
 
 
-def datastore_uri(cfg: TunaConfig, name: str) -> str:
+def datastore_uri(cfg: Recipe, name: str) -> str:
     """The URI holding datastore ``name``: index.uri when set (one server for all), else its Milvus Lite folder."""
     return cfg.index.uri or str(lite_path(cfg, name))
 
@@ -101,7 +101,7 @@ class MilvusStore:
         self.client = self._retry("connect", self._connect)
 
     @classmethod
-    def for_datastore(cls, cfg: TunaConfig, name: str) -> MilvusStore:
+    def for_datastore(cls, cfg: Recipe, name: str) -> MilvusStore:
         ix: IndexConfig = cfg.index
         token = os.environ.get(ix.token_env) or None
         return cls(datastore_uri(cfg, name), token=token, retries=ix.retries, backoff_seconds=ix.backoff_seconds)

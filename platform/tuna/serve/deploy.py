@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from tuna.config import TunaConfig
 from tuna.errors import TunaError
+from tuna.recipe import Recipe
 
 RELEASE = "tuna-serving"
 CHART = "helm/tuna-serving"  # relative to the repository (the image's workdir on a cluster)
@@ -53,7 +53,7 @@ def _image(ref: str) -> list[tuple[str, Any]]:
     return [("image.repository", ref)]
 
 
-def repository_values(cfg: TunaConfig, repository_uri: str) -> list[tuple[str, Any]]:
+def repository_values(cfg: Recipe, repository_uri: str) -> list[tuple[str, Any]]:
     """The chart's ``modelRepository.*`` values for ``repository_uri`` (pvc://, models:/ or s3://)."""
     uri = repository_uri.strip()
     if uri.startswith("pvc://"):
@@ -91,7 +91,7 @@ SERVICE_ACCOUNT = "tuna-serving"   # manifests/base/rbac.yaml
 HELM_DRIVER = "configmap"
 
 
-def helm_values(cfg: TunaConfig, repository_uri: str) -> list[tuple[str, Any]]:
+def helm_values(cfg: Recipe, repository_uri: str) -> list[tuple[str, Any]]:
     """Every value the deploy sets, in order: image, Milvus, datastore, model repository."""
     if not cfg.index.uri:
         raise DeployError("index.uri is null (Milvus Lite folders on this machine): the served retrieval step on "
@@ -124,7 +124,7 @@ def set_args(values: Sequence[tuple[str, Any]]) -> list[str]:
     return out
 
 
-def helm_upgrade_command(cfg: TunaConfig, release: str, namespace: str, repository_uri: str,
+def helm_upgrade_command(cfg: Recipe, release: str, namespace: str, repository_uri: str,
                          values_files: Sequence[str | Path] = (), chart: str | Path = CHART,
                          timeout: str = HELM_TIMEOUT) -> list[str]:
     """``helm upgrade --install <release> <chart> -n <namespace> --wait=watcher --rollback-on-failure -f ... --set ...``.
@@ -151,7 +151,7 @@ def pvc_uri(path: str | Path, claim: str, mount: str) -> str:
     return f"pvc://{claim}/{PurePosixPath(p).relative_to(m)}"
 
 
-def deploy_helm(cfg: TunaConfig, release: str, namespace: str, repository_uri: str,
+def deploy_helm(cfg: Recipe, release: str, namespace: str, repository_uri: str,
                 values_files: Sequence[str | Path] = (), chart: str | Path = CHART, timeout: float = 1200.0) -> str:
     """Run :func:`helm_upgrade_command` with the real helm; returns helm's output (a one-line TunaError on failure)."""
     from tuna.kube.binaries import helm_binary, run_tool

@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from tuna.config import TunaConfig
 from tuna.errors import TunaError
+from tuna.recipe import Recipe
 from tuna.serve import configs
 from tuna.serve.steps import SERVING_FILE
 
@@ -42,16 +42,16 @@ class ExportError(TunaError):
     """The model or datastores to export are missing or do not fit together."""
 
 
-def model_folder(cfg: TunaConfig, variant: str | None = None) -> Path:
+def model_folder(cfg: Recipe, variant: str | None = None) -> Path:
     """The stage-2 model folder `tuna train` wrote for ``variant`` (default: serve.variant)."""
     return cfg.data_dir / "train" / (variant or cfg.serve.variant) / "stage2" / "model"
 
 
-def export_dir(cfg: TunaConfig, variant: str | None = None) -> Path:
+def export_dir(cfg: Recipe, variant: str | None = None) -> Path:
     return cfg.data_dir / "serve" / (variant or cfg.serve.variant)
 
 
-def repository_dir(cfg: TunaConfig, variant: str | None = None) -> Path:
+def repository_dir(cfg: Recipe, variant: str | None = None) -> Path:
     return export_dir(cfg, variant) / "model_repository"
 
 
@@ -60,7 +60,7 @@ def _digest_tree(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _datastores(cfg: TunaConfig, tag_mode: str, clip_dim: int) -> tuple[dict[str, dict[str, Any]], str | None]:
+def _datastores(cfg: Recipe, tag_mode: str, clip_dim: int) -> tuple[dict[str, dict[str, Any]], str | None]:
     """The datastores a request may pick (name -> version info) and the default one."""
     from tuna.retrieval.attach import datastore_fingerprint, source_of
     from tuna.retrieval.datastore import DATASTORES, read_manifest
@@ -88,9 +88,9 @@ def _datastores(cfg: TunaConfig, tag_mode: str, clip_dim: int) -> tuple[dict[str
     return found, default
 
 
-def _serve_fingerprint(cfg: TunaConfig) -> str:
+def _serve_fingerprint(cfg: Recipe) -> str:
     """What in the recipe shapes the exported files: the serve section, the system prompt, the index settings."""
-    from tuna.config import section_fingerprint
+    from tuna.recipe import section_fingerprint
 
     return "-".join(section_fingerprint(x) for x in (cfg.serve, cfg.index)) + "-" + \
         hashlib.sha256(cfg.train.system_prompt.encode()).hexdigest()[:8]
@@ -108,7 +108,7 @@ def _copy_files(src: Path, dst: Path, names: tuple[str, ...]) -> None:
             shutil.copyfile(src / name, dst / name)
 
 
-def _recipe(cfg: TunaConfig) -> str:
+def _recipe(cfg: Recipe) -> str:
     data = cfg.to_dict()
     data["run"]["data_dir"] = str(cfg.data_dir.resolve())
     data["index"]["retries"] = min(cfg.index.retries, 1)          # a request fails fast when Milvus is down
@@ -116,7 +116,7 @@ def _recipe(cfg: TunaConfig) -> str:
     return yaml.safe_dump(data, sort_keys=True)
 
 
-def _repository(cfg: TunaConfig, model_dir: Path, root: Path, lm_dir: Path, settings: dict[str, Any],
+def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, settings: dict[str, Any],
                 trtllm_engine: str | None) -> dict[str, Any]:
     """Write one repository under ``root``: python steps everywhere, or the tensorrtllm backend for the LLM."""
     s = cfg.serve
@@ -186,7 +186,7 @@ trtllm-build --checkpoint_dir /work/trtllm/checkpoint --output_dir /work/trtllm/
     shutil.copytree(lm_dir, kit / "hf_lm", dirs_exist_ok=True)
 
 
-def export_repository(cfg: TunaConfig, variant: str | None = None, out: Path | None = None, trtllm: bool = False,
+def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None = None, trtllm: bool = False,
                       log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export ``variant``'s stage-2 model as a Triton model repository; returns the export manifest."""
     import torch
@@ -254,7 +254,7 @@ def export_repository(cfg: TunaConfig, variant: str | None = None, out: Path | N
 
 
 
-def is_up_to_date(cfg: TunaConfig, variant: str | None = None) -> bool:
+def is_up_to_date(cfg: Recipe, variant: str | None = None) -> bool:
     """True when the exported repository holds the current model and datastore versions."""
     variant = variant or cfg.serve.variant
     try:

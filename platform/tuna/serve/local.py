@@ -10,20 +10,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tuna.config import TunaConfig
 from tuna.errors import TunaError
+from tuna.recipe import Recipe
 from tuna.serve.export import export_repository, is_up_to_date, repository_dir
 from tuna.serve.server import TritonServer
 
 
-def ensure_exported(cfg: TunaConfig, variant: str | None = None, log: Callable[[str], None] = print) -> Path:
+def ensure_exported(cfg: Recipe, variant: str | None = None, log: Callable[[str], None] = print) -> Path:
     """The repository of ``variant``, exported first when missing or stale (new model or datastore)."""
     if not is_up_to_date(cfg, variant):
         export_repository(cfg, variant, log=log)
     return repository_dir(cfg, variant)
 
 
-def start_server(cfg: TunaConfig, variant: str | None = None, free_ports: bool = False,
+def start_server(cfg: Recipe, variant: str | None = None, free_ports: bool = False,
                  log: Callable[[str], None] = print) -> TritonServer:
     """A started (ready) local tritonserver on the exported repository of ``variant``."""
     repo = ensure_exported(cfg, variant, log)
@@ -40,7 +40,7 @@ def start_server(cfg: TunaConfig, variant: str | None = None, free_ports: bool =
     return server
 
 
-def demo_image(cfg: TunaConfig) -> Path:
+def demo_image(cfg: Recipe) -> Path:
     """An image of a held-out (OOD) fine class from the world's FINER set: what the demo asks about."""
     folder = cfg.data_dir / "world" / "eval" / "finer" / "ood" / "images"
     images = sorted(folder.glob("*.png")) + sorted(folder.glob("*.jpg"))
@@ -49,7 +49,7 @@ def demo_image(cfg: TunaConfig) -> Path:
     return images[0]
 
 
-def demo(cfg: TunaConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def demo(cfg: Recipe, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Serve, ask ``serve.question`` about a FINER OOD image over gRPC (datastore default and B), stop."""
     from tuna.serve.client import TunaClient
 

@@ -132,8 +132,8 @@ class Retrieval:
     def __init__(self, folder: str | Path, env: dict[str, str] | None = None) -> None:
         import os
 
-        from tuna.config import load_config
         from tuna.inference import Predictor
+        from tuna.recipe import load_recipe
 
         self.folder = Path(folder)
         self.settings = read_serving(self.folder)
@@ -142,7 +142,7 @@ class Retrieval:
         if env.get("MILVUS_URI"):
             overrides.append(f"index.uri={env['MILVUS_URI']}")
             overrides.append("index.token_env=MILVUS_TOKEN")
-        self.cfg = load_config(self.folder / self.settings["recipe"], overrides)
+        self.cfg = load_recipe(self.folder / self.settings["recipe"], overrides)
         self.default = env.get("TUNA_DATASTORE_DEFAULT") or self.settings["default_datastore"]
         self.datastores: dict[str, dict[str, Any]] = self.settings["datastores"]
         if self.default not in self.datastores and self.settings["uses_tags"]:

@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tuna.config import TunaConfig, section_fingerprint
 from tuna.errors import ConfigError, CorruptSample, DataFormatError
 from tuna.formats import dump_json, iter_web
+from tuna.recipe import Recipe, section_fingerprint
 from tuna.samples import Quarantine, caption_text
 from tuna.staging import staged_dir
 from tuna.tags.miner import MINER_VERSION, TagMiner
@@ -37,12 +37,12 @@ MANIFEST_FILE = "manifest.json"
 QUARANTINE_FILE = "quarantine.jsonl"
 
 
-def web_dir(cfg: TunaConfig, domain: str) -> Path:
+def web_dir(cfg: Recipe, domain: str) -> Path:
     """The web corpus of one domain: ``<data_dir>/world/web/<domain>``."""
     return cfg.data_dir / "world" / "web" / _check_domain(domain)
 
 
-def tags_dir(cfg: TunaConfig, domain: str) -> Path:
+def tags_dir(cfg: Recipe, domain: str) -> Path:
     """Where the tags of one domain go: ``<data_dir>/tags/<domain>``."""
     return cfg.data_dir / "tags" / _check_domain(domain)
 
@@ -72,7 +72,7 @@ def input_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
-def is_up_to_date(cfg: TunaConfig, domain: str) -> bool:
+def is_up_to_date(cfg: Recipe, domain: str) -> bool:
     """True when the domain's tags were mined by this miner, with this mine config, from these shards."""
     try:
         m = json.loads((tags_dir(cfg, domain) / MANIFEST_FILE).read_text(encoding="utf-8"))
@@ -84,7 +84,7 @@ def is_up_to_date(cfg: TunaConfig, domain: str) -> bool:
             and m.get("input_hash") == input_hash(web_dir(cfg, domain)))
 
 
-def mine_corpus(cfg: TunaConfig, domain: str, progress: bool = True, miner: TagMiner | None = None) -> dict[str, Any]:
+def mine_corpus(cfg: Recipe, domain: str, progress: bool = True, miner: TagMiner | None = None) -> dict[str, Any]:
     """Mine the tags of one domain's web corpus into ``<data_dir>/tags/<domain>/``; returns the manifest.
 
     Bad captions are skipped, counted and listed in ``quarantine.jsonl``; the job always finishes.
@@ -182,7 +182,7 @@ def _write_parquet(path: Path, columns: dict[str, list[Any]]) -> None:
     pq.write_table(pa.table(columns, schema=schema), path, compression="zstd")
 
 
-def _manifest(cfg: TunaConfig, domain: str, folder: Path, digest: str, miner: TagMiner,
+def _manifest(cfg: Recipe, domain: str, folder: Path, digest: str, miner: TagMiner,
               columns: dict[str, list[Any]], quarantine: Quarantine, seconds: float, counts: dict[str, int]) -> dict[str, Any]:
     import spacy
 

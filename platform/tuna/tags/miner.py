@@ -54,8 +54,8 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuna.config import MineConfig
 from tuna.errors import ConfigError
+from tuna.recipe import MineConfig
 from tuna.tags import lexicon as lx
 
 if TYPE_CHECKING:

@@ -35,8 +35,8 @@ from typing import Any
 
 import yaml
 
-from tuna.config import TunaConfig, apply_override
 from tuna.errors import ConfigError, TunaError
+from tuna.recipe import Recipe, apply_override
 
 CRD_DIR = Path(__file__).resolve().parent / "crds"
 RUNTIME_FILE = CRD_DIR / "runtimes" / "tuna-deepspeed-distributed.yaml"
@@ -104,7 +104,7 @@ INSTALL_HINTS = {
 # --------------------------------------------------------------------------------------------- render
 
 
-def job_name(cfg: TunaConfig, stage: int, variant: str, when: datetime | None = None) -> str:
+def job_name(cfg: Recipe, stage: int, variant: str, when: datetime | None = None) -> str:
     """``tuna-<run>-s<stage>-<variant>-<ddHHMMSS>``: an RFC 1035 label short enough for JobSet pod hostnames."""
     run = re.sub(r"[^a-z0-9-]+", "-", cfg.run.name.lower()).strip("-")[:16].strip("-") or "run"
     var = re.sub(r"[^a-z0-9-]+", "-", variant.lower()).strip("-")[:10].strip("-") or "v"
@@ -112,7 +112,7 @@ def job_name(cfg: TunaConfig, stage: int, variant: str, when: datetime | None = 
     return f"tuna-{run}-s{stage}-{var}-{stamp}"
 
 
-def worker_args(cfg: TunaConfig, stage: int, variant: str = "tuna", overrides: Sequence[str] = (), *,
+def worker_args(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Sequence[str] = (), *,
                 recipe: str | Path | None = None, resume: bool = False) -> list[str]:
     """``-m tuna.train.worker --config <recipe in the image> --stage N --variant V [--resume] key=value ...``.
 
@@ -129,7 +129,7 @@ def worker_args(cfg: TunaConfig, stage: int, variant: str = "tuna", overrides: S
     return args + list(overrides) + _cluster_overrides(cfg, stage)
 
 
-def render_trainjob(cfg: TunaConfig, stage: int, variant: str = "tuna", overrides: Sequence[str] = (), *,
+def render_trainjob(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Sequence[str] = (), *,
                     recipe: str | Path | None = None, resume: bool = False, name: str | None = None) -> dict[str, Any]:
     """A Kubeflow Trainer ``TrainJob`` running ``stage`` on the DeepSpeed (MPI) runtime ``cluster.runtime``."""
     c = cfg.cluster
@@ -168,7 +168,7 @@ def render_trainjob(cfg: TunaConfig, stage: int, variant: str = "tuna", override
     }
 
 
-def render_pytorchjob(cfg: TunaConfig, stage: int, variant: str = "tuna", overrides: Sequence[str] = (), *,
+def render_pytorchjob(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Sequence[str] = (), *,
                       recipe: str | Path | None = None, resume: bool = False, name: str | None = None) -> dict[str, Any]:
     """A training-operator ``PyTorchJob`` (kubeflow.org/v1): torchrun on a Master and ``num_nodes - 1`` Workers."""
     c = cfg.cluster
@@ -203,7 +203,7 @@ def render_pytorchjob(cfg: TunaConfig, stage: int, variant: str = "tuna", overri
     }
 
 
-def render_runtime(cfg: TunaConfig) -> dict[str, Any]:
+def render_runtime(cfg: Recipe) -> dict[str, Any]:
     """The ClusterTrainingRuntime the TrainJob references, named ``cluster.runtime``, with ``cluster.image`` on every pod."""
     obj = yaml.safe_load(RUNTIME_FILE.read_text(encoding="utf-8"))
     obj["metadata"]["name"] = cfg.cluster.runtime
@@ -223,12 +223,12 @@ class _NoAliases(yaml.SafeDumper):
         return True
 
 
-def procs_per_node(cfg: TunaConfig) -> int:
+def procs_per_node(cfg: Recipe) -> int:
     """Ranks per pod: one per GPU; on CPU pods, ``train.ranks``."""
     return cfg.cluster.gpus_per_node or cfg.train.ranks
 
 
-def _check_launch(cfg: TunaConfig, stage: int, variant: str, overrides: Sequence[str]) -> None:
+def _check_launch(cfg: Recipe, stage: int, variant: str, overrides: Sequence[str]) -> None:
     if stage not in (1, 2):
         raise ConfigError(f"stage: must be 1 or 2, got {stage!r}")
     # torch is imported there: only when rendering, not when this module is imported
@@ -244,7 +244,7 @@ def _check_launch(cfg: TunaConfig, stage: int, variant: str, overrides: Sequence
                           "set cluster.precision to fp32 or bf16, or cluster.gpus_per_node")
 
 
-def _cluster_overrides(cfg: TunaConfig, stage: int) -> list[str]:
+def _cluster_overrides(cfg: Recipe, stage: int) -> list[str]:
     c = cfg.cluster
     zero = c.zero_stage or cfg.train.stage(stage).zero_stage
     out = [f"train.ranks={procs_per_node(cfg)}", f"train.precision={c.precision or cfg.train.precision}",
@@ -259,13 +259,13 @@ def _cluster_overrides(cfg: TunaConfig, stage: int) -> list[str]:
     return out
 
 
-def _labels(cfg: TunaConfig, stage: int, variant: str) -> dict[str, str]:
+def _labels(cfg: Recipe, stage: int, variant: str) -> dict[str, str]:
     run = re.sub(r"[^A-Za-z0-9_.-]+", "-", cfg.run.name)[:63].strip("-_.") or "run"
     return {"app.kubernetes.io/part-of": "tuna", "app.kubernetes.io/component": "train",
             "tuna-platform/run": run, "tuna-platform/stage": str(stage), "tuna-platform/variant": variant}
 
 
-def _env(cfg: TunaConfig) -> list[dict[str, Any]]:
+def _env(cfg: Recipe) -> list[dict[str, Any]]:
     c = cfg.cluster
     env = [{"name": "PYTHONUNBUFFERED", "value": "1"},
            {"name": "OMP_NUM_THREADS", "value": str(cfg.train.threads_per_rank)},
@@ -278,7 +278,7 @@ def _env(cfg: TunaConfig) -> list[dict[str, Any]]:
     return env
 
 
-def _secret_env(cfg: TunaConfig) -> list[dict[str, Any]]:
+def _secret_env(cfg: Recipe) -> list[dict[str, Any]]:
     """Secret keys as env vars (a TrainJob has no envFrom): required keys fail the pod early when missing."""
     env = []
     for field_name, (required, optional) in SECRET_KEYS.items():
@@ -294,7 +294,7 @@ def _secret_env(cfg: TunaConfig) -> list[dict[str, Any]]:
     return env
 
 
-def _resources(cfg: TunaConfig) -> dict[str, dict[str, str]]:
+def _resources(cfg: Recipe) -> dict[str, dict[str, str]]:
     c = cfg.cluster
     amounts = {"cpu": c.cpu, "memory": c.memory}
     if c.gpus_per_node:
@@ -302,7 +302,7 @@ def _resources(cfg: TunaConfig) -> dict[str, dict[str, str]]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _volumes(cfg: TunaConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(cfg: Recipe) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     c = cfg.cluster
     volumes: list[dict[str, Any]] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": c.shm_size}}]
     mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
@@ -313,7 +313,7 @@ def _volumes(cfg: TunaConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]
     return volumes, mounts
 
 
-def _pod_settings(cfg: TunaConfig) -> dict[str, Any]:
+def _pod_settings(cfg: Recipe) -> dict[str, Any]:
     c = cfg.cluster
     out: dict[str, Any] = {}
     if c.service_account:
@@ -569,7 +569,7 @@ def follow(name: str, namespace: str, kind: str = "TrainJob", poll_seconds: floa
         sleep(poll_seconds)
 
 
-def launch(cfg: TunaConfig, stage: int, variant: str = "tuna", overrides: Sequence[str] = (), *,
+def launch(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Sequence[str] = (), *,
            launcher: str = "trainjob", recipe: str | Path | None = None, resume: bool = False, dry_run: bool = False,
            wait: bool = True, conn: Connection | None = None, echo: Callable[[str], None] | None = None) -> str:
     """Render, validate and (unless ``dry_run``: print the YAML instead) submit one stage, then follow it.

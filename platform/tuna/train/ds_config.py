@@ -13,8 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tuna.config import TunaConfig
 from tuna.errors import ConfigError
+from tuna.recipe import Recipe
 
 
 def template_path(zero_stage: int) -> Path:
@@ -40,7 +40,7 @@ def _find_auto(data: Any, path: str = "") -> list[str]:
     return [path] if data == "auto" else []
 
 
-def resolve(cfg: TunaConfig, stage: int, world_size: int, hidden_size: int | None = None) -> dict[str, Any]:
+def resolve(cfg: Recipe, stage: int, world_size: int, hidden_size: int | None = None) -> dict[str, Any]:
     """The DeepSpeed config of training stage ``stage`` on ``world_size`` ranks, every "auto" resolved."""
     sc = cfg.train.stage(stage)
     path = Path(cfg.train.deepspeed_config) if cfg.train.deepspeed_config else template_path(sc.zero_stage)

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import yaml
 
-from tuna.config import TunaConfig, section_fingerprint
 from tuna.errors import TunaError
+from tuna.recipe import Recipe, section_fingerprint
 
 ENGINE_VERSION = "tuna.train/1"
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -48,24 +48,24 @@ class TrainError(TunaError):
 # ------------------------------------------------------------------------------------------ paths
 
 
-def stage_dir(cfg: TunaConfig, variant: str, stage: int) -> Path:
+def stage_dir(cfg: Recipe, variant: str, stage: int) -> Path:
     """``<data_dir>/train/<variant>/stage<stage>``."""
     return cfg.data_dir / "train" / variant / f"stage{stage}"
 
 
-def model_dir(cfg: TunaConfig, variant: str, stage: int = 2) -> Path:
+def model_dir(cfg: Recipe, variant: str, stage: int = 2) -> Path:
     """The consolidated Hugging Face model of ``variant`` after ``stage``."""
     return stage_dir(cfg, variant, stage) / "model"
 
 
-def lm_source(cfg: TunaConfig) -> str:
+def lm_source(cfg: Recipe) -> str:
     """The causal LM: ``model.language_model`` when set, else the tiny LM of `tuna lm` (``<data_dir>/lm``)."""
     from tuna.lm import lm_path
 
     return lm_path(cfg)
 
 
-def variant_model(cfg: TunaConfig, variant: str) -> dict[str, Any]:
+def variant_model(cfg: Recipe, variant: str) -> dict[str, Any]:
     """The model settings of ``variant``: the recipe's model section with the variant's changes."""
     if variant not in VARIANTS:
         raise TrainError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
@@ -81,7 +81,7 @@ def _manifest_digest(path: Path) -> str | None:
         return None
 
 
-def inputs_digest(cfg: TunaConfig, variant: str, stage: int) -> dict[str, str | None]:
+def inputs_digest(cfg: Recipe, variant: str, stage: int) -> dict[str, str | None]:
     """Digests of what a stage reads: the world, the encoder, the LM, the datastores (their manifests), and
     for stage 2 the stage-1 result; any change makes the stage's output stale."""
     from tuna.retrieval.encoder import encoder_path
@@ -98,7 +98,7 @@ def inputs_digest(cfg: TunaConfig, variant: str, stage: int) -> dict[str, str | 
     return out
 
 
-def fingerprint(cfg: TunaConfig, variant: str, stage: int, world_size: int) -> str:
+def fingerprint(cfg: Recipe, variant: str, stage: int, world_size: int) -> str:
     """What a checkpoint must match to be resumed, and an output to be up to date: stage settings, model
     variant, ranks, seed, template, precision and the inputs' digests."""
     payload = {
@@ -110,7 +110,7 @@ def fingerprint(cfg: TunaConfig, variant: str, stage: int, world_size: int) -> s
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def is_up_to_date(cfg: TunaConfig, variant: str, stage: int) -> bool:
+def is_up_to_date(cfg: Recipe, variant: str, stage: int) -> bool:
     """True when ``variant``'s stage output exists with this config's fingerprint (on ``train.ranks`` ranks)."""
     path = stage_dir(cfg, variant, stage) / "metrics.json"
     if not path.is_file():
@@ -174,7 +174,7 @@ def _load_tokenizer(source: str) -> Any:
     return tok
 
 
-def build_model(cfg: TunaConfig, variant: str, stage: int) -> tuple[Any, Any]:
+def build_model(cfg: Recipe, variant: str, stage: int) -> tuple[Any, Any]:
     """(model, LM tokenizer) at the start of ``stage``: freshly composed for stage 1, stage 1's output for 2."""
     from tuna.model import TunaForConditionalGeneration, build_tuna
     from tuna.retrieval.encoder import encoder_path
@@ -192,7 +192,7 @@ def build_model(cfg: TunaConfig, variant: str, stage: int) -> tuple[Any, Any]:
     return model, _load_tokenizer(str(prev))
 
 
-def _examples(cfg: TunaConfig, variant: str, stage: int, tokenizer: Any, rank: int, barrier: Callable[[], None],
+def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, barrier: Callable[[], None],
               log: Callable[[str], None]) -> tuple[list[Any], dict[str, int]]:
     from tuna.formats import load_llava
     from tuna.retrieval.attach import attach_tags
@@ -223,7 +223,7 @@ def _examples(cfg: TunaConfig, variant: str, stage: int, tokenizer: Any, rank: i
     return good, skipped
 
 
-def _reading(cfg: TunaConfig, tokenizer: Any, sc: Any) -> list[Any]:
+def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> list[Any]:
     """Stage 2's reading conversations: tags written from the world's taxonomy (tuna.world.reading) on a
     blank image, on a training scene of the same coarse class (``scene``: counterfactual tags, the answer
     follows the tags, not the scene's own class), or (``own``) on a scene of the named class itself when
@@ -308,7 +308,7 @@ def consolidate(ckpt: Path, tag: str) -> dict[str, torch.Tensor]:
         return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=tag)
 
 
-def save_hf(cfg: TunaConfig, variant: str, stage: int, state: dict[str, torch.Tensor], tokenizer: Any, out: Path) -> None:
+def save_hf(cfg: Recipe, variant: str, stage: int, state: dict[str, torch.Tensor], tokenizer: Any, out: Path) -> None:
     """Load the consolidated ``state`` into a fresh model and ``save_pretrained`` it with its tokenizers and processor."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
@@ -361,7 +361,7 @@ class StageInputs:
         return [g for g in ({"params": rest, "lr": lr}, {"params": self.lm_params, "lr": lr * lm_lr_scale}) if g["params"]]
 
 
-def prepare_stage(cfg: TunaConfig, variant: str, stage: int, rank: int = 0,
+def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
                   barrier: Callable[[], None] = lambda: None, log: Callable[[str], None] = print) -> StageInputs:
     """Build the model, freeze what the stage does not train, and load, tag and tokenise the stage's data."""
     from tuna.model import set_trainable
@@ -411,7 +411,7 @@ def optimizer_step(engine: Any, collate: Callable[[list[Any]], dict[str, torch.T
     return float(mean) / plan.world
 
 
-def train_stage(cfg: TunaConfig, stage: int, variant: str = "tuna", resume: bool = False,
+def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = False,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run training stage ``stage`` of ``variant`` on this rank (call in every rank); returns rank 0's metrics."""
     import deepspeed
@@ -532,7 +532,7 @@ def train_stage(cfg: TunaConfig, stage: int, variant: str = "tuna", resume: bool
         return metrics
 
 
-def registered_name(cfg: TunaConfig, variant: str) -> str:
+def registered_name(cfg: Recipe, variant: str) -> str:
     """Registry name of ``variant``: track.registered_model for TUNA, its ``llava`` twin for the baseline."""
     base = cfg.track.registered_model
     if variant == "tuna":

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from tuna.config import TunaConfig
+from tuna.recipe import Recipe
 from tuna.train.engine import TrainError, stage_dir, variant_model
 
 WORKER = "tuna.train.worker"
@@ -36,7 +36,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def check_ranks(cfg: TunaConfig) -> None:
+def check_ranks(cfg: Recipe) -> None:
     """Refuse a local CPU run asking for more ranks than cores (one line naming the setting)."""
     import torch
 
@@ -57,7 +57,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def write_recipe(cfg: TunaConfig, variant: str, stage: int | str) -> Path:
+def write_recipe(cfg: Recipe, variant: str, stage: int | str) -> Path:
     """Write the resolved recipe the ranks load; returns its path."""
     path = cfg.data_dir / "train" / "recipes" / f"{variant}-stage{stage}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def local_command(recipe: Path, stage: int | str, variant: str, ranks: int, resu
     return cmd + (["--resume"] if resume else [])
 
 
-def launch_local(cfg: TunaConfig, stage: int | str, variant: str = "tuna", resume: bool = False,
+def launch_local(cfg: Recipe, stage: int | str, variant: str = "tuna", resume: bool = False,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``stage`` (1, 2 or "all": both in one launch) of ``variant`` on ``train.ranks`` local ranks;
     returns the last stage's metrics.json."""

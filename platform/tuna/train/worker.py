@@ -14,8 +14,8 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from tuna.config import load_config
 from tuna.errors import TunaError
+from tuna.recipe import load_recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from tuna.train.engine import train_stage
 
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_recipe(args.config, args.overrides)
         for stage in [1, 2] if args.stage == "all" else [int(args.stage)]:
             train_stage(cfg, stage, args.variant, resume=args.resume)
         return 0

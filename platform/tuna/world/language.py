@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tuna.config import NoiseConfig
+from tuna.recipe import NoiseConfig
 from tuna.world.scene import ObjectInstance, Scene
 from tuna.world.taxonomy import COLOURS, MARK_PHRASES, FineClass, Taxonomy
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tuna.config import DomainConfig, TaxonomyConfig
+from tuna.recipe import DomainConfig, TaxonomyConfig
 
 # Domain A superordinates and their coarse classes (plain English; fine names are invented).
 SUPERORDINATES_A: list[tuple[str, list[str]]] = [

@@ -1,23 +1,14 @@
-"""Typed recipe configuration: one frozen dataclass per step, loaded from YAML with `key=value` overrides.
-
-A recipe (``configs/*.yaml``) holds data only; this module is its schema. Loading validates every key
-when the config is built: an unknown key, a wrong type or an impossible value raises
-:class:`~tuna.errors.ConfigError` with a one-line message naming the dotted key and what is allowed.
-"""
+"""The recipe's step sections (run, world, mine, encoder, index, lm, track, model, train, eval, serve): one frozen
+dataclass each, validated when built; every YAML key is a field here."""
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
-
-import yaml
+from typing import Literal
 
 from tuna.errors import ConfigError
+from tuna.recipe.checks import require as _require
 
 ImageFormat = Literal["png", "jpg"]
 Projector = Literal["linear", "mlp2x_gelu"]
@@ -32,19 +23,6 @@ MAX_COARSE_PER_SUPERORDINATE = 4
 MAX_FINE_PER_COARSE = 7
 NUM_SHAPES = 18
 
-
-class _KeyError(ConfigError):
-    """A value check inside a section; the loader prefixes the section path."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
-        self.detail = message
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise _KeyError(key, message)
 
 
 @dataclass(frozen=True)
@@ -454,96 +432,6 @@ class TrainConfig:
         return self.stage1 if n == 1 else self.stage2
 
 
-# Kubernetes names and quantities, as the API server checks them (RFC 1123 labels/subdomains, resource quantities).
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_QUANTITY = re.compile(r"^([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$")
-MAX_GPUS_PER_NODE = 16  # the largest GPU node types (e.g. 16 x A100 40GB) carry 16
-
-
-@dataclass(frozen=True)
-class TolerationConfig:
-    """One toleration of the training pods (e.g. for the taint GPU node pools carry)."""
-
-    key: str | None = None          # taint key; null with operator Exists tolerates every taint
-    operator: Literal["Exists", "Equal"] = "Exists"
-    value: str | None = None        # taint value (operator Equal only)
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None  # null = every effect
-
-    def __post_init__(self) -> None:
-        _require(self.operator == "Equal" or self.value is None, "value",
-                 f"must be null with operator Exists (use operator Equal to match a value), got {self.value!r}")
-        _require(self.operator == "Exists" or bool(self.key), "key", "must name the taint when operator is Equal")
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """Training on Kubernetes (`tuna train --launcher trainjob|pytorchjob`, see tuna.train.cluster)."""
-
-    namespace: str = "tuna"                          # namespace of the TrainJob / PyTorchJob
-    image: str = "ghcr.io/tuna-platform/tuna:0.1.0"  # project image, pinned by tag or digest
-    workdir: str = "/opt/tuna"                       # the repository inside the image (recipes in <workdir>/configs)
-    runtime: str = "tuna-deepspeed-distributed"      # Kubeflow Trainer ClusterTrainingRuntime the TrainJob uses
-    num_nodes: int = 1                               # pods (nodes) in the job
-    gpus_per_node: int = 0                           # nvidia.com/gpu per pod = ranks per pod; 0 = CPU pods
-    cpu: str = "4"                                   # CPU per pod (Kubernetes quantity)
-    memory: str = "16Gi"                             # memory per pod (Kubernetes quantity)
-    shm_size: str = "2Gi"                            # /dev/shm per pod (NCCL and DataLoader workers use it)
-    precision: Precision | None = None               # null = train.precision
-    zero_stage: int | None = None                    # null = train.stage<N>.zero_stage of the launched stage
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: tuple[TolerationConfig, ...] = ()
-    service_account: str | None = None               # pods' ServiceAccount (null = the namespace default)
-    data_pvc: str | None = "tuna-data"               # PVC holding run.data_dir (null = pod-local, lost at exit)
-    data_mount: str = "/mnt/tuna"                    # where data_pvc is mounted; a relative run.data_dir lands here
-    checkpoints_pvc: str | None = None               # separate PVC for checkpoints (null = under run.data_dir)
-    checkpoints_mount: str = "/mnt/tuna-checkpoints"  # where checkpoints_pvc is mounted
-    mlflow_secret: str | None = None                 # Secret with MLFLOW_TRACKING_USERNAME / _PASSWORD
-    milvus_secret: str | None = None                 # Secret with the Milvus token (key: index.token_env)
-    s3_secret: str | None = None                     # Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
-    mlflow_tracking_uri: str | None = None           # null = track.tracking_uri
-    kube_context: str | None = None                  # kubeconfig context (null = current; in a pod: in-cluster)
-    poll_seconds: float = 15.0                       # status polling interval while following a job
-    follow_timeout: float = 86400.0                  # stop following (the job keeps running) after this long
-
-    def __post_init__(self) -> None:
-        _require(bool(_DNS_LABEL.match(self.namespace)) and len(self.namespace) <= 63, "namespace",
-                 f"must be a Kubernetes namespace name (lower-case letters, digits, '-'; <= 63), got {self.namespace!r}")
-        last = self.image.rsplit("/", 1)[-1]
-        _require(bool(self.image.strip()) and not any(c.isspace() for c in self.image)
-                 and (":" in last or "@sha256:" in self.image), "image",
-                 f"must name a tag or digest (e.g. ghcr.io/tuna-platform/tuna:0.1.0) so every pod runs the same code, "
-                 f"got {self.image!r}")
-        for name in ("workdir", "data_mount", "checkpoints_mount"):
-            path = getattr(self, name)
-            _require(path.startswith("/"), name, f"must be an absolute path in the pod, got {path!r}")
-        _require(bool(_DNS_SUBDOMAIN.match(self.runtime)), "runtime",
-                 f"must name a ClusterTrainingRuntime (lower-case DNS name), got {self.runtime!r}")
-        _require(1 <= self.num_nodes <= 1024, "num_nodes", f"must be in 1..1024, got {self.num_nodes}")
-        _require(0 <= self.gpus_per_node <= MAX_GPUS_PER_NODE, "gpus_per_node",
-                 f"must be in 0..{MAX_GPUS_PER_NODE} (0 = CPU pods; no node type has more), got {self.gpus_per_node}")
-        for name in ("cpu", "memory", "shm_size"):
-            q = getattr(self, name)
-            _require(bool(_QUANTITY.match(q)), name, f"must be a Kubernetes quantity such as 8, 500m, 64Gi, got {q!r}")
-        _require(not (self.precision == "fp16" and self.gpus_per_node == 0), "precision",
-                 "fp16 needs GPUs (DeepSpeed refuses it on CPU); use fp32 or bf16, or set gpus_per_node")
-        _require(self.zero_stage is None or self.zero_stage in (1, 2, 3), "zero_stage",
-                 f"must be 1, 2, 3 or null, got {self.zero_stage}")
-        for k, v in self.node_selector.items():
-            _require(bool(k) and bool(v) and not any(c.isspace() for c in k + v), "node_selector",
-                     f"keys and values must be non-empty label strings, got {k!r}: {v!r}")
-        for name in ("service_account", "data_pvc", "checkpoints_pvc", "mlflow_secret", "milvus_secret", "s3_secret"):
-            v = getattr(self, name)
-            _require(v is None or bool(_DNS_SUBDOMAIN.match(v)), name,
-                     f"must be a Kubernetes object name (lower-case DNS name) or null, got {v!r}")
-        _require(self.checkpoints_pvc is None or self.checkpoints_mount != self.data_mount, "checkpoints_mount",
-                 f"must differ from data_mount ({self.data_mount})")
-        _require(self.mlflow_tracking_uri is None or "://" in self.mlflow_tracking_uri, "mlflow_tracking_uri",
-                 f"must be a URI such as http://mlflow.tuna.svc:5000, got {self.mlflow_tracking_uri!r}")
-        _require(0.1 <= self.poll_seconds <= 3600, "poll_seconds", f"must be in 0.1..3600, got {self.poll_seconds}")
-        _require(self.follow_timeout > 0, "follow_timeout", f"must be > 0 seconds, got {self.follow_timeout}")
-
-
 @dataclass(frozen=True)
 class ServeConfig:
     """Serving (`tuna export`, `tuna serve`, `tuna ask`): the Triton model repository and the local server."""
@@ -582,154 +470,3 @@ class ServeConfig:
         _require(bool(self.question.strip()), "question", "must be a non-empty question")
 
 
-@dataclass(frozen=True)
-class TunaConfig:
-    """A whole recipe."""
-
-    run: RunConfig = field(default_factory=RunConfig)
-    world: WorldConfig = field(default_factory=WorldConfig)
-    mine: MineConfig = field(default_factory=MineConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    index: IndexConfig = field(default_factory=IndexConfig)
-    lm: LMConfig = field(default_factory=LMConfig)
-    track: TrackConfig = field(default_factory=TrackConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    serve: ServeConfig = field(default_factory=ServeConfig)
-
-    @property
-    def data_dir(self) -> Path:
-        return Path(self.run.data_dir)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-data form (tuples become lists), the same shape as the YAML recipe."""
-        return _plain(dataclasses.asdict(self))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-# ---------------------------------------------------------------------------------------------
-# Building dataclasses from plain data, with dotted-key error messages.
-
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"{key}: must be one of {', '.join(map(str, allowed))}; got {value!r}")
-        return value
-    if origin is dict:  # dict[str, X]: a YAML mapping (cluster.node_selector)
-        key_type, value_type = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: must be a mapping, got {value!r}")
-        return {_coerce(k, key_type, key): _coerce(v, value_type, f"{key}.{k}") for k, v in value.items()}
-    if origin is tuple and typing.get_args(tp)[-1] is Ellipsis:  # tuple[X, ...]: a YAML list of any length
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: must be a list, got {value!r}")
-        return tuple(_coerce(v, typing.get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value))
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{key}: must be a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if dataclasses.is_dataclass(tp):
-        return build(tp, value, key)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp in _TYPE_NAMES:
-        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-            return value
-        raise ConfigError(f"{key}: must be {_TYPE_NAMES[tp]}, got {value!r}")
-    raise TypeError(f"config field {key} has an unsupported type {tp!r}")  # a schema bug, not user input
-
-
-def build(cls: type, data: Any, path: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping; every error names the dotted key ``path.key``."""
-    where = path or "recipe"
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: must be a mapping of keys, got {type(data).__name__} {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            full = f"{path}.{key}" if path else str(key)
-            raise ConfigError(f"unknown key '{full}'; allowed under {where}: {', '.join(names)}")
-    kwargs = {}
-    for name in names:
-        if name in data:
-            full = f"{path}.{name}" if path else name
-            kwargs[name] = _coerce(data[name], hints[name], full)
-    try:
-        return cls(**kwargs)
-    except _KeyError as err:
-        full = f"{path}.{err.key}" if path else err.key
-        raise ConfigError(f"{full}: {err.detail}") from None
-
-
-def apply_override(data: dict[str, Any], override: str) -> None:
-    """Set ``a.b.c=value`` in a raw recipe mapping; the value is parsed as YAML (``3``, ``0.5``, ``[1, 4]``)."""
-    key, sep, raw = override.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise ConfigError(f"override {override!r}: expected key=value, e.g. world.sizes.web=200")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as err:
-        raise ConfigError(f"override {override!r}: value is not valid YAML ({err.problem})") from None
-    node = data
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TunaConfig:
-    """Load a YAML recipe (or the defaults when ``path`` is None), apply overrides, validate."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} not found; pass one of configs/smoke.yaml, configs/mini.yaml, configs/llava7b.yaml")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            line = getattr(getattr(err, "problem_mark", None), "line", None)
-            at = f" at line {line + 1}" if line is not None else ""
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML{at}; fix its syntax") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections (run, world, mine, encoder, index, track, model)")
-        data = loaded or {}
-    for override in overrides:
-        apply_override(data, override)
-    return build(TunaConfig, data)
-
-
-def section_fingerprint(section: Any) -> str:
-    """A stable hash of one config section, used to tell whether a step's output is up to date."""
-    import hashlib
-    import json
-
-    payload = json.dumps(_plain(dataclasses.asdict(section)), sort_keys=True).encode()
-    return hashlib.sha256(payload).hexdigest()[:16]

@@ -10,23 +10,23 @@ import pytest
 import yaml
 
 from support import RECIPES, SMOKE
-from tuna.config import (
+from tuna.errors import ConfigError, TunaError
+from tuna.recipe import (
     NUM_SHAPES,
     CorpusSizes,
-    TunaConfig,
+    Recipe,
     WorldConfig,
     apply_override,
     build,
-    load_config,
+    load_recipe,
     section_fingerprint,
 )
-from tuna.errors import ConfigError, TunaError
 
 
 def config_error(*overrides: str, path: Path | None = SMOKE) -> str:
     """Load ``path`` with ``overrides``, expect a ConfigError, return its (one-line) message."""
     with pytest.raises(ConfigError) as info:
-        load_config(path, list(overrides))
+        load_recipe(path, list(overrides))
     message = str(info.value)
     assert "\n" not in message, f"config errors are one line: {message!r}"
     return message
@@ -41,8 +41,8 @@ def test_the_three_recipes_exist() -> None:
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_loads_with_its_values(recipe: Path) -> None:
-    cfg = load_config(recipe)
-    assert isinstance(cfg, TunaConfig)
+    cfg = load_recipe(recipe)
+    assert isinstance(cfg, Recipe)
     raw = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     loaded = cfg.to_dict()
 
@@ -56,7 +56,7 @@ def test_every_recipe_loads_with_its_values(recipe: Path) -> None:
 
     check(raw, loaded, "")
     # The plain form builds the same config again.
-    assert build(TunaConfig, loaded) == cfg
+    assert build(Recipe, loaded) == cfg
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
@@ -72,7 +72,7 @@ def test_every_key_in_a_recipe_has_a_comment(recipe: Path) -> None:
 
 
 def test_recipe_sizes_order() -> None:
-    smoke, mini = load_config(SMOKE), load_config(SMOKE.parent / "mini.yaml")
+    smoke, mini = load_recipe(SMOKE), load_recipe(SMOKE.parent / "mini.yaml")
     assert smoke.world.sizes.web < mini.world.sizes.web
     # mini: on the order of 4 x 3 x 5 fine classes, ~30% held out.
     assert mini.world.taxonomy.num_fine == 60
@@ -80,8 +80,8 @@ def test_recipe_sizes_order() -> None:
 
 
 def test_defaults_without_a_file() -> None:
-    cfg = load_config(None)
-    assert cfg == TunaConfig()
+    cfg = load_recipe(None)
+    assert cfg == Recipe()
     assert cfg.data_dir == Path(cfg.run.data_dir)
 
 
@@ -141,13 +141,13 @@ def test_wrong_type(override: str, key: str, expected: str) -> None:
 
 
 def test_int_is_accepted_where_a_number_is_expected() -> None:
-    cfg = load_config(SMOKE, ["world.noise.omit_rate=1"])
+    cfg = load_recipe(SMOKE, ["world.noise.omit_rate=1"])
     assert cfg.world.noise.omit_rate == 1.0 and isinstance(cfg.world.noise.omit_rate, float)
 
 
 def test_optional_value_accepts_null_and_a_string() -> None:
-    assert load_config(SMOKE, ["model.vision_tower=null"]).model.vision_tower is None
-    assert load_config(SMOKE, ["model.vision_tower=/ckpt/clip"]).model.vision_tower == "/ckpt/clip"
+    assert load_recipe(SMOKE, ["model.vision_tower=null"]).model.vision_tower is None
+    assert load_recipe(SMOKE, ["model.vision_tower=/ckpt/clip"]).model.vision_tower == "/ckpt/clip"
 
 
 # ----------------------------------------------------------------------------------- literal values
@@ -229,7 +229,7 @@ def test_too_many_coarse_classes_for_the_shapes(overrides: list[str]) -> None:
 
 def test_exactly_all_shapes_is_allowed() -> None:
     # 4 x 4 = 16 for A and 1 x 2 = 2 for B use the 18 shapes exactly.
-    cfg = load_config(SMOKE, ["world.taxonomy.superordinates=4", "world.taxonomy.coarse_per_superordinate=4"])
+    cfg = load_recipe(SMOKE, ["world.taxonomy.superordinates=4", "world.taxonomy.coarse_per_superordinate=4"])
     assert cfg.world.taxonomy.num_coarse + cfg.world.domain_b.num_coarse == NUM_SHAPES
 
 
@@ -281,14 +281,14 @@ def test_override_with_invalid_yaml_value() -> None:
 
 
 def test_overrides_reach_the_typed_config() -> None:
-    cfg = load_config(SMOKE, ["world.objects_per_image=[1, 5]", "run.seed=7", "world.taxonomy.ood_fraction=0.5",
+    cfg = load_recipe(SMOKE, ["world.objects_per_image=[1, 5]", "run.seed=7", "world.taxonomy.ood_fraction=0.5",
                               "world.image_format=jpg", "run.seed=8"])
     assert cfg.world.objects_per_image == (1, 5)
     assert cfg.run.seed == 8  # the later override wins
     assert cfg.world.taxonomy.ood_fraction == 0.5
     assert cfg.world.image_format == "jpg"
     # Untouched keys keep the recipe's values.
-    assert cfg.world.sizes == load_config(SMOKE).world.sizes
+    assert cfg.world.sizes == load_recipe(SMOKE).world.sizes
 
 
 # ---------------------------------------------------------------------------------- recipe files
@@ -315,11 +315,11 @@ def test_recipe_that_is_not_a_mapping(tmp_path: Path) -> None:
 def test_empty_recipe_is_the_defaults(tmp_path: Path) -> None:
     recipe = tmp_path / "empty.yaml"
     recipe.write_text("# nothing\n")
-    assert load_config(recipe) == TunaConfig()
+    assert load_recipe(recipe) == Recipe()
 
 
 def test_section_fingerprint_follows_the_values() -> None:
-    a = load_config(SMOKE).world
-    assert section_fingerprint(a) == section_fingerprint(load_config(SMOKE).world)
+    a = load_recipe(SMOKE).world
+    assert section_fingerprint(a) == section_fingerprint(load_recipe(SMOKE).world)
     assert section_fingerprint(a) != section_fingerprint(dataclasses.replace(a, image_size=96))
     assert isinstance(a, WorldConfig)
