@@ -41,7 +41,7 @@ from typing import Any
 
 from tuna.formats import iter_web
 from tuna.recipe import load_recipe
-from tuna.tags.io import web_dir
+from tuna.sources import sources
 from tuna.tags.lexicon import GENERIC_WORDS
 from tuna.tags.miner import DUPLICATE_CACHE_SIZE, MINER_VERSION, TagMiner, _has_capitals, numpy_blas
 from tuna.tags.quality import WorldVocabulary, evaluate
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="recipe overrides, e.g. mine.n_process=2")
     args = ap.parse_args(argv)
     cfg = load_recipe(args.config, args.overrides)
-    folder = web_dir(cfg, "A")
+    folder = sources(cfg).web("A").path
     vocab = WorldVocabulary.from_taxonomy(cfg.data_dir / "world" / "taxonomy.json")
     captions, truth = load_captions(folder, args.n)
     n = len(captions)

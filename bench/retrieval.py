@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tuna.layout import layout
 from tuna.recipe import IndexConfig, load_recipe
 from tuna.retrieval.store import MilvusStore
 
@@ -131,12 +132,11 @@ def world_vectors(cfg_path: str, limit: int) -> np.ndarray:
     from tuna.formats import iter_web
     from tuna.retrieval.encoder import encoder_path, load_encoder
     from tuna.samples import decode_image
-    from tuna.world.generate import world_dir
 
     cfg = load_recipe(cfg_path)
     enc = load_encoder(encoder_path(cfg))
     images = []
-    for s in iter_web(world_dir(cfg) / "web/A"):
+    for s in iter_web(layout(cfg).world / "web/A"):
         try:
             images.append(decode_image(s.image, s.key))
         except CorruptSample:

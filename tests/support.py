@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuna.layout import layout
 from tuna.recipe import Recipe, load_recipe
-from tuna.world.generate import generate_world, world_dir
+from tuna.world.generate import generate_world
 from tuna.world.taxonomy import Taxonomy, load_taxonomies
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def make_world(data_dir: Path, *overrides: str) -> World:
     """Generate the smoke world (plus ``overrides``) under ``data_dir`` and load what describes it."""
     cfg = load_recipe(SMOKE, [f"run.data_dir={data_dir}", *overrides])
     manifest = generate_world(cfg, progress=False, log=lambda s: None)
-    root = world_dir(cfg)
+    root = layout(cfg).world
     assert json.loads((root / "manifest.json").read_text()) == manifest
     a, b = load_taxonomies((root / "taxonomy.json").read_text())
     return World(cfg=cfg, root=root, manifest=manifest, a=a, b=b)

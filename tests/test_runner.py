@@ -8,7 +8,8 @@ import pytest
 
 from tuna.cli import main
 from tuna.recipe import load_recipe
-from tuna.runner import run_all, steps
+from tuna.runner import run_all
+from tuna.steps import run_steps
 from tuna.track import tracking_uri
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
@@ -20,7 +21,7 @@ def test_run_chain_tracks_every_step_and_skips_when_up_to_date(tmp_path: Path, c
 
     cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}"])
     first = run_all(cfg, progress=False, log=lambda s: None)
-    assert [r.name for r in first] == [s.name for s in steps()] == ["world", "encoder", "mine", "index", "lm", "train", "eval",
+    assert [r.name for r in first] == [s.name for s in run_steps()] == ["world", "encoder", "mine", "index", "lm", "train", "eval",
                                                                  "serve"]
     assert all(r.summary != "up to date" for r in first)
     for sub in ("world/manifest.json", "encoder/manifest.json", "tags/A/tags.parquet",
@@ -53,5 +54,5 @@ def test_run_chain_tracks_every_step_and_skips_when_up_to_date(tmp_path: Path, c
     # Second run: nothing changed, so every step is skipped but the live serving check; the CLI prints the table.
     assert main(["run", "--config", str(SMOKE), f"run.data_dir={tmp_path}", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert out.count("up to date") == len(steps()) - 1 and "gRPC answer" in out
+    assert out.count("up to date") == len(run_steps()) - 1 and "gRPC answer" in out
     assert "| tuna |" in out and out.rstrip().endswith(f"report: {tmp_path / 'eval' / 'report' / 'report.md'}")

@@ -14,10 +14,13 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tuna import __version__
 from tuna.errors import TunaError
+from tuna.layout import layout
 from tuna.recipe import Recipe, load_recipe
+from tuna.steps import STEPS
 
 DEFAULT_CONFIG = "configs/mini.yaml"
 
@@ -26,77 +29,49 @@ def _config(args: argparse.Namespace) -> Recipe:
     return load_recipe(args.config, args.overrides)
 
 
-def cmd_world(args: argparse.Namespace) -> int:
-    from tuna.world.generate import generate_world, is_up_to_date, world_dir
+def _step(name: str, args: argparse.Namespace, **options: Any) -> int:
+    """Run step ``name`` of :mod:`tuna.steps` with the verb's flags; print its lines."""
+    from tuna.steps import Options, execute
 
-    cfg = _config(args)
-    if not args.force and is_up_to_date(cfg):
-        print(f"world is up to date at {world_dir(cfg)} (same seed and world config); --force regenerates")
-        return 0
-    manifest = generate_world(cfg, progress=not args.quiet)
-    _print_counts(manifest["counts"])
+    out = execute(name, _config(args), Options(force=getattr(args, "force", False), progress=not args.quiet, **options))
+    for line in out.lines or [out.summary]:
+        print(line)
     return 0
+
+
+def cmd_world(args: argparse.Namespace) -> int:
+    """Generate the bundled world (skipped when up to date) and print its counts."""
+    return _step("world", args, log=(lambda s: None) if args.quiet else print)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from tuna.retrieval.datastore import DATASTORES, build_datastore
-
-    cfg = _config(args)
-    names = list(DATASTORES) if args.datastore == "all" else [args.datastore]
-    for name in names:
-        m = build_datastore(cfg, name, rebuild=args.rebuild, progress=not args.quiet)
-        print(f"  {name:<11} {m['rows']:>7} rows  skipped {m['skipped']:>4}  index {m['index']['type']}/{m['index']['metric']}"
-              f"  encoder {m['encoder']['fingerprint']}  -> {m['uri']}")
-    return 0
+    """Build the datastores (each skipped when up to date unless --force/--rebuild) and print one line each."""
+    return _step("index", args, datastores=() if args.datastore == "all" else (args.datastore,), rebuild=args.rebuild)
 
 
 def _index_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--datastore", default="all", choices=["A", "B", "A_captions", "all"],
-                   help="which datastore to build (default: all)")
-    p.add_argument("--rebuild", action="store_true", help="drop the collection first instead of resuming")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    from tuna.retrieval.datastore import DATASTORES
+
+    p.add_argument("--datastore", default="all", choices=[*DATASTORES, "all"], help="which datastore to build (default: all)")
+    p.add_argument("--rebuild", action="store_true", help="drop the collection first instead of resuming an unfinished build")
+    _force_quiet(p)
 
 
 def cmd_encoder(args: argparse.Namespace) -> int:
     """Train the tiny CLIP (or load model.vision_tower) and print its zero-shot FINER accuracy."""
-    from tuna.retrieval.encoder import run_encoder, summary_line
-
-    out = run_encoder(_config(args), force=args.force, progress=not args.quiet)
-    print(f"encoder {out['path']} ({out['status']}; fingerprint {out['fingerprint']}, dim {out['dim']})")
-    print(f"  {summary_line(out['metrics'])}")
-    return 0
+    return _step("encoder", args)
 
 
 def cmd_lm(args: argparse.Namespace) -> int:
-    """Train the tokenizer and tiny Llama on the world text (or load model.language_model); print one summary line."""
-    from tuna.lm import run_lm, summary_line
-
-    out = run_lm(_config(args), force=args.force, progress=not args.quiet, log=(lambda s: None) if args.quiet else print)
-    print(f"lm {out['path']} ({out['status']}; {out['params'] / 1e6:.2f}M parameters, vocabulary {out['vocab_size']}): "
-          f"{summary_line(out['metrics'])}")
-    return 0
+    """Train the tokenizer and tiny Llama on the text sources (or load model.language_model); print one summary line."""
+    return _step("lm", args, log=(lambda s: None) if args.quiet else print)
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    """Mine tags from the web corpora (A, B or all) into <data_dir>/tags/<domain>/ and print a summary."""
-    from tuna.tags.io import is_up_to_date, mine_corpus, resolve_domains, tags_dir
+    """Mine tags from the web corpora (A, B or all) into the run's tags/<domain>/ and print a summary."""
+    from tuna.tags.io import resolve_domains
 
-    cfg = _config(args)
-    miner = None
-    for domain in resolve_domains(args.domain):
-        if not args.force and is_up_to_date(cfg, domain):
-            print(f"  {domain}  tags are up to date at {tags_dir(cfg, domain)} (same shards and mine config); --force re-mines")
-            continue
-        if miner is None:
-            from tuna.tags.miner import TagMiner
-
-            miner = TagMiner(cfg.mine)
-        m = mine_corpus(cfg, domain, progress=not args.quiet, miner=miner)
-        kinds = ", ".join(f"{n} {k}" for k, n in m["skipped_by_kind"].items())
-        print(f"  {domain}  {m['count']:>7} captions mined, {m['skipped']} skipped{f' ({kinds})' if kinds else ''}; "
-              f"{m['unique_objects']} unique objects, {m['tags_per_caption']} tags/caption; "
-              f"{m['seconds']:.1f}s ({m['captions_per_second']} captions/s) -> {tags_dir(cfg, domain)}")
-    return 0
+    return _step("mine", args, domains=tuple(resolve_domains(args.domain)))
 
 
 def _mine_args(p: argparse.ArgumentParser) -> None:
@@ -108,17 +83,9 @@ def _mine_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train stage 1, 2 or both of a variant: locally on DeepSpeed ranks, or as a TrainJob / PyTorchJob."""
     cfg = _config(args)
-    stages = [1, 2] if args.stage == "all" else [int(args.stage)]
+    stages = (1, 2) if args.stage == "all" else (int(args.stage),)
     if args.launcher == "local":
-        from tuna.train.engine import stage_dir
-        from tuna.train.launch import launch_local
-
-        launch_local(cfg, "all" if len(stages) == 2 else stages[0], args.variant, resume=args.resume)
-        for stage in stages:
-            m = json.loads((stage_dir(cfg, args.variant, stage) / "metrics.json").read_text())
-            print(f"{args.variant} stage {stage}: {m['steps']} steps on {m['world_size']} ranks, loss {m['first_loss']} -> "
-                  f"{m['final_loss']}, {m['seconds']}s ({m['samples_per_s']} samples/s) -> {m['model']}")
-        return 0
+        return _step("train", args, variants=(args.variant,), stages=stages, resume=args.resume)
     from tuna.train import cluster
 
     for stage in stages:
@@ -137,6 +104,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--launcher", default="local", choices=["local", "trainjob", "pytorchjob"],
                    help="local DeepSpeed ranks (default), a Kubeflow Trainer TrainJob, or a PyTorchJob")
     p.add_argument("--dry-run", action="store_true", help="with trainjob/pytorchjob: print the validated manifest, submit nothing")
+    _force_quiet(p)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -148,9 +116,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"\nrun '{cfg.run.name}' (seed {cfg.run.seed}) done in {sum(r.seconds for r in results):.1f}s:")
     for r in results:
         print(f"  {r.name:<8} {r.seconds:7.1f}s  {r.summary}")
-    from tuna.eval.report import report_dir
 
-    table, report = cfg.data_dir / "eval" / "table.md", report_dir(cfg) / "report.md"
+    table, report = layout(cfg).eval_table, layout(cfg).report / "report.md"
     if table.is_file():  # the run ends with the evaluation table and where the report is
         print("\n" + table.read_text(encoding="utf-8").rstrip())
     if report.is_file():
@@ -166,36 +133,28 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate trained variants (POPE, FINER, MME, CHAIR; the datastore swap for TUNA) and print the table."""
-    from tuna.eval.suite import eval_dir, evaluate_variant, is_up_to_date, summarize, table
+    from tuna.eval.suite import table
+    from tuna.variants import parse_variants, run_variants
 
     cfg = _config(args)
-    names = list(dict.fromkeys(cfg.eval.ablations)) if args.ablations else [v.strip() for v in args.variant.split(",") if v.strip()]
+    names = run_variants(cfg, True) if args.ablations else parse_variants(args.variant)
     if getattr(args, "validation", False):  # FINER on the validation split only: no report, no MLflow, the eval splits untouched
         from tuna.eval.suite import validate_variant
 
         rows = {v: validate_variant(cfg, v, progress=not args.quiet) for v in names}
         print(table(rows))
-        print(f"\nvalidation metrics: {eval_dir(cfg) / 'validation'}/<variant>.json")
+        print(f"\nvalidation metrics: {layout(cfg).validation}/<variant>.json")
         return 0
-    for variant in names:
-        if args.force or not is_up_to_date(cfg, variant):
-            evaluate_variant(cfg, variant, progress=not args.quiet)
-        else:
-            print(f"eval {variant}: up to date ({eval_dir(cfg) / variant / 'metrics.json'}); --force re-evaluates")
-    print(table(summarize(cfg, names)))
-    if cfg.eval.probes:  # alignment diagnostics (eval/probes.json), before the report that may cite them
-        from tuna.eval.suite import probe
-
-        print(probe(cfg, force=args.force, progress=not args.quiet))
-    from tuna import track
-    from tuna.eval.report import write_report
-
     command = shlex.join(["tuna", "eval", "--config", str(args.config), *(["--ablations"] if args.ablations else
                                                                            ["--variant", args.variant]), *args.overrides])
+    from tuna import track
+    from tuna.steps import Options, execute
+
+    opts = Options(force=args.force, progress=not args.quiet, variants=names, report_command=command)
     with track.stage_run("eval-report", cfg) as run:
-        report = write_report(cfg, names, run=run, command=command)
-    print(f"\nmetrics: {eval_dir(cfg)}/<variant>/metrics.json, table: {eval_dir(cfg) / 'table.md'}")
-    print(f"report: {report}")
+        out = execute("eval", cfg, opts, run=run)
+    for line in out.lines:
+        print(line)
     return 0
 
 
@@ -220,21 +179,15 @@ def _ui_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Export a trained variant as a Triton model repository (+ the TensorRT-LLM build kit with --trtllm)."""
-    from tuna.serve.export import export_repository
-
-    cfg = _config(args)
-    m = export_repository(cfg, args.variant, out=Path(args.out) if args.out else None, trtllm=args.trtllm)
-    root = Path(args.out) if args.out else cfg.data_dir / "serve" / m["variant"]
-    print(f"  repository: {root / m['repository']}  (serve it: tuna serve --config {args.config})")
-    if "trtllm" in m:
-        print(f"  GPU: {root / m['trtllm']['repository']} + {root / m['trtllm']['build']} (engine at {m['trtllm']['engine_dir']})")
-    return 0
+    return _step("export", args, export_variant=args.variant, export_to=Path(args.out) if args.out else None,
+                 trtllm=args.trtllm)
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default=None, help="trained variant to export (default: serve.variant)")
     p.add_argument("--trtllm", action="store_true", help="also write the GPU repository (tensorrtllm backend) and trtllm-build kit")
-    p.add_argument("--out", default=None, metavar="DIR", help="export folder (default: <data_dir>/serve/<variant>)")
+    p.add_argument("--out", default=None, metavar="DIR", help="export folder (default: the run's serve/<variant>)")
+    _force_quiet(p)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -374,15 +327,15 @@ def _force_quiet(p: argparse.ArgumentParser) -> None:
 
 
 VERBS: dict[str, Verb] = {
-    "world": Verb("generate the bundled world: taxonomies, images and every corpus in real formats", cmd_world, _force_quiet),
-    "encoder": Verb("train the tiny CLIP on web A + B (or load model.vision_tower); print zero-shot accuracy", cmd_encoder, _force_quiet),
-    "mine": Verb("mine tags (objects, attributes, entities) from the web captions with spaCy", cmd_mine, _mine_args),
-    "index": Verb("embed the web corpora and build the Milvus datastores A, B and A_captions (resumable)", cmd_index, _index_args),
-    "lm": Verb("train the tokenizer and tiny Llama on the world text (or load model.language_model)", cmd_lm, _force_quiet),
+    "world": Verb(STEPS["world"].summary, cmd_world, _force_quiet),
+    "encoder": Verb(STEPS["encoder"].summary, cmd_encoder, _force_quiet),
+    "mine": Verb(STEPS["mine"].summary, cmd_mine, _mine_args),
+    "index": Verb(STEPS["index"].summary, cmd_index, _index_args),
+    "lm": Verb(STEPS["lm"].summary, cmd_lm, _force_quiet),
     "train": Verb("train stage 1 and/or 2 with DeepSpeed ZeRO (local ranks, or a TrainJob/PyTorchJob on a cluster)", cmd_train, _train_args),
     "eval": Verb("evaluate trained variants: POPE, FINER EM, MME, CHAIR and the datastore swap; print the table", cmd_eval, _eval_args),
     "run": Verb("run the whole pipeline built so far on a recipe (the README's main command)", cmd_run, _run_args),
-    "export": Verb("export a trained variant as a Triton model repository (ensemble tuna; --trtllm adds the GPU kit)", cmd_export, _export_args),
+    "export": Verb(STEPS["export"].summary, cmd_export, _export_args),
     "serve": Verb("serve the exported model with the local tritonserver (gRPC, HTTP, metrics) until Ctrl-C", cmd_serve, _serve_args),
     "ask": Verb("ask the served model a question about an image over gRPC; print answer and provenance", cmd_ask, _ask_args),
     "ui": Verb("browse the local MLflow store (runs, metrics, models) with mlflow ui on 127.0.0.1", cmd_ui, _ui_args),

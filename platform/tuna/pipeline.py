@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from tuna import __version__
 from tuna.errors import TunaError
+from tuna.layout import layout
 from tuna.recipe import Recipe, load_recipe
 
 if TYPE_CHECKING:
@@ -327,7 +328,7 @@ def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: 
     cfg = load_recipe(config, overrides)  # a bad recipe or override fails here, before kfp starts anything
     data_dir = cfg.data_dir.resolve()
     resolved = [o for o in overrides if not o.strip().startswith("run.data_dir=")] + [f"run.data_dir={data_dir}"]
-    root = Path(pipeline_root).resolve() if pipeline_root else data_dir / "kfp"
+    root = Path(pipeline_root).resolve() if pipeline_root else layout(cfg).kfp.resolve()
     root.mkdir(parents=True, exist_ok=True)
     pipeline = load_pipeline_module().build_pipeline(PipelineOptions())
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
@@ -607,13 +608,13 @@ def start_run(config: str, overrides: Sequence[str], data: Mapping[str, Mapping[
 
 def run_world(config: str, overrides: Sequence[str]) -> TaskResult:
     """`tuna world`: generate the bundled world (skipped when up to date)."""
-    from tuna.world.generate import generate_world, is_up_to_date, world_dir
+    from tuna.world.generate import generate_world, is_up_to_date
 
     cfg = _load(config, overrides)
     status = "up to date" if is_up_to_date(cfg) else "generated"
     if status == "generated":
         generate_world(cfg, progress=False)
-    root = world_dir(cfg)
+    root = layout(cfg).world
     m = _read_json(root / "manifest.json")
     meta = {**_provenance(cfg, "world", status), "uri": _uri(cfg, root), "fingerprint": m["fingerprint"],
             "counts": m["counts"], "digests": m["digests"], "corrupt": len(m.get("corrupt", [])),
@@ -644,7 +645,6 @@ def run_mine(config: str, overrides: Sequence[str], domain: str = "all") -> Task
         is_up_to_date,
         mine_corpus,
         resolve_domains,
-        tags_dir,
     )
 
     cfg = _load(config, overrides)
@@ -664,13 +664,13 @@ def run_mine(config: str, overrides: Sequence[str], domain: str = "all") -> Task
                 miner = TagMiner(cfg.mine)
             mine_corpus(cfg, d, progress=False, miner=miner)
             statuses.append("mined")
-        m = _read_json(tags_dir(cfg, d) / MANIFEST_FILE)
+        m = _read_json(layout(cfg).tags(d) / MANIFEST_FILE)
         manifests[d] = m
         per[d] = {"count": m["count"], "skipped": m["skipped"], "unique_tags": m.get("unique_tags"),
                   "unique_objects": m.get("unique_objects"), "tags_per_caption": m.get("tags_per_caption"),
-                  "input_hash": m.get("input_hash"), "uri": _uri(cfg, tags_dir(cfg, d))}
+                  "input_hash": m.get("input_hash"), "uri": _uri(cfg, layout(cfg).tags(d))}
     status = "up to date" if all(s == "up to date" for s in statuses) else "mined"
-    meta = {**_provenance(cfg, "mine", status), "uri": _uri(cfg, cfg.data_dir / "tags"), "domains": per}
+    meta = {**_provenance(cfg, "mine", status), "uri": _uri(cfg, layout(cfg).tags_root), "domains": per}
     return TaskResult(manifests, meta, "; ".join(f"{d}: {p['count']} captions" for d, p in per.items()))
 
 
@@ -679,7 +679,6 @@ def run_index(config: str, overrides: Sequence[str], datastore: str = "all") -> 
     from tuna.retrieval.datastore import (
         DATASTORES,
         build_datastore,
-        datastore_dir,
         is_up_to_date,
         read_manifest,
         spec_of,
@@ -705,7 +704,7 @@ def run_index(config: str, overrides: Sequence[str], datastore: str = "all") -> 
                      "values": m.get("values"), "corpus_hash": m.get("corpus", {}).get("hash"),
                      "tags_hash": m.get("tags_hash"), "encoder": m.get("encoder", {}).get("fingerprint"),
                      "index": m.get("index", {}).get("type"),
-                     "uri": uri if "://" in str(uri) else _uri(cfg, uri or datastore_dir(cfg, name))}
+                     "uri": uri if "://" in str(uri) else _uri(cfg, uri or layout(cfg).datastore(name))}
     status = "up to date" if all(s == "up to date" for s in statuses) else "built"
     meta = {**_provenance(cfg, "index", status), "datastores": per}
     if len(names) == 1:
@@ -751,7 +750,8 @@ def run_train(config: str, overrides: Sequence[str], parent: str, stage: int, va
     if launcher not in LAUNCHERS:
         raise PipelineError(f"launcher: {launcher!r} is not one of {', '.join(LAUNCHERS)}")
     cfg = _load(config, overrides)
-    from tuna.train.engine import is_up_to_date, stage_dir, variant_model
+    from tuna.train.engine import is_up_to_date
+    from tuna.variants import variant_model
 
     variant_model(cfg, variant)  # an unknown variant fails here, before any process starts
     status = "up to date"
@@ -770,7 +770,7 @@ def run_train(config: str, overrides: Sequence[str], parent: str, stage: int, va
                 if state != "Succeeded":
                     raise PipelineError(f"stage {stage} of {variant!r} ended {state} on the cluster; see `kubectl "
                                         f"describe` of the job named above, then rerun the pipeline")
-    folder = stage_dir(cfg, variant, stage)
+    folder = layout(cfg).stage(variant, stage)
     m = _read_json(folder / "metrics.json")
     meta = {**_provenance(cfg, f"train-{variant}-stage{stage}", status), "variant": variant, "stage": stage,
             "launcher": launcher, "uri": _uri(cfg, folder / "model"), "fingerprint": m.get("fingerprint"),
@@ -790,13 +790,12 @@ def run_evaluate(config: str, overrides: Sequence[str], parent: str, variants: S
     """
     from tuna.eval.report import write_report
     from tuna.eval.suite import (
-        eval_dir,
         evaluate_variant,
         is_up_to_date,
         summarize,
         table,
     )
-    from tuna.train.engine import VARIANTS as KNOWN
+    from tuna.variants import VARIANTS as KNOWN
 
     names = list(dict.fromkeys(str(v) for v in variants if v))
     if not names or any(v not in KNOWN for v in names):
@@ -820,7 +819,7 @@ def run_evaluate(config: str, overrides: Sequence[str], parent: str, variants: S
     metrics = {_metric_name(f"{v}_{k}"): float(x) for v, r in rows.items() for k, x in r.items()
                if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)}
     status = "up to date" if all(s == "up to date" for s in statuses.values()) else "evaluated"
-    meta = {**_provenance(cfg, "eval", status), "variants": names, "uri": _uri(cfg, eval_dir(cfg)),
+    meta = {**_provenance(cfg, "eval", status), "variants": names, "uri": _uri(cfg, layout(cfg).eval),
             "report": _uri(cfg, report), "mlflow_run_id": mlflow_run, "headline": rows}
     text = report.read_text(encoding="utf-8")
     return TaskResult({"headline": rows, "table": table(rows)}, meta, f"{len(rows)} variants -> {report}", metrics), text
@@ -867,7 +866,7 @@ def run_register(config: str, overrides: Sequence[str], parent: str, repository:
     Returns ``models:/<name>@<alias>`` (what the Helm chart's mlflow source and ``deploy`` read).
     """
     from tuna import track
-    from tuna.train.engine import registered_name
+    from tuna.variants import registered_name
 
     cfg = _load(config, overrides)
     numbers = {k: float(v) for k, v in metrics.items()
@@ -966,11 +965,11 @@ def run_notify(config: str, overrides: Sequence[str], status: Mapping[str, Any],
         print(f"notify: recipe does not load ({_message(err)}); status not written")
         cfg = None
     if cfg is not None:
-        folder = cfg.data_dir / "kfp"
+        folder = layout(cfg).kfp
         folder.mkdir(parents=True, exist_ok=True)
         with open(folder / "status.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
-        for stale in sorted((cfg.data_dir / "serve").glob("*.tmp")):
+        for stale in sorted(layout(cfg).serve_root.glob("*.tmp")):
             shutil.rmtree(stale, ignore_errors=True)
             print(f"notify: removed half-written export {stale}")
     if webhook:

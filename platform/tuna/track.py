@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuna import __version__
 from tuna.errors import TunaError
+from tuna.layout import layout
 from tuna.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ def _probe(uri: str, retries: int, backoff_seconds: float) -> None:
 
 
 def _default_store(cfg: Recipe) -> Path:
-    return cfg.data_dir.resolve() / "mlflow"
+    return layout(cfg).mlflow
 
 
 def tracking_uri(cfg: Recipe | None = None) -> str:

@@ -18,6 +18,7 @@ from tuna.eval.probes import (
     recovered,
     split_halves,
 )
+from tuna.layout import layout
 
 
 def _blobs(n_per: int, classes: int, dim: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -123,12 +124,12 @@ def test_texts_follow_the_world_phrasing() -> None:
 
 
 def test_run_probes_on_the_trained_smoke_models(trained) -> None:
-    from tuna.eval.probes import probes_path, run_probes
+    from tuna.eval.probes import run_probes
     from tuna.eval.suite import probe
 
     lines: list[str] = []
     result = run_probes(trained.cfg, log=lines.append)
-    saved = json.loads(probes_path(trained.cfg).read_text())
+    saved = json.loads(layout(trained.cfg).probes.read_text())
     assert saved["fingerprint"] == result["fingerprint"] and saved["linear_probe"] == result["linear_probe"]
     for split in ("id", "ood"):
         lp = result["linear_probe"][split]

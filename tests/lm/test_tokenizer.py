@@ -8,7 +8,7 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from support import World
-from tuna.lm.pretrain import CORPUS_FILES, load_corpus
+from tuna.lm.pretrain import CORPUS_FILES, CORPUS_SOURCES, load_corpus
 from tuna.lm.tokenizer import (
     BOS,
     EOS,
@@ -24,7 +24,7 @@ from tuna.lm.tokenizer import (
 @pytest.fixture(scope="module")
 def saved(world: World, tmp_path_factory: pytest.TempPathFactory) -> tuple[PreTrainedTokenizerFast, object]:
     """(trained tokenizer, the same reloaded with AutoTokenizer from save_pretrained)."""
-    corpus = load_corpus(world.root, 0.05, 0)
+    corpus = load_corpus([world.root / f for f in CORPUS_FILES], 0.05, 0)
     tok = train_tokenizer(corpus.tokenizer_texts(), 1024, 512)
     folder = tmp_path_factory.mktemp("tok")
     tok.save_pretrained(folder)
@@ -91,3 +91,4 @@ def test_ensure_pad_uses_unk_then_eos(saved: tuple, tmp_path: Path) -> None:
 
 def test_tokenizer_reads_no_eval_file() -> None:
     assert not any(f.startswith("eval") for f in CORPUS_FILES)
+    assert not any(name.startswith(("pope", "finer", "mme", "captions")) for name in CORPUS_SOURCES)

@@ -313,10 +313,10 @@ def test_golden_ir_is_committed_where_the_readme_says() -> None:
 def test_the_dag_covers_what_tuna_run_covers() -> None:
     from tuna.pipeline import VARIANTS, load_pipeline_module
     from tuna.retrieval.datastore import DATASTORES
-    from tuna.runner import TRAINED_VARIANTS
+    from tuna.variants import TRAINED
 
     module = load_pipeline_module()
-    assert module.DATASTORES == tuple(DATASTORES) and VARIANTS == TRAINED_VARIANTS
+    assert module.DATASTORES == tuple(DATASTORES) and VARIANTS == TRAINED
 
 
 def test_quiet_local_runs_show_task_progress_with_times_and_log_everything() -> None:

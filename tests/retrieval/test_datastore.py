@@ -17,13 +17,14 @@ import pytest
 from tuna.cli import main
 from tuna.errors import CorruptSample, TunaError
 from tuna.formats import iter_web
+from tuna.layout import layout
 from tuna.recipe import Recipe, load_recipe
-from tuna.retrieval.datastore import DATASTORES, Retriever, build_datastore, datastore_dir, read_manifest
+from tuna.retrieval.datastore import DATASTORES, Retriever, build_datastore, read_manifest
 from tuna.retrieval.encoder import encoder_path, load_encoder, train_encoder
-from tuna.retrieval.store import DimensionMismatch, MilvusStore, UnknownDatastore, lite_path
+from tuna.retrieval.store import DimensionMismatch, MilvusStore, UnknownDatastore
 from tuna.samples import decode_image
 from tuna.tags.io import load_tags, mine_corpus
-from tuna.world.generate import generate_world, world_dir
+from tuna.world.generate import generate_world
 
 pytestmark = pytest.mark.integration
 from support import DAMAGE_KIND, quiet  # noqa: E402
@@ -48,7 +49,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Recipe:
 
 def _good_samples(cfg: Recipe, corpus: str) -> list:
     out = []
-    for s in iter_web(world_dir(cfg) / corpus):
+    for s in iter_web(layout(cfg).world / corpus):
         try:
             s.text()
             if len(s.text()) > cfg.mine.max_caption_chars:
@@ -60,14 +61,14 @@ def _good_samples(cfg: Recipe, corpus: str) -> list:
 
 
 def test_rows_and_quarantine_match_the_corpus(built: Recipe) -> None:
-    world = json.loads((world_dir(built) / "manifest.json").read_text())
+    world = json.loads((layout(built).world / "manifest.json").read_text())
     for name, total in (("A", world["counts"]["web_A"]), ("B", world["counts"]["web_B"]), ("A_captions", world["counts"]["web_A"])):
         m = read_manifest(built, name)
         assert m is not None
-        damaged = world["corrupt"] if DATASTORES[name].corpus == "web/A" else []
+        damaged = world["corrupt"] if DATASTORES[name].corpus == "A" else []
         assert m["rows"] == total - len(damaged)
         assert m["skipped"] == len(damaged)
-        q = [json.loads(line) for line in (datastore_dir(built, name) / "quarantine.jsonl").read_text().splitlines()]
+        q = [json.loads(line) for line in (layout(built).datastore(name) / "quarantine.jsonl").read_text().splitlines()]
         assert sorted((r["key"], r["kind"]) for r in q) == sorted((d["key"], KIND[d["kind"]]) for d in damaged)
 
 
@@ -122,7 +123,7 @@ def test_pulled_snapshot_answers_identically(built: Recipe, tmp_path: Path) -> N
     vecs = load_encoder(encoder_path(built)).embed_images([img for _, img in samples])
     before = Retriever(built).retrieve("A", vecs, k=5)
     other = load_recipe(SMOKE, [f"run.data_dir={tmp_path}"])
-    shutil.copytree(datastore_dir(built, "A"), datastore_dir(other, "A"))
+    shutil.copytree(layout(built).datastore("A"), layout(other).datastore("A"))
     after = Retriever(other).retrieve("A", vecs, k=5)
     assert [[(n.id, round(n.score, 5)) for n in r.neighbours] for r in after] == \
            [[(n.id, round(n.score, 5)) for n in r.neighbours] for r in before]
@@ -135,7 +136,7 @@ def test_killed_build_resumes_to_one_row_per_id(built: Recipe, tmp_path: Path) -
     cmd = [sys.executable, "-m", "tuna.cli", "index", "--config", str(SMOKE), "--datastore", "A", "--quiet",
            f"run.data_dir={tmp_path}", "index.batch_size=16"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    db = lite_path(cfg, "A")
+    db = layout(cfg).milvus_lite("A")
     deadline = time.time() + 60
     while not db.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -156,7 +157,7 @@ def test_dimension_mismatch_is_refused_with_both_numbers(built: Recipe, tmp_path
     cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}"])
     for sub in ("world", "encoder", "tags"):
         shutil.copytree(built.data_dir / sub, cfg.data_dir / sub)
-    store = MilvusStore(str(lite_path(cfg, "A")))
+    store = MilvusStore(str(layout(cfg).milvus_lite("A")))
     store.ensure("A", 7)
     store.close()
     dim = load_encoder(encoder_path(cfg)).dim

@@ -26,6 +26,7 @@ from tuna.retrieval.encoder import (
     is_up_to_date,
     load_encoder,
     train_encoder,
+    zero_shot_splits,
 )
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
@@ -153,7 +154,7 @@ def test_cli_evaluates_a_given_vision_tower_without_training(trained: dict, caps
 
 
 def test_evaluate_zero_shot_matches_the_saved_metrics(trained: dict, encoder: ClipEncoder) -> None:
-    metrics = evaluate_zero_shot(encoder, trained["path"].parent / "world")
+    metrics = evaluate_zero_shot(encoder, *zero_shot_splits(trained["cfg"]))
     saved = json.loads((trained["path"] / "metrics.json").read_text())
     for split in ("id", "ood", "b"):
         assert metrics[split]["top1"] == saved[split]["top1"]

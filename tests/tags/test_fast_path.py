@@ -13,7 +13,7 @@ from tuna.errors import CorruptSample
 from tuna.formats import iter_web
 from tuna.recipe import MineConfig, Recipe
 from tuna.samples import caption_text
-from tuna.tags.io import web_dir
+from tuna.sources import sources
 from tuna.tags.miner import CaptionTags, TagMiner
 
 
@@ -25,7 +25,7 @@ def plain_miner() -> TagMiner:
 def world_captions(cfg: Recipe) -> list[str]:
     out = []
     for domain in ("A", "B"):
-        for sample in iter_web(web_dir(cfg, domain)):
+        for sample in iter_web(sources(cfg).web(domain).path):
             try:
                 out.append(caption_text(sample, cfg.mine.max_caption_chars))
             except CorruptSample:

@@ -13,8 +13,10 @@ import pytest
 
 from tuna.errors import DataFormatError
 from tuna.formats import iter_web, write_web_shard
+from tuna.layout import layout
 from tuna.recipe import Recipe, load_recipe
-from tuna.tags.io import input_hash, is_up_to_date, load_tags, mine_corpus, tags_dir, web_dir
+from tuna.sources import sources
+from tuna.tags.io import input_hash, is_up_to_date, load_tags, mine_corpus
 from tuna.tags.miner import MINER_VERSION, CaptionTags, TagMiner
 from tuna.tags.miner import load_tags as load_tags_from_miner
 from tuna.tags.quality import WorldVocabulary, caption_truth, score
@@ -41,13 +43,13 @@ def mined(smoke_world: tuple[Recipe, dict], miner: TagMiner) -> tuple[Recipe, di
 
 
 def rows(cfg: Recipe, domain: str) -> list[dict]:
-    return pq.read_table(tags_dir(cfg, domain) / "tags.parquet").to_pylist()
+    return pq.read_table(layout(cfg).tags(domain) / "tags.parquet").to_pylist()
 
 
 def test_outputs_and_parquet_schema(mined) -> None:
     cfg, _, _ = mined
     for domain in ("A", "B"):
-        folder = tags_dir(cfg, domain)
+        folder = layout(cfg).tags(domain)
         assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "quarantine.jsonl", "tags.parquet"]
         assert pq.read_schema(folder / "tags.parquet").remove_metadata() == SCHEMA
     assert not [p for p in (cfg.data_dir / "tags").iterdir() if p.name.startswith(".")]  # no temp dirs left
@@ -57,13 +59,13 @@ def test_manifest_counts(mined) -> None:
     cfg, world, manifests = mined
     for domain, total in (("A", cfg.world.sizes.web), ("B", cfg.world.sizes.web_b)):
         m = manifests[domain]
-        assert m == json.loads((tags_dir(cfg, domain) / "manifest.json").read_text())
+        assert m == json.loads((layout(cfg).tags(domain) / "manifest.json").read_text())
         assert m["count"] == len(rows(cfg, domain))
         assert m["count"] + m["skipped"] == total
         assert m["skipped"] == sum(m["skipped_by_kind"].values())
         assert m["miner"] == MINER_VERSION and m["spacy_model"] == cfg.mine.spacy_model
         assert m["spacy_model_version"] and m["spacy_version"] and m["created_at"]
-        assert m["input_hash"] == input_hash(web_dir(cfg, domain))
+        assert m["input_hash"] == input_hash(sources(cfg).web(domain).path)
         assert "parser" not in m["pipes"]
         assert m["fast_path"] is True and 0 <= m["duplicate_captions"] < m["count"]
         assert 0 < m["ner_captions"] <= m["count"] - m["duplicate_captions"]
@@ -74,7 +76,7 @@ def test_quarantine_is_the_worlds_damaged_captions(mined) -> None:
     cfg, world, manifests = mined
     expected = {(c["key"], CAPTION_KINDS[c["kind"]]) for c in world["corrupt"] if c["kind"] in CAPTION_KINDS}
     assert expected, "the smoke world should damage some captions"
-    lines = (tags_dir(cfg, "A") / "quarantine.jsonl").read_text().splitlines()
+    lines = (layout(cfg).tags("A") / "quarantine.jsonl").read_text().splitlines()
     got = {(r["key"], r["kind"]) for r in map(json.loads, lines)}
     assert got == expected
     assert manifests["A"]["skipped"] == len(expected)
@@ -86,7 +88,7 @@ def test_quarantine_is_the_worlds_damaged_captions(mined) -> None:
 
 def test_objects_precision_recall_against_world_truth(mined) -> None:
     cfg, _, _ = mined
-    truth = {s.key: set(s.meta["objects"]) for s in iter_web(web_dir(cfg, "A"))}
+    truth = {s.key: set(s.meta["objects"]) for s in iter_web(sources(cfg).web("A").path)}
     vocab = WorldVocabulary.from_taxonomy(cfg.data_dir / "world" / "taxonomy.json")
     pattern = vocab.pattern()
     data = rows(cfg, "A")
@@ -109,10 +111,10 @@ def test_domain_b_entities_include_brands(mined) -> None:
 
 def test_load_tags_and_up_to_date(mined) -> None:
     cfg, _, manifests = mined
-    tags = load_tags(tags_dir(cfg, "A"))
+    tags = load_tags(layout(cfg).tags("A"))
     assert len(tags) == manifests["A"]["count"]
     assert tags == {r["key"]: r["tags"] for r in rows(cfg, "A")}
-    assert load_tags(tags_dir(cfg, "A") / "tags.parquet") == tags == load_tags_from_miner(tags_dir(cfg, "A") / "tags.parquet")
+    assert load_tags(layout(cfg).tags("A") / "tags.parquet") == tags == load_tags_from_miner(layout(cfg).tags("A") / "tags.parquet")
     assert is_up_to_date(cfg, "A")
     changed = load_recipe(REPO / "configs" / "smoke.yaml", [f"run.data_dir={cfg.data_dir}", "mine.batch_size=64"])
     assert not is_up_to_date(changed, "A")
@@ -136,7 +138,7 @@ class _Crash(TagMiner):
 
 def test_failed_job_leaves_previous_output_intact(mined, miner: TagMiner) -> None:
     cfg, _, _ = mined
-    folder = tags_dir(cfg, "B")
+    folder = layout(cfg).tags("B")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     with pytest.raises(RuntimeError, match="killed"):
         mine_corpus(cfg, "B", progress=False, miner=_Crash(miner, after=20))
@@ -146,7 +148,7 @@ def test_failed_job_leaves_previous_output_intact(mined, miner: TagMiner) -> Non
 
 def test_bad_captions_skipped_counted_and_job_finishes(tmp_path: Path, miner: TagMiner) -> None:
     cfg = load_recipe(REPO / "configs" / "smoke.yaml", [f"run.data_dir={tmp_path}"])
-    folder = web_dir(cfg, "A")
+    folder = sources(cfg).web("A").path
     folder.mkdir(parents=True)
     png = b"\x89PNG not really an image"
     samples = [
@@ -161,9 +163,9 @@ def test_bad_captions_skipped_counted_and_job_finishes(tmp_path: Path, miner: Ta
     m = mine_corpus(cfg, "A", progress=False, miner=miner)
     assert (m["count"], m["skipped"]) == (2, 4)
     assert m["skipped_by_kind"] == {"empty_caption": 2, "long_caption": 1, "non_utf8_caption": 1}
-    kinds = {r["key"]: r["kind"] for r in map(json.loads, (tags_dir(cfg, "A") / "quarantine.jsonl").read_text().splitlines())}
+    kinds = {r["key"]: r["kind"] for r in map(json.loads, (layout(cfg).tags("A") / "quarantine.jsonl").read_text().splitlines())}
     assert kinds == {"k1": "empty_caption", "k2": "non_utf8_caption", "k3": "long_caption", "k4": "empty_caption"}
-    assert load_tags(tags_dir(cfg, "A"))["k0"] == ["zedul", "small zedul", "red zedul"]
+    assert load_tags(layout(cfg).tags("A"))["k0"] == ["zedul", "small zedul", "red zedul"]
 
 
 def test_missing_corpus_names_the_folder_and_the_fix(tmp_path: Path, miner: TagMiner) -> None:

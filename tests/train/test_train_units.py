@@ -25,8 +25,9 @@ from tuna.train.data import (
     tokenize_conversation,
     tokenize_plain,
 )
-from tuna.train.engine import BatchPlan, TrainError, lr_lambda, registered_name, variant_model
+from tuna.train.engine import BatchPlan, TrainError, lr_lambda
 from tuna.train.launch import check_ranks, local_command
+from tuna.variants import registered_name, variant_model
 
 WORDS = ["<unk>", "<s>", "</s>", "<pad>", "USER", ":", "ASSISTANT", "what", "is", "it", "?", "a", "zedul", "red",
          "No", "2", "Yes", "how", "many", "\n", "chat"]
@@ -158,7 +159,7 @@ def test_variants_and_registry_names() -> None:
     cfg = load_recipe(SMOKE)
     assert variant_model(cfg, "baseline")["tag_mode"] == "none" and variant_model(cfg, "tuner_off")["tuner"] is False
     assert variant_model(cfg, "tuna")["tag_mode"] == cfg.model.tag_mode
-    with pytest.raises(TrainError, match="unknown variant 'llava'"):
+    with pytest.raises(ConfigError, match="unknown variant 'llava'"):
         variant_model(cfg, "llava")
     mini = load_recipe(SMOKE, ["track.registered_model=tuna-mini"])
     assert registered_name(mini, "tuna") == "tuna-mini" and registered_name(mini, "baseline") == "llava-mini"

@@ -42,7 +42,9 @@ import torch
 import torch.nn.functional as F
 
 from tuna.errors import CorruptSample, TunaError
+from tuna.layout import layout
 from tuna.recipe import Recipe
+from tuna.sources import file_digest, sources
 
 PROBES_VERSION = "tuna.probes/1"
 SPLITS = ("id", "ood")
@@ -397,29 +399,20 @@ def lm_knowledge(lm: Any, tokenizer: Any, attributes: Sequence[Sequence[str]], n
 # ----------------------------------------------------------------------------------------- the run
 
 
-def probes_path(cfg: Recipe) -> Path:
-    return cfg.data_dir / "eval" / "probes.json"
-
-
-def _digest(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
-
-
 def fingerprint(cfg: Recipe) -> str:
     """What the probes depend on: this code's constants, both trained models, the world, datastore A and the seed."""
-    from tuna.train.engine import stage_dir
 
     payload = {"version": PROBES_VERSION, "k": K_NEIGHBOURS, "repeats": REPEATS, "c_grid": list(C_GRID),
                "grid": GRID, "seed": cfg.run.seed, "num_tags": cfg.model.num_tags,
-               "models": {v: _digest(stage_dir(cfg, v, 2) / "metrics.json") for v in ("tuna", "baseline")},
-               "world": _digest(cfg.data_dir / "world" / "manifest.json"),
-               "datastore": _digest(cfg.data_dir / "datastores" / "A" / "manifest.json")}
+               "models": {v: file_digest(layout(cfg).stage(v, 2) / "metrics.json") for v in ("tuna", "baseline")},
+               "world": sources(cfg).digest("finer_id", "finer_ood", "taxonomy"),
+               "datastore": file_digest(layout(cfg).datastore("A") / "manifest.json")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def is_up_to_date(cfg: Recipe) -> bool:
     try:
-        return json.loads(probes_path(cfg).read_text())["fingerprint"] == fingerprint(cfg)
+        return json.loads(layout(cfg).probes.read_text())["fingerprint"] == fingerprint(cfg)
     except (OSError, ValueError, KeyError):
         return False
 
@@ -442,11 +435,10 @@ def _threadpool_one() -> Any:
 def run_probes(cfg: Recipe, progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every probe on the FINER ID and OOD images; writes ``<data_dir>/eval/probes.json`` and returns it."""
     from tuna.eval.run import _tags_for
-    from tuna.train.engine import model_dir
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.eval.threads)
-    folders = {v: model_dir(cfg, v, 2) for v in ("tuna", "baseline")}
+    folders = {v: layout(cfg).model(v, 2) for v in ("tuna", "baseline")}
     if not (folders["tuna"] / "config.json").is_file():
         raise ProbeError(f"no trained TUNA model at {folders['tuna']}; run `tuna train --variant tuna` first")
     tuna = _Model(folders["tuna"], cfg.train.system_prompt, cfg.eval.threads)
@@ -458,7 +450,7 @@ def run_probes(cfg: Recipe, progress: bool = False, log: Callable[[str], None] =
         log(f"probes: no baseline model at {folders['baseline']}; the baseline features are left out")
     pretrained = _pretrained_lm(cfg)
 
-    taxonomy = json.loads((cfg.data_dir / "world" / "taxonomy.json").read_text(encoding="utf-8"))
+    taxonomy = json.loads(sources(cfg)["taxonomy"].path.read_text(encoding="utf-8"))
     names = [c["name"] for c in taxonomy["A"]["classes"]]
     backend = _backend()
     bs = cfg.eval.batch_size
@@ -470,7 +462,7 @@ def run_probes(cfg: Recipe, progress: bool = False, log: Callable[[str], None] =
         "loss_recovered_reference": HEADLINE_REFERENCE, "loss_recovered_detail": {}, "claims": {},
     }
     for split in SPLITS:
-        data = load_split(cfg.data_dir / "world" / "eval" / "finer" / split)
+        data = load_split(sources(cfg).eval_set("finer", split).path)
         if len(data.records) < 4:
             raise ProbeError(f"FINER {split} has {len(data.records)} readable images; the probes need at least 4")
         retrieved = _tags_for(cfg, tuna.model.config.tag_mode, data.paths, f"finer-{split}", "A")
@@ -542,7 +534,7 @@ def run_probes(cfg: Recipe, progress: bool = False, log: Callable[[str], None] =
     result["summary"] = summary_line(result)
     from tuna.eval.run import write_json
 
-    write_json(probes_path(cfg), result)
+    write_json(layout(cfg).probes, result)
     return result
 
 
@@ -584,4 +576,4 @@ def summary_line(result: dict[str, Any]) -> str:
 
 __all__ = ["FEATURES", "ProbeError", "attribute_sentence", "attribute_text", "caption", "fingerprint", "is_up_to_date",
            "linear_probe", "lm_knowledge", "lm_name_scores", "lm_text_features", "load_split", "mutual_knn",
-           "nearest_label", "probes_path", "recovered", "run_probes", "split_halves", "summary_line"]
+           "nearest_label", "recovered", "run_probes", "split_halves", "summary_line"]

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuna.eval.run import EvalError, write_json
+from tuna.layout import layout
 from tuna.recipe import Recipe
+from tuna.sources import sources
 
 if TYPE_CHECKING:
     from tuna.track import Run
@@ -41,21 +43,17 @@ SWAP_STORES = ("A", "B", "none")
 SAMPLE_IMAGES = 6  # images in the tuner-weight heatmap
 
 
-def report_dir(cfg: Recipe) -> Path:
-    return cfg.data_dir / "eval" / "report"
-
-
 def _load_variants(cfg: Recipe, variants: Sequence[str]) -> dict[str, dict[str, Any]]:
     out = {}
     for v in dict.fromkeys(variants):
-        path = cfg.data_dir / "eval" / v / "metrics.json"
+        path = layout(cfg).eval_metrics(v)
         if path.is_file():
             out[v] = json.loads(path.read_text(encoding="utf-8"))
     return out
 
 
 def _probes_path(cfg: Recipe) -> Path:
-    return cfg.data_dir / "eval" / "probes.json"
+    return layout(cfg).probes
 
 
 def _sources(cfg: Recipe, variants: Sequence[str]) -> dict[str, Any]:
@@ -63,7 +61,7 @@ def _sources(cfg: Recipe, variants: Sequence[str]) -> dict[str, Any]:
     fps = {}
     for v in dict.fromkeys(variants):
         try:
-            fps[v] = json.loads((cfg.data_dir / "eval" / v / "metrics.json").read_text())["fingerprint"]
+            fps[v] = json.loads(layout(cfg).eval_metrics(v).read_text())["fingerprint"]
         except (OSError, ValueError, KeyError):
             fps[v] = None
     probes = _probes_path(cfg)
@@ -73,7 +71,7 @@ def _sources(cfg: Recipe, variants: Sequence[str]) -> dict[str, Any]:
 
 def is_up_to_date(cfg: Recipe, variants: Sequence[str]) -> bool:
     """True when ``report.md`` exists and was made from the current metrics of ``variants`` (and probes)."""
-    folder = report_dir(cfg)
+    folder = layout(cfg).report
     try:
         saved = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -259,16 +257,15 @@ def tuner_samples(cfg: Recipe, count: int = SAMPLE_IMAGES) -> list[dict[str, Any
     from tuna.eval.finer import direct_prompt
     from tuna.formats import load_finer
     from tuna.samples import decode_image
-    from tuna.train.engine import model_dir
 
-    folder = model_dir(cfg, "tuna", 2)
-    cache = cfg.data_dir / "eval" / "retrieved" / "finer-ood-tags-A.json"
+    folder = layout(cfg).model("tuna", 2)
+    cache = layout(cfg).eval_cache("finer-ood-tags-A")
     if not (folder / "config.json").is_file():
         return f"no trained TUNA model at {folder}"
     if not cache.is_file():
         return f"no retrieved tags at {cache} (evaluate TUNA on FINER first)"
     tags = json.loads(cache.read_text(encoding="utf-8"))["tags"]
-    split = cfg.data_dir / "world" / "eval" / "finer" / "ood"
+    split = sources(cfg).eval_set("finer", "ood").path
     records = {r["image"]: r for r in load_finer(split / "finer.jsonl")}
     chosen, seen = [], set()
     for name in sorted(tags):
@@ -473,10 +470,10 @@ def write_report(cfg: Recipe, variants: Sequence[str], run: Run | None = None, c
 
     metrics = _load_variants(cfg, variants)
     if not metrics:
-        raise EvalError(f"no evaluated variant among {', '.join(variants)} under {cfg.data_dir / 'eval'}; "
+        raise EvalError(f"no evaluated variant among {', '.join(variants)} under {layout(cfg).eval}; "
                         f"run `tuna eval --config <recipe>` first")
     missing = [v for v in dict.fromkeys(variants) if v not in metrics]
-    folder = report_dir(cfg)
+    folder = layout(cfg).report
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("*.png"):  # a figure that no longer applies must not linger next to the report
         stale.unlink()
@@ -501,7 +498,7 @@ def write_report(cfg: Recipe, variants: Sequence[str], run: Run | None = None, c
     command = command or f"tuna eval --config configs/{cfg.run.name}.yaml --variant {','.join(metrics)}"
     lines = [f"# TUNA evaluation report: {cfg.run.name} (seed {cfg.run.seed})", "",
              f"Variants: {', '.join(metrics)}" + (f" (not evaluated, left out: {', '.join(missing)})" if missing else "") + ".",
-             f"Produced by `{command}` from `{cfg.data_dir / 'eval'}/<variant>/metrics.json`.", "",
+             f"Produced by `{command}` from `{layout(cfg).eval}/<variant>/metrics.json`.", "",
              "## Summary", "", "EM, F1 and CHAIR in percent, MME as its 0-800 score.", "",
              table({v: m["headline"] for v, m in metrics.items()}), "",
              *([f"![headline metrics]({pngs['headline'].name})", ""] if pngs["headline"] else []),
@@ -521,4 +518,4 @@ def write_report(cfg: Recipe, variants: Sequence[str], run: Run | None = None, c
     return report
 
 
-__all__ = ["flat_metrics", "is_up_to_date", "mlflow_metrics", "probe_groups", "report_dir", "tuner_samples", "write_report"]
+__all__ = ["flat_metrics", "is_up_to_date", "mlflow_metrics", "probe_groups", "tuner_samples", "write_report"]

@@ -19,8 +19,10 @@ from typing import Any
 from tqdm import tqdm
 
 from tuna.errors import CorruptSample, TunaError
+from tuna.layout import layout
 from tuna.recipe import Recipe
 from tuna.samples import decode_image
+from tuna.sources import sources
 
 SHORT = "\nAnswer the question using a single word or phrase."  # LLaVA's short-answer suffix (also in training)
 CAPTION_PROMPT = "Describe the image in detail."
@@ -81,7 +83,7 @@ def _tags_for(cfg: Recipe, tag_mode: str, images: Sequence[Path], name: str, dat
         return {}
     domain = "B" if datastore == "B" else "A"
     mode = tag_mode if not (tag_mode == "captions" and domain == "B") else "tags"  # B has no captions store
-    cache = cfg.data_dir / "eval" / "retrieved" / f"{name}-{mode}-{datastore}.json"
+    cache = layout(cfg).eval_cache(f"{name}-{mode}-{datastore}")
     return attach_tags(cfg, sorted(set(images)), cache, mode, domain, log=lambda s: None, session=_SESSION.get("open"))
 
 
@@ -91,7 +93,7 @@ def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for group in ("id", "ood"):
-        folder = cfg.data_dir / "world" / "eval" / "pope" / group
+        folder = sources(cfg).eval_set("pope", group).path
         splits = load_pope_splits(folder)
         images = [folder / "images" / r["image"] for rows in splits.values() for r in rows]
         tags = _tags_for(cfg, tag_mode, images, f"pope-{group}", "A")
@@ -115,7 +117,7 @@ def eval_finer(cfg: Recipe, asker: Asker, tag_mode: str, b_datastores: Sequence[
     runs: list[tuple[str, str, str | None]] = [("id", "id", "A"), ("ood", "ood", "A")]
     runs += [(f"b@{d or 'none'}", "b", d) for d in b_datastores]
     for key, split, store in runs:
-        folder = cfg.data_dir / "world" / root / "finer" / split
+        folder = sources(cfg).eval_set("finer", split, validation=root == "val").path
         records = load_finer(folder / "finer.jsonl")
         images = [folder / "images" / r["image"] for r in records]
         tags = _tags_for(cfg, tag_mode, images, f"finer-{split}" if root == "eval" else f"{root}-finer-{split}", store)
@@ -138,7 +140,7 @@ def eval_mme(cfg: Recipe, asker: Asker, tag_mode: str) -> dict[str, Any]:
 
     out = {}
     for group in ("id", "ood"):
-        items = load_mme(cfg.data_dir / "world" / "eval" / "mme" / group)
+        items = load_mme(sources(cfg).eval_set("mme", group).path)
         tags = _tags_for(cfg, tag_mode, [i.image for i in items], f"mme-{group}", "A")
         answers = asker.ask([Query(i.image, i.question + SHORT) for i in items], tags, 4, desc=f"mme {group}")
         out[group] = mme_metrics(items, answers)
@@ -151,11 +153,11 @@ def eval_chair(cfg: Recipe, asker: Asker, tag_mode: str, max_new_tokens: int = 4
     from tuna.formats import coco_objects_by_image, load_coco
     from tuna.world.taxonomy import load_taxonomies
 
-    a, b = load_taxonomies((cfg.data_dir / "world" / "taxonomy.json").read_text())
+    a, b = load_taxonomies(sources(cfg)["taxonomy"].path.read_text())
     vocab = chair_vocabulary(a, b)
     out = {}
     for group in ("id", "ood"):
-        folder = cfg.data_dir / "world" / "eval" / "captions" / group
+        folder = sources(cfg).eval_set("captions", group).path
         truth = coco_objects_by_image(load_coco(folder / "instances.json"))   # file name -> GT objects
         names = sorted(truth)
         tags = _tags_for(cfg, tag_mode, [folder / "images" / n for n in names], f"captions-{group}", "A")

@@ -12,11 +12,12 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from tuna.eval.run import EVAL_VERSION, EvalError, evaluate_model, headline, write_json
+from tuna.layout import layout
 from tuna.recipe import Recipe
+from tuna.sources import EVAL_SOURCES, file_digest, sources
 
 # The columns of the summary table: (key in headline(), header).
 COLUMNS = (
@@ -27,10 +28,6 @@ COLUMNS = (
 )
 
 
-def eval_dir(cfg: Recipe) -> Path:
-    return cfg.data_dir / "eval"
-
-
 def b_datastores(variant: str, tag_mode: str) -> tuple[str | None, ...]:
     """Which datastores answer domain B: all three for TUNA (the swap), B for tag ablations, none for the baseline."""
     if tag_mode == "none":
@@ -39,13 +36,13 @@ def b_datastores(variant: str, tag_mode: str) -> tuple[str | None, ...]:
 
 
 def _fingerprint(cfg: Recipe, variant: str) -> str:
-    from tuna.train.engine import stage_dir
+    from tuna.retrieval.datastore import DATASTORES
 
-    trained = stage_dir(cfg, variant, 2) / "metrics.json"
+    trained = layout(cfg).stage(variant, 2) / "metrics.json"
     payload = {"version": EVAL_VERSION, "eval": _eval_fingerprint(cfg),
                "model": hashlib.sha256(trained.read_bytes()).hexdigest()[:16] if trained.is_file() else None,
-               "world": _digest(cfg.data_dir / "world" / "manifest.json"),
-               "datastores": [_digest(cfg.data_dir / "datastores" / n / "manifest.json") for n in ("A", "B", "A_captions")]}
+               "world": sources(cfg).digest(*EVAL_SOURCES, "taxonomy"),
+               "datastores": [file_digest(layout(cfg).datastore(n) / "manifest.json") for n in DATASTORES]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -56,12 +53,8 @@ def _eval_fingerprint(cfg: Recipe) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _digest(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
-
-
 def is_up_to_date(cfg: Recipe, variant: str) -> bool:
-    path = eval_dir(cfg) / variant / "metrics.json"
+    path = layout(cfg).eval / variant / "metrics.json"
     try:
         return json.loads(path.read_text())["fingerprint"] == _fingerprint(cfg, variant)
     except (OSError, ValueError, KeyError):
@@ -71,16 +64,16 @@ def is_up_to_date(cfg: Recipe, variant: str) -> bool:
 def evaluate_variant(cfg: Recipe, variant: str, progress: bool = False,
                      log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate one trained variant (its stage-2 model) on every task of ``eval.tasks``; saves and returns the metrics."""
-    from tuna.train.engine import model_dir, variant_model
+    from tuna.variants import variant_model
 
-    folder = model_dir(cfg, variant, 2)
+    folder = layout(cfg).model(variant, 2)
     if not (folder / "config.json").is_file():
         raise EvalError(f"variant {variant!r} has no trained model at {folder}; run `tuna train --variant {variant}` first")
     tag_mode = variant_model(cfg, variant)["tag_mode"]
     log(f"eval {variant} ({folder})")
     metrics = evaluate_model(cfg, folder, tag_mode, b_datastores(variant, tag_mode), cfg.eval.tasks, progress, log)
     metrics.update(variant=variant, fingerprint=_fingerprint(cfg, variant), headline=headline(metrics))
-    write_json(eval_dir(cfg) / variant / "metrics.json", metrics)
+    write_json(layout(cfg).eval / variant / "metrics.json", metrics)
     return metrics
 
 
@@ -88,12 +81,12 @@ def validate_variant(cfg: Recipe, variant: str, progress: bool = False,
                      log: Callable[[str], None] = print) -> dict[str, float]:
     """FINER on the world's validation split (world.sizes.finer_val), for choosing settings without looking at
     the eval splits: saves ``eval/validation/<variant>.json`` and returns its headline numbers."""
-    from tuna.train.engine import model_dir, variant_model
+    from tuna.variants import variant_model
 
-    val = cfg.data_dir / "world" / "val" / "finer"
-    if not (val / "ood" / "finer.jsonl").is_file():
+    val = sources(cfg).eval_set("finer", "ood", validation=True).path
+    if not (val / "finer.jsonl").is_file():
         raise EvalError(f"{val} does not exist: set world.sizes.finer_val > 0 (e.g. 100) and regenerate the world")
-    folder = model_dir(cfg, variant, 2)
+    folder = layout(cfg).model(variant, 2)
     if not (folder / "config.json").is_file():
         raise EvalError(f"variant {variant!r} has no trained model at {folder}; run `tuna train --variant {variant}` first")
     tag_mode = variant_model(cfg, variant)["tag_mode"]
@@ -101,7 +94,7 @@ def validate_variant(cfg: Recipe, variant: str, progress: bool = False,
     metrics = evaluate_model(cfg, folder, tag_mode, b_datastores(variant, tag_mode), ("finer",), progress, log,
                              finer_root="val")
     metrics.update(variant=variant, split="val", headline=headline(metrics))
-    write_json(eval_dir(cfg) / "validation" / f"{variant}.json", metrics)
+    write_json(layout(cfg).validation / f"{variant}.json", metrics)
     return metrics["headline"]
 
 
@@ -109,11 +102,11 @@ def summarize(cfg: Recipe, variants: Sequence[str]) -> dict[str, dict[str, float
     """Headline numbers of each evaluated variant (from their metrics.json), saved as summary.json and table.md."""
     rows = {}
     for v in variants:
-        path = eval_dir(cfg) / v / "metrics.json"
+        path = layout(cfg).eval / v / "metrics.json"
         if path.is_file():
             rows[v] = json.loads(path.read_text())["headline"]
-    write_json(eval_dir(cfg) / "summary.json", rows)
-    (eval_dir(cfg) / "table.md").write_text(table(rows) + "\n", encoding="utf-8")
+    write_json(layout(cfg).eval / "summary.json", rows)
+    (layout(cfg).eval / "table.md").write_text(table(rows) + "\n", encoding="utf-8")
     return rows
 
 
@@ -145,11 +138,11 @@ def probe(cfg: Recipe, force: bool = False, progress: bool = False, log: Callabl
     """The alignment diagnostics (tuna.eval.probes) on the trained TUNA and baseline -> ``eval/probes.json``;
     skipped when up to date unless ``force``. Returns the one-line summary."""
     from tuna.eval.probes import is_up_to_date as probes_up_to_date
-    from tuna.eval.probes import probes_path, run_probes
+    from tuna.eval.probes import run_probes
 
     if not force and probes_up_to_date(cfg):
-        return f"probes: up to date ({probes_path(cfg)}); --force re-runs"
+        return f"probes: up to date ({layout(cfg).probes}); --force re-runs"
     return run_probes(cfg, progress=progress, log=log)["summary"]
 
 
-__all__ = ["b_datastores", "eval_dir", "evaluate_variant", "is_up_to_date", "probe", "summarize", "table"]
+__all__ = ["b_datastores", "evaluate_variant", "is_up_to_date", "probe", "summarize", "table"]

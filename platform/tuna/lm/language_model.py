@@ -30,9 +30,11 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from tuna.errors import DataFormatError, TunaError
+from tuna.layout import layout
 from tuna.lm import pretrain
 from tuna.lm.tokenizer import ensure_pad_and_template, tokens_per_name, train_tokenizer
 from tuna.recipe import Recipe, section_fingerprint
+from tuna.sources import sources
 from tuna.staging import staged_dir
 
 LM_VERSION = "tuna.lm/1"
@@ -79,7 +81,7 @@ def _count_params(model: torch.nn.Module) -> int:
 
 def lm_path(cfg: Recipe) -> str:
     """Where the run's LM comes from: ``model.language_model`` when set, else ``<data_dir>/lm``."""
-    return cfg.model.language_model or str(cfg.data_dir / "lm")
+    return cfg.model.language_model or str(layout(cfg).lm)
 
 
 def load_lm(path_or_id: str | Path, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
@@ -116,8 +118,7 @@ def load_lm(path_or_id: str | Path, dtype: torch.dtype | None = None) -> tuple[A
 # ------------------------------------------------------------------------------------------ evaluation
 
 
-def _taxonomy(world_dir: Path) -> dict[str, Any]:
-    path = world_dir / "taxonomy.json"
+def _taxonomy(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -163,10 +164,10 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------- training
 
 
-def _world_dir(cfg: Recipe) -> Path:
-    from tuna.world.generate import world_dir
-
-    return world_dir(cfg)
+def _corpus_paths(cfg: Recipe) -> list[Path]:
+    """The LM's input files, from the recipe's data: sources."""
+    src = sources(cfg)
+    return [src[name].path for name in pretrain.CORPUS_SOURCES]
 
 
 def _inputs(cfg: Recipe, corpus_hash: str) -> dict[str, Any]:
@@ -179,10 +180,10 @@ def _inputs(cfg: Recipe, corpus_hash: str) -> dict[str, Any]:
 
 def is_up_to_date(cfg: Recipe) -> bool:
     """True when ``<data_dir>/lm`` was trained by this code from the same lm config, seed and input text."""
-    target = cfg.data_dir / "lm"
+    target = layout(cfg).lm
     try:
         manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
-        corpus_hash = pretrain.corpus_sha256(_world_dir(cfg))
+        corpus_hash = pretrain.corpus_sha256(_corpus_paths(cfg))
     except (OSError, json.JSONDecodeError, DataFormatError):
         return False
     return (manifest.get("version") == LM_VERSION and manifest.get("inputs") == _inputs(cfg, corpus_hash)
@@ -199,12 +200,11 @@ def train_lm(cfg: Recipe, progress: bool = True, log: Callable[[str], None] = pr
     from tuna.retrieval.encoder import weights_sha256
 
     lm = cfg.lm
-    wdir = _world_dir(cfg)
-    taxonomy = _taxonomy(wdir)
-    target = cfg.data_dir / "lm"
+    taxonomy = _taxonomy(sources(cfg)["taxonomy"].path)
+    target = layout(cfg).lm
     t0 = time.perf_counter()
     with _torch_threads(lm.threads), staged_dir(target, "language model") as tmp:
-        corpus = pretrain.load_corpus(wdir, lm.val_fraction, cfg.run.seed)
+        corpus = pretrain.load_corpus(_corpus_paths(cfg), lm.val_fraction, cfg.run.seed)
         tokenizer = train_tokenizer(corpus.tokenizer_texts(), lm.vocab_size, lm.max_length)
         reading = pretrain.reading_documents(taxonomy, lm.reading_docs_per_class, cfg.run.seed, cfg.model.num_tags)
         docs = pretrain.encode_documents(tokenizer, corpus.documents(lm.text_repeats) + reading)
@@ -261,14 +261,13 @@ def run_lm(cfg: Recipe, force: bool = False, progress: bool = True,
         gpu = torch.cuda.is_available()
         model, tokenizer = load_lm(cfg.model.language_model, dtype=torch.bfloat16 if gpu else None)
         model = model.to("cuda") if gpu else model
-        wdir = _world_dir(cfg)
-        corpus = pretrain.load_corpus(wdir, cfg.lm.val_fraction, cfg.run.seed)
+        corpus = pretrain.load_corpus(_corpus_paths(cfg), cfg.lm.val_fraction, cfg.run.seed)
         with _torch_threads(cfg.lm.threads):
-            metrics = evaluate_lm(model, tokenizer, corpus, _taxonomy(wdir))
+            metrics = evaluate_lm(model, tokenizer, corpus, _taxonomy(sources(cfg)["taxonomy"].path))
         metrics["lm"] = cfg.model.language_model
         return {"status": "loaded", "path": cfg.model.language_model, "params": _count_params(model),
                 "vocab_size": len(tokenizer), "metrics": metrics}
-    target = cfg.data_dir / "lm"
+    target = layout(cfg).lm
     if not force and is_up_to_date(cfg):
         manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
         status = "up to date"

@@ -38,7 +38,8 @@ from tuna.schedule import warmup_cosine
 from tuna.world.language import article
 from tuna.world.reading import reading_samples
 
-CORPUS_FILES = ("text/corpus.jsonl", "alignment/pretrain.json", "instruction/instruct.json")  # never eval/
+CORPUS_SOURCES = ("text", "alignment", "instruction")  # the recipe's data: sources the LM reads (never an eval set)
+CORPUS_FILES = ("text/corpus.jsonl", "alignment/pretrain.json", "instruction/instruct.json")  # their names in the hash
 PROBE_SPLITS = ("id", "ood", "b")
 _WORD = re.compile(r"[a-z]+")
 
@@ -64,11 +65,11 @@ class Corpus:
         return self.text + self.captions + self.questions + self.answers
 
 
-def corpus_sha256(world_dir: Path) -> str:
-    """sha256 over the names and bytes of the world's LM input files; DataFormatError when one is missing."""
+def corpus_sha256(paths: Sequence[Path]) -> str:
+    """sha256 over the names and bytes of the LM input files (``CORPUS_SOURCES`` order); DataFormatError when one is missing."""
     h = hashlib.sha256()
-    for rel in CORPUS_FILES:
-        path = Path(world_dir) / rel
+    for rel, path in zip(CORPUS_FILES, paths, strict=True):
+        path = Path(path)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -77,15 +78,16 @@ def corpus_sha256(world_dir: Path) -> str:
     return h.hexdigest()
 
 
-def load_corpus(world_dir: Path, val_fraction: float, seed: int) -> Corpus:
-    """Read a world's text corpus, alignment captions and instruction conversations; hold out text documents."""
-    world_dir = Path(world_dir)
-    digest = corpus_sha256(world_dir)
-    text = [t for t in iter_text(world_dir / CORPUS_FILES[0]) if t.strip()]
+def load_corpus(paths: Sequence[Path], val_fraction: float, seed: int) -> Corpus:
+    """Read the text corpus, alignment captions and instruction conversations (``CORPUS_SOURCES`` order); hold out
+    text documents."""
+    text_file, alignment, instruction = (Path(p) for p in paths)
+    digest = corpus_sha256(paths)
+    text = [t for t in iter_text(text_file) if t.strip()]
     if len(text) < 2:
-        raise DataFormatError(f"{world_dir / CORPUS_FILES[0]}: needs at least 2 documents to hold one out, got {len(text)}")
-    captions = [turn["value"] for rec in load_llava(world_dir / CORPUS_FILES[1]) for turn in rec.conversations[1::2]]
-    conversations = load_llava(world_dir / CORPUS_FILES[2])
+        raise DataFormatError(f"{text_file}: needs at least 2 documents to hold one out, got {len(text)}")
+    captions = [turn["value"] for rec in load_llava(alignment) for turn in rec.conversations[1::2]]
+    conversations = load_llava(instruction)
     answers = [turn["value"] for rec in conversations for turn in rec.conversations[1::2]]
     questions = [turn["value"] for rec in conversations for turn in rec.conversations[0::2]]
     n_val = min(len(text) - 1, max(1, round(val_fraction * len(text))))

@@ -14,6 +14,7 @@ import yaml
 from tuna.errors import ConfigError
 from tuna.recipe.checks import KeyCheckError
 from tuna.recipe.cluster import ClusterConfig
+from tuna.recipe.data import DataConfig
 from tuna.recipe.sections import (
     EncoderConfig,
     EvalConfig,
@@ -35,6 +36,7 @@ class Recipe:
 
     run: RunConfig = field(default_factory=RunConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     mine: MineConfig = field(default_factory=MineConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     index: IndexConfig = field(default_factory=IndexConfig)

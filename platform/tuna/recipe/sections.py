@@ -9,6 +9,7 @@ from typing import Literal
 
 from tuna.errors import ConfigError
 from tuna.recipe.checks import require as _require
+from tuna.variants import ABLATIONS, VARIANT_NAMES
 
 ImageFormat = Literal["png", "jpg"]
 Projector = Literal["linear", "mlp2x_gelu"]
@@ -384,7 +385,7 @@ class EvalConfig:
     batch_size: int = 32            # questions generated per batch
     threads: int = 1                # torch CPU threads while generating
     attrseek: bool = True           # FINER: also the two-turn ATTRSEEK prompting
-    ablations: tuple[str, ...] = ("tuna", "tuner_off", "captions", "random", "baseline")  # variants of --ablations
+    ablations: tuple[str, ...] = ABLATIONS  # variants of --ablations (tuna.variants)
     probes: bool = False            # `tuna eval` also runs the alignment diagnostics (tuna.eval.probes) on TUNA + baseline
 
     def __post_init__(self) -> None:
@@ -393,9 +394,8 @@ class EvalConfig:
         _require(not bad and len(self.tasks) > 0, "tasks", f"must be a non-empty list of {', '.join(known)}; got {list(self.tasks)}")
         _require(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         _require(self.threads >= 1, "threads", f"must be >= 1, got {self.threads}")
-        variants = ("tuna", "baseline", "captions", "random", "tuner_off")
-        badv = [v for v in self.ablations if v not in variants]
-        _require(not badv, "ablations", f"unknown variants {badv}; known: {', '.join(variants)}")
+        badv = [v for v in self.ablations if v not in VARIANT_NAMES]
+        _require(not badv, "ablations", f"unknown variants {badv}; known: {', '.join(VARIANT_NAMES)}")
 
 
 @dataclass(frozen=True)
@@ -453,8 +453,7 @@ class ServeConfig:
     question: str = "What is in the image?"  # what `tuna run` asks the served model
 
     def __post_init__(self) -> None:
-        variants = ("tuna", "baseline", "captions", "random", "tuner_off")
-        _require(self.variant in variants, "variant", f"must be one of {', '.join(variants)}; got {self.variant!r}")
+        _require(self.variant in VARIANT_NAMES, "variant", f"must be one of {', '.join(VARIANT_NAMES)}; got {self.variant!r}")
         for name in ("grpc_port", "http_port", "metrics_port"):
             v = getattr(self, name)
             _require(v == 0 or 1024 <= v <= 65535, name, f"must be 0 (free port) or 1024..65535, got {v}")

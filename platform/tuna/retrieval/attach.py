@@ -20,6 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tuna.errors import CorruptSample, TunaError
+from tuna.layout import layout
 from tuna.recipe import Recipe
 from tuna.samples import Quarantine, decode_image
 
@@ -50,7 +51,7 @@ def datastore_fingerprint(cfg: Recipe, name: str) -> str:
 
     manifest = read_manifest(cfg, name)
     if manifest is None:
-        raise TagsUnavailable(f"datastore {name!r} is not built under {cfg.data_dir / 'datastores' / name}; "
+        raise TagsUnavailable(f"datastore {name!r} is not built under {layout(cfg).datastore(name)}; "
                               f"run `tuna index --datastore {name}` first")
     payload = json.dumps({k: manifest.get(k) for k in ("encoder", "corpus", "rows", "index")}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -59,10 +60,10 @@ def datastore_fingerprint(cfg: Recipe, name: str) -> str:
 def _vocabulary(cfg: Recipe, domain: str) -> list[str]:
     from tuna.tags.io import load_tags
 
-    tags = load_tags(cfg.data_dir / "tags" / domain)
+    tags = load_tags(layout(cfg).tags(domain))
     vocab = sorted({t for row in tags.values() for t in row})
     if not vocab:
-        raise TagsUnavailable(f"no mined tags for domain {domain} under {cfg.data_dir / 'tags' / domain}; run `tuna mine`")
+        raise TagsUnavailable(f"no mined tags for domain {domain} under {layout(cfg).tags(domain)}; run `tuna mine`")
     return vocab
 
 

@@ -23,26 +23,34 @@ from tqdm import tqdm
 
 from tuna.errors import CorruptSample, TunaError
 from tuna.formats import WebSample, iter_web
+from tuna.layout import layout
 from tuna.recipe import Recipe, section_fingerprint
 from tuna.retrieval.store import MilvusStore, Neighbour, UnknownDatastore, datastore_uri, index_params
 from tuna.samples import Quarantine, caption_text, decode_image
+from tuna.sources import sources
 
 BUILDER_VERSION = "tuna.index/1"
 FLUSH_EVERY = 8  # batches between flushes: what a killed build keeps
+BUILDING_FILE = "building.json"  # the inputs of an unfinished build (what a resumed build must match)
 
 
 @dataclass(frozen=True)
 class DatastoreSpec:
-    corpus: str          # web corpus folder under the world, e.g. "web/A"
+    corpus: str          # the web corpus domain (A, B): the recipe's data.web_<domain> source
     values: str          # "tags" (mined tags) or "captions" (the caption itself)
     tags_domain: str     # which `tuna mine` output holds this corpus's tags
     source: str          # value of the row's `source` field
 
+    @property
+    def label(self) -> str:
+        """How manifests and quarantine lists name the corpus (``web/A``)."""
+        return f"web/{self.corpus}"
+
 
 DATASTORES: dict[str, DatastoreSpec] = {
-    "A": DatastoreSpec("web/A", "tags", "A", "world-A"),
-    "B": DatastoreSpec("web/B", "tags", "B", "world-B"),
-    "A_captions": DatastoreSpec("web/A", "captions", "A", "world-A"),
+    "A": DatastoreSpec("A", "tags", "A", "world-A"),
+    "B": DatastoreSpec("B", "tags", "B", "world-B"),
+    "A_captions": DatastoreSpec("A", "captions", "A", "world-A"),
 }
 
 
@@ -52,14 +60,9 @@ def spec_of(name: str) -> DatastoreSpec:
     return DATASTORES[name]
 
 
-def datastore_dir(cfg: Recipe, name: str) -> Path:
-    """Where datastore ``name``'s manifest and quarantine list live (and its Milvus Lite folder, locally)."""
-    return cfg.data_dir / "datastores" / name
-
-
 def read_manifest(cfg: Recipe, name: str) -> dict[str, Any] | None:
     try:
-        return json.loads((datastore_dir(cfg, name) / "manifest.json").read_text())
+        return json.loads((layout(cfg).datastore(name) / "manifest.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -69,14 +72,13 @@ def _encoder_fingerprint(cfg: Recipe) -> str | None:
     if cfg.model.vision_tower:
         return None
     try:
-        return json.loads((cfg.data_dir / "encoder" / "manifest.json").read_text())["fingerprint"]
+        return json.loads((layout(cfg).encoder / "manifest.json").read_text())["fingerprint"]
     except (OSError, KeyError, json.JSONDecodeError):
         return None
 
 
 def is_up_to_date(cfg: Recipe, name: str) -> bool:
     """True when datastore ``name`` was finished by this builder from the current encoder, corpus, tags and index config."""
-    from tuna.world.generate import world_dir
 
     m = read_manifest(cfg, name)
     spec = spec_of(name)
@@ -85,9 +87,9 @@ def is_up_to_date(cfg: Recipe, name: str) -> bool:
     fingerprint = _encoder_fingerprint(cfg)
     if fingerprint is None or m["encoder"]["fingerprint"] != fingerprint:
         return False
-    if m["corpus"]["hash"] != _files_hash(sorted((world_dir(cfg) / spec.corpus).glob("*.tar"))):
+    if m["corpus"]["hash"] != _files_hash(sorted(sources(cfg).web(spec.corpus).path.glob("*.tar"))):
         return False
-    tags_file = cfg.data_dir / "tags" / spec.tags_domain / "tags.parquet"
+    tags_file = layout(cfg).tags(spec.tags_domain) / "tags.parquet"
     return spec.values != "tags" or (tags_file.exists() and m.get("tags_hash") == _files_hash([tags_file]))
 
 
@@ -117,14 +119,13 @@ def build_datastore(cfg: Recipe, name: str, rebuild: bool = False, progress: boo
     """Embed datastore ``name``'s corpus, insert it with its values, index it; returns the manifest."""
     from tuna.retrieval.encoder import encoder_path, load_encoder
     from tuna.tags.miner import load_tags
-    from tuna.world.generate import world_dir
 
     spec = spec_of(name)
-    corpus = world_dir(cfg) / spec.corpus
+    corpus = sources(cfg).web(spec.corpus).path
     shards = sorted(corpus.glob("*.tar"))
     if not shards:
         raise TunaError(f"no web corpus at {corpus}; run `tuna world --config <recipe>` first")
-    tags_file = cfg.data_dir / "tags" / spec.tags_domain / "tags.parquet"
+    tags_file = layout(cfg).tags(spec.tags_domain) / "tags.parquet"
     tags: dict[str, list[str]] | None = None
     if spec.values == "tags":
         if not tags_file.exists():
@@ -132,12 +133,23 @@ def build_datastore(cfg: Recipe, name: str, rebuild: bool = False, progress: boo
         tags = load_tags(tags_file)
     encoder = load_encoder(encoder_path(cfg))
     t0 = time.perf_counter()
-    out_dir = datastore_dir(cfg, name)
+    out_dir = layout(cfg).datastore(name)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A build resumes only an unfinished build of the same inputs (its marker); a finished or differently-built
+    # collection is dropped first, so no row of an older encoder, corpus or tags survives.
+    inputs = {"builder": BUILDER_VERSION, "encoder": encoder.fingerprint, "corpus": _files_hash(shards),
+              "tags": _files_hash([tags_file]) if tags is not None else None, "index": section_fingerprint(cfg.index)}
+    marker = out_dir / BUILDING_FILE
+    finished = (out_dir / "manifest.json").is_file()
+    try:
+        resumable = not finished and json.loads(marker.read_text()) == inputs
+    except (OSError, json.JSONDecodeError):
+        resumable = not finished and not marker.exists()  # no marker: a collection this builder never started
     (out_dir / "manifest.json").unlink(missing_ok=True)  # unfinished until the manifest is back
+    marker.write_text(json.dumps(inputs, sort_keys=True) + "\n")
     store = MilvusStore.for_datastore(cfg, name)
     try:
-        if rebuild:
+        if rebuild or not resumable:
             store.drop(name)
         store.ensure(name, encoder.dim)
         done = store.ids(name)
@@ -158,7 +170,7 @@ def build_datastore(cfg: Recipe, name: str, rebuild: bool = False, progress: boo
                     if tags is not None and s.key not in tags:
                         raise CorruptSample(s.key, "no mined tags (quarantined by tuna mine)", "no_tags")
                 except CorruptSample as err:
-                    quarantine.add(err, f"{spec.corpus}/{s.shard}")
+                    quarantine.add(err, f"{spec.label}/{s.shard}")
                     continue
                 ids.append(s.key)
                 images.append(image)
@@ -184,7 +196,7 @@ def build_datastore(cfg: Recipe, name: str, rebuild: bool = False, progress: boo
         "values": spec.values,
         "source": spec.source,
         "encoder": {"path": encoder.path, "fingerprint": encoder.fingerprint, "dim": encoder.dim},
-        "corpus": {"path": spec.corpus, "hash": _files_hash(shards), "samples": seen},
+        "corpus": {"path": spec.label, "hash": _files_hash(shards), "samples": seen},
         "tags_hash": _files_hash([tags_file]) if tags is not None else None,
         "rows": rows,
         "inserted_now": inserted,
@@ -197,6 +209,7 @@ def build_datastore(cfg: Recipe, name: str, rebuild: bool = False, progress: boo
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    marker.unlink(missing_ok=True)
     log(f"datastore {name}: {rows} rows ({quarantine.summary(seen, 'samples')}) in {manifest['build_seconds']}s")
     return manifest
 

@@ -37,8 +37,10 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPMode
 
 from tuna.errors import CorruptSample, DataFormatError, OutputError, TunaError
 from tuna.formats import load_finer
+from tuna.layout import layout
 from tuna.recipe import Recipe
 from tuna.samples import decode_image
+from tuna.sources import sources
 
 ENCODER_VERSION = "tuna.encoder/1"
 PROMPT = "a photo of a {name}."
@@ -129,7 +131,7 @@ class ClipEncoder:
 
 def encoder_path(cfg: Recipe) -> str:
     """Where the run's encoder comes from: ``model.vision_tower`` when set, else ``<data_dir>/encoder``."""
-    return cfg.model.vision_tower or str(cfg.data_dir / "encoder")
+    return cfg.model.vision_tower or str(layout(cfg).encoder)
 
 
 def load_encoder(path_or_id: str | Path) -> ClipEncoder:
@@ -219,16 +221,15 @@ def _split_metrics(encoder: ClipEncoder, folder: Path, classes: list[dict[str, A
     }
 
 
-def evaluate_zero_shot(encoder: ClipEncoder, world_dir: Path) -> dict[str, Any]:
-    """Zero-shot fine-class accuracy on the FINER ID, OOD and domain-B images of a world.
+def evaluate_zero_shot(encoder: ClipEncoder, taxonomy_file: Path, splits: dict[str, Path]) -> dict[str, Any]:
+    """Zero-shot fine-class accuracy on the FINER ID, OOD and domain-B images (``splits``: split -> FINER folder).
 
     Per split: ``top1`` / ``top5`` over all class names of the split's domain (prompt
     ``"a photo of a {name}."``), ``coarse_top1`` (the predicted name's coarse class is right),
     ``top1_within_split`` (candidates only the split's own classes) and ``knn5_loo`` (leave-one-out
     5-nearest-neighbour accuracy on the image embeddings, a cheap probe of the image features).
     """
-    world_dir = Path(world_dir)
-    tax_path = world_dir / "taxonomy.json"
+    tax_path = Path(taxonomy_file)
     try:
         taxonomy = json.loads(tax_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -240,7 +241,7 @@ def evaluate_zero_shot(encoder: ClipEncoder, world_dir: Path) -> dict[str, Any]:
         classes = taxonomy.get(domain, {}).get("classes")
         if not classes:
             raise DataFormatError(f"{tax_path}: no classes for domain {domain!r}")
-        out[split] = _split_metrics(encoder, world_dir / "eval" / "finer" / split, classes, split)
+        out[split] = _split_metrics(encoder, Path(splits[split]), classes, split)
     return out
 
 
@@ -253,16 +254,20 @@ def summary_line(metrics: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------- training
 
 
-def _world(cfg: Recipe) -> tuple[Path, dict[str, Any]]:
-    from tuna.world.generate import world_dir
+ENCODER_SOURCES = ("web_A", "web_B", "web_clip", "taxonomy", "finer_id", "finer_ood", "finer_b")
 
-    wdir = world_dir(cfg)
+
+def _data_fingerprint(cfg: Recipe) -> str | None:
+    """What the encoder's inputs are: the world's fingerprint when the world provides them all, else their digest."""
+    src = sources(cfg)
+    if not all(src[name].from_world for name in ENCODER_SOURCES):
+        return src.digest(*ENCODER_SOURCES)
+    path = layout(cfg).world_manifest
     try:
-        manifest = json.loads((wdir / "manifest.json").read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
     except (OSError, json.JSONDecodeError):
-        raise DataFormatError(f"no world at {wdir} (manifest.json missing or unreadable); "
+        raise DataFormatError(f"no world at {path.parent} (manifest.json missing or unreadable); "
                               f"generate it first: tuna world --config <recipe>") from None
-    return wdir, manifest
 
 
 # Encoder keys added after encoders were already trained, with the value that reproduces them: at that
@@ -279,20 +284,26 @@ def _config_fingerprint(enc: Any) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def web_corpora(wdir: Path) -> dict[str, Path]:
-    """The web corpora the encoder trains on: web A, web B and, when the world has one, the CLIP-only crawl."""
-    from tuna.world.generate import CLIP_WEB_DIR
-
-    folders = {"web/A": wdir / "web" / "A", "web/B": wdir / "web" / "B"}
-    if (wdir / CLIP_WEB_DIR).is_dir():
-        folders[CLIP_WEB_DIR] = wdir / CLIP_WEB_DIR
+def web_corpora(cfg: Recipe) -> dict[str, Path]:
+    """The web corpora the encoder trains on (label -> folder): web A, web B and, when present, the CLIP-only crawl."""
+    src = sources(cfg)
+    folders = {f"web/{d}": src.web(d).path for d in ("A", "B")}
+    clip = src.web("clip").path
+    if clip.is_dir():
+        folders["web/clip"] = clip
     return folders
 
 
-def _inputs(cfg: Recipe, world_manifest: dict[str, Any]) -> dict[str, Any]:
+def zero_shot_splits(cfg: Recipe) -> tuple[Path, dict[str, Path]]:
+    """(taxonomy file, split -> FINER folder) the zero-shot evaluation reads."""
+    src = sources(cfg)
+    return src["taxonomy"].path, {split: src.eval_set("finer", split).path for split in FINER_SPLITS}
+
+
+def _inputs(cfg: Recipe, data_fingerprint: str | None) -> dict[str, Any]:
     """Everything the trained weights depend on; equal inputs mean the saved encoder is up to date."""
     inputs = {"encoder_config": _config_fingerprint(cfg.encoder), "seed": cfg.run.seed,
-              "world": world_manifest.get("fingerprint"), "max_caption_chars": cfg.mine.max_caption_chars}
+              "world": data_fingerprint, "max_caption_chars": cfg.mine.max_caption_chars}
     if cfg.encoder.clean_captions > 0:  # the tag miner's pipeline decides the cleaned captions
         inputs["spacy_model"] = cfg.mine.spacy_model
     return inputs
@@ -300,13 +311,13 @@ def _inputs(cfg: Recipe, world_manifest: dict[str, Any]) -> dict[str, Any]:
 
 def is_up_to_date(cfg: Recipe) -> bool:
     """True when ``<data_dir>/encoder`` was trained by this code from the same config, seed and world."""
-    target = cfg.data_dir / "encoder"
+    target = layout(cfg).encoder
     try:
         manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
-        _, world_manifest = _world(cfg)
+        data_fingerprint = _data_fingerprint(cfg)
     except (OSError, json.JSONDecodeError, DataFormatError):
         return False
-    return (manifest.get("version") == ENCODER_VERSION and manifest.get("inputs") == _inputs(cfg, world_manifest)
+    return (manifest.get("version") == ENCODER_VERSION and manifest.get("inputs") == _inputs(cfg, data_fingerprint)
             and (target / "config.json").is_file())
 
 
@@ -336,8 +347,8 @@ def train_encoder(cfg: Recipe, progress: bool = True, log: Callable[[str], None]
     from tuna.retrieval import clip_train
 
     enc = cfg.encoder
-    wdir, world_manifest = _world(cfg)
-    target = cfg.data_dir / "encoder"
+    data_fingerprint = _data_fingerprint(cfg)
+    target = layout(cfg).encoder
     _remove_stale_tmp(target)
     try:
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
@@ -352,7 +363,7 @@ def train_encoder(cfg: Recipe, progress: bool = True, log: Callable[[str], None]
     t0 = time.perf_counter()
     try:
         processor = clip_train.build_processor(cfg.world.image_size)
-        pairs = clip_train.load_pairs(web_corpora(wdir), processor, cfg.mine.max_caption_chars, progress)
+        pairs = clip_train.load_pairs(web_corpora(cfg), processor, cfg.mine.max_caption_chars, progress)
         log(f"encoder data: {pairs.quarantine.summary(pairs.total, 'web pairs')}")
         cleaned: list[str | None] | None = None
         cleaning: dict[str, Any] = {"rate": enc.clean_captions}
@@ -377,7 +388,7 @@ def train_encoder(cfg: Recipe, progress: bool = True, log: Callable[[str], None]
         pairs.quarantine.write(tmp / "quarantine.jsonl")
         encoder = ClipEncoder(model, tokenizer, processor, path=str(target))
         t_eval = time.perf_counter()
-        metrics = evaluate_zero_shot(encoder, wdir)
+        metrics = evaluate_zero_shot(encoder, *zero_shot_splits(cfg))
         metrics["encoder"] = str(target)
         eval_seconds = time.perf_counter() - t_eval
         manifest = {
@@ -390,7 +401,7 @@ def train_encoder(cfg: Recipe, progress: bool = True, log: Callable[[str], None]
             "pairs": len(pairs.captions),
             "clean_captions": cleaning,
             "quarantined": {"count": len(pairs.quarantine), "kinds": pairs.quarantine.reasons()},
-            "inputs": _inputs(cfg, world_manifest),
+            "inputs": _inputs(cfg, data_fingerprint),
             "config": cfg.to_dict()["encoder"],
             "image_size": cfg.world.image_size,
             "vocab_size": len(tokenizer),
@@ -430,11 +441,10 @@ def run_encoder(cfg: Recipe, force: bool = False, progress: bool = True,
     """
     if cfg.model.vision_tower:
         encoder = load_encoder(cfg.model.vision_tower)
-        wdir, _ = _world(cfg)
-        metrics = evaluate_zero_shot(encoder, wdir)
+        metrics = evaluate_zero_shot(encoder, *zero_shot_splits(cfg))
         return {"status": "loaded", "path": encoder.path, "fingerprint": encoder.fingerprint, "dim": encoder.dim,
                 "metrics": metrics}
-    target = cfg.data_dir / "encoder"
+    target = layout(cfg).encoder
     if not force and is_up_to_date(cfg):
         manifest = json.loads((target / "manifest.json").read_text(encoding="utf-8"))
         metrics = json.loads((target / "metrics.json").read_text(encoding="utf-8"))

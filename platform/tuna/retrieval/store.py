@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from tuna.errors import ConfigError, DatastoreUnavailable, TunaError
+from tuna.layout import layout
 from tuna.recipe import IndexConfig, Recipe
 
 T = TypeVar("T")
@@ -56,14 +57,9 @@ def _is_remote(uri: str) -> bool:
     return uri.startswith(("http://", "https://", "tcp://", "unix:"))
 
 
-def lite_path(cfg: Recipe, name: str) -> Path:
-    """Milvus Lite folder of datastore ``name`` for a local run: ``<data_dir>/datastores/<name>/milvus.db``."""
-    return cfg.data_dir / "datastores" / name / "milvus.db"
-
-
 def datastore_uri(cfg: Recipe, name: str) -> str:
     """The URI holding datastore ``name``: index.uri when set (one server for all), else its Milvus Lite folder."""
-    return cfg.index.uri or str(lite_path(cfg, name))
+    return cfg.index.uri or str(layout(cfg).milvus_lite(name))
 
 
 def collection_name(name: str) -> str:

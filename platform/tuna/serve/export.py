@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from tuna.errors import TunaError
+from tuna.layout import layout
 from tuna.recipe import Recipe
 from tuna.serve import configs
 from tuna.serve.steps import SERVING_FILE
@@ -44,15 +45,15 @@ class ExportError(TunaError):
 
 def model_folder(cfg: Recipe, variant: str | None = None) -> Path:
     """The stage-2 model folder `tuna train` wrote for ``variant`` (default: serve.variant)."""
-    return cfg.data_dir / "train" / (variant or cfg.serve.variant) / "stage2" / "model"
+    return layout(cfg).model(variant or cfg.serve.variant, 2)
 
 
 def export_dir(cfg: Recipe, variant: str | None = None) -> Path:
-    return cfg.data_dir / "serve" / (variant or cfg.serve.variant)
+    return layout(cfg).export(variant or cfg.serve.variant)
 
 
 def repository_dir(cfg: Recipe, variant: str | None = None) -> Path:
-    return export_dir(cfg, variant) / "model_repository"
+    return layout(cfg).repository(variant or cfg.serve.variant)
 
 
 def _digest_tree(root: Path) -> dict[str, str]:
@@ -76,7 +77,7 @@ def _datastores(cfg: Recipe, tag_mode: str, clip_dim: int) -> tuple[dict[str, di
         manifest = read_manifest(cfg, name)
         if manifest is None:
             if name == default:
-                raise ExportError(f"datastore {name!r} is not built under {cfg.data_dir / 'datastores' / name}; "
+                raise ExportError(f"datastore {name!r} is not built under {layout(cfg).datastore(name)}; "
                                   f"run `tuna index --config <recipe>` first")
             continue
         dim = int(manifest["encoder"]["dim"])
@@ -193,7 +194,7 @@ def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None 
     from transformers.utils import logging as hf_logging
 
     from tuna.model import TunaForConditionalGeneration
-    from tuna.train.engine import VARIANTS
+    from tuna.variants import VARIANTS
 
     hf_logging.disable_progress_bar()   # "Loading weights" / "Writing model shards" bars say nothing here
 

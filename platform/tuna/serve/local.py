@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from tuna.errors import TunaError
+from tuna.layout import layout
 from tuna.recipe import Recipe
 from tuna.serve.export import export_repository, is_up_to_date, repository_dir
 from tuna.serve.server import TritonServer
+from tuna.sources import sources
 
 
 def ensure_exported(cfg: Recipe, variant: str | None = None, log: Callable[[str], None] = print) -> Path:
@@ -29,7 +31,7 @@ def start_server(cfg: Recipe, variant: str | None = None, free_ports: bool = Fal
     repo = ensure_exported(cfg, variant, log)
     s = cfg.serve
     ports = (0, 0, 0) if free_ports else (s.grpc_port, s.http_port, s.metrics_port)
-    logs = cfg.data_dir / "serve" / "logs"   # beside, not inside, the exported (DVC-tracked) folder
+    logs = layout(cfg).serve_logs
     logs.mkdir(parents=True, exist_ok=True)
     server = TritonServer(repo, host=s.host, grpc_port=ports[0], http_port=ports[1], metrics_port=ports[2],
                           log_path=logs / f"tritonserver-{variant or s.variant}.log")
@@ -42,7 +44,7 @@ def start_server(cfg: Recipe, variant: str | None = None, free_ports: bool = Fal
 
 def demo_image(cfg: Recipe) -> Path:
     """An image of a held-out (OOD) fine class from the world's FINER set: what the demo asks about."""
-    folder = cfg.data_dir / "world" / "eval" / "finer" / "ood" / "images"
+    folder = sources(cfg).eval_set("finer", "ood").path / "images"
     images = sorted(folder.glob("*.png")) + sorted(folder.glob("*.jpg"))
     if not images:
         raise TunaError(f"no images under {folder}; run `tuna world --config <recipe>` first")

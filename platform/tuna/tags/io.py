@@ -1,6 +1,6 @@
 """The tag-mining job: a web corpus (WebDataset shards) in, one parquet of tags per domain out.
 
-Layout under ``<run.data_dir>/tags/<A|B>/``:
+Layout under the run's ``tags/<A|B>/`` (tuna.layout), from the web corpora the recipe's data: section declares:
 
 - ``tags.parquet``: key, caption, objects, attributes, entities, tags (one row per mined caption);
 - ``manifest.json``: count, skipped (by kind), miner version, spaCy model and version, input hash (of
@@ -26,8 +26,10 @@ from typing import Any
 
 from tuna.errors import ConfigError, CorruptSample, DataFormatError
 from tuna.formats import dump_json, iter_web
+from tuna.layout import layout
 from tuna.recipe import Recipe, section_fingerprint
 from tuna.samples import Quarantine, caption_text
+from tuna.sources import sources
 from tuna.staging import staged_dir
 from tuna.tags.miner import MINER_VERSION, TagMiner
 
@@ -35,16 +37,6 @@ DOMAINS = ("A", "B")
 TAGS_FILE = "tags.parquet"
 MANIFEST_FILE = "manifest.json"
 QUARANTINE_FILE = "quarantine.jsonl"
-
-
-def web_dir(cfg: Recipe, domain: str) -> Path:
-    """The web corpus of one domain: ``<data_dir>/world/web/<domain>``."""
-    return cfg.data_dir / "world" / "web" / _check_domain(domain)
-
-
-def tags_dir(cfg: Recipe, domain: str) -> Path:
-    """Where the tags of one domain go: ``<data_dir>/tags/<domain>``."""
-    return cfg.data_dir / "tags" / _check_domain(domain)
 
 
 def resolve_domains(domain: str) -> list[str]:
@@ -74,26 +66,27 @@ def input_hash(folder: Path) -> str:
 
 def is_up_to_date(cfg: Recipe, domain: str) -> bool:
     """True when the domain's tags were mined by this miner, with this mine config, from these shards."""
+    _check_domain(domain)
     try:
-        m = json.loads((tags_dir(cfg, domain) / MANIFEST_FILE).read_text(encoding="utf-8"))
+        m = json.loads((layout(cfg).tags(domain) / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    if not (tags_dir(cfg, domain) / TAGS_FILE).is_file():
+    if not (layout(cfg).tags(domain) / TAGS_FILE).is_file():
         return False
     return (m.get("miner") == MINER_VERSION and m.get("config_fingerprint") == section_fingerprint(cfg.mine)
-            and m.get("input_hash") == input_hash(web_dir(cfg, domain)))
+            and m.get("input_hash") == input_hash(sources(cfg).web(domain).path))
 
 
 def mine_corpus(cfg: Recipe, domain: str, progress: bool = True, miner: TagMiner | None = None) -> dict[str, Any]:
-    """Mine the tags of one domain's web corpus into ``<data_dir>/tags/<domain>/``; returns the manifest.
+    """Mine the tags of one domain's web corpus into the run's ``tags/<domain>/``; returns the manifest.
 
     Bad captions are skipped, counted and listed in ``quarantine.jsonl``; the job always finishes.
     Pass an already loaded ``miner`` to mine several domains with one spaCy pipeline.
     """
-    folder = web_dir(cfg, domain)
+    folder = sources(cfg).web(_check_domain(domain)).path
     digest = input_hash(folder)
     miner = miner or TagMiner(cfg.mine)
-    target = tags_dir(cfg, domain)
+    target = layout(cfg).tags(domain)
     with staged_dir(target, "tags") as tmp:
         t0 = time.perf_counter()
         quarantine = Quarantine()

@@ -232,7 +232,7 @@ def _check_launch(cfg: Recipe, stage: int, variant: str, overrides: Sequence[str
     if stage not in (1, 2):
         raise ConfigError(f"stage: must be 1 or 2, got {stage!r}")
     # torch is imported there: only when rendering, not when this module is imported
-    from tuna.train.engine import VARIANTS
+    from tuna.variants import VARIANTS
 
     if variant not in VARIANTS:
         raise ConfigError(f"variant: must be one of {', '.join(VARIANTS)}; got {variant!r}")

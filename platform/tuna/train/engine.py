@@ -28,17 +28,13 @@ import torch
 import yaml
 
 from tuna.errors import TunaError
+from tuna.layout import layout
 from tuna.recipe import Recipe, section_fingerprint
+from tuna.sources import file_digest, sources
+from tuna.variants import registered_name, variant_model
 
 ENGINE_VERSION = "tuna.train/1"
-VARIANTS: dict[str, dict[str, Any]] = {
-    "tuna": {},                                # the recipe's model section as written
-    "baseline": {"tag_mode": "none"},          # LLaVA: same class, data and training, no tags
-    "captions": {"tag_mode": "captions"},      # retrieve captions instead of tags
-    "random": {"tag_mode": "random"},          # random tags from the datastore's vocabulary
-    "tuner_off": {"tuner": False},             # uniform tag weights
-}
-DATA_FILES = {1: "alignment/pretrain.json", 2: "instruction/instruct.json"}
+DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
 
 
 class TrainError(TunaError):
@@ -48,16 +44,6 @@ class TrainError(TunaError):
 # ------------------------------------------------------------------------------------------ paths
 
 
-def stage_dir(cfg: Recipe, variant: str, stage: int) -> Path:
-    """``<data_dir>/train/<variant>/stage<stage>``."""
-    return cfg.data_dir / "train" / variant / f"stage{stage}"
-
-
-def model_dir(cfg: Recipe, variant: str, stage: int = 2) -> Path:
-    """The consolidated Hugging Face model of ``variant`` after ``stage``."""
-    return stage_dir(cfg, variant, stage) / "model"
-
-
 def lm_source(cfg: Recipe) -> str:
     """The causal LM: ``model.language_model`` when set, else the tiny LM of `tuna lm` (``<data_dir>/lm``)."""
     from tuna.lm import lm_path
@@ -65,36 +51,20 @@ def lm_source(cfg: Recipe) -> str:
     return lm_path(cfg)
 
 
-def variant_model(cfg: Recipe, variant: str) -> dict[str, Any]:
-    """The model settings of ``variant``: the recipe's model section with the variant's changes."""
-    if variant not in VARIANTS:
-        raise TrainError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    m = asdict(cfg.model) | VARIANTS[variant]
-    return {"projector": m["projector"], "vision_feature_layer": m["vision_feature_layer"], "num_tags": m["num_tags"],
-            "tag_mode": m["tag_mode"], "tuner": m["tuner"]}
-
-
-def _manifest_digest(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    except OSError:
-        return None
-
-
 def inputs_digest(cfg: Recipe, variant: str, stage: int) -> dict[str, str | None]:
     """Digests of what a stage reads: the world, the encoder, the LM, the datastores (their manifests), and
     for stage 2 the stage-1 result; any change makes the stage's output stale."""
     from tuna.retrieval.encoder import encoder_path
 
-    d = cfg.data_dir
-    out = {"world": _manifest_digest(d / "world" / "manifest.json"),
-           "encoder": _manifest_digest(Path(encoder_path(cfg)) / "manifest.json") or encoder_path(cfg),
-           "lm": _manifest_digest(Path(lm_source(cfg)) / "manifest.json") or lm_source(cfg)}
+    lay = layout(cfg)
+    out = {"world": sources(cfg).digest(DATA_SOURCES[stage], "taxonomy"),
+           "encoder": file_digest(Path(encoder_path(cfg)) / "manifest.json") or encoder_path(cfg),
+           "lm": file_digest(Path(lm_source(cfg)) / "manifest.json") or lm_source(cfg)}
     if variant_model(cfg, variant)["tag_mode"] != "none":
         for name in ("A", "A_captions"):
-            out[f"datastore_{name}"] = _manifest_digest(d / "datastores" / name / "manifest.json")
+            out[f"datastore_{name}"] = file_digest(lay.datastore(name) / "manifest.json")
     if stage == 2:
-        out["stage1"] = _manifest_digest(stage_dir(cfg, variant, 1) / "metrics.json")
+        out["stage1"] = file_digest(lay.stage(variant, 1) / "metrics.json")
     return out
 
 
@@ -112,7 +82,7 @@ def fingerprint(cfg: Recipe, variant: str, stage: int, world_size: int) -> str:
 
 def is_up_to_date(cfg: Recipe, variant: str, stage: int) -> bool:
     """True when ``variant``'s stage output exists with this config's fingerprint (on ``train.ranks`` ranks)."""
-    path = stage_dir(cfg, variant, stage) / "metrics.json"
+    path = layout(cfg).stage(variant, stage) / "metrics.json"
     if not path.is_file():
         return False
     try:
@@ -184,7 +154,7 @@ def build_model(cfg: Recipe, variant: str, stage: int) -> tuple[Any, Any]:
         lm = lm_source(cfg)
         model = build_tuna(encoder_path(cfg), lm, max_tag_tokens=8, **settings)
         return model, _load_tokenizer(lm)
-    prev = model_dir(cfg, variant, 1)
+    prev = layout(cfg).model(variant, 1)
     if not (prev / "config.json").is_file():
         raise TrainError(f"stage 2 of {variant!r} starts from stage 1's model, but {prev} holds none; run "
                          f"`tuna train --stage 1 --variant {variant}` first")
@@ -198,15 +168,16 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
     from tuna.retrieval.attach import attach_tags
     from tuna.train.data import check_images, prepare
 
-    world = cfg.data_dir / "world"
-    src = world / DATA_FILES[stage]
+    data = sources(cfg)[DATA_SOURCES[stage]]
+    src = data.path
     if not src.is_file():
-        raise TrainError(f"stage {stage} trains on {src}, which does not exist; run `tuna world` first")
+        fix = "run `tuna world` first" if data.from_world else f"point data.{data.name}.path at a LLaVA JSON file"
+        raise TrainError(f"stage {stage} trains on {src} (data.{data.name}), which does not exist; {fix}")
     records = load_llava(src)
     tag_mode = variant_model(cfg, variant)["tag_mode"]
     tags = None
     if tag_mode != "none":
-        cache = cfg.data_dir / "train" / "retrieved" / f"{src.parent.name}-{tag_mode}.json"
+        cache = layout(cfg).train_cache(f"{src.parent.name}-{tag_mode}")
         images = sorted({r.image for r in records})
         if rank == 0:  # one process opens Milvus Lite; the others read the cache it writes
             attach_tags(cfg, images, cache, tag_mode, "A", progress=False, log=log)
@@ -235,17 +206,18 @@ def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> list[Any]:
     from tuna.train.data import reading_examples, write_blank_image
     from tuna.world.reading import reading_samples
 
-    world = cfg.data_dir / "world"
+    src = sources(cfg)
+    instruction = src["instruction"].folder
     try:
-        taxonomy = json.loads((world / "taxonomy.json").read_text(encoding="utf-8"))
-        instances = (load_coco(world / "instruction" / "instances.json")
+        taxonomy = json.loads(src["taxonomy"].path.read_text(encoding="utf-8"))
+        instances = (load_coco(instruction / "instances.json")
                      if sc.reading_image in ("scene", "own") else None)
     except (OSError, json.JSONDecodeError, DataFormatError) as err:
         raise TrainError(f"train.stage2.reading_per_class needs the world's taxonomy and instruction instances ({err}); "
                          f"run `tuna world` first") from None
     samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, cfg.model.num_tags)
     if instances is None:
-        blank = write_blank_image(cfg.data_dir / "train" / "reading" / f"blank-{cfg.world.image_size}.png",
+        blank = write_blank_image(layout(cfg).reading_image(f"blank-{cfg.world.image_size}.png"),
                                   cfg.world.image_size)
         images = [blank] * len(samples)
     else:
@@ -254,13 +226,13 @@ def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> list[Any]:
         by_class: dict[str, list[Path]] = {}
         for file_name, names in coco_objects_by_image(instances).items():   # in image order
             if len(names) == 1:
-                path = world / "instruction" / "images" / file_name
+                path = instruction / "images" / file_name
                 by_coarse.setdefault(coarse[names[0]], []).append(path)
                 by_class.setdefault(names[0], []).append(path)
         every = [p for paths in by_coarse.values() for p in paths]
         if not every:
             raise TrainError(f"train.stage2.reading_image=scene needs single-object instruction images; "
-                             f"{world / 'instruction'} has none (use reading_image=blank)")
+                             f"{instruction} has none (use reading_image=blank)")
         rng = np.random.default_rng(cfg.run.seed + 2)
         images = []
         for r in samples:
@@ -325,7 +297,7 @@ def save_hf(cfg: Recipe, variant: str, stage: int, state: dict[str, torch.Tensor
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
-    clip = encoder_path(cfg) if stage == 1 else str(model_dir(cfg, variant, 1))
+    clip = encoder_path(cfg) if stage == 1 else str(layout(cfg).model(variant, 1))
     AutoImageProcessor.from_pretrained(clip).save_pretrained(str(tmp))
     clip_tok = clip if stage == 1 else str(Path(clip) / "clip_tokenizer")
     AutoTokenizer.from_pretrained(clip_tok).save_pretrained(str(tmp / "clip_tokenizer"))
@@ -385,7 +357,7 @@ def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
     else:
         from transformers import AutoImageProcessor, AutoTokenizer
 
-        prev = model_dir(cfg, variant, 1)
+        prev = layout(cfg).model(variant, 1)
         processor = AutoImageProcessor.from_pretrained(str(prev))
         clip_tok = AutoTokenizer.from_pretrained(str(prev / "clip_tokenizer"))
     use_tags = model.config.tag_mode != "none"
@@ -432,7 +404,7 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
     say = log if rank == 0 else (lambda _msg: None)
     torch.manual_seed(cfg.run.seed)
     sc = cfg.train.stage(stage)
-    out = stage_dir(cfg, variant, stage)
+    out = layout(cfg).stage(variant, stage)
     ckpt = out / "checkpoints"
     fp = fingerprint(cfg, variant, stage, world)
 
@@ -530,18 +502,3 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
                     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
         dist.barrier()
         return metrics
-
-
-def registered_name(cfg: Recipe, variant: str) -> str:
-    """Registry name of ``variant``: track.registered_model for TUNA, its ``llava`` twin for the baseline."""
-    base = cfg.track.registered_model
-    if variant == "tuna":
-        return base
-    if variant == "baseline":
-        return base.replace("tuna", "llava") if "tuna" in base else f"{base}-baseline"
-    return f"{base}-{variant.replace('_', '-')}"
-
-
-__all__ = ["VARIANTS", "BatchPlan", "StageInputs", "optimizer_step", "prepare_stage", "TrainError", "build_model", "consolidate",
-           "fingerprint", "is_up_to_date",
-           "lm_source", "lr_lambda", "model_dir", "registered_name", "stage_dir", "train_stage", "variant_model"]

@@ -19,8 +19,10 @@ from typing import Any
 
 import yaml
 
+from tuna.layout import layout
 from tuna.recipe import Recipe
-from tuna.train.engine import TrainError, stage_dir, variant_model
+from tuna.train.engine import TrainError
+from tuna.variants import variant_model
 
 WORKER = "tuna.train.worker"
 # DeepSpeed launcher chatter that says nothing to a user (shown with TUNA_DEBUG=1).
@@ -59,7 +61,7 @@ def free_port() -> int:
 
 def write_recipe(cfg: Recipe, variant: str, stage: int | str) -> Path:
     """Write the resolved recipe the ranks load; returns its path."""
-    path = cfg.data_dir / "train" / "recipes" / f"{variant}-stage{stage}.yaml"
+    path = layout(cfg).stage_recipe(variant, stage)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
     return path
@@ -100,7 +102,7 @@ def launch_local(cfg: Recipe, stage: int | str, variant: str = "tuna", resume: b
     if rc != 0:
         raise TrainError(f"training stage {stage} of {variant!r} failed (launcher exit code {rc}); the rank's error is "
                          f"printed above; fix it and rerun with --resume to continue from the last checkpoint")
-    metrics = stage_dir(cfg, variant, 2 if stage == "all" else stage) / "metrics.json"
+    metrics = layout(cfg).stage(variant, 2 if stage == "all" else stage) / "metrics.json"
     return json.loads(metrics.read_text())
 
 

@@ -1,0 +1,91 @@
+"""The recipe's ``data:`` section: every input a run reads, by path and format.
+
+Each entry is ``{path, format}``. A null ``path`` means the bundled world's copy (what `tuna world` writes under
+``<run.data_dir>/world``); a path (relative to where `tuna` runs, or absolute) points the run at data of your own
+in the same format. :mod:`tuna.sources` resolves the entries; nothing else reads an input's location. The
+checkpoints are ``model.vision_tower`` and ``model.language_model`` (LLaVA's own argument names).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from tuna.recipe.checks import require as _require
+
+# format -> what it is (the upstream format the loaders read)
+FORMATS = {
+    "webdataset": "WebDataset shards (*.tar of {key}.png|jpg, .txt caption, .json), as img2dataset writes them",
+    "llava_json": "LLaVA conversation JSON ([{id, image, conversations: [{from, value}, ...]}]), images beside it",
+    "text_jsonl": "JSON lines with a 'text' field (LM pre-training text)",
+    "taxonomy_json": "the bundled world's taxonomy (domains, classes, parents)",
+    "pope": "a POPE folder: images/ and the question files (JSON lines of question_id, image, text, label)",
+    "finer_jsonl": "a FINER folder: images/ and finer.jsonl (basic/coarse/fine-level labels)",
+    "mme": "an MME folder: <task>/images + <task>/questions_answers_YN/*.txt",
+    "coco_captions": "a COCO folder: images/, captions.json and instances.json",
+}
+# source -> the formats it accepts (today: the format the world writes)
+KINDS = {
+    "web_A": ("webdataset",), "web_B": ("webdataset",), "web_clip": ("webdataset",),
+    "alignment": ("llava_json",), "instruction": ("llava_json",),
+    "text": ("text_jsonl",), "taxonomy": ("taxonomy_json",),
+    "pope_id": ("pope",), "pope_ood": ("pope",),
+    "finer_id": ("finer_jsonl",), "finer_ood": ("finer_jsonl",), "finer_b": ("finer_jsonl",),
+    "finer_val_id": ("finer_jsonl",), "finer_val_ood": ("finer_jsonl",), "finer_val_b": ("finer_jsonl",),
+    "mme_id": ("mme",), "mme_ood": ("mme",),
+    "captions_id": ("coco_captions",), "captions_ood": ("coco_captions",),
+}
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One input: where it is (null = the bundled world's copy) and its format."""
+
+    path: str | None = None
+    format: str = ""   # empty = the source's own format (KINDS)
+
+    def __post_init__(self) -> None:
+        _require(self.path is None or bool(self.path.strip()), "path", "must be a non-empty path or null (the world's copy)")
+        _require(self.format == "" or self.format in FORMATS, "format",
+                 f"must be one of {', '.join(FORMATS)}; got {self.format!r}")
+
+
+def _source() -> SourceConfig:
+    return SourceConfig()
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Every input of a run (see :data:`KINDS`); all default to the bundled world's copies."""
+
+    web_A: SourceConfig = field(default_factory=_source)          # web corpus of domain A: CLIP, mining, datastore A
+    web_B: SourceConfig = field(default_factory=_source)          # web corpus of domain B: the swap datastore
+    web_clip: SourceConfig = field(default_factory=_source)       # extra CLIP-only pairs (world.sizes.clip_web)
+    alignment: SourceConfig = field(default_factory=_source)      # stage 1 (LCS-558K style)
+    instruction: SourceConfig = field(default_factory=_source)    # stage 2 (LLaVA-Instruct style)
+    text: SourceConfig = field(default_factory=_source)           # tiny-LM pre-training text
+    taxonomy: SourceConfig = field(default_factory=_source)       # class names and parents (world only)
+    pope_id: SourceConfig = field(default_factory=_source)
+    pope_ood: SourceConfig = field(default_factory=_source)
+    finer_id: SourceConfig = field(default_factory=_source)
+    finer_ood: SourceConfig = field(default_factory=_source)
+    finer_b: SourceConfig = field(default_factory=_source)
+    finer_val_id: SourceConfig = field(default_factory=_source)   # validation splits: choose settings here
+    finer_val_ood: SourceConfig = field(default_factory=_source)
+    finer_val_b: SourceConfig = field(default_factory=_source)
+    mme_id: SourceConfig = field(default_factory=_source)
+    mme_ood: SourceConfig = field(default_factory=_source)
+    captions_id: SourceConfig = field(default_factory=_source)    # CHAIR
+    captions_ood: SourceConfig = field(default_factory=_source)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            src: SourceConfig = getattr(self, f.name)
+            _require(src.format in ("", *KINDS[f.name]), f"{f.name}.format",
+                     f"{f.name} reads {' or '.join(KINDS[f.name])}; got {src.format!r}")
+
+    def format_of(self, name: str) -> str:
+        """The format of source ``name`` (its declared one, else the one its kind reads)."""
+        return getattr(self, name).format or KINDS[name][0]
+
+
+__all__ = ["FORMATS", "KINDS", "DataConfig", "SourceConfig"]

@@ -1,0 +1,129 @@
+"""The declared inputs of a run: each corpus, eval set and text the recipe's ``data:`` section names.
+
+Every step reads its inputs through here, never from a fixed world path. A source left at ``path: null`` is the
+bundled world's copy (`tuna world` writes it; :mod:`tuna.layout` knows where); a source with a path is the
+user's data in the same upstream format. ``sources(recipe)["web_A"].path`` is the folder or file to read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tuna.errors import ConfigError
+from tuna.layout import Layout, layout
+from tuna.recipe.data import KINDS
+
+if TYPE_CHECKING:
+    from tuna.recipe import Recipe
+
+EVAL_SPLITS = {"pope": ("id", "ood"), "finer": ("id", "ood", "b"), "mme": ("id", "ood"), "captions": ("id", "ood")}
+WEB_DOMAINS = ("A", "B", "clip")
+EVAL_SOURCES = tuple(f"{task}_{split}" for task, splits in EVAL_SPLITS.items() for split in splits)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One resolved input: its name in ``data:``, where it is, its format, and whether the world provides it."""
+
+    name: str
+    path: Path
+    format: str
+    from_world: bool
+
+    @property
+    def folder(self) -> Path:
+        """The folder holding the source (the path itself for folder sources, its parent for file sources)."""
+        return self.path if self.path.suffix == "" else self.path.parent
+
+
+def _world_path(lay: Layout, name: str) -> Path:
+    """Where the bundled world writes source ``name``."""
+    if name.startswith("web_"):
+        return lay.world_web(name.removeprefix("web_"))
+    fixed = {"alignment": lay.world_alignment, "instruction": lay.world_instruction, "text": lay.world_text(),
+             "taxonomy": lay.taxonomy}
+    if name in fixed:
+        return fixed[name]
+    task, _, split = name.rpartition("_")
+    if task.endswith("_val"):
+        return lay.world_validation(task.removesuffix("_val"), split)
+    return lay.world_eval(task, split)
+
+
+def file_digest(path: Path) -> str | None:
+    """sha256 (16 hex digits) of one file's bytes; None when it does not exist."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+
+def _listing_digest(path: Path) -> str | None:
+    """A digest of a user's input (every file's relative name, size and mtime): changes when the data changes."""
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{f.relative_to(path) if f != path else f.name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:16]
+
+
+class Sources:
+    """The resolved ``data:`` section of one recipe."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        self._recipe = recipe
+        self._layout = layout(recipe)
+
+    def __getitem__(self, name: str) -> Source:
+        if name not in KINDS:
+            raise ConfigError(f"unknown data source {name!r}; the recipe's data: section declares {', '.join(KINDS)}")
+        declared = getattr(self._recipe.data, name)
+        fmt = self._recipe.data.format_of(name)
+        if declared.path is None:
+            return Source(name, _world_path(self._layout, name), fmt, True)
+        return Source(name, Path(declared.path).expanduser(), fmt, False)
+
+    def web(self, domain: str) -> Source:
+        """Web corpus ``domain``: A, B or clip (the CLIP-only crawl)."""
+        if domain not in WEB_DOMAINS:
+            raise ConfigError(f"web corpus {domain!r} is not declared; use one of {', '.join(WEB_DOMAINS)}")
+        return self[f"web_{domain}"]
+
+    def eval_set(self, task: str, split: str, validation: bool = False) -> Source:
+        """Eval set ``task`` (pope, finer, mme, captions) of ``split`` (id, ood; finer also b); FINER validation too."""
+        if split not in EVAL_SPLITS.get(task, ()):
+            raise ConfigError(f"no eval set {task}/{split}; declared: "
+                              + ", ".join(f"{t}/{s}" for t, ss in EVAL_SPLITS.items() for s in ss))
+        if validation and task != "finer":
+            raise ConfigError(f"only FINER has a validation split, not {task}")
+        return self[f"{task}_val_{split}" if validation else f"{task}_{split}"]
+
+    def all(self) -> list[Source]:
+        return [self[name] for name in KINDS]
+
+    def digest(self, *names: str) -> str | None:
+        """What the named inputs are now: the world manifest's digest when the world provides them all (the world
+        is regenerated as a whole), else a digest over each input (the world's part by its manifest)."""
+        items = [self[n] for n in names]
+        world = file_digest(self._layout.world_manifest)
+        if all(s.from_world for s in items):
+            return world
+        parts = [f"{s.name}={world if s.from_world else _listing_digest(s.path)}" for s in items]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+    @property
+    def from_world(self) -> bool:
+        """True when any input is the bundled world's copy (then `tuna world` must run first)."""
+        return any(s.from_world for s in self.all())
+
+
+def sources(recipe: Recipe) -> Sources:
+    """The inputs ``recipe`` declares, resolved."""
+    return Sources(recipe)
+
+
+__all__ = ["EVAL_SOURCES", "EVAL_SPLITS", "WEB_DOMAINS", "Source", "Sources", "file_digest", "sources"]
