@@ -781,7 +781,7 @@ def test_dockerfile_pins_torch_to_the_pyproject_version() -> None:
     words = shlex.split(torch_run)
     assert '"torch==${TORCH_VERSION}"' in torch_run or "torch==${TORCH_VERSION}" in words
     assert "--index-url" in words and build_args()["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
-    install = [n for n, r in enumerate(runs) if re.search(r"pip install \.( |$)", r)]
+    install = [n for n, r in enumerate(runs) if re.search(r"pip install (-c constraints\.txt )?\.( |$)", r)]
     torch_at = runs.index(torch_run)
     assert install and install[0] > torch_at  # torch first, so `pip install .` finds it satisfied
 
@@ -789,7 +789,7 @@ def test_dockerfile_pins_torch_to_the_pyproject_version() -> None:
 def test_dockerfile_copies_the_source_and_the_recipes() -> None:
     build, runtime = stages()[0], stages()[-1]
     build_copies = [a for i, a in build if i == "COPY"]
-    assert "platform/ platform/" in build_copies and "pyproject.toml README.md ./" in build_copies
+    assert "platform/ platform/" in build_copies and "pyproject.toml README.md constraints.txt ./" in build_copies
     workdirs = [a for i, a in runtime if i == "WORKDIR"]
     assert workdirs[-1] == "/opt/tuna"
     copies = [a for i, a in runtime if i == "COPY"]
