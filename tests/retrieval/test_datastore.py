@@ -175,3 +175,46 @@ def test_missing_inputs_give_one_line_errors(tmp_path: Path, capsys: pytest.Capt
     assert main(["index", "--config", str(SMOKE), f"run.data_dir={tmp_path}", "--datastore", "A", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tuna mine" in err[0]
+
+
+def _copy_inputs(built: Recipe, tmp_path: Path) -> Recipe:
+    cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}"])
+    for sub in ("world", "encoder", "tags"):
+        shutil.copytree(built.data_dir / sub, cfg.data_dir / sub)
+    return cfg
+
+
+def test_a_finished_or_foreign_collection_is_rebuilt_never_resumed(built: Recipe, tmp_path: Path) -> None:
+    """Resuming is only for an unfinished build of the same inputs: a row of another build never survives."""
+    from tuna.retrieval.datastore import BUILDING_FILE
+
+    cfg = _copy_inputs(built, tmp_path)
+    rows = build_datastore(cfg, "B", progress=False, log=_quiet)["rows"]
+    dim = load_encoder(encoder_path(cfg)).dim
+    for stale in ("finished", "foreign marker"):
+        store = MilvusStore(str(layout(cfg).milvus_lite("B")))
+        store.upsert("B", ["stale-row"], np.ones((1, dim), dtype=np.float32), [["stale"]], ["stale"], "test")
+        store.close()
+        if stale == "foreign marker":  # an unfinished build of other inputs (say, an older encoder)
+            (layout(cfg).datastore("B") / "manifest.json").unlink()
+            (layout(cfg).datastore("B") / BUILDING_FILE).write_text('{"encoder": "older"}\n')
+        lines: list[str] = []
+        m = build_datastore(cfg, "B", progress=False, log=lines.append)
+        store = MilvusStore(str(layout(cfg).milvus_lite("B")))
+        assert "stale-row" not in store.ids("B") and m["rows"] == rows == store.count("B"), stale
+        store.close()
+        assert not any("resuming" in line for line in lines) and not (layout(cfg).datastore("B") / BUILDING_FILE).exists()
+
+
+def test_index_step_skips_up_to_date_datastores_unless_rebuild_or_force(built: Recipe, tmp_path: Path) -> None:
+    from tuna.steps import Options, execute
+
+    cfg = _copy_inputs(built, tmp_path)
+    first = execute("index", cfg, Options(datastores=("B",), progress=False, log=_quiet))
+    assert first.status == "built" and first.meta["datastores"]["B"]["rows"] == read_manifest(built, "B")["rows"]
+    assert execute("index", cfg, Options(datastores=("B",), progress=False)).status == "up to date"
+    for flag in ("rebuild", "force"):
+        again = execute("index", cfg, Options(datastores=("B",), progress=False, log=_quiet, **{flag: True}))
+        assert again.status == "built" and again.manifest["B"]["rows"] == first.manifest["B"]["rows"], flag
+    with pytest.raises(UnknownDatastore, match="unknown datastore 'C'"):
+        execute("index", cfg, Options(datastores=("C",)))

@@ -29,9 +29,9 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+import tuna.lm.pretrain as pretrain
 from tuna.errors import DataFormatError, TunaError
 from tuna.layout import layout
-from tuna.lm import pretrain
 from tuna.lm.tokenizer import ensure_pad_and_template, tokens_per_name, train_tokenizer
 from tuna.recipe import Recipe, section_fingerprint
 from tuna.sources import sources

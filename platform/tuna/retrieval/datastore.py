@@ -118,7 +118,7 @@ def build_datastore(cfg: Recipe, name: str, rebuild: bool = False, progress: boo
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """Embed datastore ``name``'s corpus, insert it with its values, index it; returns the manifest."""
     from tuna.retrieval.encoder import encoder_path, load_encoder
-    from tuna.tags.miner import load_tags
+    from tuna.tags.io import load_tags
 
     spec = spec_of(name)
     corpus = sources(cfg).web(spec.corpus).path

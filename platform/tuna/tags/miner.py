@@ -51,7 +51,6 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuna.errors import ConfigError
@@ -523,13 +522,6 @@ def mine_captions(texts: Iterable[str], cfg: MineConfig | None = None, miner: Ta
     """Tags of each caption (a convenience over :class:`TagMiner`; loads the pipeline when not given)."""
     miner = miner or TagMiner(cfg or MineConfig())
     return list(miner.mine(texts))
-
-
-def load_tags(path: str | Path) -> dict[str, list[str]]:
-    """key -> flat tag list from a mined ``tags.parquet`` (or its folder); see :func:`tuna.tags.io.load_tags`."""
-    from tuna.tags.io import load_tags as _load_tags
-
-    return _load_tags(path)
 
 
 # ------------------------------------------------------------------------------------------ helpers
