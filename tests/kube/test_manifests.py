@@ -27,7 +27,7 @@ import yaml
 
 from tuna.errors import TunaError
 from tuna.kube.binaries import helm_binary, kubectl_binary, run_tool
-from tuna.train import cluster
+from tuna.train import jobs
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -176,7 +176,7 @@ def test_every_object_passes_strict_validation(rendered: dict[str, list[dict[str
     assert len(docs) > 20
     for doc in docs:
         if doc["kind"] in CUSTOM_KINDS:
-            cluster.validate(doc)  # CRD schema (strict about unknown fields) + the upstream webhook rules
+            jobs.validate(doc)  # CRD schema (strict about unknown fields) + the upstream webhook rules
             continue
         assert kubernetes_validate.validate(doc, K8S_VERSION, strict=True) == K8S_VERSION, doc["metadata"]["name"]
 
@@ -189,8 +189,8 @@ def test_strict_validation_is_live(rendered: dict[str, list[dict[str, Any]]]) ->
         kubernetes_validate.validate(service, K8S_VERSION, strict=True)
     runtime = copy.deepcopy(one(rendered["dev"], "ClusterTrainingRuntime", "tuna-deepspeed-distributed"))
     runtime["spec"]["mlPolicy"]["mpi"]["numProcPerNodes"] = 1
-    with pytest.raises(cluster.ManifestInvalid, match="numProcPerNodes"):
-        cluster.validate(runtime)
+    with pytest.raises(jobs.ManifestInvalid, match="numProcPerNodes"):
+        jobs.validate(runtime)
 
 
 @integration
@@ -268,7 +268,7 @@ def test_every_pod_template_is_restricted_compliant(rendered: dict[str, list[dic
 
 def test_the_restricted_check_is_live() -> None:
     """The unpatched upstream-derived runtime (no securityContext) is refused by the checker, as PSA would."""
-    runtime = yaml.safe_load(cluster.RUNTIME_FILE.read_text())
+    runtime = yaml.safe_load(jobs.RUNTIME_FILE.read_text())
     violations = [v for _, _, spec in pod_specs([runtime]) for v in restricted_violations(spec)]
     assert "node: runAsNonRoot not true" in violations
     assert "node: allowPrivilegeEscalation not false" in violations
@@ -282,8 +282,8 @@ def test_the_restricted_check_is_live() -> None:
 
 
 def test_runtime_copy_is_identical_to_the_package_runtime() -> None:
-    assert RUNTIME_COPY.read_bytes() == cluster.RUNTIME_FILE.read_bytes(), (
-        f"{RUNTIME_COPY.relative_to(REPO)} differs from {cluster.RUNTIME_FILE.relative_to(REPO)}: "
+    assert RUNTIME_COPY.read_bytes() == jobs.RUNTIME_FILE.read_bytes(), (
+        f"{RUNTIME_COPY.relative_to(REPO)} differs from {jobs.RUNTIME_FILE.relative_to(REPO)}: "
         f"copy the package file over it (kustomize cannot read files outside manifests/)")
 
 
@@ -292,7 +292,7 @@ def test_runtime_copy_is_identical_to_the_package_runtime() -> None:
 def test_rendered_runtime_is_the_package_runtime_plus_security_contexts(
         rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     got = copy.deepcopy(one(rendered[overlay], "ClusterTrainingRuntime", "tuna-deepspeed-distributed"))
-    want = yaml.safe_load(cluster.RUNTIME_FILE.read_text())
+    want = yaml.safe_load(jobs.RUNTIME_FILE.read_text())
     labels = got["metadata"]["labels"]
     labels.pop("tuna-platform/environment", None)
     assert labels == want["metadata"]["labels"]
@@ -386,7 +386,7 @@ def test_dev_generates_every_referenced_secret_with_placeholders(rendered: dict[
             if "PASSWORD" in key.upper():
                 assert "dev-only-insecure" in base64.b64decode(value).decode(), (name, key)
     # the keys tuna.train.cluster puts into every TrainJob (required ones) are all there
-    for field, (required, _) in cluster.SECRET_KEYS.items():
+    for field, (required, _) in jobs.SECRET_KEYS.items():
         secret = {"mlflow_secret": "tuna-mlflow", "s3_secret": "tuna-s3", "milvus_secret": "tuna-milvus"}[field]
         for key in required or ("MILVUS_TOKEN",):
             assert key in secrets[secret]["data"], (secret, key)

@@ -20,12 +20,13 @@ import yaml
 from support import CONFIGS, SMOKE
 from tuna.errors import ConfigError, TunaError
 from tuna.recipe import load_recipe
-from tuna.train import cluster
-from tuna.train.cluster import ClusterError, Connection, FollowTimeout, ManifestInvalid
+from tuna.train import cluster, jobs
+from tuna.train.cluster import ClusterError, Connection, FollowTimeout
+from tuna.train.jobs import ManifestInvalid
 from tuna.train.worker import build_parser as worker_parser
 
 LLAVA = CONFIGS / "llava7b.yaml"
-RENDER = {"TrainJob": cluster.render_trainjob, "PyTorchJob": cluster.render_pytorchjob}
+RENDER = {"TrainJob": jobs.render_trainjob, "PyTorchJob": jobs.render_pytorchjob}
 
 
 def render(kind: str, recipe: Path = LLAVA, stage: int = 2, overrides: tuple[str, ...] = (), **kw: Any) -> dict[str, Any]:
@@ -35,7 +36,7 @@ def render(kind: str, recipe: Path = LLAVA, stage: int = 2, overrides: tuple[str
 
 def refusal(obj: dict[str, Any]) -> str:
     with pytest.raises(ManifestInvalid) as info:
-        cluster.validate(obj)
+        jobs.validate(obj)
     message = str(info.value)
     assert "\n" not in message, message
     return message
@@ -49,18 +50,18 @@ def refusal(obj: dict[str, Any]) -> str:
 @pytest.mark.parametrize("stage", [1, 2])
 def test_rendered_jobs_satisfy_their_crds(kind: str, recipe: Path, stage: int) -> None:
     obj = render(kind, recipe, stage)
-    cluster.validate(obj)
+    jobs.validate(obj)
     assert obj["kind"] == kind and obj["metadata"]["namespace"] == "tuna"
-    assert yaml.safe_load(cluster.to_yaml(obj)) == obj  # the --dry-run text is the object (and has no YAML aliases)
-    assert "&id" not in cluster.to_yaml(obj)
+    assert yaml.safe_load(jobs.to_yaml(obj)) == obj  # the --dry-run text is the object (and has no YAML aliases)
+    assert "&id" not in jobs.to_yaml(obj)
 
 
 def test_runtime_manifest_satisfies_the_clustertrainingruntime_crd() -> None:
-    kept = yaml.safe_load(cluster.RUNTIME_FILE.read_text(encoding="utf-8"))
-    cluster.validate(kept)
+    kept = yaml.safe_load(jobs.RUNTIME_FILE.read_text(encoding="utf-8"))
+    jobs.validate(kept)
     cfg = load_recipe(LLAVA, ["cluster.image=registry.example/tuna@sha256:" + "a" * 64, "cluster.runtime=tuna-ds"])
-    runtime = cluster.render_runtime(cfg)
-    cluster.validate(runtime)
+    runtime = jobs.render_runtime(cfg)
+    jobs.validate(runtime)
     assert runtime["metadata"]["name"] == "tuna-ds"
     pods = [j["template"]["spec"]["template"]["spec"] for j in runtime["spec"]["template"]["spec"]["replicatedJobs"]]
     assert {c["image"] for p in pods for c in p["containers"]} == {cfg.cluster.image}  # launcher AND node pods
@@ -68,7 +69,7 @@ def test_runtime_manifest_satisfies_the_clustertrainingruntime_crd() -> None:
 
 
 def test_kept_crds_name_their_upstream_and_licence() -> None:
-    for path in sorted(cluster.CRD_DIR.glob("*.yaml")) + [cluster.RUNTIME_FILE]:
+    for path in sorted(jobs.CRD_DIR.glob("*.yaml")) + [jobs.RUNTIME_FILE]:
         head = path.read_text(encoding="utf-8")[:1200]
         assert "github.com/kubeflow/" in head and "commit " in head and "Apache-2.0" in head, path.name
 
@@ -111,7 +112,7 @@ def test_pytorchjob_runs_the_worker_under_torchrun() -> None:
 def test_single_node_pytorchjob_has_no_workers() -> None:
     job = render("PyTorchJob", SMOKE, 1)
     assert list(job["spec"]["pytorchReplicaSpecs"]) == ["Master"]
-    cluster.validate(job)
+    jobs.validate(job)
 
 
 def test_gpu_resources_scheduling_and_secrets_reach_every_pod() -> None:
@@ -180,8 +181,8 @@ def test_mpirun_wrapper_forwards_only_the_variables_that_are_set(tmp_path: Path)
 
 def test_job_names_are_short_rfc1035_labels() -> None:
     cfg = load_recipe(SMOKE, ["run.name=A_Very_Long_Run_Name_With_Caps_And_More"])
-    name = cluster.job_name(cfg, 2, "tuner_off")
-    assert cluster._DNS1035.match(name) and len(name) <= 50, name  # JobSet pod hostnames add ~13 characters
+    name = jobs.job_name(cfg, 2, "tuner_off")
+    assert jobs._DNS1035.match(name) and len(name) <= 50, name  # JobSet pod hostnames add ~13 characters
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -391,7 +392,7 @@ def test_launch_dry_run_prints_the_validated_yaml() -> None:
     assert cluster.launch(cfg, 2, launcher="pytorchjob", dry_run=True, echo=lines.append) == "DryRun"
     (text,) = lines
     obj = yaml.safe_load(text)
-    cluster.validate(obj)
+    jobs.validate(obj)
     assert obj["kind"] == "PyTorchJob" and "tuna.train.worker" in text
 
 
