@@ -55,3 +55,25 @@ def test_model_code_is_pure(path: Path) -> None:
 def test_each_engine_is_touched_in_one_module(engine: str) -> None:
     users = {str(p.relative_to(SRC)) for p in SOURCES if engine in _imports(p)}
     assert users <= ENGINE_HOMES[engine], f"{engine} imported by {sorted(users - ENGINE_HOMES[engine])}"
+
+
+def _modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, dotted in full (``from tuna.train import data`` counts as tuna.train.data)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+SHARED_USERS = [p for p in SOURCES if p.relative_to(SRC).parts[0] in ("serve", "eval") or p.name == "inference.py"]
+
+
+@pytest.mark.parametrize("path", SHARED_USERS, ids=lambda p: str(p.relative_to(SRC)))
+def test_serving_and_evaluation_take_templates_and_tag_tensors_from_the_model_not_training(path: Path) -> None:
+    """The chat template, prompt ids, tag tensors and padding live in tuna.model.processing_tuna."""
+    bad = {m for m in _modules(path) if m == "tuna.train.data" or m.startswith("tuna.train.data.")}
+    assert not bad, f"{path.relative_to(SRC)} imports {sorted(bad)}; use tuna.model.processing_tuna"
