@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from tuna.errors import TunaError
-from tuna.model.processing_tuna import TunaProcessor, conversation_prompt_ids
+from tuna.model.processing_tuna import TunaProcessor, conversation_prompt_ids, silent_token_ids
 
 
 class ModelFolderError(TunaError, FileNotFoundError):
@@ -60,8 +60,7 @@ class Predictor:
 
     def silent_ids(self) -> list[int]:
         """Special token ids an answer never holds: ``<s>``, ``<unk>`` and padding (not the end token)."""
-        t = self.tokenizer
-        return sorted({i for i in (t.bos_token_id, t.unk_token_id, t.pad_token_id) if i is not None and i != t.eos_token_id})
+        return silent_token_ids(self.tokenizer)
 
     @torch.inference_mode()
     def answer(self, images: Sequence[Image.Image], conversations: Sequence[Sequence[tuple[str, str]]],

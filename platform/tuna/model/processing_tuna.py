@@ -128,6 +128,12 @@ def pad_with_unk(tokenizer: Any) -> Any:
     return tokenizer
 
 
+def silent_token_ids(tokenizer: Any) -> list[int]:
+    """Special token ids an answer never holds: ``<s>``, ``<unk>`` and padding (not the end token)."""
+    t = tokenizer
+    return sorted({i for i in (t.bos_token_id, t.unk_token_id, t.pad_token_id) if i is not None and i != t.eos_token_id})
+
+
 # ------------------------------------------------------------------------------------------ tensors
 
 
@@ -236,4 +242,4 @@ class TunaProcessor:
 
 __all__ = ["CLIP_TAG_TOKENS", "IGNORE_INDEX", "IMAGE", "IMAGE_TOKEN_INDEX", "Conversation", "ProcessingError",
            "TunaProcessor", "conversation_prompt_ids", "encode", "pad_with_unk", "prompt_ids", "prompt_text",
-           "tokenize_conversation", "tokenize_plain"]
+           "silent_token_ids", "tokenize_conversation", "tokenize_plain"]

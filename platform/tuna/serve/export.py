@@ -239,8 +239,9 @@ def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None 
     model_info = {"name": cfg.track.registered_model, "variant": variant, "digest": model_digest, "tag_mode": mc.tag_mode}
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    silent = sorted({i for i in (tok.bos_token_id, tok.unk_token_id, tok.pad_token_id) if i is not None and i != tok.eos_token_id})
+    from tuna.model.processing_tuna import silent_token_ids
+
+    silent = silent_token_ids(AutoTokenizer.from_pretrained(str(model_dir)))
     settings = {
         "tensorrt_llm": {"silent_token_ids": silent},
         "preprocessing": {"system_prompt": cfg.train.system_prompt, "max_tokens_limit": cfg.serve.max_tokens_limit,
