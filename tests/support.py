@@ -63,6 +63,29 @@ def make_world(data_dir: Path, *overrides: str) -> World:
     return World(cfg=cfg, root=root, manifest=manifest, a=a, b=b)
 
 
+# A word-level LM tokenizer over the words of the template tests (LLaVA's specials: <unk> <s> </s> <pad>).
+TEMPLATE_WORDS = ["<unk>", "<s>", "</s>", "<pad>", "USER", ":", "ASSISTANT", "what", "is", "it", "?", "a", "zedul", "red",
+                  "No", "2", "Yes", "how", "many", "\n", "chat"]
+
+
+def word_tokenizer() -> Any:
+    """A PreTrainedTokenizerFast over :data:`TEMPLATE_WORDS` (whitespace and punctuation split)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    t = Tokenizer(models.WordLevel({w: i for i, w in enumerate(TEMPLATE_WORDS)}, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
+
+
+def llava_record(*turns: str, image: str = "x.png") -> Any:
+    """A LlavaRecord of alternating human/gpt ``turns`` about ``image``."""
+    from tuna.formats import LlavaRecord
+
+    return LlavaRecord(id="1", image=Path(image), conversations=[
+        {"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(turns)])
+
+
 def mentions(text: str, names: set[str]) -> set[str]:
     """The class ``names`` that ``text`` mentions, as a word or in plural ("zeduls", "plotutrouxes")."""
     from tuna.world.language import plural

@@ -138,3 +138,26 @@ def test_only_layout_joins_paths_onto_the_run_folder() -> None:
                  for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
                  if pattern.search(line) and not line.strip().startswith(("#", '"""', "``"))]
     assert offenders == []
+
+
+def _modules(path: Path) -> set[str]:
+    """Every module ``path`` imports, dotted in full (``from tuna.train import data`` counts as tuna.train.data)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+SHARED_USERS = [p for p in SOURCES if p.relative_to(SRC).parts[0] in ("serve", "eval") or p.name == "inference.py"]
+
+
+@pytest.mark.parametrize("path", SHARED_USERS, ids=lambda p: str(p.relative_to(SRC)))
+def test_serving_and_evaluation_take_templates_and_tag_tensors_from_the_model_not_training(path: Path) -> None:
+    """The chat template, prompt ids, tag tensors and padding live in tuna.model.processing_tuna; run paths in
+    tuna.layout; variants in tuna.variants: serve/, eval/ and inference.py import nothing from tuna.train."""
+    bad = {m for m in _modules(path) if m == "tuna.train" or m.startswith("tuna.train.")}
+    assert not bad, f"{path.relative_to(SRC)} imports {sorted(bad)}; use tuna.model.processing_tuna, tuna.layout, tuna.variants"

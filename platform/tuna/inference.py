@@ -1,8 +1,9 @@
 """Answer questions about images with a trained model folder: the code evaluation and serving share.
 
 A :class:`Predictor` loads what `tuna train` saves (``model/``: weights, LM tokenizer, image
-processor, ``clip_tokenizer/``), builds prompts with the training template (:mod:`tuna.train.data`),
-and generates greedily (or samples) in batches. Tags are given per image as ranked strings (from
+processor, ``clip_tokenizer/``), builds prompts and tag tensors with the model's processing
+(:mod:`tuna.model.processing_tuna`: the template training used), and generates greedily (or samples) in
+batches. Tags are given per image as ranked strings (from
 :func:`tuna.retrieval.attach.attach_tags` offline, live retrieval when serving); a baseline model
 (tag mode ``none``) ignores them. Outputs carry the tuner's weights per tag for provenance.
 """
@@ -18,7 +19,7 @@ import torch
 from PIL import Image
 
 from tuna.errors import TunaError
-from tuna.train.data import Collator, conversation_prompt_ids
+from tuna.model.processing_tuna import TunaProcessor, conversation_prompt_ids, silent_token_ids
 
 
 class ModelFolderError(TunaError, FileNotFoundError):
@@ -36,7 +37,6 @@ class Predictor:
     """A trained TUNA (or baseline) model ready to answer; ``system`` is the template's system prompt."""
 
     def __init__(self, model_dir: str | Path, system: str, threads: int | None = None) -> None:
-        from transformers import AutoImageProcessor, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         from tuna.model import TunaForConditionalGeneration
@@ -51,32 +51,16 @@ class Predictor:
         if threads:
             torch.set_num_threads(threads)
         self.model = TunaForConditionalGeneration.from_pretrained(str(folder)).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
-        processor = AutoImageProcessor.from_pretrained(str(folder))
-        clip_tokenizer = AutoTokenizer.from_pretrained(str(folder / "clip_tokenizer"))
-        cfg = self.model.config
-        self.uses_tags = cfg.tag_mode != "none"
-        self.num_tags = cfg.num_tags
-        self.collator = Collator(self.tokenizer, processor, clip_tokenizer, cfg.num_tags, cfg.max_tag_tokens, self.uses_tags)
-        self.processor = processor
+        self.processor = TunaProcessor.from_pretrained(folder)
+        self.tokenizer = self.processor.tokenizer
+        self.uses_tags = self.processor.use_tags
+        self.num_tags = self.processor.k
         self.system = system
         self.path = str(folder)
 
     def silent_ids(self) -> list[int]:
         """Special token ids an answer never holds: ``<s>``, ``<unk>`` and padding (not the end token)."""
-        t = self.tokenizer
-        return sorted({i for i in (t.bos_token_id, t.unk_token_id, t.pad_token_id) if i is not None and i != t.eos_token_id})
-
-    def _left_pad(self, rows: Sequence[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        length = max(len(r) for r in rows)
-        ids = torch.full((len(rows), length), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, length - len(r):] = torch.tensor(r)
-            mask[i, length - len(r):] = 1
-        return ids, mask
+        return silent_token_ids(self.tokenizer)
 
     @torch.inference_mode()
     def answer(self, images: Sequence[Image.Image], conversations: Sequence[Sequence[tuple[str, str]]],
@@ -95,11 +79,11 @@ class Predictor:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         rows = [conversation_prompt_ids(self.tokenizer, self.system, list(conv), q) for conv, q in zip(conversations, questions)]
-        input_ids, attention_mask = self._left_pad(rows)
-        kwargs: dict[str, Any] = {"pixel_values": self.processor(images=list(images), return_tensors="pt")["pixel_values"]}
+        input_ids, attention_mask = self.processor.pad_left(rows)
+        kwargs: dict[str, Any] = {"pixel_values": self.processor.pixel_values(images)}
         tag_lists = [list(t)[: self.num_tags] for t in tags] if tags is not None else [[] for _ in range(n)]
         if self.uses_tags:
-            kwargs.update(self.collator.tag_tensors(tag_lists))
+            kwargs.update(self.processor.tag_tensors(tag_lists))
         gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id,
                                "eos_token_id": self.tokenizer.eos_token_id}
         if min_new_tokens > 0:

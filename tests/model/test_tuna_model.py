@@ -215,3 +215,29 @@ def test_generate_left_padded_batch_matches_single_rows(make_model):
     single = {k: v[1:] for k, v in batch.items()}
     alone = model.generate(**dict(single, input_ids=ids[1:, 2:]), **kw)
     assert torch.equal(both[1], alone[0])
+
+
+@pytest.mark.parametrize("tag_mode", ["tags", "none"])
+def test_prompt_encoder_alone_merges_exactly_as_the_model(make_model, tmp_path, tag_mode):
+    """What serving's retrieval step loads: the model minus the LM's layers, saved and loaded on its own."""
+    from safetensors import safe_open
+
+    from tuna.model import TunaPromptEncoder
+    from tuna.model.modeling_tuna import PROMPT_ENCODER_WEIGHTS
+
+    model = make_model(tag_mode=tag_mode)
+    TunaPromptEncoder.from_model(model).save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / PROMPT_ENCODER_WEIGHTS), "pt") as f:
+        keys = set(f.keys())
+    assert "embed_tokens.weight" in keys and not any(k.startswith("language_model.") for k in keys)
+    encoder = TunaPromptEncoder.from_pretrained(tmp_path)
+    assert encoder.get_input_embeddings().weight.shape == (LM_VOCAB, 32) and not encoder.training
+    batch = make_batch(model)
+    with torch.no_grad():
+        ours = encoder.prepare_multimodal_inputs(batch.pop("input_ids"), batch.pop("pixel_values"), **batch)
+        batch = make_batch(model)
+        ref = model.prepare_multimodal_inputs(batch.pop("input_ids"), batch.pop("pixel_values"), **batch)
+    assert torch.equal(ours.inputs_embeds, ref.inputs_embeds) and torch.equal(ours.attention_mask, ref.attention_mask)
+    assert (ours.tag_weights is None) == (tag_mode == "none")
+    if ref.tag_weights is not None:
+        assert torch.equal(ours.tag_weights, ref.tag_weights)

@@ -296,6 +296,32 @@ def test_milvus_down_is_unavailable_naming_the_uri_and_recovers(exported: Path, 
         milvus.wait(10)
 
 
+def test_a_moved_repository_serves_the_same_answers_and_names_no_export_path(client: TunaClient, trained: World,
+                                                                            tmp_path: Path) -> None:
+    """The repository is self-contained: exported, moved to another folder, served from there; nothing in it
+    names a path of the export machine (the run's data_dir or where it was exported)."""
+    first = tmp_path / "export" / "tuna"
+    export_repository(trained.cfg, "tuna", out=first, log=QUIET)
+    moved = tmp_path / "elsewhere" / "tuna"
+    moved.parent.mkdir()
+    shutil.move(str(first), str(moved))
+    assert not first.exists()
+    machine = [str(trained.cfg.data_dir), str(trained.cfg.data_dir.resolve()), str(first)]
+    for f in (p for p in moved.rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        assert not any(m.encode() in data for m in machine), f"{f.relative_to(moved)} names a path of the export machine"
+    ret = moved / "model_repository" / "retrieval" / "1" / "assets"
+    assert sorted(p.name for p in (ret / "datastores").iterdir()) == ["A", "B"]
+    assert not (ret / "model" / "model.safetensors").exists()   # the prompt encoder, not the whole model
+    img = _image(trained, "ood", 2)
+    with TritonServer(moved / "model_repository").start(180) as server:
+        there = TunaClient(server.grpc_url)
+        for datastore in ("A", "B"):
+            got = there.ask(img, "What is in the image?", max_tokens=8, datastore=datastore)
+            assert got == client.ask(img, "What is in the image?", max_tokens=8, datastore=datastore)
+        there.close()
+
+
 def test_server_stops_cleanly_on_sigterm(exported: Path) -> None:
     s = TritonServer(exported / "model_repository").start(180)
     assert s.ready()

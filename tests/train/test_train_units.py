@@ -1,5 +1,6 @@
-"""Training pieces without DeepSpeed processes: templates and label masking, batches, the data order, the
-learning-rate schedule, DeepSpeed config resolution and the launcher's refusals."""
+"""Training pieces without DeepSpeed processes: examples and their filtering, batches, the data order, the
+learning-rate schedule, DeepSpeed config resolution and the launcher's refusals (the templates themselves:
+tests/model/test_processing_tuna.py)."""
 
 from __future__ import annotations
 
@@ -8,63 +9,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from support import SMOKE
+from support import SMOKE, word_tokenizer
+from support import llava_record as _conv
 from tuna.errors import ConfigError
-from tuna.formats import LlavaRecord
 from tuna.model.configuration_tuna import IMAGE_TOKEN_INDEX
+from tuna.model.processing_tuna import IGNORE_INDEX
 from tuna.recipe import load_recipe
 from tuna.train import ds_config
-from tuna.train.data import (
-    IGNORE_INDEX,
-    Collator,
-    prepare,
-    prompt_ids,
-    tokenize_conversation,
-    tokenize_plain,
-)
+from tuna.train.data import Collator, prepare
 from tuna.train.engine import BatchPlan, TrainError, lr_lambda
 from tuna.train.launch import check_ranks, local_command
 from tuna.variants import registered_name, variant_model
 
-WORDS = ["<unk>", "<s>", "</s>", "<pad>", "USER", ":", "ASSISTANT", "what", "is", "it", "?", "a", "zedul", "red",
-         "No", "2", "Yes", "how", "many", "\n", "chat"]
-
 
 @pytest.fixture(scope="module")
 def tok() -> PreTrainedTokenizerFast:
-    vocab = {w: i for i, w in enumerate(WORDS)}
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    t.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    return PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
-
-
-def _conv(*turns: str, image: str = "x.png") -> LlavaRecord:
-    return LlavaRecord(id="1", image=Path(image), conversations=[
-        {"from": "human" if i % 2 == 0 else "gpt", "value": v} for i, v in enumerate(turns)])
-
-
-def test_plain_template_masks_everything_but_the_caption(tok: PreTrainedTokenizerFast) -> None:
-    ids, labels = tokenize_plain(_conv("<image>\nwhat is it?", "a red zedul"), tok)
-    assert ids[:2] == [tok.bos_token_id, IMAGE_TOKEN_INDEX]
-    assert labels[:2] == [IGNORE_INDEX, IGNORE_INDEX]
-    assert tok.convert_ids_to_tokens([t for t in labels if t != IGNORE_INDEX]) == ["a", "red", "zedul", "</s>"]
-    assert ids[2:] == labels[2:]
-
-
-def test_conversation_masks_human_turns_and_keeps_every_answer(tok: PreTrainedTokenizerFast) -> None:
-    rec = _conv("<image>\nwhat is it?", "a zedul", "how many?", "2")
-    ids, labels = tokenize_conversation(rec, tok, "chat")
-    assert ids.count(IMAGE_TOKEN_INDEX) == 1 and len(ids) == len(labels)
-    answers = [t for t in labels if t != IGNORE_INDEX]
-    assert tok.convert_ids_to_tokens(answers) == ["a", "zedul", "</s>", "2", "</s>"]
-    # every label position is either masked or equal to the input id (a causal LM shifts inside)
-    assert all(lab in (IGNORE_INDEX, i) for lab, i in zip(labels, ids))
-    # the generation prompt is exactly the training prefix of the first answer
-    first_answer = labels.index(next(t for t in labels if t != IGNORE_INDEX))
-    assert prompt_ids(tok, "chat", "<image>\nwhat is it?") == ids[:first_answer]
+    return word_tokenizer()
 
 
 def test_prepare_skips_and_counts_examples_cut_before_their_answer(tok: PreTrainedTokenizerFast) -> None:
@@ -184,16 +146,6 @@ def test_cli_refuses_more_ranks_than_cores_in_one_line(capsys: pytest.CaptureFix
     assert main(["train", "--config", str(SMOKE), "--stage", "1", "train.ranks=512"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.ranks=512" in err[0]
-
-
-def test_multi_turn_prompt_is_the_training_prefix_of_the_next_answer(tok: PreTrainedTokenizerFast) -> None:
-    from tuna.train.data import conversation_prompt_ids
-
-    rec = _conv("<image>\nwhat is it?", "a zedul", "how many?", "2")
-    ids, labels = tokenize_conversation(rec, tok, "chat")
-    second = len(ids) - 2  # the last answer is "2" + </s>
-    assert conversation_prompt_ids(tok, "chat", [("<image>\nwhat is it?", "a zedul")], "how many?") == ids[:second]
-    assert conversation_prompt_ids(tok, "chat", [("what is it?", "a zedul")], "how many?") == ids[:second]
 
 
 def test_param_groups_give_the_lm_its_own_learning_rate() -> None:

@@ -282,8 +282,8 @@ class _Model:
         from tuna.inference import Predictor
 
         p = Predictor(folder, system, threads=threads)
-        self.model, self.tokenizer, self.processor, self.collator = p.model, p.tokenizer, p.processor, p.collator
-        self.clip_tokenizer = p.collator.clip_tokenizer
+        self.model, self.tokenizer, self.processor = p.model, p.tokenizer, p.processor
+        self.clip_tokenizer = p.processor.clip_tokenizer
         self.uses_tags = p.uses_tags
         self.num_tags = p.num_tags
 
@@ -294,7 +294,7 @@ class _Model:
         m = self.model
         out: dict[str, list[np.ndarray]] = {}
         for i in range(0, len(images), batch_size):
-            pv = self.processor(images=list(images[i:i + batch_size]), return_tensors="pt")["pixel_values"]
+            pv = self.processor.pixel_values(images[i:i + batch_size])
             patches, image_feat = m.encode_image(pv)                                # (B, P, Dv), (B, Dt)
             visual = m.projector(patches)                                           # (B, P, D)
             feats = {"clip": patches.mean(1), "clip_embed": F.normalize(image_feat.float(), dim=-1),
@@ -302,7 +302,7 @@ class _Model:
             grids = {"clip_grid": _grid(patches), "connector_grid": _grid(visual)}
             feats.update({k: v for k, v in grids.items() if v is not None})
             if self.uses_tags and tags is not None:
-                t = self.collator.tag_tensors([list(x)[: self.num_tags] for x in tags[i:i + batch_size]])
+                t = self.processor.tag_tensors([list(x)[: self.num_tags] for x in tags[i:i + batch_size]])
                 block, block_mask, _, _ = m.encode_tags(
                     patches, image_feat, t["tag_input_ids"], t["tag_attention_mask"], t["tag_mask"],
                     t["tag_clip_input_ids"], t["tag_clip_attention_mask"])         # (B, k(1+T), D), (B, k(1+T))

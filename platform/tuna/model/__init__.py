@@ -1,8 +1,10 @@
 """The TUNA model: configuration, modeling and builders (pure torch + transformers; no I/O, no infra).
 
 ``configuration_tuna.TunaConfig`` + ``modeling_tuna.TunaForConditionalGeneration`` are the Hugging Face
-pair; ``builder`` composes a saved CLIP and a saved causal LM, lists the trainable groups per stage and
-exports the baseline (tag_mode "none") as a ``LlavaForConditionalGeneration``.
+pair; ``processing_tuna.TunaProcessor`` (with the chat template) turns images, prompts and tags into their
+tensors; ``modeling_tuna.TunaPromptEncoder`` is the model minus the LM's layers (what serving's retrieval
+step loads); ``builder`` composes a saved CLIP and a saved causal LM, lists the trainable groups per stage
+and exports the baseline (tag_mode "none") as a ``LlavaForConditionalGeneration``.
 """
 
 from tuna.model.builder import (
@@ -19,10 +21,12 @@ from tuna.model.modeling_tuna import (
     TunaCausalLMOutput,
     TunaForConditionalGeneration,
     TunaMergedInputs,
+    TunaPromptEncoder,
 )
+from tuna.model.processing_tuna import TunaProcessor
 
 __all__ = [
     "IGNORE_INDEX", "ModelInputError", "ModelLoadError", "TunaCausalLMOutput", "TunaConfig",
-    "TunaForConditionalGeneration", "TunaMergedInputs", "build_tuna", "set_trainable", "stage_parameters",
-    "to_llava",
+    "TunaForConditionalGeneration", "TunaMergedInputs", "TunaProcessor", "TunaPromptEncoder", "build_tuna",
+    "set_trainable", "stage_parameters", "to_llava",
 ]

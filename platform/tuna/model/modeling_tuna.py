@@ -22,6 +22,7 @@ Parts (B images, k tags per image, P visual tokens, T LM tokens per tag, D the L
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -161,75 +162,21 @@ def uniform_weights(tag_mask: torch.Tensor) -> torch.Tensor:
     return m / m.sum(-1, keepdim=True).clamp(min=1.0)
 
 
-# ----------------------------------------------------------------------------------------- the model
+# ----------------------------------------------------------------------------------------- the input side
 
 
-class TunaForConditionalGeneration(PreTrainedModel, GenerationMixin):
-    """CLIP (frozen) + connector + image-aware tag encoder + adaptive weight tuner + causal LM.
+class TunaInputs:
+    """Image, tags and text -> the merged sequence the LM reads (shared by the model and its prompt encoder).
 
-    Submodules: ``clip`` (a ``CLIPModel``), ``projector``, ``tag_encoder``, ``tuner``, ``language_model``
-    (an ``AutoModelForCausalLM``). Pass already-loaded ``clip`` / ``language_model`` to adopt their weights
-    (what ``tuna.model.builder.build_tuna`` does); otherwise they are built from ``config``.
+    Needs ``config`` (a :class:`TunaConfig`), the submodules ``clip``, ``projector``, ``tag_encoder`` and
+    ``tuner``, and ``get_input_embeddings()`` (the LM's word embedding table).
     """
 
-    config_class = TunaConfig
-    base_model_prefix = "tuna"
-    main_input_name = "input_ids"
-    input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    _supports_attention_backend = True
-    _skip_keys_device_placement = ["past_key_values"]
-
-    def __init__(self, config: TunaConfig, clip: CLIPModel | None = None,
-                 language_model: PreTrainedModel | None = None) -> None:
-        super().__init__(config)
-        clip_cfg = config.clip_config
-        self.clip = clip if clip is not None else CLIPModel(clip_cfg)
-        _vectorize_scalar_parameters(self.clip)
-        lm_width = config.text_config.hidden_size
-        self.projector = TunaProjector(config.projector_type, clip_cfg.vision_config.hidden_size, lm_width,
-                                       config.projector_hidden_act)
-        self.tag_encoder = TagEncoder(clip_cfg.projection_dim, clip_cfg.vision_config.hidden_size,
-                                      config.tag_encoder_num_heads)
-        self.tuner = AdaptiveWeightTuner(config.tuner_logit_scale_init)
-        self.language_model = (language_model if language_model is not None
-                               else AutoModelForCausalLM.from_config(config.text_config))
-        for adopted in (clip, language_model):
-            if adopted is not None:
-                _mark_initialised(adopted)
-        self.post_init()
-        self.clip.requires_grad_(False)  # both CLIP towers are frozen by design
-
-    # ---------------------------------------------------------------------------- HF plumbing
-
-    @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, then CLIP frozen again (loading materialises fresh parameters)."""
-        model = super().from_pretrained(*args, **kwargs)
-        (model[0] if isinstance(model, tuple) else model).clip.requires_grad_(False)
-        return model
-
-    @torch.no_grad()
-    def _init_weights(self, module: nn.Module) -> None:
-        super()._init_weights(module)
-        tag_encoder = getattr(self, "tag_encoder", None)
-        if tag_encoder is not None and (module is tag_encoder.v_proj or module is tag_encoder.o_proj):
-            init.eye_(module.weight)   # identity value path: see TagEncoder
-            init.zeros_(module.bias)
-        elif isinstance(module, AdaptiveWeightTuner):
-            init.constant_(module.logit_scale, math.log(self.config.tuner_logit_scale_init))
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.language_model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.language_model.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.language_model.get_output_embeddings()
+    config: TunaConfig
+    clip: CLIPModel
+    projector: TunaProjector
+    tag_encoder: TagEncoder
+    tuner: AdaptiveWeightTuner
 
     # ---------------------------------------------------------------------------- encoders
 
@@ -408,6 +355,77 @@ class TunaForConditionalGeneration(PreTrainedModel, GenerationMixin):
             labels=torch.stack(labs) if labels is not None else None, image_hidden_states=visual,
             tag_weights=weights, tag_hidden_states=visual_tags)
 
+
+# ----------------------------------------------------------------------------------------- the model
+
+
+class TunaForConditionalGeneration(PreTrainedModel, GenerationMixin, TunaInputs):
+    """CLIP (frozen) + connector + image-aware tag encoder + adaptive weight tuner + causal LM.
+
+    Submodules: ``clip`` (a ``CLIPModel``), ``projector``, ``tag_encoder``, ``tuner``, ``language_model``
+    (an ``AutoModelForCausalLM``). Pass already-loaded ``clip`` / ``language_model`` to adopt their weights
+    (what ``tuna.model.builder.build_tuna`` does); otherwise they are built from ``config``.
+    """
+
+    config_class = TunaConfig
+    base_model_prefix = "tuna"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _skip_keys_device_placement = ["past_key_values"]
+
+    def __init__(self, config: TunaConfig, clip: CLIPModel | None = None,
+                 language_model: PreTrainedModel | None = None) -> None:
+        super().__init__(config)
+        clip_cfg = config.clip_config
+        self.clip = clip if clip is not None else CLIPModel(clip_cfg)
+        _vectorize_scalar_parameters(self.clip)
+        lm_width = config.text_config.hidden_size
+        self.projector = TunaProjector(config.projector_type, clip_cfg.vision_config.hidden_size, lm_width,
+                                       config.projector_hidden_act)
+        self.tag_encoder = TagEncoder(clip_cfg.projection_dim, clip_cfg.vision_config.hidden_size,
+                                      config.tag_encoder_num_heads)
+        self.tuner = AdaptiveWeightTuner(config.tuner_logit_scale_init)
+        self.language_model = (language_model if language_model is not None
+                               else AutoModelForCausalLM.from_config(config.text_config))
+        for adopted in (clip, language_model):
+            if adopted is not None:
+                _mark_initialised(adopted)
+        self.post_init()
+        self.clip.requires_grad_(False)  # both CLIP towers are frozen by design
+
+    # ---------------------------------------------------------------------------- HF plumbing
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``, then CLIP frozen again (loading materialises fresh parameters)."""
+        model = super().from_pretrained(*args, **kwargs)
+        (model[0] if isinstance(model, tuple) else model).clip.requires_grad_(False)
+        return model
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        tag_encoder = getattr(self, "tag_encoder", None)
+        if tag_encoder is not None and (module is tag_encoder.v_proj or module is tag_encoder.o_proj):
+            init.eye_(module.weight)   # identity value path: see TagEncoder
+            init.zeros_(module.bias)
+        elif isinstance(module, AdaptiveWeightTuner):
+            init.constant_(module.logit_scale, math.log(self.config.tuner_logit_scale_init))
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
     # ---------------------------------------------------------------------------- forward / generate
 
     def forward(
@@ -493,6 +511,66 @@ class TunaForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return super().generate(inputs_embeds=merged.inputs_embeds, attention_mask=merged.attention_mask, **kwargs)
 
 
+# ----------------------------------------------------------------------------------------- the prompt encoder
+
+PROMPT_ENCODER_PARTS = ("clip", "projector", "tag_encoder", "tuner")   # + the LM's word embeddings
+PROMPT_ENCODER_WEIGHTS = "prompt_encoder.safetensors"
+
+
+class TunaPromptEncoder(TunaInputs, nn.Module):
+    """The model without the LM's layers: CLIP, connector, tag encoder, tuner and the LM's word embedding table
+    (``embed_tokens``), all that :meth:`prepare_multimodal_inputs` runs; frozen. Serving's retrieval step loads
+    this alone (``config.json`` + ``prompt_encoder.safetensors``, the model's own parameter names)."""
+
+    def __init__(self, config: TunaConfig) -> None:
+        super().__init__()
+        clip_cfg, text_cfg = config.clip_config, config.text_config
+        self.config = config
+        self.clip = CLIPModel(clip_cfg)
+        _vectorize_scalar_parameters(self.clip)
+        self.projector = TunaProjector(config.projector_type, clip_cfg.vision_config.hidden_size, text_cfg.hidden_size,
+                                       config.projector_hidden_act)
+        self.tag_encoder = TagEncoder(clip_cfg.projection_dim, clip_cfg.vision_config.hidden_size,
+                                      config.tag_encoder_num_heads)
+        self.tuner = AdaptiveWeightTuner(config.tuner_logit_scale_init)
+        self.embed_tokens = nn.Embedding(text_cfg.vocab_size, text_cfg.hidden_size)
+        self.requires_grad_(False)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed_tokens
+
+    @classmethod
+    def from_model(cls, model: TunaForConditionalGeneration) -> TunaPromptEncoder:
+        """The prompt encoder of a loaded model (its weights copied; the model is left as it is)."""
+        embed = model.get_input_embeddings()
+        if type(embed) is not nn.Embedding:  # e.g. a scaled embedding: its forward is not a plain lookup
+            raise ModelInputError(f"the LM's input embeddings are a {type(embed).__name__}, not an nn.Embedding")
+        with init.no_init_weights():
+            encoder = cls(model.config)
+        state = {k: v for k, v in model.state_dict().items() if k.split(".", 1)[0] in PROMPT_ENCODER_PARTS}
+        encoder.load_state_dict({**state, "embed_tokens.weight": embed.weight}, strict=True)
+        return encoder.eval()
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> TunaPromptEncoder:
+        """Load what :meth:`save_pretrained` wrote (no LM weights are read)."""
+        from safetensors.torch import load_file
+
+        config = TunaConfig.from_pretrained(str(folder))
+        with init.no_init_weights():
+            encoder = cls(config)
+        encoder.load_state_dict(load_file(os.path.join(folder, PROMPT_ENCODER_WEIGHTS)), strict=True)
+        return encoder.eval()
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        from safetensors.torch import save_file
+
+        os.makedirs(folder, exist_ok=True)
+        self.config.save_pretrained(str(folder))
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, os.path.join(folder, PROMPT_ENCODER_WEIGHTS),
+                  metadata={"format": "pt"})
+
+
 def _vectorize_scalar_parameters(module: nn.Module) -> None:
     """Turn 0-d parameters (CLIP's ``logit_scale``) into shape (1,): DeepSpeed broadcasts every parameter as
     bytes, which a 0-d tensor cannot be viewed as; the value and its use (broadcast in products) are unchanged."""
@@ -516,5 +594,5 @@ def _mark_initialised(module: nn.Module) -> None:
         t._is_hf_initialized = True
 
 
-__all__ = ["IGNORE_INDEX", "ModelInputError", "TunaCausalLMOutput", "TunaForConditionalGeneration", "TunaMergedInputs",
-           "positions_from_mask", "uniform_weights"]
+__all__ = ["IGNORE_INDEX", "PROMPT_ENCODER_WEIGHTS", "ModelInputError", "TunaCausalLMOutput", "TunaForConditionalGeneration",
+           "TunaInputs", "TunaMergedInputs", "TunaPromptEncoder", "positions_from_mask", "uniform_weights"]

@@ -5,13 +5,15 @@ Layout (``<data_dir>/serve/<variant>/``)::
     model_repository/            what `tuna serve` and the Helm chart's init container load
       tuna/config.pbtxt          the ensemble (public inputs/outputs)
       preprocessing/             python: image bytes -> pixels, question -> prompt ids
-      retrieval/                 python: CLIP -> Milvus -> tag encoder + tuner -> prompt table + provenance
+      retrieval/                 python: CLIP -> Milvus -> tag encoder + tuner -> prompt table + provenance;
+                                 assets: the prompt encoder (no LM layers) and the Milvus Lite datastores
       tensorrt_llm/              python on CPU: the LM on the prompt table (TensorRT-LLM's tensor names)
       postprocessing/            python: token ids -> text, provenance passed on
     trtllm/                      with --trtllm: the GPU variant of the repository and the engine build kit
     export.json                  what was exported: variant, model digest, datastore versions, file digests
 
-Exports are deterministic: the same model and recipe give byte-identical repositories.
+Exports are deterministic: the same model and recipe give byte-identical repositories. The folder is
+self-contained (no path of the export machine inside): copied or moved elsewhere, it serves the same.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tuna.recipe import Recipe
 from tuna.serve import configs
 from tuna.serve.steps import SERVING_FILE
 
-EXPORT_VERSION = "tuna.serve/1"
+EXPORT_VERSION = "tuna.serve/2"   # 2: the retrieval step holds the prompt encoder and the datastores
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
 BACKEND_CLASSES = {
     "preprocessing": "PreprocessingModel", "retrieval": "RetrievalModel",
@@ -111,13 +113,23 @@ def _copy_files(src: Path, dst: Path, names: tuple[str, ...]) -> None:
 
 def _recipe(cfg: Recipe) -> str:
     data = cfg.to_dict()
-    data["run"]["data_dir"] = str(cfg.data_dir.resolve())
+    data["run"]["data_dir"] = "."   # the retrieval step sets its own folder (the datastores are copied into it)
     data["index"]["retries"] = min(cfg.index.retries, 1)          # a request fails fast when Milvus is down
     data["index"]["backoff_seconds"] = min(cfg.index.backoff_seconds, 0.2)
     return yaml.safe_dump(data, sort_keys=True)
 
 
-def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, settings: dict[str, Any],
+def _forget_paths(config: Any) -> None:
+    """Blank ``_name_or_path`` (where training loaded each part from, on its machine) in a config and its sub-configs."""
+    from transformers import PretrainedConfig
+
+    config._name_or_path = ""
+    for value in vars(config).values():
+        if isinstance(value, PretrainedConfig):
+            _forget_paths(value)
+
+
+def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_dir: Path, settings: dict[str, Any],
                 trtllm_engine: str | None) -> dict[str, Any]:
     """Write one repository under ``root``: python steps everywhere, or the tensorrtllm backend for the LLM."""
     s = cfg.serve
@@ -148,7 +160,12 @@ def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, settings
     _copy_files(model_dir, pre, TOKENIZER_FILES + ("preprocessor_config.json",))
     _write(pre / SERVING_FILE, json.dumps(settings["preprocessing"], indent=1, sort_keys=True))
     ret = root / "retrieval" / "1" / "assets"
-    shutil.copytree(model_dir, ret / "model", dirs_exist_ok=True)
+    shutil.copytree(encoder_dir, ret / "model", dirs_exist_ok=True)   # the prompt encoder and its tokenizers
+    if not cfg.index.uri:   # Milvus Lite folders travel with the repository; a Milvus server is named by its URI
+        from tuna.retrieval.store import lite_path
+
+        for name in settings["retrieval"]["datastores"]:
+            shutil.copytree(lite_path(cfg, name), ret / "datastores" / name / "milvus.db", dirs_exist_ok=True)
     _write(ret / "recipe.yaml", _recipe(cfg))
     _write(ret / SERVING_FILE, json.dumps(settings["retrieval"], indent=1, sort_keys=True))
     if not trtllm_engine:
@@ -193,7 +210,7 @@ def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None 
     import torch
     from transformers.utils import logging as hf_logging
 
-    from tuna.model import TunaForConditionalGeneration
+    from tuna.model import TunaForConditionalGeneration, TunaPromptEncoder
     from tuna.variants import VARIANTS
 
     hf_logging.disable_progress_bar()   # "Loading weights" / "Writing model shards" bars say nothing here
@@ -211,37 +228,45 @@ def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None 
     model = TunaForConditionalGeneration.from_pretrained(str(model_dir)).eval()
     mc = model.config
     datastores, default = _datastores(cfg, mc.tag_mode, int(mc.clip_config.projection_dim))
-    lm_dir = tmp / "lm"
+    lm_dir, encoder_dir = tmp / "lm", tmp / "prompt_encoder"
     model.language_model.save_pretrained(str(lm_dir))
+    encoder = TunaPromptEncoder.from_model(model)
+    _forget_paths(encoder.config)
+    encoder.save_pretrained(encoder_dir)
+    _copy_files(model_dir, encoder_dir, TOKENIZER_FILES)
+    if mc.tag_mode != "none":
+        shutil.copytree(model_dir / "clip_tokenizer", encoder_dir / "clip_tokenizer")
     model_digest = hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()[:16]
     model_info = {"name": cfg.track.registered_model, "variant": variant, "digest": model_digest, "tag_mode": mc.tag_mode}
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    silent = sorted({i for i in (tok.bos_token_id, tok.unk_token_id, tok.pad_token_id) if i is not None and i != tok.eos_token_id})
+    from tuna.model.processing_tuna import silent_token_ids
+
+    silent = silent_token_ids(AutoTokenizer.from_pretrained(str(model_dir)))
     settings = {
         "tensorrt_llm": {"silent_token_ids": silent},
         "preprocessing": {"system_prompt": cfg.train.system_prompt, "max_tokens_limit": cfg.serve.max_tokens_limit,
                           "max_image_bytes": cfg.serve.max_image_bytes, "max_text_chars": cfg.serve.max_text_chars},
-        "retrieval": {"system_prompt": cfg.train.system_prompt, "recipe": "recipe.yaml", "default_datastore": default,
+        "retrieval": {"recipe": "recipe.yaml", "default_datastore": default,
                       "datastores": datastores, "uses_tags": mc.tag_mode != "none", "model": model_info},
     }
     repo = tmp / "model_repository"
-    texts = _repository(cfg, model_dir, repo, lm_dir, settings, None)
+    texts = _repository(cfg, model_dir, repo, lm_dir, encoder_dir, settings, None)
     manifest: dict[str, Any] = {
-        "export": EXPORT_VERSION, "variant": variant, "model": model_info, "model_dir": str(model_dir),
+        "export": EXPORT_VERSION, "variant": variant, "model": model_info,
         "datastores": datastores, "default_datastore": default, "ensemble": configs.ENSEMBLE,
         "repository": "model_repository", "configs": sorted(texts), "serve_config": _serve_fingerprint(cfg),
     }
     if trtllm:
         kit = tmp / "trtllm"
         engine = "/engines/tuna"
-        _repository(cfg, model_dir, kit / "model_repository", lm_dir, settings, engine)
+        _repository(cfg, model_dir, kit / "model_repository", lm_dir, encoder_dir, settings, engine)
         rows = int(mc.clip_config.vision_config.image_size // mc.clip_config.vision_config.patch_size) ** 2
         rows += mc.num_tags * (1 + int(mc.max_tag_tokens))
         _trtllm_kit(kit, lm_dir, mc.text_config.to_dict(), cfg.serve.max_batch_size, rows)
         manifest["trtllm"] = {"repository": "trtllm/model_repository", "build": "trtllm/build.sh", "engine_dir": engine}
     shutil.rmtree(lm_dir)
+    shutil.rmtree(encoder_dir)
     manifest["files"] = _digest_tree(tmp)
     _write(tmp / "export.json", json.dumps(manifest, indent=1, sort_keys=True))
     shutil.rmtree(target, ignore_errors=True)

@@ -68,19 +68,18 @@ class Preprocessed:
 
 
 class Preprocessor:
-    """Tokenizer + image processor of a model folder, and the request limits of `tuna export`."""
+    """Tokenizer + image processor of a model folder (the model's processing), and the request limits of `tuna export`."""
 
     def __init__(self, folder: str | Path) -> None:
-        from transformers import AutoImageProcessor, AutoTokenizer
         from transformers.utils import logging as hf_logging
+
+        from tuna.model.processing_tuna import TunaProcessor
 
         hf_logging.disable_progress_bar()
         self.folder = Path(folder)
         self.settings = read_serving(self.folder)
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.folder))
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
-        self.processor = AutoImageProcessor.from_pretrained(str(self.folder))
+        self.processor = TunaProcessor.from_pretrained(self.folder)
+        self.tokenizer = self.processor.tokenizer
         self.system: str = self.settings["system_prompt"]
         self.max_tokens: int = int(self.settings["max_tokens_limit"])
         self.max_image_bytes: int = int(self.settings["max_image_bytes"])
@@ -97,10 +96,10 @@ class Preprocessor:
             img = decode_image(data, "image_bytes_input")
         except CorruptSample as err:
             raise InvalidRequest(f"image_bytes_input: {err.reason}; send PNG or JPEG bytes") from None
-        return self.processor(images=[img], return_tensors="np")["pixel_values"][0].astype(np.float32)
+        return self.processor.pixel_values([img], return_tensors="np")[0].astype(np.float32)
 
     def __call__(self, text: bytes | str, image: bytes, max_tokens: int) -> Preprocessed:
-        from tuna.train.data import conversation_prompt_ids
+        from tuna.model.processing_tuna import conversation_prompt_ids
 
         if not 1 <= int(max_tokens) <= self.max_tokens:
             raise InvalidRequest(f"max_tokens: {int(max_tokens)} is outside 1..{self.max_tokens} (serve.max_tokens_limit)")
@@ -122,23 +121,29 @@ class PromptTable:
 
 
 class Retrieval:
-    """The trained model's vision side (CLIP, connector, tag encoder, tuner, word embeddings) and the datastores.
+    """The trained model's prompt encoder (CLIP, connector, tag encoder, tuner, word embeddings: no LM layers,
+    see :class:`~tuna.model.modeling_tuna.TunaPromptEncoder`) and the datastores.
 
     ``settings`` (from `tuna export`) names the recipe to rebuild the retrieval config from, the datastores
-    a request may choose (with their versions) and the default one. ``MILVUS_URI`` in the environment points
-    every datastore at a Milvus server instead of the exported Milvus Lite folders (``MILVUS_TOKEN`` = token).
+    a request may choose (with their versions) and the default one. The exported Milvus Lite folders live
+    under ``folder/datastores/``; ``MILVUS_URI`` in the environment points every datastore at a Milvus server
+    instead (``MILVUS_TOKEN`` = token).
     """
 
     def __init__(self, folder: str | Path, env: dict[str, str] | None = None) -> None:
         import os
 
-        from tuna.inference import Predictor
+        from transformers.utils import logging as hf_logging
+
+        from tuna.model import TunaProcessor, TunaPromptEncoder
         from tuna.recipe import load_recipe
 
+        hf_logging.disable_progress_bar()
         self.folder = Path(folder)
         self.settings = read_serving(self.folder)
         env = dict(os.environ if env is None else env)
-        overrides = list(self.settings.get("overrides", []))
+        # run.data_dir is this folder: the datastores travel with the repository (datastores/<name>/milvus.db).
+        overrides = [f"run.data_dir={self.folder}", *self.settings.get("overrides", [])]
         if env.get("MILVUS_URI"):
             overrides.append(f"index.uri={env['MILVUS_URI']}")
             overrides.append("index.token_env=MILVUS_TOKEN")
@@ -148,8 +153,9 @@ class Retrieval:
         if self.default not in self.datastores and self.settings["uses_tags"]:
             raise TunaError(f"default datastore {self.default!r} is not one of the exported datastores "
                             f"{sorted(self.datastores)}; set TUNA_DATASTORE_DEFAULT or serve.datastore")
-        self.predictor = Predictor(self.folder / "model", self.settings["system_prompt"])
-        self.model = self.predictor.model
+        self.processor = TunaProcessor.from_pretrained(self.folder / "model", images=False)
+        self.model = TunaPromptEncoder.from_pretrained(self.folder / "model")
+        self.uses_tags = self.processor.use_tags
         self.vocab_size = int(self.model.get_input_embeddings().weight.shape[0])
         self.model_info = self.settings["model"]
         self._retriever: Any = None
@@ -160,7 +166,7 @@ class Retrieval:
         if self._retriever is None:
             self._retriever = Retriever(self.cfg)
         try:
-            hits = self._retriever.retrieve(name, vectors, max_values=self.predictor.num_tags)
+            hits = self._retriever.retrieve(name, vectors, max_values=self.processor.k)
         except DatastoreUnavailable:
             self.close()  # reconnect on the next request: Milvus may be back by then
             raise
@@ -174,7 +180,7 @@ class Retrieval:
             except UnicodeDecodeError:
                 raise InvalidRequest("datastore: not UTF-8 text; send a datastore name such as 'A' or 'B'") from None
         name = (requested or "").strip()
-        if not self.predictor.uses_tags:   # the baseline (LLaVA) retrieves nothing
+        if not self.uses_tags:   # the baseline (LLaVA) retrieves nothing
             if name:
                 raise InvalidRequest(f"datastore: model variant {self.model_info.get('variant')!r} retrieves no tags; "
                                      f"omit datastore or serve a TUNA variant")
@@ -198,22 +204,17 @@ class Retrieval:
         pixels = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32) for p in pixel_values]))
         _, image_features = self.model.encode_image(pixels)
         tags: list[list[tuple[str, float]]] = [[] for _ in range(n)]
-        if self.predictor.uses_tags:
+        if self.uses_tags:
             vectors = torch.nn.functional.normalize(image_features.float(), dim=-1).numpy()
             for name in dict.fromkeys(datastores):
                 rows = [i for i in range(n) if datastores[i] == name]
                 for i, hit in zip(rows, self._retrieve(name, vectors[rows])):
                     tags[i] = hit
         length = max(len(ids) for ids in input_ids)
-        pad = self.predictor.tokenizer.pad_token_id
-        ids_t = torch.full((n, length), pad, dtype=torch.long)
-        mask = torch.zeros((n, length), dtype=torch.long)
-        for i, ids in enumerate(input_ids):
-            ids_t[i, :len(ids)] = torch.from_numpy(ids.astype(np.int64))
-            mask[i, :len(ids)] = 1
+        ids_t, mask = self.processor.pad_right(input_ids)
         kwargs: dict[str, Any] = {}
-        if self.predictor.uses_tags:
-            kwargs.update(self.predictor.collator.tag_tensors([[t for t, _ in row] for row in tags]))
+        if self.uses_tags:
+            kwargs.update(self.processor.tag_tensors([[t for t, _ in row] for row in tags]))
         merged = self.model.prepare_multimodal_inputs(ids_t, pixels, mask, None, **kwargs)
         inserted = merged.inputs_embeds.shape[1] - length + 1
         out = []
@@ -229,8 +230,8 @@ class Retrieval:
             k = len(tags[i])
             weights = ([round(float(w), 6) for w in merged.tag_weights[i, :k]] if merged.tag_weights is not None else [])
             provenance = {
-                "datastore": datastores[i] if self.predictor.uses_tags else None,
-                "datastore_version": self.datastores.get(datastores[i], {}).get("version") if self.predictor.uses_tags else None,
+                "datastore": datastores[i] if self.uses_tags else None,
+                "datastore_version": self.datastores.get(datastores[i], {}).get("version") if self.uses_tags else None,
                 "tags": [t for t, _ in tags[i]], "scores": [round(s, 6) for _, s in tags[i]], "weights": weights,
                 "model": self.model_info,
             }

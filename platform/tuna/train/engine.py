@@ -134,14 +134,14 @@ class BatchPlan:
 def _load_tokenizer(source: str) -> Any:
     from transformers import AutoTokenizer
 
+    from tuna.model.processing_tuna import pad_with_unk
+
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
         raise TrainError(f"cannot load a tokenizer from {source!r} ({str(err).splitlines()[0]}); run `tuna lm` or set "
                          f"model.language_model to a folder holding one") from None
-    if tok.pad_token_id is None:  # Vicuna/Llama ship none: pad with unk (or eos), never trained on (labels -100)
-        tok.pad_token = tok.unk_token if tok.unk_token is not None else tok.eos_token
-    return tok
+    return pad_with_unk(tok)
 
 
 def build_model(cfg: Recipe, variant: str, stage: int) -> tuple[Any, Any]:
