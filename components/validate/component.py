@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 
-from tuna.pipeline import BASE_IMAGE
+from tuna.kfp.options import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -18,10 +18,10 @@ def validate(config: str, overrides: list, target: str, data_root: str, checkpoi
     resolved overrides (data dir on the PVC, cluster names) and where the model repository is exported."""
     from collections import namedtuple
 
-    from tuna import pipeline
+    from tuna.kfp import tasks
 
-    with pipeline.task("validate"):
-        resolved, export_root = pipeline.validate_inputs(
+    with tasks.task("validate"):
+        resolved, export_root = tasks.validate_inputs(
             config, overrides, target=target, data_root=data_root, checkpoints_root=checkpoints_root, gpus=gpus,
             data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc, mlflow_secret=mlflow_secret,
             milvus_secret=milvus_secret, s3_secret=s3_secret, launcher=launcher, train_nodes=train_nodes,

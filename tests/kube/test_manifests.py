@@ -781,7 +781,7 @@ def test_dockerfile_pins_torch_to_the_pyproject_version() -> None:
     words = shlex.split(torch_run)
     assert '"torch==${TORCH_VERSION}"' in torch_run or "torch==${TORCH_VERSION}" in words
     assert "--index-url" in words and build_args()["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
-    install = [n for n, r in enumerate(runs) if re.search(r"pip install \.( |$)", r)]
+    install = [n for n, r in enumerate(runs) if re.search(r"pip install (-c constraints\.txt )?\.( |$)", r)]
     torch_at = runs.index(torch_run)
     assert install and install[0] > torch_at  # torch first, so `pip install .` finds it satisfied
 
@@ -789,7 +789,9 @@ def test_dockerfile_pins_torch_to_the_pyproject_version() -> None:
 def test_dockerfile_copies_the_source_and_the_recipes() -> None:
     build, runtime = stages()[0], stages()[-1]
     build_copies = [a for i, a in build if i == "COPY"]
-    assert "platform/ platform/" in build_copies and "pyproject.toml README.md ./" in build_copies
+    assert "platform/ platform/" in build_copies and "pyproject.toml README.md constraints.txt ./" in build_copies
+    # the KFP wiring installs as tuna_pipelines / tuna_components: both folders must reach `pip install .`
+    assert {"pipelines/ pipelines/", "components/ components/"} <= set(build_copies)
     workdirs = [a for i, a in runtime if i == "WORKDIR"]
     assert workdirs[-1] == "/opt/tuna"
     copies = [a for i, a in runtime if i == "COPY"]
@@ -816,5 +818,5 @@ def test_dockerignore_keeps_data_envs_and_history_out() -> None:
     ignored = {ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
                if ln.strip() and not ln.startswith("#")}
     assert {"data/", ".venv", ".git"} <= ignored
-    for needed in ("platform", "configs", "pyproject.toml", "README.md"):
+    for needed in ("platform", "pipelines", "components", "configs", "pyproject.toml", "README.md"):
         assert not any(pattern.rstrip("/") == needed for pattern in ignored), needed

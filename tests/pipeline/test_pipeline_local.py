@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from support import SMOKE
-from tuna.pipeline import PipelineError, run_local
+from tuna.kfp.local import run_local
+from tuna.kfp.options import PipelineError
 
 
 def outputs(task_dir: Path) -> dict[str, Any]:
