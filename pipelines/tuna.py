@@ -101,7 +101,7 @@ def build_pipeline(options: PipelineOptions = None):
                   description=f"TUNA {o.version}: world -> encoder -> tags -> datastores A/B/A_captions -> LM -> "
                               f"stage 1 -> stage 2 (tuna, baseline) -> evaluate -> export -> register -> deploy"
                               f"{_training(o)}")
-    def tuna(config: str = DEFAULT_RECIPE, overrides: list = [], target: str = "kubernetes", train_nodes: int = 1,  # noqa: B006
+    def tuna(config: str = DEFAULT_RECIPE, overrides: list = [], target: str = "kubernetes",  # noqa: B006
              deploy_target: str = "helm", serving_source: str = "pvc", serve_datastore: str = "",
              register_alias: str = "evaluated", gate_metric: str = "", gate_min: float = 0.0,
              data_pvc: str = "tuna-data", checkpoints_pvc: str = "tuna-checkpoints", mlflow_secret: str = "",
@@ -117,7 +117,7 @@ def build_pipeline(options: PipelineOptions = None):
                 config=config, overrides=overrides, target=target, data_root=cluster.data_mount,
                 checkpoints_root=cluster.checkpoints_mount, gpus=o.train_gpus, data_pvc=data_pvc,
                 checkpoints_pvc=checkpoints_pvc, mlflow_secret=mlflow_secret, milvus_secret=milvus_secret,
-                s3_secret=s3_secret, launcher=o.launcher, train_nodes=train_nodes, deploy_target=deploy_target,
+                s3_secret=s3_secret, launcher=o.launcher, deploy_target=deploy_target,
                 serving_source=serving_source, serve_datastore=serve_datastore, register_alias=register_alias,
                 gate_metric=gate_metric, gate_min=gate_min)
             pod(check, "validate", data=False, secrets=False)  # reads only the recipe in the image

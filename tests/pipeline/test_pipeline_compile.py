@@ -175,7 +175,8 @@ def test_default_build_requests_no_accelerator_and_trains_in_the_task(compiled: 
         assert "accelerator" not in _resources(spec, name) and "nodeSelector" not in ex and "tolerations" not in ex, name
     assert all(_constant(spec, name, "launcher") == "local" for name in TRAIN)
     assert _constant(spec, "validate", "gpus") == 0
-    assert "launcher" not in spec["root"]["inputDefinitions"]["parameters"]  # compile time now, not a run parameter
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert "launcher" not in params and "train_nodes" not in params  # from the recipe now, not run parameters
 
 
 def test_local_launcher_puts_exactly_the_recipes_gpus_node_pool_and_taints_on_training_tasks(compiled_local_gpu: Path) -> None:
@@ -366,7 +367,11 @@ def test_cli_compile_submit_and_refusals(tmp_path: Path, capsys: pytest.CaptureF
         (["pipeline", "compile", "--out", str(tmp_path), "cluster.launcher=slurm"], "tuna pipeline: error: cluster.launcher"),
         (["pipeline", "compile", "--gpu"], "usage:"),  # gone: the recipe's cluster section says where training runs
         (["pipeline", "run", "--local", "--config", str(SMOKE), "--param", "launcher=trainjob"],
-         "tuna pipeline: error: --param 'launcher=trainjob': launcher is compiled into the pipeline from the recipe"),
+         "tuna pipeline: error: --param 'launcher=trainjob': launcher is not a pipeline parameter; the recipe's "
+         "cluster.launcher sets it"),
+        (["pipeline", "run", "--local", "--config", str(SMOKE), "--param", "train_nodes=4"],
+         "tuna pipeline: error: --param 'train_nodes=4': train_nodes is not a pipeline parameter; the recipe's "
+         "cluster.num_nodes sets it"),
     ]
     port = _free_port()
     cases.append((["pipeline", "submit", "--host", f"http://127.0.0.1:{port}", "--out", str(tmp_path)],

@@ -32,7 +32,6 @@ LAUNCHERS = ("local", "trainjob", "pytorchjob")    # = the values of cluster.lau
 DEPLOY_TARGETS = ("local", "helm", "none")
 SERVING_SOURCES = ("pvc", "mlflow")
 VARIANTS = ("tuna", "baseline")                    # trained and evaluated by the pipeline, like `tuna run`
-MAX_TRAIN_NODES = 64
 # Secret keys that become env vars of the pipeline pods (the same shapes `tuna train --launcher trainjob` mounts).
 SECRET_ENV = {
     "mlflow_secret": ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),
@@ -109,5 +108,5 @@ class PipelineOptions:
 
 
 __all__ = ["ACCELERATOR", "BASE_IMAGE", "DEFAULT_RECIPE", "DEPLOY_TARGETS", "ERROR_FILE_ENV", "GOLDEN_VERSION",
-           "IMAGE_REPOSITORY", "LAUNCHERS", "MAX_TRAIN_NODES", "PIPELINE_NAME", "SECRET_ENV", "SECRET_OPTIONAL_ENV",
+           "IMAGE_REPOSITORY", "LAUNCHERS", "PIPELINE_NAME", "SECRET_ENV", "SECRET_OPTIONAL_ENV",
            "SERVING_SOURCES", "TARGETS", "VARIANTS", "PipelineError", "PipelineOptions"]

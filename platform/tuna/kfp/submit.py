@@ -18,7 +18,8 @@ from tuna.kfp.compile import compile_pipeline
 from tuna.kfp.options import PIPELINE_NAME, PipelineError, PipelineOptions, _first_line
 from tuna.recipe import ClusterConfig
 
-COMPILE_TIME = {"launcher": "cluster.launcher", "gpus": "cluster.gpus_per_node"}  # no longer run parameters
+# former pipeline parameters: the recipe's cluster section is their one source now
+FROM_RECIPE = {"launcher": "cluster.launcher", "gpus": "cluster.gpus_per_node", "train_nodes": "cluster.num_nodes"}
 
 
 def _probe_kfp(host: str, timeout: float = 5.0) -> None:
@@ -91,9 +92,10 @@ def submit_params(config: str, overrides: Sequence[str], params: Sequence[str] =
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise PipelineError(f"--param {item!r}: expected name=value, e.g. mlflow_secret=tuna-mlflow")
-        if key.strip() in COMPILE_TIME:
-            raise PipelineError(f"--param {item!r}: {key.strip()} is compiled into the pipeline from the recipe; set "
-                                f"{COMPILE_TIME[key.strip()]} in the recipe or as an override instead")
+        if key.strip() in FROM_RECIPE:
+            recipe_key = FROM_RECIPE[key.strip()]
+            raise PipelineError(f"--param {item!r}: {key.strip()} is not a pipeline parameter; the recipe's "
+                                f"{recipe_key} sets it: change the recipe or add the override {recipe_key}=...")
         value = yaml.safe_load(raw) if raw.strip() else ""
         out[key.strip()] = value
     return out

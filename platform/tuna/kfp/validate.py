@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from tuna.kfp.options import (
     DEPLOY_TARGETS,
     LAUNCHERS,
-    MAX_TRAIN_NODES,
     SECRET_ENV,
     SERVING_SOURCES,
     TARGETS,
@@ -26,13 +25,14 @@ _ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 def validate_inputs(config: str, overrides: Sequence[str], *, target: str = "local", data_root: str = "",
                     checkpoints_root: str = "", gpus: int = 0, data_pvc: str = "", checkpoints_pvc: str = "",
                     mlflow_secret: str = "", milvus_secret: str = "", s3_secret: str = "", launcher: str = "local",
-                    train_nodes: int = 1, deploy_target: str = "local", serving_source: str = "pvc",
+                    deploy_target: str = "local", serving_source: str = "pvc",
                     serve_datastore: str = "", register_alias: str = "evaluated", gate_metric: str = "",
                     gate_min: float = 0.0) -> tuple[list[str], str]:
     """Check every pipeline parameter and the recipe before anything runs; return (resolved overrides, export root).
 
     ``launcher`` and ``gpus`` (the accelerators of a training task) are compiled into the pipeline from the recipe's
-    ``cluster:`` section; the rest are run parameters.
+    ``cluster:`` section; the rest are run parameters. The nodes of a TrainJob / PyTorchJob are the recipe's
+    ``cluster.num_nodes`` (the local launcher trains in the task's pod and ignores it).
     The resolved overrides carry the cluster's settings into the recipe (data dir on the data PVC, PVC and
     Secret names, nodes, GPUs, serving datastore) so every later task - and the TrainJobs it creates - reads the
     same config. Any problem raises PipelineError / ConfigError naming the parameter or key.
@@ -50,11 +50,6 @@ def validate_inputs(config: str, overrides: Sequence[str], *, target: str = "loc
     if launcher != "local" and not cluster:
         raise PipelineError(f"cluster.launcher: {launcher!r} creates jobs on Kubernetes; with target=local compile "
                             f"the pipeline with cluster.launcher=local")
-    if not isinstance(train_nodes, int) or isinstance(train_nodes, bool) or not 1 <= train_nodes <= MAX_TRAIN_NODES:
-        raise bad("train_nodes", f"{train_nodes!r} is out of range 1..{MAX_TRAIN_NODES}")
-    if train_nodes > 1 and launcher == "local":
-        raise bad("train_nodes", f"{train_nodes} nodes need launcher=trainjob or pytorchjob (local trains in one pod); "
-                                 f"set cluster.launcher in the recipe and compile again")
     if not isinstance(gpus, int) or isinstance(gpus, bool) or not 0 <= gpus <= MAX_GPUS_PER_NODE:
         raise PipelineError(f"gpus: {gpus!r} is out of range 0..{MAX_GPUS_PER_NODE} (compiled from cluster.gpus_per_node)")
     if deploy_target not in DEPLOY_TARGETS:
@@ -97,7 +92,7 @@ def validate_inputs(config: str, overrides: Sequence[str], *, target: str = "loc
         resolved += [f"cluster.data_pvc={data_pvc}", f"cluster.data_mount={data_root}",
                      f"cluster.checkpoints_pvc={checkpoints_pvc}", f"cluster.checkpoints_mount={checkpoints_root}",
                      f"cluster.mlflow_secret={mlflow_secret}", f"cluster.milvus_secret={milvus_secret}",
-                     f"cluster.s3_secret={s3_secret}", f"cluster.num_nodes={train_nodes}"]
+                     f"cluster.s3_secret={s3_secret}"]
         export_root = checkpoints_root
     if gpus:
         resolved += [f"cluster.gpus_per_node={gpus}", f"train.ranks={gpus}"]
