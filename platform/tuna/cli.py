@@ -389,7 +389,8 @@ VERBS: dict[str, Verb] = {
     "serve": Verb("serve the exported model with the local tritonserver (gRPC, HTTP, metrics) until Ctrl-C", cmd_serve, _serve_args),
     "ask": Verb("ask the served model a question about an image over gRPC; print answer and provenance", cmd_ask, _ask_args),
     "ui": Verb("browse the local MLflow store (runs, metrics, models) with mlflow ui on 127.0.0.1", cmd_ui, _ui_args),
-    "pipeline": Verb("Kubeflow pipeline: compile the versioned IR, submit it to a KFP host, or run it with kfp.local",
+    "pipeline": Verb("Kubeflow pipeline: compile the versioned IR (Kubernetes settings from the recipe's cluster: section), "
+                     "submit it to a KFP host, or run it with kfp.local",
                      cmd_pipeline, _pipeline_args),
 }
 
