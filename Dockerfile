@@ -40,6 +40,9 @@ RUN pip install --upgrade "pip>=24" \
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY platform/ platform/
+# The KFP wiring installs as the packages tuna_pipelines and tuna_components (pyproject.toml maps these folders).
+COPY pipelines/ pipelines/
+COPY components/ components/
 RUN pip install -c constraints.txt . && pip check
 
 # tritonserver from the nvidia-pytriton wheel, runnable bare (DESIGN.md): a backend directory holding the bundle's

@@ -7,25 +7,25 @@ DAG (inside an ExitHandler whose exit task, ``notify``, always runs)::
     start_run -> train stage 1 -> train stage 2   (variant tuna, and variant baseline: two chains)
               -> evaluate (both stage-2 models) -> export_model_repository (tuna) -> register_model -> deploy
 
-``build_pipeline(options)`` returns the ``@dsl.pipeline``; :class:`tuna.pipeline.PipelineOptions` holds what KFP
-bakes into the IR at compile time (GPU accelerators, node selector and tolerations of the training tasks, mount
-paths). Everything a run may change is a pipeline parameter, checked by the first task, ``validate``.
+``build_pipeline(options)`` returns the ``@dsl.pipeline``; :class:`tuna.kfp.options.PipelineOptions` holds what KFP
+bakes into the IR at compile time, all from the recipe's ``cluster:`` section: the pods' image, the mount paths, the
+training launcher and - with the local launcher only - the training tasks' GPUs, node selector and tolerations (with
+``trainjob`` / ``pytorchjob`` the training tasks only submit and follow the job and request no GPU). Everything else
+a run may change is a pipeline parameter, checked by the first task, ``validate``.
 Kubernetes settings (kfp-kubernetes; ignored by ``kfp.local``): the data PVC on every pod but ``validate``, the
 checkpoints PVC on training, export and register, the MLflow / Milvus / S3 Secrets as env vars on every task
 that talks to them, the ``app.kubernetes.io/part-of: tuna`` pod label (NetworkPolicies select it). Caching is on
 for the data steps (their inputs are the recipe and upstream artifacts) and off for the rest (they nest MLflow
 runs under a per-run parent, and deploy / register must act every time).
 
-Compile with ``tuna pipeline compile``; run locally with ``tuna pipeline run --local`` (``target=local``).
+Compile with ``tuna pipeline compile --config <recipe>``; run locally with ``tuna pipeline run --local``
+(``target=local``).
 """
-
-import importlib.util
-import sys
-from pathlib import Path
 
 from kfp import dsl, kubernetes
 
-from tuna.pipeline import (
+from tuna.kfp.options import (
+    ACCELERATOR,
     DEFAULT_RECIPE,
     PIPELINE_NAME,
     SECRET_ENV,
@@ -33,45 +33,47 @@ from tuna.pipeline import (
     VARIANTS,
     PipelineOptions,
 )
+from tuna_components.build_index.component import build_index
+from tuna_components.deploy.component import deploy
+from tuna_components.encoder.component import encoder
+from tuna_components.evaluate.component import evaluate
+from tuna_components.export_model_repository.component import export_model_repository
+from tuna_components.lm.component import lm
+from tuna_components.mine_tags.component import mine_tags
+from tuna_components.notify.component import notify
+from tuna_components.register_model.component import register_model
+from tuna_components.start_run.component import start_run
+from tuna_components.train.component import train
+from tuna_components.validate.component import validate
+from tuna_components.world.component import world
 
-COMPONENTS_DIR = Path(__file__).resolve().parent.parent / "components"
-STEPS = ("validate", "world", "encoder", "mine_tags", "build_index", "lm", "start_run", "train", "evaluate",
-         "export_model_repository", "register_model", "deploy", "notify")
+# step -> component (components/<step>/component.py), in DAG order
+COMPONENTS = {"validate": validate, "world": world, "encoder": encoder, "mine_tags": mine_tags,
+              "build_index": build_index, "lm": lm, "start_run": start_run, "train": train, "evaluate": evaluate,
+              "export_model_repository": export_model_repository, "register_model": register_model, "deploy": deploy,
+              "notify": notify}
+STEPS = tuple(COMPONENTS)
 DATASTORES = ("A", "B", "A_captions")  # = tuna.retrieval.datastore.DATASTORES (checked by the tests)
 POD_LABELS = (("app.kubernetes.io/part-of", "tuna"), ("app.kubernetes.io/component", "pipeline"))  # manifests/ NetworkPolicies
 
 
-def load_component(step: str):
-    """The component defined in ``components/<step>/component.py`` (loaded by path: no packages there)."""
-    name = f"tuna_components_{step}"
-    path = COMPONENTS_DIR / step / "component.py"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return getattr(sys.modules[name], step)
-
-
-def components() -> dict:
-    return {step: load_component(step) for step in STEPS}
-
-
 def build_pipeline(options: PipelineOptions = None):
-    """The ``@dsl.pipeline`` for ``options`` (default: CPU training, mounts at /mnt/tuna and /mnt/tuna-checkpoints)."""
+    """The ``@dsl.pipeline`` for ``options`` (default: ``ClusterConfig()``'s CPU build with the local launcher)."""
     o = options or PipelineOptions()
-    c = components()
+    cluster = o.cluster
+    c = COMPONENTS
 
     def pod(task, name: str, cache: bool = False, data: bool = True, checkpoints: bool = False, secrets: bool = True):
-        """Display name, caching and the Kubernetes settings of one task."""
+        """Display name, caching, image and the Kubernetes settings of one task."""
         task.set_display_name(name)
         task.set_caching_options(cache)
+        task.set_container_image(cluster.image)
         for key, value in POD_LABELS:
             kubernetes.add_pod_label(task, key, value)
         if data:
-            kubernetes.mount_pvc(task, pvc_name=params["data_pvc"], mount_path=o.data_mount)
+            kubernetes.mount_pvc(task, pvc_name=params["data_pvc"], mount_path=cluster.data_mount)
         if checkpoints:
-            kubernetes.mount_pvc(task, pvc_name=params["checkpoints_pvc"], mount_path=o.checkpoints_mount)
+            kubernetes.mount_pvc(task, pvc_name=params["checkpoints_pvc"], mount_path=cluster.checkpoints_mount)
         if secrets:
             for param, keys in SECRET_ENV.items():
                 kubernetes.use_secret_as_env(task, secret_name=params[param], secret_key_to_env={k: k for k in keys})
@@ -80,13 +82,17 @@ def build_pipeline(options: PipelineOptions = None):
                                              optional=True)
         return task
 
-    def gpu(task):
-        if o.gpu:
-            task.set_accelerator_type(o.accelerator).set_accelerator_limit(o.gpus_per_node)
-            for key, value in o.gpu_node_selector:
-                kubernetes.add_node_selector(task, label_key=key, label_value=value)
-            for key, operator, effect in o.gpu_tolerations:
-                kubernetes.add_toleration(task, key=key, operator=operator, effect=effect)
+    def trainer(task):
+        """Local launcher: training runs in this task's pod, on the recipe's GPUs, node pool and tolerations.
+        TrainJob / PyTorchJob: the task only submits the job and follows it; the job's pods get all of that."""
+        if not o.trains_in_task:
+            return task
+        if o.train_gpus:
+            task.set_accelerator_type(ACCELERATOR).set_accelerator_limit(o.train_gpus)
+        for key, value in sorted(cluster.node_selector.items()):
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for t in cluster.tolerations:
+            kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value, effect=t.effect)
         return task
 
     params = {}
@@ -94,9 +100,9 @@ def build_pipeline(options: PipelineOptions = None):
     @dsl.pipeline(name=PIPELINE_NAME,
                   description=f"TUNA {o.version}: world -> encoder -> tags -> datastores A/B/A_captions -> LM -> "
                               f"stage 1 -> stage 2 (tuna, baseline) -> evaluate -> export -> register -> deploy"
-                              f"{' (GPU training)' if o.gpu else ''}")
-    def tuna(config: str = DEFAULT_RECIPE, overrides: list = [], target: str = "kubernetes", launcher: str = "local",  # noqa: B006
-             train_nodes: int = 1, deploy_target: str = "helm", serving_source: str = "pvc", serve_datastore: str = "",
+                              f"{_training(o)}")
+    def tuna(config: str = DEFAULT_RECIPE, overrides: list = [], target: str = "kubernetes",  # noqa: B006
+             deploy_target: str = "helm", serving_source: str = "pvc", serve_datastore: str = "",
              register_alias: str = "evaluated", gate_metric: str = "", gate_min: float = 0.0,
              data_pvc: str = "tuna-data", checkpoints_pvc: str = "tuna-checkpoints", mlflow_secret: str = "",
              milvus_secret: str = "", s3_secret: str = "", helm_release: str = "tuna-serving",
@@ -104,14 +110,14 @@ def build_pipeline(options: PipelineOptions = None):
              notify_url: str = ""):
         params.update(data_pvc=data_pvc, checkpoints_pvc=checkpoints_pvc, mlflow_secret=mlflow_secret,
                       milvus_secret=milvus_secret, s3_secret=s3_secret)
-        exit_task = pod(c["notify"](config=config, overrides=overrides, data_root=o.data_mount, target=target,
+        exit_task = pod(c["notify"](config=config, overrides=overrides, data_root=cluster.data_mount, target=target,
                                     webhook=notify_url), "notify", secrets=False)
         with dsl.ExitHandler(exit_task, name="tuna-run"):
             check = c["validate"](
-                config=config, overrides=overrides, target=target, data_root=o.data_mount,
-                checkpoints_root=o.checkpoints_mount, gpus=o.gpus_per_node if o.gpu else 0, data_pvc=data_pvc,
+                config=config, overrides=overrides, target=target, data_root=cluster.data_mount,
+                checkpoints_root=cluster.checkpoints_mount, gpus=o.train_gpus, data_pvc=data_pvc,
                 checkpoints_pvc=checkpoints_pvc, mlflow_secret=mlflow_secret, milvus_secret=milvus_secret,
-                s3_secret=s3_secret, launcher=launcher, train_nodes=train_nodes, deploy_target=deploy_target,
+                s3_secret=s3_secret, launcher=o.launcher, deploy_target=deploy_target,
                 serving_source=serving_source, serve_datastore=serve_datastore, register_alias=register_alias,
                 gate_metric=gate_metric, gate_min=gate_min)
             pod(check, "validate", data=False, secrets=False)  # reads only the recipe in the image
@@ -139,8 +145,8 @@ def build_pipeline(options: PipelineOptions = None):
                 base = lm.outputs["model"]
                 for stage in (1, 2):
                     step = c["train"](config=config, overrides=ov, mlflow_parent=parent, stage=stage, variant=variant,
-                                      launcher=launcher, base=base, datastore=index["A"].outputs["index"])
-                    gpu(pod(step, f"train-{variant}-stage{stage}", checkpoints=True))
+                                      launcher=o.launcher, base=base, datastore=index["A"].outputs["index"])
+                    trainer(pod(step, f"train-{variant}-stage{stage}", checkpoints=True))
                     base = step.outputs["model"]
                 final[variant] = base
 
@@ -149,7 +155,7 @@ def build_pipeline(options: PipelineOptions = None):
             evaluation.after(index["B"], index["A_captions"])  # the datastore swap and the captions ablation read them
             export = pod(c["export_model_repository"](config=config, overrides=ov, mlflow_parent=parent,
                                                       model=final["tuna"], out_root=check.outputs["export_root"],
-                                                      trtllm=o.gpu), "export", checkpoints=True)
+                                                      trtllm=cluster.gpus_per_node > 0), "export", checkpoints=True)
             export.after(evaluation)  # only an evaluated model is exported
             register = pod(c["register_model"](config=config, overrides=ov, mlflow_parent=parent,
                                                repository=export.outputs["repository"],
@@ -158,6 +164,13 @@ def build_pipeline(options: PipelineOptions = None):
             pod(c["deploy"](config=config, overrides=ov, mlflow_parent=parent, repository=export.outputs["repository"],
                             target=deploy_target, registered=register.output, serving_source=serving_source,
                             chart=helm_chart, release=helm_release, namespace=helm_namespace, values_files=helm_values,
-                            repository_pvc=checkpoints_pvc, repository_mount=o.checkpoints_mount), "deploy")
+                            repository_pvc=checkpoints_pvc, repository_mount=cluster.checkpoints_mount), "deploy")
 
     return tuna
+
+
+def _training(o: PipelineOptions) -> str:
+    """How training runs, for the pipeline's description ("" for the default CPU build)."""
+    if not o.trains_in_task:
+        return f" (training submitted as a {'TrainJob' if o.launcher == 'trainjob' else 'PyTorchJob'})"
+    return f" (GPU training: {o.train_gpus} x {ACCELERATOR} per training task)" if o.train_gpus else ""

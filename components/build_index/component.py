@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from tuna.pipeline import BASE_IMAGE
+from tuna.kfp.options import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -11,9 +11,9 @@ def build_index(config: str, overrides: list, encoder: Input[Model], tags: Input
                 datastore: str = "all"):
     """Embed the web corpus with the encoder and build `datastore` (A, B, A_captions or all; skipped when up to
     date); metadata: rows, skipped, collection, corpus / tags hashes, encoder fingerprint, uri."""
-    from tuna import pipeline
+    from tuna.kfp import tasks
 
-    with pipeline.task(f"build_index {datastore}"):
-        result = pipeline.run_index(config, overrides, datastore)
-    pipeline.publish(index, result)
+    with tasks.task(f"build_index {datastore}"):
+        result = tasks.run_index(config, overrides, datastore)
+    tasks.publish(index, result)
     print(f"build_index: {result.summary} (encoder {encoder.metadata.get('fingerprint')}, tags {tags.metadata.get('status')})")

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Input, Model
 
-from tuna.pipeline import BASE_IMAGE
+from tuna.kfp.options import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -14,11 +14,11 @@ def deploy(config: str, overrides: list, mlflow_parent: str, repository: Input[M
     """`local`: start tritonserver on the repository, ask one question over gRPC, stop. `helm`: install or upgrade
     the tuna-serving release with the repository from its PVC (`serving_source=pvc`) or the registered version
     (`mlflow`). `none`: nothing. Returns a one-line summary."""
-    from tuna import pipeline
+    from tuna.kfp import tasks
 
-    with pipeline.task("deploy"):
-        line = pipeline.run_deploy(config, overrides, mlflow_parent, repository.metadata, target, registered,
-                                   serving_source, chart, release, namespace, values_files, repository_pvc,
-                                   repository_mount)
+    with tasks.task("deploy"):
+        line = tasks.run_deploy(config, overrides, mlflow_parent, repository.metadata, target, registered,
+                                serving_source, chart, release, namespace, values_files, repository_pvc,
+                                repository_mount)
     print(f"deploy: {line}")
     return line

@@ -3,16 +3,16 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from tuna.pipeline import BASE_IMAGE
+from tuna.kfp.options import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def encoder(config: str, overrides: list, world: Input[Dataset], model: Output[Model]):
     """Train (or load) the CLIP encoder (skipped when up to date); the artifact holds its manifest, the metadata
     its fingerprint, embedding size, zero-shot accuracy and uri."""
-    from tuna import pipeline
+    from tuna.kfp import tasks
 
-    with pipeline.task("encoder"):
-        result = pipeline.run_encoder_step(config, overrides)
-    pipeline.publish(model, result)
+    with tasks.task("encoder"):
+        result = tasks.run_encoder_step(config, overrides)
+    tasks.publish(model, result)
     print(f"encoder: {result.summary} (world {world.metadata.get('fingerprint')})")

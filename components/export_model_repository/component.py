@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Input, Model, Output
 
-from tuna.pipeline import BASE_IMAGE
+from tuna.kfp.options import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -12,10 +12,10 @@ def export_model_repository(config: str, overrides: list, mlflow_parent: str, mo
     """Export the stage-2 model of `model`'s variant (under `out_root`, the checkpoints PVC, when set; else
     run.data_dir/serve); `trtllm` adds the GPU repository and engine build kit. Metadata: model digest,
     datastore versions, files, uri."""
-    from tuna import pipeline
+    from tuna.kfp import tasks
 
-    with pipeline.task("export_model_repository"):
-        result = pipeline.run_export(config, overrides, mlflow_parent, model.metadata.get("variant", "tuna"),
-                                     out_root, trtllm)
-    pipeline.publish(repository, result)
+    with tasks.task("export_model_repository"):
+        result = tasks.run_export(config, overrides, mlflow_parent, model.metadata.get("variant", "tuna"),
+                                  out_root, trtllm)
+    tasks.publish(repository, result)
     print(f"export_model_repository: {result.summary}")

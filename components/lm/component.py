@@ -3,16 +3,16 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from tuna.pipeline import BASE_IMAGE
+from tuna.kfp.options import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def lm(config: str, overrides: list, world: Input[Dataset], model: Output[Model]):
     """Train (or load) the language model (skipped when up to date); metadata: fingerprint, parameters,
     vocabulary, validation perplexity, weights hash, uri."""
-    from tuna import pipeline
+    from tuna.kfp import tasks
 
-    with pipeline.task("lm"):
-        result = pipeline.run_lm_step(config, overrides)
-    pipeline.publish(model, result)
+    with tasks.task("lm"):
+        result = tasks.run_lm_step(config, overrides)
+    tasks.publish(model, result)
     print(f"lm: {result.summary} (world {world.metadata.get('fingerprint')})")

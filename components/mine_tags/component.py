@@ -3,16 +3,16 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
-from tuna.pipeline import BASE_IMAGE
+from tuna.kfp.options import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def mine_tags(config: str, overrides: list, world: Input[Dataset], tags: Output[Dataset], domain: str = "all"):
     """Mine domain A, B or all (each skipped when up to date); metadata per domain: captions, skipped, unique
     tags, input hash, uri."""
-    from tuna import pipeline
+    from tuna.kfp import tasks
 
-    with pipeline.task("mine_tags"):
-        result = pipeline.run_mine(config, overrides, domain)
-    pipeline.publish(tags, result)
+    with tasks.task("mine_tags"):
+        result = tasks.run_mine(config, overrides, domain)
+    tasks.publish(tags, result)
     print(f"mine_tags: {result.summary} (world {world.metadata.get('fingerprint')})")

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Input, Metrics, Model
 
-from tuna.pipeline import BASE_IMAGE
+from tuna.kfp.options import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -11,8 +11,8 @@ def register_model(config: str, overrides: list, mlflow_parent: str, repository:
                    alias: str = "evaluated", gate_metric: str = "", gate_min: float = 0.0) -> str:
     """Register the repository as a new version of `<registered model>-serving` and point `alias` at it, unless
     `gate_metric` of the evaluation is below `gate_min`. Returns `models:/<name>@<alias>` ("" when gated)."""
-    from tuna import pipeline
+    from tuna.kfp import tasks
 
-    with pipeline.task("register_model"):
-        return pipeline.run_register(config, overrides, mlflow_parent, repository.metadata, metrics.metadata, alias,
+    with tasks.task("register_model"):
+        return tasks.run_register(config, overrides, mlflow_parent, repository.metadata, metrics.metadata, alias,
                                      gate_metric, gate_min)

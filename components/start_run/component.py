@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model
 
-from tuna.pipeline import BASE_IMAGE
+from tuna.kfp.options import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -12,11 +12,11 @@ def start_run(config: str, overrides: list, world: Input[Dataset], encoder: Inpu
               lm: Input[Model]) -> str:
     """Create the parent run (params = the recipe; metrics and tags = the data artifacts' counts, hashes and
     fingerprints) and return its id; later tasks nest their runs under it."""
-    from tuna import pipeline
+    from tuna.kfp import tasks
 
     data = {"world": world.metadata, "encoder": encoder.metadata, "mine": tags.metadata, "index_A": datastore_a.metadata,
             "index_B": datastore_b.metadata, "index_A_captions": datastore_a_captions.metadata, "lm": lm.metadata}
-    with pipeline.task("start_run"):
-        run_id = pipeline.start_run(config, overrides, data)
+    with tasks.task("start_run"):
+        run_id = tasks.start_run(config, overrides, data)
     print(f"start_run: MLflow parent run {run_id}")
     return run_id

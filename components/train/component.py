@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from tuna.pipeline import BASE_IMAGE
+from tuna.kfp.options import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -12,9 +12,9 @@ def train(config: str, overrides: list, mlflow_parent: str, stage: int, variant:
     """Train `stage` (1 or 2) of `variant` from `base` (the LM for stage 1, the stage-1 model for stage 2):
     `launcher` local runs DeepSpeed ranks in this pod, trainjob / pytorchjob creates the job on the cluster and
     follows it. Skipped when up to date. Metadata: losses, steps, seconds, ranks, ZeRO stage, registered version."""
-    from tuna import pipeline
+    from tuna.kfp import tasks
 
-    with pipeline.task(f"train {variant} stage {stage}"):
-        result = pipeline.run_train(config, overrides, mlflow_parent, stage, variant, launcher)
-    pipeline.publish(model, result)
+    with tasks.task(f"train {variant} stage {stage}"):
+        result = tasks.run_train(config, overrides, mlflow_parent, stage, variant, launcher)
+    tasks.publish(model, result)
     print(f"train: {result.summary} (from {base.metadata.get('uri')}, datastore {datastore.metadata.get('name')})")

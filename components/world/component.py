@@ -3,16 +3,16 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from tuna.pipeline import BASE_IMAGE
+from tuna.kfp.options import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def world(config: str, overrides: list, dataset: Output[Dataset]):
     """Generate the world into run.data_dir (skipped when up to date); the artifact holds its manifest, the
     metadata its counts, SHA-256 digests, fingerprint and uri."""
-    from tuna import pipeline
+    from tuna.kfp import tasks
 
-    with pipeline.task("world"):
-        result = pipeline.run_world(config, overrides)
-    pipeline.publish(dataset, result)
+    with tasks.task("world"):
+        result = tasks.run_world(config, overrides)
+    tasks.publish(dataset, result)
     print(f"world: {result.summary}")

@@ -259,29 +259,33 @@ def _ask_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     """Compile the versioned KFP pipeline, submit it to a KFP host, or run it here through kfp.local."""
-    from tuna import pipeline
+    from tuna.kfp.compile import compile_pipeline, compiled_dir, pipeline_version
+    from tuna.kfp.local import run_local
+    from tuna.kfp.options import PIPELINE_NAME
+    from tuna.kfp.submit import submit, submit_params
 
     if args.action is None:
         raise TunaError("give an action: tuna pipeline compile | submit --host URL | run --local")
-    version = args.version or pipeline.pipeline_version()
+    version = args.version or pipeline_version()
     if args.action == "compile":
-        out_dir = Path(args.out) if args.out else pipeline.repo_root() / "pipelines" / "compiled"
-        print(f"compiled {pipeline.compile_pipeline(out_dir, version, gpu=args.gpu)}")
+        cluster = _config(args).cluster  # GPUs, node pool, launcher, image, mounts: the recipe's cluster section
+        out_dir = Path(args.out) if args.out else compiled_dir()
+        print(f"compiled {compile_pipeline(out_dir, version, cluster)}")
         return 0
     if args.action == "submit":
         if not args.host:
             raise TunaError("submit needs --host URL (the KFP API, e.g. http://localhost:8888); to run here: run --local")
-        out = pipeline.submit(args.host, args.experiment, version, pipeline.submit_params(args.config, args.overrides, args.param),
-                              gpu=args.gpu, out_dir=Path(args.out) if args.out else None)
-        print(f"pipeline {pipeline.PIPELINE_NAME} version {out['version']} ({out['package']}) -> run {out['run_id']} "
+        out = submit(args.host, args.experiment, version, submit_params(args.config, args.overrides, args.param),
+                     cluster=_config(args).cluster, out_dir=Path(args.out) if args.out else None)
+        print(f"pipeline {PIPELINE_NAME} version {out['version']} ({out['package']}) -> run {out['run_id']} "
               f"in experiment {args.experiment!r}: {out['url']}")
         return 0
     if not args.local:
         raise TunaError("run executes through kfp.local only: add --local (for a cluster: tuna pipeline submit --host URL)")
     _config(args)  # a bad recipe or override: one line before kfp starts
-    params = {k: v for k, v in pipeline.submit_params(args.config, args.overrides, args.param).items()
+    params = {k: v for k, v in submit_params(args.config, args.overrides, args.param).items()
               if k not in ("config", "overrides")}
-    out = pipeline.run_local(args.config, args.overrides, params=params, verbose=args.verbose)
+    out = run_local(args.config, args.overrides, params=params, verbose=args.verbose)
     print(f"\npipeline done in {out['seconds']:.0f}s; task outputs: {out['run_dir']}"
           + (f"; full log: {out['log']}" if out.get("log") else ""))
     data = Path(out["data_dir"])
@@ -301,7 +305,6 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="run: stream kfp.local's full output (default: task progress; the rest to a log file)")
     p.add_argument("--version", default=None, help="pipeline version (default: <package version>+<git short sha>)")
     p.add_argument("--out", default=None, metavar="DIR", help="where compiled IR goes (default: <repository>/pipelines/compiled)")
-    p.add_argument("--gpu", action="store_true", help="compile with GPU accelerators, node selector and tolerations on training")
     p.add_argument("--host", default=None, help="submit: KFP API URL, e.g. http://localhost:8888")
     p.add_argument("--experiment", default="tuna", help="submit: KFP experiment name (default: tuna)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
@@ -339,7 +342,8 @@ VERBS: dict[str, Verb] = {
     "serve": Verb("serve the exported model with the local tritonserver (gRPC, HTTP, metrics) until Ctrl-C", cmd_serve, _serve_args),
     "ask": Verb("ask the served model a question about an image over gRPC; print answer and provenance", cmd_ask, _ask_args),
     "ui": Verb("browse the local MLflow store (runs, metrics, models) with mlflow ui on 127.0.0.1", cmd_ui, _ui_args),
-    "pipeline": Verb("Kubeflow pipeline: compile the versioned IR, submit it to a KFP host, or run it with kfp.local",
+    "pipeline": Verb("Kubeflow pipeline: compile the versioned IR (Kubernetes settings from the recipe's cluster: section), "
+                     "submit it to a KFP host, or run it with kfp.local",
                      cmd_pipeline, _pipeline_args),
 }
 

@@ -790,6 +790,8 @@ def test_dockerfile_copies_the_source_and_the_recipes() -> None:
     build, runtime = stages()[0], stages()[-1]
     build_copies = [a for i, a in build if i == "COPY"]
     assert "platform/ platform/" in build_copies and "pyproject.toml README.md constraints.txt ./" in build_copies
+    # the KFP wiring installs as tuna_pipelines / tuna_components: both folders must reach `pip install .`
+    assert {"pipelines/ pipelines/", "components/ components/"} <= set(build_copies)
     workdirs = [a for i, a in runtime if i == "WORKDIR"]
     assert workdirs[-1] == "/opt/tuna"
     copies = [a for i, a in runtime if i == "COPY"]
@@ -816,5 +818,5 @@ def test_dockerignore_keeps_data_envs_and_history_out() -> None:
     ignored = {ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
                if ln.strip() and not ln.startswith("#")}
     assert {"data/", ".venv", ".git"} <= ignored
-    for needed in ("platform", "configs", "pyproject.toml", "README.md"):
+    for needed in ("platform", "pipelines", "components", "configs", "pyproject.toml", "README.md"):
         assert not any(pattern.rstrip("/") == needed for pattern in ignored), needed

@@ -14,10 +14,10 @@ GOLDEN = REPO / "pipelines" / "compiled" / "tuna-golden.yaml"
 
 
 def component(step: str) -> Any:
-    """The KFP component object of components/<step>/component.py (loaded like pipelines/tuna.py does)."""
-    from tuna.pipeline import load_pipeline_module
+    """The KFP component object of components/<step>/component.py (the one pipelines/tuna.py wires)."""
+    from tuna_pipelines.tuna import COMPONENTS
 
-    return load_pipeline_module().load_component(step)
+    return COMPONENTS[step]
 
 
 def out(kind: str, folder: Path, name: str) -> Any:

@@ -1,4 +1,5 @@
-"""The compiled pipeline: versioning, the golden IR, the DAG and its Kubernetes settings, submit, the CLI verb."""
+"""The compiled pipeline: versioning, the golden IR, the DAG, its Kubernetes settings (from the recipe's cluster:
+section), submit, the CLI verb."""
 
 from __future__ import annotations
 
@@ -10,16 +11,12 @@ from typing import Any
 import pytest
 
 from pipeline_support import GOLDEN, load_ir, tasks_by_display_name
-from support import REPO, SMOKE
+from support import CONFIGS, REPO, SMOKE
 from tuna.cli import main
-from tuna.pipeline import (
-    GOLDEN_VERSION,
-    PipelineError,
-    PipelineOptions,
-    compile_pipeline,
-    pipeline_version,
-    submit,
-)
+from tuna.kfp.compile import compile_pipeline, pipeline_version
+from tuna.kfp.options import GOLDEN_VERSION, PipelineError, PipelineOptions
+from tuna.kfp.submit import submit
+from tuna.recipe import ClusterConfig, load_recipe
 
 REFRESH = ("the pipeline IR changed; if that is intended, refresh the golden copy with\n"
            "    .venv/bin/tuna pipeline compile --version golden\n"
@@ -27,6 +24,10 @@ REFRESH = ("the pipeline IR changed; if that is intended, refresh the golden cop
 DATA = ("world", "encoder", "mine-tags", "index-A", "index-B", "index-A-captions", "lm")
 TRAIN = ("train-tuna-stage1", "train-tuna-stage2", "train-baseline-stage1", "train-baseline-stage2")
 LATER = ("start-run", *TRAIN, "evaluate", "export", "register", "deploy")
+LLAVA = CONFIGS / "llava7b.yaml"  # the cluster recipe: trainjob launcher, 8 GPUs per node, an A100 node pool
+# a local-launcher GPU recipe: 4 GPUs per training pod on its own node pool, with its own taint
+LOCAL_GPU = [f"cluster.{k}" for k in ("gpus_per_node=4", "node_selector={pool: a100-80g}",
+                                      "tolerations=[{key: gpu-pool, operator: Equal, value: 'yes', effect: NoExecute}]")]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,17 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def compiled_gpu(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_pipeline(tmp_path_factory.mktemp("compiled-gpu"), "0.1.0+test", gpu=True)
+def compiled_local_gpu(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cluster = load_recipe(SMOKE, LOCAL_GPU).cluster
+    assert cluster.launcher == "local"
+    return compile_pipeline(tmp_path_factory.mktemp("compiled-local-gpu"), "0.1.0+test", cluster)
+
+
+@pytest.fixture(scope="module")
+def compiled_trainjob(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cluster = load_recipe(LLAVA).cluster
+    assert cluster.launcher == "trainjob" and cluster.gpus_per_node == 8 and cluster.node_selector
+    return compile_pipeline(tmp_path_factory.mktemp("compiled-trainjob"), "0.1.0+test", cluster)
 
 
 def _without_sdk_version(ir: bytes) -> bytes:
@@ -147,38 +157,90 @@ def test_pvcs_secrets_and_labels_in_the_platform_spec(compiled: Path) -> None:
     assert params["overrides"]["parameterType"] == "LIST" and params["config"]["defaultValue"] == "configs/mini.yaml"
 
 
-def test_gpu_is_a_compile_option_on_training_tasks_only(compiled: Path, compiled_gpu: Path) -> None:
+def _resources(spec: dict[str, Any], name: str) -> dict[str, Any]:
+    _, task = tasks_by_display_name(spec)[name]
+    label = spec["components"][task["componentRef"]["name"]]["executorLabel"]
+    return spec["deploymentSpec"]["executors"][label]["container"].get("resources", {})
+
+
+def _constant(spec: dict[str, Any], name: str, parameter: str) -> Any:
+    _, task = tasks_by_display_name(spec)[name]
+    return task["inputs"]["parameters"][parameter]["runtimeValue"]["constant"]
+
+
+def test_default_build_requests_no_accelerator_and_trains_in_the_task(compiled: Path) -> None:
     spec, platform = load_ir(compiled)
-    gspec, gplatform = load_ir(compiled_gpu)
-    executors = gspec["deploymentSpec"]["executors"]
     for name in (*DATA, *LATER):
-        _, task = tasks_by_display_name(gspec)[name]
-        label = gspec["components"][task["componentRef"]["name"]]["executorLabel"]
-        resources = executors[label]["container"].get("resources", {})
-        ex = _executor(gspec, gplatform, name)
-        if name.startswith("train"):
-            assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
-            assert resources["accelerator"]["resourceCount"] == "8"
-            assert ex["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
-            assert ex["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+        ex = _executor(spec, platform, name)
+        assert "accelerator" not in _resources(spec, name) and "nodeSelector" not in ex and "tolerations" not in ex, name
+    assert all(_constant(spec, name, "launcher") == "local" for name in TRAIN)
+    assert _constant(spec, "validate", "gpus") == 0
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert "launcher" not in params and "train_nodes" not in params  # from the recipe now, not run parameters
+
+
+def test_local_launcher_puts_exactly_the_recipes_gpus_node_pool_and_taints_on_training_tasks(compiled_local_gpu: Path) -> None:
+    spec, platform = load_ir(compiled_local_gpu)
+    for name in (*DATA, *LATER):
+        resources, ex = _resources(spec, name), _executor(spec, platform, name)
+        if name in TRAIN:
+            accelerator = resources["accelerator"]
+            assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "4"), name
+            assert ex["nodeSelector"]["labels"] == {"pool": "a100-80g"}, name
+            assert ex["tolerations"] == [{"key": "gpu-pool", "operator": "Equal", "value": "yes", "effect": "NoExecute"}]
+            assert _constant(spec, name, "launcher") == "local"
         else:
-            assert "accelerator" not in resources and "nodeSelector" not in ex, name
-        cpu = _executor(spec, platform, name)
-        assert "nodeSelector" not in cpu and "tolerations" not in cpu
-    assert "GPU" in gspec["pipelineInfo"]["description"]
+            assert "accelerator" not in resources and "nodeSelector" not in ex and "tolerations" not in ex, name
+    assert _constant(spec, "validate", "gpus") == 4  # -> cluster.gpus_per_node=4, train.ranks=4 for every task
+    assert _constant(spec, "export", "trtllm") is True
+    assert "4 x nvidia.com/gpu per training task" in spec["pipelineInfo"]["description"]
+    assert compiled_local_gpu.name.startswith("tuna-0.1.0+test-local-gpu4-")
 
 
-@pytest.mark.parametrize(("options", "names"), [
-    ({"gpus_per_node": 0}, "gpus_per_node: 0 is out of range 1..16"),
-    ({"gpus_per_node": 17}, "gpus_per_node: 17 is out of range"),
-    ({"accelerator": "nvidia gpu"}, "accelerator: 'nvidia gpu' is not an extended resource name"),
-    ({"checkpoints_mount": "/mnt/tuna"}, "checkpoints_mount: must differ from data_mount"),
-    ({"data_mount": "data"}, "data_mount: 'data' must be an absolute folder"),
-    ({"gpu_tolerations": (("k", "Maybe", "NoSchedule"),)}, "gpu_tolerations: ('k', 'Maybe', 'NoSchedule')"),
+def test_trainjob_launcher_requests_no_accelerator_anywhere(compiled_trainjob: Path) -> None:
+    spec, platform = load_ir(compiled_trainjob)
+    for name in (*DATA, *LATER, "validate", "notify"):
+        ex = _executor(spec, platform, name)
+        assert "accelerator" not in _resources(spec, name), name  # the TrainJob's pods hold the GPUs, not the task
+        assert "nodeSelector" not in ex and "tolerations" not in ex, name
+    assert all(_constant(spec, name, "launcher") == "trainjob" for name in TRAIN)
+    assert _constant(spec, "validate", "gpus") == 0 and _constant(spec, "validate", "launcher") == "trainjob"
+    assert _constant(spec, "export", "trtllm") is True  # a GPU cluster: the TRT-LLM repository too
+    assert "TrainJob" in spec["pipelineInfo"]["description"]
+    assert re.fullmatch(r"tuna-0\.1\.0\+test-trainjob-[0-9a-f]{8}\.yaml", compiled_trainjob.name)
+
+
+def test_image_and_mounts_come_from_the_recipe(tmp_path: Path) -> None:
+    image = "registry.example/tuna@sha256:" + "a" * 64
+    cluster = load_recipe(SMOKE, [f"cluster.image={image}", "cluster.data_mount=/data",
+                                  "cluster.checkpoints_mount=/ckpt"]).cluster
+    spec, platform = load_ir(compile_pipeline(tmp_path, "0.1.0+test", cluster))
+    executors = spec["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {image}
+    mounts = {m["mountPath"] for ex in platform["deploymentSpec"]["executors"].values() for m in ex.get("pvcMount", [])}
+    assert mounts == {"/data", "/ckpt"}
+    assert _constant(spec, "validate", "data_root") == "/data" and _constant(spec, "validate", "checkpoints_root") == "/ckpt"
+
+
+def test_cluster_builds_get_distinct_names() -> None:
+    default = PipelineOptions(version="v")
+    assert default.suffix == "" and PipelineOptions(load_recipe(SMOKE).cluster, "v").suffix == ""
+    a = PipelineOptions(load_recipe(SMOKE, LOCAL_GPU).cluster, "v")
+    b = PipelineOptions(load_recipe(SMOKE, [*LOCAL_GPU, "cluster.node_selector={pool: h100}"]).cluster, "v")
+    assert a.suffix.startswith("-local-gpu4-") and b.suffix.startswith("-local-gpu4-") and a.suffix != b.suffix
+    # with a job launcher the GPU count is the job's business: it does not reach the IR
+    c = PipelineOptions(load_recipe(LLAVA).cluster, "v")
+    d = PipelineOptions(load_recipe(LLAVA, ["cluster.gpus_per_node=4"]).cluster, "v")
+    assert c.suffix == d.suffix and c.suffix.startswith("-trainjob-")
+
+
+@pytest.mark.parametrize(("cluster", "names"), [
+    ({"checkpoints_mount": "/mnt/tuna"}, "cluster.checkpoints_mount: must differ from cluster.data_mount"),
+    ({"data_mount": "/tmp"}, "cluster.data_mount: '/tmp' must be a folder of its own"),
 ])
-def test_compile_time_options_fail_in_one_line(options: dict[str, Any], names: str) -> None:
+def test_compile_time_options_fail_in_one_line(cluster: dict[str, Any], names: str) -> None:
     with pytest.raises(PipelineError) as info:
-        PipelineOptions(**options)
+        PipelineOptions(ClusterConfig(**cluster))
     assert names in str(info.value) and "\n" not in str(info.value)
 
 
@@ -288,18 +350,38 @@ def test_submit_turns_a_server_refusal_into_one_line(tmp_path: Path, kfp_host: s
 def test_cli_compile_submit_and_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["pipeline", "compile", "--out", str(tmp_path), "--version", "9.9.9+cli"]) == 0
     assert capsys.readouterr().out.strip() == f"compiled {tmp_path / 'tuna-9.9.9+cli.yaml'}"
-    assert main(["pipeline", "compile", "--out", str(tmp_path), "--version", "9.9.9+cli", "--gpu"]) == 0
-    assert (tmp_path / "tuna-9.9.9+cli-gpu.yaml").is_file()
+    assert main(["pipeline", "compile", "--out", str(tmp_path), "--version", "9.9.9+cli", "--config", str(LLAVA),
+                 "cluster.launcher=local"]) == 0
+    (gpu,) = tmp_path.glob("tuna-9.9.9+cli-local-gpu8-*.yaml")  # the recipe's 8 GPUs on its training tasks
+    spec, platform = load_ir(gpu)
+    assert _resources(spec, "train-tuna-stage1")["accelerator"]["resourceCount"] == "8"
+    assert _executor(spec, platform, "train-tuna-stage1")["nodeSelector"]["labels"] == {
+        "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     cases = [
         (["pipeline"], "tuna pipeline: error: give an action: tuna pipeline compile | submit --host URL | run --local"),
         (["pipeline", "run", "--config", str(SMOKE)], "tuna pipeline: error: run executes through kfp.local only: add --local"),
         (["pipeline", "submit"], "tuna pipeline: error: submit needs --host URL"),
         (["pipeline", "run", "--local", "--config", str(SMOKE), "world.nope=1"], "tuna pipeline: error: unknown key 'world.nope'"),
+        (["pipeline", "compile", "--out", str(tmp_path), "cluster.gpus_per_node=17"],
+         "tuna pipeline: error: cluster.gpus_per_node: must be in 0..16"),
+        (["pipeline", "compile", "--out", str(tmp_path), "cluster.launcher=slurm"], "tuna pipeline: error: cluster.launcher"),
+        (["pipeline", "compile", "--gpu"], "usage:"),  # gone: the recipe's cluster section says where training runs
+        (["pipeline", "run", "--local", "--config", str(SMOKE), "--param", "launcher=trainjob"],
+         "tuna pipeline: error: --param 'launcher=trainjob': launcher is not a pipeline parameter; the recipe's "
+         "cluster.launcher sets it"),
+        (["pipeline", "run", "--local", "--config", str(SMOKE), "--param", "train_nodes=4"],
+         "tuna pipeline: error: --param 'train_nodes=4': train_nodes is not a pipeline parameter; the recipe's "
+         "cluster.num_nodes sets it"),
     ]
     port = _free_port()
     cases.append((["pipeline", "submit", "--host", f"http://127.0.0.1:{port}", "--out", str(tmp_path)],
                   f"tuna pipeline: error: KFP host http://127.0.0.1:{port} is unreachable"))
     for argv, start in cases:
+        if start == "usage:":
+            with pytest.raises(SystemExit):
+                main(argv)
+            assert "unrecognized arguments: --gpu" in capsys.readouterr().err
+            continue
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.startswith(start) and err.count("\n") == 1, err
@@ -311,18 +393,18 @@ def test_golden_ir_is_committed_where_the_readme_says() -> None:
 
 
 def test_the_dag_covers_what_tuna_run_covers() -> None:
-    from tuna.pipeline import VARIANTS, load_pipeline_module
+    import tuna_pipelines.tuna as module
+    from tuna.kfp.options import VARIANTS
     from tuna.retrieval.datastore import DATASTORES
     from tuna.variants import TRAINED
 
-    module = load_pipeline_module()
     assert module.DATASTORES == tuple(DATASTORES) and VARIANTS == TRAINED
 
 
 def test_quiet_local_runs_show_task_progress_with_times_and_log_everything() -> None:
     import io
 
-    from tuna.pipeline import _ProgressLog
+    from tuna.kfp.local import _ProgressLog
 
     log, screen = io.StringIO(), io.StringIO()
     out = _ProgressLog(log, screen)

@@ -43,7 +43,7 @@ def test_every_step_has_a_component_and_readme() -> None:
 
 @pytest.mark.parametrize("step", STEPS)
 def test_component_is_thin_lightweight_and_on_the_project_image(step: str) -> None:
-    from tuna.pipeline import BASE_IMAGE
+    from tuna.kfp.options import BASE_IMAGE
 
     comp = component(step)
     container = comp.component_spec.implementation.container
@@ -60,7 +60,7 @@ def test_component_is_thin_lightweight_and_on_the_project_image(step: str) -> No
     inner = {n.module.split(".")[0] for n in ast.walk(func) if isinstance(n, ast.ImportFrom)}
     assert inner <= {"tuna", "collections"}, inner
     loops = [n for n in ast.walk(func) if isinstance(n, (ast.For, ast.While))]
-    assert not loops, f"{step}: a loop in a component body is logic; move it into tuna.pipeline"
+    assert not loops, f"{step}: a loop in a component body is logic; move it into tuna.kfp.tasks"
 
 
 # ------------------------------------------------------------------------------------------------ validate
@@ -69,7 +69,7 @@ def test_component_is_thin_lightweight_and_on_the_project_image(step: str) -> No
 def _validate(**changes: Any) -> Any:
     args = {"config": str(SMOKE), "overrides": [], "target": "local", "data_root": "/mnt/tuna",
                 "checkpoints_root": "/mnt/tuna-checkpoints", "gpus": 0, "data_pvc": "tuna-data", "checkpoints_pvc": "tuna-checkpoints",
-                "mlflow_secret": "", "milvus_secret": "", "s3_secret": "", "launcher": "local", "train_nodes": 1,
+                "mlflow_secret": "", "milvus_secret": "", "s3_secret": "", "launcher": "local",
                 "deploy_target": "local", "serving_source": "pvc", "serve_datastore": "", "register_alias": "evaluated",
                 "gate_metric": "", "gate_min": 0.0}
     args.update(changes)
@@ -84,20 +84,30 @@ def test_validate_local_keeps_the_recipe_as_given() -> None:
 
 def test_validate_cluster_puts_data_on_the_pvc_and_names_into_the_recipe() -> None:
     secrets = {"mlflow_secret": "tuna-mlflow", "milvus_secret": "tuna-milvus", "s3_secret": "tuna-s3"}
-    result = _validate(target="kubernetes", deploy_target="helm", launcher="trainjob", train_nodes=4, gpus=8,
-                       overrides=["index.uri=http://milvus.milvus:19530"], **secrets)
+    # a trainjob build: the training tasks hold no GPU (gpus=0), the TrainJob's pods take the recipe's
+    result = _validate(target="kubernetes", deploy_target="helm", launcher="trainjob", gpus=0,
+                       overrides=["index.uri=http://milvus.milvus:19530", "cluster.num_nodes=4"], **secrets)
     ov = result.overrides
     assert ov[0] == "index.uri=http://milvus.milvus:19530"
     assert "run.data_dir=/mnt/tuna/data/smoke" in ov  # the recipe's relative data_dir lands on the data PVC
     for item in ("cluster.data_pvc=tuna-data", "cluster.checkpoints_pvc=tuna-checkpoints", "cluster.num_nodes=4",
                  "cluster.mlflow_secret=tuna-mlflow", "cluster.milvus_secret=tuna-milvus", "cluster.s3_secret=tuna-s3",
-                 "cluster.gpus_per_node=8", "train.ranks=8", "cluster.data_mount=/mnt/tuna"):
+                 "cluster.data_mount=/mnt/tuna"):
         assert item in ov, item
+    assert not [o for o in ov if o.startswith(("cluster.gpus_per_node=", "train.ranks="))]
     assert result.export_root == "/mnt/tuna-checkpoints"
     from tuna.recipe import load_recipe
 
     cfg = load_recipe(SMOKE, ov)  # the tasks load exactly this
     assert cfg.cluster.num_nodes == 4 and cfg.run.data_dir == "/mnt/tuna/data/smoke"
+
+
+def test_validate_local_launcher_with_gpus_trains_one_rank_per_gpu_of_the_task() -> None:
+    secrets = {"mlflow_secret": "tuna-mlflow", "milvus_secret": "tuna-milvus", "s3_secret": "tuna-s3"}
+    result = _validate(target="kubernetes", deploy_target="helm", launcher="local", gpus=8,
+                       overrides=["index.uri=http://milvus.milvus:19530"], **secrets)
+    assert {"cluster.gpus_per_node=8", "train.ranks=8"} <= set(result.overrides)
+    assert not [o for o in result.overrides if o.startswith("cluster.num_nodes=")]  # the recipe's own
 
 
 CLUSTER = {"target": "kubernetes", "deploy_target": "helm", "mlflow_secret": "tuna-mlflow", "milvus_secret": "tuna-milvus",
@@ -106,9 +116,8 @@ CLUSTER = {"target": "kubernetes", "deploy_target": "helm", "mlflow_secret": "tu
 
 @pytest.mark.parametrize(("changes", "names"), [
     ({"serve_datastore": "C"}, "serve_datastore: unknown datastore 'C'; known: A, B, A_captions"),
-    ({"train_nodes": 0}, "train_nodes: 0 is out of range 1..64"),
-    (dict(CLUSTER, launcher="trainjob", train_nodes=65), "train_nodes: 65 is out of range"),
-    ({"train_nodes": 2}, "train_nodes: 2 nodes need launcher=trainjob"),
+    (dict(CLUSTER, launcher="trainjob", overrides=["cluster.num_nodes=2000"]), "cluster.num_nodes: must be in 1..1024"),
+    ({"gpus": 17}, "gpus: 17 is out of range 0..16 (compiled from cluster.gpus_per_node)"),
     ({"launcher": "slurm"}, "launcher: 'slurm' is not one of local, trainjob, pytorchjob"),
     ({"launcher": "trainjob"}, "launcher: 'trainjob' creates jobs on Kubernetes"),
     ({"deploy_target": "helm"}, "deploy_target: helm installs into a Kubernetes cluster"),

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from support import SMOKE
-from tuna.pipeline import PipelineError, run_local
+from tuna.kfp.local import run_local
+from tuna.kfp.options import PipelineError
 
 
 def outputs(task_dir: Path) -> dict[str, Any]:
@@ -21,8 +22,9 @@ def outputs(task_dir: Path) -> dict[str, Any]:
 
 def test_bad_parameter_fails_the_first_task_before_anything_runs(tmp_path: Path) -> None:
     with pytest.raises(PipelineError) as info:
-        run_local(SMOKE, [f"run.data_dir={tmp_path}"], params={"train_nodes": 0})
-    assert str(info.value) == "kfp.local: validate: error: pipeline parameter train_nodes: 0 is out of range 1..64"
+        run_local(SMOKE, [f"run.data_dir={tmp_path}"], params={"deploy_target": "helm"})
+    assert str(info.value) == ("kfp.local: validate: error: pipeline parameter deploy_target: helm installs into a "
+                               "Kubernetes cluster; with target=local use deploy_target=local")
     assert not (tmp_path / "world").exists() and not (tmp_path / "train").exists()
     status = json.loads((tmp_path / "kfp" / "status.jsonl").read_text().splitlines()[-1])
     assert status["state"] == "FAILED"  # the exit handler ran anyway

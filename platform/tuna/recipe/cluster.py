@@ -33,8 +33,13 @@ class TolerationConfig:
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """Training on Kubernetes (`tuna train --launcher trainjob|pytorchjob`, see tuna.train.cluster)."""
+    """Training on Kubernetes (`tuna train --launcher trainjob|pytorchjob`, see tuna.train.cluster) and the Kubernetes
+    settings the KFP pipeline is compiled with (`tuna pipeline compile|submit --config <recipe>`, see tuna.kfp)."""
 
+    # How the KFP pipeline's training tasks train, fixed when it is compiled: local = DeepSpeed ranks inside the task
+    # pod (which then gets gpus_per_node GPUs, node_selector, tolerations); trainjob | pytorchjob = the task submits
+    # that job and follows it, holding no GPU (the job's pods get them). `tuna train --launcher` chooses for itself.
+    launcher: Literal["local", "trainjob", "pytorchjob"] = "local"
     namespace: str = "tuna"                          # namespace of the TrainJob / PyTorchJob
     image: str = "ghcr.io/tuna-platform/tuna:0.1.0"  # project image, pinned by tag or digest
     workdir: str = "/opt/tuna"                       # the repository inside the image (recipes in <workdir>/configs)

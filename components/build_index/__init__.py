@@ -1,0 +1,1 @@
+"""KFP component `build_index` (component.py; see README.md)."""

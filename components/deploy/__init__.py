@@ -1,0 +1,1 @@
+"""KFP component `deploy` (component.py; see README.md)."""

@@ -1,0 +1,1 @@
+"""KFP component `encoder` (component.py; see README.md)."""

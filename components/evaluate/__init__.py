@@ -1,0 +1,1 @@
+"""KFP component `evaluate` (component.py; see README.md)."""

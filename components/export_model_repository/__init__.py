@@ -1,0 +1,1 @@
+"""KFP component `export_model_repository` (component.py; see README.md)."""

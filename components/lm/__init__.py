@@ -1,0 +1,1 @@
+"""KFP component `lm` (component.py; see README.md)."""

@@ -1,0 +1,1 @@
+"""KFP component `mine_tags` (component.py; see README.md)."""

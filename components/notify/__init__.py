@@ -1,0 +1,1 @@
+"""KFP component `notify` (component.py; see README.md)."""

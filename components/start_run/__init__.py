@@ -1,0 +1,1 @@
+"""KFP component `start_run` (component.py; see README.md)."""

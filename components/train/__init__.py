@@ -1,0 +1,1 @@
+"""KFP component `train` (component.py; see README.md)."""

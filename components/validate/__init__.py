@@ -1,0 +1,1 @@
+"""KFP component `validate` (component.py; see README.md)."""

@@ -1,0 +1,1 @@
+"""KFP component `world` (component.py; see README.md)."""

@@ -1,0 +1,116 @@
+"""Run the pipeline on this machine (``tuna pipeline run --local``) through ``kfp.local.SubprocessRunner``: the same
+components, DAG and IR as a cluster run, with ``target="local"``; and the progress view of its output.
+
+kfp.local ignores the Kubernetes platform spec (no PVCs, Secrets, node selectors or accelerators), so the default
+build runs (local launcher, whatever the recipe's ``cluster:`` section says): ``run.data_dir`` is this machine's
+folder, training runs on local DeepSpeed ranks and ``deploy`` runs the local tritonserver demo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from tuna.kfp.compile import build_pipeline
+from tuna.kfp.options import ERROR_FILE_ENV, PipelineError, PipelineOptions, _first_line
+from tuna.layout import layout
+from tuna.recipe import load_recipe
+
+
+class _ProgressLog(io.TextIOBase):
+    """kfp.local's output: every line to ``log``; task starts/ends, task errors and our step lines to ``screen``."""
+
+    _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+    _SHOW = re.compile(r"Executing task|finished with status|Pipeline '.*' finished|: error: |asked '|provenance: "
+                       r"|tritonserver ready")
+
+    _START = re.compile(r"Executing task '([^']+)'")
+    _END = re.compile(r"Task '([^']+)' finished with status")
+
+    def __init__(self, log: TextIO, screen: TextIO) -> None:
+        self.log, self.screen, self._buf = log, screen, ""
+        self._started: dict[str, float] = {}
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self._buf += text
+        *lines, self._buf = self._buf.split("\n")
+        for line in lines:
+            clean = self._ANSI.sub("", line).strip()
+            if self._SHOW.search(clean):
+                shown = clean.split(" - INFO - ")[-1]
+                if (m := self._START.search(shown)):
+                    self._started[m.group(1)] = time.perf_counter()
+                elif (m := self._END.search(shown)) and m.group(1) in self._started:
+                    shown += f" ({time.perf_counter() - self._started.pop(m.group(1)):.1f} s)"
+                self.screen.write(shown + "\n")
+                self.screen.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
+def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: str | Path | None = None,
+              params: Mapping[str, Any] | None = None, verbose: bool = True) -> dict[str, Any]:
+    """Run the pipeline on this machine through ``kfp.local.SubprocessRunner(use_venv=False)``.
+
+    The same IR as :func:`tuna.kfp.compile.compile_pipeline` (default build: local launcher, no accelerators) with
+    ``target="local"`` and ``deploy_target="local"``; ``run.data_dir`` is made absolute (the tasks are
+    subprocesses). Task outputs go to ``<pipeline_root>/<tuna-timestamp>/<task>/`` (default root
+    ``<data_dir>/kfp``). A failing task raises PipelineError with that task's one-line error. With ``verbose`` False, kfp.local's output goes to
+    ``<run root>/pipeline-<time>.log`` and the screen shows task progress and the serving answer only.
+    """
+    from kfp import local
+
+    cfg = load_recipe(config, overrides)  # a bad recipe or override fails here, before kfp starts anything
+    data_dir = cfg.data_dir.resolve()
+    resolved = [o for o in overrides if not o.strip().startswith("run.data_dir=")] + [f"run.data_dir={data_dir}"]
+    root = Path(pipeline_root).resolve() if pipeline_root else layout(cfg).kfp.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    pipeline = build_pipeline(PipelineOptions())
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    args = {"config": str(Path(config).resolve()), "overrides": resolved, "target": "local", "deploy_target": "local",
+            **(params or {})}
+    before = {p.name for p in root.iterdir()}
+    error_file = Path(tempfile.mkstemp(prefix="tuna-task-error-")[1])
+    old = os.environ.get(ERROR_FILE_ENV)
+    os.environ[ERROR_FILE_ENV] = str(error_file)
+    t0 = time.perf_counter()
+    log_path = root / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(warnings.catch_warnings())
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+            if not verbose:
+                log = stack.enter_context(open(log_path, "w", encoding="utf-8"))
+                stack.enter_context(contextlib.redirect_stdout(_ProgressLog(log, sys.stdout)))
+                print(f"kfp.local log: {log_path}", file=sys.stderr)
+            pipeline(**args)
+    except RuntimeError as err:
+        detail = error_file.read_text(encoding="utf-8").strip() if error_file.is_file() else ""
+        raise PipelineError(f"kfp.local: {detail or _first_line(err)}") from None
+    finally:
+        if old is None:
+            os.environ.pop(ERROR_FILE_ENV, None)
+        else:
+            os.environ[ERROR_FILE_ENV] = old
+        error_file.unlink(missing_ok=True)
+    seconds = time.perf_counter() - t0
+    new = sorted((p for p in root.iterdir() if p.is_dir() and p.name not in before), key=lambda p: p.stat().st_mtime)
+    run_dir = new[-1] if new else root
+    return {"pipeline_root": str(root), "run_dir": str(run_dir), "seconds": seconds, "data_dir": str(data_dir),
+            "tasks": sorted(p.name for p in run_dir.iterdir() if p.is_dir()), "log": None if verbose else str(log_path)}
+
+
+__all__ = ["run_local"]
