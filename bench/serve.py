@@ -70,7 +70,7 @@ def _requests(cfg: Any, n: int) -> list[bytes]:
 def in_process(repo: Path, images: list[bytes], question: str, max_tokens: int) -> dict[str, Any]:
     import torch
 
-    from tuna.serve.steps import GenerationRequest, Generator, Postprocessor, Preprocessor, Retrieval
+    from tuna.serve.ensemble import GenerationRequest, Generator, Postprocessor, Preprocessor, Retrieval
 
     torch.set_num_threads(1)
     pre = Preprocessor(repo / "preprocessing" / "1" / "assets")

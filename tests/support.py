@@ -105,9 +105,9 @@ def quiet(_: str) -> None:
 
 def make_prepared(data_dir: Path, *overrides: str) -> World:
     """The smoke world plus everything training reads: encoder, mined tags, datastores A/B/A_captions and the LM."""
-    from tuna.lm import run_lm
+    from tuna.foundation.clip import run_encoder
+    from tuna.foundation.lm import run_lm
     from tuna.retrieval.datastore import DATASTORES, build_datastore
-    from tuna.retrieval.encoder import run_encoder
     from tuna.tags.io import mine_corpus
     from tuna.tags.miner import TagMiner
 

@@ -125,13 +125,13 @@ def _world(cfg: Recipe, opts: Options) -> Outcome:
 
 
 def _encoder_up_to_date(cfg: Recipe, opts: Options) -> bool:
-    from tuna.retrieval.encoder import is_up_to_date
+    from tuna.foundation.clip import is_up_to_date
 
     return cfg.model.vision_tower is None and is_up_to_date(cfg)
 
 
 def _encoder(cfg: Recipe, opts: Options) -> Outcome:
-    from tuna.retrieval.encoder import run_encoder, summary_line
+    from tuna.foundation.clip import run_encoder, summary_line
 
     out = run_encoder(cfg, force=opts.force, progress=opts.progress, log=opts.log)
     path = Path(out["path"])
@@ -147,13 +147,13 @@ def _encoder(cfg: Recipe, opts: Options) -> Outcome:
 
 
 def _lm_up_to_date(cfg: Recipe, opts: Options) -> bool:
-    from tuna.lm import is_up_to_date
+    from tuna.foundation.lm import is_up_to_date
 
     return cfg.model.language_model is None and is_up_to_date(cfg)
 
 
 def _lm(cfg: Recipe, opts: Options) -> Outcome:
-    from tuna.lm import flat_metrics, run_lm, summary_line
+    from tuna.foundation.lm import flat_metrics, run_lm, summary_line
 
     out = run_lm(cfg, force=opts.force, progress=opts.progress, log=opts.log)
     path = Path(out["path"])

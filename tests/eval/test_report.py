@@ -14,8 +14,8 @@ from PIL import Image
 from support import SMOKE, World, quiet
 from tuna import track
 from tuna.cli import main
+from tuna.eval.evaluate import EvalError
 from tuna.eval.report import is_up_to_date, write_report
-from tuna.eval.run import EvalError
 from tuna.recipe import load_recipe
 
 VARIANTS = ("tuna", "baseline")

@@ -21,7 +21,7 @@ from PIL import Image
 from support import SMOKE, World
 from tuna.errors import InvalidRequest
 from tuna.recipe import load_recipe
-from tuna.serve import configs
+from tuna.serve import model_config
 from tuna.serve.client import RequestRefused, TunaClient, build_inputs
 from tuna.serve.export import ExportError, export_repository
 from tuna.serve.server import TritonServer, free_port
@@ -66,24 +66,24 @@ def test_export_is_deterministic_and_every_config_parses_and_wires(trained: Worl
     assert first["files"] == second["files"] and len(first["files"]) > 20
     assert (exported / "export.json").read_bytes() == (again / "export.json").read_bytes()
     for repo in (exported / "model_repository", exported / "trtllm" / "model_repository"):
-        parsed = {p.parent.name: configs.parse(p.read_text()) for p in repo.glob("*/config.pbtxt")}
-        assert set(parsed) == {"tuna", *configs.STEPS}
-        assert configs.check_wiring(parsed) == []
+        parsed = {p.parent.name: model_config.parse(p.read_text()) for p in repo.glob("*/config.pbtxt")}
+        assert set(parsed) == {"tuna", *model_config.STEPS}
+        assert model_config.check_wiring(parsed) == []
         assert all(m.name == name for name, m in parsed.items())
         for name, m in parsed.items():
             assert m.max_batch_size == trained.cfg.serve.max_batch_size
             if name != "tuna":  # only the steps that batch real work wait to fill a batch
                 wait = trained.cfg.serve.queue_delay_us if name in ("retrieval", "tensorrt_llm") else 0
                 assert m.dynamic_batching.max_queue_delay_microseconds == wait
-    gpu = configs.parse((exported / "trtllm" / "model_repository" / "tensorrt_llm" / "config.pbtxt").read_text())
-    cpu = configs.parse((exported / "model_repository" / "tensorrt_llm" / "config.pbtxt").read_text())
+    gpu = model_config.parse((exported / "trtllm" / "model_repository" / "tensorrt_llm" / "config.pbtxt").read_text())
+    cpu = model_config.parse((exported / "model_repository" / "tensorrt_llm" / "config.pbtxt").read_text())
     assert gpu.backend == "tensorrtllm" and cpu.backend == "python"
     assert gpu.parameters["gpt_model_type"].string_value == "inflight_fused_batching"
     assert float(gpu.parameters["kv_cache_free_gpu_mem_fraction"].string_value) > 0
     # Same tensor names and ranks on both backends; the GPU prompt table is fp16.
     assert [(t.name, len(t.dims)) for t in gpu.input] == [(t.name, len(t.dims)) for t in cpu.input]
     table = {t.name: t for t in gpu.input}["prompt_embedding_table"]
-    assert configs.pb.DataType.Name(table.data_type) == "TYPE_FP16"
+    assert model_config.pb.DataType.Name(table.data_type) == "TYPE_FP16"
     build = (exported / "trtllm" / "build.sh").read_text()
     assert "trtllm-build" in build and "convert_checkpoint.py" in build and "max_prompt_embedding_table_size" in build
     assert (exported / "trtllm" / "hf_lm" / "config.json").is_file()
@@ -103,7 +103,7 @@ def test_export_refuses_missing_model_and_datastore(trained: World, tmp_path: Pa
 
 def test_steps_in_process_match_the_predictor_batched_or_alone(trained: World, exported: Path) -> None:
     from tuna.inference import Predictor
-    from tuna.serve.steps import GenerationRequest, Generator, Postprocessor, Preprocessor, Retrieval
+    from tuna.serve.ensemble import GenerationRequest, Generator, Postprocessor, Preprocessor, Retrieval
 
     repo = exported / "model_repository"
     pre = Preprocessor(repo / "preprocessing" / "1" / "assets")
@@ -138,7 +138,7 @@ def test_steps_in_process_match_the_predictor_batched_or_alone(trained: World, e
 
 
 def test_preprocessing_refuses_bad_requests_naming_the_field(exported: Path, trained: World) -> None:
-    from tuna.serve.steps import Preprocessor
+    from tuna.serve.ensemble import Preprocessor
 
     pre = Preprocessor(exported / "model_repository" / "preprocessing" / "1" / "assets")
     img = _image(trained)
@@ -353,7 +353,7 @@ def test_tuna_ask_prints_answer_and_provenance_and_fails_in_one_line(server: Tri
 
 
 def test_the_baseline_exports_and_answers_without_retrieval(trained: World, tmp_path: Path) -> None:
-    from tuna.serve.steps import GenerationRequest, Generator, Preprocessor, Retrieval
+    from tuna.serve.ensemble import GenerationRequest, Generator, Preprocessor, Retrieval
 
     export_repository(trained.cfg, "baseline", out=tmp_path / "baseline", log=QUIET)
     repo = tmp_path / "baseline" / "model_repository"

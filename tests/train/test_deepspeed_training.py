@@ -41,7 +41,7 @@ def test_two_stages_on_two_ranks_save_hf_models_and_mlflow_runs(trained) -> None
     from mlflow.tracking import MlflowClient
 
     from tuna.model import TunaForConditionalGeneration
-    from tuna.retrieval.encoder import load_encoder
+    from tuna.retrieval.clip import load_encoder
     from tuna.track import tracking_uri
 
     prepared = trained  # `tuna train --stage all` ran in the fixture: stage 1 on ZeRO-2, stage 2 on ZeRO-3

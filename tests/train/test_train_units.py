@@ -41,7 +41,7 @@ def test_prepare_skips_and_counts_examples_cut_before_their_answer(tok: PreTrain
 
 
 def test_collator_pads_right_and_shapes_tags(tok: PreTrainedTokenizerFast, prepared) -> None:
-    from tuna.retrieval.encoder import load_encoder
+    from tuna.retrieval.clip import load_encoder
 
     enc = load_encoder(prepared.cfg.data_dir / "encoder")
     img = next((prepared.root / "alignment" / "images").glob("*.png"))

@@ -51,7 +51,7 @@ SPLITS = ("id", "ood")
 K_NEIGHBOURS = 10
 REPEATS = 5                         # seeded train/test halvings per split; accuracies are their mean
 C_GRID = (0.01, 0.1, 1.0, 10.0)     # inverse L2 strengths; one is chosen per fit by 3-fold CV on the TRAIN half
-PROMPT = "a photo of a {name}."     # CLIP zero-shot prompt (as tuna.retrieval.encoder)
+PROMPT = "a photo of a {name}."     # CLIP zero-shot prompt (as tuna.foundation.clip)
 GRID = 8                           # spatial probes: the patch grid average-pooled to at most GRID x GRID, flattened
 # "Before the connector" has three readings; each gives its (clip, connector, baseline, tuna) features.
 # The headline uses CLIP's image embedding (the survey's "CLIP features"); the connector's own input, the
@@ -434,7 +434,7 @@ def _threadpool_one() -> Any:
 
 def run_probes(cfg: Recipe, progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every probe on the FINER ID and OOD images; writes ``<data_dir>/eval/probes.json`` and returns it."""
-    from tuna.eval.run import _tags_for
+    from tuna.eval.evaluate import _tags_for
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.eval.threads)
@@ -532,7 +532,7 @@ def run_probes(cfg: Recipe, progress: bool = False, log: Callable[[str], None] =
     result["loss_recovered"] = result["loss_recovered_detail"][HEADLINE_REFERENCE]["mean"]
     result["seconds"] = round(time.perf_counter() - t0, 1)
     result["summary"] = summary_line(result)
-    from tuna.eval.run import write_json
+    from tuna.eval.evaluate import write_json
 
     write_json(layout(cfg).probes, result)
     return result
@@ -544,10 +544,10 @@ def _below(a: float | None, b: float | None) -> bool | None:
 
 def _pretrained_lm(cfg: Recipe) -> tuple[Any, Any] | None:
     """The LM before stage 2 (``<data_dir>/lm`` or model.language_model), when loadable; None otherwise."""
-    from tuna.lm import lm_path
+    from tuna.foundation.lm import lm_path
 
     try:
-        from tuna.lm.language_model import load_lm
+        from tuna.foundation.lm.language_model import load_lm
 
         return load_lm(lm_path(cfg))
     except (TunaError, OSError, ValueError):

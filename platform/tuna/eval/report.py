@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuna.eval.run import EvalError, write_json
+from tuna.eval.evaluate import EvalError, write_json
 from tuna.layout import layout
 from tuna.recipe import Recipe
 from tuna.sources import sources

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tuna.eval.run import EVAL_VERSION, EvalError, evaluate_model, headline, write_json
+from tuna.eval.evaluate import EVAL_VERSION, EvalError, evaluate_model, headline, write_json
 from tuna.layout import layout
 from tuna.recipe import Recipe
 from tuna.sources import EVAL_SOURCES, file_digest, sources

@@ -77,8 +77,8 @@ class RetrievalSession:
     (a Milvus Lite datastore stays locked to this process while it is open)."""
 
     def __init__(self, cfg: Recipe) -> None:
+        from tuna.retrieval.clip import encoder_path, load_encoder
         from tuna.retrieval.datastore import Retriever
-        from tuna.retrieval.encoder import encoder_path, load_encoder
 
         self.cfg = cfg
         self.encoder = load_encoder(encoder_path(cfg))

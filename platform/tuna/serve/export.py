@@ -30,8 +30,8 @@ import yaml
 from tuna.errors import TunaError
 from tuna.layout import layout
 from tuna.recipe import Recipe
-from tuna.serve import configs
-from tuna.serve.steps import SERVING_FILE
+from tuna.serve import model_config
+from tuna.serve.ensemble import SERVING_FILE
 
 EXPORT_VERSION = "tuna.serve/2"   # 2: the retrieval step holds the prompt encoder and the datastores
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
@@ -133,22 +133,22 @@ def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_
                 trtllm_engine: str | None) -> dict[str, Any]:
     """Write one repository under ``root``: python steps everywhere, or the tensorrtllm backend for the LLM."""
     s = cfg.serve
-    batching = configs.Batching(s.max_batch_size, s.queue_delay_us, s.instances)
+    batching = model_config.Batching(s.max_batch_size, s.queue_delay_us, s.instances)
     table = "TYPE_FP16" if trtllm_engine else "TYPE_FP32"
     models = {
-        configs.ENSEMBLE: configs.ensemble(batching),
-        "preprocessing": configs.preprocessing(batching),
+        model_config.ENSEMBLE: model_config.ensemble(batching),
+        "preprocessing": model_config.preprocessing(batching),
         # Milvus Lite folders are locked to one process: one retrieval instance unless Milvus is a server.
-        "retrieval": configs.retrieval(batching, table, s.instances if cfg.index.uri else 1),
-        "tensorrt_llm": (configs.llm_trtllm(batching, table, trtllm_engine) if trtllm_engine
-                         else configs.llm_python(batching, table)),
-        "postprocessing": configs.postprocessing(batching),
+        "retrieval": model_config.retrieval(batching, table, s.instances if cfg.index.uri else 1),
+        "tensorrt_llm": (model_config.llm_trtllm(batching, table, trtllm_engine) if trtllm_engine
+                         else model_config.llm_python(batching, table)),
+        "postprocessing": model_config.postprocessing(batching),
     }
-    problems = configs.check_wiring(models)
+    problems = model_config.check_wiring(models)
     if problems:
         raise ExportError("the ensemble is miswired: " + "; ".join(problems))  # a bug here, never user input
     for name, model in models.items():
-        _write(root / name / "config.pbtxt", configs.to_text(model))
+        _write(root / name / "config.pbtxt", model_config.to_text(model))
         (root / name / "1").mkdir(parents=True, exist_ok=True)
     for step, cls in BACKEND_CLASSES.items():
         if step == "tensorrt_llm" and trtllm_engine:
@@ -172,7 +172,7 @@ def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_
         shutil.copytree(lm_dir, root / "tensorrt_llm" / "1" / "assets", dirs_exist_ok=True)
         _write(root / "tensorrt_llm" / "1" / "assets" / SERVING_FILE, json.dumps(settings["tensorrt_llm"], indent=1, sort_keys=True))
     _copy_files(model_dir, root / "postprocessing" / "1" / "assets", TOKENIZER_FILES)
-    return {name: configs.to_text(m) for name, m in models.items()}
+    return {name: model_config.to_text(m) for name, m in models.items()}
 
 
 def _trtllm_kit(kit: Path, lm_dir: Path, lm_config: dict[str, Any], max_batch_size: int, max_table_rows: int) -> None:
@@ -254,7 +254,7 @@ def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None 
     texts = _repository(cfg, model_dir, repo, lm_dir, encoder_dir, settings, None)
     manifest: dict[str, Any] = {
         "export": EXPORT_VERSION, "variant": variant, "model": model_info,
-        "datastores": datastores, "default_datastore": default, "ensemble": configs.ENSEMBLE,
+        "datastores": datastores, "default_datastore": default, "ensemble": model_config.ENSEMBLE,
         "repository": "model_repository", "configs": sorted(texts), "serve_config": _serve_fingerprint(cfg),
     }
     if trtllm:

@@ -1,4 +1,4 @@
-"""Triton python-backend models of the ensemble: tensors in, :mod:`tuna.serve.steps` called, tensors out.
+"""Triton python-backend models of the ensemble: tensors in, :mod:`tuna.serve.ensemble` called, tensors out.
 
 Each exported ``<step>/1/model.py`` is one line that names a class here as ``TritonPythonModel``; the
 classes run only inside Triton's python-backend stub (``triton_python_backend_utils`` is imported there).
@@ -115,7 +115,7 @@ class _Step(abc.ABC):
 
 class PreprocessingModel(_Step):
     def initialize(self, args: dict[str, Any]) -> None:
-        from tuna.serve.steps import Preprocessor
+        from tuna.serve.ensemble import Preprocessor
 
         self.step = Preprocessor(_assets(args))
 
@@ -136,7 +136,7 @@ class PreprocessingModel(_Step):
 
 class RetrievalModel(_Step):
     def initialize(self, args: dict[str, Any]) -> None:
-        from tuna.serve.steps import Retrieval
+        from tuna.serve.ensemble import Retrieval
 
         self.step = Retrieval(_assets(args))
         config = json.loads(args["model_config"])
@@ -166,13 +166,13 @@ class LLMModel(_Step):
     """CPU stand-in for the ``tensorrt_llm`` step (same tensor names)."""
 
     def initialize(self, args: dict[str, Any]) -> None:
-        from tuna.serve.steps import Generator
+        from tuna.serve.ensemble import Generator
 
         threads = int(os.environ.get("TUNA_SERVE_THREADS", "1"))
         self.step = Generator(_assets(args), threads=threads)
 
     def parse(self, request: Any) -> Any:
-        from tuna.serve.steps import GenerationRequest
+        from tuna.serve.ensemble import GenerationRequest
 
         ids = _row(request, "input_ids")
         table = _pb().get_input_tensor_by_name(request, "prompt_embedding_table")
@@ -206,7 +206,7 @@ class LLMModel(_Step):
 
 class PostprocessingModel(_Step):
     def initialize(self, args: dict[str, Any]) -> None:
-        from tuna.serve.steps import Postprocessor
+        from tuna.serve.ensemble import Postprocessor
 
         self.step = Postprocessor(_assets(args))
 

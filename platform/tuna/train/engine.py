@@ -46,7 +46,7 @@ class TrainError(TunaError):
 
 def lm_source(cfg: Recipe) -> str:
     """The causal LM: ``model.language_model`` when set, else the tiny LM of `tuna lm` (``<data_dir>/lm``)."""
-    from tuna.lm import lm_path
+    from tuna.foundation.lm import lm_path
 
     return lm_path(cfg)
 
@@ -54,7 +54,7 @@ def lm_source(cfg: Recipe) -> str:
 def inputs_digest(cfg: Recipe, variant: str, stage: int) -> dict[str, str | None]:
     """Digests of what a stage reads: the world, the encoder, the LM, the datastores (their manifests), and
     for stage 2 the stage-1 result; any change makes the stage's output stale."""
-    from tuna.retrieval.encoder import encoder_path
+    from tuna.retrieval.clip import encoder_path
 
     lay = layout(cfg)
     out = {"world": sources(cfg).digest(DATA_SOURCES[stage], "taxonomy"),
@@ -147,7 +147,7 @@ def _load_tokenizer(source: str) -> Any:
 def build_model(cfg: Recipe, variant: str, stage: int) -> tuple[Any, Any]:
     """(model, LM tokenizer) at the start of ``stage``: freshly composed for stage 1, stage 1's output for 2."""
     from tuna.model import TunaForConditionalGeneration, build_tuna
-    from tuna.retrieval.encoder import encoder_path
+    from tuna.retrieval.clip import encoder_path
 
     settings = variant_model(cfg, variant)
     if stage == 1:
@@ -284,7 +284,7 @@ def save_hf(cfg: Recipe, variant: str, stage: int, state: dict[str, torch.Tensor
     """Load the consolidated ``state`` into a fresh model and ``save_pretrained`` it with its tokenizers and processor."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    from tuna.retrieval.encoder import encoder_path
+    from tuna.retrieval.clip import encoder_path
 
     model, _ = build_model(cfg, variant, stage)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -350,7 +350,7 @@ def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
         raise TrainError(f"stage {stage} of {variant!r} has no trainable parameters; check model.tag_mode / model.tuner")
     examples, skipped = _examples(cfg, variant, stage, tokenizer, rank, barrier, log)
     if stage == 1:  # the CLIP tokenizer and image processor of the tower
-        from tuna.retrieval.encoder import encoder_path, load_encoder
+        from tuna.retrieval.clip import encoder_path, load_encoder
 
         enc = load_encoder(encoder_path(cfg))
         processor, clip_tok = enc.processor, enc.tokenizer

@@ -14,10 +14,10 @@ from lm_support import lm_config
 from support import SMOKE, World, quiet
 from tuna.cli import main
 from tuna.errors import ConfigError, TunaError
-from tuna.lm import LMUnavailable, is_up_to_date, lm_path, load_lm, run_lm, train_lm
-from tuna.lm.pretrain import encode_documents, pack, probe_prompt
+from tuna.foundation.lm import LMUnavailable, is_up_to_date, lm_path, load_lm, run_lm, train_lm
+from tuna.foundation.lm.pretrain import encode_documents, pack, probe_prompt
 from tuna.recipe import load_recipe
-from tuna.retrieval.encoder import weights_sha256
+from tuna.retrieval.clip import weights_sha256
 
 
 def test_training_writes_model_tokenizer_manifest_metrics(trained: dict[str, Any], world: World) -> None:

@@ -5,7 +5,7 @@ probes (pure torch/transformers); ``language_model`` is the step: :func:`run_lm`
 :func:`load_lm` (any causal LM by path or hub id), :func:`lm_path`, :func:`is_up_to_date`.
 """
 
-from tuna.lm.language_model import (
+from tuna.foundation.lm.language_model import (
     LMUnavailable,
     flat_metrics,
     is_up_to_date,

@@ -1,12 +1,6 @@
-"""The CLIP encoder: train the world's tiny CLIP, load any CLIP by path or hub id, embed, evaluate zero-shot.
-
-The datastore keys are this encoder's image embeddings and the tag encoder reads its text embeddings,
-so everything downstream goes through :class:`ClipEncoder`, whichever checkpoint backs it:
-
-- locally, the tiny ``CLIPModel`` trained by :func:`train_encoder` on web A + web B and the world's
-  CLIP-only crawl ``web/clip`` (all fine classes, the "400M pairs" of our world) and saved with
-  ``save_pretrained`` to ``<data_dir>/encoder``;
-- on a cluster, ``openai/clip-vit-large-patch14-336`` (``model.vision_tower``), loaded the same way.
+"""Pre-training and scoring the run's CLIP (`tuna encoder`): train the world's tiny CLIP contrastively on the web
+corpora the recipe declares (web A + web B + the CLIP-only crawl: the "400M pairs" of our world), save it with
+``save_pretrained`` to the run's ``encoder/`` folder, and score any CLIP zero-shot.
 
 :func:`evaluate_zero_shot` scores fine-class top-1 on the FINER ID, OOD and domain-B images with
 ``"a photo of a {name}."`` prompts over the domain's class names: the encoder must know held-out (OOD)
@@ -15,157 +9,36 @@ classes, the half of the alignment gap TUNA relies on.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import transformers
-from PIL import Image
-from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPModel
 
-from tuna.errors import CorruptSample, DataFormatError, OutputError, TunaError
+from tuna.errors import CorruptSample, DataFormatError, OutputError
 from tuna.formats import load_finer
 from tuna.layout import layout
 from tuna.recipe import Recipe
+from tuna.retrieval.clip import (
+    ClipEncoder,
+    _hf_progress,
+    load_encoder,
+)
 from tuna.samples import decode_image
 from tuna.sources import sources
 
 ENCODER_VERSION = "tuna.encoder/1"
 PROMPT = "a photo of a {name}."
 FINER_SPLITS = {"id": "A", "ood": "A", "b": "B"}   # FINER split -> taxonomy domain whose names are the candidates
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class EncoderUnavailable(TunaError, FileNotFoundError):
-    """No loadable CLIP at the given path or hub id."""
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
-
-
-@contextlib.contextmanager
-def _hf_progress(enabled: bool) -> Iterator[None]:
-    """Hide transformers' own progress bars (weight loading / writing) unless ``enabled``."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    if was and not enabled:
-        hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was and not enabled:
-            hf_logging.enable_progress_bar()
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over the state dict (sorted names, dtypes, shapes, raw bytes): the "encoder hash".
-
-    Independent of the file layout, so a checkpoint hashes the same however it was saved or loaded.
-    """
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-class ClipEncoder:
-    """A CLIP model with its tokenizer and image processor; embeddings are float32 and L2-normalised."""
-
-    def __init__(self, model: CLIPModel, tokenizer: Any, processor: Any, path: str, encoder_hash: str | None = None) -> None:
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.processor = processor
-        self.path = path
-        self.encoder_hash = encoder_hash or weights_sha256(model)
-        self.fingerprint = self.encoder_hash[:16]
-        self.dim: int = int(model.config.projection_dim)
-        self.max_text_tokens = int(model.config.text_config.max_position_embeddings)
-
-    def __repr__(self) -> str:
-        return f"ClipEncoder(path={self.path!r}, dim={self.dim}, fingerprint={self.fingerprint})"
-
-    @torch.inference_mode()
-    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 256) -> np.ndarray:
-        """(N, dim) float32 unit-norm image embeddings; images go through the saved processor."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        out = [np.zeros((0, self.dim), np.float32)]
-        dtype = self.model.dtype
-        for i in range(0, len(images), batch_size):
-            pixels = self.processor(images=list(images[i:i + batch_size]), return_tensors="pt")["pixel_values"]
-            feats = self.model.get_image_features(pixel_values=pixels.to(dtype)).pooler_output   # (B, dim)
-            out.append(F.normalize(feats.float(), dim=-1).numpy())
-        return np.concatenate(out).astype(np.float32, copy=False)
-
-    @torch.inference_mode()
-    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-        """(N, dim) float32 unit-norm text embeddings; texts longer than the text tower's positions are cut."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        out = [np.zeros((0, self.dim), np.float32)]
-        for i in range(0, len(texts), batch_size):
-            tok = self.tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
-                                 max_length=self.max_text_tokens, return_tensors="pt")
-            feats = self.model.get_text_features(input_ids=tok["input_ids"],
-                                                 attention_mask=tok["attention_mask"]).pooler_output  # (B, dim)
-            out.append(F.normalize(feats.float(), dim=-1).numpy())
-        return np.concatenate(out).astype(np.float32, copy=False)
-
-
-def encoder_path(cfg: Recipe) -> str:
-    """Where the run's encoder comes from: ``model.vision_tower`` when set, else ``<data_dir>/encoder``."""
-    return cfg.model.vision_tower or str(layout(cfg).encoder)
-
-
-def load_encoder(path_or_id: str | Path) -> ClipEncoder:
-    """Load a CLIP (model, tokenizer, image processor) from a folder or a Hugging Face hub id.
-
-    Raises :class:`EncoderUnavailable` (one line, naming the source and the fix) when nothing loads.
-    """
-    src = str(path_or_id)
-    local = Path(src).expanduser()
-    fix = ("train one with `tuna encoder --config <recipe>` (it writes <run.data_dir>/encoder) "
-           "or set model.vision_tower to a CLIP folder or hub id")
-    if local.is_dir():
-        if not (local / "config.json").is_file():
-            raise EncoderUnavailable(f"encoder folder {src!r} holds no config.json (not a saved model); {fix}")
-        where = str(local)
-    elif local.exists():
-        raise EncoderUnavailable(f"encoder path {src!r} is a file, not a model folder; {fix}")
-    elif isinstance(path_or_id, Path) or src.startswith((".", "/", "~")) or not _HUB_ID.match(src):
-        raise EncoderUnavailable(f"no CLIP encoder at {src!r} (no such folder); {fix}")
-    else:
-        where = src  # a hub id: from the local cache, or downloaded where the hub is reachable
-    try:
-        config = AutoConfig.from_pretrained(where)
-        if config.model_type != "clip":
-            raise EncoderUnavailable(f"{src!r} holds a {config.model_type!r} model, not CLIP; point model.vision_tower at a CLIP checkpoint")
-        with _hf_progress(False):
-            model = CLIPModel.from_pretrained(where)
-        tokenizer = AutoTokenizer.from_pretrained(where)
-        processor = AutoImageProcessor.from_pretrained(where)
-    except EncoderUnavailable:
-        raise
-    except (OSError, ValueError, KeyError) as err:
-        raise EncoderUnavailable(f"cannot load CLIP encoder {src!r} ({_one_line(err)}); {fix}") from None
-    return ClipEncoder(model, tokenizer, processor, path=src)
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -344,7 +217,7 @@ def train_encoder(cfg: Recipe, progress: bool = True, log: Callable[[str], None]
     (encoder hash, corpus hash, config, timings, loss curve), ``metrics.json`` and ``quarantine.jsonl``.
     It is written to a temporary folder and renamed into place at the end. Returns the manifest.
     """
-    from tuna.retrieval import clip_train
+    from tuna.foundation import clip_train
 
     enc = cfg.encoder
     data_fingerprint = _data_fingerprint(cfg)

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from tuna.lm.pretrain import reading_documents
+from tuna.foundation.lm.pretrain import reading_documents
 
 TAXONOMY = {
     "A": {"classes": [

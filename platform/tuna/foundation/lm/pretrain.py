@@ -1,6 +1,6 @@
 """Pre-training the tiny Llama on the world's text: corpus, model, packed-block loop, perplexity, knowledge probe.
 
-The pieces :func:`tuna.lm.language_model.train_lm` puts together. Pure torch / transformers: nothing
+The pieces :func:`tuna.foundation.lm.language_model.train_lm` puts together. Pure torch / transformers: nothing
 here writes files or touches a tracking engine.
 
 - :func:`load_corpus` reads the training-side text of a world: the text corpus (every class, OOD and

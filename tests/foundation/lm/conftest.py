@@ -13,7 +13,7 @@ from support import World, quiet
 @pytest.fixture(scope="session")
 def trained(world: World, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The smoke LM trained once (seed 0) beside a link to the session world: config, manifest, folder."""
-    from tuna.lm import train_lm
+    from tuna.foundation.lm import train_lm
 
     cfg = lm_config(world, tmp_path_factory.mktemp("lm"))
     manifest = train_lm(cfg, progress=False, log=quiet)

@@ -29,15 +29,15 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-import tuna.lm.pretrain as pretrain
+import tuna.foundation.lm.pretrain as pretrain
 from tuna.errors import DataFormatError, TunaError
+from tuna.foundation.lm.tokenizer import ensure_pad_and_template, tokens_per_name, train_tokenizer
 from tuna.layout import layout
-from tuna.lm.tokenizer import ensure_pad_and_template, tokens_per_name, train_tokenizer
 from tuna.recipe import Recipe, section_fingerprint
 from tuna.sources import sources
 from tuna.staging import staged_dir
 
-LM_VERSION = "tuna.lm/1"
+LM_VERSION = "tuna.foundation.lm/1"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -197,7 +197,7 @@ def train_lm(cfg: Recipe, progress: bool = True, log: Callable[[str], None] = pr
     fingerprint, corpus hash, config, parameter count, timings, loss curve) and ``metrics.json``. It is
     written beside the target and renamed into place at the end. Returns the manifest.
     """
-    from tuna.retrieval.encoder import weights_sha256
+    from tuna.retrieval.clip import weights_sha256
 
     lm = cfg.lm
     taxonomy = _taxonomy(sources(cfg)["taxonomy"].path)

@@ -1,6 +1,6 @@
 """Contrastive pre-training of the tiny CLIP on web corpora: pairs, tokenizer, processor, model, loop.
 
-The pieces :func:`tuna.retrieval.encoder.train_encoder` puts together. Everything here is pure
+The pieces :func:`tuna.foundation.clip.train_encoder` puts together. Everything here is pure
 torch / transformers / tokenizers: no files are written and no tracking or datastore engine is touched.
 
 - :func:`load_pairs` reads WebDataset shards, decodes every image once into a uint8 tensor and

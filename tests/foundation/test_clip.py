@@ -15,19 +15,10 @@ from transformers import AutoTokenizer
 from support import DAMAGE_KIND, quiet  # noqa: E402
 from tuna.cli import main
 from tuna.errors import ConfigError, TunaError
+from tuna.foundation import clip_train
+from tuna.foundation.clip import PROMPT, evaluate_zero_shot, is_up_to_date, train_encoder, zero_shot_splits
 from tuna.recipe import load_recipe
-from tuna.retrieval import clip_train
-from tuna.retrieval.encoder import (
-    PROMPT,
-    ClipEncoder,
-    EncoderUnavailable,
-    encoder_path,
-    evaluate_zero_shot,
-    is_up_to_date,
-    load_encoder,
-    train_encoder,
-    zero_shot_splits,
-)
+from tuna.retrieval.clip import ClipEncoder, EncoderUnavailable, encoder_path, load_encoder
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 KIND = DAMAGE_KIND

@@ -8,8 +8,8 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from support import World
-from tuna.lm.pretrain import CORPUS_FILES, CORPUS_SOURCES, load_corpus
-from tuna.lm.tokenizer import (
+from tuna.foundation.lm.pretrain import CORPUS_FILES, CORPUS_SOURCES, load_corpus
+from tuna.foundation.lm.tokenizer import (
     BOS,
     EOS,
     PAD,
