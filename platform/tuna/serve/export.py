@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from tuna.errors import TunaError
-from tuna.layout import layout
+from tuna.layout import Layout, layout
 from tuna.recipe import Recipe
 from tuna.serve import model_config
 from tuna.serve.ensemble import SERVING_FILE
@@ -162,10 +162,8 @@ def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_
     ret = root / "retrieval" / "1" / "assets"
     shutil.copytree(encoder_dir, ret / "model", dirs_exist_ok=True)   # the prompt encoder and its tokenizers
     if not cfg.index.uri:   # Milvus Lite folders travel with the repository; a Milvus server is named by its URI
-        from tuna.retrieval.store import lite_path
-
-        for name in settings["retrieval"]["datastores"]:
-            shutil.copytree(lite_path(cfg, name), ret / "datastores" / name / "milvus.db", dirs_exist_ok=True)
+        for name in settings["retrieval"]["datastores"]:   # the step reads them as a run folder rooted at ret
+            shutil.copytree(layout(cfg).milvus_lite(name), Layout(ret).milvus_lite(name), dirs_exist_ok=True)
     _write(ret / "recipe.yaml", _recipe(cfg))
     _write(ret / SERVING_FILE, json.dumps(settings["retrieval"], indent=1, sort_keys=True))
     if not trtllm_engine:
