@@ -19,12 +19,16 @@ from tuna.eval.finer import (
     answer_tokens,
     attrseek_prompts,
     direct_prompt,
+    finer_answer,
+    finer_level_hits,
     finer_metrics,
+    finer_normalize,
+    finer_questions,
     level_hits,
     normalize,
     token_f1,
 )
-from tuna.eval.mme import mme_metrics
+from tuna.eval.mme import mme_metrics, read_mme_answer
 from tuna.eval.pope import (
     load_pope_splits,
     parse_yes_no,
@@ -50,12 +54,25 @@ from tuna.world.questions import MME_TASKS, POPE_SPLITS
     ("YES", "yes"),
     ("Yes. There is no quarei.", "yes"),       # only the first sentence counts
     ("Not sure", "yes"),                       # POPE's quirk: capitalised "Not" is not in its list
+    ("NO", "yes"),                             # case-sensitive: "NO" is none of "No", "not", "no"
+    ("Nope", "yes"),                           # whole words only
+    ("No\nthere is none", "yes"),              # split on " " only: the word is "No\nthere"
+    ("No, it is not", "no"),                   # commas are deleted before splitting
     ("  No  ", "no"),                          # stripped first, as LLaVA writes its answers
     ("", None),
     ("   \n\t", None),
 ])
 def test_pope_parsing_follows_the_pope_rule(text: str, want: str | None) -> None:
     assert parse_yes_no(text) == want
+
+
+def test_pope_empty_answer_is_wrong_where_evaluate_py_reads_yes() -> None:
+    """POPE's evaluate.py (RUCAIBox/POPE) reads "" as "yes": "".split(" ") is [""], which holds none of
+    "No", "not", "no"; so two empty answers to a yes and a no question would score accuracy 0.5, recall
+    1.0, yes-ratio 1.0 there. Ours: unparsed, wrong on either label, never a predicted "yes"."""
+    m = pope_metrics(["", "  "], ["yes", "no"])
+    assert m["unparsed"] == 2 and (m["tp"], m["fp"], m["tn"], m["fn"]) == (0, 0, 0, 0)
+    assert (m["accuracy"], m["recall"], m["yes_ratio"], m["precision"]) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_pope_metrics_hand_computed() -> None:
@@ -156,7 +173,69 @@ def test_finer_token_f1() -> None:
 def test_finer_metrics_hand_computed() -> None:
     preds = ["Answer: The Zedul.", "a berry", "", "quarei"]
     m = finer_metrics(preds, [RECORD] * 4)
-    assert m == {"superordinate_em": 0.5, "coarse_em": 0.5, "fine_em": 0.25, "token_f1": 0.25, "n": 4, "empty": 1}
+    assert m == {"superordinate_em": 0.5, "coarse_em": 0.5, "fine_em": 0.25,
+                 "superordinate_em_word": 0.5, "coarse_em_word": 0.5, "fine_em_word": 0.25,
+                 "token_f1": 0.25, "n": 4, "empty": 1}
+
+
+# FINER's own rule, llava/eval/eval_fgvc.py of wjdghks950/Finer: remove_ans_prefix keeps the text after
+# the FIRST "Answer:" (exact case) stripped and without "</s>"; normalize_answer lower-cases, DELETES
+# punctuation, replaces a/an/the by a space and collapses spaces; exact_match_score is 1 when the
+# normalised gold is a substring of the first 20 normalised answer words joined by spaces (or equals the
+# whole answer); a level takes the max over its labels: [basic] + coarse list + fine list for
+# high_coarse, coarse list + fine list for coarse, the fine list for fine.
+FINER_RECORD = {"id": "7", "basic-level-lbl": "Birds", "coarse-level-lbl": ["Owl"],
+                "fine-level-lbl": ["Snowy Owl", "Bubo scandiacus"]}
+
+
+def test_finer_rule_answer_extraction_and_normalisation() -> None:
+    assert finer_answer("Attributes: white. Answer: Snowy Owl</s>") == "Snowy Owl"
+    assert finer_answer("Answer: Snowy Owl. Answer: Barn Owl") == "Snowy Owl. Answer: Barn Owl"   # the first one
+    assert finer_answer("answer: Snowy Owl") == "answer: Snowy Owl"        # case-sensitive: no prefix found
+    assert finer_answer("  Snowy Owl \n") == "Snowy Owl"
+    assert finer_normalize("The Black-capped Chickadee!") == "blackcapped chickadee"   # punctuation deleted
+    assert finer_normalize("An owl, a  bird") == "owl bird"
+    assert normalize("The Black-capped Chickadee!") == "black capped chickadee"       # whole-word: a space
+
+
+@pytest.mark.parametrize(("prediction", "official", "word"), [
+    ("Answer: Snowy Owl", (True, True, True), (True, True, True)),
+    ("Answer: It is a snowy owl.", (True, True, True), (True, True, True)),
+    ("Bubo scandiacus", (True, True, True), (True, True, True)),             # any label of the list
+    ("Answer: an owl", (True, True, False), (True, True, False)),            # coarse label: not fine
+    ("Answer: birds", (True, False, False), (True, False, False)),
+    ("Answer: bird", (False, False, False), (False, False, False)),          # "birds" is not inside "bird"
+    ("Answer: a bowl", (True, True, False), (False, False, False)),          # substring: "owl" in "bowl"
+    ("Answer: snowyowl", (True, True, False), (False, False, False)),        # "owl" in "snowyowl"
+    ("Answer: snowy-owl", (True, True, False), (True, True, True)),          # deleted "-" joins the words
+    ("Answer: Snowy Owl. Answer: Barn Owl", (True, True, True), (True, True, False)),  # first vs last
+    ("Answer: Barn Owl. Answer: Snowy Owl", (True, True, True), (True, True, True)),   # both within 20 words
+    ("", (False, False, False), (False, False, False)),
+    ("Answer:", (False, False, False), (False, False, False)),
+])
+def test_finer_rule_against_the_whole_word_rule(prediction: str, official: tuple[bool, bool, bool],
+                                                word: tuple[bool, bool, bool]) -> None:
+    labels = {"superordinate": "Birds", "coarse": ["Owl"], "fine": ["Snowy Owl", "Bubo scandiacus"]}
+    hits, whole = finer_level_hits(prediction, labels), level_hits(prediction, labels)
+    assert tuple(hits[lvl] for lvl in ("superordinate", "coarse", "fine")) == official
+    assert tuple(whole[lvl] for lvl in ("superordinate", "coarse", "fine")) == word
+
+
+def test_finer_rule_window_counts_words_after_deletion() -> None:
+    labels = {"superordinate": "Birds", "coarse": ["Owl"], "fine": ["Snowy Owl"]}
+    assert finer_level_hits("Answer: " + "word " * 18 + "snowy owl", labels)["fine"]       # words 19-20
+    assert not finer_level_hits("Answer: " + "word " * 19 + "snowy owl", labels)["fine"]   # "owl" is word 21
+    assert finer_level_hits("Answer: " + "the " * 30 + "snowy owl", labels)["fine"]        # articles are gone
+    assert finer_level_hits("Answer: " + "- " * 30 + "snowy owl", labels)["fine"]          # so is punctuation
+
+
+def test_finer_metrics_with_list_labels() -> None:
+    preds = ["Answer: Snowy Owl", "Answer: a bowl", "Answer: snowy-owl", "", "Answer: Birds"]
+    m = finer_metrics(preds, [FINER_RECORD] * 5)
+    assert (m["superordinate_em"], m["coarse_em"], m["fine_em"]) == (0.8, 0.6, 0.2)
+    assert (m["superordinate_em_word"], m["coarse_em_word"], m["fine_em_word"]) == (0.6, 0.4, 0.4)
+    assert m["empty"] == 1 and m["n"] == 5
+    assert m["token_f1"] == pytest.approx((1.0 + 0.0 + 1.0 + 0.0 + 0.0) / 5)   # best over the fine labels
 
 
 def test_finer_rejects_bad_input_naming_it() -> None:
@@ -164,6 +243,9 @@ def test_finer_rejects_bad_input_naming_it() -> None:
         finer_metrics(["a", "b"], [RECORD])
     with pytest.raises(ValueError, match="fine-level-lbl"):
         finer_metrics(["a"], [{**RECORD, "fine-level-lbl": ""}])
+    for bad in ([], [""], ["ok", 3], 3, None, "!!"):
+        with pytest.raises(ValueError, match="coarse-level-lbl"):
+            finer_metrics(["a"], [{**RECORD, "coarse-level-lbl": bad}])
     with pytest.raises(ValueError, match="superordinate"):
         attrseek_prompts(" ")
 
@@ -175,14 +257,32 @@ def test_finer_prompts() -> None:
     assert "fruit" in direct_prompt("fruit")
 
 
+def test_finer_questions_per_level_follow_finer_wording() -> None:
+    """llava/serve/prompts.py of FINER (CUB-200 / NAbirds wording); cli.py with --use_gold_coarse names
+    the gold basic-level label in the coarse question and the gold coarse label in the fine question."""
+    q = finer_questions(FINER_RECORD, ["Birds", "Insects"])
+    assert q["superordinate"] == ("What is the name of the organism that appears in this image? Provide your answer "
+                                  "after \"Answer:\" from one of the following categories: ['Birds', 'Insects'].")
+    assert q["coarse"] == ("What is the name of the Birds that appears in this image? For example, if it's a picture "
+                           "of a Owl Parrot, give a coarse-grained label for the image 'Parrot'.\n"
+                           "Provide your answer after \"Answer:\".")
+    assert q["fine"].startswith("What is the name of the Owl that appears in this image?")
+    assert "fine-grained label for the image 'Owl Parrot'" in q["fine"]
+    with pytest.raises(ValueError, match="coarse-level"):
+        finer_questions({**FINER_RECORD, "coarse-level-lbl": []}, ["Birds"])
+    with pytest.raises(ValueError, match="categories"):
+        finer_questions(FINER_RECORD, [])
+
+
 def test_finer_on_the_world_with_labels_as_predictions(world: World) -> None:
     for split in ("id", "ood", "b"):
         records = load_finer(world.root / "eval" / "finer" / split / "finer.jsonl")
         perfect = finer_metrics([f"Answer: {r['fine-level-lbl']}" for r in records], records)
-        assert perfect == {"superordinate_em": 1.0, "coarse_em": 1.0, "fine_em": 1.0, "token_f1": 1.0,
-                           "n": len(records), "empty": 0}
+        assert perfect == {"superordinate_em": 1.0, "coarse_em": 1.0, "fine_em": 1.0, "superordinate_em_word": 1.0,
+                           "coarse_em_word": 1.0, "fine_em_word": 1.0, "token_f1": 1.0, "n": len(records), "empty": 0}
         coarse = finer_metrics([r["coarse-level-lbl"] for r in records], records)
-        assert (coarse["superordinate_em"], coarse["coarse_em"], coarse["fine_em"]) == (1.0, 1.0, 0.0)
+        assert (coarse["superordinate_em_word"], coarse["coarse_em_word"], coarse["fine_em_word"]) == (1.0, 1.0, 0.0)
+        assert (coarse["superordinate_em"], coarse["coarse_em"]) == (1.0, 1.0)
 
 
 # -------------------------------------------------------------------------------------------- MME
@@ -203,6 +303,57 @@ def test_mme_hand_computed() -> None:
     assert ex["score"] == pytest.approx(125.0)
     assert (co["accuracy"], co["accuracy_plus"], co["score"]) == (1.0, 1.0, 200.0)
     assert m["total"] == pytest.approx(325.0) and m["n"] == 6 and m["unparsed"] == 1
+
+
+# MME's eval_tool/calculation.py (MME release, BradyFU/Awesome-Multimodal-Large-Language-Models, branch
+# Evaluation, tools/eval_tool.zip), parse_pred_ans on the lower-cased answer: exactly "yes"/"no" is itself;
+# else "yes" within the first 4 characters -> "yes", else "no" within them -> "no", else "other" (wrong).
+@pytest.mark.parametrize(("text", "want"), [
+    ("Yes", "yes"), ("No", "no"), ("NO", "no"), ("YES", "yes"),
+    ("No.", "no"), ("Yes.", "yes"),
+    ("yes, there is a zedul", "yes"),
+    ("No, there is no zedul", "no"),
+    ("Not sure", "no"),                  # "not " holds "no" (POPE's rule reads "yes")
+    ("Nope", "no"),                      # POPE: "yes"
+    ("None", "no"), ("Know", "no"),      # the letters "no" within the first four characters
+    ("Eyes", "yes"),                     # "yes" within "eyes"
+    ("Noyes", "no"),                     # "noye": no "yes" in the first four, then "no"
+    ("Yes\nNo", "yes"),                  # "yes\n"
+    ("There is no zedul.", "other"),     # "ther": POPE reads "no"
+    ("I don't know", "other"),
+    ("y", "other"), ("n", "other"),      # lmms-eval reads "y" / "n"; calculation.py does not
+    ("", "other"),                       # POPE's script: "yes"; ours for POPE: unparsed
+    (" yes", "yes"),                     # " yes" still holds "yes"
+    ("  yes", "other"),                  # two spaces push it past the fourth character
+    ("   no", "other"),
+    ("yes\n", "yes"),                    # a line as readlines() gives it
+])
+def test_mme_reads_answers_as_calculation_py(text: str, want: str) -> None:
+    assert read_mme_answer(text) == want
+
+
+def test_mme_metrics_strip_then_read_and_count_other_as_wrong() -> None:
+    """The generation is stripped first (LLaVA's model_vqa_loader writes outputs.strip()), so "  yes"
+    is a yes there; "Nope" and "Not sure" are "no"; "" and "There is no zedul." are "other": wrong."""
+    items = [_mme("existence", "a.png", "Yes"), _mme("existence", "a.png", "No"),
+             _mme("existence", "b.png", "Yes"), _mme("existence", "b.png", "No"),
+             _mme("existence", "c.png", "Yes"), _mme("existence", "c.png", "No")]
+    preds = ["  yes", "Nope", "NO", "Not sure", "", "There is no zedul."]
+    m = mme_metrics(items, preds)["tasks"]["existence"]
+    # a.png: both right; b.png: "NO" to a Yes question is wrong, "Not sure" right; c.png: both "other".
+    assert (m["accuracy"], m["accuracy_plus"], m["unparsed"]) == (pytest.approx(3 / 6), pytest.approx(1 / 3), 2)
+    assert m["score"] == pytest.approx(50.0 + 100 / 3)
+
+
+def test_mme_needs_two_questions_per_image() -> None:
+    """calculation.py takes a subtask's lines two by two (one image) and asserts each chunk has two."""
+    three = [_mme("count", "a.png", "Yes"), _mme("count", "a.png", "No"), _mme("count", "a.png", "No")]
+    with pytest.raises(ValueError, match="a.png has 3 question"):
+        mme_metrics(three, ["yes", "no", "no"])
+    with pytest.raises(ValueError, match="b.png has 1 question"):
+        mme_metrics([_mme("count", "b.png", "Yes")], ["yes"])
+    with pytest.raises(TypeError, match="must be a str"):
+        read_mme_answer(None)  # type: ignore[arg-type]
 
 
 def test_mme_rejects_bad_input() -> None:

@@ -26,7 +26,7 @@ from tuna.sources import sources
 
 SHORT = "\nAnswer the question using a single word or phrase."  # LLaVA's short-answer suffix (also in training)
 CAPTION_PROMPT = "Describe the image in detail."
-EVAL_VERSION = "tuna.eval/1"
+EVAL_VERSION = "tuna.eval/2"  # 2: MME read by calculation.py's rule; FINER EM by eval_fgvc.py's rule (+ whole-word)
 
 
 class EvalError(TunaError):
@@ -109,7 +109,12 @@ def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str) -> dict[str, Any]:
 def eval_finer(cfg: Recipe, asker: Asker, tag_mode: str, b_datastores: Sequence[str | None] = ("B",),
                attrseek: bool = True, root: str = "eval") -> dict[str, Any]:
     """FINER EM per level (direct and ATTRSEEK) on ID and OOD (datastore A) and domain B (each of ``b_datastores``),
-    on the world's eval split (``root`` "eval") or its validation split ("val", world.sizes.finer_val)."""
+    on the world's eval split (``root`` "eval") or its validation split ("val", world.sizes.finer_val).
+
+    Each image is asked one question in the world's phrasing and that one generation is scored at the
+    three levels (FINER's EM rule and the whole-word rule, ``tuna.eval.finer.finer_metrics``). FINER itself
+    asks each level its own question (``tuna.eval.finer.finer_questions``); the world's instruction data
+    only teaches which-kind questions answered with the fine name, so the world asks the fine level."""
     from tuna.eval.finer import attrseek_prompts, direct_prompt, finer_metrics
     from tuna.formats import load_finer
 
@@ -212,7 +217,8 @@ def headline(m: dict[str, Any]) -> dict[str, float]:
             row[f"pope_{g}_f1"] = m["pope"][g]["f1"]
     if "finer" in m:
         for key, res in m["finer"].items():
-            row[f"finer_{key}_fine_em"] = res["direct"]["fine_em"]
+            row[f"finer_{key}_fine_em"] = res["direct"]["fine_em"]            # FINER's eval_fgvc.py rule
+            row[f"finer_{key}_fine_em_word"] = res["direct"]["fine_em_word"]  # the whole-word rule
             row[f"finer_{key}_coarse_em"] = res["direct"]["coarse_em"]
             if "attrseek" in res:
                 row[f"finer_{key}_attrseek_fine_em"] = res["attrseek"]["fine_em"]

@@ -336,12 +336,15 @@ def _finer_md(metrics: dict[str, dict[str, Any]]) -> list[str]:
             d = res["direct"]
             a = res.get("attrseek", {})
             rows.append([v, key, _pct(d["superordinate_em"]), _pct(d["coarse_em"]), _pct(d["fine_em"]),
-                         _pct(d["token_f1"]), _pct(a.get("fine_em")), str(d["n"])])
+                         _pct(d.get("fine_em_word")), _pct(d["token_f1"]), _pct(a.get("fine_em")), str(d["n"])])
     if not rows:
         return []
     return ["## FINER (exact match, percent)", "",
-            "`b@X`: domain B answered with datastore X (`none`: no tags).", "",
-            *_md_table(["variant", "split", "superordinate EM", "coarse EM", "fine EM", "token F1", "ATTRSEEK fine EM", "n"], rows), ""]
+            "`b@X`: domain B answered with datastore X (`none`: no tags). EM is FINER's rule (eval_fgvc.py: the "
+            "label as a substring of the first 20 words after the first \"Answer:\"); whole-word: the label as "
+            "whole words (or its plural) after the last \"Answer:\".", "",
+            *_md_table(["variant", "split", "superordinate EM", "coarse EM", "fine EM", "fine EM (whole-word)",
+                        "token F1", "ATTRSEEK fine EM", "n"], rows), ""]
 
 
 def _pope_md(metrics: dict[str, dict[str, Any]], png: Path | None) -> list[str]:
@@ -370,6 +373,8 @@ def _mme_md(metrics: dict[str, dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     return ["## MME-style yes/no (score = accuracy + accuracy+, per subtask 0-200)", "",
+            "Answers read as MME's calculation.py reads them: lower-cased, \"yes\" or \"no\" within the first "
+            "four characters, anything else wrong.", "",
             *_md_table(["variant", "group", "total", "subtasks"], rows), ""]
 
 

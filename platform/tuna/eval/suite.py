@@ -19,9 +19,11 @@ from tuna.layout import layout
 from tuna.recipe import Recipe
 from tuna.sources import EVAL_SOURCES, file_digest, sources
 
-# The columns of the summary table: (key in headline(), header).
+# The columns of the summary table: (key in headline(), header). FINER EM is FINER's rule (eval_fgvc.py:
+# substring of the first 20 tokens after the first "Answer:") unless the header says whole-word.
 COLUMNS = (
-    ("finer_ood_fine_em", "FINER OOD fine EM"), ("finer_id_fine_em", "FINER ID fine EM"),
+    ("finer_ood_fine_em", "FINER OOD fine EM (FINER rule)"), ("finer_ood_fine_em_word", "FINER OOD fine EM (whole-word)"),
+    ("finer_id_fine_em", "FINER ID fine EM"),
     ("finer_ood_coarse_em", "FINER OOD coarse EM"), ("finer_b@B_fine_em", "FINER B fine EM (datastore B)"),
     ("pope_id_f1", "POPE ID F1"), ("pope_ood_f1", "POPE OOD F1"), ("mme_id_total", "MME ID"),
     ("mme_ood_total", "MME OOD"), ("chair_ood_i", "CHAIR_i OOD"), ("chair_ood_s", "CHAIR_s OOD"),
