@@ -7,8 +7,9 @@ github.com/BradyFU/Awesome-Multimodal-Large-Language-Models, branch ``Evaluation
 - an answer is read by :func:`read_mme_answer` ("yes", "no" or "other"; "other" is wrong whatever the
   gold answer, and is counted as ``unparsed``, calculation.py's ``other_num``);
 - the two questions of an image form a pair (calculation.py takes the lines of a subtask file two by
-  two and asserts each chunk has two; lmms-eval's ``mme_aggregate_results`` groups by image and asserts
-  "MME only supports pairwise evaluation"); we group by (subtask, image) and require exactly two;
+  two and asserts each chunk has two; lmms-eval's ``mme_aggregate_results`` groups by ``question_id``,
+  the image's path in its MME copy, and asserts "MME only supports pairwise evaluation"); we group by
+  (subtask, image) and require exactly two;
 - accuracy = right answers / questions; accuracy+ = images with both answers right / images;
   score = accuracy * 100 + accuracy+ * 100, so at most 200 per subtask. calculation.py prints one total
   per group (Perception, Cognition); our ``total`` sums every subtask of the set (the world's four
