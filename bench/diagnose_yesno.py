@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=150)
     ap.add_argument("--offset", type=int, default=3000, help="first alignment image used (skip the head)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", default="alignment", help="alignment (held out from QA) or instruction (stage-2 images)")
     ap.add_argument("--system", default="A chat between a human and an assistant.")
     args = ap.parse_args()
     t0 = time.perf_counter()
@@ -48,7 +49,7 @@ def main() -> None:
     tax = json.loads((world / "taxonomy.json").read_text())["A"]["classes"]
     coarse = {c["name"]: c["coarse"] for c in tax}
     id_names = [c["name"] for c in tax if not c["ood"]]
-    d = json.loads((world / "alignment" / "instances.json").read_text())
+    d = json.loads((world / args.set / "instances.json").read_text())
     cats = {c["id"]: c["name"] for c in d["categories"]}
     per: dict[int, list[str]] = {}
     for a in d["annotations"]:
@@ -73,13 +74,13 @@ def main() -> None:
         out = []
         for s in range(0, len(items), 32):
             chunk = items[s:s + 32]
-            imgs = [Image.open(world / "alignment" / "images" / f).convert("RGB") for f, _ in chunk]
+            imgs = [Image.open(world / args.set / "images" / f).convert("RGB") for f, _ in chunk]
             ans = predictor.answer(imgs, [[] for _ in chunk], [q for _, q in chunk], [[] for _ in chunk],
                                    max_new_tokens=max_new)
             out += [a.text for a in ans]
         return out
 
-    res: dict[str, object] = {"model": args.model, "seed": args.seed, "images": len(multi)}
+    res: dict[str, object] = {"model": args.model, "seed": args.seed, "set": args.set, "images": len(multi)}
     for split, rs in rows.items():
         answers = ask([(f, f"Is there {article(o)} {o} in the image?{SHORT}") for f, o, _ in rs], 4)
         m = pope_metrics(answers, [lab for _, _, lab in rs])
