@@ -145,7 +145,7 @@ def _data_fingerprint(cfg: Recipe) -> str | None:
 
 # Encoder keys added after encoders were already trained, with the value that reproduces them: at that
 # value they are left out of the config fingerprint, so existing encoders stay up to date.
-_LATER_KEYS: dict[str, Any] = {"clean_captions": 0.0}
+_LATER_KEYS: dict[str, Any] = {"clean_captions": 0.0, "patch_loss": 0.0, "patch_loss_layer": -2}
 
 
 def _config_fingerprint(enc: Any) -> str:

@@ -219,6 +219,22 @@ def augment(x: torch.Tensor, enc: EncoderConfig, gen: torch.Generator) -> torch.
     return torch.nn.functional.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def patch_infonce(model: CLIPModel, out: object, layer: int) -> torch.Tensor:
+    """Symmetric InfoNCE between the mean of the patch tokens of vision hidden state ``layer`` (through the
+    tower's post-LayerNorm and visual projection: the same joint space as the CLS embedding) and the texts.
+
+    CLIP's own loss reaches only the last layer's CLS token; a probe found the class nearly absent from the
+    patch tokens at layer -2 (what a LLaVA connector reads). Mean pooling is linear, so this makes each
+    object's patches carry its identity additively (multi-object scenes included).
+    """
+    hidden = out.vision_model_output.hidden_states[layer][:, 1:]                    # (B, P, Dv)
+    img = model.visual_projection(model.vision_model.post_layernorm(hidden.mean(1)))
+    img = torch.nn.functional.normalize(img, dim=-1)
+    logits = model.logit_scale.exp() * img @ out.text_embeds.t()                  # text_embeds: unit norm
+    target = torch.arange(len(img))
+    return 0.5 * (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.t(), target))
+
+
 def _param_groups(model: CLIPModel, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -274,8 +290,12 @@ def train_clip(model: CLIPModel, pairs: Pairs, tokenizer: PreTrainedTokenizerFas
                 rows = torch.where(torch.rand(len(idx), generator=gen) < enc.clean_captions, idx + n, idx)
             width = int(lengths[rows].max())                                # trim the batch's padding
             out = model(input_ids=ids[rows, :width], attention_mask=mask[rows, :width],
-                        pixel_values=normalise(x, processor), return_loss=True)   # symmetric InfoNCE
-            out.loss.backward()
+                        pixel_values=normalise(x, processor), return_loss=True,
+                        output_hidden_states=enc.patch_loss > 0)                   # symmetric InfoNCE
+            loss_t = out.loss
+            if enc.patch_loss > 0:   # the patch tokens the connector reads must carry the objects too
+                loss_t = loss_t + enc.patch_loss * patch_infonce(model, out, enc.patch_loss_layer)
+            loss_t.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()

@@ -209,6 +209,8 @@ class EncoderConfig:
     rotate: bool = False            # random quarter turns of training images
     zoom: float = 1.0               # random crops keep a side of zoom..1 of the image (1 = off)
     clean_captions: float = 0.0     # share of captions swapped, per step, for "a photo of a X and a Y." over the mined object nouns
+    patch_loss: float = 0.0         # weight of a second InfoNCE on the mean of the patch tokens at patch_loss_layer (0 = off)
+    patch_loss_layer: int = -2      # hidden state whose patch tokens the patch loss trains (the connector's vision_feature_layer)
     threads: int = 2                # torch CPU threads
 
     def __post_init__(self) -> None:
@@ -329,6 +331,7 @@ class ModelConfig:
     language_model: str | None = None
     projector: Projector = "mlp2x_gelu"
     vision_feature_layer: int = -2
+    vision_feature_select_strategy: str = "default"   # default = drop CLS (LLaVA) | full = keep it as a visual token
     num_tags: int = 5
     tag_mode: TagMode = "tags"
     tuner: bool = True
@@ -337,6 +340,8 @@ class ModelConfig:
         _require(1 <= self.num_tags <= 64, "num_tags", f"must be in 1..64, got {self.num_tags}")
         _require(self.vision_feature_layer != 0, "vision_feature_layer",
                  "0 is the embedding output; use -1 (last) or -2 (LLaVA's choice)")
+        _require(self.vision_feature_select_strategy in ("default", "full"), "vision_feature_select_strategy",
+                 f"use 'default' (drop CLS) or 'full' (keep it), got {self.vision_feature_select_strategy!r}")
 
 
 @dataclass(frozen=True)
