@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
 
-    from tuna.eval.pope import parse_yes_no, pope_metrics
+    from tuna.eval.pope import pope_metrics
     from tuna.inference import Predictor
     from tuna.world.language import article
 

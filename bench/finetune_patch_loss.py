@@ -45,7 +45,6 @@ def main() -> None:
     model.save_pretrained(args.out)
     tok.save_pretrained(args.out)
     proc.save_pretrained(args.out)
-    (torch.nn.Module.__module__ and None)
     with open(f"{args.out}/finetune.json", "w") as f:
         json.dump({"from": args.encoder, "epochs": args.epochs, "lr": args.lr, "patch_loss": args.patch_loss,
                    "layer": args.layer, "curve": {k: curve[k] for k in ("per_epoch", "steps", "train_seconds")},
