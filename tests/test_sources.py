@@ -78,6 +78,6 @@ def test_sources_refuse_unknown_names_and_splits() -> None:
         src["coco"]
     with pytest.raises(ConfigError, match="no eval set pope/b"):
         src.eval_set("pope", "b")
-    with pytest.raises(ConfigError, match="only FINER has a validation split"):
+    with pytest.raises(ConfigError, match="only finer and pope have validation splits, not mme"):
         src.eval_set("mme", "id", validation=True)
     assert set(EVAL_SOURCES) < set(KINDS) and len(src.all()) == len(KINDS)

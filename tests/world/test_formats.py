@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -129,7 +130,8 @@ def test_domain_b_web_corpus_is_clean(world: World) -> None:
                                            ("instruction/instruct.json", "instruction")])
 def test_llava_files_parse(world: World, rel: str, size_key: str) -> None:
     records = load_llava(world.root / rel)
-    assert len(records) == getattr(world.cfg.world.sizes, size_key)
+    sizes = world.cfg.world.sizes
+    assert len(records) == getattr(sizes, size_key) + (sizes.vqa if size_key == "instruction" else 0)
     assert len({r.id for r in records}) == len(records)
     for r in records:
         check_image_file(r.image, world.cfg.world.image_size)
@@ -144,8 +146,37 @@ def test_llava_files_parse(world: World, rel: str, size_key: str) -> None:
 def test_instruction_kinds(world: World) -> None:
     rows = json.loads((world.root / "instruction" / "instruct.json").read_text())
     kinds = Counter(r["kind"] for r in rows)
-    assert set(kinds) <= {"conversation", "detail", "reasoning", "short"}
+    assert set(kinds) <= {"conversation", "detail", "reasoning", "short", "vqa"}
     assert {"conversation", "detail", "short"} <= set(kinds)
+    assert kinds["vqa"] == world.cfg.world.sizes.vqa > 0
+
+
+def test_vqa_rows_ask_present_and_absent_objects_in_equal_numbers(world: World) -> None:
+    """LLaVA-1.5's VQA share, existence only: per image up to 3 present objects answered Yes and as many absent
+    ones answered No, half of those (rounded up) look-alike siblings of a present object."""
+    rows = json.loads((world.root / "instruction" / "instruct.json").read_text())
+    coco = json.loads((world.root / "instruction" / "instances.json").read_text())
+    cats = {c["id"]: c for c in coco["categories"]}
+    image_id = {im["file_name"]: im["id"] for im in coco["images"]}
+    present: dict[int, set[str]] = {}
+    for a in coco["annotations"]:
+        present.setdefault(a["image_id"], set()).add(cats[a["category_id"]]["name"])
+    coarse_of = {c["name"]: c["supercategory"] for c in cats.values()}
+    vqa = [r for r in rows if r["kind"] == "vqa"]
+    siblings = n_no = 0
+    for r in vqa:
+        assert r["id"].endswith("-vqa") and any(x["id"] == r["id"].removesuffix("-vqa") and x["image"] == r["image"] for x in rows)
+        truth = present[image_id[r["image"]]]
+        asked = [re.fullmatch(r"(?:<image>\n)?Is there an? (\w+) in the image\?\nAnswer the question using a single word or phrase\.",
+                              t["value"]).group(1) for t in r["conversations"][0::2]]
+        answers = [t["value"] for t in r["conversations"][1::2]]
+        assert answers.count("Yes") == answers.count("No") == min(3, len(truth))
+        assert all((a == "Yes") == (n in truth) for n, a in zip(asked, answers))
+        assert not any(c["ood"] or c["domain"] != "A" for c in cats.values() if c["name"] in asked)   # seen classes only
+        no = [n for n, a in zip(asked, answers) if a == "No"]
+        siblings += sum(coarse_of[n] in {coarse_of[t] for t in truth} for n in no)
+        n_no += len(no)
+    assert siblings >= 0.45 * n_no    # half rounded up, unless an image's siblings are all present
 
 
 # -------------------------------------------------------------------------------------------- coco
@@ -160,7 +191,8 @@ def test_every_coco_file_parses(world: World) -> None:
     rels = {str(p.relative_to(world.root)) for p in files}
     assert rels == {"alignment/instances.json", "instruction/instances.json", "eval/pope/id/instances.json",
                     "eval/pope/ood/instances.json", "eval/captions/id/instances.json", "eval/captions/ood/instances.json",
-                    "eval/captions/id/captions.json", "eval/captions/ood/captions.json"}
+                    "eval/captions/id/captions.json", "eval/captions/ood/captions.json",
+                    "val/pope/id/instances.json", "val/pope/ood/instances.json"}
     size = world.cfg.world.image_size
     for path in files:
         coco = load_coco(path)
@@ -195,16 +227,25 @@ def test_coco_files_cover_their_image_folders(world: World) -> None:
 # -------------------------------------------------------------------------------------- eval files
 
 
+@pytest.mark.parametrize("root, size_key", [("eval", "pope_images"), ("val", "pope_val")])
 @pytest.mark.parametrize("split", ["id", "ood"])
 @pytest.mark.parametrize("pope", POPE_SPLITS)
-def test_pope_files_parse(world: World, split: str, pope: str) -> None:
-    path = world.root / "eval" / "pope" / split / f"world_pope_{pope}.json"
+def test_pope_files_parse(world: World, root: str, size_key: str, split: str, pope: str) -> None:
+    path = world.root / root / "pope" / split / f"world_pope_{pope}.json"
     rows = load_pope(path)
-    assert len(rows) == 6 * world.cfg.world.sizes.pope_images == world.manifest["counts"][f"pope_{split}_{pope}"]
+    name = f"pope_{split}" if root == "eval" else f"pope_val_{split}"
+    assert len(rows) == 6 * getattr(world.cfg.world.sizes, size_key) == world.manifest["counts"][f"{name}_{pope}"]
     assert [r["question_id"] for r in rows] == list(range(1, len(rows) + 1))
     for r in rows:
         check_image_file(path.parent / "images" / r["image"], world.cfg.world.image_size)
         assert r["text"].startswith("Is there ") and r["text"].endswith(" in the image?")
+
+
+def test_pope_validation_images_are_not_eval_images(world: World) -> None:
+    """Settings are chosen on the validation split: its scenes are drawn apart from the eval split's."""
+    def scenes(root: str) -> set[bytes]:
+        return {p.read_bytes() for p in (world.root / root / "pope" / "id" / "images").iterdir()}
+    assert scenes("val") and not scenes("val") & scenes("eval")
 
 
 @pytest.mark.parametrize("split, size_key", [("id", "finer"), ("ood", "finer"), ("b", "finer_b")])

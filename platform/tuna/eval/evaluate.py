@@ -87,16 +87,17 @@ def _tags_for(cfg: Recipe, tag_mode: str, images: Sequence[Path], name: str, dat
     return attach_tags(cfg, sorted(set(images)), cache, mode, domain, log=lambda s: None, session=_SESSION.get("open"))
 
 
-def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str) -> dict[str, Any]:
-    """POPE per split (ID/OOD x random/popular/adversarial) and LLaVA's mean F1 per split group."""
+def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval") -> dict[str, Any]:
+    """POPE per split (ID/OOD x random/popular/adversarial) and LLaVA's mean F1 per split group, on the world's
+    eval split (``root`` "eval") or its validation split ("val", world.sizes.pope_val)."""
     from tuna.eval.pope import load_pope_splits, pope_metrics, pope_summary
 
     out: dict[str, Any] = {}
     for group in ("id", "ood"):
-        folder = sources(cfg).eval_set("pope", group).path
+        folder = sources(cfg).eval_set("pope", group, validation=root == "val").path
         splits = load_pope_splits(folder)
         images = [folder / "images" / r["image"] for rows in splits.values() for r in rows]
-        tags = _tags_for(cfg, tag_mode, images, f"pope-{group}", "A")
+        tags = _tags_for(cfg, tag_mode, images, f"pope-{group}" if root == "eval" else f"{root}-pope-{group}", "A")
         per_split = {}
         for split, rows in splits.items():
             queries = [Query(folder / "images" / r["image"], r["text"] + SHORT) for r in rows]
@@ -174,8 +175,9 @@ def eval_chair(cfg: Recipe, asker: Asker, tag_mode: str, max_new_tokens: int = 4
 
 def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Sequence[str | None] = ("B",),
                    tasks: Sequence[str] = ("pope", "finer", "mme", "chair"), progress: bool = False,
-                   log: Callable[[str], None] = print, finer_root: str = "eval") -> dict[str, Any]:
-    """Every task for one trained model; returns the metrics (and how long each task took)."""
+                   log: Callable[[str], None] = print, root: str = "eval") -> dict[str, Any]:
+    """Every task for one trained model on the eval splits (``root`` "eval") or, for FINER and POPE, the
+    validation splits ("val"); returns the metrics (and how long each task took)."""
     from tuna.inference import Predictor
 
     predictor = Predictor(model_dir, cfg.train.system_prompt, threads=cfg.eval.threads)
@@ -183,12 +185,12 @@ def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Se
         raise EvalError(f"{model_dir} was trained with tag_mode {predictor.model.config.tag_mode!r} but is evaluated with "
                         f"{tag_mode!r}; evaluate each variant with its own tag mode")
     asker = Asker(predictor, cfg.eval.batch_size, progress)
-    runners = {"pope": lambda: eval_pope(cfg, asker, tag_mode),
-               "finer": lambda: eval_finer(cfg, asker, tag_mode, b_datastores, cfg.eval.attrseek, finer_root),
+    runners = {"pope": lambda: eval_pope(cfg, asker, tag_mode, root),
+               "finer": lambda: eval_finer(cfg, asker, tag_mode, b_datastores, cfg.eval.attrseek, root),
                "mme": lambda: eval_mme(cfg, asker, tag_mode),
                "chair": lambda: eval_chair(cfg, asker, tag_mode)}
     out: dict[str, Any] = {"model": str(model_dir), "tag_mode": tag_mode, "seconds": {}}
-    bad = [t for t in tasks if t not in runners]
+    bad = [t for t in tasks if t not in runners or (root != "eval" and t not in ("pope", "finer"))]
     if bad:
         raise EvalError(f"unknown eval task {bad[0]!r}; known: {', '.join(runners)}")
     from tuna.retrieval.attach import RetrievalSession
@@ -215,6 +217,12 @@ def headline(m: dict[str, Any]) -> dict[str, float]:
     if "pope" in m:
         for g in ("id", "ood"):
             row[f"pope_{g}_f1"] = m["pope"][g]["f1"]
+            row[f"pope_{g}_acc"] = m["pope"][g]["accuracy"]
+            if "yes_ratio" in m["pope"][g]:
+                row[f"pope_{g}_yes"] = m["pope"][g]["yes_ratio"]
+            adversarial = m["pope"][g].get("per_split", {}).get("adversarial")
+            if adversarial:
+                row[f"pope_{g}_adv_acc"] = adversarial["accuracy"]
     if "finer" in m:
         for key, res in m["finer"].items():
             row[f"finer_{key}_fine_em"] = res["direct"]["fine_em"]            # FINER's eval_fgvc.py rule

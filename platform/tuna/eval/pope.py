@@ -98,9 +98,12 @@ def pope_summary(per_split: Mapping[str, Mapping[str, float | int]]) -> dict[str
         if missing:
             raise ValueError(f"POPE split {split!r} lacks {', '.join(missing)}; pass pope_metrics() results")
     k = len(per_split)
-    return {"f1": sum(float(m["f1"]) for m in per_split.values()) / k,
-            "accuracy": sum(float(m["accuracy"]) for m in per_split.values()) / k,
-            "splits": k}
+    out = {"f1": sum(float(m["f1"]) for m in per_split.values()) / k,
+           "accuracy": sum(float(m["accuracy"]) for m in per_split.values()) / k,
+           "splits": k}
+    if all("yes_ratio" in m for m in per_split.values()):
+        out["yes_ratio"] = sum(float(m["yes_ratio"]) for m in per_split.values()) / k
+    return out
 
 
 # ------------------------------------------------------------------------------ loader-side helpers

@@ -25,7 +25,8 @@ COLUMNS = (
     ("finer_ood_fine_em", "FINER OOD fine EM (FINER rule)"), ("finer_ood_fine_em_word", "FINER OOD fine EM (whole-word)"),
     ("finer_id_fine_em", "FINER ID fine EM"),
     ("finer_ood_coarse_em", "FINER OOD coarse EM"), ("finer_b@B_fine_em", "FINER B fine EM (datastore B)"),
-    ("pope_id_f1", "POPE ID F1"), ("pope_ood_f1", "POPE OOD F1"), ("mme_id_total", "MME ID"),
+    ("pope_id_f1", "POPE ID F1"), ("pope_ood_f1", "POPE OOD F1"), ("pope_id_acc", "POPE ID acc"),
+    ("pope_ood_acc", "POPE OOD acc"), ("pope_id_yes", "POPE ID yes-ratio"), ("mme_id_total", "MME ID"),
     ("mme_ood_total", "MME OOD"), ("chair_ood_i", "CHAIR_i OOD"), ("chair_ood_s", "CHAIR_s OOD"),
 )
 
@@ -81,20 +82,23 @@ def evaluate_variant(cfg: Recipe, variant: str, progress: bool = False,
 
 def validate_variant(cfg: Recipe, variant: str, progress: bool = False,
                      log: Callable[[str], None] = print) -> dict[str, float]:
-    """FINER on the world's validation split (world.sizes.finer_val), for choosing settings without looking at
-    the eval splits: saves ``eval/validation/<variant>.json`` and returns its headline numbers."""
+    """FINER (world.sizes.finer_val) and POPE (world.sizes.pope_val, when the world has it) on the validation
+    splits, for choosing settings without looking at the eval splits: saves ``eval/validation/<variant>.json``
+    and returns its headline numbers."""
     from tuna.variants import variant_model
 
     val = sources(cfg).eval_set("finer", "ood", validation=True).path
     if not (val / "finer.jsonl").is_file():
         raise EvalError(f"{val} does not exist: set world.sizes.finer_val > 0 (e.g. 100) and regenerate the world")
+    tasks = ["finer"]
+    if any(sources(cfg).eval_set("pope", "id", validation=True).path.glob("*pope_*.json")):
+        tasks.insert(0, "pope")
     folder = layout(cfg).model(variant, 2)
     if not (folder / "config.json").is_file():
         raise EvalError(f"variant {variant!r} has no trained model at {folder}; run `tuna train --variant {variant}` first")
     tag_mode = variant_model(cfg, variant)["tag_mode"]
-    log(f"validate {variant} ({folder})")
-    metrics = evaluate_model(cfg, folder, tag_mode, b_datastores(variant, tag_mode), ("finer",), progress, log,
-                             finer_root="val")
+    log(f"validate {variant} ({folder}): {', '.join(tasks)}")
+    metrics = evaluate_model(cfg, folder, tag_mode, b_datastores(variant, tag_mode), tasks, progress, log, root="val")
     metrics.update(variant=variant, split="val", headline=headline(metrics))
     write_json(layout(cfg).validation / f"{variant}.json", metrics)
     return metrics["headline"]

@@ -31,6 +31,7 @@ KINDS = {
     "pope_id": ("pope",), "pope_ood": ("pope",),
     "finer_id": ("finer_jsonl",), "finer_ood": ("finer_jsonl",), "finer_b": ("finer_jsonl",),
     "finer_val_id": ("finer_jsonl",), "finer_val_ood": ("finer_jsonl",), "finer_val_b": ("finer_jsonl",),
+    "pope_val_id": ("pope",), "pope_val_ood": ("pope",),
     "mme_id": ("mme",), "mme_ood": ("mme",),
     "captions_id": ("coco_captions",), "captions_ood": ("coco_captions",),
 }
@@ -72,6 +73,8 @@ class DataConfig:
     finer_val_id: SourceConfig = field(default_factory=_source)   # validation splits: choose settings here
     finer_val_ood: SourceConfig = field(default_factory=_source)
     finer_val_b: SourceConfig = field(default_factory=_source)
+    pope_val_id: SourceConfig = field(default_factory=_source)    # POPE validation splits (world.sizes.pope_val)
+    pope_val_ood: SourceConfig = field(default_factory=_source)
     mme_id: SourceConfig = field(default_factory=_source)
     mme_ood: SourceConfig = field(default_factory=_source)
     captions_id: SourceConfig = field(default_factory=_source)    # CHAIR

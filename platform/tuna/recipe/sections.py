@@ -108,6 +108,8 @@ class CorpusSizes:
     alignment: int = 6000
     instruction: int = 4000
     pope_images: int = 100
+    pope_val: int = 0               # POPE validation images per split (ID, OOD) for choosing settings (0 = none)
+    vqa: int = 0                    # VQA-style existence rows in the instruction set (LLaVA-1.5's VQAv2/GQA share), one per instruction image (<= instruction)
     finer: int = 300
     finer_b: int = 300
     finer_val: int = 0              # FINER-style validation images per split (ID, OOD, B) for choosing settings (0 = none)
@@ -118,8 +120,9 @@ class CorpusSizes:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             n = getattr(self, f.name)
-            low = 0 if f.name in ("clip_web", "finer_val") else 1
+            low = 0 if f.name in ("clip_web", "finer_val", "pope_val", "vqa") else 1
             _require(low <= n <= 10_000_000, f.name, f"must be in {low}..10000000 samples, got {n}")
+        _require(self.vqa <= self.instruction, "vqa", f"one VQA row per instruction image: at most {self.instruction}, got {self.vqa}")
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,10 @@ def _make(job: tuple[CorpusSpec, int]) -> Sample:
     elif spec.text == "clean":
         text = [language.clean_caption(scene, rng), language.detailed_description(scene)]
     elif spec.text == "instruct":
-        text = language.conversation(scene, rng, _STATE["A"].id_classes)
+        vqa = None
+        if index < cfg.world.sizes.vqa:  # its own RNG: the conversation is the same with or without it
+            vqa = language.vqa_existence(scene, sample_rng(cfg.run.seed, "vqa", index), _STATE["A"].id_classes)
+        text = (*language.conversation(scene, rng, _STATE["A"].id_classes), vqa)
     return Sample(key=key, index=index, scene=scene, image=image, text=text)
 
 
@@ -131,6 +134,8 @@ def corpus_specs(cfg: Recipe) -> list[CorpusSpec]:
         CorpusSpec("instruction", s.instruction, "A_id", "instruct"),
         CorpusSpec("pope_id", s.pope_images, "A_id", "none", min_distinct=3),
         CorpusSpec("pope_ood", s.pope_images, "A_ood", "none", min_distinct=3),
+        *([CorpusSpec("pope_val_id", s.pope_val, "A_id", "none", min_distinct=3),
+           CorpusSpec("pope_val_ood", s.pope_val, "A_ood", "none", min_distinct=3)] if s.pope_val else []),
         CorpusSpec("finer_id", s.finer, "A_id", "none", single=True),
         CorpusSpec("finer_ood", s.finer, "A_ood", "none", single=True),
         CorpusSpec("finer_b", s.finer_b, "B", "none", single=True),
@@ -262,6 +267,15 @@ def _write_images(samples: list[Sample], folder: str, ext: str, out: _Writer) ->
     return names
 
 
+def _conversation(turns: list[tuple[str, str]]) -> list[dict[str, str]]:
+    """LLaVA's conversation list; the image placeholder opens the first human turn."""
+    conv = []
+    for t, (human, gpt) in enumerate(turns):
+        conv.append({"from": "human", "value": ("<image>\n" if t == 0 else "") + human})
+        conv.append({"from": "gpt", "value": gpt})
+    return conv
+
+
 def _llava_prompt(rng: np.random.Generator, prompts: list[str]) -> str:
     return str(prompts[int(rng.integers(len(prompts)))])
 
@@ -303,13 +317,13 @@ def _write_corpora(cfg: Recipe, a: Taxonomy, b: Taxonomy, out: _Writer, progress
         smp = collect("instruction", "instruct")
         names = _write_images(smp, "instruction", ext, out)
         rows = []
+        vqa_rows = []
         for s, n in zip(smp, names):
-            kind, turns = s.text
-            conv = []
-            for t, (human, gpt) in enumerate(turns):
-                conv.append({"from": "human", "value": ("<image>\n" if t == 0 else "") + human})
-                conv.append({"from": "gpt", "value": gpt})
-            rows.append({"id": s.key, "image": n, "kind": kind, "conversations": conv})
+            kind, turns, vqa = s.text
+            rows.append({"id": s.key, "image": n, "kind": kind, "conversations": _conversation(turns)})
+            if vqa:
+                vqa_rows.append({"id": f"{s.key}-vqa", "image": n, "kind": "vqa", "conversations": _conversation(vqa)})
+        rows += vqa_rows
         out.write("instruction/instruct.json", dump_json(rows))
         out.write("instruction/instances.json", dump_json(_coco(smp, all_classes, ext)))
         counts["instruction"] = len(rows)
@@ -318,14 +332,17 @@ def _write_corpora(cfg: Recipe, a: Taxonomy, b: Taxonomy, out: _Writer, progress
         # Eval sets, ID and OOD splits each.
         t0 = time.perf_counter()
         vocab = [c.name for c in a.classes]
-        for split in ("id", "ood"):
-            smp = collect(f"pope_{split}", "none")
-            names = _write_images(smp, f"eval/pope/{split}", ext, out)
-            out.write(f"eval/pope/{split}/instances.json", dump_json(_coco(smp, all_classes, ext)))
+        pope = [("eval", split, f"pope_{split}", k) for k, split in enumerate(("id", "ood"))]
+        if cfg.world.sizes.pope_val:  # validation images, for choosing settings (never reported)
+            pope += [("val", split, f"pope_val_{split}", 2 + k) for k, split in enumerate(("id", "ood"))]
+        for root, split, name, offset in pope:
+            smp = collect(name, "none")
+            names = _write_images(smp, f"{root}/pope/{split}", ext, out)
+            out.write(f"{root}/pope/{split}/instances.json", dump_json(_coco(smp, all_classes, ext)))
             for ps in POPE_SPLITS:
-                q = pope_questions([s.scene for s in smp], names, vocab, cfg.run.seed + (0 if split == "id" else 1), ps)
-                out.write(f"eval/pope/{split}/world_pope_{ps}.json", dump_jsonl(q))
-                counts[f"pope_{split}_{ps}"] = len(q)
+                q = pope_questions([s.scene for s in smp], names, vocab, cfg.run.seed + offset, ps)
+                out.write(f"{root}/pope/{split}/world_pope_{ps}.json", dump_jsonl(q))
+                counts[f"{name}_{ps}"] = len(q)
         finer = [("eval", split, f"finer_{split}") for split in ("id", "ood", "b")]
         if cfg.world.sizes.finer_val:  # validation images of the same classes, for choosing settings (never reported)
             finer += [("val", split, f"finer_val_{split}") for split in ("id", "ood", "b")]

@@ -166,6 +166,23 @@ def conversation(scene: Scene, rng: np.random.Generator, negatives: list[FineCla
     return kind, [(q, long) for q, long, _ in picks]
 
 
+def vqa_existence(scene: Scene, rng: np.random.Generator, vocabulary: list[FineClass], per_image: int = 3
+                  ) -> list[tuple[str, str]]:
+    """A VQA-style row (as LLaVA-1.5's VQAv2/GQA share): up to ``per_image`` present objects asked "Yes" and as
+    many absent ones asked "No", in random order, short answers. Half the absent ones (rounded up) are siblings
+    of a present object (same coarse class: the look-alikes a model must not confuse), the rest any other class."""
+    names = scene.class_names
+    coarse = {c.coarse for c in vocabulary if c.name in names}
+    siblings = [c.name for c in vocabulary if c.coarse in coarse and c.name not in names]
+    others = [c.name for c in vocabulary if c.name not in names and c.name not in siblings]
+    yes = [names[int(i)] for i in rng.permutation(len(names))[:per_image]]
+    no = [siblings[int(i)] for i in rng.permutation(len(siblings))[: (len(yes) + 1) // 2]]
+    no += [others[int(i)] for i in rng.permutation(len(others))[: len(yes) - len(no)]]
+    asked = [(n, "Yes") for n in yes] + [(n, "No") for n in no]
+    return [(f"Is there {article(n)} {n} in the image?\n{SHORT_ANSWER}", a)
+            for n, a in (asked[int(i)] for i in rng.permutation(len(asked)))]
+
+
 def _reasoning(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
     objs = scene.objects
     names = scene.class_names
