@@ -241,3 +241,30 @@ def test_prompt_encoder_alone_merges_exactly_as_the_model(make_model, tmp_path, 
     assert (ours.tag_weights is None) == (tag_mode == "none")
     if ref.tag_weights is not None:
         assert torch.equal(ours.tag_weights, ref.tag_weights)
+
+
+@pytest.mark.parametrize("pool, strategy, tokens", [(1, "full", P + 1), (2, "default", P // 4), (2, "full", P // 4 + 1),
+                                                    (4, "full", 2)])
+def test_pooled_grid_and_cls_are_the_visual_tokens(make_model, pool, strategy, tokens):
+    """vision_feature_pool averages factor x factor cells of the patch grid (raster order); "full" puts CLS first."""
+    model = make_model(vision_feature_pool=pool, vision_feature_select_strategy=strategy)
+    assert model.config.num_patches == tokens
+    pixels = make_batch(model)["pixel_values"]
+    with torch.no_grad():
+        patches, _ = model.encode_image(pixels)
+        hidden = model.clip.vision_model(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    grid = hidden[:, 1:].reshape(2, 4, 4, D)                                       # 4x4 grid of 8 px patches
+    want = grid.reshape(2, 4 // pool, pool, 4 // pool, pool, D).mean((2, 4)).reshape(2, -1, D)
+    if strategy == "full":
+        want = torch.cat([hidden[:, :1], want], dim=1)
+    torch.testing.assert_close(patches, want)
+    with torch.no_grad():
+        out = model(**make_batch(model))
+    assert out.image_hidden_states.shape == (2, tokens, D)
+
+
+def test_pool_must_divide_the_grid(make_model):
+    from tuna.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="vision_feature_pool: 3 must be a positive divisor of the 4x4 patch grid side"):
+        make_model(vision_feature_pool=3)

@@ -134,6 +134,8 @@ def to_llava(model: TunaForConditionalGeneration) -> LlavaForConditionalGenerati
     if cfg.tag_mode != "none" or cfg.projector_type != "mlp2x_gelu":
         raise ValueError(f"to_llava needs tag_mode 'none' and projector 'mlp2x_gelu', got tag_mode {cfg.tag_mode!r} "
                          f"and projector {cfg.projector_type!r}; only the baseline is a LLaVA")
+    if cfg.vision_feature_pool != 1:
+        raise ValueError(f"to_llava needs vision_feature_pool 1, got {cfg.vision_feature_pool}: Llava feeds the whole patch grid")
     vocab = cfg.text_config.vocab_size
     if not 0 <= cfg.image_token_index < vocab:
         raise ValueError(f"Llava embeds its image token, so image_token_index must be in 0..{vocab - 1}, got "

@@ -33,6 +33,8 @@ class TunaConfig(PretrainedConfig):
       (LLaVA); 0 is the embedding output and is refused.
     - ``vision_feature_select_strategy``: ``"default"`` drops the CLS token (P = grid**2 visual tokens),
       ``"full"`` keeps it.
+    - ``vision_feature_pool``: average-pools the patch grid by this factor before the connector (1 = off, as
+      LLaVA-1.5; 2 turns a 24x24 grid into 12x12, as LLaVA-OneVision's pooling); must divide the grid side.
     - ``num_tags`` (k): retrieved tags per image; ``max_tag_tokens``: LM tokens per tag, at most.
     - ``tag_mode``: ``"tags"`` / ``"random"`` / ``"captions"`` (same forward; the data pipeline decides
       what the "tags" are) or ``"none"`` (no tag block: the LLaVA baseline).
@@ -58,6 +60,7 @@ class TunaConfig(PretrainedConfig):
     projector_hidden_act: str = "gelu"
     vision_feature_layer: int = -2
     vision_feature_select_strategy: str = "default"
+    vision_feature_pool: int = 1
     num_tags: int = 5
     max_tag_tokens: int = 8
     tag_mode: str = "tags"
@@ -95,6 +98,10 @@ class TunaConfig(PretrainedConfig):
              f"{layer} is the embedding output, not a transformer layer; use -1 (last) or -2 (LLaVA's choice)")
         need(-layers <= layer <= layers, "vision_feature_layer",
              f"{layer} is out of range for a vision tower with {layers} layers; use 1..{layers} or -{layers}..-1")
+        side = self.clip_config.vision_config.image_size // self.clip_config.vision_config.patch_size
+        pool = self.vision_feature_pool
+        need(isinstance(pool, int) and pool >= 1 and side % pool == 0, "vision_feature_pool",
+             f"{pool!r} must be a positive divisor of the {side}x{side} patch grid side (1 = no pooling)")
         need(1 <= self.num_tags <= 64, "num_tags", f"must be in 1..64, got {self.num_tags}")
         need(1 <= self.max_tag_tokens <= 256, "max_tag_tokens", f"must be in 1..256, got {self.max_tag_tokens}")
         need(self.tuner_logit_scale_init > 0, "tuner_logit_scale_init",
@@ -108,9 +115,9 @@ class TunaConfig(PretrainedConfig):
 
     @property
     def num_patches(self) -> int:
-        """Visual tokens per image (P): the patch grid, plus CLS with the "full" strategy."""
+        """Visual tokens per image (P): the (pooled) patch grid, plus CLS with the "full" strategy."""
         vision = self.clip_config.vision_config
-        grid = (vision.image_size // vision.patch_size) ** 2
+        grid = (vision.image_size // vision.patch_size // self.vision_feature_pool) ** 2
         return grid + (self.vision_feature_select_strategy == "full")
 
     @property

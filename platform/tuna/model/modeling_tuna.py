@@ -197,9 +197,10 @@ class TunaInputs:
                 f"{want[1]}, {want[2]}); preprocess images with the CLIP image processor saved with the encoder")
         with torch.set_grad_enabled(self._clip_grad()):
             out = self.clip.vision_model(pixel_values=pixel_values.to(self.clip.dtype), output_hidden_states=True)
-            patches = out.hidden_states[self.config.vision_feature_layer]           # (B, 1 + grid**2, Dv)
-            if self.config.vision_feature_select_strategy == "default":
-                patches = patches[:, 1:]                                           # (B, P, Dv) CLS dropped
+            hidden = out.hidden_states[self.config.vision_feature_layer]            # (B, 1 + grid**2, Dv)
+            patches = _pool_grid(hidden[:, 1:], self.config.vision_feature_pool)
+            if self.config.vision_feature_select_strategy == "full":
+                patches = torch.cat([hidden[:, :1], patches], dim=1)              # CLS kept, first
             image_features = self.clip.visual_projection(out.pooler_output)         # (B, Dt)
         return patches, image_features
 
@@ -569,6 +570,16 @@ class TunaPromptEncoder(TunaInputs, nn.Module):
         self.config.save_pretrained(str(folder))
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, os.path.join(folder, PROMPT_ENCODER_WEIGHTS),
                   metadata={"format": "pt"})
+
+
+def _pool_grid(patches: torch.Tensor, factor: int) -> torch.Tensor:
+    """(B, G*G, D) patch tokens in raster order -> (B, (G/factor)**2, D), averaged over factor x factor cells."""
+    if factor == 1:
+        return patches
+    b, n, d = patches.shape
+    side = math.isqrt(n)
+    grid = patches.transpose(1, 2).reshape(b, d, side, side)
+    return F.avg_pool2d(grid, factor).flatten(2).transpose(1, 2)
 
 
 def _vectorize_scalar_parameters(module: nn.Module) -> None:

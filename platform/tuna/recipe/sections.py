@@ -335,6 +335,7 @@ class ModelConfig:
     projector: Projector = "mlp2x_gelu"
     vision_feature_layer: int = -2
     vision_feature_select_strategy: str = "default"   # default = drop CLS (LLaVA) | full = keep it as a visual token
+    vision_feature_pool: int = 1    # average-pool the patch grid by this factor before the connector (1 = off, as LLaVA-1.5)
     num_tags: int = 5
     tag_mode: TagMode = "tags"
     tuner: bool = True
@@ -345,6 +346,7 @@ class ModelConfig:
                  "0 is the embedding output; use -1 (last) or -2 (LLaVA's choice)")
         _require(self.vision_feature_select_strategy in ("default", "full"), "vision_feature_select_strategy",
                  f"use 'default' (drop CLS) or 'full' (keep it), got {self.vision_feature_select_strategy!r}")
+        _require(self.vision_feature_pool >= 1, "vision_feature_pool", f"must be >= 1 (1 = no pooling), got {self.vision_feature_pool}")
 
 
 @dataclass(frozen=True)
