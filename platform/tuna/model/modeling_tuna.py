@@ -2,7 +2,7 @@
 
 Parts (B images, k tags per image, P visual tokens, T LM tokens per tag, D the LM width):
 
-- frozen CLIP vision tower -> hidden state ``vision_feature_layer`` (CLS dropped) -> connector -> P visual
+- frozen CLIP vision tower -> hidden state ``vision_feature_layer`` (CLS dropped, as LLaVA; or kept; grid optionally pooled) -> connector -> P visual
   tokens: exactly LLaVA's path;
 - image-aware tag encoder: each tag's CLIP text feature (text tower + text projection, frozen) is the
   query of a multi-head cross-attention over the same CLIP patch features; the result goes through the
@@ -41,6 +41,7 @@ from transformers.utils import ModelOutput
 
 from tuna.errors import TunaError
 from tuna.model.configuration_tuna import TunaConfig
+from tuna.model.vision_features import select_features
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (visual tokens, tag block, padding)
 
@@ -197,10 +198,8 @@ class TunaInputs:
                 f"{want[1]}, {want[2]}); preprocess images with the CLIP image processor saved with the encoder")
         with torch.set_grad_enabled(self._clip_grad()):
             out = self.clip.vision_model(pixel_values=pixel_values.to(self.clip.dtype), output_hidden_states=True)
-            hidden = out.hidden_states[self.config.vision_feature_layer]            # (B, 1 + grid**2, Dv)
-            patches = _pool_grid(hidden[:, 1:], self.config.vision_feature_pool)
-            if self.config.vision_feature_select_strategy == "full":
-                patches = torch.cat([hidden[:, :1], patches], dim=1)              # CLS kept, first
+            patches = select_features(out.hidden_states[self.config.vision_feature_layer],  # (B, P, Dv)
+                                      self.config.vision_feature_select_strategy, self.config.vision_feature_pool)
             image_features = self.clip.visual_projection(out.pooler_output)         # (B, Dt)
         return patches, image_features
 
@@ -570,16 +569,6 @@ class TunaPromptEncoder(TunaInputs, nn.Module):
         self.config.save_pretrained(str(folder))
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, os.path.join(folder, PROMPT_ENCODER_WEIGHTS),
                   metadata={"format": "pt"})
-
-
-def _pool_grid(patches: torch.Tensor, factor: int) -> torch.Tensor:
-    """(B, G*G, D) patch tokens in raster order -> (B, (G/factor)**2, D), averaged over factor x factor cells."""
-    if factor == 1:
-        return patches
-    b, n, d = patches.shape
-    side = math.isqrt(n)
-    grid = patches.transpose(1, 2).reshape(b, d, side, side)
-    return F.avg_pool2d(grid, factor).flatten(2).transpose(1, 2)
 
 
 def _vectorize_scalar_parameters(module: nn.Module) -> None:
