@@ -22,7 +22,7 @@ from tuna.errors import CorruptSample, TunaError
 from tuna.layout import layout
 from tuna.recipe import Recipe
 from tuna.samples import decode_image
-from tuna.sources import sources
+from tuna.sources import VALIDATED, sources
 
 SHORT = "\nAnswer the question using a single word or phrase."  # LLaVA's short-answer suffix (also in training)
 CAPTION_PROMPT = "Describe the image in detail."
@@ -190,9 +190,12 @@ def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Se
                "mme": lambda: eval_mme(cfg, asker, tag_mode),
                "chair": lambda: eval_chair(cfg, asker, tag_mode)}
     out: dict[str, Any] = {"model": str(model_dir), "tag_mode": tag_mode, "seconds": {}}
-    bad = [t for t in tasks if t not in runners or (root != "eval" and t not in ("pope", "finer"))]
+    bad = [t for t in tasks if t not in runners]
     if bad:
         raise EvalError(f"unknown eval task {bad[0]!r}; known: {', '.join(runners)}")
+    unvalidated = [t for t in tasks if root != "eval" and t not in VALIDATED]
+    if unvalidated:
+        raise EvalError(f"eval task {unvalidated[0]!r} has no validation split; validate with {' or '.join(VALIDATED)}")
     from tuna.retrieval.attach import RetrievalSession
 
     # One encoder and one Milvus connection for the whole evaluation (opened only if tags are retrieved).
