@@ -153,7 +153,8 @@ def test_instruction_kinds(world: World) -> None:
 
 def test_vqa_rows_ask_present_and_absent_objects_in_equal_numbers(world: World) -> None:
     """LLaVA-1.5's VQA share, existence only: per image up to 3 present objects answered Yes and as many absent
-    ones answered No, half of those (rounded up) look-alike siblings of a present object."""
+    ones answered No, the absent ones POPE's three kinds in turn (random, popular, look-alike sibling), each
+    question in one of five phrasings."""
     rows = json.loads((world.root / "instruction" / "instruct.json").read_text())
     coco = json.loads((world.root / "instruction" / "instances.json").read_text())
     cats = {c["id"]: c for c in coco["categories"]}
@@ -161,22 +162,32 @@ def test_vqa_rows_ask_present_and_absent_objects_in_equal_numbers(world: World) 
     present: dict[int, set[str]] = {}
     for a in coco["annotations"]:
         present.setdefault(a["image_id"], set()).add(cats[a["category_id"]]["name"])
+    frequency = Counter(n for names in present.values() for n in names)
     coarse_of = {c["name"]: c["supercategory"] for c in cats.values()}
+    phrasing = re.compile(r"(?:<image>\n)?(?:Is there an? (\w+) in (?:the|this) image\?(?: Please answer yes or no\.)?"
+                          r"|Does the image contain an? (\w+)\?)\nAnswer the question using a single word or phrase\.")
     vqa = [r for r in rows if r["kind"] == "vqa"]
-    siblings = n_no = 0
+    siblings = popular = n_no = 0
+    forms: Counter[str] = Counter()
     for r in vqa:
         assert r["id"].endswith("-vqa") and any(x["id"] == r["id"].removesuffix("-vqa") and x["image"] == r["image"] for x in rows)
         truth = present[image_id[r["image"]]]
-        asked = [re.fullmatch(r"(?:<image>\n)?Is there an? (\w+) in the image\?\nAnswer the question using a single word or phrase\.",
-                              t["value"]).group(1) for t in r["conversations"][0::2]]
+        matches = [phrasing.fullmatch(t["value"]) for t in r["conversations"][0::2]]
+        assert all(matches), r["conversations"]
+        asked = [m.group(1) or m.group(2) for m in matches]
+        forms.update(re.sub(r"an? \w+", "X", m.group(0).removeprefix("<image>\n")) for m in matches)
         answers = [t["value"] for t in r["conversations"][1::2]]
         assert answers.count("Yes") == answers.count("No") == min(3, len(truth))
         assert all((a == "Yes") == (n in truth) for n, a in zip(asked, answers))
         assert not any(c["ood"] or c["domain"] != "A" for c in cats.values() if c["name"] in asked)   # seen classes only
         no = [n for n, a in zip(asked, answers) if a == "No"]
         siblings += sum(coarse_of[n] in {coarse_of[t] for t in truth} for n in no)
+        top = sorted((n for n in frequency if n not in truth), key=lambda n: -frequency[n])[:3]
+        popular += sum(n in top for n in no)
         n_no += len(no)
-    assert siblings >= 0.45 * n_no    # half rounded up, unless an image's siblings are all present
+    assert len(forms) == 5 and min(forms.values()) > 0.1 * sum(forms.values())
+    # the kinds go random, popular, sibling: an image with k present objects gets the first k of them
+    assert siblings >= 0.2 * n_no and popular >= 0.2 * n_no, (siblings, popular, n_no)
 
 
 # -------------------------------------------------------------------------------------------- coco

@@ -64,7 +64,10 @@ _STATE: dict[str, Any] = {}
 
 def _init(cfg: Recipe) -> None:
     a, b = build_taxonomies(cfg.world.taxonomy, cfg.world.domain_b, cfg.run.seed)
-    _STATE.update(cfg=cfg, A=a, B=b, prior=popularity(list(a.classes), cfg.run.seed) | popularity(list(b.classes), cfg.run.seed + 1))
+    prior = popularity(list(a.classes), cfg.run.seed) | popularity(list(b.classes), cfg.run.seed + 1)
+    # the seen classes most frequent first: the "popular" negatives of the VQA rows, as POPE picks its own
+    popular = [c.name for c in sorted(a.id_classes, key=lambda c: (-prior[c.name], c.name))]
+    _STATE.update(cfg=cfg, A=a, B=b, prior=prior, popular=popular)
 
 
 def _pool(name: str) -> list[FineClass]:
@@ -119,7 +122,8 @@ def _make(job: tuple[CorpusSpec, int]) -> Sample:
     elif spec.text == "instruct":
         vqa = None
         if index < cfg.world.sizes.vqa:  # its own RNG: the conversation is the same with or without it
-            vqa = language.vqa_existence(scene, sample_rng(cfg.run.seed, "vqa", index), _STATE["A"].id_classes)
+            vqa = language.vqa_existence(scene, sample_rng(cfg.run.seed, "vqa", index), _STATE["A"].id_classes,
+                                            _STATE["popular"])
         text = (*language.conversation(scene, rng, _STATE["A"].id_classes), vqa)
     return Sample(key=key, index=index, scene=scene, image=image, text=text)
 

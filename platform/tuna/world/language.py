@@ -166,21 +166,36 @@ def conversation(scene: Scene, rng: np.random.Generator, negatives: list[FineCla
     return kind, [(q, long) for q, long, _ in picks]
 
 
-def vqa_existence(scene: Scene, rng: np.random.Generator, vocabulary: list[FineClass], per_image: int = 3
-                  ) -> list[tuple[str, str]]:
+EXISTENCE_PHRASINGS = (
+    "Is there {a} {n} in the image?", "Is there {a} {n} in this image?",
+    "Is there {a} {n} in the image? Please answer yes or no.", "Is there {a} {n} in this image? Please answer yes or no.",
+    "Does the image contain {a} {n}?",
+)
+
+
+def vqa_existence(scene: Scene, rng: np.random.Generator, vocabulary: list[FineClass], popular: list[str],
+                  per_image: int = 3) -> list[tuple[str, str]]:
     """A VQA-style row (as LLaVA-1.5's VQAv2/GQA share): up to ``per_image`` present objects asked "Yes" and as
-    many absent ones asked "No", in random order, short answers. Half the absent ones (rounded up) are siblings
-    of a present object (same coarse class: the look-alikes a model must not confuse), the rest any other class."""
+    many absent ones asked "No", in random order, short answers, each question in one of
+    :data:`EXISTENCE_PHRASINGS`. The absent ones follow POPE's three negative kinds in turn: a random class, the
+    most ``popular`` absent class not asked yet (``popular`` lists class names most frequent first), and a
+    look-alike sibling of a present object (same coarse class); a kind with nothing left falls back to random."""
     names = scene.class_names
-    coarse = {c.coarse for c in vocabulary if c.name in names}
-    siblings = [c.name for c in vocabulary if c.coarse in coarse and c.name not in names]
-    others = [c.name for c in vocabulary if c.name not in names and c.name not in siblings]
+    coarse_of = {c.name: c.coarse for c in vocabulary}
+    present_coarse = {coarse_of[n] for n in names if n in coarse_of}
+    absent = [c.name for c in vocabulary if c.name not in names]
+    shuffled = [absent[int(i)] for i in rng.permutation(len(absent))]
+    pools = [shuffled, [n for n in popular if n in absent], [n for n in shuffled if coarse_of[n] in present_coarse]]
     yes = [names[int(i)] for i in rng.permutation(len(names))[:per_image]]
-    no = [siblings[int(i)] for i in rng.permutation(len(siblings))[: (len(yes) + 1) // 2]]
-    no += [others[int(i)] for i in rng.permutation(len(others))[: len(yes) - len(no)]]
+    no: list[str] = []
+    for k in range(len(yes)):
+        no.append(next(n for n in pools[k % 3] + pools[0] if n not in no))
     asked = [(n, "Yes") for n in yes] + [(n, "No") for n in no]
-    return [(f"Is there {article(n)} {n} in the image?\n{SHORT_ANSWER}", a)
-            for n, a in (asked[int(i)] for i in rng.permutation(len(asked)))]
+    turns = []
+    for n, a in (asked[int(i)] for i in rng.permutation(len(asked))):
+        phrasing = EXISTENCE_PHRASINGS[int(rng.integers(len(EXISTENCE_PHRASINGS)))]
+        turns.append((f"{phrasing.format(a=article(n), n=n)}\n{SHORT_ANSWER}", a))
+    return turns
 
 
 def _reasoning(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
