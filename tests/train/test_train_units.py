@@ -5,6 +5,7 @@ tests/model/test_processing_tuna.py)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -192,7 +193,7 @@ def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFas
     from tuna.train.engine import _reading
 
     cfg = load_recipe(SMOKE, [f"run.data_dir={prepared.cfg.data_dir}", "train.stage2.reading_per_class=2",
-                              f"train.stage2.reading_image={mode}"])
+                              f"train.stage2.reading_image={mode}", "train.stage2.reading_existence=0.5"])
     taxonomy = json.loads((prepared.root / "taxonomy.json").read_text())
     classes = {c["name"]: c for dom in taxonomy.values() for c in dom["classes"]}
     inst = json.loads((prepared.root / "instruction" / "instances.json").read_text())
@@ -213,6 +214,9 @@ def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFas
             continue
         shown = objects[file_id[ex.image.name]]
         assert len(shown) == 1                                                      # a single-object scene
+        asked = re.search(r"(?:Is there an?|contain an?) (\w+)", tok.decode([t for t in ex.input_ids if t >= 0]))
+        if asked and tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE_INDEX]).startswith("No"):
+            assert shown[0] != asked[1]               # a "No" never asks about the object the image shows
         if mode == "own" and name in single_classes:
             assert shown[0] == name                                                 # the named class itself
         elif classes[name]["coarse"] in domain_a_coarse:

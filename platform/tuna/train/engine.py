@@ -215,7 +215,7 @@ def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> list[Any]:
     except (OSError, json.JSONDecodeError, DataFormatError) as err:
         raise TrainError(f"train.stage2.reading_per_class needs the world's taxonomy and instruction instances ({err}); "
                          f"run `tuna world` first") from None
-    samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, cfg.model.num_tags)
+    samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, cfg.model.num_tags, sc.reading_existence)
     if instances is None:
         blank = write_blank_image(layout(cfg).reading_image(f"blank-{cfg.world.image_size}.png"),
                                   cfg.world.image_size)
@@ -224,11 +224,13 @@ def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> list[Any]:
         coarse = {c["name"]: c["coarse"] for dom in taxonomy.values() for c in dom.get("classes", [])}
         by_coarse: dict[str, list[Path]] = {}
         by_class: dict[str, list[Path]] = {}
+        class_of: dict[Path, str] = {}
         for file_name, names in coco_objects_by_image(instances).items():   # in image order
             if len(names) == 1:
                 path = instruction / "images" / file_name
                 by_coarse.setdefault(coarse[names[0]], []).append(path)
                 by_class.setdefault(names[0], []).append(path)
+                class_of[path] = names[0]
         every = [p for paths in by_coarse.values() for p in paths]
         if not every:
             raise TrainError(f"train.stage2.reading_image=scene needs single-object instruction images; "
@@ -238,6 +240,8 @@ def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> list[Any]:
         for r in samples:
             pool = by_class.get(r.name) if sc.reading_image == "own" else None
             pool = pool or by_coarse.get(coarse.get(r.name, ""), every)
+            if r.answer == "No":   # an existence question must not ask about the object the image shows
+                pool = [p for p in pool if class_of[p] != r.asked] or [p for p in every if class_of[p] != r.asked]
             images.append(pool[int(rng.integers(len(pool)))])
     return reading_examples(samples, images, tokenizer, sc.max_length, cfg.train.system_prompt)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tuna.world.language import SHORT_ANSWER, article
+from tuna.world.language import EXISTENCE_PHRASINGS, SHORT_ANSWER, article
 
 _SIZES = ("small", "large")
 
@@ -23,8 +23,9 @@ _SIZES = ("small", "large")
 class ReadingSample:
     tags: list[str]      # k tags, best first, as retrieval ranks them
     question: str        # one human turn (no <image>)
-    answer: str          # the assistant turn naming the class the tags support
+    answer: str          # the assistant turn naming the class the tags support ("Yes"/"No" for existence)
     name: str            # that class
+    asked: str = ""      # existence questions: the class asked about (``name`` for "Yes", one absent from the tags for "No")
 
 
 def _tag(cls: dict[str, Any], rng: np.random.Generator) -> str:
@@ -35,13 +36,19 @@ def _tag(cls: dict[str, Any], rng: np.random.Generator) -> str:
     return f"{attrs[int(rng.integers(len(attrs)))]} {cls['name']}"
 
 
-def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int = 5) -> list[ReadingSample]:
+def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int = 5, existence: float = 0.0
+                    ) -> list[ReadingSample]:
     """``per_class`` samples for every class of ``taxonomy`` (a world's taxonomy.json): ``k`` tags in which
     the class is a strict majority (and first in most samples: a look-alike sibling leads 1 in 5, as
     nearest-neighbour tags do), then a which-kind question answered with its name (long or short form).
+
+    A share ``existence`` of them asks instead whether an object is in the image (short answer): half about
+    the tags' class ("Yes"), half about a class the tags do not name ("No": a look-alike sibling or any other
+    class, evenly). ``existence=0`` gives exactly the samples it gave before the option existed.
     """
-    if per_class < 0 or k < 2:
-        raise ValueError(f"per_class must be >= 0 and k >= 2, got per_class={per_class}, k={k}")
+    if per_class < 0 or k < 2 or not 0 <= existence <= 1:
+        raise ValueError(f"per_class must be >= 0, k >= 2 and existence in 0..1, got per_class={per_class}, k={k}, "
+                         f"existence={existence}")
     rng = np.random.default_rng(seed)
     classes = [c for dom in sorted(taxonomy) for c in taxonomy[dom].get("classes", [])]
     out = []
@@ -65,8 +72,25 @@ def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int 
             ][int(rng.integers(3))]
             if rng.random() < 0.5:
                 q, long = f"{q}\n{SHORT_ANSWER}", short
-            out.append(ReadingSample(tags, q, long, name))
+            if existence and rng.random() < existence:
+                out.append(_existence(cls, siblings, classes, tags, rng))
+            else:
+                out.append(ReadingSample(tags, q, long, name))
     return out
+
+
+def _existence(cls: dict[str, Any], siblings: list[dict[str, Any]], classes: list[dict[str, Any]], tags: list[str],
+               rng: np.random.Generator) -> ReadingSample:
+    """An existence question over ``tags``: "Yes" for ``cls`` (their majority), "No" for a class they do not name."""
+    named = {t.split()[-1] for t in tags}
+    if rng.random() < 0.5:
+        asked, answer = cls["name"], "Yes"
+    else:
+        pool = [c for c in siblings if c["name"] not in named] if rng.random() < 0.5 else []
+        pool = pool or [c for c in classes if c["name"] not in named]
+        asked, answer = pool[int(rng.integers(len(pool)))]["name"], "No"
+    phrasing = EXISTENCE_PHRASINGS[int(rng.integers(len(EXISTENCE_PHRASINGS)))]
+    return ReadingSample(tags, f"{phrasing.format(a=article(asked), n=asked)}\n{SHORT_ANSWER}", answer, cls["name"], asked)
 
 
 __all__ = ["ReadingSample", "reading_samples"]

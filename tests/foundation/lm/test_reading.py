@@ -65,3 +65,25 @@ def test_deterministic_for_a_seed_and_empty_when_off() -> None:
 def test_bad_arguments_are_refused(per_class: int, k: int) -> None:
     with pytest.raises(ValueError, match="per_class"):
         reading_documents(TAXONOMY, per_class, seed=0, k=k)
+
+
+def test_existence_questions_follow_the_tags_and_leave_the_other_samples_alone() -> None:
+    """A share of the reading samples asks "Is there a X?": "Yes" for the tags' majority class, "No" for a class
+    no tag names; existence=0 gives the samples of before, byte for byte."""
+    from tuna.world.reading import reading_samples
+
+    plain = reading_samples(TAXONOMY, per_class=40, seed=5)
+    assert plain == reading_samples(TAXONOMY, per_class=40, seed=5, existence=0.0)
+    mixed = reading_samples(TAXONOMY, per_class=40, seed=5, existence=0.5)
+    asking = [r for r in mixed if r.asked]
+    assert 0.35 < len(asking) / len(mixed) < 0.65
+    answers = Counter(r.answer for r in asking)
+    assert set(answers) == {"Yes", "No"} and min(answers.values()) > 0.3 * len(asking)
+    for r in asking:
+        m = re.fullmatch(r"(?:Is there an? (\w+) in (?:the|this) image\?(?: Please answer yes or no\.)?|Does the image contain an? (\w+)\?)"
+                         r"\nAnswer the question using a single word or phrase\.", r.question)
+        assert m and (m[1] or m[2]) == r.asked, r.question
+        named = {t.split()[-1] for t in r.tags}
+        assert (r.answer == "Yes") == (r.asked == r.name) and (r.asked in named) == (r.answer == "Yes"), r
+    with pytest.raises(ValueError, match="existence"):
+        reading_samples(TAXONOMY, per_class=1, seed=0, existence=1.5)
