@@ -328,7 +328,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["check"], help="check: read every declared source with its loader and report")
+    p.add_argument("action", nargs="?", default="check", choices=["check"],
+                   help="check (the default): read every declared source with its loader and report")
     p.add_argument("--source", action="append", default=[], metavar="NAME", help="check only this source (repeatable), e.g. pope_id")
     p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON to FILE")
     p.add_argument("--max-missing", type=float, default=0.05, metavar="FRACTION",

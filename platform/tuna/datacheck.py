@@ -10,7 +10,6 @@ those samples into their quarantine lists.
 
 from __future__ import annotations
 
-import io
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence

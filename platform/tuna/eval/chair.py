@@ -53,9 +53,27 @@ def mention_index(vocabulary: Vocabulary) -> dict[tuple[str, ...], str]:
         if index.get(key, name) != name:
             raise ValueError(f"{word!r} names both {index[key]!r} and {name!r}; a word may name one class only")
         index[key] = name
+    make_plural = english_plural if isinstance(vocabulary, Mapping) else plural
     for word, name in pairs:
-        index.setdefault(tuple(_words(plural(word))), name)
+        index.setdefault(tuple(_words(make_plural(word))), name)
     return index
+
+
+def english_plural(phrase: str) -> str:
+    """The regular English plural of a phrase's last word (puppy -> puppies, woman -> women, bus -> buses,
+    knife -> knives): enough for COCO's class names and synonyms; irregular ones are listed as synonyms."""
+    head, _, word = phrase.rpartition(" ")
+    if word.endswith("man"):
+        word = word[:-3] + "men"
+    elif word.endswith("y") and word[-2:-1] not in tuple("aeiou"):
+        word = word[:-1] + "ies"
+    elif word.endswith(("s", "x", "z", "ch", "sh")):
+        word += "es"
+    elif word.endswith("fe"):
+        word = word[:-2] + "ves"
+    else:
+        word += "s"
+    return f"{head} {word}" if head else word
 
 
 def object_mentions(caption: str, index: Mapping[tuple[str, ...], str]) -> list[str]:

@@ -90,7 +90,8 @@ def _tags_for(cfg: Recipe, tag_mode: str, images: Sequence[Path], name: str, dat
 def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval") -> dict[str, Any]:
     """POPE per split (ID/OOD x random/popular/adversarial) and LLaVA's mean F1 per split group, on the world's
     eval split (``root`` "eval") or its validation split ("val", world.sizes.pope_val)."""
-    from tuna.eval.pope import load_pope_splits, pope_metrics, pope_summary
+    from tuna.eval.pope import pope_metrics, pope_summary
+    from tuna.readers.pope import load_pope_splits
 
     out: dict[str, Any] = {}
     for group in ("id", "ood"):

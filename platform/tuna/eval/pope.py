@@ -23,8 +23,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from tuna.readers.pope import load_pope_splits, pope_split_files  # re-exported: the loaders POPE's scoring reads
-
 YesNo = Literal["yes", "no"]
 NEGATION_WORDS = ("No", "not", "no")  # POPE's list, case-sensitive as in evaluate.py
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")

@@ -54,15 +54,15 @@ class WebSample:
 
 def expand_braces(pattern: str) -> list[str]:
     """``a{00..02}b`` -> a00b, a01b, a02b (zero padding kept); ``{x,y}`` -> x, y; nested and repeated groups too."""
-    m = _RANGE.search(pattern)
-    if m:
+    found = [m for m in (_RANGE.search(pattern), _LIST.search(pattern)) if m]
+    m = min(found, key=lambda x: x.start()) if found else None   # the leftmost group varies slowest, as in a URL list
+    if m and m.re is _RANGE:
         lo, hi = int(m.group(1)), int(m.group(2))
         if hi < lo:
             raise DataFormatError(f"{pattern}: brace range {m.group(0)} runs backwards; write {{{hi}..{lo}}}")
         width = len(m.group(1)) if m.group(1).startswith("0") else 0
         return [out for i in range(lo, hi + 1)
                 for out in expand_braces(pattern[:m.start()] + str(i).zfill(width) + pattern[m.end():])]
-    m = _LIST.search(pattern)
     if m:
         return [out for part in m.group(1).split(",") for out in expand_braces(pattern[:m.start()] + part + pattern[m.end():])]
     return [pattern]

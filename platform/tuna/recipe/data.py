@@ -3,8 +3,9 @@
 Each entry is ``{path, format, images}``. A null ``path`` means the bundled world's copy (what `tuna world` writes under
 ``<run.data_dir>/world``); a path (relative to where `tuna` runs, or absolute) points the run at data of your own
 in the same format; ``images`` (optional) is the folder the entry's image names resolve against (LLaVA's
-``--image_folder``, COCO's ``val2014/`` for POPE; default: ``images/`` beside the file). :mod:`tuna.sources` resolves the entries; nothing else reads an input's location. The
-checkpoints are ``model.vision_tower`` and ``model.language_model`` (LLaVA's own argument names).
+``--image_folder``, COCO's ``val2014/`` for POPE; default: ``images/`` beside the file). :mod:`tuna.sources`
+resolves the entries; nothing else reads an input's location. The checkpoints are ``model.vision_tower`` and
+``model.language_model`` (LLaVA's own argument names).
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from tuna.errors import CorruptSample, TunaError
 from tuna.formats import WebSample, iter_web
-from tuna.readers.web import shard_paths
 from tuna.layout import layout
+from tuna.readers.web import shard_paths
 from tuna.recipe import Recipe, section_fingerprint
 from tuna.retrieval.store import MilvusStore, Neighbour, UnknownDatastore, datastore_uri, index_params
 from tuna.samples import Quarantine, caption_text, decode_image

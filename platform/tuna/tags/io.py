@@ -26,8 +26,8 @@ from typing import Any
 
 from tuna.errors import ConfigError, CorruptSample, DataFormatError
 from tuna.formats import dump_json, iter_web
-from tuna.readers.web import shard_paths
 from tuna.layout import layout
+from tuna.readers.web import shard_paths
 from tuna.recipe import Recipe, section_fingerprint
 from tuna.samples import Quarantine, caption_text
 from tuna.sources import sources
