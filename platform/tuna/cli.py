@@ -311,6 +311,32 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
                    help="submit/run: pipeline parameter, e.g. mlflow_secret=tuna-mlflow (repeatable)")
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    """Check every declared data source (or --source ones); print the report; exit 2 on a fatal finding."""
+    from tuna.datacheck import CheckOptions, check_sources, report_lines, write_report
+    from tuna.sources import sources
+
+    src = sources(_config(args))
+    chosen = [src[name] for name in args.source] if args.source else src.all()
+    checks = check_sources(chosen, CheckOptions(max_missing=args.max_missing, decode_limit=args.decode))
+    for line in report_lines(checks):
+        print(line)
+    if args.json:
+        write_report(checks, Path(args.json))
+        print(f"report: {args.json}")
+    return 2 if any(c.fatal for c in checks) else 0
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", nargs="?", default="check", choices=["check"],
+                   help="check (the default): read every declared source with its loader and report")
+    p.add_argument("--source", action="append", default=[], metavar="NAME", help="check only this source (repeatable), e.g. pope_id")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write the report as JSON to FILE")
+    p.add_argument("--max-missing", type=float, default=0.05, metavar="FRACTION",
+                   help="share of a source's images that may be missing before it is fatal (default: 0.05)")
+    p.add_argument("--decode", type=int, default=2000, metavar="N", help="images decoded per source (all are checked to exist; default: 2000)")
+
+
 def _print_counts(counts: dict[str, int]) -> None:
     width = max(len(k) for k in counts)
     for key, value in counts.items():
@@ -331,6 +357,8 @@ def _force_quiet(p: argparse.ArgumentParser) -> None:
 
 VERBS: dict[str, Verb] = {
     "world": Verb(STEPS["world"].summary, cmd_world, _force_quiet),
+    "data": Verb("check the declared data sources: counts, missing/unreadable images, schema errors, duplicate ids",
+                 cmd_data, _data_args),
     "encoder": Verb(STEPS["encoder"].summary, cmd_encoder, _force_quiet),
     "mine": Verb(STEPS["mine"].summary, cmd_mine, _mine_args),
     "index": Verb(STEPS["index"].summary, cmd_index, _index_args),

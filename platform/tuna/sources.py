@@ -34,11 +34,22 @@ class Source:
     path: Path
     format: str
     from_world: bool
+    image_root: Path | None = None   # declared ``images``; None = the format's default (:attr:`images`)
 
     @property
     def folder(self) -> Path:
         """The folder holding the source (the path itself for folder sources, its parent for file sources)."""
-        return self.path if self.path.suffix == "" else self.path.parent
+        if self.path.is_dir():
+            return self.path
+        return self.path if self.path.suffix == "" and not self.path.is_file() else self.path.parent
+
+    @property
+    def images(self) -> Path:
+        """The folder the source's image names resolve against: the declared ``images``, else the folder itself
+        for MME (images live in the subtask folders) and ``images/`` beside the data for the other formats."""
+        if self.image_root is not None:
+            return self.image_root
+        return self.folder if self.format == "mme" else self.folder / "images"
 
 
 def _world_path(lay: Layout, name: str) -> Path:
@@ -84,9 +95,10 @@ class Sources:
             raise ConfigError(f"unknown data source {name!r}; the recipe's data: section declares {', '.join(KINDS)}")
         declared = getattr(self._recipe.data, name)
         fmt = self._recipe.data.format_of(name)
+        images = Path(declared.images).expanduser() if declared.images else None
         if declared.path is None:
-            return Source(name, _world_path(self._layout, name), fmt, True)
-        return Source(name, Path(declared.path).expanduser(), fmt, False)
+            return Source(name, _world_path(self._layout, name), fmt, True, images)
+        return Source(name, Path(declared.path).expanduser(), fmt, False, images)
 
     def web(self, domain: str) -> Source:
         """Web corpus ``domain``: A, B or clip (the CLIP-only crawl)."""

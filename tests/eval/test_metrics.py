@@ -30,13 +30,13 @@ from tuna.eval.finer import (
 )
 from tuna.eval.mme import mme_metrics, read_mme_answer
 from tuna.eval.pope import (
-    load_pope_splits,
     parse_yes_no,
     pope_metrics,
     pope_summary,
     score_pope_rows,
 )
 from tuna.formats import MmeItem, coco_objects_by_image, load_coco, load_finer, load_mme
+from tuna.readers.pope import load_pope_splits
 from tuna.world.questions import MME_TASKS, POPE_SPLITS
 
 # ------------------------------------------------------------------------------------------- POPE

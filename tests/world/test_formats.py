@@ -348,7 +348,7 @@ def test_malformed_llava_sample(tmp_path: Path, sample: dict, problem: str) -> N
     path.write_text(json.dumps([good, sample]))
     with pytest.raises(DataFormatError) as info:
         load_llava(path)
-    assert f"{path}[1]" in str(info.value) and problem in str(info.value)
+    assert f"{path}:1 (sample 1)" in str(info.value) and problem in str(info.value)   # file:line, then the index
 
 
 def test_llava_file_that_is_not_a_list(tmp_path: Path) -> None:

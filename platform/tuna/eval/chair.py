@@ -8,14 +8,16 @@ found as whole words in the lower-cased caption; every occurrence counts, as in 
 - CHAIR_s = captions with at least one hallucinated mention / all captions;
 - recall  = ground-truth objects mentioned at least once / ground-truth objects (per image, summed).
 
-Unlike the original there is no synonym list (the world's names are unambiguous) and the ground truth
-is the COCO instances only (not also objects mined from reference captions).
+On the bundled world the vocabulary is the class names (unambiguous, no synonyms needed); on real COCO it is
+the 80 classes with the words that name each (``tuna.readers.coco_classes.COCO_SYNONYMS``, our own list in
+the spirit of CHAIR's ``synonyms.txt``): a mention of "puppy" counts as "dog". The ground truth is the COCO
+instances only (not also objects mined from reference captions, as the original adds).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from tuna.world.language import plural
 from tuna.world.taxonomy import Taxonomy
@@ -36,18 +38,42 @@ def chair_vocabulary(*taxonomies: Taxonomy) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def mention_index(vocabulary: Iterable[str]) -> dict[tuple[str, ...], str]:
-    """word sequence -> class name, for every name and its plural (a name wins over another's plural)."""
+Vocabulary = Iterable[str] | Mapping[str, Sequence[str]]   # class names, or class name -> the words naming it
+
+
+def mention_index(vocabulary: Vocabulary) -> dict[tuple[str, ...], str]:
+    """word sequence -> class name, for every name (or synonym) and its plural (a word wins over another's plural)."""
+    pairs = ([(word, name) for name, words in vocabulary.items() for word in (name, *words)]
+             if isinstance(vocabulary, Mapping) else [(name, name) for name in vocabulary])
     index: dict[tuple[str, ...], str] = {}
-    names = list(vocabulary)
-    for name in names:
-        key = tuple(_words(name))
-        if not key or " ".join(key) != " ".join(name.lower().split()):
-            raise ValueError(f"class name {name!r} must be letters and spaces only")
+    for word, name in pairs:
+        key = tuple(_words(word))
+        if not key or " ".join(key) != " ".join(word.lower().split()):
+            raise ValueError(f"class name or synonym {word!r} ({name}) must be letters and spaces only")
+        if index.get(key, name) != name:
+            raise ValueError(f"{word!r} names both {index[key]!r} and {name!r}; a word may name one class only")
         index[key] = name
-    for name in names:
-        index.setdefault(tuple(_words(plural(name))), name)
+    make_plural = english_plural if isinstance(vocabulary, Mapping) else plural
+    for word, name in pairs:
+        index.setdefault(tuple(_words(make_plural(word))), name)
     return index
+
+
+def english_plural(phrase: str) -> str:
+    """The regular English plural of a phrase's last word (puppy -> puppies, woman -> women, bus -> buses,
+    knife -> knives): enough for COCO's class names and synonyms; irregular ones are listed as synonyms."""
+    head, _, word = phrase.rpartition(" ")
+    if word.endswith("man"):
+        word = word[:-3] + "men"
+    elif word.endswith("y") and word[-2:-1] not in tuple("aeiou"):
+        word = word[:-1] + "ies"
+    elif word.endswith(("s", "x", "z", "ch", "sh")):
+        word += "es"
+    elif word.endswith("fe"):
+        word = word[:-2] + "ves"
+    else:
+        word += "s"
+    return f"{head} {word}" if head else word
 
 
 def object_mentions(caption: str, index: Mapping[tuple[str, ...], str]) -> list[str]:
@@ -71,11 +97,12 @@ def object_mentions(caption: str, index: Mapping[tuple[str, ...], str]) -> list[
 
 
 def chair_metrics(captions: Mapping[str, str], ground_truth: Mapping[str, Collection[str]],
-                  vocabulary: Iterable[str]) -> dict[str, float | int]:
+                  vocabulary: Vocabulary) -> dict[str, float | int]:
     """CHAIR_i, CHAIR_s and object recall of ``captions`` (image -> generated caption).
 
     ``ground_truth``: image -> object class names present (e.g. ``tuna.formats.coco_objects_by_image``);
-    ``vocabulary``: the class names that count as object mentions (e.g. :func:`chair_vocabulary`).
+    ``vocabulary``: the class names that count as object mentions (e.g. :func:`chair_vocabulary`), or class
+    name -> the words that name it (``COCO_SYNONYMS``).
     Also returns n (captions), mentions, hallucinated (mentions) and empty (blank captions, which
     mention nothing: not hallucinated, but they recall nothing).
     """

@@ -90,17 +90,18 @@ def _tags_for(cfg: Recipe, tag_mode: str, images: Sequence[Path], name: str, dat
 def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval") -> dict[str, Any]:
     """POPE per split (ID/OOD x random/popular/adversarial) and LLaVA's mean F1 per split group, on the world's
     eval split (``root`` "eval") or its validation split ("val", world.sizes.pope_val)."""
-    from tuna.eval.pope import load_pope_splits, pope_metrics, pope_summary
+    from tuna.eval.pope import pope_metrics, pope_summary
+    from tuna.readers.pope import load_pope_splits
 
     out: dict[str, Any] = {}
     for group in ("id", "ood"):
-        folder = sources(cfg).eval_set("pope", group, validation=root == "val").path
-        splits = load_pope_splits(folder)
-        images = [folder / "images" / r["image"] for rows in splits.values() for r in rows]
+        src = sources(cfg).eval_set("pope", group, validation=root == "val")
+        splits = load_pope_splits(src.path)
+        images = [src.images / r["image"] for rows in splits.values() for r in rows]
         tags = _tags_for(cfg, tag_mode, images, f"pope-{group}" if root == "eval" else f"{root}-pope-{group}", "A")
         per_split = {}
         for split, rows in splits.items():
-            queries = [Query(folder / "images" / r["image"], r["text"] + SHORT) for r in rows]
+            queries = [Query(src.images / r["image"], r["text"] + SHORT) for r in rows]
             answers = asker.ask(queries, tags, max_new_tokens=4, desc=f"pope {group} {split}")
             per_split[split] = pope_metrics(answers, [r["label"] for r in rows])
         out[group] = {**pope_summary(per_split), "per_split": per_split}
@@ -123,9 +124,9 @@ def eval_finer(cfg: Recipe, asker: Asker, tag_mode: str, b_datastores: Sequence[
     runs: list[tuple[str, str, str | None]] = [("id", "id", "A"), ("ood", "ood", "A")]
     runs += [(f"b@{d or 'none'}", "b", d) for d in b_datastores]
     for key, split, store in runs:
-        folder = sources(cfg).eval_set("finer", split, validation=root == "val").path
-        records = load_finer(folder / "finer.jsonl")
-        images = [folder / "images" / r["image"] for r in records]
+        src = sources(cfg).eval_set("finer", split, validation=root == "val")
+        records = load_finer(src.path)
+        images = [src.images / r["image"] for r in records]
         tags = _tags_for(cfg, tag_mode, images, f"finer-{split}" if root == "eval" else f"{root}-finer-{split}", store)
         direct = [Query(img, direct_prompt(r["basic-level-lbl"])) for img, r in zip(images, records)]
         res = {"direct": finer_metrics(asker.ask(direct, tags, 16, desc=f"finer {key}"), records)}
@@ -156,18 +157,23 @@ def eval_mme(cfg: Recipe, asker: Asker, tag_mode: str) -> dict[str, Any]:
 def eval_chair(cfg: Recipe, asker: Asker, tag_mode: str, max_new_tokens: int = 48) -> dict[str, Any]:
     """CHAIR_i / CHAIR_s / recall of generated detailed descriptions against the ground-truth objects."""
     from tuna.eval.chair import chair_metrics, chair_vocabulary
-    from tuna.formats import coco_objects_by_image, load_coco
+    from tuna.readers.coco import coco_files, coco_objects_by_image, load_coco
+    from tuna.readers.coco_classes import COCO_SYNONYMS
     from tuna.world.taxonomy import load_taxonomies
 
-    a, b = load_taxonomies(sources(cfg)["taxonomy"].path.read_text())
-    vocab = chair_vocabulary(a, b)
     out = {}
     for group in ("id", "ood"):
-        folder = sources(cfg).eval_set("captions", group).path
-        truth = coco_objects_by_image(load_coco(folder / "instances.json"))   # file name -> GT objects
+        src = sources(cfg).eval_set("captions", group)
+        if src.from_world:   # the world's class names; real COCO: its 80 classes and their synonyms
+            a, b = load_taxonomies(sources(cfg)["taxonomy"].path.read_text())
+            vocab: Any = chair_vocabulary(a, b)
+        else:
+            vocab = COCO_SYNONYMS
+        files = coco_files(src.path, src.image_root)
+        truth = coco_objects_by_image(load_coco(files.instances))   # file name -> GT objects
         names = sorted(truth)
-        tags = _tags_for(cfg, tag_mode, [folder / "images" / n for n in names], f"captions-{group}", "A")
-        captions = asker.ask([Query(folder / "images" / n, CAPTION_PROMPT) for n in names], tags, max_new_tokens,
+        tags = _tags_for(cfg, tag_mode, [files.images / n for n in names], f"captions-{group}", "A")
+        captions = asker.ask([Query(files.images / n, CAPTION_PROMPT) for n in names], tags, max_new_tokens,
                              desc=f"chair {group}")
         out[group] = chair_metrics(dict(zip(names, captions)), truth, vocab)
     return out

@@ -21,11 +21,7 @@ accuracy, and it lowers recall when the label is "yes"; it does not enter precis
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
-
-from tuna.errors import DataFormatError
-from tuna.world.questions import POPE_SPLITS
 
 YesNo = Literal["yes", "no"]
 NEGATION_WORDS = ("No", "not", "no")  # POPE's list, case-sensitive as in evaluate.py
@@ -107,27 +103,6 @@ def pope_summary(per_split: Mapping[str, Mapping[str, float | int]]) -> dict[str
 
 
 # ------------------------------------------------------------------------------ loader-side helpers
-
-
-def pope_split_files(folder: Path) -> dict[str, Path]:
-    """split -> question file in a POPE folder (``*_pope_{random,popular,adversarial}.json``, JSON lines as
-    in POPE's ``output/coco/``); raises DataFormatError naming the folder when a split is missing or doubled."""
-    folder = Path(folder)
-    out: dict[str, Path] = {}
-    for split in POPE_SPLITS:
-        found = sorted(folder.glob(f"*_pope_{split}.json"))
-        if len(found) != 1:
-            what = "no file" if not found else f"{len(found)} files ({', '.join(p.name for p in found)})"
-            raise DataFormatError(f"{folder}: {what} matching *_pope_{split}.json; expected exactly one per split")
-        out[split] = found[0]
-    return out
-
-
-def load_pope_splits(folder: Path) -> dict[str, list[dict[str, Any]]]:
-    """split -> question rows (``question_id``, ``image``, ``text``, ``label``) of a POPE folder."""
-    from tuna.formats import load_pope
-
-    return {split: load_pope(path) for split, path in pope_split_files(folder).items()}
 
 
 def score_pope_rows(rows: Sequence[Mapping[str, Any]], answers: Mapping[Any, str]) -> dict[str, float | int]:

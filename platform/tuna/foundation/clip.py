@@ -162,7 +162,7 @@ def web_corpora(cfg: Recipe) -> dict[str, Path]:
     src = sources(cfg)
     folders = {f"web/{d}": src.web(d).path for d in ("A", "B")}
     clip = src.web("clip").path
-    if clip.is_dir():
+    if clip.is_dir() or not src.web("clip").from_world:   # the world writes it only when world.sizes.clip_web > 0
         folders["web/clip"] = clip
     return folders
 

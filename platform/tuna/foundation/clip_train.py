@@ -34,6 +34,7 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTextC
 
 from tuna.errors import ConfigError, CorruptSample, DataFormatError
 from tuna.formats import iter_web
+from tuna.readers.web import shard_paths
 from tuna.recipe import EncoderConfig, MineConfig
 from tuna.samples import Quarantine, caption_text, decode_image
 from tuna.schedule import warmup_cosine
@@ -77,11 +78,11 @@ def load_pairs(folders: Mapping[str, Path], processor: CLIPImageProcessorPil, ma
     total = 0
     for name, folder in folders.items():
         folder = Path(folder)
-        for shard in sorted(folder.glob("*.tar")):
+        for shard in shard_paths(folder)[0]:
             digest.update(f"{name}/{shard.name}\0".encode())
             digest.update(hashlib.sha256(shard.read_bytes()).digest())
         n = kept = 0
-        for sample in tqdm(iter_web(folder), desc=f"read {name}", unit="pair", disable=not progress, leave=False):
+        for sample in tqdm(iter_web(folder, quarantine.add), desc=f"read {name}", unit="pair", disable=not progress, leave=False):
             n += 1
             try:
                 text = caption_text(sample, max_caption_chars)

@@ -1,9 +1,11 @@
 """The recipe's ``data:`` section: every input a run reads, by path and format.
 
-Each entry is ``{path, format}``. A null ``path`` means the bundled world's copy (what `tuna world` writes under
+Each entry is ``{path, format, images}``. A null ``path`` means the bundled world's copy (what `tuna world` writes under
 ``<run.data_dir>/world``); a path (relative to where `tuna` runs, or absolute) points the run at data of your own
-in the same format. :mod:`tuna.sources` resolves the entries; nothing else reads an input's location. The
-checkpoints are ``model.vision_tower`` and ``model.language_model`` (LLaVA's own argument names).
+in the same format; ``images`` (optional) is the folder the entry's image names resolve against (LLaVA's
+``--image_folder``, COCO's ``val2014/`` for POPE; default: ``images/`` beside the file). :mod:`tuna.sources`
+resolves the entries; nothing else reads an input's location. The checkpoints are ``model.vision_tower`` and
+``model.language_model`` (LLaVA's own argument names).
 """
 
 from __future__ import annotations
@@ -14,14 +16,17 @@ from tuna.recipe.checks import require as _require
 
 # format -> what it is (the upstream format the loaders read)
 FORMATS = {
-    "webdataset": "WebDataset shards (*.tar of {key}.png|jpg, .txt caption, .json), as img2dataset writes them",
-    "llava_json": "LLaVA conversation JSON ([{id, image, conversations: [{from, value}, ...]}]), images beside it",
+    "webdataset": "WebDataset shards (*.tar of {key}.jpg|png|webp, .txt caption, .json; a .parquet beside each) as "
+                  "img2dataset writes them: a folder, a glob or a brace list ({00000..00099}.tar)",
+    "llava_json": "LLaVA conversation JSON ([{id, image?, conversations: [{from, value}, ...]}]); images under `images`",
     "text_jsonl": "JSON lines with a 'text' field (LM pre-training text)",
     "taxonomy_json": "the bundled world's taxonomy (domains, classes, parents)",
-    "pope": "a POPE folder: images/ and the question files (JSON lines of question_id, image, text, label)",
-    "finer_jsonl": "a FINER folder: images/ and finer.jsonl (basic/coarse/fine-level labels)",
-    "mme": "an MME folder: <task>/images + <task>/questions_answers_YN/*.txt",
-    "coco_captions": "a COCO folder: images/, captions.json and instances.json",
+    "pope": "POPE question files (*_pope_{random,popular,adversarial}.json: JSON lines of question_id, image, text, "
+            "label); images under `images` (COCO val2014)",
+    "finer_jsonl": "a FINER .jsonl (FINER's unified-*-combined.jsonl or the world's finer.jsonl) or its folder",
+    "mme": "an MME release folder: per subtask, image + .txt side by side, or images/ + questions_answers_YN/",
+    "coco_captions": "a COCO folder: annotations/{captions,instances}_<split>.json + <split>/ (or the world's "
+                     "captions.json, instances.json, images/)",
 }
 # source -> the formats it accepts (today: the format the world writes)
 KINDS = {
@@ -39,13 +44,16 @@ KINDS = {
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """One input: where it is (null = the bundled world's copy) and its format."""
+    """One input: where it is (null = the bundled world's copy), its format and its image folder."""
 
     path: str | None = None
     format: str = ""   # empty = the source's own format (KINDS)
+    images: str | None = None   # the folder image names resolve against; null = the format's default
 
     def __post_init__(self) -> None:
         _require(self.path is None or bool(self.path.strip()), "path", "must be a non-empty path or null (the world's copy)")
+        _require(self.images is None or bool(self.images.strip()), "images",
+                 "must be a non-empty folder or null (images/ beside the data)")
         _require(self.format == "" or self.format in FORMATS, "format",
                  f"must be one of {', '.join(FORMATS)}; got {self.format!r}")
 

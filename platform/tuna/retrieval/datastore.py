@@ -24,6 +24,7 @@ from tqdm import tqdm
 from tuna.errors import CorruptSample, TunaError
 from tuna.formats import WebSample, iter_web
 from tuna.layout import layout
+from tuna.readers.web import shard_paths
 from tuna.recipe import Recipe, section_fingerprint
 from tuna.retrieval.store import MilvusStore, Neighbour, UnknownDatastore, datastore_uri, index_params
 from tuna.samples import Quarantine, caption_text, decode_image
@@ -87,7 +88,7 @@ def is_up_to_date(cfg: Recipe, name: str) -> bool:
     fingerprint = _encoder_fingerprint(cfg)
     if fingerprint is None or m["encoder"]["fingerprint"] != fingerprint:
         return False
-    if m["corpus"]["hash"] != _files_hash(sorted(sources(cfg).web(spec.corpus).path.glob("*.tar"))):
+    if m["corpus"]["hash"] != _files_hash(shard_paths(sources(cfg).web(spec.corpus).path)[0]):
         return False
     tags_file = layout(cfg).tags(spec.tags_domain) / "tags.parquet"
     return spec.values != "tags" or (tags_file.exists() and m.get("tags_hash") == _files_hash([tags_file]))
@@ -122,7 +123,7 @@ def build_datastore(cfg: Recipe, name: str, rebuild: bool = False, progress: boo
 
     spec = spec_of(name)
     corpus = sources(cfg).web(spec.corpus).path
-    shards = sorted(corpus.glob("*.tar"))
+    shards = shard_paths(corpus)[0]
     if not shards:
         raise TunaError(f"no web corpus at {corpus}; run `tuna world --config <recipe>` first")
     tags_file = layout(cfg).tags(spec.tags_domain) / "tags.parquet"
@@ -158,7 +159,7 @@ def build_datastore(cfg: Recipe, name: str, rebuild: bool = False, progress: boo
         quarantine = Quarantine()
         seen = inserted = 0
         bar = tqdm(desc=f"index {name}", unit="img", disable=not progress, leave=False)
-        for n, batch in enumerate(_batches(iter_web(corpus), cfg.index.batch_size)):
+        for n, batch in enumerate(_batches(iter_web(corpus, quarantine.add), cfg.index.batch_size)):
             ids, images, values, captions = [], [], [], []
             for s in batch:
                 seen += 1

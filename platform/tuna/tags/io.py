@@ -27,6 +27,7 @@ from typing import Any
 from tuna.errors import ConfigError, CorruptSample, DataFormatError
 from tuna.formats import dump_json, iter_web
 from tuna.layout import layout
+from tuna.readers.web import shard_paths
 from tuna.recipe import Recipe, section_fingerprint
 from tuna.samples import Quarantine, caption_text
 from tuna.sources import sources
@@ -51,8 +52,8 @@ def _check_domain(domain: str) -> str:
 
 
 def input_hash(folder: Path) -> str:
-    """sha256 over the names and bytes of the ``*.tar`` shards in ``folder`` (sorted)."""
-    shards = sorted(Path(folder).glob("*.tar"))
+    """sha256 over the names and bytes of the shards ``folder`` names (a folder, glob or brace list; sorted)."""
+    shards = shard_paths(folder)[0]
     if not shards:
         raise DataFormatError(f"{folder}: no WebDataset shards (*.tar); build the corpus first (tuna world)")
     h = hashlib.sha256()
@@ -91,7 +92,7 @@ def mine_corpus(cfg: Recipe, domain: str, progress: bool = True, miner: TagMiner
         t0 = time.perf_counter()
         quarantine = Quarantine()
         pending: deque[tuple[str, str]] = deque()
-        samples = _progress(iter_web(folder), folder, progress, f"mine {domain}")
+        samples = _progress(iter_web(folder, quarantine.add), folder, progress, f"mine {domain}")
         texts = _good_captions(samples, cfg.mine.max_caption_chars, quarantine, pending)
         columns: dict[str, list[Any]] = {k: [] for k in ("key", "caption", "objects", "attributes", "entities", "tags")}
         keys, captions, objects, attributes, entities, flat = columns.values()

@@ -52,13 +52,17 @@ def prepare(records: Sequence[LlavaRecord], tokenizer: Any, stage: int, max_leng
             tags: dict[str, list[tuple[str, float]]] | None = None, num_tags: int = 5) -> Prepared:
     """Tokenise every record for ``stage``; truncate to ``max_length``; attach up to ``num_tags`` tags per image.
 
-    Skipped (and counted by reason): records whose image token or every answer token falls past
-    ``max_length``, and records whose image has no retrieved tags when tags are in use.
+    Skipped (and counted by reason): text-only records (no ``image``: LLaVA-665K's ShareGPT part; our models take
+    an image per example), records whose image token or every answer token falls past ``max_length``, and
+    records whose image has no retrieved tags when tags are in use.
     """
     if tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no eos token; training needs one to end answers")
     out, skipped = [], {}
     for rec in records:
+        if rec.image is None:
+            skipped["text_only"] = skipped.get("text_only", 0) + 1
+            continue
         ids, labels = tokenize_plain(rec, tokenizer) if stage == 1 else tokenize_conversation(rec, tokenizer, system)
         ids, labels = ids[:max_length], labels[:max_length]
         reason = None

@@ -173,12 +173,12 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
     if not src.is_file():
         fix = "run `tuna world` first" if data.from_world else f"point data.{data.name}.path at a LLaVA JSON file"
         raise TrainError(f"stage {stage} trains on {src} (data.{data.name}), which does not exist; {fix}")
-    records = load_llava(src)
+    records = load_llava(src, data.images)   # text-only samples included: prepare() skips and counts them
     tag_mode = variant_model(cfg, variant)["tag_mode"]
     tags = None
     if tag_mode != "none":
         cache = layout(cfg).train_cache(f"{src.parent.name}-{tag_mode}")
-        images = sorted({r.image for r in records})
+        images = sorted({r.image for r in records if r.image is not None})
         if rank == 0:  # one process opens Milvus Lite; the others read the cache it writes
             attach_tags(cfg, images, cache, tag_mode, "A", progress=False, log=log)
         barrier()
@@ -207,7 +207,7 @@ def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> list[Any]:
     from tuna.world.reading import reading_samples
 
     src = sources(cfg)
-    instruction = src["instruction"].folder
+    instruction, instruction_images = src["instruction"].folder, src["instruction"].images
     try:
         taxonomy = json.loads(src["taxonomy"].path.read_text(encoding="utf-8"))
         instances = (load_coco(instruction / "instances.json")
@@ -227,7 +227,7 @@ def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> list[Any]:
         class_of: dict[Path, str] = {}
         for file_name, names in coco_objects_by_image(instances).items():   # in image order
             if len(names) == 1:
-                path = instruction / "images" / file_name
+                path = instruction_images / file_name
                 by_coarse.setdefault(coarse[names[0]], []).append(path)
                 by_class.setdefault(names[0], []).append(path)
                 class_of[path] = names[0]
