@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -17,6 +19,17 @@ from tuna.errors import CorruptSample
 from tuna.formats import WebSample
 
 MAX_IMAGE_PIXELS = 64_000_000
+
+
+def image_keys(images: Iterable[Path]) -> dict[Path, str]:
+    """A key per image file that names it uniquely in the set: the file name when every name is unique (one
+    folder, as the world and COCO have), else the path under the images' common folder (LLaVA-665K's
+    ``coco/``, ``gqa/``, ``vg/`` roots hold files of the same name)."""
+    paths = list(dict.fromkeys(images))
+    if len({p.name for p in paths}) == len(paths):
+        return {p: p.name for p in paths}
+    root = Path(os.path.commonpath([str(p.parent) for p in paths]))
+    return {p: p.relative_to(root).as_posix() for p in paths}
 
 
 def decode_image(data: bytes | None, key: str) -> Image.Image:

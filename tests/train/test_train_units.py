@@ -41,6 +41,22 @@ def test_prepare_skips_and_counts_examples_cut_before_their_answer(tok: PreTrain
     assert out.skipped == {"no_answer_within_max_length": 1, "no_retrieved_tags": 1}
 
 
+def test_tags_follow_each_image_when_image_roots_share_file_names(tok: PreTrainedTokenizerFast) -> None:
+    """LLaVA-665K's coco/ and gqa/ roots may hold files of the same name: the tags are keyed by the path under
+    the common folder then, so each image gets its own; a single folder keeps plain file names."""
+    from tuna.samples import image_keys
+
+    recs = [_conv("<image>\nwhat is it?", "a zedul", image="/d/coco/train2017/1.jpg"),
+            _conv("<image>\nwhat is it?", "a zenai", image="/d/gqa/images/1.jpg"), _conv("no image", "ok")]
+    recs[2] = type(recs[2])(recs[2].id, None, recs[2].conversations)
+    keys = image_keys([Path("/d/coco/train2017/1.jpg"), Path("/d/gqa/images/1.jpg")])
+    assert sorted(keys.values()) == ["coco/train2017/1.jpg", "gqa/images/1.jpg"]
+    assert image_keys([Path("/x/a.png"), Path("/x/b.png")]) == {Path("/x/a.png"): "a.png", Path("/x/b.png"): "b.png"}
+    tags = {"coco/train2017/1.jpg": [("zedul", 0.9)], "gqa/images/1.jpg": [("zenai", 0.8)]}
+    out = prepare(recs, tok, 2, 64, "chat", tags, num_tags=5)
+    assert [e.tags for e in out.examples] == [["zedul"], ["zenai"]] and out.skipped == {"text_only": 1}
+
+
 def test_collator_pads_right_and_shapes_tags(tok: PreTrainedTokenizerFast, prepared) -> None:
     from tuna.retrieval.clip import load_encoder
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from tuna.errors import CorruptSample, TunaError
 from tuna.layout import layout
 from tuna.recipe import Recipe
-from tuna.samples import Quarantine, decode_image
+from tuna.samples import Quarantine, decode_image, image_keys
 
 ATTACH_VERSION = "tuna.attach/1"
 Tagged = list[tuple[str, float]]  # ranked (value, score) pairs of one image
@@ -96,7 +96,8 @@ class RetrievalSession:
 
 def retrieve_images(cfg: Recipe, images: Sequence[Path], datastore: str, progress: bool = False,
                     quarantine: Quarantine | None = None, session: RetrievalSession | None = None) -> dict[str, Tagged]:
-    """Embed ``images`` with the run's encoder and retrieve from ``datastore``: file name -> ranked values.
+    """Embed ``images`` with the run's encoder and retrieve from ``datastore``: image key
+    (:func:`tuna.samples.image_keys`) -> ranked values.
 
     Images that do not decode are skipped and added to ``quarantine`` (when given). Without ``session``
     one is opened and closed around the call.
@@ -105,6 +106,7 @@ def retrieve_images(cfg: Recipe, images: Sequence[Path], datastore: str, progres
     sess = session or RetrievalSession(cfg)
     out: dict[str, Tagged] = {}
     size = cfg.index.batch_size
+    keys = image_keys(images)
     try:
         bar = tqdm(total=len(images), desc=f"retrieve {datastore}", unit="img", disable=not progress, leave=False)
         for i in range(0, len(images), size):
@@ -112,8 +114,8 @@ def retrieve_images(cfg: Recipe, images: Sequence[Path], datastore: str, progres
             for path in images[i:i + size]:
                 try:
                     data = path.read_bytes() if path.is_file() else None
-                    batch.append(decode_image(data, path.name))
-                    names.append(path.name)
+                    batch.append(decode_image(data, keys[path]))
+                    names.append(keys[path])
                 except CorruptSample as err:
                     if quarantine is not None:
                         quarantine.add(err, str(path))
@@ -132,7 +134,8 @@ def retrieve_images(cfg: Recipe, images: Sequence[Path], datastore: str, progres
 def attach_tags(cfg: Recipe, images: Sequence[Path], cache: Path, tag_mode: str, domain: str = "A",
                 progress: bool = False, log: Callable[[str], None] = print,
                 session: RetrievalSession | None = None) -> dict[str, Tagged]:
-    """Ranked tags per image file name for ``tag_mode``, from ``cache`` when it is current, else computed and saved.
+    """Ranked tags per image key (:func:`tuna.samples.image_keys`: the file name when names are unique) for
+    ``tag_mode``, from ``cache`` when it is current, else computed and saved.
 
     ``none`` returns an empty mapping and writes nothing.
     """
@@ -142,7 +145,7 @@ def attach_tags(cfg: Recipe, images: Sequence[Path], cache: Path, tag_mode: str,
     key = {
         "version": ATTACH_VERSION, "mode": tag_mode, "datastore": source, "k": cfg.model.num_tags,
         "datastore_fingerprint": datastore_fingerprint(cfg, source), "top_k": cfg.index.top_k, "seed": cfg.run.seed,
-        "images": hashlib.sha256("\n".join(sorted(p.name for p in images)).encode()).hexdigest()[:16],
+        "images": hashlib.sha256("\n".join(sorted(image_keys(images).values())).encode()).hexdigest()[:16],
     }
     if cache.is_file():
         try:
@@ -154,7 +157,7 @@ def attach_tags(cfg: Recipe, images: Sequence[Path], cache: Path, tag_mode: str,
     quarantine = Quarantine()
     if tag_mode == "random":
         vocab = _vocabulary(cfg, domain)
-        tags = {p.name: _random_tags(vocab, p.name, cfg.model.num_tags, cfg.run.seed) for p in images}
+        tags = {k: _random_tags(vocab, k, cfg.model.num_tags, cfg.run.seed) for k in image_keys(images).values()}
     else:
         tags = retrieve_images(cfg, images, source, progress=progress, quarantine=quarantine, session=session)
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from tuna.model.processing_tuna import (
     tokenize_conversation,
     tokenize_plain,
 )
-from tuna.samples import decode_image
+from tuna.samples import decode_image, image_keys
 
 
 class DataError(TunaError, ValueError):
@@ -50,7 +50,8 @@ class Prepared:
 
 def prepare(records: Sequence[LlavaRecord], tokenizer: Any, stage: int, max_length: int, system: str,
             tags: dict[str, list[tuple[str, float]]] | None = None, num_tags: int = 5) -> Prepared:
-    """Tokenise every record for ``stage``; truncate to ``max_length``; attach up to ``num_tags`` tags per image.
+    """Tokenise every record for ``stage``; truncate to ``max_length``; attach up to ``num_tags`` tags per image
+    (``tags`` keyed as :func:`tuna.samples.image_keys` keys the records' images, as ``attach_tags`` returns them).
 
     Skipped (and counted by reason): text-only records (no ``image``: LLaVA-665K's ShareGPT part; our models take
     an image per example), records whose image token or every answer token falls past ``max_length``, and
@@ -59,6 +60,7 @@ def prepare(records: Sequence[LlavaRecord], tokenizer: Any, stage: int, max_leng
     if tokenizer.eos_token_id is None:
         raise DataError("the tokenizer has no eos token; training needs one to end answers")
     out, skipped = [], {}
+    keys = image_keys(r.image for r in records if r.image is not None)
     for rec in records:
         if rec.image is None:
             skipped["text_only"] = skipped.get("text_only", 0) + 1
@@ -70,12 +72,12 @@ def prepare(records: Sequence[LlavaRecord], tokenizer: Any, stage: int, max_leng
             reason = "image_token_truncated"
         elif all(lab == IGNORE_INDEX for lab in labels):
             reason = "no_answer_within_max_length"
-        elif tags is not None and rec.image.name not in tags:
+        elif tags is not None and keys[rec.image] not in tags:
             reason = "no_retrieved_tags"
         if reason:
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
-        tag_list = [t for t, _ in tags[rec.image.name]][:num_tags] if tags is not None else []
+        tag_list = [t for t, _ in tags[keys[rec.image]]][:num_tags] if tags is not None else []
         out.append(Example(rec.id, rec.image, ids, labels, tag_list))
     return Prepared(out, skipped)
 
