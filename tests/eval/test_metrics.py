@@ -303,6 +303,14 @@ def test_mme_hand_computed() -> None:
     assert ex["score"] == pytest.approx(125.0)
     assert (co["accuracy"], co["accuracy_plus"], co["score"]) == (1.0, 1.0, 200.0)
     assert m["total"] == pytest.approx(325.0) and m["n"] == 6 and m["unparsed"] == 1
+    assert m["groups"] == {"perception": pytest.approx(325.0)}
+
+
+def test_mme_reports_perception_and_cognition_apart() -> None:
+    """MME's calculation.py prints a perception total (10 subtasks) and a cognition total (4) separately."""
+    items = [_mme(task, f"{task}.png", a) for task in ("OCR", "code_reasoning", "zedul_task") for a in ("Yes", "No")]
+    m = mme_metrics(items, ["Yes", "No", "Yes", "Yes", "No", "No"])
+    assert m["groups"] == {"perception": 200.0, "cognition": 50.0, "other": 50.0}
 
 
 # MME's eval_tool/calculation.py (MME release, BradyFU/Awesome-Multimodal-Large-Language-Models, branch

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from tuna.formats import MmeItem
+from tuna.readers.mme import mme_group
 
 MmeReading = Literal["yes", "no", "other"]
 PER_IMAGE = 2  # questions per image: one answered "Yes", one "No"
@@ -70,7 +71,8 @@ def mme_metrics(items: Sequence[MmeItem], predictions: Sequence[str]) -> dict[st
     """Scores of ``predictions`` (raw generations) for MME ``items`` (``tuna.formats.load_mme``), by position.
 
     Returns ``{"tasks": {task: {accuracy, accuracy_plus, score, questions, images, unparsed}},
-    "total": sum of task scores, "n": questions, "unparsed": answers read as "other"}``; accuracy and
+    "total": sum of task scores, "groups": {perception|cognition|other: sum of their task scores}, "n": questions,
+    "unparsed": answers read as "other"}``; accuracy and
     accuracy_plus are fractions, score is in points (0-200 per task). Images are grouped by
     (task, image path) and must carry exactly two questions each; an image counts for accuracy+ when
     both of its answers are right.
@@ -99,5 +101,9 @@ def mme_metrics(items: Sequence[MmeItem], predictions: Sequence[str]) -> dict[st
         acc_plus = sum(all(oks) for oks in images.values()) / len(images)
         tasks[task] = {"accuracy": acc, "accuracy_plus": acc_plus, "score": acc * 100 + acc_plus * 100,
                        "questions": len(answers), "images": len(images), "unparsed": unparsed[task]}
-    return {"tasks": tasks, "total": sum(float(t["score"]) for t in tasks.values()), "n": len(items),
+    groups: dict[str, float] = {}
+    for task, t in tasks.items():   # MME reports perception and cognition totals apart (calculation.py)
+        group = mme_group(task) or "other"
+        groups[group] = groups.get(group, 0.0) + float(t["score"])
+    return {"tasks": tasks, "total": sum(float(t["score"]) for t in tasks.values()), "groups": groups, "n": len(items),
             "unparsed": sum(unparsed.values())}
