@@ -112,7 +112,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tuna.runner import run_all
 
     cfg = _config(args)
-    results = run_all(cfg, force=args.force, progress=not args.quiet, ablations=getattr(args, "ablations", False))
+    ablations = getattr(args, "ablations", False)
+    if getattr(args, "seeds", 1) != 1:
+        from tuna.seeds import run_seeds
+
+        run_seeds(cfg, args.seeds, lambda r: run_all(r, force=args.force, progress=not args.quiet, ablations=ablations))
+        print("\n" + (layout(cfg).eval / "seeds.md").read_text(encoding="utf-8").rstrip())
+        print(f"\nper seed and spread: {layout(cfg).eval / 'seeds.json'}")
+        return 0
+    results = run_all(cfg, force=args.force, progress=not args.quiet, ablations=ablations)
     print(f"\nrun '{cfg.run.name}' (seed {cfg.run.seed}) done in {sum(r.seconds for r in results):.1f}s:")
     for r in results:
         print(f"  {r.name:<8} {r.seconds:7.1f}s  {r.summary}")
@@ -129,6 +137,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     _force_quiet(p)
     p.add_argument("--ablations", action="store_true",
                    help="train and evaluate every eval.ablations variant (tuner off, captions, random, baseline) and print one table")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="run once per seed run.seed..run.seed+N-1 (the others under <data_dir>/seeds/<seed>) and print "
+                        "every headline number as mean ± std [min, max] (eval/seeds.md)")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
