@@ -98,3 +98,31 @@ def test_validation_without_a_validation_split_is_one_line(trained, tmp_path: Pa
     code = main(["eval", "--config", str(SMOKE), "--validation", "--variant", "tuna", f"run.data_dir={copy}", "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "finer_val" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_scores_upstream_benchmark_files(trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The smoke models scored on benchmark files in their upstream layouts (tests/upstream.py): POPE's
+    coco_pope_*.json over COCO val2014, MME's release folders (both layouts), FINER's unified jsonl with list
+    labels, COCO 2014 captions + instances for CHAIR: every question answered and scored."""
+    import upstream
+
+    copy = tmp_path / "data"
+    shutil.copytree(trained.cfg.data_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "mlflow", "eval"))
+    pope, val = upstream.pope_official(tmp_path)
+    finer, finer_data = upstream.finer_unified(tmp_path)
+    mme = upstream.mme_release(tmp_path)
+    coco = upstream.coco_release(tmp_path)
+    code = main(["eval", "--config", str(SMOKE), "--quiet", f"run.data_dir={copy}",
+                 f"data.pope_id.path={pope}", f"data.pope_id.images={val}",
+                 f"data.finer_id.path={finer}", f"data.finer_id.images={finer_data}",
+                 f"data.mme_id.path={mme}", f"data.captions_id.path={coco}"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in out + err, err
+    for variant in ("tuna", "baseline"):
+        m = json.loads((copy / f"eval/{variant}/metrics.json").read_text())
+        per_split = m["pope"]["id"]["per_split"]
+        assert {s: r["n"] for s, r in per_split.items()} == dict.fromkeys(("random", "popular", "adversarial"), 9)
+        assert m["finer"]["id"]["direct"]["n"] == 3
+        assert all(0.0 <= v <= 1.0 for k, v in m["headline"].items() if not k.startswith("mme"))
+        assert m["mme"]["id"]["n"] == 10 and len(m["mme"]["id"]["tasks"]) == 5    # 5 images x 2 questions
+        assert m["chair"]["id"]["n"] == 2

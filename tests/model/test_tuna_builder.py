@@ -70,6 +70,17 @@ def test_stage_groups_baseline_and_untied_head(parts):
     assert set(stage_parameters(no_tuner, 2)) == {"projector", "tag_encoder", "language_model"}
 
 
+def test_vision_tower_trains_only_when_asked_and_never_the_text_tower(parts):
+    model = build_tuna(parts[0], parts[1], tag_mode="none")
+    groups = set_trainable(model, 2, train_vision_tower=True)
+    vision = set(groups["vision_tower"])
+    assert vision and all(n.startswith("clip.vision_model.") for n in vision)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert {n for n in trainable if n.startswith("clip.")} == vision      # not visual_projection, not the text tower
+    set_trainable(model, 2)
+    assert not any(p.requires_grad for p in model.clip.parameters())
+
+
 def test_to_llava_exports_the_baseline(make_model):
     model = make_model(tag_mode="none", image_token_index=LM_VOCAB - 1)
     llava = to_llava(model)

@@ -237,3 +237,16 @@ def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFas
             assert shown[0] == name                                                 # the named class itself
         elif classes[name]["coarse"] in domain_a_coarse:
             assert classes[shown[0]]["coarse"] == classes[name]["coarse"]
+
+
+def test_a_trained_vision_tower_is_refused_for_tag_variants(prepared) -> None:
+    """Serving retrieves with the model's own image embedding against keys from the frozen encoder, so only the
+    baseline may train its tower; its optimizer group gets lr x vision_lr_scale."""
+    from tuna.train.engine import StageInputs, prepare_stage
+
+    cfg = load_recipe(SMOKE, [f"run.data_dir={prepared.cfg.data_dir}", "train.stage1.vision_lr_scale=0.5"])
+    with pytest.raises(TrainError, match=r"train.stage1.vision_lr_scale=0.5 would train the vision tower of 'tuna'"):
+        prepare_stage(cfg, "tuna", 1)
+    a, b, c = (torch.nn.Parameter(torch.zeros(1)) for _ in range(3))
+    groups = StageInputs(None, None, [a, b, c], [], {}, None, lm_params=[b], vision_params=[c]).param_groups(1e-3, 1.0, 0.5)
+    assert [(g["params"], g["lr"]) for g in groups] == [([a], 1e-3), ([b], 1e-3), ([c], 5e-4)]

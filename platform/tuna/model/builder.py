@@ -86,14 +86,16 @@ def build_tuna(
     return TunaForConditionalGeneration(config, clip=clip, language_model=language_model)
 
 
-def stage_parameters(model: TunaForConditionalGeneration, stage: int,
-                     train_word_embeddings: bool = False) -> dict[str, dict[str, nn.Parameter]]:
+def stage_parameters(model: TunaForConditionalGeneration, stage: int, train_word_embeddings: bool = False,
+                     train_vision_tower: bool = False) -> dict[str, dict[str, nn.Parameter]]:
     """Which parameters train in ``stage`` (1 or 2), by group: ``{group: {name: parameter}}``.
 
     Stage 1: ``projector`` + ``tag_encoder``. Stage 2: those plus ``tuner`` and ``language_model``; the
     LM's input embedding table stays frozen unless ``train_word_embeddings`` (DESIGN.md: unfrozen, OOD
-    names were lost); with tied embeddings the LM head is that same table. CLIP never trains. The tag
-    encoder and tuner are left out in tag_mode "none" (unused), the tuner also when ``use_tuner`` is off.
+    names were lost); with tied embeddings the LM head is that same table. CLIP's vision tower trains only
+    with ``train_vision_tower`` (group ``vision_tower``: its transformer, not the projection into the joint
+    space), its text tower never. The tag encoder and tuner are left out in tag_mode "none" (unused), the
+    tuner also when ``use_tuner`` is off.
     """
     if stage not in STAGE_GROUPS:
         raise ValueError(f"stage must be 1 or 2, got {stage!r}")
@@ -110,13 +112,15 @@ def stage_parameters(model: TunaForConditionalGeneration, stage: int,
             continue
         module = getattr(model, group)
         groups[group] = {f"{group}.{n}": p for n, p in module.named_parameters() if id(p) not in frozen_ids}
+    if train_vision_tower:
+        groups["vision_tower"] = {f"clip.vision_model.{n}": p for n, p in model.clip.vision_model.named_parameters()}
     return groups
 
 
-def set_trainable(model: TunaForConditionalGeneration, stage: int,
-                  train_word_embeddings: bool = False) -> dict[str, dict[str, nn.Parameter]]:
+def set_trainable(model: TunaForConditionalGeneration, stage: int, train_word_embeddings: bool = False,
+                  train_vision_tower: bool = False) -> dict[str, dict[str, nn.Parameter]]:
     """Set ``requires_grad`` for ``stage`` (everything else frozen) and return :func:`stage_parameters`."""
-    groups = stage_parameters(model, stage, train_word_embeddings)
+    groups = stage_parameters(model, stage, train_word_embeddings, train_vision_tower)
     model.requires_grad_(False)
     for params in groups.values():
         for p in params.values():

@@ -364,6 +364,7 @@ class StageConfig:
     zero_stage: int = 2             # DeepSpeed ZeRO stage: 1, 2 or 3
     train_word_embeddings: bool = False  # stage 2: also train the LM's input embedding table
     lm_lr_scale: float = 1.0  # the LM's learning rate = lr x this (0 = LM frozen in this stage)
+    vision_lr_scale: float = 0.0  # CLIP vision tower's learning rate = lr x this (0 = frozen, as LLaVA-1.5)
     reading_per_class: int = 0  # stage 2: text-only reading conversations per class mixed in (tuna.world.reading; 0 = none)
     # image of those conversations: blank (text-only) | scene (a training image of the same coarse class:
     # counterfactual tags) | own (a training image of the named class when it has one, else scene)
@@ -378,6 +379,7 @@ class StageConfig:
             _require(v >= 1, name, f"must be >= 1, got {v}")
         _require(0 < self.lr < 1, "lr", f"must be in (0, 1), got {self.lr}")
         _require(0 <= self.lm_lr_scale <= 10, "lm_lr_scale", f"must be in 0..10, got {self.lm_lr_scale}")
+        _require(0 <= self.vision_lr_scale <= 10, "vision_lr_scale", f"must be in 0..10, got {self.vision_lr_scale}")
         _require(0 <= self.reading_per_class <= 10_000, "reading_per_class",
                  f"must be in 0..10000, got {self.reading_per_class}")
         _require(0 <= self.reading_existence <= 1, "reading_existence", f"must be a share in 0..1, got {self.reading_existence}")

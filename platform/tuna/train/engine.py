@@ -329,12 +329,15 @@ class StageInputs:
     skipped: dict[str, int]
     collate: Any
     lm_params: list[torch.nn.Parameter] = field(default_factory=list)  # the part of ``params`` in the LM
+    vision_params: list[torch.nn.Parameter] = field(default_factory=list)  # the part in CLIP's vision tower
 
-    def param_groups(self, lr: float, lm_lr_scale: float) -> list[dict[str, Any]]:
-        """Optimizer groups: the LM's weights at ``lr * lm_lr_scale``, everything else at ``lr``."""
-        lm = {id(p) for p in self.lm_params}
-        rest = [p for p in self.params if id(p) not in lm]
-        return [g for g in ({"params": rest, "lr": lr}, {"params": self.lm_params, "lr": lr * lm_lr_scale}) if g["params"]]
+    def param_groups(self, lr: float, lm_lr_scale: float, vision_lr_scale: float = 0.0) -> list[dict[str, Any]]:
+        """Optimizer groups: the LM's weights at ``lr * lm_lr_scale``, the vision tower's at ``lr *
+        vision_lr_scale``, everything else at ``lr``."""
+        own = {id(p) for p in self.lm_params + self.vision_params}
+        rest = [p for p in self.params if id(p) not in own]
+        return [g for g in ({"params": rest, "lr": lr}, {"params": self.lm_params, "lr": lr * lm_lr_scale},
+                            {"params": self.vision_params, "lr": lr * vision_lr_scale}) if g["params"]]
 
 
 def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
@@ -345,7 +348,11 @@ def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
 
     sc = cfg.train.stage(stage)
     model, tokenizer = build_model(cfg, variant, stage)
-    groups = set_trainable(model, stage, sc.train_word_embeddings)
+    if sc.vision_lr_scale > 0 and model.config.tag_mode != "none":
+        raise TrainError(f"train.stage{stage}.vision_lr_scale={sc.vision_lr_scale} would train the vision tower of "
+                         f"{variant!r}, whose image embedding retrieves its tags when served (the datastore keys come "
+                         f"from the frozen encoder); set it to 0 for tag variants (it is for the baseline)")
+    groups = set_trainable(model, stage, sc.train_word_embeddings, sc.vision_lr_scale > 0)
     if sc.lm_lr_scale == 0 and "language_model" in groups:   # the LM stays as pre-trained in this stage
         for p in groups.pop("language_model").values():
             p.requires_grad_(False)
@@ -367,7 +374,7 @@ def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
     use_tags = model.config.tag_mode != "none"
     collate = Collator(tokenizer, processor, clip_tok, model.config.num_tags, model.config.max_tag_tokens, use_tags)
     return StageInputs(model, tokenizer, params, examples, skipped, collate,
-                       list(groups.get("language_model", {}).values()))
+                       list(groups.get("language_model", {}).values()), list(groups.get("vision_tower", {}).values()))
 
 
 def optimizer_step(engine: Any, collate: Callable[[list[Any]], dict[str, torch.Tensor]], examples: list[Any],
@@ -418,7 +425,7 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
     plan = BatchPlan(len(examples), world, sc.batch_size, sc.grad_accum, cfg.run.seed)
     total = plan.total_steps(sc.epochs, sc.max_steps)
     ds = ds_config.resolve(cfg, stage, world, hidden_size=model.config.text_config.hidden_size)
-    optimizer = torch.optim.AdamW(inputs.param_groups(sc.lr, sc.lm_lr_scale), lr=sc.lr, weight_decay=sc.weight_decay)
+    optimizer = torch.optim.AdamW(inputs.param_groups(sc.lr, sc.lm_lr_scale, sc.vision_lr_scale), lr=sc.lr, weight_decay=sc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, sc.warmup))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds)
 
