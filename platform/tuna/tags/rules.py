@@ -85,8 +85,11 @@ class TagRules:
                 in_entity.update(t.i for t in name)
         objects: list[str] = []
         pairs: list[tuple[str, str]] = []
-        for prep, dets, words in _chunks(toks, self.known_words, self._is_finite_verb):
-            self._phrase(prep, dets, words, in_entity, objects, pairs, entities)
+        chunks = list(_chunks(toks, self.known_words, self._is_finite_verb, self._is_verb_after_noun))
+        for k, (prep, dets, words) in enumerate(chunks):
+            if k + 1 < len(chunks) and self._is_quantity(toks, words):
+                continue  # "a group of people": the next phrase names the thing
+            self._phrase(toks, prep, dets, words, in_entity, objects, pairs, entities)
         objects = list(dict.fromkeys(objects))
         pairs = list(dict.fromkeys(pairs))
         entities = list(dict.fromkeys(e for e in entities if e))
@@ -94,10 +97,11 @@ class TagRules:
         tags = list(dict.fromkeys(objects + [f"{a} {o}" for a, o in pairs] + entities))
         return CaptionTags(objects=objects, attributes=attributes, entities=entities, tags=tags, pairs=pairs)
 
-    def _phrase(self, prep: str, dets: list[str], words: list[Token], in_entity: set[int],
+    def _phrase(self, toks: Sequence[Any], prep: str, dets: list[str], words: list[Token], in_entity: set[int],
                 objects: list[str], pairs: list[tuple[str, str]], entities: list[str]) -> None:
-        # A trailing participle after a noun is a verb ("a zenai photographed by ...").
-        while len(words) >= 2 and self._is_verb_form(words[-1]) and not self._is_attribute_word(words[-2]):
+        # A trailing participle after a noun is a verb ("a zenai photographed by ...", "a frozen lake
+        # surrounded by ...", "a vase filled with ..."), as is a trailing adjective ("cookies fresh from").
+        while len(words) >= 2 and self._is_trailing(words[-1], words[-2]):
             words = words[:-1]
         words = [w for w in words if w.is_alpha or "-" in w.text]
         if not words or "no" in dets:
@@ -106,8 +110,8 @@ class TagRules:
         low = head.lower_
         if head.i in in_entity:  # the phrase ends in an entity already kept ("actor John Smith")
             before = [w for w in words if w.i < head.i and w.i not in in_entity]
-            if before and before[-1].i + 1 in in_entity:
-                self._phrase(prep, dets, before, in_entity, objects, pairs, entities)
+            if before and before[-1].i + 1 in in_entity and not self._is_attribute_word(before[-1]):
+                self._phrase(toks, prep, dets, before, in_entity, objects, pairs, entities)
             return
         if low in lx.SELLER_HEADS:  # "the Xyz collection", "xyz store": the maker is a name
             names = [w for w in words[:-1] if w.i not in in_entity and not self._is_attribute_word(w)]
@@ -116,16 +120,18 @@ class TagRules:
             if all(w.lower_ not in self.known_nouns or w.text[:1].isupper() for w in names):
                 entities.append(" ".join(w.lower_ for w in names))
                 return  # otherwise an ordinary object ("coffee shop")
-        if low in lx.GENERIC_WORDS or low in self.known_adjs:
+        if low in lx.GENERIC_WORDS or low in self.known_adjs or low in lx.NON_OBJECT_HEADS:
             return
         if low in lx.ATTRIBUTE_WORDS and not (dets and len(words) == 1 and low in self.known_nouns):
             return  # a predicate or elliptic adjective ("is red"); "an orange" is still a fruit
         mods = words[:-1]
         if not dets and prep in lx.CREDIT_PREPS | lx.PLACE_PREPS and not any(self._is_attribute_word(w) for w in mods):
-            # A bare phrase after "by" is a credit; after "in/at/from/near" a place when its words are
-            # not all English nouns or the tagger calls them proper nouns ("in mirefield", "in ostrava bay").
-            named = any(w.lower_ not in self.known_nouns for w in words) or all(w.tag_ in ("NNP", "NNPS") for w in words)
-            if prep in lx.CREDIT_PREPS or named:
+            # A bare phrase after "by" is a credit (unless it is the agent of a participle, "surrounded
+            # by pine trees"); after "in/at/from/near" a place when its words are not all English nouns
+            # or the tagger calls them proper nouns ("in mirefield", "in ostrava bay").
+            named = (any(w.lower_ not in self.known_nouns and self.singular(w.lower_) not in self.known_nouns for w in words)
+                     or all(w.tag_ in ("NNP", "NNPS") for w in words))
+            if named or (prep in lx.CREDIT_PREPS and not self._is_agent(toks, words)):
                 entities.append(" ".join(w.lower_ for w in words))
                 return
         if not dets and head.tag_ in lx.ADJ_TAGS | lx.PARTICIPLE_TAGS:
@@ -173,15 +179,87 @@ class TagRules:
             return False
         return w.tag_ in lx.PARTICIPLE_TAGS or (low.endswith("ed") and low not in self.known_nouns)
 
+    def _is_nounish(self, w: Token) -> bool:
+        """A word that can end a noun phrase: tagged a noun, an English noun whatever its tag
+        ("kitten/JJ"), or unknown to the tables; never an attribute word."""
+        low = w.lower_
+        if low in lx.ATTRIBUTE_WORDS or low in self.known_adjs:
+            return False
+        return w.tag_ in lx.NOUN_TAGS or low in self.known_nouns or (w.is_alpha and low not in self.known_words)
+
+    def _is_trailing(self, w: Token, before: Token) -> bool:
+        """``w`` after ``before`` at the end of a phrase is no part of it: a participle or past form
+        after any word but an attribute word (the old rule), or, after a noun, an English participle
+        or adjective the tables list as an adjective too ("surrounded", "filled", "fresh")."""
+        if self._is_verb_form(w) and not self._is_attribute_word(before):
+            return True
+        low = w.lower_
+        if low in lx.ATTRIBUTE_WORDS or not self._is_nounish(before):
+            return False
+        return low in self.known_adjs and (w.tag_ in lx.PARTICIPLE_TAGS or w.tag_ in lx.ADJ_TAGS or low.endswith("ed"))
+
+    def _verb_stem(self, low: str) -> bool:
+        """True when an -ing word is a form of a known English verb ("preparing", "swimming", "lying")."""
+        if not low.endswith("ing") or len(low) < 5:
+            return False
+        stem = low[:-3]
+        verbs = self.known_verbs
+        return (stem in verbs or stem + "e" in verbs or (len(stem) > 2 and stem[-1] == stem[-2] and stem[:-1] in verbs)
+                or (stem.endswith("y") and stem[:-1] + "ie" in verbs))
+
+    def _is_verb_after_noun(self, w: Token, before: Token, after: Token | None) -> bool:
+        """``w`` right after the noun ``before`` is that noun's verb, so the noun phrase ends before it:
+        an -ing form of a known verb ("a chef preparing sushi", "a bear swimming/NN"; not the -ing
+        nouns of :data:`~tuna.tags.lexicon.ING_NOUNS`, "a brick building", nor an -ing modifier
+        between nouns that the tagger calls a noun or that follows a name, "an ice skating/NN rink",
+        "a Nike running shoe") or a word the tables list only as a verb ("actress arrive/NN")."""
+        low = w.lower_
+        if not w.is_alpha or not self._is_nounish(before):
+            return False
+        if low.endswith("ing"):
+            if low in lx.ING_NOUNS or not (w.tag_ == "VBG" or self._verb_stem(low)):
+                return False
+            modifier = (after is not None and after.tag_ in ("NN", "NNS") and after.lower_ not in lx.FUNCTION_WORDS
+                        and (w.tag_ != "VBG" or before.tag_ in ("NNP", "NNPS")))
+            return not modifier
+        return (low in self.known_verbs and low not in self.known_nouns and low not in self.known_adjs
+                and low not in lx.FUNCTION_WORDS and w.tag_ in ("NN", "VB", "VBP"))
+
+    def _is_agent(self, toks: Sequence[Any], words: list[Token]) -> bool:
+        """A bare phrase after "by" names the agent of a participle ("surrounded by trees", "covered by
+        snow"), not a credit, when its head is a plural English noun or the participle is no verb of
+        making (photographed, painted, designed, ...)."""
+        if words[-1].tag_ == "NNS" and words[-1].lower_ not in self.known_nouns and self.singular(words[-1].lower_) in self.known_nouns:
+            return True
+        k = words[0].i - 2  # the word before "by"
+        if k < 0:
+            return False
+        verb = toks[k]
+        return verb.tag_ in ("VBN", "VBD") and verb.lower_ not in lx.CREDIT_VERBS
+
+    def _is_quantity(self, toks: Sequence[Any], words: list[Token]) -> bool:
+        """The phrase is the X of "X of Y" with a quantity or collection X ("a group of", "slices of")."""
+        head = words[-1]
+        low = head.lower_
+        if not (low in lx.QUANTITY_HEADS or self.singular(low) in lx.QUANTITY_HEADS):
+            return False
+        nxt = head.i + 1
+        return nxt < len(toks) and toks[nxt].lower_ == "of"
+
     def _is_attribute(self, w: Token) -> bool:
         low = w.lower_
         if low in lx.ATTRIBUTE_WORDS or low in self.known_adjs:
             return True
         if low in self.known_nouns:
+            if w.tag_ in ("VBG", "VBN") and low.endswith(("ing", "ed")):
+                return low not in lx.GENERIC_WORDS  # "a smiling woman", "a parked car"
             return w.tag_ in lx.ADJ_TAGS and low not in lx.GENERIC_WORDS
         return w.tag_ in lx.ADJ_TAGS or w.tag_ in lx.PARTICIPLE_TAGS or (low.endswith("ed") and len(low) > 4)
 
     def _is_plural(self, dets: list[str], head: Token) -> bool:
+        low = head.lower_
+        if low.endswith("s") and low not in self.known_nouns and self.singular(low) in self.known_nouns:
+            return True  # an English plural ("burgers", "logs") whatever the determiner or tag says
         if dets:
             if not lx.SINGULAR_DETS.isdisjoint(dets):
                 return False
@@ -229,13 +307,16 @@ def _capitalised_part(span: Any) -> list[Token]:
 _DET_TAGS = frozenset({"DT", "PDT", "PRP$"})
 
 
-def _chunks(doc: Sequence[Any], known_words: frozenset[str], is_verb: Any) -> Iterator[tuple[str, list[str], list[Token]]]:
+def _chunks(doc: Sequence[Any], known_words: frozenset[str], is_verb: Any,
+            verb_after_noun: Any = None) -> Iterator[tuple[str, list[str], list[Token]]]:
     """Base noun phrases as (preceding preposition, determiners, content tokens).
 
     A phrase opens at a determiner, a number or a preposition (then takes any token: taggers mis-tag
     invented nouns as verbs or adverbs) or at a noun, an adjective or a word no English table lists (a
     bare phrase, which stops at anything else), and closes at punctuation, a conjunction, a
     preposition, an auxiliary, a known finite verb or adverb (``is_verb``) or the next determiner.
+    A word that ``verb_after_noun(word, previous word, next word or None)`` calls the verb of the noun before it closes
+    the phrase too and is dropped; what follows opens a bare phrase ("a chef | preparing | sushi").
     """
     determiners, function_words, attribute_words = lx.DETERMINERS, lx.FUNCTION_WORDS, lx.ATTRIBUTE_WORDS
     punct_tags, boundary_tags, bare_openers, prepositions = lx.PUNCT_TAGS, lx.BOUNDARY_TAGS, lx.BARE_OPENERS, lx.PREPOSITIONS
@@ -243,7 +324,7 @@ def _chunks(doc: Sequence[Any], known_words: frozenset[str], is_verb: Any) -> It
     dets: list[str] = []
     words: list[Token] = []
     open_ = False
-    for tok in doc:
+    for k, tok in enumerate(doc):
         low = tok.lower_
         tag = tok.tag_
         if low in determiners or (not words and (tag in _DET_TAGS or (tag == "CD" and tok.like_num))):
@@ -252,6 +333,10 @@ def _chunks(doc: Sequence[Any], known_words: frozenset[str], is_verb: Any) -> It
                 prep, dets, words = "", [], []
             dets.append(low)
             open_ = True
+            continue
+        if words and verb_after_noun is not None and verb_after_noun(tok, words[-1], doc[k + 1] if k + 1 < len(doc) else None):
+            yield prep, dets, words
+            prep, dets, words, open_ = "", [], [], False
             continue
         unknown = tok.is_alpha and low not in known_words  # an invented word or a name: its tag is a guess
         if open_:  # after a determiner or preposition only closed-class words and punctuation end a phrase
