@@ -110,3 +110,16 @@ def test_gold_file_has_both_splits_and_a_bad_line_names_file_and_line(tmp_path: 
     bad.write_text('{"id": "x", "split": "dev", "caption": "a dog"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: not a gold caption"):
         load_gold(bad)
+
+
+@pytest.mark.parametrize("caption, objects, pairs", [
+    ("a black and white dog with a red collar", ["dog", "collar"], [("black", "dog"), ("white", "dog"), ("red", "collar")]),
+    ("a close up of a dog's face", ["dog", "face"], []),                  # the owner is an object of its own
+    ("a flock of geese flying south", ["goose"], []),                     # geese/JJ
+    ("a basket full of berries", ["basket", "berry"], []),                # full/JJ, also a noun
+    ("an elephant spraying water on itself", ["elephant", "water"], []),
+    ("a man who is holding a surfboard", ["man", "surfboard"], []),
+])
+def test_more_real_caption_shapes(miner: TagMiner, caption: str, objects: list[str], pairs: list[tuple[str, str]]) -> None:
+    t = one(miner, caption)
+    assert (t.objects, t.pairs) == (objects, pairs)

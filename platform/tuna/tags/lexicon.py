@@ -23,7 +23,7 @@ GENERIC_WORDS: frozenset[str] = frozenset("""
 # modifiers ("autumn leaves" -> leaf with attribute autumn; "a city in the winter" -> city).
 NON_OBJECT_HEADS: frozenset[str] = frozenset("""
     day days night nights daytime nighttime morning mornings afternoon afternoons evening evenings
-    time times moment moments year years winter summer autumn spring half halves way
+    time times moment moments year years winter summer autumn spring half halves way distance
 """.split())
 
 # "X of Y" where X is a quantity, a collection or a portion: the phrase names Y only ("a group of
@@ -93,7 +93,7 @@ PREPOSITIONS: frozenset[str] = frozenset("""
 CONJUNCTIONS: frozenset[str] = frozenset("and or but nor yet so & while whereas because although though if".split())
 PRONOUNS: frozenset[str] = frozenset("""
     i me you he him she it we us they them who whom whose which what where when why how there here
-    not to
+    not to itself himself herself themselves myself yourself ourselves oneself
 """.split())
 FUNCTION_WORDS: frozenset[str] = PREPOSITIONS | CONJUNCTIONS | PRONOUNS | AUXILIARIES
 

@@ -69,6 +69,7 @@ class TagRules:
                 irregular = {**{k: v[0] for k, v in exc.items() if v}, **irregular}
         self.known_nouns = frozenset(nouns)
         self.known_adjs = frozenset(adjs - nouns)  # adjective-only words ("new", "wavy")
+        self.adj_words = frozenset(adjs)  # any word the tables list as an adjective ("full", also a noun)
         self.known_words = frozenset(words)  # any English content word the tables list
         self.known_verbs = frozenset(verbs)
         self.known_advs = frozenset(advs - nouns)
@@ -86,9 +87,15 @@ class TagRules:
         objects: list[str] = []
         pairs: list[tuple[str, str]] = []
         chunks = list(_chunks(toks, self.known_words, self._is_finite_verb, self._is_verb_after_noun))
+        carry: tuple[str, list[str], list[Token]] | None = None
         for k, (prep, dets, words) in enumerate(chunks):
+            if carry is not None:  # "a black and | white dog": the first colour is the dog's too
+                prep, dets, words, carry = carry[0], carry[1], carry[2] + words, None
             if k + 1 < len(chunks) and self._is_quantity(toks, words):
                 continue  # "a group of people": the next phrase names the thing
+            if k + 1 < len(chunks) and self._is_coordinated_attribute(toks, words, chunks[k + 1][2]):
+                carry = (prep, dets, words)
+                continue
             self._phrase(toks, prep, dets, words, in_entity, objects, pairs, entities)
         objects = list(dict.fromkeys(objects))
         pairs = list(dict.fromkeys(pairs))
@@ -134,8 +141,9 @@ class TagRules:
             if named or (prep in lx.CREDIT_PREPS and not self._is_agent(toks, words)):
                 entities.append(" ".join(w.lower_ for w in words))
                 return
-        if not dets and head.tag_ in lx.ADJ_TAGS | lx.PARTICIPLE_TAGS:
-            return  # a bare adjective ("free", "isolated") names nothing
+        if not dets and (head.tag_ in lx.PARTICIPLE_TAGS
+                         or (head.tag_ in lx.ADJ_TAGS and low not in self.known_nouns and low not in self.irregular)):
+            return  # a bare adjective or participle ("free", "isolated", "walking") names nothing; "geese/JJ" does
         compound: list[str] = []
         attrs: list[str] = []
         next_to_head = True
@@ -196,7 +204,9 @@ class TagRules:
         low = w.lower_
         if low in lx.ATTRIBUTE_WORDS or not self._is_nounish(before):
             return False
-        return low in self.known_adjs and (w.tag_ in lx.PARTICIPLE_TAGS or w.tag_ in lx.ADJ_TAGS or low.endswith("ed"))
+        if w.tag_ in lx.ADJ_TAGS and low in self.adj_words:
+            return True  # "a basket full/JJ of", also a noun in the tables
+        return low in self.known_adjs and (w.tag_ in lx.PARTICIPLE_TAGS or low.endswith("ed"))
 
     def _verb_stem(self, low: str) -> bool:
         """True when an -ing word is a form of a known English verb ("preparing", "swimming", "lying")."""
@@ -219,7 +229,7 @@ class TagRules:
         if low.endswith("ing"):
             if low in lx.ING_NOUNS or not (w.tag_ == "VBG" or self._verb_stem(low)):
                 return False
-            modifier = (after is not None and after.tag_ in ("NN", "NNS") and after.lower_ not in lx.FUNCTION_WORDS
+            modifier = (after is not None and after.tag_ == "NN" and after.lower_ not in lx.FUNCTION_WORDS
                         and (w.tag_ != "VBG" or before.tag_ in ("NNP", "NNPS")))
             return not modifier
         return (low in self.known_verbs and low not in self.known_nouns and low not in self.known_adjs
@@ -236,6 +246,15 @@ class TagRules:
             return False
         verb = toks[k]
         return verb.tag_ in ("VBN", "VBD") and verb.lower_ not in lx.CREDIT_VERBS
+
+    def _is_coordinated_attribute(self, toks: Sequence[Any], words: list[Token], following: list[Token]) -> bool:
+        """The phrase is only attribute words joined by "and" to the attribute word opening the next
+        phrase ("a black and white dog", "a red and blue zedul")."""
+        if not all(w.lower_ in lx.ATTRIBUTE_WORDS for w in words):
+            return False
+        k = words[-1].i + 1
+        return (k + 1 < len(toks) and toks[k].lower_ == "and" and bool(following) and following[0].i == k + 1
+                and following[0].lower_ in lx.ATTRIBUTE_WORDS and len(following) > 1)
 
     def _is_quantity(self, toks: Sequence[Any], words: list[Token]) -> bool:
         """The phrase is the X of "X of Y" with a quantity or collection X ("a group of", "slices of")."""
@@ -260,6 +279,8 @@ class TagRules:
         low = head.lower_
         if low.endswith("s") and low not in self.known_nouns and self.singular(low) in self.known_nouns:
             return True  # an English plural ("burgers", "logs") whatever the determiner or tag says
+        if self.irregular.get(low, low) != low and low not in self.known_nouns:
+            return True  # "geese/JJ", "children"
         if dets:
             if not lx.SINGULAR_DETS.isdisjoint(dets):
                 return False
@@ -344,6 +365,10 @@ def _chunks(doc: Sequence[Any], known_words: frozenset[str], is_verb: Any,
         else:
             boundary = ((tag in boundary_tags and not unknown and low not in attribute_words)
                         or low in function_words or tok.is_punct or is_verb(tok))
+        if tag == "POS" and words:  # "a dog 's face": the owner is a phrase of its own
+            yield prep, dets, words
+            prep, dets, words, open_ = "", [], [], True
+            continue
         if boundary:
             if words:
                 yield prep, dets, words
