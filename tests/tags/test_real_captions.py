@@ -123,3 +123,15 @@ def test_gold_file_has_both_splits_and_a_bad_line_names_file_and_line(tmp_path: 
 def test_more_real_caption_shapes(miner: TagMiner, caption: str, objects: list[str], pairs: list[tuple[str, str]]) -> None:
     t = one(miner, caption)
     assert (t.objects, t.pairs) == (objects, pairs)
+
+
+@pytest.mark.parametrize("caption, objects, pairs", [
+    ("a man stands next to his car in a parking lot", ["man", "car", "parking lot"], []),  # "lot" heads a compound
+    ("a lot of people on a beach", ["person", "beach"], []),                                # "a lot of" is a quantity
+    ("woman in a red dress stock photo", ["woman", "dress"], [("red", "dress")]),           # trailing picture words
+    ("aerial view of a beach", ["beach"], []),
+])
+def test_picture_and_quantity_words_around_a_noun(miner: TagMiner, caption: str, objects: list[str],
+                                                  pairs: list[tuple[str, str]]) -> None:
+    t = one(miner, caption)
+    assert (t.objects, t.pairs) == (objects, pairs)

@@ -15,7 +15,7 @@ GENERIC_WORDS: frozenset[str] = frozenset("""
     close-up shot shots snapshot snapshots sale free isolated copy space copyspace royalty wallpaper
     wallpapers icon icons logo template templates texture design designs concept concepts cartoon
     drawing sketch render rendering scene thing things object objects stuff item items type kind kinds
-    lot lots bunch set group front side top bottom left right center centre middle close-ups
+    bunch set group front side top bottom left right center centre middle close-ups
     one ones something someone nothing portrait portraits foreground
 """.split())
 
@@ -32,7 +32,7 @@ NON_OBJECT_HEADS: frozenset[str] = frozenset("""
 QUANTITY_HEADS: frozenset[str] = frozenset("""
     group herd flock crowd bunch couple pair slice piece pile stack row line loaf variety assortment
     selection number handful bouquet cluster swarm school pack team fleet array bundle heap dozen
-    bit chunk scoop wedge strip sheet drop stream series range plenty mass load army litter
+    bit chunk scoop wedge strip sheet drop stream series range plenty mass load army litter lot lots
 """.split())
 
 # Nouns ending in -ing that stay nouns after another noun ("a brick building", "a gold ring"): any

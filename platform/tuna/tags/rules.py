@@ -110,6 +110,10 @@ class TagRules:
         # surrounded by ...", "a vase filled with ..."), as is a trailing adjective ("cookies fresh from").
         while len(words) >= 2 and self._is_trailing(words[-1], words[-2]):
             words = words[:-1]
+        # A picture word after a noun names the picture, not the noun ("a red dress stock photo").
+        while (len(words) >= 2 and words[-1].lower_ in lx.GENERIC_WORDS and self._is_nounish(words[-2])
+               and words[-2].tag_ in lx.NOUN_TAGS):  # not "aerial/JJ view"
+            words = words[:-1]
         words = [w for w in words if w.is_alpha or "-" in w.text]
         if not words or "no" in dets:
             return  # "with no mark" names what is absent
