@@ -135,3 +135,15 @@ def test_picture_and_quantity_words_around_a_noun(miner: TagMiner, caption: str,
                                                   pairs: list[tuple[str, str]]) -> None:
     t = one(miner, caption)
     assert (t.objects, t.pairs) == (objects, pairs)
+
+
+@pytest.mark.parametrize("caption, objects, entities", [
+    ("an iPhone on a wooden desk", ["desk"], ["iphone"]),                       # camel case, NER misses it
+    ("the Colosseum in Rome on a sunny day", [], ["rome", "colosseum"]),         # proper noun NER leaves unlabelled
+    ("sunset over lake tahoe", ["sunset"], ["lake tahoe"]),                      # lowercased place after "over"
+    ("a dog running through fields", ["dog", "field"], []),                      # English plural: no place
+    ("Vintage Car On Road", ["vintage car", "road"], []),                        # title case is no name
+])
+def test_names_the_ner_misses(miner: TagMiner, caption: str, objects: list[str], entities: list[str]) -> None:
+    t = one(miner, caption)
+    assert (t.objects, t.entities) == (objects, entities)

@@ -17,7 +17,8 @@ Scoring is convention-tolerant: a compound object counts as its head noun plus a
 sides ("wine glass" = object "glass" + pair ("wine", "glass"); a multi-word attribute is one pair per
 word), so a miner that keeps compounds and one that splits them score alike. Objects and pairs are
 micro P/R/F1 over per-caption sets; entity recall counts a gold entity found when a predicted entity
-has the same words, or one's words are a run of the other's ("elizabeth" for "queen elizabeth").
+has the same words, or one's words are a run of the other's ("elizabeth" for "queen elizabeth"; a
+possessive "'s" and a leading "the" ignored).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def normalise(objects: Iterable[str], pairs: Iterable[tuple[str, str]]) -> tuple
 
 def entity_found(gold: str, predicted: Iterable[str]) -> bool:
     """A gold entity matches a predicted one with the same words, or when one's words are a
-    contiguous run of the other's (leading "the" ignored)."""
+    contiguous run of the other's (leading "the" and a possessive "'s" ignored)."""
     g = _words(gold)
     for p in predicted:
         w = _words(p)
@@ -95,7 +96,7 @@ def entity_found(gold: str, predicted: Iterable[str]) -> bool:
 
 
 def _words(text: str) -> list[str]:
-    words = text.lower().replace("-", " ").split()
+    words = [w.removesuffix("'s").removesuffix("\u2019s") for w in text.lower().replace("-", " ").split()]
     return words[1:] if words[:1] == ["the"] else words
 
 

@@ -106,7 +106,8 @@ CREDIT_VERBS: frozenset[str] = frozenset("""
     produced performed published presented sponsored owned hosted built crafted edited composed
     sung played sculpted printed filmed recorded posted uploaded shared licensed provided courtesy
 """.split())
-PLACE_PREPS: frozenset[str] = frozenset({"in", "at", "from", "near"})
+PLACE_PREPS: frozenset[str] = frozenset({"in", "at", "from", "near", "over", "across", "along", "around", "through",
+                                          "into", "toward", "towards"})
 
 # spaCy NER labels kept as entities (names of people, organisations, places, products, events).
 ENTITY_LABELS: frozenset[str] = frozenset("PERSON ORG GPE LOC NORP FAC PRODUCT WORK_OF_ART EVENT".split())

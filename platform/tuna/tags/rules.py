@@ -133,6 +133,12 @@ class TagRules:
                 return  # otherwise an ordinary object ("coffee shop")
         if low in lx.GENERIC_WORDS or low in self.known_adjs or low in lx.NON_OBJECT_HEADS:
             return
+        if head.text[:1].islower() and not head.text.islower() and head.text[1:].lower() != head.text[1:]:
+            entities.append(low)  # a camel-case brand the tagger and NER miss ("an iPhone", "eBay")
+            return
+        if self._is_unlabelled_name(toks, words):
+            entities.append(" ".join(w.lower_ for w in words))
+            return
         if low in lx.ATTRIBUTE_WORDS and not (dets and len(words) == 1 and low in self.known_nouns):
             return  # a predicate or elliptic adjective ("is red"); "an orange" is still a fruit
         mods = words[:-1]
@@ -259,6 +265,16 @@ class TagRules:
         k = words[-1].i + 1
         return (k + 1 < len(toks) and toks[k].lower_ == "and" and bool(following) and following[0].i == k + 1
                 and following[0].lower_ in lx.ATTRIBUTE_WORDS and len(following) > 1)
+
+    def _is_unlabelled_name(self, toks: Sequence[Any], words: list[Token]) -> bool:
+        """A phrase of capitalised proper nouns NER left unlabelled ("the Colosseum"), not at the
+        caption's start, in a caption written mostly in lowercase (so not title-case alt-text,
+        "Vintage Car On Road"); attribute words never ("A Small Zedul")."""
+        if words[0].i == 0 or not all(w.text[:1].isupper() and w.tag_ in ("NNP", "NNPS") and w.lower_ not in lx.ATTRIBUTE_WORDS
+                                      for w in words):
+            return False
+        alpha = [w for w in toks if w.is_alpha]
+        return sum(w.text[:1].isupper() for w in alpha) * 2 < len(alpha)
 
     def _is_quantity(self, toks: Sequence[Any], words: list[Token]) -> bool:
         """The phrase is the X of "X of Y" with a quantity or collection X ("a group of", "slices of")."""
