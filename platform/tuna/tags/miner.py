@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from spacy.language import Language
     from spacy.tokens import Doc
 
-MINER_VERSION = "tuna.tags/1"
+MINER_VERSION = "tuna.tags/2"  # /2: the real-caption rules (tuna.tags.rules); bumping it re-mines stale tags
 _ENCODER_PIPES = ("tok2vec", "transformer")
 # Distinct captions whose tags one mine() call remembers for exact repeats (least recently seen are
 # forgotten first; ~1 KB each). Repeats further apart than this are parsed again: same tags, more time.
