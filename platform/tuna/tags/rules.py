@@ -68,7 +68,10 @@ class TagRules:
                 exc = lookups.get_table("lemma_exc").get("noun", {})
                 irregular = {**{k: v[0] for k, v in exc.items() if v}, **irregular}
         self.known_nouns = frozenset(nouns)
-        self.known_adjs = frozenset(adjs - nouns)  # adjective-only words ("new", "wavy")
+        # Adjective-only words ("new", "wavy"); not the plurals of nouns the table also lists as slang
+        # adjectives ("clouds", "nuts", "bats": "in the clouds" names clouds).
+        plurals = {w for w in adjs if w.endswith("s") and (w[:-1] in nouns or (w.endswith("es") and w[:-2] in nouns))}
+        self.known_adjs = frozenset(adjs - nouns - plurals)
         self.adj_words = frozenset(adjs)  # any word the tables list as an adjective ("full", also a noun)
         self.known_words = frozenset(words)  # any English content word the tables list
         self.known_verbs = frozenset(verbs)
@@ -136,8 +139,11 @@ class TagRules:
         if head.text[:1].islower() and not head.text.islower() and head.text[1:].lower() != head.text[1:]:
             entities.append(low)  # a camel-case brand the tagger and NER miss ("an iPhone", "eBay")
             return
-        if self._is_unlabelled_name(toks, words):
-            entities.append(" ".join(w.lower_ for w in words))
+        run = len(words)
+        while run > 0 and words[run - 1].text[:1].isupper():
+            run -= 1
+        if run < len(words) and self._is_unlabelled_name(toks, words[run:]):
+            entities.append(" ".join(w.lower_ for w in words[run:]))  # "the new Tesla Model": the name part
             return
         if low in lx.ATTRIBUTE_WORDS and not (dets and len(words) == 1 and low in self.known_nouns):
             return  # a predicate or elliptic adjective ("is red"); "an orange" is still a fruit
@@ -267,14 +273,15 @@ class TagRules:
                 and following[0].lower_ in lx.ATTRIBUTE_WORDS and len(following) > 1)
 
     def _is_unlabelled_name(self, toks: Sequence[Any], words: list[Token]) -> bool:
-        """A phrase of capitalised proper nouns NER left unlabelled ("the Colosseum"), not at the
-        caption's start, in a caption written mostly in lowercase (so not title-case alt-text,
-        "Vintage Car On Road"); attribute words never ("A Small Zedul")."""
-        if words[0].i == 0 or not all(w.text[:1].isupper() and w.tag_ in ("NNP", "NNPS") and w.lower_ not in lx.ATTRIBUTE_WORDS
-                                      for w in words):
+        """Capitalised proper nouns (a phrase's last words) NER left unlabelled ("the Colosseum", "Elon Musk
+        presents ..."), in a caption that is not title case (some word after the first is lowercase,
+        so not "Vintage Car On Road"); attribute words never ("A Small Zedul"). At the caption's
+        start, where any word is capitalised, it takes two words and one that no table lists."""
+        if not all(w.text[:1].isupper() and w.tag_ in ("NNP", "NNPS") and w.lower_ not in lx.ATTRIBUTE_WORDS for w in words):
             return False
-        alpha = [w for w in toks if w.is_alpha]
-        return sum(w.text[:1].isupper() for w in alpha) * 2 < len(alpha)
+        if words[0].i == 0 and (len(words) < 2 or all(self.singular(w.lower_) in self.known_words for w in words)):
+            return False
+        return any(w.is_alpha and w.text.islower() for w in toks[1:])
 
     def _is_quantity(self, toks: Sequence[Any], words: list[Token]) -> bool:
         """The phrase is the X of "X of Y" with a quantity or collection X ("a group of", "slices of")."""
