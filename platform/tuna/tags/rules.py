@@ -11,9 +11,21 @@ Per caption the rules return:
   (image, photo, background, ...) dropped;
 - ``attributes``: adjectives and participles that modify an object ("striped", "purple");
 - ``entities``: names of people, brands and places (spaCy NER on capitalised text; a bare phrase
-  after "by" or after "in/at/from" whose words are not English nouns; "the Xyz collection");
+  after "by" or after "in/at/from/over/..." whose words are not English nouns; "the Xyz collection";
+  capitalised proper nouns NER missed in a caption that is not title case; camel case, "iPhone");
 - ``tags``: the flat list a datastore row stores: every object, then one "attribute object" phrase
   per attribute of each object, then the entities; de-duplicated, in caption order.
+
+Real captions (COCO/CC3M-like; bench/mine_real.py scores them against hand-written gold) add:
+
+- a verb right after a noun ends the noun's phrase ("a chef | preparing | sushi", "a bear
+  swimming/NN"), except -ing nouns ("a brick building") and -ing modifiers between nouns;
+- trailing participles and adjectives after a noun are dropped ("a lake surrounded by", "a basket
+  full of"), and a bare phrase after such a participle + "by" is its agent, not a credit;
+- "X of Y" with a quantity or collection X names Y only ("a group of people" -> person, "a slice of
+  pizza" -> pizza); containers stay ("a cup of coffee" -> cup, coffee);
+- an English plural is made singular whatever the determiner ("a man grilling burgers");
+- time words are no objects ("at night"); possessors are objects of their own ("a dog's face").
 """
 
 from __future__ import annotations
