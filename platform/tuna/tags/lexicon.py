@@ -15,8 +15,36 @@ GENERIC_WORDS: frozenset[str] = frozenset("""
     close-up shot shots snapshot snapshots sale free isolated copy space copyspace royalty wallpaper
     wallpapers icon icons logo template templates texture design designs concept concepts cartoon
     drawing sketch render rendering scene thing things object objects stuff item items type kind kinds
-    lot lots bunch set group front side top bottom left right center centre middle close-ups
-    one ones something someone nothing
+    bunch set group front side top bottom left right center centre middle close-ups
+    one ones something someone nothing portrait portraits foreground
+""".split())
+
+# Heads that name no thing in the picture (times, seasons, "in half"): dropped as heads, kept as
+# modifiers ("autumn leaves" -> leaf with attribute autumn; "a city in the winter" -> city).
+NON_OBJECT_HEADS: frozenset[str] = frozenset("""
+    day days night nights daytime nighttime morning mornings afternoon afternoons evening evenings
+    time times moment moments year years winter summer autumn spring half halves way distance
+""".split())
+
+# "X of Y" where X is a quantity, a collection or a portion: the phrase names Y only ("a group of
+# people" -> person, "a slice of pizza" -> pizza, "stacks of logs" -> log). Containers are not here:
+# "a cup of coffee" names the cup and the coffee.
+QUANTITY_HEADS: frozenset[str] = frozenset("""
+    group herd flock crowd bunch couple pair slice piece pile stack row line loaf variety assortment
+    selection number handful bouquet cluster swarm school pack team fleet array bundle heap dozen
+    bit chunk scoop wedge strip sheet drop stream series range plenty mass load army litter lot lots
+""".split())
+
+# Nouns ending in -ing that stay nouns after another noun ("a brick building", "a gold ring"): any
+# other -ing word of a known verb after a noun is the noun's verb ("a bear swimming").
+ING_NOUNS: frozenset[str] = frozenset("""
+    building buildings painting paintings ceiling ceilings clothing wedding weddings ring rings king
+    kings string strings wing wings evening evenings morning mornings icing topping toppings filling
+    frosting railing railings siding flooring landing housing pudding dumpling dumplings sibling
+    siblings seedling seedlings duckling ducklings bedding awning awnings crossing crossings parking
+    meeting meetings drawing drawings lighting stuffing spring springs thing things swing swings
+    offering setting settings carving carvings opening dressing seasoning sting sling
+    outing stocking stockings sapling saplings earring earrings
 """.split())
 
 # Heads that turn their noun modifiers into a seller/brand entity ("the Xyz collection", "Xyz store").
@@ -65,13 +93,21 @@ PREPOSITIONS: frozenset[str] = frozenset("""
 CONJUNCTIONS: frozenset[str] = frozenset("and or but nor yet so & while whereas because although though if".split())
 PRONOUNS: frozenset[str] = frozenset("""
     i me you he him she it we us they them who whom whose which what where when why how there here
-    not to
+    not to itself himself herself themselves myself yourself ourselves oneself
 """.split())
 FUNCTION_WORDS: frozenset[str] = PREPOSITIONS | CONJUNCTIONS | PRONOUNS | AUXILIARIES
 
 # Prepositions after which a bare noun phrase (no determiner) is a name: credits and places.
 CREDIT_PREPS: frozenset[str] = frozenset({"by"})
-PLACE_PREPS: frozenset[str] = frozenset({"in", "at", "from", "near"})
+# Participles before "by" that make a bare phrase after it a credit ("photographed by lena brisco");
+# after any other participle it is the agent ("surrounded by trees").
+CREDIT_VERBS: frozenset[str] = frozenset("""
+    photographed painted designed drawn illustrated written made created shot taken captured directed
+    produced performed published presented sponsored owned hosted built crafted edited composed
+    sung played sculpted printed filmed recorded posted uploaded shared licensed provided courtesy
+""".split())
+PLACE_PREPS: frozenset[str] = frozenset({"in", "at", "from", "near", "over", "across", "along", "around", "through",
+                                          "into", "toward", "towards"})
 
 # spaCy NER labels kept as entities (names of people, organisations, places, products, events).
 ENTITY_LABELS: frozenset[str] = frozenset("PERSON ORG GPE LOC NORP FAC PRODUCT WORK_OF_ART EVENT".split())
@@ -93,6 +129,11 @@ IRREGULAR_PLURALS: dict[str, str] = {
     "people": "person", "men": "man", "women": "woman", "children": "child", "feet": "foot",
     "teeth": "tooth", "mice": "mouse", "geese": "goose", "oxen": "ox", "dice": "die", "knives": "knife",
     "leaves": "leaf", "wolves": "wolf", "loaves": "loaf", "shelves": "shelf", "halves": "half",
+    # Nouns used in the plural only (or whose singular names something else): kept as they are.
+    "media": "media", "sunglasses": "sunglasses", "jeans": "jeans", "pants": "pants", "shorts": "shorts",
+    "trousers": "trousers", "scissors": "scissors", "clothes": "clothes", "species": "species",
+    "series": "series", "goggles": "goggles", "headphones": "headphones", "pajamas": "pajamas",
+    "binoculars": "binoculars", "tongs": "tongs", "overalls": "overalls", "leggings": "leggings",
 }
 # (suffix, replacement) for regular plurals, in order; the first candidate that is a known noun wins
 # ("vases" -> "vase" before "vas", "buses" -> "bus" since "buse" is no noun).

@@ -31,16 +31,8 @@ world). ``TagMiner(cfg, fast=False)`` is the plain spaCy path (BLIS, ``Token`` o
 caption parsed, collector on) that the tests and the benchmark compare the fast path against.
 ``n_process=2`` gave the same tags but was 5x slower on 10,000 captions (two more pipeline loads).
 
-Per caption the miner returns:
-
-- ``objects``: head nouns with their noun compounds ("wine glass"), lowercased and singular
-  ("zeduls" -> "zedul"; the determiner decides first, so "a kouzaines" stays), generic words
-  (image, photo, background, ...) dropped;
-- ``attributes``: adjectives and participles that modify an object ("striped", "purple");
-- ``entities``: names of people, brands and places (spaCy NER on capitalised text; a bare phrase
-  after "by" or after "in/at/from" whose words are not English nouns; "the Xyz collection");
-- ``tags``: the flat list a datastore row stores: every object, then one "attribute object" phrase
-  per attribute of each object, then the entities; de-duplicated, in caption order.
+What the rules return per caption (objects, attributes, entities, flat tags) is described in
+:mod:`tuna.tags.rules`; this module loads the pipeline, runs it fast and streams the results.
 """
 
 from __future__ import annotations
@@ -49,19 +41,18 @@ import contextlib
 import gc
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from tuna.errors import ConfigError
 from tuna.recipe import MineConfig
-from tuna.tags import lexicon as lx
+from tuna.tags.rules import CaptionTags, TagRules
 
 if TYPE_CHECKING:
     from spacy.language import Language
-    from spacy.tokens import Doc, Token
+    from spacy.tokens import Doc
 
-MINER_VERSION = "tuna.tags/1"
+MINER_VERSION = "tuna.tags/2"  # /2: the real-caption rules (tuna.tags.rules); bumping it re-mines stale tags
 _ENCODER_PIPES = ("tok2vec", "transformer")
 # Distinct captions whose tags one mine() call remembers for exact repeats (least recently seen are
 # forgotten first; ~1 KB each). Repeats further apart than this are parsed again: same tags, more time.
@@ -69,20 +60,6 @@ DUPLICATE_CACHE_SIZE = 1 << 16
 # Distinct token feature rows whose embedding one mine() call remembers per tok2vec (~0.5 KB each).
 EMBEDDING_MEMO_SIZE = 1 << 16
 
-
-@dataclass(frozen=True)
-class CaptionTags:
-    """What one caption says: objects, their attributes, named entities and the flat tag list."""
-
-    objects: list[str] = field(default_factory=list)
-    attributes: list[str] = field(default_factory=list)
-    entities: list[str] = field(default_factory=list)
-    tags: list[str] = field(default_factory=list)
-    pairs: list[tuple[str, str]] = field(default_factory=list)  # (attribute, object), for scoring
-
-    def copy(self) -> CaptionTags:
-        """An equal value with its own lists (what a repeated caption gets)."""
-        return CaptionTags(list(self.objects), list(self.attributes), list(self.entities), list(self.tags), list(self.pairs))
 
 
 class ModelNotInstalled(ConfigError):
@@ -241,8 +218,9 @@ class _Tok:
         self.tag_ = tag
 
 
-class TagMiner:
-    """A loaded spaCy pipeline plus the tag rules; :meth:`mine` streams captions to :class:`CaptionTags`.
+class TagMiner(TagRules):
+    """A loaded spaCy pipeline plus the tag rules (:class:`~tuna.tags.rules.TagRules`); :meth:`mine`
+    streams captions to :class:`CaptionTags`.
 
     ``fast=False`` runs the plain spaCy path (the reference the fast path is checked against).
     """
@@ -253,32 +231,9 @@ class TagMiner:
         self.nlp = load_pipeline(cfg, fast=fast)
         self.memos = memoise_embeddings(self.nlp) if fast else []
         self.ner = self.nlp.get_pipe("ner") if "ner" in self.nlp.component_names else None
-        nouns: set[str] = set()
-        adjs: set[str] = set()
-        words: set[str] = set()
-        verbs: set[str] = set()
-        advs: set[str] = set()
-        irregular = dict(lx.IRREGULAR_PLURALS)
-        if "lemmatizer" in self.nlp.component_names:
-            lookups = self.nlp.get_pipe("lemmatizer").lookups
-            if lookups.has_table("lemma_index"):
-                index = lookups.get_table("lemma_index")
-                nouns = set(index.get("noun", []))
-                adjs = set(index.get("adj", []))
-                verbs = set(index.get("verb", []))
-                advs = set(index.get("adv", []))
-                words = nouns | adjs | verbs | advs
-            if lookups.has_table("lemma_exc"):
-                exc = lookups.get_table("lemma_exc").get("noun", {})
-                irregular = {**{k: v[0] for k, v in exc.items() if v}, **irregular}
-        self.known_nouns = frozenset(nouns)
-        self.known_adjs = frozenset(adjs - nouns)  # adjective-only words ("new", "wavy")
-        self.known_words = frozenset(words)  # any English content word the tables list
-        self.known_verbs = frozenset(verbs)
-        self.known_advs = frozenset(advs - nouns)
+        super().__init__(self.nlp)
         self.ner_captions = 0  # captions that went through NER so far (capitalised ones)
         self.duplicates = 0  # captions answered from an earlier identical caption of the same mine() call
-        self.irregular = irregular
         self._lexemes: dict[int, tuple[str, str, bool, bool, bool]] = {}  # orth id -> lexical attributes
         self._tag_names: dict[int, str] = {}
         from spacy.attrs import ORTH, TAG
@@ -373,149 +328,11 @@ class TagMiner:
             out.append(_Tok(i, lex, name))
         return out
 
-    # ----------------------------------------------------------------------------------- rules
-
     def extract(self, doc: Doc, ner: bool = True) -> CaptionTags:
         """Apply the tag rules to one tagged Doc (its NER spans are read when ``ner``)."""
         toks = self.tokens(doc)
         ents = [(ent.label_, ent.start, ent.end) for ent in doc.ents] if ner else []
         return self.extract_tokens(toks, ents)
-
-    def extract_tokens(self, toks: Sequence[Any], ents: Iterable[tuple[str, int, int]] = ()) -> CaptionTags:
-        """The tag rules over a caption's tokens (see :meth:`tokens`) and its NER spans (label, start, end)."""
-        entities: list[str] = []
-        in_entity: set[int] = set()
-        for label, start, end in ents:
-            name = _capitalised_part(toks[start:end]) if label in lx.ENTITY_LABELS else []
-            if name:
-                entities.append(" ".join(t.lower_ for t in name if not t.is_punct))
-                in_entity.update(t.i for t in name)
-        objects: list[str] = []
-        pairs: list[tuple[str, str]] = []
-        for prep, dets, words in _chunks(toks, self.known_words, self._is_finite_verb):
-            self._phrase(prep, dets, words, in_entity, objects, pairs, entities)
-        objects = list(dict.fromkeys(objects))
-        pairs = list(dict.fromkeys(pairs))
-        entities = list(dict.fromkeys(e for e in entities if e))
-        attributes = list(dict.fromkeys(a for a, _ in pairs))
-        tags = list(dict.fromkeys(objects + [f"{a} {o}" for a, o in pairs] + entities))
-        return CaptionTags(objects=objects, attributes=attributes, entities=entities, tags=tags, pairs=pairs)
-
-    def _phrase(self, prep: str, dets: list[str], words: list[Token], in_entity: set[int],
-                objects: list[str], pairs: list[tuple[str, str]], entities: list[str]) -> None:
-        # A trailing participle after a noun is a verb ("a zenai photographed by ...").
-        while len(words) >= 2 and self._is_verb_form(words[-1]) and not self._is_attribute_word(words[-2]):
-            words = words[:-1]
-        words = [w for w in words if w.is_alpha or "-" in w.text]
-        if not words or "no" in dets:
-            return  # "with no mark" names what is absent
-        head = words[-1]
-        low = head.lower_
-        if head.i in in_entity:  # the phrase ends in an entity already kept ("actor John Smith")
-            before = [w for w in words if w.i < head.i and w.i not in in_entity]
-            if before and before[-1].i + 1 in in_entity:
-                self._phrase(prep, dets, before, in_entity, objects, pairs, entities)
-            return
-        if low in lx.SELLER_HEADS:  # "the Xyz collection", "xyz store": the maker is a name
-            names = [w for w in words[:-1] if w.i not in in_entity and not self._is_attribute_word(w)]
-            if not names:
-                return
-            if all(w.lower_ not in self.known_nouns or w.text[:1].isupper() for w in names):
-                entities.append(" ".join(w.lower_ for w in names))
-                return  # otherwise an ordinary object ("coffee shop")
-        if low in lx.GENERIC_WORDS or low in self.known_adjs:
-            return
-        if low in lx.ATTRIBUTE_WORDS and not (dets and len(words) == 1 and low in self.known_nouns):
-            return  # a predicate or elliptic adjective ("is red"); "an orange" is still a fruit
-        mods = words[:-1]
-        if not dets and prep in lx.CREDIT_PREPS | lx.PLACE_PREPS and not any(self._is_attribute_word(w) for w in mods):
-            # A bare phrase after "by" is a credit; after "in/at/from/near" a place when its words are
-            # not all English nouns or the tagger calls them proper nouns ("in mirefield", "in ostrava bay").
-            named = any(w.lower_ not in self.known_nouns for w in words) or all(w.tag_ in ("NNP", "NNPS") for w in words)
-            if prep in lx.CREDIT_PREPS or named:
-                entities.append(" ".join(w.lower_ for w in words))
-                return
-        if not dets and head.tag_ in lx.ADJ_TAGS | lx.PARTICIPLE_TAGS:
-            return  # a bare adjective ("free", "isolated") names nothing
-        compound: list[str] = []
-        attrs: list[str] = []
-        next_to_head = True
-        for w in reversed(mods):  # noun modifiers right next to the head form its compound
-            if w.i in in_entity or w.lower_ in lx.GENERIC_WORDS:
-                next_to_head = False
-                continue
-            is_attr = self._is_attribute(w)
-            if next_to_head and not is_attr and w.tag_ in lx.NOUN_TAGS:
-                compound.insert(0, w.lower_)
-                continue
-            next_to_head = False
-            if is_attr or w.tag_ in lx.NOUN_TAGS:  # a noun before an adjective acts as one ("leather red bag")
-                attrs.insert(0, w.lower_)
-        plural = self._is_plural(dets, head)
-        name = " ".join(compound + [self.singular(low) if plural else low])
-        objects.append(name)
-        pairs.extend((a, name) for a in attrs)
-
-    def _is_finite_verb(self, w: Token) -> bool:
-        """A known English verb or adverb the tagger tags as one ("runs/VBZ", "quickly/RB"); invented
-        words the tagger calls verbs ("stemeis/VBZ", "naimosan/RB") are not in the tables."""
-        tag = w.tag_
-        if tag in ("RB", "RBR", "RBS"):
-            return w.lower_ in self.known_advs
-        if tag not in ("VB", "VBZ", "VBP"):
-            return False
-        low = w.lower_
-        return (low in self.known_verbs or (low.endswith("s") and low[:-1] in self.known_verbs)
-                or (low.endswith("es") and low[:-2] in self.known_verbs)
-                or (low.endswith("ies") and low[:-3] + "y" in self.known_verbs))
-
-    def _is_attribute_word(self, w: Token) -> bool:
-        """An English attribute word whatever its tag (colour, size, pattern, adjective-only word)."""
-        return w.lower_ in lx.ATTRIBUTE_WORDS or w.lower_ in self.known_adjs
-
-    def _is_verb_form(self, w: Token) -> bool:
-        """A participle or past form after a noun ("photographed", "isolated"), not an attribute word."""
-        low = w.lower_
-        if low in lx.ATTRIBUTE_WORDS or low in self.known_adjs:
-            return False
-        return w.tag_ in lx.PARTICIPLE_TAGS or (low.endswith("ed") and low not in self.known_nouns)
-
-    def _is_attribute(self, w: Token) -> bool:
-        low = w.lower_
-        if low in lx.ATTRIBUTE_WORDS or low in self.known_adjs:
-            return True
-        if low in self.known_nouns:
-            return w.tag_ in lx.ADJ_TAGS and low not in lx.GENERIC_WORDS
-        return w.tag_ in lx.ADJ_TAGS or w.tag_ in lx.PARTICIPLE_TAGS or (low.endswith("ed") and len(low) > 4)
-
-    def _is_plural(self, dets: list[str], head: Token) -> bool:
-        if dets:
-            if not lx.SINGULAR_DETS.isdisjoint(dets):
-                return False
-            if not lx.PLURAL_DETS.isdisjoint(dets) or any(d.isdigit() and d != "1" for d in dets):
-                return True
-        return head.tag_ in ("NNS", "NNPS")
-
-    def singular(self, word: str) -> str:
-        """Singular of a plural noun: irregular table, then suffix rules checked against known nouns,
-        then regular morphology for unknown words ("zeduls" -> "zedul", "berries" -> "berry")."""
-        if word in self.irregular:
-            return self.irregular[word]
-        if word in self.known_nouns and not word.endswith("s"):
-            return word
-        candidates = [word[: len(word) - len(suf)] + rep for suf, rep in lx.PLURAL_RULES
-                      if word.endswith(suf) and len(word) > len(suf) + 1]
-        for cand in candidates:
-            if cand in self.known_nouns:
-                return cand
-        if word in self.known_nouns or word.endswith(lx.NOT_PLURAL_ENDINGS):
-            return word
-        for suf in ("ches", "shes", "ses", "xes", "zes"):
-            if word.endswith(suf):
-                return word[:-2]
-        if word.endswith("ies") and len(word) > 4:
-            return word[:-3] + "y"
-        return word[:-1] if word.endswith("s") and len(word) > 3 else word
 
 
 def mine_captions(texts: Iterable[str], cfg: MineConfig | None = None, miner: TagMiner | None = None) -> list[CaptionTags]:
@@ -533,62 +350,3 @@ def _has_capitals(text: str) -> bool:
     return rest != rest.lower()
 
 
-def _capitalised_part(span: Any) -> list[Token]:
-    """The tokens of an NER span from its first to its last capitalised word ("Mira Solano - free" ->
-    "Mira Solano", "the Netherlands" -> "Netherlands"); empty unless a name is really capitalised
-    (a capital after the first word of the caption, or two capitalised words)."""
-    caps = [k for k, t in enumerate(span) if t.text[:1].isupper() and t.is_alpha]
-    if not caps:
-        return []
-    part = list(span[caps[0]: caps[-1] + 1])
-    return part if (part[-1].i > 0 or len(caps) > 1) else []
-
-
-_DET_TAGS = frozenset({"DT", "PDT", "PRP$"})
-
-
-def _chunks(doc: Sequence[Any], known_words: frozenset[str], is_verb: Any) -> Iterator[tuple[str, list[str], list[Token]]]:
-    """Base noun phrases as (preceding preposition, determiners, content tokens).
-
-    A phrase opens at a determiner, a number or a preposition (then takes any token: taggers mis-tag
-    invented nouns as verbs or adverbs) or at a noun, an adjective or a word no English table lists (a
-    bare phrase, which stops at anything else), and closes at punctuation, a conjunction, a
-    preposition, an auxiliary, a known finite verb or adverb (``is_verb``) or the next determiner.
-    """
-    determiners, function_words, attribute_words = lx.DETERMINERS, lx.FUNCTION_WORDS, lx.ATTRIBUTE_WORDS
-    punct_tags, boundary_tags, bare_openers, prepositions = lx.PUNCT_TAGS, lx.BOUNDARY_TAGS, lx.BARE_OPENERS, lx.PREPOSITIONS
-    prep = ""
-    dets: list[str] = []
-    words: list[Token] = []
-    open_ = False
-    for tok in doc:
-        low = tok.lower_
-        tag = tok.tag_
-        if low in determiners or (not words and (tag in _DET_TAGS or (tag == "CD" and tok.like_num))):
-            if words:
-                yield prep, dets, words
-                prep, dets, words = "", [], []
-            dets.append(low)
-            open_ = True
-            continue
-        unknown = tok.is_alpha and low not in known_words  # an invented word or a name: its tag is a guess
-        if open_:  # after a determiner or preposition only closed-class words and punctuation end a phrase
-            boundary = low in function_words or tok.is_punct or tag in punct_tags or is_verb(tok)
-        else:
-            boundary = ((tag in boundary_tags and not unknown and low not in attribute_words)
-                        or low in function_words or tok.is_punct or is_verb(tok))
-        if boundary:
-            if words:
-                yield prep, dets, words
-            prep = low if low in prepositions else ""
-            dets, words = [], []
-            open_ = bool(prep)  # the object of a preposition may be any word ("by glaidrou/JJ")
-            continue
-        if open_ or unknown or tag in bare_openers or low in attribute_words:
-            words.append(tok)
-        else:
-            if words:
-                yield prep, dets, words
-            prep, dets, words, open_ = "", [], [], False
-    if words:
-        yield prep, dets, words
