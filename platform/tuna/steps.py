@@ -149,7 +149,7 @@ def _encoder(cfg: Recipe, opts: Options) -> Outcome:
 def _lm_up_to_date(cfg: Recipe, opts: Options) -> bool:
     from tuna.foundation.lm import is_up_to_date
 
-    return cfg.model.language_model is None and is_up_to_date(cfg)
+    return cfg.model.language_model is None and cfg.model.llava is None and is_up_to_date(cfg)
 
 
 def _lm(cfg: Recipe, opts: Options) -> Outcome:
