@@ -337,6 +337,20 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode", type=int, default=2000, metavar="N", help="images decoded per source (all are checked to exist; default: 2000)")
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Build the recipe's architecture on the meta device; print parameters per part and memory per GPU."""
+    from tuna.plan import run_plan
+
+    run_plan(_config(args), variant=args.variant, as_json=args.json, track_it=not args.no_track)
+    return 0
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", default="tuna", help="model variant to plan (default: tuna; baseline = LLaVA-1.5)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON instead of the table")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow even when a tracking URI is configured")
+
+
 def _print_counts(counts: dict[str, int]) -> None:
     width = max(len(k) for k in counts)
     for key, value in counts.items():
@@ -359,6 +373,8 @@ VERBS: dict[str, Verb] = {
     "world": Verb(STEPS["world"].summary, cmd_world, _force_quiet),
     "data": Verb("check the declared data sources: counts, missing/unreadable images, schema errors, duplicate ids",
                  cmd_data, _data_args),
+    "plan": Verb("the recipe's architecture on the meta device: parameters per part, memory per GPU (ZeRO-2/3, "
+                 "gradient checkpointing)", cmd_plan, _plan_args),
     "encoder": Verb(STEPS["encoder"].summary, cmd_encoder, _force_quiet),
     "mine": Verb(STEPS["mine"].summary, cmd_mine, _mine_args),
     "index": Verb(STEPS["index"].summary, cmd_index, _index_args),

@@ -100,3 +100,20 @@ def test_recipe_key_model_llava_builds_stage_one(saved, tmp_path):
     model, tokenizer = build_model(cfg, "tuna", 1)
     assert torch.equal(model.projector.linear_1.weight, llava.model.multi_modal_projector.linear_1.weight)
     assert tokenizer.pad_token is not None
+
+
+def test_plan_from_checkpoint_folders(tmp_path) -> None:
+    """`tuna plan` reads the config.json of the folders model.llava and model.vision_tower name."""
+    from support import SMOKE
+    from tuna.model.architecture import count_parts
+    from tuna.plan import make_plan
+    from tuna.recipe import load_recipe
+
+    llava_dir, clip_dir, _ = save_pair(tmp_path)
+    cfg = load_recipe(SMOKE, [f"model.llava={llava_dir}", f"model.vision_tower={clip_dir}", f"run.data_dir={tmp_path}",
+                              "model.vision_feature_layer=-2", "model.vision_feature_select_strategy=default",
+                              "model.vision_feature_pool=1"])
+    plan = make_plan(cfg)
+    assert plan.sources["lm"].endswith("llava/config.json (text_config)")
+    model = build_tuna_from_llava(llava_dir, clip_dir, max_tag_tokens=8, num_tags=cfg.model.num_tags)
+    assert plan.parts == count_parts(model)
