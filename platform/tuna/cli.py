@@ -178,13 +178,26 @@ def _ui_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a trained variant as a Triton model repository (+ the TensorRT-LLM build kit with --trtllm)."""
+    """Export a trained variant as a Triton model repository (+ the TensorRT-LLM build kit with --trtllm), or as a
+    Hugging Face folder: --format hf (TUNA, Auto classes) or --format llava (the baseline as LlavaForConditionalGeneration)."""
+    if args.format != "triton":
+        from tuna.serve.hf_export import export_hf, export_llava
+
+        cfg, out = _config(args), Path(args.out) if args.out else None
+        if args.format == "hf":
+            export_hf(cfg, args.variant, out)
+        else:
+            export_llava(cfg, args.variant or "baseline", out)
+        return 0
     return _step("export", args, export_variant=args.variant, export_to=Path(args.out) if args.out else None,
                  trtllm=args.trtllm)
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default=None, help="trained variant to export (default: serve.variant)")
+    p.add_argument("--format", default="triton", choices=["triton", "hf", "llava"],
+                   help="triton (default): the model repository; hf: a Hugging Face TUNA folder (AutoModel after `import "
+                        "tuna.model`); llava: the baseline as a plain LlavaForConditionalGeneration (variant default: baseline)")
     p.add_argument("--trtllm", action="store_true", help="also write the GPU repository (tensorrtllm backend) and trtllm-build kit")
     p.add_argument("--out", default=None, metavar="DIR", help="export folder (default: the run's serve/<variant>)")
     _force_quiet(p)
