@@ -118,3 +118,21 @@ def test_cli_json_and_mlflow(tmp_path, capsys, monkeypatch) -> None:
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.data.metrics["params_total"] == data["total"]
     assert run.data.params["plan.gpus"] == str(data["gpus"])
+
+
+def test_plan_nests_under_the_pipeline_run(tmp_path, monkeypatch) -> None:
+    """`tuna run` logs the plan before training as a nested run of its parent run."""
+    from tuna import track
+    from tuna.runner import log_run_plan
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = load_recipe(SMOKE, [*TINY, f"run.data_dir={tmp_path}", "model.vision_feature_pool=1"])
+    with track.pipeline_run(cfg) as parent:
+        run_id = log_run_plan(cfg, log=lambda s: None)
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent.run_id and run.data.tags["mlflow.runName"] == "plan"
+    lines: list[str] = []
+    assert log_run_plan(load_recipe(SMOKE, [f"run.data_dir={tmp_path}"]), log=lines.append) is None
+    assert lines[0].startswith("== plan: not logged: no CLIP sizes")
