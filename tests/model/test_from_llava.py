@@ -117,3 +117,20 @@ def test_plan_from_checkpoint_folders(tmp_path) -> None:
     assert plan.sources["lm"].endswith("llava/config.json (text_config)")
     model = build_tuna_from_llava(llava_dir, clip_dir, max_tag_tokens=8, num_tags=cfg.model.num_tags)
     assert plan.parts == count_parts(model)
+
+
+def test_tuna_lm_evaluates_the_llava_lm(saved, world, tmp_path):
+    """`tuna lm` with model.llava: LLaVA's LM is evaluated on the world text, nothing is trained."""
+    from support import word_tokenizer
+    from tuna.foundation.lm import run_lm
+    from tuna.recipe import load_recipe
+
+    llava_dir, clip_dir, _ = saved
+    word_tokenizer().save_pretrained(llava_dir)
+    cfg = load_recipe("configs/smoke.yaml", [f"run.data_dir={world.cfg.run.data_dir}", f"model.llava={llava_dir}",
+                                             f"model.vision_tower={clip_dir}"])
+    out = run_lm(cfg, progress=False, log=lambda s: None)
+    assert out["status"] == "loaded" and out["path"] == str(llava_dir)
+    assert out["params"] == sum(p.numel() for p in saved[2].model.language_model.parameters()) + saved[2].lm_head.weight.numel()
+    assert out["metrics"]["val"]["perplexity"] > 0
+    assert not (world.cfg.data_dir / "lm").exists()

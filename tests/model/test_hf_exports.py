@@ -28,13 +28,14 @@ from tuna.recipe import load_recipe
 from tuna_tiny import make_batch, tiny_clip
 
 
-def _save_trained(cfg, variant: str, **kw) -> TunaForConditionalGeneration:
+def _save_trained(cfg, variant: str, tie: bool = False, **kw) -> TunaForConditionalGeneration:
     """A tiny model saved as `tuna train` leaves stage 2 (weights, tokenizer, image processor, clip_tokenizer/)."""
     tok = word_tokenizer()
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
-                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+                                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                      tie_word_embeddings=tie))
     model = build_tuna(tiny_clip(), lm, num_tags=3, max_tag_tokens=4, **kw).eval()
     folder = layout(cfg).model(variant, 2)
     model.save_pretrained(str(folder))
@@ -87,8 +88,9 @@ def test_auto_classes_know_tuna_after_importing_tuna_model(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "TunaForConditionalGeneration", done.stderr[-500:]
 
 
-def test_baseline_exports_as_plain_llava_with_the_same_logits(cfg, tmp_path):
-    model = _save_trained(cfg, "baseline", tag_mode="none")        # trained with LLaVA's -200 image token
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])   # the world's tiny LM ties its head
+def test_baseline_exports_as_plain_llava_with_the_same_logits(cfg, tmp_path, tie):
+    model = _save_trained(cfg, "baseline", tie=tie, tag_mode="none")   # trained with LLaVA's -200 image token
     assert model.config.image_token_index == -200
     out = tmp_path / "llava"
     assert cli.main(["export", "--config", str(SMOKE), f"run.data_dir={tmp_path}", "--format", "llava", "--out", str(out)]) == 0
