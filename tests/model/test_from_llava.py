@@ -134,3 +134,14 @@ def test_tuna_lm_evaluates_the_llava_lm(saved, world, tmp_path):
     assert out["params"] == sum(p.numel() for p in saved[2].model.language_model.parameters()) + saved[2].lm_head.weight.numel()
     assert out["metrics"]["val"]["perplexity"] > 0
     assert not (world.cfg.data_dir / "lm").exists()
+
+
+def test_train_refuses_a_bad_llava_in_one_line_before_launching(saved, tmp_path, capsys):
+    from tuna import cli
+
+    llava_dir, clip_dir, _ = saved
+    args = ["train", "--config", "configs/smoke.yaml", f"run.data_dir={tmp_path}", "--stage", "1"]
+    assert cli.main([*args, f"model.llava={clip_dir}", f"model.vision_tower={clip_dir}", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds a 'clip' model, not LLaVA" in err
+    assert not (tmp_path / "train").exists()
