@@ -28,9 +28,12 @@ from tuna.recipe import load_recipe
 from tuna_tiny import make_batch, tiny_clip
 
 
-def _save_trained(cfg, variant: str, tie: bool = False, **kw) -> TunaForConditionalGeneration:
-    """A tiny model saved as `tuna train` leaves stage 2 (weights, tokenizer, image processor, clip_tokenizer/)."""
+def _save_trained(cfg, variant: str, tie: bool = False, image_token: bool = False, **kw) -> TunaForConditionalGeneration:
+    """A tiny model saved as `tuna train` leaves stage 2 (weights, tokenizer, image processor, clip_tokenizer/);
+    ``image_token``: the tokenizer has `<image>` in the vocabulary already (as llava-hf's)."""
     tok = word_tokenizer()
+    if image_token:
+        tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
     torch.manual_seed(0)
     lm = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
@@ -46,12 +49,13 @@ def _save_trained(cfg, variant: str, tie: bool = False, **kw) -> TunaForConditio
 
 
 def _batch(model: TunaForConditionalGeneration) -> dict[str, torch.Tensor]:
-    """tuna_tiny's random batch with LM ids folded into this model's (word tokenizer) vocabulary."""
+    """tuna_tiny's random batch with LM ids folded into this model's (word tokenizer) vocabulary, last id excluded."""
     batch = make_batch(model)
     vocab = model.config.text_config.vocab_size
     image = batch["input_ids"] == model.config.image_token_index
-    batch["input_ids"] = torch.where(image, batch["input_ids"], batch["input_ids"] % vocab)
-    batch["tag_input_ids"] = batch["tag_input_ids"] % vocab
+    fold = lambda t: 3 + t % (vocab - 4)   # noqa: E731  (ids 3..V-2: never the last id, an `<image>` token)
+    batch["input_ids"] = torch.where(image, batch["input_ids"], fold(batch["input_ids"]))
+    batch["tag_input_ids"] = fold(batch["tag_input_ids"])
     return batch
 
 
@@ -129,3 +133,19 @@ def test_llava_export_refuses_tuna_in_one_line(cfg, tmp_path, capsys):
     assert code == 2 and len(err.splitlines()) == 1
     assert "needs tag_mode 'none'" in err and "--variant baseline" in err
     assert cli.main(["export", "--config", str(SMOKE), f"run.data_dir={tmp_path / 'none'}", "--format", "hf"]) == 2
+
+
+def test_llava_export_uses_the_tokenizers_own_image_token(cfg, tmp_path):
+    model = _save_trained(cfg, "baseline", image_token=True, tag_mode="none")
+    vocab = model.config.text_config.vocab_size
+    out = tmp_path / "llava"
+    assert cli.main(["export", "--config", str(SMOKE), f"run.data_dir={tmp_path}", "--format", "llava", "--out", str(out)]) == 0
+    llava = LlavaForConditionalGeneration.from_pretrained(str(out)).eval()
+    assert llava.config.image_token_index == vocab - 1 and llava.config.text_config.vocab_size == vocab   # nothing grown
+    batch = _batch(model)
+    ids = batch["input_ids"]
+    llava_ids = torch.cat([ids[:, :3], torch.full((2, model.config.num_patches), vocab - 1), ids[:, 4:]], dim=1)
+    with torch.no_grad():
+        ours = model(input_ids=ids, pixel_values=batch["pixel_values"]).logits
+        theirs = llava(input_ids=llava_ids, pixel_values=batch["pixel_values"]).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)

@@ -6,7 +6,8 @@
   (:mod:`tuna.model.auto`).
 - ``llava``: the baseline (tag_mode none) as a plain ``LlavaForConditionalGeneration`` (``tuna.model.to_llava``)
   that transformers alone loads, with a ``LlavaProcessor`` (tokenizer + ``<image>`` token, CLIP image processor):
-  the token is appended at id V when training used LLaVA's never-embedded -200.
+  when training used LLaVA's never-embedded -200, the tokenizer's own ``<image>`` is used (a LLaVA-started model's
+  llava-hf tokenizer has it at 32000), else the token is appended at id V.
 """
 
 from __future__ import annotations
@@ -87,13 +88,16 @@ def export_llava(cfg: Recipe, variant: str = "baseline", out: Path | None = None
     from tuna.model import to_llava
 
     model, model_dir = _load(cfg, variant)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    vocab = model.config.text_config.vocab_size
+    known = tokenizer.get_vocab().get(LLAVA_IMAGE_TOKEN)
+    if known is not None and 0 <= known < vocab and not 0 <= model.config.image_token_index < vocab:
+        model.config.image_token_index = known   # a llava-hf tokenizer already has <image> (32000): use it, grow nothing
     try:
         llava = to_llava(model, add_image_token=True)
     except ValueError as err:
         raise ExportError(f"--format llava: {err} (variant {variant!r}; the baseline is `--variant baseline`)") from None
     cfg_l = llava.config
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    vocab = model.config.text_config.vocab_size
     if cfg_l.image_token_index == vocab:       # the token was appended: the tokenizer must end where the LM does
         if len(tokenizer) != vocab:
             raise ExportError(f"--format llava: the tokenizer in {model_dir} has {len(tokenizer)} tokens but the LM "
