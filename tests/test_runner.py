@@ -37,8 +37,9 @@ def test_run_chain_tracks_every_step_and_skips_when_up_to_date(tmp_path: Path, c
     parents = [r for r in runs if r.data.tags.get("tuna.kind") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = {r.data.tags["mlflow.runName"]: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
-    assert set(children) == {"world", "encoder", "mine", "index", "lm", "train", "eval", "serve", "train-tuna-stage1", "train-tuna-stage2",
-                             "train-baseline-stage1", "train-baseline-stage2"}  # ranks' runs nest under the pipeline
+    assert set(children) == {"world", "encoder", "mine", "index", "lm", "plan", "train", "eval", "serve", "train-tuna-stage1",
+                             "train-tuna-stage2", "train-baseline-stage1", "train-baseline-stage2"}  # ranks' runs nest under the pipeline
+    assert children["plan"].data.metrics["params_total"] > 0
     assert children["world"].data.metrics["web_A"] == 300
     assert children["index"].data.metrics["A_rows"] == 292
     assert "zero_shot_top1_ood" in children["encoder"].data.metrics

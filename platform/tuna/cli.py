@@ -189,13 +189,26 @@ def _ui_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a trained variant as a Triton model repository (+ the TensorRT-LLM build kit with --trtllm)."""
+    """Export a trained variant as a Triton model repository (+ the TensorRT-LLM build kit with --trtllm), or as a
+    Hugging Face folder: --format hf (TUNA, Auto classes) or --format llava (the baseline as LlavaForConditionalGeneration)."""
+    if args.format != "triton":
+        from tuna.serve.hf_export import export_hf, export_llava
+
+        cfg, out = _config(args), Path(args.out) if args.out else None
+        if args.format == "hf":
+            export_hf(cfg, args.variant, out)
+        else:
+            export_llava(cfg, args.variant or "baseline", out)
+        return 0
     return _step("export", args, export_variant=args.variant, export_to=Path(args.out) if args.out else None,
                  trtllm=args.trtllm)
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default=None, help="trained variant to export (default: serve.variant)")
+    p.add_argument("--format", default="triton", choices=["triton", "hf", "llava"],
+                   help="triton (default): the model repository; hf: a Hugging Face TUNA folder (AutoModel after `import "
+                        "tuna.model`); llava: the baseline as a plain LlavaForConditionalGeneration (variant default: baseline)")
     p.add_argument("--trtllm", action="store_true", help="also write the GPU repository (tensorrtllm backend) and trtllm-build kit")
     p.add_argument("--out", default=None, metavar="DIR", help="export folder (default: the run's serve/<variant>)")
     _force_quiet(p)
@@ -348,6 +361,20 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode", type=int, default=2000, metavar="N", help="images decoded per source (all are checked to exist; default: 2000)")
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Build the recipe's architecture on the meta device; print parameters per part and memory per GPU."""
+    from tuna.plan import run_plan
+
+    run_plan(_config(args), variant=args.variant, as_json=args.json, track_it=not args.no_track)
+    return 0
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--variant", default="tuna", help="model variant to plan (default: tuna; baseline = LLaVA-1.5)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON instead of the table")
+    p.add_argument("--no-track", action="store_true", help="do not log to MLflow even when a tracking URI is configured")
+
+
 def _print_counts(counts: dict[str, int]) -> None:
     width = max(len(k) for k in counts)
     for key, value in counts.items():
@@ -370,6 +397,8 @@ VERBS: dict[str, Verb] = {
     "world": Verb(STEPS["world"].summary, cmd_world, _force_quiet),
     "data": Verb("check the declared data sources: counts, missing/unreadable images, schema errors, duplicate ids",
                  cmd_data, _data_args),
+    "plan": Verb("the recipe's architecture on the meta device: parameters per part, memory per GPU (ZeRO-2/3, "
+                 "gradient checkpointing)", cmd_plan, _plan_args),
     "encoder": Verb(STEPS["encoder"].summary, cmd_encoder, _force_quiet),
     "mine": Verb(STEPS["mine"].summary, cmd_mine, _mine_args),
     "index": Verb(STEPS["index"].summary, cmd_index, _index_args),

@@ -13,6 +13,7 @@ One run (one recipe) owns one folder, ``run.data_dir``::
     eval/<variant>/metrics.json every number of `tuna eval`; eval/table.md, eval/probes.json, eval/report/
     eval/validation/            `tuna eval --validation`; eval/retrieved/: cached retrievals
     serve/<variant>/            the exported Triton repository (`tuna export`); serve/logs/: tritonserver logs
+    serve/<variant>-hf/, -llava/  Hugging Face exports (`tuna export --format hf|llava`)
     kfp/                        kfp.local task outputs and status; mlflow/: the local MLflow store
 
 Inputs are read through :mod:`tuna.sources` (a recipe may point them anywhere); the world's own folders below are
@@ -160,6 +161,10 @@ class Layout:
 
     def repository(self, variant: str) -> Path:
         return self.export(variant) / "model_repository"
+
+    def hf_export(self, variant: str, fmt: str) -> Path:
+        """A Hugging Face export of ``variant`` (``fmt`` hf or llava): beside the Triton export, which is replaced whole."""
+        return self.serve_root / f"{variant}-{fmt}"
 
     @property
     def serve_logs(self) -> Path:

@@ -1,7 +1,8 @@
 """`tuna run`: every step of :data:`tuna.steps.RUN_ORDER`, in order, each skipped when its outputs are up to date.
 
 The local, one-process front door over :mod:`tuna.steps` (the CLI verbs, DVC stages and KFP tasks call the
-same steps). The whole run is one MLflow parent run, and each step that runs a nested run holding its metrics.
+same steps). The whole run is one MLflow parent run, and each step that runs a nested run holding its metrics;
+before training, a nested ``plan`` run holds `tuna plan`'s parameter counts and memory estimates.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def run_all(cfg: Recipe, force: bool = False, progress: bool = True,
     results = []
     with track.pipeline_run(cfg) as parent:
         for step in run_steps(RUN_ORDER):
+            if step.name == "train":   # encoder and LM are in place: the parameter and memory plan goes with the run
+                log_run_plan(cfg, log)
             t0 = time.perf_counter()
             if not force and step.up_to_date(cfg, opts):
                 results.append(StepResult(step.name, 0.0, "up to date"))
@@ -50,4 +53,19 @@ def run_all(cfg: Recipe, force: bool = False, progress: bool = True,
     return results
 
 
-__all__ = ["StepResult", "run_all"]
+def log_run_plan(cfg: Recipe, log: Callable[[str], None] = print) -> str | None:
+    """Log `tuna plan` for the recipe as a nested ``plan`` run of the open pipeline run; returns its id.
+
+    A recipe whose sizes cannot be resolved (a hub id without ``plan:`` sizes) gets one line saying so instead.
+    """
+    from tuna.plan import PlanError, log_plan, make_plan
+
+    try:
+        plan = make_plan(cfg)
+    except PlanError as err:
+        log(f"== plan: not logged: {err}")
+        return None
+    return log_plan(plan, cfg)
+
+
+__all__ = ["StepResult", "log_run_plan", "run_all"]

@@ -149,7 +149,7 @@ def _encoder(cfg: Recipe, opts: Options) -> Outcome:
 def _lm_up_to_date(cfg: Recipe, opts: Options) -> bool:
     from tuna.foundation.lm import is_up_to_date
 
-    return cfg.model.language_model is None and is_up_to_date(cfg)
+    return cfg.model.language_model is None and cfg.model.llava is None and is_up_to_date(cfg)
 
 
 def _lm(cfg: Recipe, opts: Options) -> Outcome:
@@ -417,7 +417,7 @@ STEPS: dict[str, Step] = {s.name: s for s in (
     Step("index", "embed the web corpora and build the Milvus datastores (resumable)",
          ("web_A", "web_B", "encoder", "mine"), lambda cfg, o: [layout(cfg).datastore(n) for n in _datastore_names(o)],
          _index_up_to_date, _index),
-    Step("lm", "train the tokenizer and tiny Llama on the text sources (or load model.language_model)",
+    Step("lm", "train the tokenizer and tiny Llama on the text sources (or load model.language_model / model.llava's LM)",
          ("text", "alignment", "instruction", "taxonomy"), lambda cfg, o: [layout(cfg).lm], _lm_up_to_date, _lm),
     Step("train", "train stages 1 and 2 with DeepSpeed ZeRO on local ranks",
          ("alignment", "instruction", "taxonomy", "encoder", "lm", "index"),

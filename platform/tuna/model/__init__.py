@@ -4,9 +4,12 @@
 pair; ``processing_tuna.TunaProcessor`` (with the chat template) turns images, prompts and tags into their
 tensors; ``modeling_tuna.TunaPromptEncoder`` is the model minus the LM's layers (what serving's retrieval
 step loads); ``builder`` composes a saved CLIP and a saved causal LM, lists the trainable groups per stage
-and exports the baseline (tag_mode "none") as a ``LlavaForConditionalGeneration``.
+and exports the baseline (tag_mode "none") as a ``LlavaForConditionalGeneration``; ``from_llava`` starts TUNA from a
+LLaVA-1.5 folder + a full CLIP; ``architecture`` counts the model on the meta device (`tuna plan`); ``auto``
+registers TUNA with transformers' Auto classes (importing this package is enough).
 """
 
+from tuna.model.auto import register_auto_classes
 from tuna.model.builder import (
     ModelLoadError,
     build_tuna,
@@ -28,5 +31,5 @@ from tuna.model.processing_tuna import TunaProcessor
 __all__ = [
     "IGNORE_INDEX", "ModelInputError", "ModelLoadError", "TunaCausalLMOutput", "TunaConfig",
     "TunaForConditionalGeneration", "TunaMergedInputs", "TunaProcessor", "TunaPromptEncoder", "build_tuna",
-    "set_trainable", "stage_parameters", "to_llava",
+    "register_auto_classes", "set_trainable", "stage_parameters", "to_llava",
 ]

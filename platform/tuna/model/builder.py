@@ -128,11 +128,15 @@ def set_trainable(model: TunaForConditionalGeneration, stage: int, train_word_em
     return groups
 
 
-def to_llava(model: TunaForConditionalGeneration) -> LlavaForConditionalGeneration:
+def to_llava(model: TunaForConditionalGeneration, add_image_token: bool = False) -> LlavaForConditionalGeneration:
     """A ``LlavaForConditionalGeneration`` with this baseline's CLIP vision tower, connector and LM weights.
 
     Only for tag_mode "none" with the ``mlp2x_gelu`` connector (LLaVA has no other); Llava's input ids
-    carry the image token ``config.num_patches`` times where TUNA's carry it once.
+    carry the image token ``config.num_patches`` times where TUNA's carry it once. Llava embeds its image
+    token, so it must be an id of the vocabulary: a model trained with LLaVA's -200 (never embedded) needs
+    ``add_image_token``, which appends one row for ``<image>`` at id V (as llava-hf's checkpoints extend
+    Vicuna's 32000 tokens): zero embedding (replaced by image features, never read) and zero head row, whose
+    logit generate suppresses; the other V logits are unchanged.
     """
     cfg = model.config
     if cfg.tag_mode != "none" or cfg.projector_type != "mlp2x_gelu":
@@ -141,25 +145,36 @@ def to_llava(model: TunaForConditionalGeneration) -> LlavaForConditionalGenerati
     if cfg.vision_feature_pool != 1:
         raise ValueError(f"to_llava needs vision_feature_pool 1, got {cfg.vision_feature_pool}: Llava feeds the whole patch grid")
     vocab = cfg.text_config.vocab_size
-    if not 0 <= cfg.image_token_index < vocab:
-        raise ValueError(f"Llava embeds its image token, so image_token_index must be in 0..{vocab - 1}, got "
-                         f"{cfg.image_token_index}; rebuild with an id inside the LM vocabulary")
+    image_id, grow = cfg.image_token_index, 0
+    if not 0 <= image_id < vocab:
+        if not add_image_token:
+            raise ValueError(f"Llava embeds its image token, so image_token_index must be in 0..{vocab - 1}, got "
+                             f"{image_id}; rebuild with an id inside the LM vocabulary or pass add_image_token=True")
+        image_id, grow = vocab, 1
+    tied = bool(getattr(cfg.text_config, "tie_word_embeddings", False))
     llava_cfg = LlavaConfig(
         vision_config=cfg.clip_config.vision_config.to_dict() | {"model_type": "clip_vision_model"},
-        text_config=cfg.text_config.to_dict(), image_token_index=cfg.image_token_index,
+        text_config=cfg.text_config.to_dict() | {"vocab_size": vocab + grow}, image_token_index=image_id,
         image_seq_length=cfg.num_patches, projector_hidden_act=cfg.projector_hidden_act,
         vision_feature_select_strategy=cfg.vision_feature_select_strategy,
-        vision_feature_layer=cfg.vision_feature_layer,
-        tie_word_embeddings=bool(getattr(cfg.text_config, "tie_word_embeddings", False)))
+        vision_feature_layer=cfg.vision_feature_layer, tie_word_embeddings=tied)
     llava = LlavaForConditionalGeneration(llava_cfg).to(model.dtype)
     # Same module layouts, so each part loads strictly: CLIP vision -> vision_tower, projector (linear_1, act,
     # linear_2) -> multi_modal_projector, the LM's decoder -> language_model, its head -> lm_head.
     lm = model.language_model
+    decoder = lm.get_decoder().state_dict()
+    embed_key = next(k for k, v in decoder.items() if v.shape[0] == vocab and k.endswith("embed_tokens.weight"))
     with torch.no_grad():
         llava.model.vision_tower.load_state_dict(model.clip.vision_model.state_dict())
         llava.model.multi_modal_projector.load_state_dict(model.projector.state_dict())
-        llava.model.language_model.load_state_dict(lm.get_decoder().state_dict())
-        llava.lm_head.weight.copy_(lm.get_output_embeddings().weight)
+        if grow:
+            decoder[embed_key] = torch.cat([decoder[embed_key], decoder[embed_key].new_zeros(grow, decoder[embed_key].shape[1])])
+        llava.model.language_model.load_state_dict(decoder)
+        if not tied:
+            head = lm.get_output_embeddings().weight
+            llava.lm_head.weight.copy_(torch.cat([head, head.new_zeros(grow, head.shape[1])]) if grow else head)
+    if grow:
+        llava.generation_config.suppress_tokens = [image_id]
     return llava.train(model.training)
 
 

@@ -11,6 +11,7 @@ and :func:`load_recipe`.
 from tuna.recipe.cluster import MAX_GPUS_PER_NODE, ClusterConfig, TolerationConfig
 from tuna.recipe.data import DataConfig, SourceConfig
 from tuna.recipe.loader import Recipe, apply_override, build, load_recipe, section_fingerprint
+from tuna.recipe.plan import LMSizes, PlanConfig, TextSizes, VisionSizes
 from tuna.recipe.sections import (
     MAX_COARSE_PER_SUPERORDINATE,
     MAX_FINE_PER_COARSE,
@@ -43,7 +44,8 @@ from tuna.recipe.sections import (
 __all__ = [
     "MAX_COARSE_PER_SUPERORDINATE", "MAX_FINE_PER_COARSE", "MAX_GPUS_PER_NODE", "MAX_SUPERORDINATES", "NUM_SHAPES",
     "ClusterConfig", "CorpusSizes", "DataConfig", "SourceConfig", "DomainConfig", "EncoderConfig", "EvalConfig", "ImageFormat", "IndexConfig",
-    "IndexType", "LMConfig", "Metric", "MineConfig", "ModelConfig", "NoiseConfig", "Precision", "Projector", "Recipe",
+    "IndexType", "LMConfig", "LMSizes", "Metric", "MineConfig", "ModelConfig", "NoiseConfig", "PlanConfig", "Precision",
+    "Projector", "Recipe", "TextSizes", "VisionSizes",
     "RunConfig", "ServeConfig", "StageConfig", "TagMode", "TaxonomyConfig", "TolerationConfig", "TrackConfig",
     "TrainConfig", "WorldConfig", "apply_override", "build", "load_recipe", "section_fingerprint",
 ]

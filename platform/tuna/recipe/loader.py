@@ -15,6 +15,7 @@ from tuna.errors import ConfigError
 from tuna.recipe.checks import KeyCheckError
 from tuna.recipe.cluster import ClusterConfig
 from tuna.recipe.data import DataConfig
+from tuna.recipe.plan import PlanConfig
 from tuna.recipe.sections import (
     EncoderConfig,
     EvalConfig,
@@ -47,6 +48,7 @@ class Recipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
     @property
     def data_dir(self) -> Path:

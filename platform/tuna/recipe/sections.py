@@ -328,10 +328,16 @@ class TrackConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which checkpoints build TUNA (a path or hub id each; unset = the tiny models trained on the world)."""
+    """Which checkpoints build TUNA (a path or hub id each; unset = the tiny models trained on the world).
+
+    ``llava`` names a LLaVA-1.5 ``LlavaForConditionalGeneration`` folder: its vision tower, projector and LM
+    start TUNA (``tuna.model.from_llava``); ``vision_tower`` then names the full CLIP it was trained with (the
+    text tower the tag encoder needs) and ``language_model`` stays null.
+    """
 
     vision_tower: str | None = None
     language_model: str | None = None
+    llava: str | None = None
     projector: Projector = "mlp2x_gelu"
     vision_feature_layer: int = -2
     vision_feature_select_strategy: str = "default"   # default = drop CLS (LLaVA) | full = keep it as a visual token
@@ -347,6 +353,13 @@ class ModelConfig:
         _require(self.vision_feature_select_strategy in ("default", "full"), "vision_feature_select_strategy",
                  f"use 'default' (drop CLS) or 'full' (keep it), got {self.vision_feature_select_strategy!r}")
         _require(self.vision_feature_pool >= 1, "vision_feature_pool", f"must be >= 1 (1 = no pooling), got {self.vision_feature_pool}")
+        if self.llava:
+            _require(not self.language_model, "language_model",
+                     f"{self.language_model!r} and model.llava both name an LM; the LM comes from model.llava: set "
+                     f"model.language_model=null")
+            _require(bool(self.vision_tower), "vision_tower",
+                     "with model.llava, name the full CLIP the LLaVA was trained with (its text tower encodes the tags), "
+                     "e.g. openai/clip-vit-large-patch14-336")
 
 
 @dataclass(frozen=True)

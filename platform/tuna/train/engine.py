@@ -150,6 +150,11 @@ def build_model(cfg: Recipe, variant: str, stage: int) -> tuple[Any, Any]:
     from tuna.retrieval.clip import encoder_path
 
     settings = variant_model(cfg, variant)
+    if stage == 1 and cfg.model.llava:   # LLaVA-1.5's tower, projector and LM + the full CLIP's text tower
+        from tuna.model.from_llava import build_tuna_from_llava
+
+        model = build_tuna_from_llava(cfg.model.llava, encoder_path(cfg), max_tag_tokens=8, **settings)
+        return model, _load_tokenizer(cfg.model.llava)
     if stage == 1:
         lm = lm_source(cfg)
         model = build_tuna(encoder_path(cfg), lm, max_tag_tokens=8, **settings)

@@ -83,6 +83,11 @@ def launch_local(cfg: Recipe, stage: int | str, variant: str = "tuna", resume: b
         raise TrainError(f"stage must be 1, 2 or 'all', got {stage!r}")
     variant_model(cfg, variant)  # unknown variant: fail before starting processes
     check_ranks(cfg)
+    if cfg.model.llava and stage in (1, "all"):  # a bad LLaVA/CLIP pair: one line here, not a traceback per rank
+        from tuna.model.from_llava import check_llava_pair
+        from tuna.retrieval.clip import encoder_path
+
+        check_llava_pair(cfg.model.llava, encoder_path(cfg))
     recipe = write_recipe(cfg, variant, stage)
     cmd = local_command(recipe, stage, variant, cfg.train.ranks, resume, free_port())
     env = dict(os.environ, OMP_NUM_THREADS=str(cfg.train.threads_per_rank), PYTHONUNBUFFERED="1",

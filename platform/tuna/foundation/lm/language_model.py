@@ -80,8 +80,8 @@ def _count_params(model: torch.nn.Module) -> int:
 
 
 def lm_path(cfg: Recipe) -> str:
-    """Where the run's LM comes from: ``model.language_model`` when set, else ``<data_dir>/lm``."""
-    return cfg.model.language_model or str(layout(cfg).lm)
+    """Where the run's LM comes from: ``model.language_model`` or ``model.llava`` when set, else ``<data_dir>/lm``."""
+    return cfg.model.language_model or cfg.model.llava or str(layout(cfg).lm)
 
 
 def load_lm(path_or_id: str | Path, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
@@ -112,6 +112,20 @@ def load_lm(path_or_id: str | Path, dtype: torch.dtype | None = None) -> tuple[A
             model = AutoModelForCausalLM.from_pretrained(where, **({"dtype": dtype} if dtype is not None else {}))
     except (OSError, ValueError, KeyError) as err:
         raise LMUnavailable(f"cannot load causal language model {src!r} ({_one_line(err)}); {fix}") from None
+    return model.eval(), ensure_pad_and_template(tokenizer)
+
+
+def _llava_lm(path: str, dtype: torch.dtype | None) -> tuple[Any, Any]:
+    """The causal LM inside a LLaVA folder (``model.llava``) and the folder's tokenizer."""
+    from tuna.model.from_llava import llava_language_model, load_llava
+
+    with _hf_quiet():
+        model = llava_language_model(load_llava(path, dtype))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as err:
+        raise LMUnavailable(f"model.llava: no tokenizer in {path!r} ({_one_line(err)}); save the LLaVA's tokenizer "
+                            f"(or processor) into that folder") from None
     return model.eval(), ensure_pad_and_template(tokenizer)
 
 
@@ -257,15 +271,16 @@ def run_lm(cfg: Recipe, force: bool = False, progress: bool = True,
 
     Returns ``{"status": "trained" | "up to date" | "loaded", "path", "params", "vocab_size", "metrics"}``.
     """
-    if cfg.model.language_model:
+    if cfg.model.language_model or cfg.model.llava:
         gpu = torch.cuda.is_available()
-        model, tokenizer = load_lm(cfg.model.language_model, dtype=torch.bfloat16 if gpu else None)
+        model, tokenizer = (load_lm(cfg.model.language_model, dtype=torch.bfloat16 if gpu else None) if cfg.model.language_model
+                            else _llava_lm(cfg.model.llava, dtype=torch.bfloat16 if gpu else None))
         model = model.to("cuda") if gpu else model
         corpus = pretrain.load_corpus(_corpus_paths(cfg), cfg.lm.val_fraction, cfg.run.seed)
         with _torch_threads(cfg.lm.threads):
             metrics = evaluate_lm(model, tokenizer, corpus, _taxonomy(sources(cfg)["taxonomy"].path))
-        metrics["lm"] = cfg.model.language_model
-        return {"status": "loaded", "path": cfg.model.language_model, "params": _count_params(model),
+        metrics["lm"] = lm_path(cfg)
+        return {"status": "loaded", "path": lm_path(cfg), "params": _count_params(model),
                 "vocab_size": len(tokenizer), "metrics": metrics}
     target = layout(cfg).lm
     if not force and is_up_to_date(cfg):
