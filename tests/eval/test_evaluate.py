@@ -107,7 +107,9 @@ def test_eval_scores_upstream_benchmark_files(trained, tmp_path: Path, capsys: p
     import upstream
 
     copy = tmp_path / "data"
-    shutil.copytree(trained.cfg.data_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "mlflow", "eval"))
+    root = str(trained.cfg.data_dir)
+    shutil.copytree(root, copy, ignore=lambda d, names: [n for n in names if n in ("checkpoints", "mlflow")
+                                                        or (d == root and n == "eval")])   # world/eval stays
     pope, val = upstream.pope_official(tmp_path)
     finer, finer_data = upstream.finer_unified(tmp_path)
     mme = upstream.mme_release(tmp_path)
