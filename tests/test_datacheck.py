@@ -110,3 +110,31 @@ def test_duplicates_and_few_missing_images_are_warnings(tmp_path: Path) -> None:
     (data / "00453" / "004539375.jpg").unlink()
     chk = check_source(sources(cfg)["alignment"], CheckOptions(max_missing=0.5))
     assert not chk.fatal and chk.counts["missing_images"] == 1 and len(chk.findings) == 2
+
+
+def test_runs_refuse_bad_user_data_in_one_line_before_any_step(world: World, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`tuna run`, `tuna train` and the pipeline's validate task read the sources a user declared first: a FINER
+    file with a bad label type or shards that are not there stop them in one line, and nothing is written."""
+    from tuna.datacheck import preflight
+    from tuna.kfp.validate import validate_inputs
+
+    path, data = upstream.finer_unified(tmp_path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[1]["coarse-level-lbl"] = 7
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out_dir = tmp_path / "run"
+    bad = [f"run.data_dir={out_dir}", f"data.finer_ood.path={path}", f"data.finer_ood.images={data}"]
+    assert main(["run", "--config", str(SMOKE), *bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}:2" in err[0] and "coarse-level-lbl" in err[0] and "fix:" in err[0], err
+    assert not out_dir.exists()                                       # no step ran
+    with pytest.raises(Exception, match="coarse-level-lbl"):
+        validate_inputs(str(SMOKE), bad)
+    shards = [f"run.data_dir={out_dir}", f"data.alignment.path={tmp_path}/none.json"]
+    assert main(["train", "--config", str(SMOKE), "--stage", "1", *shards]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "data.alignment" in err[0] and "does not exist" in err[0], err
+    with pytest.raises(Exception, match="no WebDataset shard"):
+        preflight([sources(load_recipe(SMOKE, [f"data.web_B.path={tmp_path}/cc/{{00000..00003}}.tar"]))["web_B"]])
+    preflight(sources(world.cfg).all())                               # the world's own copies: nothing to say

@@ -321,5 +321,28 @@ def write_report(checks: Sequence[SourceCheck], path: Path) -> None:
     path.write_text(json.dumps(report_json(checks), indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
+def preflight(srcs: Sequence[Source], decode_limit: int = 100) -> None:
+    """The check every run does before any step spends time: the sources a user declared (the world's copies are
+    written by `tuna world` and checked by its tests) are read by their loaders, web corpora only as far as their
+    shards resolving (reading every shard of CC12M is `tuna data check`'s job). Raises one DataFormatError
+    naming the first fatal finding and how many more there are."""
+    checks = []
+    for src in (s for s in srcs if not s.from_world):
+        if src.format == "webdataset":
+            from tuna.readers.web import shard_paths
+
+            chk = SourceCheck(src.name, src.format, str(src.path), False)
+            if not shard_paths(src.path)[0]:
+                chk.add(FATAL, str(src.path), "no WebDataset shard (.tar) there",
+                        f"point data.{src.name}.path at a folder, glob or brace list of img2dataset shards")
+            checks.append(chk)
+        else:
+            checks.append(check_source(src, CheckOptions(decode_limit=decode_limit)))
+    fatal = [f for c in checks for f in c.findings if f.severity == FATAL]
+    if fatal:
+        more = f" ({len(fatal) - 1} more fatal finding(s): run `tuna data check`)" if len(fatal) > 1 else ""
+        raise DataFormatError(fatal[0].line().removeprefix("fatal: ") + more)
+
+
 __all__ = ["CHECKS", "FATAL", "WARNING", "CheckOptions", "Finding", "SourceCheck", "check_images", "check_source",
-           "check_sources", "report_json", "report_lines", "write_report"]
+           "check_sources", "preflight", "report_json", "report_lines", "write_report"]

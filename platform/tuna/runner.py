@@ -30,7 +30,10 @@ def run_all(cfg: Recipe, force: bool = False, progress: bool = True,
     With ``ablations``, train and eval cover every ``eval.ablations`` variant. ``force`` reruns every step.
     """
     from tuna import track
+    from tuna.datacheck import preflight
+    from tuna.sources import sources
 
+    preflight(sources(cfg).all())   # a user's bad input fails here in one line, before any step runs
     opts = Options(force=force, progress=progress, log=log, variants=run_variants(cfg, ablations),
                    report_command=f"tuna run --config configs/{cfg.run.name}.yaml{' --ablations' if ablations else ''}")
     results = []

@@ -107,5 +107,9 @@ def validate_inputs(config: str, overrides: Sequence[str], *, target: str = "loc
     if cluster and deploy_target == "helm" and not cfg.index.uri:
         raise bad("deploy_target", "helm serving needs a Milvus server: set index.uri=http://<milvus>:19530 in the "
                                    "recipe or overrides (Milvus Lite folders stay in the pipeline's pods)")
+    from tuna.datacheck import preflight
+    from tuna.sources import sources
+
+    preflight(sources(cfg).all())   # the data a user declared, read by its loaders before any task spends time
     return resolved, export_root
 

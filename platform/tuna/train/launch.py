@@ -88,6 +88,12 @@ def launch_local(cfg: Recipe, stage: int | str, variant: str = "tuna", resume: b
         from tuna.retrieval.clip import encoder_path
 
         check_llava_pair(cfg.model.llava, encoder_path(cfg))
+    from tuna.datacheck import preflight
+    from tuna.sources import sources
+    from tuna.train.engine import DATA_SOURCES
+
+    src = sources(cfg)
+    preflight([src[DATA_SOURCES[s]] for s in ((1, 2) if stage == "all" else (int(stage),))])   # before any rank starts
     recipe = write_recipe(cfg, variant, stage)
     cmd = local_command(recipe, stage, variant, cfg.train.ranks, resume, free_port())
     env = dict(os.environ, OMP_NUM_THREADS=str(cfg.train.threads_per_rank), PYTHONUNBUFFERED="1",
