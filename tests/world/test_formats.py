@@ -131,7 +131,8 @@ def test_domain_b_web_corpus_is_clean(world: World) -> None:
 def test_llava_files_parse(world: World, rel: str, size_key: str) -> None:
     records = load_llava(world.root / rel)
     sizes = world.cfg.world.sizes
-    assert len(records) == getattr(sizes, size_key) + (sizes.vqa if size_key == "instruction" else 0)
+    extra = sizes.vqa + sum(r.id.endswith("-attrseek") for r in records) if size_key == "instruction" else 0
+    assert len(records) == getattr(sizes, size_key) + extra
     assert len({r.id for r in records}) == len(records)
     for r in records:
         check_image_file(r.image, world.cfg.world.image_size)
@@ -146,9 +147,36 @@ def test_llava_files_parse(world: World, rel: str, size_key: str) -> None:
 def test_instruction_kinds(world: World) -> None:
     rows = json.loads((world.root / "instruction" / "instruct.json").read_text())
     kinds = Counter(r["kind"] for r in rows)
-    assert set(kinds) <= {"conversation", "detail", "reasoning", "short", "vqa"}
+    assert set(kinds) <= {"conversation", "detail", "reasoning", "short", "vqa", "attrseek"}
     assert {"conversation", "detail", "short"} <= set(kinds)
     assert kinds["vqa"] == world.cfg.world.sizes.vqa > 0
+    assert 0.25 * world.cfg.world.sizes.attrseek <= kinds["attrseek"] <= world.cfg.world.sizes.attrseek   # a unique superordinate needed
+
+
+def test_attrseek_rows_teach_the_two_turns_finer_is_asked(world: World) -> None:
+    """ATTRSEEK rows: FINER's two turns as the eval asks them (tuna.eval.finer.attrseek_prompts), about an object
+    whose superordinate no other object in the image shares; "Attributes: ..." its class's look, "Answer: <name>"."""
+    from tuna.eval.finer import attrseek_prompts
+
+    rows = [r for r in json.loads((world.root / "instruction" / "instruct.json").read_text()) if r["kind"] == "attrseek"]
+    coco = json.loads((world.root / "instruction" / "instances.json").read_text())
+    taxonomy = json.loads((world.root / "taxonomy.json").read_text())
+    classes = {c["name"]: c for dom in taxonomy.values() for c in dom["classes"]}
+    cats = {c["id"]: c["name"] for c in coco["categories"]}
+    image_id = {im["file_name"]: im["id"] for im in coco["images"]}
+    present: dict[int, list[str]] = {}
+    for a in coco["annotations"]:
+        present.setdefault(a["image_id"], []).append(cats[a["category_id"]])
+    assert rows
+    for r in rows:
+        assert r["id"].endswith("-attrseek") and len(r["conversations"]) == 4
+        q1, a1, q2, a2 = (t["value"] for t in r["conversations"])
+        name = a2.removeprefix("Answer: ")
+        c = classes[name]
+        assert (q1, q2) == ("<image>\n" + attrseek_prompts(c["superordinate"])[0], attrseek_prompts(c["superordinate"])[1])
+        objects = present[image_id[r["image"]]]
+        assert name in objects and [classes[o]["superordinate"] for o in objects].count(c["superordinate"]) == 1
+        assert a1.startswith("Attributes: ") and all(x in a1 for x in (c["shape"], c["pattern"], c["accent"]))
 
 
 def test_vqa_rows_ask_present_and_absent_objects_in_equal_numbers(world: World) -> None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from tuna.errors import CorruptSample, TunaError
 from tuna.layout import layout
 from tuna.recipe import Recipe
-from tuna.samples import decode_image
+from tuna.samples import decode_image, image_keys
 from tuna.sources import VALIDATED, sources
 
 SHORT = "\nAnswer the question using a single word or phrase."  # LLaVA's short-answer suffix (also in training)
@@ -64,7 +64,7 @@ class Asker:
             if keep:
                 answers = self.predictor.answer(
                     images, [list(q.turns) for _, q in keep], [q.question for _, q in keep],
-                    [[t for t, _ in tags.get(q.image.name, [])] for _, q in keep], max_new_tokens=max_new_tokens)
+                    [[t for t, _ in tags.get(str(q.image), [])] for _, q in keep], max_new_tokens=max_new_tokens)
                 for (i, _), a in zip(keep, answers):
                     out[i] = a.text
             bar.update(len(chunk))
@@ -76,7 +76,7 @@ _SESSION: dict[str, Any] = {}  # the retrieval session of the evaluation in prog
 
 
 def _tags_for(cfg: Recipe, tag_mode: str, images: Sequence[Path], name: str, datastore: str | None) -> dict[str, Any]:
-    """Ranked tags per eval image for ``tag_mode`` from ``datastore`` (A, B, or None = no tags)."""
+    """Ranked tags per eval image path (``str(path)``) for ``tag_mode`` from ``datastore`` (A, B, or None = no tags)."""
     from tuna.retrieval.attach import attach_tags
 
     if tag_mode == "none" or datastore is None:
@@ -84,7 +84,9 @@ def _tags_for(cfg: Recipe, tag_mode: str, images: Sequence[Path], name: str, dat
     domain = "B" if datastore == "B" else "A"
     mode = tag_mode if not (tag_mode == "captions" and domain == "B") else "tags"  # B has no captions store
     cache = layout(cfg).eval_cache(f"{name}-{mode}-{datastore}")
-    return attach_tags(cfg, sorted(set(images)), cache, mode, domain, log=lambda s: None, session=_SESSION.get("open"))
+    unique = sorted(set(images))
+    tags = attach_tags(cfg, unique, cache, mode, domain, log=lambda s: None, session=_SESSION.get("open"))
+    return {str(p): tags[k] for p, k in image_keys(unique).items() if k in tags}   # by path: MME's folders repeat names
 
 
 def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval") -> dict[str, Any]:

@@ -277,9 +277,7 @@ def attrseek_prompts(superordinate: str) -> tuple[str, str]:
     "Now, tell me what kind of <coarse> it is. ... give a fine-grained label ... Provide your answer after
     "Answer:"." (see the note above :func:`finer_questions`).
     """
+    from tuna.world.language import ATTRSEEK_TURNS  # the phrasing the world's ATTRSEEK rows teach
+
     sup = _check_concept(superordinate)
-    turn1 = (f"Describe the visual attributes of the {sup} in the image that tell which kind of {sup} it is: "
-             f"its shape, pattern, marks and colours. Reply as \"Attributes: ...\".")
-    turn2 = (f"Based on these attributes, what kind of {sup} is in the image? "
-             f"Reply as \"Answer: <name>\".")
-    return turn1, turn2
+    return ATTRSEEK_TURNS[0].format(sup=sup), ATTRSEEK_TURNS[1].format(sup=sup)

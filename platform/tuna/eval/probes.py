@@ -466,7 +466,7 @@ def run_probes(cfg: Recipe, progress: bool = False, log: Callable[[str], None] =
         if len(data.records) < 4:
             raise ProbeError(f"FINER {split} has {len(data.records)} readable images; the probes need at least 4")
         retrieved = _tags_for(cfg, tuna.model.config.tag_mode, data.paths, f"finer-{split}", "A")
-        tags = [[t for t, _ in retrieved.get(p.name, [])] for p in data.paths]
+        tags = [[t for t, _ in retrieved.get(str(p), [])] for p in data.paths]
         feats = tuna.image_features(data.images, tags, bs)
         if baseline is not None:
             base = baseline.image_features(data.images, None, bs)

@@ -124,7 +124,10 @@ def _make(job: tuple[CorpusSpec, int]) -> Sample:
         if index < cfg.world.sizes.vqa:  # its own RNG: the conversation is the same with or without it
             vqa = language.vqa_existence(scene, sample_rng(cfg.run.seed, "vqa", index), _STATE["A"].id_classes,
                                             _STATE["popular"])
-        text = (*language.conversation(scene, rng, _STATE["A"].id_classes), vqa)
+        seek = None
+        if index < cfg.world.sizes.attrseek:  # its own RNG too
+            seek = language.attrseek(scene, sample_rng(cfg.run.seed, "attrseek", index))
+        text = (*language.conversation(scene, rng, _STATE["A"].id_classes), vqa, seek)
     return Sample(key=key, index=index, scene=scene, image=image, text=text)
 
 
@@ -321,13 +324,14 @@ def _write_corpora(cfg: Recipe, a: Taxonomy, b: Taxonomy, out: _Writer, progress
         smp = collect("instruction", "instruct")
         names = _write_images(smp, "instruction", ext, out)
         rows = []
-        vqa_rows = []
+        extra: dict[str, list[dict[str, Any]]] = {"vqa": [], "attrseek": []}
         for s, n in zip(smp, names):
-            kind, turns, vqa = s.text
+            kind, turns, vqa, seek = s.text
             rows.append({"id": s.key, "image": n, "kind": kind, "conversations": _conversation(turns)})
-            if vqa:
-                vqa_rows.append({"id": f"{s.key}-vqa", "image": n, "kind": "vqa", "conversations": _conversation(vqa)})
-        rows += vqa_rows
+            for k, conv in (("vqa", vqa), ("attrseek", seek)):
+                if conv:
+                    extra[k].append({"id": f"{s.key}-{k}", "image": n, "kind": k, "conversations": _conversation(conv)})
+        rows += extra["vqa"] + extra["attrseek"]
         out.write("instruction/instruct.json", dump_json(rows))
         out.write("instruction/instances.json", dump_json(_coco(smp, all_classes, ext)))
         counts["instruction"] = len(rows)
@@ -402,7 +406,7 @@ def is_up_to_date(cfg: Recipe) -> bool:
 
 # World knobs added after worlds were already generated, with the value that reproduces those worlds
 # byte for byte: at that value they are left out of the fingerprint, so existing worlds stay up to date.
-_LATER_KNOBS: dict[str, Any] = {"product_share": 0.0, "sizes.clip_web": 0}
+_LATER_KNOBS: dict[str, Any] = {"product_share": 0.0, "sizes.clip_web": 0, "sizes.attrseek": 0}
 
 
 def _fingerprint(cfg: Recipe) -> str:

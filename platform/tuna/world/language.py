@@ -198,6 +198,29 @@ def vqa_existence(scene: Scene, rng: np.random.Generator, vocabulary: list[FineC
     return turns
 
 
+# FINER's ATTRSEEK prompting in the world's phrasing (tuna.eval.finer.attrseek_prompts asks the same turns)
+ATTRSEEK_TURNS = (
+    "Describe the visual attributes of the {sup} in the image that tell which kind of {sup} it is: its shape, "
+    "pattern, marks and colours. Reply as \"Attributes: ...\".",
+    "Based on these attributes, what kind of {sup} is in the image? Reply as \"Answer: <name>\".",
+)
+
+
+def attrseek(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]] | None:
+    """A two-turn ATTRSEEK row about one object whose superordinate no other object in the scene shares: its
+    attributes after "Attributes:", then its name after "Answer:". None when every superordinate repeats."""
+    sups = [o.cls.superordinate for o in scene.objects]
+    unique = [o for o in scene.objects if sups.count(o.cls.superordinate) == 1]
+    if not unique:
+        return None
+    o = unique[int(rng.integers(len(unique)))]
+    c = o.cls
+    attributes = (f"Attributes: {article(c.shape)} {c.shape} shape, a {c.pattern} pattern, {MARK_PHRASES[c.mark]}, "
+                  f"{c.accent} accents, {o.colour} body.")
+    return [(ATTRSEEK_TURNS[0].format(sup=c.superordinate), attributes),
+            (ATTRSEEK_TURNS[1].format(sup=c.superordinate), f"Answer: {c.name}")]
+
+
 def _reasoning(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
     objs = scene.objects
     names = scene.class_names
