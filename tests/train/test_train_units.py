@@ -209,7 +209,8 @@ def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFas
     from tuna.train.engine import _reading
 
     cfg = load_recipe(SMOKE, [f"run.data_dir={prepared.cfg.data_dir}", "train.stage2.reading_per_class=2",
-                              f"train.stage2.reading_image={mode}", "train.stage2.reading_existence=0.5"])
+                              f"train.stage2.reading_image={mode}", "train.stage2.reading_existence=0.5",
+                              "train.stage2.reading_attrseek=0.5", "train.stage2.max_length=256"])  # ATTRSEEK: ~195 tokens
     taxonomy = json.loads((prepared.root / "taxonomy.json").read_text())
     classes = {c["name"]: c for dom in taxonomy.values() for c in dom["classes"]}
     inst = json.loads((prepared.root / "instruction" / "instances.json").read_text())

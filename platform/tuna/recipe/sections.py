@@ -386,6 +386,7 @@ class StageConfig:
     # counterfactual tags) | own (a training image of the named class when it has one, else scene)
     reading_image: str = "blank"
     reading_existence: float = 0.0  # share of reading conversations asking "Is there a X?" (answer from the tags)
+    reading_attrseek: float = 0.0   # share of the other reading conversations in ATTRSEEK's two turns (the tags' class)
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -399,6 +400,7 @@ class StageConfig:
         _require(0 <= self.reading_per_class <= 10_000, "reading_per_class",
                  f"must be in 0..10000, got {self.reading_per_class}")
         _require(0 <= self.reading_existence <= 1, "reading_existence", f"must be a share in 0..1, got {self.reading_existence}")
+        _require(0 <= self.reading_attrseek <= 1, "reading_attrseek", f"must be a share in 0..1, got {self.reading_attrseek}")
         _require(self.reading_image in ("blank", "scene", "own"), "reading_image",
                  f"must be blank, scene or own, got {self.reading_image!r}")
         _require(0 <= self.weight_decay < 1, "weight_decay", f"must be in [0, 1), got {self.weight_decay}")

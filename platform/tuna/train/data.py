@@ -86,13 +86,15 @@ def reading_examples(samples: Sequence[Any], images: Sequence[Path], tokenizer: 
                      system: str) -> list[Example]:
     """Reading conversations (:class:`tuna.world.reading.ReadingSample`) as stage-2 examples: ``images[i]``
     (a blank image, or a scene whose true tags they replace), the sample's tags as the retrieved tags, one
-    question and its answer. Conversations longer than ``max_length`` are dropped."""
+    question and its answer (two for ATTRSEEK samples). Conversations longer than ``max_length`` are dropped."""
     if len(images) != len(samples):
         raise DataError(f"reading_examples needs one image per sample, got {len(images)} for {len(samples)}")
     out = []
     for n, (r, image) in enumerate(zip(samples, images)):
-        rec = LlavaRecord(f"reading-{n:06d}", image, [{"from": "human", "value": f"{IMAGE}\n{r.question}"},
-                                                      {"from": "gpt", "value": r.answer}])
+        turns = [{"from": "human", "value": f"{IMAGE}\n{r.question}"}, {"from": "gpt", "value": r.answer}]
+        if getattr(r, "follow_up", None):
+            turns += [{"from": "human", "value": r.follow_up[0]}, {"from": "gpt", "value": r.follow_up[1]}]
+        rec = LlavaRecord(f"reading-{n:06d}", image, turns)
         ids, labels = tokenize_conversation(rec, tokenizer, system)
         if len(ids) <= max_length:
             out.append(Example(rec.id, image, ids, labels, list(r.tags)))

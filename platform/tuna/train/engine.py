@@ -220,7 +220,8 @@ def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> list[Any]:
     except (OSError, json.JSONDecodeError, DataFormatError) as err:
         raise TrainError(f"train.stage2.reading_per_class needs the world's taxonomy and instruction instances ({err}); "
                          f"run `tuna world` first") from None
-    samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, cfg.model.num_tags, sc.reading_existence)
+    samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, cfg.model.num_tags, sc.reading_existence,
+                              sc.reading_attrseek)
     if instances is None:
         blank = write_blank_image(layout(cfg).reading_image(f"blank-{cfg.world.image_size}.png"),
                                   cfg.world.image_size)

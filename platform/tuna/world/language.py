@@ -215,10 +215,15 @@ def attrseek(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]] | 
         return None
     o = unique[int(rng.integers(len(unique)))]
     c = o.cls
-    attributes = (f"Attributes: {article(c.shape)} {c.shape} shape, a {c.pattern} pattern, {MARK_PHRASES[c.mark]}, "
-                  f"{c.accent} accents, {o.colour} body.")
-    return [(ATTRSEEK_TURNS[0].format(sup=c.superordinate), attributes),
+    return [(ATTRSEEK_TURNS[0].format(sup=c.superordinate), attributes_answer(c.shape, c.pattern, c.mark, c.accent, o.colour)),
             (ATTRSEEK_TURNS[1].format(sup=c.superordinate), f"Answer: {c.name}")]
+
+
+def attributes_answer(shape: str, pattern: str, mark: str, accent: str, colour: str | None = None) -> str:
+    """ATTRSEEK's first answer: a class's look ("Attributes: a round shape, a wavy pattern, ..."), with the
+    object's body colour when the image shows it."""
+    body = f", {colour} body" if colour else ""
+    return f"Attributes: {article(shape)} {shape} shape, a {pattern} pattern, {MARK_PHRASES[mark]}, {accent} accents{body}."
 
 
 def _reasoning(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tuna.world.language import EXISTENCE_PHRASINGS, SHORT_ANSWER, article
+from tuna.world.language import ATTRSEEK_TURNS, EXISTENCE_PHRASINGS, SHORT_ANSWER, article, attributes_answer
 
 _SIZES = ("small", "large")
 
@@ -26,6 +26,7 @@ class ReadingSample:
     answer: str          # the assistant turn naming the class the tags support ("Yes"/"No" for existence)
     name: str            # that class
     asked: str = ""      # existence questions: the class asked about (``name`` for "Yes", one absent from the tags for "No")
+    follow_up: tuple[str, str] | None = None   # ATTRSEEK: the second (question, answer) turn
 
 
 def _tag(cls: dict[str, Any], rng: np.random.Generator) -> str:
@@ -36,19 +37,20 @@ def _tag(cls: dict[str, Any], rng: np.random.Generator) -> str:
     return f"{attrs[int(rng.integers(len(attrs)))]} {cls['name']}"
 
 
-def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int = 5, existence: float = 0.0
-                    ) -> list[ReadingSample]:
+def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int = 5, existence: float = 0.0,
+                    attrseek: float = 0.0) -> list[ReadingSample]:
     """``per_class`` samples for every class of ``taxonomy`` (a world's taxonomy.json): ``k`` tags in which
     the class is a strict majority (and first in most samples: a look-alike sibling leads 1 in 5, as
     nearest-neighbour tags do), then a which-kind question answered with its name (long or short form).
 
     A share ``existence`` of them asks instead whether an object is in the image (short answer): half about
     the tags' class ("Yes"), half about a class the tags do not name ("No": a look-alike sibling or any other
-    class, evenly). ``existence=0`` gives exactly the samples it gave before the option existed.
+    class, evenly). A share ``attrseek`` of the others asks FINER's two ATTRSEEK turns: the look of the tags'
+    class ("Attributes: ...", from the taxonomy), then "Answer: <name>". At 0 each option changes nothing.
     """
-    if per_class < 0 or k < 2 or not 0 <= existence <= 1:
-        raise ValueError(f"per_class must be >= 0, k >= 2 and existence in 0..1, got per_class={per_class}, k={k}, "
-                         f"existence={existence}")
+    if per_class < 0 or k < 2 or not 0 <= existence <= 1 or not 0 <= attrseek <= 1:
+        raise ValueError(f"per_class must be >= 0, k >= 2, existence and attrseek in 0..1, got per_class={per_class}, "
+                         f"k={k}, existence={existence}, attrseek={attrseek}")
     rng = np.random.default_rng(seed)
     classes = [c for dom in sorted(taxonomy) for c in taxonomy[dom].get("classes", [])]
     out = []
@@ -74,6 +76,11 @@ def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int 
                 q, long = f"{q}\n{SHORT_ANSWER}", short
             if existence and rng.random() < existence:
                 out.append(_existence(cls, siblings, classes, tags, rng))
+            elif attrseek and rng.random() < attrseek:
+                sup = cls["superordinate"]
+                look = attributes_answer(cls["shape"], cls["pattern"], cls["mark"], cls["accent"])
+                out.append(ReadingSample(tags, ATTRSEEK_TURNS[0].format(sup=sup), look, name,
+                                         follow_up=(ATTRSEEK_TURNS[1].format(sup=sup), f"Answer: {name}")))
             else:
                 out.append(ReadingSample(tags, q, long, name))
     return out

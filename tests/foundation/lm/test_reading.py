@@ -87,3 +87,21 @@ def test_existence_questions_follow_the_tags_and_leave_the_other_samples_alone()
         assert (r.answer == "Yes") == (r.asked == r.name) and (r.asked in named) == (r.answer == "Yes"), r
     with pytest.raises(ValueError, match="existence"):
         reading_samples(TAXONOMY, per_class=1, seed=0, existence=1.5)
+
+
+def test_attrseek_samples_describe_the_tags_class_then_name_it() -> None:
+    """ATTRSEEK reading samples: turn 1 the tags' class's look from the taxonomy, turn 2 "Answer: <name>"."""
+    from tuna.eval.finer import attrseek_prompts
+    from tuna.world.reading import reading_samples
+
+    taxonomy = {d: {"classes": [dict(c, shape="oval", mark="dot") for c in v["classes"]]} for d, v in TAXONOMY.items()}
+    assert reading_samples(taxonomy, 30, seed=6) == reading_samples(taxonomy, 30, seed=6, attrseek=0.0)
+    mixed = reading_samples(taxonomy, 30, seed=6, attrseek=0.5)
+    seek = [r for r in mixed if r.follow_up]
+    assert 0.3 < len(seek) / len(mixed) < 0.7
+    classes = {c["name"]: c for d in taxonomy.values() for c in d["classes"]}
+    for r in seek:
+        c = classes[r.name]
+        assert (r.question, r.follow_up[0]) == attrseek_prompts(c["superordinate"])
+        assert r.answer == f"Attributes: an oval shape, a {c['pattern']} pattern, a central dot, {c['accent']} accents."
+        assert r.follow_up[1] == f"Answer: {r.name}"
