@@ -92,7 +92,7 @@ def reading_examples(samples: Sequence[Any], images: Sequence[Path], tokenizer: 
     out = []
     for n, (r, image) in enumerate(zip(samples, images)):
         turns = [{"from": "human", "value": f"{IMAGE}\n{r.question}"}, {"from": "gpt", "value": r.answer}]
-        if getattr(r, "follow_up", None):
+        if r.follow_up:
             turns += [{"from": "human", "value": r.follow_up[0]}, {"from": "gpt", "value": r.follow_up[1]}]
         rec = LlavaRecord(f"reading-{n:06d}", image, turns)
         ids, labels = tokenize_conversation(rec, tokenizer, system)
