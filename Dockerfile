@@ -63,8 +63,11 @@ RUN set -eu; \
     fi; \
     python -c "import sys, torch; cuda = torch.version.cuda; want = '${TORCH_VARIANT}'; \
 ok = (cuda is None) if want == 'cpu' else (cuda is not None); \
-sys.exit(0 if ok else f'error: TORCH_VARIANT={want} but torch {torch.__version__} has CUDA {cuda}')" \
-    && pip install -q "mpi4py==4.0.3"
+sys.exit(0 if ok else f'error: TORCH_VARIANT={want} but torch {torch.__version__} has CUDA {cuda}')"
+# mpi4py (DeepSpeed's rank discovery under mpirun) compiles one huge C file: at gcc's default -O2 it took > 15 GB of
+# memory; -O0 keeps it near 1 GB and MPI discovery does not need speed.
+ARG MPI4PY_CFLAGS=-O0
+RUN CFLAGS="${MPI4PY_CFLAGS}" pip install -q "mpi4py==4.0.3"
 
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./

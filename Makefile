@@ -14,6 +14,10 @@ BASE_ROOTFS ?= /var/cache/tuna/base-rootfs
 DOCKERD_PID ?= /var/run/tuna-dockerd.pid
 DOCKERD_LOG ?= /var/log/tuna-dockerd.log
 TORCH_VARIANT ?= cpu
+# dockerd (and so every build step and container) yields the CPU to other work on a shared machine; empty = full priority.
+DOCKERD_NICE ?= nice -n 19 ionice -c3
+# Memory cap of each image build step (a runaway compiler fails the build instead of the machine).
+BUILD_MEMORY ?= 8g
 # pip on our machines prints one warning per missing local index folder; keep the log readable.
 QUIET_PIP := sed "/is ignored: it is neither a file nor a directory/d"
 
@@ -56,7 +60,7 @@ docker-up:
 	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { echo "installing docker.io and debootstrap"; \
 		apt-get install -y -qq docker.io debootstrap >/dev/null || { apt-get update -qq && apt-get install -y -qq docker.io debootstrap >/dev/null; }; }
 	@if docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then echo "Docker engine $$(docker version --format '{{.Server.Version}}') already running"; \
-	else nohup dockerd >$(DOCKERD_LOG) 2>&1 & echo $$! > $(DOCKERD_PID); \
+	else nohup $(DOCKERD_NICE) dockerd >$(DOCKERD_LOG) 2>&1 & echo $$! > $(DOCKERD_PID); \
 		for i in $$(seq 60); do docker version >/dev/null 2>&1 && break; sleep 1; done; \
 		docker version --format 'Docker engine {{.Server.Version}} started (pid '"$$(cat $(DOCKERD_PID))"', log $(DOCKERD_LOG))' \
 		|| { echo "dockerd did not start; see $(DOCKERD_LOG)"; exit 1; }; fi
@@ -80,13 +84,13 @@ base-image: docker-up
 # image: the serving and project images, named by the recipe's cluster.serving_image / cluster.image
 # (override: make image CONFIG=... or tuna image cluster.image=<ref>); a CUDA build: TORCH_VARIANT=cu128.
 image: $(STAMP)
-	nice -n 19 $(BIN)/tuna image --config $(CONFIG) --base-image $(BASE_IMAGE) --torch-variant $(TORCH_VARIANT)
+	nice -n 19 $(BIN)/tuna image --config $(CONFIG) --base-image $(BASE_IMAGE) --torch-variant $(TORCH_VARIANT) --memory $(BUILD_MEMORY)
 
 # test-containers: engine up, base once, images (cached layers after the first build), the containers suite, engine
 # down again (only if this target started it), whatever the tests' outcome.
 test-containers: $(STAMP)
 	@started=0; [ -f $(DOCKERD_PID) ] || { docker version >/dev/null 2>&1 || started=1; }; \
 	$(MAKE) --no-print-directory base-image && \
-	nice -n 19 $(BIN)/tuna image --config configs/smoke.yaml --base-image $(BASE_IMAGE) && \
+	nice -n 19 $(BIN)/tuna image --config configs/smoke.yaml --base-image $(BASE_IMAGE) --memory $(BUILD_MEMORY) && \
 	TUNA_BASE_IMAGE=$(BASE_IMAGE) nice -n 19 $(BIN)/python -m pytest -q -m containers tests/containers; rc=$$?; \
 	if [ $$started = 1 ]; then $(MAKE) --no-print-directory docker-down; fi; exit $$rc

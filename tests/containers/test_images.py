@@ -164,7 +164,7 @@ def _png() -> bytes:
 
 @pytest.fixture(scope="module")
 def served(serving: str, repository: Path) -> Iterator[tuple[str, str]]:
-    """The serving image run as the chart runs it (uid 1000, read-only root, /models, shm 256 MiB) on a network this
+    """The serving image run as the chart runs it (uid 1000, read-only root, HOME=/tmp, /models, shm) on a network this
     test creates, its gRPC port published on 127.0.0.1; yields (gRPC URL, container name)."""
     from tuna.serve.client import TunaClient
     from tuna.serve.server import free_port
@@ -173,7 +173,8 @@ def served(serving: str, repository: Path) -> Iterator[tuple[str, str]]:
     network, name, port = f"tuna-test-{tag}", f"tuna-serving-{tag}", free_port()
     assert _docker("network", "create", network).returncode == 0
     run = _docker("run", "-d", "--name", name, "--network", network, "-p", f"127.0.0.1:{port}:8001",
-                  "--read-only", "--tmpfs", "/tmp", "--shm-size", "256m", "-e", "OMP_NUM_THREADS=1",
+                  "--read-only", "--tmpfs", "/tmp", "--shm-size", "256m", "-e", "HOME=/tmp", "-e", "PYTHONDONTWRITEBYTECODE=1",
+                  "-e", "OMP_NUM_THREADS=1",
                   "-v", f"{repository}:/models", serving)
     try:
         assert run.returncode == 0, run.stderr
