@@ -27,11 +27,6 @@ FROM ${BASE_IMAGE} AS build
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_VARIANT=cpu
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
-ARG PIP_INDEX_URL=https://pypi.org/simple
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_DEFAULT_TIMEOUT=120 \
-    PIP_INDEX_URL=${PIP_INDEX_URL}
 
 COPY docker/ensure-python.sh docker/check-index.py /tmp/docker/
 RUN sh /tmp/docker/ensure-python.sh
@@ -49,6 +44,12 @@ RUN if [ -s /tmp/docker/build-ca/ca-certificates.crt ]; then printf '[global]\nc
 
 RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
+# The package index (a mirror: --build-arg PIP_INDEX_URL=...), declared here so changing it keeps the layers above.
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_DEFAULT_TIMEOUT=120 \
+    PIP_INDEX_URL=${PIP_INDEX_URL}
 RUN python /tmp/docker/check-index.py && \
     pip install -q --upgrade "pip>=24"
 # A wheel in docker/wheels/ for this version and variant wins (no index reachable here; `make image` puts the host's

@@ -256,7 +256,7 @@ def cmd_image(args: argparse.Namespace) -> int:
         return 0
     targets = TARGETS if args.target == "all" else (args.target,)
     build_images(cfg, args.base_image, args.torch_variant, targets=targets, log_dir=Path(args.log_dir) if args.log_dir else None,
-                 memory=args.memory)
+                 memory=args.memory, index_url=args.index_url)
     return 0
 
 
@@ -269,6 +269,7 @@ def _image_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--torch-variant", default="cpu", choices=TORCH_VARIANTS, help="torch build: cpu (default) or a CUDA index (cluster images)")
     p.add_argument("--target", default="all", choices=[*TARGETS, "all"], help="which image (default: all; project builds FROM serving)")
     p.add_argument("--log-dir", default=None, metavar="DIR", help="where each build's full output goes (default: <run.data_dir>/images)")
+    p.add_argument("--index-url", default=None, metavar="URL", help="package index for the build (default: PyPI; a mirror)")
     p.add_argument("--memory", default=None, metavar="SIZE", help="memory cap of each build step, e.g. 8g (default: none)")
     p.add_argument("--check", action="store_true", help="only check the Docker engine and the base image, build nothing")
 

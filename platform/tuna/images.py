@@ -127,9 +127,11 @@ def pip_find_links() -> list[Path]:
 
 
 def build_command(target: str, ref: str, base: str | None, torch_variant: str = "cpu",
-                  version: str = __version__, context: Path = REPO, memory: str | None = None) -> list[str]:
+                  version: str = __version__, context: Path = REPO, memory: str | None = None,
+                  index_url: str | None = None) -> list[str]:
     """``docker build`` of one Dockerfile target tagged ``ref`` (host network: the build reaches the indexes);
-    ``memory`` (e.g. ``8g``) caps each build step's container (the legacy builder honours it; BuildKit ignores it)."""
+    ``memory`` (e.g. ``8g``) caps each build step's container (the legacy builder honours it; BuildKit ignores it);
+    ``index_url`` replaces PyPI (a mirror)."""
     if target not in TARGETS:
         raise ImageError(f"unknown image target {target!r}; choose one of {', '.join(TARGETS)}")
     if torch_variant not in TORCH_VARIANTS:
@@ -140,6 +142,8 @@ def build_command(target: str, ref: str, base: str | None, torch_variant: str = 
         cmd += ["--build-arg", f"BASE_IMAGE={base}"]
     if memory:
         cmd += ["--memory", memory, "--memory-swap", memory]
+    if index_url:
+        cmd += ["--build-arg", f"PIP_INDEX_URL={index_url}"]
     return [*cmd, str(context)]
 
 
@@ -163,7 +167,7 @@ def torch_version(context: Path = REPO) -> str:
 def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targets: Sequence[str] = TARGETS,
                  log_dir: Path | None = None, log: Callable[[str], None] = print,
                  ca_bundle: Path | None = None, torch_wheel: Path | None = None,
-                 memory: str | None = None) -> list[BuiltImage]:
+                 memory: str | None = None, index_url: str | None = None) -> list[BuiltImage]:
     """Build ``targets`` (serving first: project builds FROM it) tagged from the recipe; one line per image.
 
     ``base`` None keeps the Dockerfile's pinned python image (a cluster's CI with registry access); here pass the
@@ -183,7 +187,8 @@ def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targ
         path = logs / f"build-{target}.log"
         start = time.monotonic()
         with path.open("w") as out:
-            done = subprocess.run(build_command(target, refs[target], base, torch_variant, memory=memory), stdout=out,
+            done = subprocess.run(build_command(target, refs[target], base, torch_variant, memory=memory, index_url=index_url),
+                                  stdout=out,
                                   stderr=subprocess.STDOUT, text=True)
         if done.returncode != 0:
             raise ImageError(f"building the {target} image {refs[target]} failed: {_failure_line(path)} (log: {path})")

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from support import REPO, SMOKE
-from tuna.images import ImageError, build_command, check_base, docker_engine, image_exists, image_size
+from tuna.images import ImageError, build_command, build_images, check_base, docker_engine, image_exists, image_size
 from tuna.recipe import load_recipe
 
 pytestmark = pytest.mark.containers
@@ -98,6 +98,15 @@ def test_missing_base_and_base_without_python_are_one_line(base: str) -> None:
     finally:
         _docker("rm", "-f", name)
         _docker("rmi", "-f", bare)
+
+
+def test_a_build_without_the_package_index_fails_in_one_line(base: str, tmp_path: Path) -> None:
+    """The index check runs right after the (cached) system layers, so this fails in seconds, not after pip's retries."""
+    with pytest.raises(ImageError) as err:
+        build_images(CFG, base, targets=("serving",), log_dir=tmp_path, memory="8g", index_url="https://127.0.0.1:9/simple")
+    text = str(err.value)
+    assert "\n" not in text and "no network to the package index https://127.0.0.1:9/simple" in text
+    assert "--network host" in text and str(tmp_path / "build-serving.log") in text
 
 
 def test_build_command_names_the_target_base_and_variant() -> None:
