@@ -136,7 +136,7 @@ def build_command(target: str, ref: str, base: str | None, torch_variant: str = 
         raise ImageError(f"unknown image target {target!r}; choose one of {', '.join(TARGETS)}")
     if torch_variant not in TORCH_VARIANTS:
         raise ImageError(f"unknown torch variant {torch_variant!r}; choose one of {', '.join(TORCH_VARIANTS)}")
-    cmd = ["docker", "build", "--network", "host", "--target", target, "-t", ref,
+    cmd = ["docker", "build", "--network", "host", "--force-rm", "--target", target, "-t", ref,
            "--build-arg", f"TORCH_VARIANT={torch_variant}", "--build-arg", f"VERSION={version}"]
     if base:
         cmd += ["--build-arg", f"BASE_IMAGE={base}"]

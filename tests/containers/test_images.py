@@ -111,7 +111,7 @@ def test_a_build_without_the_package_index_fails_in_one_line(base: str, tmp_path
 
 def test_build_command_names_the_target_base_and_variant() -> None:
     cmd = build_command("serving", "r/tuna-serving:1", "tuna-base:bookworm", "cu128")
-    assert cmd[:4] == ["docker", "build", "--network", "host"] and cmd[-1] == str(REPO)
+    assert cmd[:5] == ["docker", "build", "--network", "host", "--force-rm"] and cmd[-1] == str(REPO)
     assert "BASE_IMAGE=tuna-base:bookworm" in cmd and "TORCH_VARIANT=cu128" in cmd and "r/tuna-serving:1" in cmd
     assert not any(a.startswith("BASE_IMAGE") for a in build_command("project", "r/tuna:1", None))
     with pytest.raises(ImageError, match="unknown torch variant 'rocm'"):
