@@ -1,41 +1,74 @@
-# syntax=docker/dockerfile:1
-# The TUNA project image (ghcr.io/tuna-platform/tuna:<version>): one image for the KFP components, the TrainJob /
-# PyTorchJob pods (DeepSpeed over OpenMPI + SSH, Kubeflow Trainer's MPI runtime) and the CPU Triton scenario of the
-# tuna-serving chart (tritonserver 2.51 + python backend from the nvidia-pytriton wheel).
+# The TUNA images, one Dockerfile with two targets (`make image` builds both; see the Makefile for every argument):
+#   serving  tritonserver 2.51 + python backend (nvidia-pytriton wheel) with `tuna` inside: the image the
+#            tuna-serving chart's cpu scenario runs (helm/tuna-serving/ci/cpu-values.yaml)
+#   project  (default target) serving + Open MPI and OpenSSH: the KFP components, the TrainJob / PyTorchJob pods
+#            (DeepSpeed over OpenMPI + SSH, Kubeflow Trainer's MPI runtime) and the pipeline's deploy task (helm/)
 #
-#   docker build -t ghcr.io/tuna-platform/tuna:0.1.0 .
-#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 -t ghcr.io/tuna-platform/tuna:0.1.0-cu128 .
+#   make base-image && make image          # here: a debootstrap'ed Debian base, CPU torch, tags from the recipe
+#   docker build --network host --build-arg BASE_IMAGE=<registry>/python:3.11-slim-bookworm \
+#       --build-arg TORCH_VARIANT=cu128 --target project -t <registry>/tuna:0.1.0-cu128 .     # CUDA, on a cluster
 #
-# torch is installed first, pinned to the pyproject.toml version, from PyTorch's CPU index (an unpinned torch from
-# PyPI pulls GBs of CUDA); `pip install .` then finds it satisfied. The host's pip configuration (our machines'
-# find-links /opt/wheels, local indexes, constraints) is NOT seen inside the build: the image installs from the
-# public indexes, or from a mirror given with --build-arg PIP_INDEX_URL=... .
+# BASE_IMAGE: any Debian/Ubuntu image with Python 3.11 (the pinned python image below by default, `tuna-base:bookworm`
+# from `make base-image` here). docker/ensure-python.sh checks it first and, on Debian bookworm, installs what it
+# lacks from apt (python3.11, venv, libpython3.11 for the Triton stub); anything else fails in one line.
+# torch is installed first, pinned to the pyproject.toml version, from PyTorch's index for TORCH_VARIANT (cpu: no
+# CUDA; an unpinned torch from PyPI pulls GBs of CUDA); `pip install .` then finds it satisfied, and the build
+# checks the variant it got. The host's pip configuration is NOT seen inside the build: pip uses the public indexes
+# (or --build-arg PIP_INDEX_URL=<mirror>) and trusts docker/build-ca/ca-certificates.crt when present.
 # Runtime user: uid/gid 1000 `mpiuser` with home /home/mpiuser (what the Trainer MPI runtime mounts its SSH keys
-# into and where sshd's user config lives), never root; the pods' securityContext also enforces non-root.
+# into), never root; KFP's launcher paths (/gcs /minio /s3 /oci, /kfp-workspace) are writable by it (and group 0).
 
 # Base image pinned by tag and digest (the digest public projects pin for this tag; verify it with
 # `docker buildx imagetools inspect python:3.11.13-slim-bookworm` when bumping).
-ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
+ARG BASE_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
 # ------------------------------------------------------------------------------------------------ build
-FROM ${PYTHON_IMAGE} AS build
+FROM ${BASE_IMAGE} AS build
 ARG TORCH_VERSION=2.13.0
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VARIANT=cpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
+
+COPY docker/ensure-python.sh docker/check-index.py /tmp/docker/
+RUN sh /tmp/docker/ensure-python.sh
+
+# Compilers, the Open MPI headers and Python's headers: mpi4py and the DeepSpeed sdist are built here, not in the
+# runtime images. The CA bundle (when given) becomes pip's for this stage only.
+RUN set -eu; \
+    apt-get update -qq || { echo "error: no network to the Debian archive from the build; build with --network host (make image does)" >&2; exit 1; }; \
+    include="$(python3.11 -c 'import sysconfig; print(sysconfig.get_path("include"))')"; \
+    dev=""; [ -f "$include/Python.h" ] || dev="python3.11-dev"; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends build-essential libopenmpi-dev $dev >/dev/null; \
+    rm -rf /var/lib/apt/lists/*
+COPY docker/build-ca/ /tmp/docker/build-ca/
+RUN if [ -s /tmp/docker/build-ca/ca-certificates.crt ]; then printf '[global]\ncert = /tmp/docker/build-ca/ca-certificates.crt\n' > /etc/pip.conf; fi
+
+RUN python3.11 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# The package index (a mirror: --build-arg PIP_INDEX_URL=...), declared here so changing it keeps the layers above.
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_DEFAULT_TIMEOUT=120 \
     PIP_INDEX_URL=${PIP_INDEX_URL}
-
-# Compilers and the Open MPI headers: mpi4py and the DeepSpeed sdist are built here, not in the runtime image.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential libopenmpi-dev \
-    && rm -rf /var/lib/apt/lists/*
-
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-RUN pip install --upgrade "pip>=24" \
-    && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
-    && pip install "mpi4py==4.0.3"
+RUN python /tmp/docker/check-index.py && \
+    pip install -q --upgrade "pip>=24"
+# A wheel in docker/wheels/ for this version and variant wins (no index reachable here; `make image` puts the host's
+# there), else PyTorch's index for the variant.
+COPY docker/wheels/ /tmp/wheels/
+RUN set -eu; \
+    if ls /tmp/wheels/torch-${TORCH_VERSION}+${TORCH_VARIANT}-cp311-*.whl >/dev/null 2>&1; then \
+        pip install -q --find-links /tmp/wheels "torch==${TORCH_VERSION}+${TORCH_VARIANT}"; \
+    else \
+        pip install -q "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
+        || { echo "error: torch==${TORCH_VERSION} (${TORCH_VARIANT}) is not reachable at ${TORCH_INDEX_URL}; put its wheel in docker/wheels/ or pass --build-arg TORCH_INDEX_URL=<mirror>" >&2; exit 1; }; \
+    fi; \
+    python -c "import sys, torch; cuda = torch.version.cuda; want = '${TORCH_VARIANT}'; \
+ok = (cuda is None) if want == 'cpu' else (cuda is not None); \
+sys.exit(0 if ok else f'error: TORCH_VARIANT={want} but torch {torch.__version__} has CUDA {cuda}')"
+# mpi4py (DeepSpeed's rank discovery under mpirun) compiles one huge C file: at gcc's default -O2 it took > 15 GB of
+# memory; -O0 keeps it near 1 GB and MPI discovery does not need speed.
+ARG MPI4PY_CFLAGS=-O0
+RUN CFLAGS="${MPI4PY_CFLAGS}" pip install -q "mpi4py==4.0.3"
 
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
@@ -43,7 +76,7 @@ COPY platform/ platform/
 # The KFP wiring installs as the packages tuna_pipelines and tuna_components (pyproject.toml maps these folders).
 COPY pipelines/ pipelines/
 COPY components/ components/
-RUN pip install -c constraints.txt . && pip check
+RUN pip install -q -c constraints.txt . && pip check
 
 # tritonserver from the nvidia-pytriton wheel, runnable bare (DESIGN.md): a backend directory holding the bundle's
 # backends/ with the Python 3.11 stub copied into backends/python/, at tritonserver's default location
@@ -57,36 +90,28 @@ RUN set -eu; \
     ln -s "$bundle/bin/tritonserver" /opt/venv/bin/tritonserver; \
     test -d /opt/venv/lib/python3.11/site-packages/nvidia_pytriton.libs
 
-# ---------------------------------------------------------------------------------------------- runtime
-FROM ${PYTHON_IMAGE}
+# ---------------------------------------------------------------------------------------------- serving
+FROM ${BASE_IMAGE} AS serving
 ARG VERSION=0.1.0
-LABEL org.opencontainers.image.title="tuna" \
+LABEL org.opencontainers.image.title="tuna-serving" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.source="https://github.com/tuna-platform/tuna" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-# Open MPI (mpirun on the launcher, orted on the nodes) and OpenSSH (the Trainer MPI runtime: sshd on port 2222 in
-# the node pods, ssh from mpirun). sshd runs as mpiuser on an unprivileged port: no setcap, no root.
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends openmpi-bin libopenmpi3 openssh-server openssh-client ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
-    && sed -i "s/[ #]\(.*StrictHostKeyChecking \).*/ \1no/g" /etc/ssh/ssh_config \
-    && echo "    UserKnownHostsFile /dev/null" >> /etc/ssh/ssh_config \
-    && sed -i "s/[ #]\(.*Port \).*/ \12222/g" /etc/ssh/ssh_config
-
-RUN groupadd --gid 1000 mpiuser \
+COPY docker/ensure-python.sh /usr/local/lib/tuna/ensure-python.sh
+RUN sh /usr/local/lib/tuna/ensure-python.sh \
+    && groupadd --gid 1000 mpiuser \
     && useradd --uid 1000 --gid 1000 --create-home --home-dir /home/mpiuser --shell /bin/bash mpiuser \
-    && printf 'PidFile /home/mpiuser/sshd.pid\nHostKey /home/mpiuser/.ssh/id_rsa\nStrictModes no\nPort 2222\n' \
-       > /home/mpiuser/.sshd_config \
-    && mkdir -p /home/mpiuser/.cache \
-    && chown -R 1000:1000 /home/mpiuser
+    && mkdir -p /home/mpiuser/.cache /gcs /minio /s3 /oci /kfp-workspace /models \
+    && chown -R 1000:0 /home/mpiuser /gcs /minio /s3 /oci /kfp-workspace /models \
+    && chmod 0775 /home/mpiuser /gcs /minio /s3 /oci /kfp-workspace /models
 
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/tritonserver /opt/tritonserver
 
-# LD_LIBRARY_PATH (DESIGN.md): the interpreter's own libpython (sysconfig LIBDIR of the base image, /usr/local/lib)
-# before any system one, and the libraries bundled with tritonserver (nvidia_pytriton.libs). PATH: the venv first,
-# the python backend stub runs Python from there; PYTHONPATH lets the stub's embedded interpreter import tuna.
+# LD_LIBRARY_PATH (DESIGN.md): the interpreter's own libpython (/usr/local/lib in python images; Debian's is on the
+# default path) and the libraries bundled with tritonserver (nvidia_pytriton.libs). PATH: the venv first, the python
+# backend stub runs Python from there; PYTHONPATH lets the stub's embedded interpreter import tuna.
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     LD_LIBRARY_PATH=/usr/local/lib:/opt/venv/lib/python3.11/site-packages/nvidia_pytriton.libs \
     PYTHONPATH=/opt/venv/lib/python3.11/site-packages \
@@ -95,11 +120,38 @@ ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
     MLFLOW_DISABLE_TELEMETRY=true \
     TOKENIZERS_PARALLELISM=false
 
-# The repository inside the image (configs cluster.workdir): pods run `--config /opt/tuna/configs/<recipe>.yaml`.
+# The repository inside the image (configs cluster.workdir): pods run `--config /opt/tuna/configs/<recipe>.yaml`;
+# the deploy task installs helm/tuna-serving from here.
 WORKDIR /opt/tuna
 COPY --chown=1000:1000 pyproject.toml README.md ./
 COPY --chown=1000:1000 configs/ configs/
 COPY --chown=1000:1000 platform/ platform/
+COPY --chown=1000:1000 helm/ helm/
+
+# Triton's ports (the chart's Service): HTTP 8000, gRPC 8001, metrics 8002. The chart gives its own args; a bare
+# `docker run -v <export>/model_repository:/models ...` serves /models with these defaults.
+EXPOSE 8000 8001 8002
+USER 1000:1000
+CMD ["tritonserver", "--model-repository=/models", "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"]
+
+# ---------------------------------------------------------------------------------------------- project
+FROM serving AS project
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="tuna" \
+      org.opencontainers.image.version="${VERSION}"
+USER 0:0
+
+# Open MPI (mpirun on the launcher, orted on the nodes) and OpenSSH (the Trainer MPI runtime: sshd on port 2222 in
+# the node pods, ssh from mpirun). sshd runs as mpiuser on an unprivileged port: no setcap, no root.
+RUN apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openmpi-bin libopenmpi3 openssh-server openssh-client >/dev/null \
+    && rm -rf /var/lib/apt/lists/* \
+    && sed -i "s/[ #]\(.*StrictHostKeyChecking \).*/ \1no/g" /etc/ssh/ssh_config \
+    && echo "    UserKnownHostsFile /dev/null" >> /etc/ssh/ssh_config \
+    && sed -i "s/[ #]\(.*Port \).*/ \12222/g" /etc/ssh/ssh_config \
+    && printf 'PidFile /home/mpiuser/sshd.pid\nHostKey /home/mpiuser/.ssh/id_rsa\nStrictModes no\nPort 2222\n' \
+       > /home/mpiuser/.sshd_config \
+    && chown 1000:1000 /home/mpiuser/.sshd_config
 
 USER 1000:1000
 CMD ["tuna", "--help"]

@@ -243,6 +243,37 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--free-ports", action="store_true", help="bind free ports instead of serve.grpc_port/http_port/metrics_port")
 
 
+def cmd_image(args: argparse.Namespace) -> int:
+    """Build the serving and project images, tagged cluster.serving_image / cluster.image; print size and time."""
+    from tuna.images import TARGETS, build_images, check_base, docker_engine
+
+    cfg = _config(args)
+    if args.check:
+        print(f"Docker engine {docker_engine()}")
+        if args.base_image:
+            check_base(args.base_image)
+            print(f"base image {args.base_image}: python3.11 present (or installable with apt-get)")
+        return 0
+    targets = TARGETS if args.target == "all" else (args.target,)
+    build_images(cfg, args.base_image, args.torch_variant, targets=targets, log_dir=Path(args.log_dir) if args.log_dir else None,
+                 memory=args.memory, index_url=args.index_url)
+    return 0
+
+
+def _image_args(p: argparse.ArgumentParser) -> None:
+    from tuna.images import TARGETS, TORCH_VARIANTS
+
+    p.add_argument("--base-image", default=None, metavar="REF",
+                   help="base image: Debian/Ubuntu with Python 3.11 (default: the Dockerfile's pinned python image; "
+                        "here: tuna-base:bookworm from `make base-image`)")
+    p.add_argument("--torch-variant", default="cpu", choices=TORCH_VARIANTS, help="torch build: cpu (default) or a CUDA index (cluster images)")
+    p.add_argument("--target", default="all", choices=[*TARGETS, "all"], help="which image (default: all; project builds FROM serving)")
+    p.add_argument("--log-dir", default=None, metavar="DIR", help="where each build's full output goes (default: <run.data_dir>/images)")
+    p.add_argument("--index-url", default=None, metavar="URL", help="package index for the build (default: PyPI; a mirror)")
+    p.add_argument("--memory", default=None, metavar="SIZE", help="memory cap of each build step, e.g. 8g (default: none)")
+    p.add_argument("--check", action="store_true", help="only check the Docker engine and the base image, build nothing")
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     """Ask the served model one question about one image over gRPC; print the answer and its provenance."""
     from tuna.serve.client import TunaClient
@@ -409,6 +440,8 @@ VERBS: dict[str, Verb] = {
     "export": Verb(STEPS["export"].summary, cmd_export, _export_args),
     "serve": Verb("serve the exported model with the local tritonserver (gRPC, HTTP, metrics) until Ctrl-C", cmd_serve, _serve_args),
     "ask": Verb("ask the served model a question about an image over gRPC; print answer and provenance", cmd_ask, _ask_args),
+    "image": Verb("build the project and serving images with the local Docker engine (names from cluster.image / "
+                  "cluster.serving_image, base image a build argument)", cmd_image, _image_args),
     "ui": Verb("browse the local MLflow store (runs, metrics, models) with mlflow ui on 127.0.0.1", cmd_ui, _ui_args),
     "pipeline": Verb("Kubeflow pipeline: compile the versioned IR (Kubernetes settings from the recipe's cluster: section), "
                      "submit it to a KFP host, or run it with kfp.local",

@@ -172,6 +172,11 @@ class Layout:
         return self.serve_root / "logs"
 
     @property
+    def image_logs(self) -> Path:
+        """`tuna image` build logs (one per Dockerfile target)."""
+        return self.root / "images"
+
+    @property
     def kfp(self) -> Path:
         return self.root / "kfp"
 

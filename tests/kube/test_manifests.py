@@ -1,4 +1,4 @@
-"""manifests/ (kustomize base + dev/prod overlays), the Milvus Helm values and the project Dockerfile, checked offline.
+"""manifests/ (kustomize base + dev/prod overlays) and the Milvus Helm values, checked offline.
 
 Both overlays are rendered by the real `kubectl kustomize` (kubectl v1.35); every built-in object passes
 kubernetes-validate --strict (Kubernetes 1.33 schemas) and the ClusterTrainingRuntime its CRD schema kept in
@@ -6,7 +6,7 @@ platform/tuna/train/crds (tuna.train.cluster.validate). Assertions: Pod Security
 every pod template, least-privilege RBAC (no wildcards, Secrets by name), no Secret values in the base, images pinned
 (by digest in prod), the NetworkPolicies, names shared with the recipes and the serving chart. The Milvus values
 files are parsed (and rendered with the real helm when TUNA_MILVUS_CHART points at a local copy of the milvus chart).
-The Dockerfile is parsed: no Docker engine here.
+The Dockerfile is checked in tests/containers/test_dockerfile.py.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import base64
 import copy
 import os
 import re
-import shlex
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -713,110 +711,3 @@ def test_milvus_values_render_with_the_real_chart(env: str) -> None:
         assert {"milvus-proxy", "milvus-querynode", "milvus-datanode", "milvus-mixcoord"} <= set(deployments)
         assert deployments["milvus-querynode"]["spec"]["replicas"] == 3
         assert config["mq"]["type"] == "pulsar" and config["minio"]["useIAM"] is True
-
-
-# ---------------------------------------------------------------------------------------------- Dockerfile
-
-
-def dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    out, pending = [], ""
-    for raw in (REPO / "Dockerfile").read_text().splitlines():
-        line = raw.strip()
-        if not pending and (not line or line.startswith("#")):
-            continue
-        if line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        full = pending + line
-        pending = ""
-        instruction, _, args = full.partition(" ")
-        out.append((instruction.upper(), args.strip()))
-    return out
-
-
-def stages() -> list[list[tuple[str, str]]]:
-    result: list[list[tuple[str, str]]] = []
-    for instruction, args in dockerfile():
-        if instruction == "FROM":
-            result.append([])
-        if result:
-            result[-1].append((instruction, args))
-    return result
-
-
-def build_args() -> dict[str, str]:
-    return dict(a.split("=", 1) for i, a in dockerfile() if i == "ARG" and "=" in a)
-
-
-def test_dockerfile_base_image_is_pinned_by_tag_and_digest() -> None:
-    args = build_args()
-    base_image = args["PYTHON_IMAGE"]
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", base_image), base_image
-    froms = [a.split()[0] for i, a in dockerfile() if i == "FROM"]
-    assert froms == ["${PYTHON_IMAGE}", "${PYTHON_IMAGE}"]  # build stage and runtime stage, same pinned base
-
-
-def test_dockerfile_runs_as_non_root_user_1000() -> None:
-    runtime = stages()[-1]
-    users = [a for i, a in runtime if i == "USER"]
-    assert users and users[-1] == "1000:1000"
-    assert runtime[-1][0] == "CMD" and [i for i, _ in runtime].index("USER") > max(
-        n for n, (i, _) in enumerate(runtime) if i in ("RUN", "COPY"))
-    runs = " ".join(a for i, a in runtime if i == "RUN")
-    assert "--uid 1000" in runs and "--gid 1000" in runs and "/home/mpiuser" in runs
-    assert "Port 2222" in runs and "setcap" not in runs  # sshd unprivileged, no file capabilities (PSA drops ALL)
-
-
-def test_dockerfile_pins_torch_to_the_pyproject_version() -> None:
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    (torch_pin,) = [d.split("#")[0].strip() for d in deps if re.match(r"torch\s*==", d)]
-    version = torch_pin.split("==")[1]
-    assert build_args()["TORCH_VERSION"] == version
-    build = stages()[0]
-    runs = [a for i, a in build if i == "RUN"]
-    (torch_run,) = [r for r in runs if "torch==" in r]
-    words = shlex.split(torch_run)
-    assert '"torch==${TORCH_VERSION}"' in torch_run or "torch==${TORCH_VERSION}" in words
-    assert "--index-url" in words and build_args()["TORCH_INDEX_URL"] == "https://download.pytorch.org/whl/cpu"
-    install = [n for n, r in enumerate(runs) if re.search(r"pip install (-c constraints\.txt )?\.( |$)", r)]
-    torch_at = runs.index(torch_run)
-    assert install and install[0] > torch_at  # torch first, so `pip install .` finds it satisfied
-
-
-def test_dockerfile_copies_the_source_and_the_recipes() -> None:
-    build, runtime = stages()[0], stages()[-1]
-    build_copies = [a for i, a in build if i == "COPY"]
-    assert "platform/ platform/" in build_copies and "pyproject.toml README.md constraints.txt ./" in build_copies
-    # the KFP wiring installs as tuna_pipelines / tuna_components: both folders must reach `pip install .`
-    assert {"pipelines/ pipelines/", "components/ components/"} <= set(build_copies)
-    workdirs = [a for i, a in runtime if i == "WORKDIR"]
-    assert workdirs[-1] == "/opt/tuna"
-    copies = [a for i, a in runtime if i == "COPY"]
-    assert "--chown=1000:1000 configs/ configs/" in copies and "--chown=1000:1000 platform/ platform/" in copies
-    assert "--from=build /opt/venv /opt/venv" in copies
-    llava = yaml.safe_load((REPO / "configs" / "llava7b.yaml").read_text())["cluster"]
-    assert llava["workdir"] == "/opt/tuna"  # pods read /opt/tuna/configs/<recipe>.yaml
-
-
-def test_dockerfile_sets_the_triton_environment() -> None:
-    runtime = stages()[-1]
-    env = " ".join(a for i, a in runtime if i == "ENV")
-    assert "LD_LIBRARY_PATH=/usr/local/lib:/opt/venv/lib/python3.11/site-packages/nvidia_pytriton.libs" in env
-    assert "PATH=/opt/venv/bin:" in env and "PYTHONPATH=/opt/venv/lib/python3.11/site-packages" in env
-    build_runs = " ".join(a for i, a in stages()[0] if i == "RUN")
-    assert "python_backend_stubs/3.11/triton_python_backend_stub" in build_runs
-    assert "/opt/tritonserver/backends" in build_runs and "bin/tritonserver" in build_runs
-    runtime_runs = " ".join(a for i, a in runtime if i == "RUN")
-    for package in ("openmpi-bin", "openssh-server", "openssh-client"):
-        assert package in runtime_runs
-
-
-def test_dockerignore_keeps_data_envs_and_history_out() -> None:
-    ignored = {ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
-               if ln.strip() and not ln.startswith("#")}
-    assert {"data/", ".venv", ".git"} <= ignored
-    for needed in ("platform", "pipelines", "components", "configs", "pyproject.toml", "README.md"):
-        assert not any(pattern.rstrip("/") == needed for pattern in ignored), needed

@@ -29,7 +29,7 @@ def test_upgrade_command_for_a_repository_on_a_pvc() -> None:
     assert cmd == [
         "helm", "upgrade", "--install", "tuna-serving", "helm/tuna-serving", "--namespace", "tuna", "--wait=watcher",
         "--timeout", "15m0s", "--rollback-on-failure", "--history-max", "10", "-f", "ci/cpu-values.yaml",
-        "--set-string", "image.repository=ghcr.io/tuna-platform/tuna", "--set-string", "image.tag=0.1.0",
+        "--set-string", "image.repository=ghcr.io/tuna-platform/tuna-serving", "--set-string", "image.tag=0.1.0",
         "--set-string", "milvus.uri=http://milvus.milvus.svc:19530", "--set-string", "milvus.tokenSecret.name=tuna-milvus",
         "--set-string", "milvus.tokenSecret.key=MILVUS_TOKEN", "--set-string", "datastore.default=B",
         "--set", "serviceAccount.create=false", "--set-string", "serviceAccount.name=tuna-serving",
@@ -47,7 +47,7 @@ def test_values_for_mlflow_and_s3_sources_and_image_digests() -> None:
     s3 = dict(helm_values(cfg, "s3://models/tuna/model_repository/"))
     assert (s3["modelRepository.s3.bucket"], s3["modelRepository.s3.prefix"]) == ("models", "tuna/model_repository")
     assert s3["modelRepository.s3.credentialsSecret.name"] == "tuna-s3"
-    pinned = load_recipe(SMOKE, [*CLUSTER, "cluster.image=ghcr.io/tuna-platform/tuna@sha256:" + "a" * 64])
+    pinned = load_recipe(SMOKE, [*CLUSTER, "cluster.serving_image=ghcr.io/tuna-platform/tuna-serving@sha256:" + "a" * 64])
     values = dict(helm_values(pinned, "pvc://c/x"))
     assert values["image.digest"] == "sha256:" + "a" * 64 and "image.tag" not in values
     assert set_args([("a", "x,y"), ("n", 3), ("b", True)]) == ["--set-string", "a=x\\,y", "--set", "n=3", "--set", "b=true"]
@@ -89,7 +89,7 @@ def test_the_chart_renders_with_the_deploy_values(tmp_path: Path, uri: str) -> N
     objects = {d["kind"]: d for d in yaml.safe_load_all(rendered) if d}
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     triton = next(c for c in pod["containers"] if c["name"] == "triton")
-    assert triton["image"] == "ghcr.io/tuna-platform/tuna:0.1.0"
+    assert triton["image"] == "ghcr.io/tuna-platform/tuna-serving:0.1.0"
     env = {e["name"]: e for e in triton["env"]}
     assert env["MILVUS_URI"]["value"] == "http://milvus.milvus.svc:19530" and env["TUNA_DATASTORE_DEFAULT"]["value"] == "B"
     ref = env["MILVUS_TOKEN"]["valueFrom"]["secretKeyRef"]

@@ -217,7 +217,7 @@ def test_gpu_only_in_the_gpu_scenario(rendered: dict[str, list[dict[str, Any]]])
         for c in containers(spec):
             for section in c["resources"].values():
                 assert "nvidia.com/gpu" not in section, (scenario, c["name"])
-        assert triton(rendered[scenario])["image"] == "ghcr.io/tuna-platform/tuna:0.1.0"
+        assert triton(rendered[scenario])["image"] == "ghcr.io/tuna-platform/tuna-serving:0.1.0"
         assert env(triton(rendered[scenario]))["NVIDIA_VISIBLE_DEVICES"]["value"] == "void"
         assert "tolerations" not in spec and "nodeSelector" not in spec
 

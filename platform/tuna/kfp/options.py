@@ -20,8 +20,9 @@ from tuna import __version__
 from tuna.errors import TunaError
 from tuna.recipe import ClusterConfig
 
-IMAGE_REPOSITORY = "ghcr.io/tuna-platform/tuna"
-BASE_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}"  # the components' default image; a pipeline's pods run cluster.image
+# The components' default image is the recipe schema's default cluster.image (one place: tuna.recipe.cluster); a
+# compiled pipeline's pods run the recipe's cluster.image (pipelines/tuna.py sets it on every task).
+BASE_IMAGE = ClusterConfig().image
 PIPELINE_NAME = "tuna"
 DEFAULT_RECIPE = "configs/mini.yaml"               # relative to the image's workdir (the repository)
 GOLDEN_VERSION = "golden"                          # version string of pipelines/compiled/tuna-golden.yaml
@@ -108,5 +109,5 @@ class PipelineOptions:
 
 
 __all__ = ["ACCELERATOR", "BASE_IMAGE", "DEFAULT_RECIPE", "DEPLOY_TARGETS", "ERROR_FILE_ENV", "GOLDEN_VERSION",
-           "IMAGE_REPOSITORY", "LAUNCHERS", "PIPELINE_NAME", "SECRET_ENV", "SECRET_OPTIONAL_ENV",
+           "LAUNCHERS", "PIPELINE_NAME", "SECRET_ENV", "SECRET_OPTIONAL_ENV",
            "SERVING_SOURCES", "TARGETS", "VARIANTS", "PipelineError", "PipelineOptions"]

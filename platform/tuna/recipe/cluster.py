@@ -42,6 +42,7 @@ class ClusterConfig:
     launcher: Literal["local", "trainjob", "pytorchjob"] = "local"
     namespace: str = "tuna"                          # namespace of the TrainJob / PyTorchJob
     image: str = "ghcr.io/tuna-platform/tuna:0.1.0"  # project image, pinned by tag or digest
+    serving_image: str = "ghcr.io/tuna-platform/tuna-serving:0.1.0"  # the chart's Triton image (`tuna deploy`)
     workdir: str = "/opt/tuna"                       # the repository inside the image (recipes in <workdir>/configs)
     runtime: str = "tuna-deepspeed-distributed"      # Kubeflow Trainer ClusterTrainingRuntime the TrainJob uses
     num_nodes: int = 1                               # pods (nodes) in the job
@@ -69,11 +70,12 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         _require(bool(_DNS_LABEL.match(self.namespace)) and len(self.namespace) <= 63, "namespace",
                  f"must be a Kubernetes namespace name (lower-case letters, digits, '-'; <= 63), got {self.namespace!r}")
-        last = self.image.rsplit("/", 1)[-1]
-        _require(bool(self.image.strip()) and not any(c.isspace() for c in self.image)
-                 and (":" in last or "@sha256:" in self.image), "image",
-                 f"must name a tag or digest (e.g. ghcr.io/tuna-platform/tuna:0.1.0) so every pod runs the same code, "
-                 f"got {self.image!r}")
+        for name in ("image", "serving_image"):
+            ref = getattr(self, name)
+            last = ref.rsplit("/", 1)[-1]
+            _require(bool(ref.strip()) and not any(c.isspace() for c in ref) and (":" in last or "@sha256:" in ref), name,
+                     f"must name a tag or digest (e.g. ghcr.io/tuna-platform/tuna:0.1.0) so every pod runs the same code, "
+                     f"got {ref!r}")
         for name in ("workdir", "data_mount", "checkpoints_mount"):
             path = getattr(self, name)
             _require(path.startswith("/"), name, f"must be an absolute path in the pod, got {path!r}")

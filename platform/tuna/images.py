@@ -1,0 +1,203 @@
+"""The container images (``tuna image``, ``make image``): the project and serving images built from the repository's
+Dockerfile by the local Docker engine. The one module that runs ``docker``.
+
+Names come from the recipe only: ``cluster.image`` (project: KFP components, TrainJob pods, the deploy task) and
+``cluster.serving_image`` (tritonserver + tuna: the tuna-serving chart's cpu scenario); override them on the command
+line (``tuna image cluster.image=tuna:dev``). The base image is a build argument: any Debian/Ubuntu image with
+Python 3.11 (``make base-image`` makes ``tuna-base:bookworm`` with debootstrap here; a cluster uses its registry's).
+What the build cannot reach from inside (the host's CA bundle, the host's torch wheel) is copied into the build
+context (docker/build-ca/, docker/wheels/), never into the runtime images. Missing pieces (no Docker engine, no base
+image, a base without Python 3.11, no network in the build) fail in one line naming the piece and the command that
+provides it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuna import __version__
+from tuna.errors import TunaError
+from tuna.layout import layout
+from tuna.recipe import Recipe
+
+REPO = Path(__file__).resolve().parents[2]      # the repository: the build context (Dockerfile, docker/)
+TARGETS = ("serving", "project")                # Dockerfile targets; project builds FROM serving
+TORCH_VARIANTS = ("cpu", "cu126", "cu128")      # PyTorch index suffixes the Dockerfile's TORCH_VARIANT accepts
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+ENGINE_FIX = "start one with `make docker-up` (installs docker.io and starts dockerd as root)"
+
+
+class ImageError(TunaError):
+    """An image cannot be built or inspected; the message names the missing piece and the command that provides it."""
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """One image `tuna image` built: its Dockerfile target, reference, build time and size."""
+
+    target: str
+    ref: str
+    seconds: float
+    size_bytes: int
+
+
+def _docker(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """``docker <args>`` with its output captured (never raises on a non-zero exit)."""
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def docker_engine() -> str:
+    """The Docker engine's server version; raises ImageError in one line when there is no CLI or no engine."""
+    if shutil.which("docker") is None:
+        raise ImageError(f"no Docker engine: the docker command is not installed; {ENGINE_FIX}")
+    try:
+        done = _docker("version", "--format", "{{.Server.Version}}", timeout=20)
+    except subprocess.TimeoutExpired:
+        done = None
+    if done is None or done.returncode != 0 or not done.stdout.strip():
+        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise ImageError(f"no Docker engine answers at {where}; {ENGINE_FIX}")
+    return done.stdout.strip()
+
+
+def image_exists(ref: str) -> bool:
+    """Whether the local engine holds image ``ref``."""
+    return _docker("image", "inspect", ref).returncode == 0
+
+
+def image_size(ref: str) -> int:
+    """Size in bytes of local image ``ref`` (what `docker images` shows)."""
+    done = _docker("image", "inspect", "--format", "{{.Size}}", ref)
+    if done.returncode != 0:
+        raise ImageError(f"no image {ref!r} in the Docker engine; build it with `make image`")
+    return int(done.stdout.strip())
+
+
+def check_base(base: str) -> None:
+    """Refuse a base image that is missing or cannot provide Python 3.11 (neither python3.11 nor apt-get)."""
+    if not image_exists(base):
+        raise ImageError(f"no base image {base!r} in the Docker engine; build it with `make base-image` "
+                         f"(or `docker pull {base}` where a registry is reachable)")
+    probe = _docker("run", "--rm", "--network", "none", "--entrypoint", "sh", base, "-c",
+                    "command -v python3.11 || command -v apt-get", timeout=120)
+    if probe.returncode != 0:
+        raise ImageError(f"base image {base!r} has no python3.11 (and no apt-get to install it); build it with "
+                         f"`make base-image`")
+
+
+def _stage_build_inputs(context: Path, ca_bundle: Path | None, torch_wheel: Path | None) -> None:
+    """Copy the host's CA bundle and torch wheel into the build context (docker/build-ca/, docker/wheels/)."""
+    if ca_bundle is not None:
+        if not ca_bundle.is_file():
+            raise ImageError(f"CA bundle {ca_bundle} does not exist; set PIP_CERT to the bundle the host's pip uses")
+        shutil.copyfile(ca_bundle, context / "docker" / "build-ca" / "ca-certificates.crt")
+    if torch_wheel is not None:
+        target = context / "docker" / "wheels" / torch_wheel.name
+        if not target.is_file() or target.stat().st_size != torch_wheel.stat().st_size:
+            shutil.copyfile(torch_wheel, target)
+
+
+def host_torch_wheel(version: str, variant: str, folders: Sequence[Path]) -> Path | None:
+    """The host's ``torch-<version>+<variant>-cp311-*.whl`` in one of ``folders`` (pip's find-links), if any."""
+    for folder in folders:
+        found = sorted(folder.glob(f"torch-{version}+{variant}-cp311-*.whl")) if folder.is_dir() else []
+        if found:
+            return found[0]
+    return None
+
+
+def pip_find_links() -> list[Path]:
+    """The host pip's find-links folders (``PIP_FIND_LINKS`` or ``pip config get global.find-links``)."""
+    value = os.environ.get("PIP_FIND_LINKS", "")
+    if not value:
+        done = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.find-links"], capture_output=True,
+                              text=True, timeout=60)
+        value = done.stdout.strip() if done.returncode == 0 else ""
+    return [Path(p) for p in value.split() if p and not p.startswith(("http://", "https://"))]
+
+
+def build_command(target: str, ref: str, base: str | None, torch_variant: str = "cpu",
+                  version: str = __version__, context: Path = REPO, memory: str | None = None,
+                  index_url: str | None = None) -> list[str]:
+    """``docker build`` of one Dockerfile target tagged ``ref`` (host network: the build reaches the indexes);
+    ``memory`` (e.g. ``8g``) caps each build step's container (the legacy builder honours it; BuildKit ignores it);
+    ``index_url`` replaces PyPI (a mirror)."""
+    if target not in TARGETS:
+        raise ImageError(f"unknown image target {target!r}; choose one of {', '.join(TARGETS)}")
+    if torch_variant not in TORCH_VARIANTS:
+        raise ImageError(f"unknown torch variant {torch_variant!r}; choose one of {', '.join(TORCH_VARIANTS)}")
+    cmd = ["docker", "build", "--network", "host", "--force-rm", "--target", target, "-t", ref,
+           "--build-arg", f"TORCH_VARIANT={torch_variant}", "--build-arg", f"VERSION={version}"]
+    if base:
+        cmd += ["--build-arg", f"BASE_IMAGE={base}"]
+    if memory:
+        cmd += ["--memory", memory, "--memory-swap", memory]
+    if index_url:
+        cmd += ["--build-arg", f"PIP_INDEX_URL={index_url}"]
+    return [*cmd, str(context)]
+
+
+def _failure_line(log: Path) -> str:
+    """The build's own one-line error (``error: ...`` from docker/ or the Dockerfile), else its last line."""
+    text = _ANSI.sub("", log.read_text(errors="replace"))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    ours = [ln for ln in lines if ln.startswith("error:")]
+    return ours[-1] if ours else (lines[-1] if lines else "no output")
+
+
+def torch_version(context: Path = REPO) -> str:
+    """The torch version pyproject.toml pins (the Dockerfile's TORCH_VERSION default is checked against it)."""
+    deps = tomllib.loads((context / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = [d.split("#")[0].split("==", 1)[1].strip() for d in deps if re.match(r"torch\s*==", d)]
+    if len(pins) != 1:
+        raise ImageError(f"pyproject.toml pins torch {len(pins)} times; pin it once as torch==<version>")
+    return pins[0]
+
+
+def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targets: Sequence[str] = TARGETS,
+                 log_dir: Path | None = None, log: Callable[[str], None] = print,
+                 ca_bundle: Path | None = None, torch_wheel: Path | None = None,
+                 memory: str | None = None, index_url: str | None = None) -> list[BuiltImage]:
+    """Build ``targets`` (serving first: project builds FROM it) tagged from the recipe; one line per image.
+
+    ``base`` None keeps the Dockerfile's pinned python image (a cluster's CI with registry access); here pass the
+    debootstrap'ed ``tuna-base:bookworm``. Each build's full output goes to ``<log_dir>/build-<target>.log``."""
+    docker_engine()
+    if base:
+        check_base(base)
+    refs = {"serving": cfg.cluster.serving_image, "project": cfg.cluster.image}
+    ca = ca_bundle or (Path(os.environ["PIP_CERT"]) if os.environ.get("PIP_CERT") else
+                       HOST_CA_BUNDLE if HOST_CA_BUNDLE.is_file() else None)
+    wheel = torch_wheel or host_torch_wheel(torch_version(), torch_variant, pip_find_links())
+    _stage_build_inputs(REPO, ca, wheel)
+    logs = log_dir or layout(cfg).image_logs
+    logs.mkdir(parents=True, exist_ok=True)
+    built: list[BuiltImage] = []
+    for target in sorted(targets, key=TARGETS.index):
+        path = logs / f"build-{target}.log"
+        start = time.monotonic()
+        with path.open("w") as out:
+            done = subprocess.run(build_command(target, refs[target], base, torch_variant, memory=memory, index_url=index_url),
+                                  stdout=out,
+                                  stderr=subprocess.STDOUT, text=True)
+        if done.returncode != 0:
+            raise ImageError(f"building the {target} image {refs[target]} failed: {_failure_line(path)} (log: {path})")
+        image = BuiltImage(target, refs[target], time.monotonic() - start, image_size(refs[target]))
+        log(f"{target:<8} {image.ref}  {image.size_bytes / 1e9:.2f} GB  built in {image.seconds:.0f}s  (log: {path})")
+        built.append(image)
+    return built
+
+
+__all__ = ["BuiltImage", "ImageError", "TARGETS", "TORCH_VARIANTS", "build_command", "build_images", "check_base",
+           "docker_engine", "host_torch_wheel", "image_exists", "image_size", "pip_find_links",
+           "torch_version"]
