@@ -23,12 +23,22 @@ from tuna.layout import layout
 from tuna.recipe import Recipe, load_recipe
 from tuna.retrieval.clip import encoder_path, load_encoder
 from tuna.retrieval.datastore import DATASTORES, Retriever, read_manifest
-from tuna.retrieval.server import MilvusServer, free_port
+from tuna.retrieval.server import MilvusServer, MilvusServerError, free_port, server_executable
 from tuna.retrieval.store import MilvusStore, UnknownDatastore
 from tuna.samples import decode_image
 from tuna.tags.io import load_tags, mine_corpus
 
-pytestmark = [pytest.mark.integration, pytest.mark.milvus_server]
+
+def _missing_server() -> str:
+    try:
+        server_executable()
+    except MilvusServerError as err:
+        return str(err)
+    return ""
+
+
+pytestmark = [pytest.mark.integration, pytest.mark.milvus_server,
+              pytest.mark.skipif(bool(_missing_server()), reason=_missing_server())]
 
 
 @pytest.fixture(scope="module")
