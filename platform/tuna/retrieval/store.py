@@ -146,12 +146,10 @@ class MilvusStore:
                 return int(f["params"]["dim"])
         raise TunaError(f"collection {collection_name(name)} at {self.uri} has no 'vector' field; it was not made by tuna index")
 
-    def ensure(self, name: str, dim: int, ix: IndexConfig | None = None) -> bool:
+    def ensure(self, name: str, dim: int) -> bool:
         """Create datastore ``name`` for ``dim``-d vectors if missing; True if created.
 
         An existing collection with another vector size is refused (DimensionMismatch) with both numbers.
-        On a Milvus server, with ``ix``, the new collection is indexed and loaded at once: a server loads
-        only indexed collections and queries only loaded ones, so a build's resume check (``ids``) needs it.
         """
         from pymilvus import DataType, MilvusClient
 
@@ -170,10 +168,6 @@ class MilvusStore:
         schema.add_field("caption", DataType.VARCHAR, max_length=4 * MAX_VALUE_CHARS)
         schema.add_field("source", DataType.VARCHAR, max_length=128)
         self._retry("create_collection", lambda: self.client.create_collection(collection_name(name), schema=schema))
-        if ix is not None and _is_remote(self.uri):
-            self._create_index(name, ix)
-            self._retry("load", lambda: self.client.load_collection(collection_name(name)))
-            self._loaded.add(name)
         return True
 
     def drop(self, name: str) -> None:
@@ -191,6 +185,8 @@ class MilvusStore:
         if _is_remote(self.uri) and self.index_info(name) is None:
             if self.count(name) == 0:
                 return set()
+            # A server loads (and queries) only indexed collections: a build killed before build_index is not
+            # resumable there. (Indexing and loading at creation was tried: searches then differ after a restart.)
             raise TunaError(f"collection {collection_name(name)} at {self.uri} has rows but no vector index, so the "
                             f"server cannot load it; rebuild it (tuna index --rebuild)")
         self._ensure_loaded(name)
