@@ -21,7 +21,7 @@ BUILD_MEMORY ?= 8g
 # pip on our machines prints one warning per missing local index folder; keep the log readable.
 QUIET_PIP := sed "/is ignored: it is neither a file nor a directory/d"
 
-.PHONY: install run test lint constraints world clean-venv docker-up docker-down base-image image test-containers
+.PHONY: install run test test-milvus lint constraints world clean-venv docker-up docker-down base-image image test-containers
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -38,6 +38,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The real Milvus server tests (marker milvus_server): installs the optional `milvus` wheel, then runs them (~1.6 min).
+test-milvus: $(STAMP)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev,milvus-server]" 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -m pytest -q -m milvus_server
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

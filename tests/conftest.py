@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from support import World, make_prepared, make_world
+from tuna.retrieval.server import MilvusServer, MilvusServerError, server_executable
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +39,21 @@ def trained(prepared: World) -> World:
         assert done.returncode == 0, f"tuna train --variant {variant} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         assert "Traceback" not in done.stdout + done.stderr
     return prepared
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
+    """A real Milvus 2.3 standalone (the PyPI `milvus` wheel) on a free 127.0.0.1 port, started once per session
+    and stopped by PID at the end, even when a test failed; skipped with one line when the wheel is missing."""
+    import shutil
+
+    try:
+        server_executable()
+    except MilvusServerError as err:
+        pytest.skip(str(err))
+    server = MilvusServer(tmp_path_factory.mktemp("milvus-server"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        shutil.rmtree(server.root / "bin", ignore_errors=True)  # the unpacked binary (~250 MB); logs and data stay

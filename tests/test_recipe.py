@@ -150,6 +150,18 @@ def test_optional_value_accepts_null_and_a_string() -> None:
     assert load_recipe(SMOKE, ["model.vision_tower=/ckpt/clip"]).model.vision_tower == "/ckpt/clip"
 
 
+@pytest.mark.parametrize("uri, fix", [("127.0.0.1:19530", "use http://127.0.0.1:19530"),
+                                      ("grpc://milvus:19530", "http://host:19530")])
+def test_a_milvus_uri_without_a_usable_scheme_names_the_fix(uri: str, fix: str) -> None:
+    message = config_error(f"index.uri={uri}")
+    assert message.startswith("index.uri:") and uri in message and fix in message
+
+
+def test_milvus_uris_that_work_are_accepted() -> None:
+    for uri in ("http://127.0.0.1:19530", "https://milvus.example:443", "data/shared.db"):
+        assert load_recipe(SMOKE, [f"index.uri={uri}"]).index.uri == uri
+
+
 # ----------------------------------------------------------------------------------- literal values
 
 

@@ -4,6 +4,7 @@ dataclass each, validated when built; every YAML key is a field here."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -262,6 +263,12 @@ class IndexConfig:
         _require(0 <= self.retries <= 20, "retries", f"must be in 0..20, got {self.retries}")
         _require(0 <= self.backoff_seconds <= 60, "backoff_seconds", f"must be in 0..60, got {self.backoff_seconds}")
         _require(self.ef >= self.top_k, "ef", f"must be >= top_k ({self.top_k}) for HNSW search, got {self.ef}")
+        if self.uri is not None:  # a server URI (http://host:19530) or a Milvus Lite folder path
+            scheme = self.uri.split("://", 1)[0] if "://" in self.uri else None
+            _require(scheme in (None, "http", "https", "tcp"), "uri",
+                     f"{self.uri!r}: a Milvus server is reached by http://host:19530 (https:// with TLS), not {scheme}://")
+            _require(not re.fullmatch(r"[A-Za-z0-9.-]+:\d+", self.uri), "uri",
+                     f"{self.uri!r} has no scheme (it would be read as a Milvus Lite folder); use http://{self.uri}")
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,8 @@ def collection_name(name: str) -> str:
 
 
 def _quiet_pymilvus() -> None:
+    import pymilvus  # noqa: F401  (importing it sets its loggers' levels: quiet them after)
+
     # pymilvus logs every failed RPC with a traceback; our errors carry the message instead.
     # Milvus Lite's in-process gRPC server logs "Method not implemented" (AllocTimestamp) when a
     # query iterator falls back to its portable path; that is expected, not an error.
@@ -180,7 +182,16 @@ class MilvusStore:
         """Every row id of datastore ``name`` (what a resumed build skips)."""
         if not self.has(name):
             return set()
+        if _is_remote(self.uri) and self.index_info(name) is None:
+            if self.count(name) == 0:
+                return set()
+            # A server loads (and queries) only indexed collections: a build killed before build_index is not
+            # resumable there. (Indexing and loading at creation was tried: searches then differ after a restart.)
+            raise TunaError(f"collection {collection_name(name)} at {self.uri} has rows but no vector index, so the "
+                            f"server cannot load it; rebuild it (tuna index --rebuild)")
         self._ensure_loaded(name)
+        if _is_remote(self.uri):
+            return self._server_ids(name)
         out: set[str] = set()
         it = self._retry("query", lambda: self.client.query_iterator(collection_name(name), batch_size=4096,
                                                                      filter="", output_fields=["id"]))
@@ -190,6 +201,27 @@ class MilvusStore:
                 break
             out.update(r["id"] for r in page)
         it.close()
+        return out
+
+    def _server_ids(self, name: str, page_size: int = 16_384) -> set[str]:
+        """Every id on a server, paged by primary key with strong consistency. (pymilvus 3.0's query iterator
+        misses rows upserted a moment before on a Milvus 2.3 server: it falls back to a client-side timestamp.)"""
+        coll = collection_name(name)
+        out: set[str] = set()
+        expr = 'id != ""'
+        while True:
+            page = self._retry("query", lambda expr=expr: self.client.query(
+                coll, filter=expr, output_fields=["id"], limit=page_size, consistency_level="Strong"))
+            out.update(r["id"] for r in page)
+            if len(page) < page_size:
+                break
+            last = max(r["id"] for r in page).replace("\\", "\\\\").replace('"', '\\"')  # a server returns the lowest keys first
+            expr = f'id > "{last}"'
+        total = self._retry("count", lambda: self.client.query(coll, filter="", output_fields=["count(*)"],
+                                                                consistency_level="Strong"))[0]["count(*)"]
+        if total != len(out):
+            raise TunaError(f"Milvus at {self.uri} listed {len(out)} ids of {coll} but counts {total} rows; "
+                            f"rebuild it (tuna index --rebuild)")
         return out
 
     # ------------------------------------------------------------------------------------------ rows
@@ -210,8 +242,10 @@ class MilvusStore:
     def flush(self, name: str) -> None:
         self._retry("flush", lambda: self.client.flush(collection_name(name)))
 
-    def build_index(self, name: str, ix: IndexConfig) -> dict[str, Any]:
-        """Flush, (re)build the vector index described by ``ix`` if it differs, load; returns the index description."""
+    def build_index(self, name: str, ix: IndexConfig, wait_seconds: float = 600.0) -> dict[str, Any]:
+        """Flush, (re)build the vector index described by ``ix`` if it differs, load; returns the index description.
+
+        On a server this also waits (up to ``wait_seconds``) until the background index build has every row."""
         coll = collection_name(name)
         self.flush(name)
         want = index_params(ix)
@@ -223,13 +257,34 @@ class MilvusStore:
             self._retry("drop_index", lambda: self.client.drop_index(coll, "vector"))
             current = None
         if not current:
-            params = self.client.prepare_index_params()
-            # Milvus Lite honours build parameters only when nested under "params".
-            params.add_index(field_name="vector", index_type=ix.index_type, metric_type=ix.metric, params={"params": want})
-            self._retry("create_index", lambda: self.client.create_index(coll, params))
+            self._create_index(name, ix)
         self._retry("load", lambda: self.client.load_collection(coll))
         self._loaded.add(name)
+        if _is_remote(self.uri):
+            self._wait_indexed(name, wait_seconds)
         return self.index_info(name) or {}
+
+    def _create_index(self, name: str, ix: IndexConfig) -> None:
+        params = self.client.prepare_index_params()
+        # Milvus Lite honours build parameters only when nested under "params" (a server takes them so too).
+        params.add_index(field_name="vector", index_type=ix.index_type, metric_type=ix.metric, params={"params": index_params(ix)})
+        self._retry("create_index", lambda: self.client.create_index(collection_name(name), params))
+
+    def _wait_indexed(self, name: str, wait_seconds: float) -> None:
+        """Wait until a server has indexed every flushed row (it builds indexes in the background after a flush)."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            info = self.index_info(name) or {}
+            if info.get("state") == "Finished" and int(info.get("pending_index_rows", 0)) == 0:
+                return
+            if info.get("state") == "Failed":
+                raise TunaError(f"Milvus at {self.uri} failed to build the {info.get('index_type')} index of "
+                                f"{collection_name(name)}: {info.get('index_state_fail_reason', '')}; check the server log")
+            if time.monotonic() > deadline:
+                raise TunaError(f"Milvus at {self.uri} indexed {info.get('indexed_rows')} of {info.get('total_rows')} rows "
+                                f"of {collection_name(name)} in {wait_seconds:.0f}s; the server is overloaded or stuck, "
+                                f"check its log and run tuna index again (the build resumes)")
+            time.sleep(0.2)
 
     def _ensure_loaded(self, name: str) -> None:
         """Load an indexed collection once per connection: a reopened one starts released, and
