@@ -18,7 +18,9 @@ ENGINE_HOMES = {
     "mlflow": {"track.py"},
     # the tuna.kfp package: compile / submit / kfp.local (imports inside functions); its task functions never
     # import kfp (they run in every pipeline pod); components/ and pipelines/ are outside platform/tuna
-    "kfp": {"kfp/compile.py", "kfp/submit.py", "kfp/local.py"},
+    "kfp": {"kfp/compile.py", "kfp/submit.py", "kfp/local.py", "kfp/docker_local.py"},
+    # the Docker SDK (kfp.local's DockerRunner's containers); images.py runs the docker CLI
+    "docker": {"kfp/docker_local.py"},
     # The gRPC client; model_config.py reads only Triton's model-config protobuf schema (it never connects).
     "tritonclient": {"serve/client.py", "serve/model_config.py"},
     "pytriton": {"serve/server.py"},                        # the bundled tritonserver binary

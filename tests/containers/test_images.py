@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from support import REPO, SMOKE
-from tuna.images import ImageError, build_command, build_images, check_base, docker_engine, image_exists, image_size
+from tuna.images import ImageError, build_command, build_images, check_base, docker_engine, image_size
 from tuna.recipe import load_recipe
 
 pytestmark = pytest.mark.containers
@@ -34,38 +34,6 @@ KFP_LAUNCHER_PATHS = ("/gcs", "/minio", "/s3", "/oci", "/kfp-workspace")  # kfp 
 
 def _docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def engine() -> str:
-    try:
-        return docker_engine()
-    except ImageError as err:
-        pytest.skip(str(err))
-
-
-def _image(ref: str) -> str:
-    if not image_exists(ref):
-        pytest.skip(f"no image {ref} in the Docker engine; build it with `make image` (make test-containers does)")
-    return ref
-
-
-@pytest.fixture(scope="module")
-def serving(engine: str) -> str:
-    return _image(CFG.cluster.serving_image)
-
-
-@pytest.fixture(scope="module")
-def project(engine: str) -> str:
-    return _image(CFG.cluster.image)
-
-
-@pytest.fixture(scope="module")
-def base(engine: str) -> str:
-    ref = os.environ.get("TUNA_BASE_IMAGE", "tuna-base:bookworm")
-    if not image_exists(ref):
-        pytest.skip(f"no base image {ref} in the Docker engine; build it with `make base-image`")
-    return ref
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from support import SMOKE
+from support import SMOKE, check_smoke_pipeline_run
 from tuna.kfp.local import run_local
 from tuna.kfp.options import PipelineError
-
-
-def outputs(task_dir: Path) -> dict[str, Any]:
-    """A kfp.local task's executor output: {"artifacts": {name: [artifact, ...]}, "parameters": {...}}."""
-    data = json.loads((task_dir / "executor_output.json").read_text())
-    return {"artifacts": {k: v["artifacts"] for k, v in data.get("artifacts", {}).items()},
-            "parameters": data.get("parameterValues", {})}
 
 
 def test_bad_parameter_fails_the_first_task_before_anything_runs(tmp_path: Path) -> None:
@@ -43,55 +35,81 @@ def test_cli_run_local_reports_the_failing_task_in_one_line(tmp_path: Path, caps
 
 @pytest.mark.integration
 def test_kfp_local_runs_the_whole_smoke_pipeline(tmp_path: Path) -> None:
-    from mlflow import MlflowClient
+    out = run_local(SMOKE, [f"run.data_dir={tmp_path}"])
+    assert out["seconds"] < 600, out["seconds"]
+    check_smoke_pipeline_run(out, tmp_path)
 
-    from tuna import track
+
+# ------------------------------------------------------------------------- the docker runner's mounts (no engine)
+
+
+def test_docker_mounts_give_the_tasks_the_host_paths(tmp_path: Path) -> None:
+    from tuna.kfp.docker_local import docker_mounts
     from tuna.recipe import load_recipe
 
-    out = run_local(SMOKE, [f"run.data_dir={tmp_path}"])
-    run = Path(out["run_dir"])
-    assert out["seconds"] < 600, out["seconds"]
-    assert out["tasks"] == sorted(["validate", "world", "encoder", "mine-tags", "build-index", "build-index-2",
-                                   "build-index-3", "lm", "start-run", "train", "train-2", "train-3", "train-4",
-                                   "evaluate", "export-model-repository", "register-model", "deploy", "notify"])
-    o = {task: outputs(run / task) for task in out["tasks"]}
+    finer = tmp_path / "theirs" / "finer_ood.jsonl"
+    finer.parent.mkdir()
+    finer.write_text("")
+    data = tmp_path / "data"
+    cfg = load_recipe(SMOKE, [f"run.data_dir={data}", f"data.finer_ood.path={finer}"])
+    mounts = docker_mounts(cfg, SMOKE, data / "kfp")
+    assert mounts == [
+        {"Type": "bind", "Source": str(data), "Target": str(data), "ReadOnly": False},        # pipeline root inside
+        {"Type": "bind", "Source": str(SMOKE.parent), "Target": str(SMOKE.parent), "ReadOnly": True},
+        {"Type": "bind", "Source": str(finer.parent), "Target": str(finer.parent), "ReadOnly": True},
+    ]
 
-    assert o["validate"]["parameters"]["overrides"] == [f"run.data_dir={tmp_path}"]
-    (world,) = o["world"]["artifacts"]["dataset"]
-    assert world["metadata"]["status"] == "generated" and world["metadata"]["uri"] == str(tmp_path / "world")
-    assert json.loads(Path(world["uri"]).read_text())["counts"]["web_A"] == 300  # the manifest, in the artifact
-    assert len(world["metadata"]["digests"]["instruction"]) == 64
-    (enc,) = o["encoder"]["artifacts"]["model"]
-    assert enc["metadata"]["status"] == "trained" and enc["metadata"]["dim"] == 32
-    rows = {o[t]["artifacts"]["index"][0]["metadata"]["name"]: o[t]["artifacts"]["index"][0]["metadata"]["rows"]
-            for t in ("build-index", "build-index-2", "build-index-3")}
-    assert rows == {"A": 292, "B": 100, "A_captions": 292}
-    trained = {(m["variant"], m["stage"]): m for t in ("train", "train-2", "train-3", "train-4")
-               for m in [o[t]["artifacts"]["model"][0]["metadata"]]}
-    assert set(trained) == {("tuna", 1), ("tuna", 2), ("baseline", 1), ("baseline", 2)}
-    for m in trained.values():
-        assert m["status"] == "trained" and m["steps"] == 6 and m["world_size"] == 2 and Path(m["uri"]).is_dir()
-    metrics = o["evaluate"]["artifacts"]["metrics"][0]["metadata"]
-    assert {"tuna_pope_id_f1", "baseline_pope_id_f1", "tuna_finer_ood_fine_em", "tuna_finer_b_B_fine_em"} <= set(metrics)
-    report = o["evaluate"]["artifacts"]["report"][0]
-    assert Path(report["uri"]).read_text().startswith("# TUNA evaluation report: smoke")
-    (repo,) = o["export-model-repository"]["artifacts"]["repository"]
-    assert (Path(repo["metadata"]["path"]) / "tuna" / "config.pbtxt").is_file()
-    assert set(repo["metadata"]["datastores"]) == {"A", "B"}
-    assert o["register-model"]["parameters"]["Output"] == "models:/tuna-smoke-serving@evaluated"
-    assert o["deploy"]["parameters"]["Output"].startswith("gRPC answer ")
-    assert o["notify"]["parameters"]["Output"].endswith(": SUCCEEDED")
 
+def test_docker_mounts_refuse_a_relative_source_path(tmp_path: Path) -> None:
+    from tuna.kfp.docker_local import docker_mounts
+    from tuna.recipe import load_recipe
+
+    cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}", "data.finer_ood.path=theirs/finer_ood.jsonl"])
+    with pytest.raises(PipelineError) as info:
+        docker_mounts(cfg, SMOKE, tmp_path / "kfp")
+    assert str(info.value) == ("data.finer_ood: path 'theirs/finer_ood.jsonl' is relative; the task containers see "
+                               "host paths only when absolute: give the absolute path")
+
+
+def test_unknown_runner_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    with pytest.raises(PipelineError) as info:
+        run_local(SMOKE, [f"run.data_dir={tmp_path}"], runner="podman")
+    assert str(info.value) == "runner: 'podman' is not one of subprocess, docker"
+    assert not any(tmp_path.iterdir())
+
+
+def test_docker_user_is_numeric_uid_gid() -> None:
+    from tuna.kfp.docker_local import parse_user
+
+    assert parse_user("1000:1000") == (1000, 1000) and parse_user("1001") == (1001, 1001)
+    for bad in ("mpiuser", "1000:", "1:2:3", "-1"):
+        with pytest.raises(PipelineError) as info:
+            parse_user(bad)
+        assert str(info.value) == f"--docker-user {bad!r}: give numeric UID:GID, e.g. 1000:1000 (the image's user)"
+
+
+def test_writable_by_reads_the_permission_bits(tmp_path: Path) -> None:
+    import os
+
+    from tuna.kfp.docker_local import writable_by
+
+    mine = tmp_path / "mine"
+    mine.mkdir(mode=0o755)
+    me, group = os.getuid(), os.getgid()
+    assert writable_by(mine / "not" / "yet", me, group) and writable_by(mine, 0, 0)
+    other = me + 4242
+    assert not writable_by(mine, other, other)
+    mine.chmod(0o777)
+    assert writable_by(mine / "later", other, other)
+
+
+def test_a_data_dir_the_docker_user_cannot_write_is_one_line(tmp_path: Path) -> None:
+    from tuna.kfp.docker_local import docker_runner
+    from tuna.recipe import load_recipe
+
+    tmp_path.chmod(0o755)
     cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}"])
-    client = MlflowClient(track.tracking_uri(cfg))
-    runs = client.search_runs([client.get_experiment_by_name(cfg.track.experiment).experiment_id])
-    (parent,) = [r for r in runs if r.data.tags.get("tuna.kind") == "pipeline"]
-    assert parent.info.run_name == "smoke-kfp" and parent.info.status == "FINISHED"
-    assert parent.data.metrics["data.world.counts.web_A"] == 300 and parent.data.metrics["data.index_B.rows"] == 100
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert set(children) == {"train-tuna-stage1", "train-tuna-stage2", "train-baseline-stage1", "train-baseline-stage2",
-                             "eval", "export-tuna", "register-tuna", "deploy"}
-    assert all(r.info.status == "FINISHED" for r in children.values())
-    assert "tuna_finer_ood_fine_em" in children["eval"].data.metrics
-    assert children["deploy"].data.metrics["grpc_latency_ms"] > 0
-    assert track.latest_good("tuna-smoke-serving", alias="evaluated", cfg=cfg)[0] == "1"
+    with pytest.raises(PipelineError) as info:
+        docker_runner(cfg, SMOKE, tmp_path / "kfp", tmp_path / "err", user="4242:4242")
+    assert str(info.value) == (f"run.data_dir {tmp_path} is not writable by --docker-user 4242:4242; `chown -R "
+                               f"4242:4242 {tmp_path}` or run the tasks as yourself (drop --docker-user)")

@@ -1,5 +1,12 @@
-"""Run the pipeline on this machine (``tuna pipeline run --local``) through ``kfp.local.SubprocessRunner``: the same
-components, DAG and IR as a cluster run, with ``target="local"``; and the progress view of its output.
+"""Run the pipeline on this machine (``tuna pipeline run --local``) through ``kfp.local``: the same components, DAG and
+IR as a cluster run, with ``target="local"``; and the progress view of its output. Two runners:
+
+* ``subprocess`` (default): ``kfp.local.SubprocessRunner`` in this venv;
+* ``docker`` (``--docker``): ``kfp.local.DockerRunner``, each task in a container of the project image
+  (``cluster.image``, built by ``tuna image``), the image and the component command a cluster pod runs. The data
+  folder, the recipe's folder and the recipe's own data sources are bind-mounted at their host paths (data
+  read-write, the rest read-only); containers use the host network; the Secrets' env vars a cluster would inject
+  (MLflow, S3, Milvus) are forwarded when set here.
 
 kfp.local ignores the Kubernetes platform spec (no PVCs, Secrets, node selectors or accelerators), so the default
 build runs (local launcher, whatever the recipe's ``cluster:`` section says): ``run.data_dir`` is this machine's
@@ -21,9 +28,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tuna.kfp.compile import build_pipeline
+from tuna.kfp.docker_local import docker_runner, task_container_fixes
 from tuna.kfp.options import ERROR_FILE_ENV, PipelineError, PipelineOptions, _first_line
 from tuna.layout import layout
-from tuna.recipe import load_recipe
+from tuna.recipe import ClusterConfig, load_recipe
+
+RUNNERS = ("subprocess", "docker")
 
 
 class _ProgressLog(io.TextIOBase):
@@ -61,8 +71,11 @@ class _ProgressLog(io.TextIOBase):
 
 
 def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: str | Path | None = None,
-              params: Mapping[str, Any] | None = None, verbose: bool = True) -> dict[str, Any]:
-    """Run the pipeline on this machine through ``kfp.local.SubprocessRunner(use_venv=False)``.
+              params: Mapping[str, Any] | None = None, verbose: bool = True, runner: str = "subprocess",
+              docker_user: str | None = None) -> dict[str, Any]:
+    """Run the pipeline on this machine through ``kfp.local``: ``runner="subprocess"`` (``SubprocessRunner``,
+    this venv) or ``"docker"`` (``DockerRunner``, every task in the project image as user ``docker_user``,
+    default the caller's uid:gid; see :mod:`tuna.kfp.docker_local`).
 
     The same IR as :func:`tuna.kfp.compile.compile_pipeline` (default build: local launcher, no accelerators) with
     ``target="local"`` and ``deploy_target="local"``; ``run.data_dir`` is made absolute (the tasks are
@@ -72,17 +85,28 @@ def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: 
     """
     from kfp import local
 
+    if runner not in RUNNERS:
+        raise PipelineError(f"runner: {runner!r} is not one of {', '.join(RUNNERS)}")
     cfg = load_recipe(config, overrides)  # a bad recipe or override fails here, before kfp starts anything
     data_dir = cfg.data_dir.resolve()
     resolved = [o for o in overrides if not o.strip().startswith("run.data_dir=")] + [f"run.data_dir={data_dir}"]
     root = Path(pipeline_root).resolve() if pipeline_root else layout(cfg).kfp.resolve()
     root.mkdir(parents=True, exist_ok=True)
-    pipeline = build_pipeline(PipelineOptions())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    if runner == "docker":  # tasks leave their one-line error where the containers can write: the pipeline root
+        error_file = root / f".task-error-{os.getpid()}-{time.time_ns()}"
+        task_runner = docker_runner(cfg, Path(config), root, error_file, docker_user)  # checks engine, image, user
+        error_file.touch()
+        error_file.chmod(0o666)
+        # the default (local-launcher) build with the recipe's image: the containers the cluster's pods run
+        options = PipelineOptions(cluster=ClusterConfig(image=cfg.cluster.image))
+    else:
+        error_file = Path(tempfile.mkstemp(prefix="tuna-task-error-")[1])
+        task_runner, options = local.SubprocessRunner(use_venv=False), PipelineOptions()
+    pipeline = build_pipeline(options)
+    local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=True)
     args = {"config": str(Path(config).resolve()), "overrides": resolved, "target": "local", "deploy_target": "local",
             **(params or {})}
     before = {p.name for p in root.iterdir()}
-    error_file = Path(tempfile.mkstemp(prefix="tuna-task-error-")[1])
     old = os.environ.get(ERROR_FILE_ENV)
     os.environ[ERROR_FILE_ENV] = str(error_file)
     t0 = time.perf_counter()
@@ -92,6 +116,8 @@ def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: 
             stack.enter_context(warnings.catch_warnings())
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
+            if runner == "docker":
+                stack.enter_context(task_container_fixes(task_runner))
             if not verbose:
                 log = stack.enter_context(open(log_path, "w", encoding="utf-8"))
                 stack.enter_context(contextlib.redirect_stdout(_ProgressLog(log, sys.stdout)))
@@ -113,4 +139,4 @@ def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: 
             "tasks": sorted(p.name for p in run_dir.iterdir() if p.is_dir()), "log": None if verbose else str(log_path)}
 
 
-__all__ = ["run_local"]
+__all__ = ["RUNNERS", "run_local"]

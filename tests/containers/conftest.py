@@ -1,0 +1,46 @@
+"""Fixtures of the containers suite: the Docker engine and the images, each skipping the test in one line naming what
+is missing and the command that provides it (make test-containers provides them all)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from support import SMOKE
+from tuna.images import ImageError, docker_engine, image_exists
+from tuna.recipe import load_recipe
+
+CFG = load_recipe(SMOKE)
+
+
+@pytest.fixture(scope="session")
+def engine() -> str:
+    try:
+        return docker_engine()
+    except ImageError as err:
+        pytest.skip(str(err))
+
+
+def _image(ref: str) -> str:
+    if not image_exists(ref):
+        pytest.skip(f"no image {ref} in the Docker engine; build it with `make image` (make test-containers does)")
+    return ref
+
+
+@pytest.fixture(scope="session")
+def serving(engine: str) -> str:
+    return _image(CFG.cluster.serving_image)
+
+
+@pytest.fixture(scope="session")
+def project(engine: str) -> str:
+    return _image(CFG.cluster.image)
+
+
+@pytest.fixture(scope="session")
+def base(engine: str) -> str:
+    ref = os.environ.get("TUNA_BASE_IMAGE", "tuna-base:bookworm")
+    if not image_exists(ref):
+        pytest.skip(f"no base image {ref} in the Docker engine; build it with `make base-image`")
+    return ref
