@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rank = os.environ.get("RANK", "0")
+    # RANK is set by the deepspeed launcher and torchrun; under mpirun (TrainJob) only Open MPI's own variable is.
+    rank = os.environ.get("RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "0"
     if not os.environ.get("TUNA_DEBUG"):
         from transformers.utils import logging as hf_logging
 
