@@ -73,7 +73,21 @@ def shutdown(code: int) -> None:
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
+    if code == 0:
+        finalize_mpi()
     os._exit(code)
+
+
+def finalize_mpi() -> None:
+    """Finalize MPI when DeepSpeed's rank discovery initialized it (mpi4py, under the TrainJob's mpirun).
+
+    mpi4py finalizes at interpreter exit, which ``os._exit`` skips; a rank leaving without MPI_Finalize makes
+    mpirun report it as "exiting improperly" and fail the whole job (exit code 1) after the stage succeeded.
+    Only on success: a failing rank must leave improperly so that mpirun aborts the others.
+    """
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
 
 
 if __name__ == "__main__":
