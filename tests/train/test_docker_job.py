@@ -156,3 +156,21 @@ def test_stage_job_refuses_a_data_folder_the_pod_user_cannot_write(tmp_path: Pat
     cmd = obj["spec"]["trainer"]["command"]
     assert "--resume" in cmd and f"run.data_dir={tmp_path / 'd'}" in cmd and "/mnt/tuna" not in " ".join(cmd)
     assert runtime["metadata"]["name"] == "tuna-deepspeed-distributed"
+
+
+def test_cli_dry_run_prints_the_docker_run_of_every_pod(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tuna.cli import main
+
+    data = tmp_path / "d"
+    data.mkdir()
+    data.chmod(0o777)
+    argv = ["train", "--config", str(SMOKE), "--launcher", "docker", "--dry-run", "--stage", "1", f"run.data_dir={data}",
+            *TWO_NODES]
+    assert main(argv) == 0
+    node, launcher = [shlex.split(line) for line in capsys.readouterr().out.splitlines()]
+    assert node[node.index("--entrypoint") + 1] == "/usr/sbin/sshd" and "<ssh-keys>:/home/mpiuser/.ssh:ro" in node
+    assert "<hostfile-dir>:/etc/mpi:ro" in launcher and f"{data}:{data}" in launcher
+    assert launcher[launcher.index("--entrypoint") + 1:][:3] == ["bash", "ghcr.io/tuna-platform/tuna:0.1.0", "-c"]
+    data.chmod(0o755)
+    if os.geteuid() != 1000:
+        assert main(argv) == 2 and "chown -R 1000:1000" in capsys.readouterr().err
