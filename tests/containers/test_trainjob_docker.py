@@ -190,3 +190,15 @@ def test_containers_and_networks_are_gone(outcome: Outcome) -> None:
         assert left.stdout.strip() == ""
         assert subprocess.run(["docker", "network", "inspect", f"{name}-net"], capture_output=True,
                               timeout=60).returncode != 0
+
+
+def test_a_missing_image_fails_in_one_line_and_leaves_nothing(project: str, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    _pod_writable(data)
+    obj, runtime, files = docker_job.stage_job(SMOKE, 1, "tuna", [f"run.data_dir={data}", *TWO_CONTAINERS,
+                                                                  "cluster.image=tuna-absent:0"], name="tj-absent")
+    with pytest.raises(docker_job.DockerJobError) as err, docker_job.running(obj, runtime, files=files):
+        pass
+    assert "\n" not in str(err.value) and "no image tuna-absent:0" in str(err.value) and "make image" in str(err.value)
+    assert subprocess.run(["docker", "network", "inspect", "tj-absent-net"], capture_output=True, timeout=60).returncode != 0

@@ -424,9 +424,13 @@ class DockerTrainJob:
 
     def close(self) -> None:
         """Remove the job's containers and network by name, stop following the logs, delete the keys."""
-        names = [c.name for c in self.containers] or [h for _, h in pods(self.obj, self.runtime)]
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            _docker("rm", "-f", *names, timeout=120)
+        names = [c.name for c in self.containers]
+        if not names:  # start failed before planning: remove whatever may carry the pods' names
+            with contextlib.suppress(DockerJobError, KeyError):
+                names = [h for _, h in pods(self.obj, self.runtime)]
+        if names:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                _docker("rm", "-f", *names, timeout=120)
         if self._follower is not None and self._follower.poll() is None:
             self._follower.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
