@@ -117,8 +117,8 @@ def outcome(project: str, prepared: Any, tmp_path_factory: pytest.TempPathFactor
                     break
                 time.sleep(0.05)
             assert job.state(job.launcher.name) == "running", "\n".join(killed_log[-40:])
-            job.kill("node")
             t_kill = time.monotonic()
+            job.kill("node")  # SIGKILL: `docker kill` returns once the container is gone
             kill_exit = job.wait(KILL_EXIT_LIMIT)  # raises when mpirun hangs on the lost node
             kill_seconds = time.monotonic() - t_kill
         seconds["killed run"] = time.monotonic() - t0
