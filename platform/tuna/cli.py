@@ -86,6 +86,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     stages = (1, 2) if args.stage == "all" else (int(args.stage),)
     if args.launcher == "local":
         return _step("train", args, variants=(args.variant,), stages=stages, resume=args.resume)
+    if args.launcher == "docker":
+        return _train_docker(args, stages)
     from tuna.train import cluster
 
     for stage in stages:
@@ -97,13 +99,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_docker(args: argparse.Namespace, stages: Sequence[int]) -> int:
+    """The TrainJob each stage renders, run in containers of cluster.image on a Docker network (tuna.train.docker_job)."""
+    from tuna.track import PARENT_RUN_ENV
+    from tuna.train import docker_job
+    from tuna.train.launch import is_noise
+
+    verbose = bool(os.environ.get("TUNA_DEBUG"))
+    log: Callable[[str], None] = (lambda line: None if not verbose and is_noise(line) else print(line, flush=True))
+    for stage in stages:
+        if args.dry_run:
+            obj, runtime, files = docker_job.stage_job(args.config, stage, args.variant, args.overrides, resume=args.resume)
+            for c in docker_job.plan(obj, runtime, ssh_dir="<ssh-keys>", hostfile_dir="<hostfile-dir>", files=files):
+                print(shlex.join(docker_job.run_args(c, f"{obj['metadata']['name']}-net", obj["metadata"]["name"])))
+            continue
+        rc = docker_job.run_stage(args.config, stage, args.variant, args.overrides, resume=args.resume,
+                                  parent_run_id=os.environ.get(PARENT_RUN_ENV) or None, log=log)
+        if rc != 0:
+            raise docker_job.DockerJobError(f"stage {stage} of {args.variant!r} failed in Docker (launcher exit code {rc}); "
+                                            f"the rank's error is printed above; fix it and rerun with --resume")
+    return 0
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", default="all", choices=["1", "2", "all"], help="training stage (default: both, in order)")
     p.add_argument("--variant", default="tuna", help="tuna (default), baseline (= LLaVA), captions, random or tuner_off")
     p.add_argument("--resume", action="store_true", help="continue from the newest ZeRO checkpoint of the stage")
-    p.add_argument("--launcher", default="local", choices=["local", "trainjob", "pytorchjob"],
-                   help="local DeepSpeed ranks (default), a Kubeflow Trainer TrainJob, or a PyTorchJob")
-    p.add_argument("--dry-run", action="store_true", help="with trainjob/pytorchjob: print the validated manifest, submit nothing")
+    p.add_argument("--launcher", default="local", choices=["local", "trainjob", "pytorchjob", "docker"],
+                   help="local DeepSpeed ranks (default), a Kubeflow Trainer TrainJob, a PyTorchJob, or the TrainJob "
+                        "run in Docker containers of cluster.image (launcher + node pods, mpirun over SSH)")
+    p.add_argument("--dry-run", action="store_true", help="with trainjob/pytorchjob: print the validated manifest, submit "
+                                                          "nothing; with docker: print the docker run commands")
     _force_quiet(p)
 
 

@@ -396,6 +396,22 @@ def test_launch_dry_run_prints_the_validated_yaml() -> None:
     assert obj["kind"] == "PyTorchJob" and "tuna.train.worker" in text
 
 
+@pytest.mark.parametrize("launcher", ["trainjob", "pytorchjob"])
+def test_launch_forwards_the_pipelines_mlflow_parent_run(launcher: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The KFP task exports TUNA_MLFLOW_PARENT_RUN_ID; the ranks run in other pods, so the job must carry it."""
+    lines: list[str] = []
+    monkeypatch.setenv("TUNA_MLFLOW_PARENT_RUN_ID", "f00d")
+    cluster.launch(load_recipe(SMOKE), 1, launcher=launcher, dry_run=True, echo=lines.append)
+    obj = yaml.safe_load(lines[0])
+    pod = obj["spec"]["trainer"] if launcher == "trainjob" else \
+        obj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    assert {"name": "TUNA_MLFLOW_PARENT_RUN_ID", "value": "f00d"} in pod["env"]
+    monkeypatch.delenv("TUNA_MLFLOW_PARENT_RUN_ID")
+    lines.clear()
+    cluster.launch(load_recipe(SMOKE), 1, launcher=launcher, dry_run=True, echo=lines.append)
+    assert "TUNA_MLFLOW_PARENT_RUN_ID" not in lines[0]
+
+
 def test_launch_submits_then_follows_to_the_end() -> None:
     api, lines = FakeCustomObjects([{"conditions": [cond("Complete")]}]), []
     cfg = load_recipe(SMOKE)

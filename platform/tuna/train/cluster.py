@@ -17,6 +17,7 @@ from typing import Any
 
 from tuna.errors import ConfigError
 from tuna.recipe import Recipe
+from tuna.track import PARENT_RUN_ENV
 from tuna.train.jobs import (
     INSTALL_HINTS,
     KINDS,
@@ -134,7 +135,8 @@ def follow(name: str, namespace: str, kind: str = "TrainJob", poll_seconds: floa
 def launch(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Sequence[str] = (), *,
            launcher: str = "trainjob", recipe: str | Path | None = None, resume: bool = False, dry_run: bool = False,
            wait: bool = True, conn: Connection | None = None, echo: Callable[[str], None] | None = None) -> str:
-    """Render, validate and (unless ``dry_run``: print the YAML instead) submit one stage, then follow it.
+    """Render, validate and (unless ``dry_run``: print the YAML instead) submit one stage, then follow it. The
+    pipeline's MLflow parent run (``TUNA_MLFLOW_PARENT_RUN_ID``, exported by the KFP task) goes into the job's env.
 
     Returns ``"DryRun"``, ``"Submitted"`` (``wait=False``), ``"Succeeded"`` or ``"Failed"``.
     """
@@ -142,7 +144,8 @@ def launch(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Sequence[s
     if launcher not in renderers:
         raise ConfigError(f"launcher: must be trainjob or pytorchjob, got {launcher!r}")
     echo, c = echo or _say, cfg.cluster
-    obj = renderers[launcher](cfg, stage, variant, overrides, recipe=recipe, resume=resume)
+    obj = renderers[launcher](cfg, stage, variant, overrides, recipe=recipe, resume=resume,
+                              parent_run_id=os.environ.get(PARENT_RUN_ENV) or None)
     validate(obj)
     if dry_run:
         echo(to_yaml(obj).rstrip("\n"))

@@ -32,6 +32,7 @@ import yaml
 
 from tuna.errors import ConfigError, TunaError
 from tuna.recipe import Recipe, apply_override
+from tuna.track import PARENT_RUN_ENV
 
 CRD_DIR = Path(__file__).resolve().parent / "crds"
 RUNTIME_FILE = CRD_DIR / "runtimes" / "tuna-deepspeed-distributed.yaml"
@@ -125,12 +126,14 @@ def worker_args(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Seque
 
 
 def render_trainjob(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Sequence[str] = (), *,
-                    recipe: str | Path | None = None, resume: bool = False, name: str | None = None) -> dict[str, Any]:
-    """A Kubeflow Trainer ``TrainJob`` running ``stage`` on the DeepSpeed (MPI) runtime ``cluster.runtime``."""
+                    recipe: str | Path | None = None, resume: bool = False, name: str | None = None,
+                    parent_run_id: str | None = None) -> dict[str, Any]:
+    """A Kubeflow Trainer ``TrainJob`` running ``stage`` on the DeepSpeed (MPI) runtime ``cluster.runtime``; with
+    ``parent_run_id`` (the pipeline's MLflow run) the stage's run nests under it."""
     c = cfg.cluster
     args = worker_args(cfg, stage, variant, overrides, recipe=recipe, resume=resume)
     nproc = procs_per_node(cfg)
-    env = _env(cfg) + _secret_env(cfg)
+    env = _env(cfg, parent_run_id) + _secret_env(cfg)
     forward = ["PATH"] + [e["name"] for e in env]
     env.append({"name": "TUNA_FORWARD_ENV", "value": " ".join(forward)})
     command = ["bash", "-c", MPIRUN_WRAPPER, "mpirun",
@@ -164,8 +167,10 @@ def render_trainjob(cfg: Recipe, stage: int, variant: str = "tuna", overrides: S
 
 
 def render_pytorchjob(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Sequence[str] = (), *,
-                      recipe: str | Path | None = None, resume: bool = False, name: str | None = None) -> dict[str, Any]:
-    """A training-operator ``PyTorchJob`` (kubeflow.org/v1): torchrun on a Master and ``num_nodes - 1`` Workers."""
+                      recipe: str | Path | None = None, resume: bool = False, name: str | None = None,
+                      parent_run_id: str | None = None) -> dict[str, Any]:
+    """A training-operator ``PyTorchJob`` (kubeflow.org/v1): torchrun on a Master and ``num_nodes - 1`` Workers; with
+    ``parent_run_id`` the stage's MLflow run nests under that run."""
     c = cfg.cluster
     args = worker_args(cfg, stage, variant, overrides, recipe=recipe, resume=resume)
     nproc = procs_per_node(cfg)
@@ -176,7 +181,7 @@ def render_pytorchjob(cfg: Recipe, stage: int, variant: str = "tuna", overrides:
         "image": c.image,
         "workingDir": c.workdir,
         "command": ["torchrun", "--nnodes", str(c.num_nodes), "--nproc-per-node", str(nproc), *args],
-        "env": _env(cfg),
+        "env": _env(cfg, parent_run_id),
         "ports": [{"name": "pytorchjob-port", "containerPort": PYTORCH_PORT}],
         "resources": _resources(cfg),
         "volumeMounts": mounts,
@@ -260,7 +265,7 @@ def _labels(cfg: Recipe, stage: int, variant: str) -> dict[str, str]:
             "tuna-platform/run": run, "tuna-platform/stage": str(stage), "tuna-platform/variant": variant}
 
 
-def _env(cfg: Recipe) -> list[dict[str, Any]]:
+def _env(cfg: Recipe, parent_run_id: str | None = None) -> list[dict[str, Any]]:
     c = cfg.cluster
     env = [{"name": "PYTHONUNBUFFERED", "value": "1"},
            {"name": "OMP_NUM_THREADS", "value": str(cfg.train.threads_per_rank)},
@@ -270,6 +275,8 @@ def _env(cfg: Recipe) -> list[dict[str, Any]]:
     uri = c.mlflow_tracking_uri or cfg.track.tracking_uri
     if uri:
         env.append({"name": "MLFLOW_TRACKING_URI", "value": uri})
+    if parent_run_id:  # the ranks run in other pods: the caller's exported parent run id does not reach them by itself
+        env.append({"name": PARENT_RUN_ENV, "value": parent_run_id})
     return env
 
 

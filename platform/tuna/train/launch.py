@@ -27,7 +27,13 @@ from tuna.variants import variant_model
 WORKER = "tuna.train.worker"
 # DeepSpeed launcher chatter that says nothing to a user (shown with TUNA_DEBUG=1).
 _NOISE = re.compile(r"\[(real_accelerator|launch|runner|constants|comm|config_utils|engine|logging)\.py:\d+|"
-                    r"^\s*(\[WARNING\]|\[INFO\]|Using /|Emitting ninja|Building extension|Loading extension)")
+                    r"^\s*(\[WARNING\]|\[INFO\]|Using /|Emitting ninja|Building extension|Loading extension)|"
+                    r"^Warning: Permanently added .* to the list of known hosts")  # ssh from mpirun (TrainJob in Docker)
+
+
+def is_noise(line: str) -> bool:
+    """A launcher line that says nothing to a user (DeepSpeed's INFO/WARNING chatter, ssh's known-hosts notice)."""
+    return _NOISE.search(line) is not None
 
 
 def available_cores() -> int:
@@ -104,7 +110,7 @@ def launch_local(cfg: Recipe, stage: int | str, variant: str = "tuna", resume: b
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            if verbose or not _NOISE.search(line):
+            if verbose or not is_noise(line):
                 log(line.rstrip("\n"))
         rc = proc.wait()
     except KeyboardInterrupt:
@@ -127,4 +133,4 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-__all__ = ["available_cores", "check_ranks", "launch_local", "local_command", "write_recipe"]
+__all__ = ["available_cores", "check_ranks", "is_noise", "launch_local", "local_command", "write_recipe"]

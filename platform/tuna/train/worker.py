@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rank = os.environ.get("RANK", "0")
+    # RANK is set by the deepspeed launcher and torchrun; under mpirun (TrainJob) only Open MPI's own variable is.
+    rank = os.environ.get("RANK") or os.environ.get("OMPI_COMM_WORLD_RANK") or "0"
     if not os.environ.get("TUNA_DEBUG"):
         from transformers.utils import logging as hf_logging
 
@@ -72,7 +73,21 @@ def shutdown(code: int) -> None:
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
+    if code == 0:
+        finalize_mpi()
     os._exit(code)
+
+
+def finalize_mpi() -> None:
+    """Finalize MPI when DeepSpeed's rank discovery initialized it (mpi4py, under the TrainJob's mpirun).
+
+    mpi4py finalizes at interpreter exit, which ``os._exit`` skips; a rank leaving without MPI_Finalize makes
+    mpirun report it as "exiting improperly" and fail the whole job (exit code 1) after the stage succeeded.
+    Only on success: a failing rank must leave improperly so that mpirun aborts the others.
+    """
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized():
+        mpi.Finalize()
 
 
 if __name__ == "__main__":
