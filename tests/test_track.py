@@ -34,7 +34,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No tracking URI, parent run or rank leaks in from the caller's shell."""
-    for name in (track.TRACKING_URI_ENV, track.PARENT_RUN_ENV, "RANK"):
+    for name in (track.TRACKING_URI_ENV, track.PARENT_RUN_ENV, track.INJECTED_RUN_ENV, "RANK"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -344,3 +344,80 @@ def test_tuna_ui_serves_http_and_stops_on_sigint(cfg: Recipe, tmp_path: Path) ->
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # fails only while something listens
         s.bind(("127.0.0.1", port))  # the server is gone: the port is free again
+
+
+# ------------------------------------------------------------------ KFP 2.17's MLflow plugin (MLFLOW_RUN_ID injected)
+
+
+def _plugin_runs(cfg: Recipe, monkeypatch: pytest.MonkeyPatch) -> tuple[MlflowClient, str, str]:
+    """What KFP's MLflow plugin leaves for a task: a run for the pipeline, a nested run for the task (both
+    RUNNING), ``MLFLOW_RUN_ID`` = the task's run and ``MLFLOW_TRACKING_URI`` = the store."""
+    uri = track.tracking_uri(cfg)
+    client = MlflowClient(uri)
+    exp = client.create_experiment("kfp-plugin", artifact_location=(cfg.data_dir / "plugin-artifacts").resolve().as_uri())
+    pipeline = client.create_run(exp, run_name="tuna-run-1").info.run_id
+    task = client.create_run(exp, run_name="evaluate", tags={"mlflow.parentRunId": pipeline}).info.run_id
+    monkeypatch.setenv(track.TRACKING_URI_ENV, uri)
+    monkeypatch.setenv(track.INJECTED_RUN_ENV, task)
+    return client, pipeline, task
+
+
+def test_under_the_kfp_plugin_tasks_log_into_its_runs_and_open_no_top_level_run(
+        cfg: Recipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, pipeline, task = _plugin_runs(cfg, monkeypatch)
+    exp = client.get_run(task).info.experiment_id
+
+    with track.pipeline_run(cfg, name="smoke-kfp") as parent:   # start_run: the recipe goes to the pipeline run
+        assert parent.run_id == pipeline
+    with track.task_run("eval", cfg, parent_run_id=pipeline) as run:  # a task's own numbers: into its run
+        assert run.run_id == task
+        run.log_metrics({"tuna_pope_id_f1": 0.5})
+    with track.stage_run("train-tuna-stage1", cfg) as stage:    # a rank's stage run: nested under the task's run
+        stage.log_metrics({"loss": 2.0}, step=1)
+
+    runs = {r.info.run_id: r for r in client.search_runs([exp])}
+    assert set(runs) == {pipeline, task, stage.run_id}             # nothing else, and nothing top-level of ours
+    assert runs[pipeline].data.params["run.name"] == "smoke" and runs[pipeline].data.tags["tuna.kind"] == "pipeline"
+    assert runs[task].data.metrics == {"tuna_pope_id_f1": 0.5} and runs[task].data.tags["tuna.stage"] == "eval"
+    assert runs[stage.run_id].data.tags["mlflow.parentRunId"] == task
+    assert runs[stage.run_id].info.status == "FINISHED"
+    assert runs[pipeline].info.status == runs[task].info.status == "RUNNING"  # the plugin ends its own runs
+
+
+def test_under_the_kfp_plugin_a_failing_task_tags_its_run_and_leaves_it_to_the_plugin(
+        cfg: Recipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    client, _pipeline, task = _plugin_runs(cfg, monkeypatch)
+    with pytest.raises(TunaError), track.task_run("eval", cfg):
+        raise TunaError("no model")
+    run = client.get_run(task)
+    assert run.data.tags["tuna.error"] == "TunaError: no model" and run.info.status == "RUNNING"
+
+
+def test_an_injected_run_missing_from_the_store_is_one_line(cfg: Recipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(track.INJECTED_RUN_ENV, "0123abcd")
+    uri = track.tracking_uri(cfg)
+    with pytest.raises(TunaError) as err, track.task_run("eval", cfg):
+        pass
+    assert str(err.value) == (f"MLFLOW_RUN_ID=0123abcd (set by KFP's MLflow plugin) is not in {uri}; point "
+                              f"MLFLOW_TRACKING_URI at the plugin's MLflow server or unset MLFLOW_RUN_ID")
+
+
+def test_under_the_kfp_plugin_training_and_trainjobs_nest_under_the_task_run(
+        cfg: Recipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from tuna.kfp.tasks import _nested_under
+    from tuna.train.cluster import launch
+
+    monkeypatch.setenv(track.INJECTED_RUN_ENV, "task-run-7")
+    with _nested_under(cfg, "our-parent"):
+        assert os.environ[track.PARENT_RUN_ENV] == "task-run-7"
+    monkeypatch.delenv(track.PARENT_RUN_ENV, raising=False)
+    monkeypatch.setenv(track.TRACKING_URI_ENV, "http://mlflow.kubeflow.svc:5000")
+    shown: list[str] = []
+    job_cfg = load_recipe(SMOKE, ["run.data_dir=/mnt/tuna/smoke"])  # on the data PVC, as a cluster run is
+    assert job_cfg.track.tracking_uri is None and job_cfg.cluster.mlflow_tracking_uri is None
+    assert launch(job_cfg, 1, "tuna", launcher="trainjob", dry_run=True, echo=shown.append) == "DryRun"
+    (job,) = [d for d in yaml.safe_load_all(shown[0]) if d and d.get("kind") == "TrainJob"]
+    env = {e["name"]: e.get("value") for e in job["spec"]["trainer"]["env"]}
+    assert env[track.PARENT_RUN_ENV] == "task-run-7" and env["MLFLOW_TRACKING_URI"] == "http://mlflow.kubeflow.svc:5000"

@@ -205,7 +205,7 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Serve the MLflow UI for the recipe's local tracking store on 127.0.0.1 until Ctrl-C."""
-    from tuna.track import serve_ui
+    from tuna.track_ui import serve_ui
 
     return serve_ui(_config(args), port=args.port)
 

@@ -16,6 +16,12 @@ open; a subprocess (a ``tuna`` verb, each DeepSpeed rank) inherits them and :fun
 nested run under that parent. Only global rank 0 (``RANK`` unset or ``0``) writes; other ranks get a
 disabled :class:`Run` whose methods do nothing.
 
+Under KFP 2.17's MLflow plugin every task finds the run the plugin opened for it in ``MLFLOW_RUN_ID`` (nested
+under the plugin's run of the whole pipeline; ``MLFLOW_TRACKING_URI`` names the server). Then nothing opens a
+top-level run: :func:`pipeline_run` writes the recipe into the plugin's pipeline run, :func:`task_run` writes a
+task's own numbers into the task's run, and :func:`stage_run` (training stages, in the ranks) nests under it. The
+plugin ends its runs; ours never end them.
+
 Usage::
 
     with track.pipeline_run(cfg) as parent:          # params = flattened recipe, recipe.yaml artifact
@@ -29,19 +35,17 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +60,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 PARENT_RUN_ENV = "TUNA_MLFLOW_PARENT_RUN_ID"  # set by pipeline_run; read by stage_run in any process
+INJECTED_RUN_ENV = "MLFLOW_RUN_ID"            # KFP's MLflow plugin: the run it opened for this task
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"      # MLflow's own variable; overrides track.tracking_uri
 DEFAULT_ALIAS = "latest-good"
 UI_HOST = "127.0.0.1"
@@ -350,9 +355,58 @@ def exported_env(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def injected_run_id() -> str | None:
+    """The run KFP's MLflow plugin opened for this task ($MLFLOW_RUN_ID), or None without the plugin."""
+    return os.environ.get(INJECTED_RUN_ENV, "").strip() or None
+
+
+def _injected(client: MlflowClient, uri: str) -> Any:
+    """The plugin's run for this task (an MLflow ``Run``) or None; one line when it is not in the store."""
+    run_id = injected_run_id()
+    if run_id is None:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        raise TunaError(f"{INJECTED_RUN_ENV}={run_id} (set by KFP's MLflow plugin) is not in {uri}; point "
+                        f"{TRACKING_URI_ENV} at the plugin's MLflow server or unset {INJECTED_RUN_ENV}") from None
+
+
+@contextmanager
+def _attached(run: Run) -> Iterator[Run]:
+    """Yield a run someone else opened and will end (KFP's plugin): flushed at the end, an error recorded as the
+    ``tuna.error`` tag; never terminated here."""
+    try:
+        yield run
+    except BaseException as err:
+        with contextlib.suppress(Exception):
+            run.set_tags({"tuna.error": f"{type(err).__name__}: {err}".splitlines()[0]})
+        raise
+    finally:
+        run.flush()
+
+
+@contextmanager
+def task_run(name: str, cfg: Recipe | None = None, parent_run_id: str | None = None) -> Iterator[Run]:
+    """The run a pipeline task logs its own numbers into: the KFP plugin's run for the task when it injected one
+    (tagged ``tuna.stage=name``), else :func:`stage_run` under ``parent_run_id``."""
+    if _rank() == 0 and injected_run_id() is not None:
+        _uri, client = _open_store(cfg)
+        injected = _injected(client, _uri)
+        with _attached(Run(client, injected.info.run_id, injected.info.experiment_id)) as run:
+            run.set_tags({"tuna.stage": name, "tuna.version": __version__})
+            yield run
+        return
+    with stage_run(name, cfg, parent_run_id) as run:
+        yield run
+
+
 @contextmanager
 def pipeline_run(cfg: Recipe, name: str | None = None) -> Iterator[Run]:
-    """Open the parent run of one pipeline run: tags, flattened recipe params and ``recipe.yaml``.
+    """Open the parent run of one pipeline run: tags, flattened recipe params and ``recipe.yaml`` (under KFP's
+    MLflow plugin: write them into the plugin's run of the pipeline, which the plugin ends).
 
     While open, ``TUNA_MLFLOW_PARENT_RUN_ID`` and ``MLFLOW_TRACKING_URI`` are exported so stages (in this
     process or in subprocesses) nest under it. Ends FINISHED, or FAILED when the body raises.
@@ -363,27 +417,34 @@ def pipeline_run(cfg: Recipe, name: str | None = None) -> Iterator[Run]:
     import yaml
 
     uri, client = _open_store(cfg)
-    exp_id = _experiment_id(client, cfg.track.experiment, artifact_location(cfg, uri), uri)
     run_name = name or f"{cfg.run.name}-seed{cfg.run.seed}"
-    tags = {"mlflow.runName": run_name, "tuna.recipe": cfg.run.name, "tuna.version": __version__, "tuna.kind": "pipeline"}
+    tags = {"tuna.recipe": cfg.run.name, "tuna.version": __version__, "tuna.kind": "pipeline"}
     sha = _git_sha()
     if sha:
         tags.update({"tuna.git_sha": sha, "mlflow.source.git.commit": sha})
-    info = client.create_run(exp_id, tags=tags, run_name=run_name).info
-    run = Run(client, info.run_id, exp_id)
-    with _running(run):
+    injected = _injected(client, uri)
+    if injected is not None:  # KFP's plugin: its pipeline run (the task run's parent) gets the recipe
+        target = injected.data.tags.get("mlflow.parentRunId") or injected.info.run_id
+        run, context = Run(client, target, injected.info.experiment_id), _attached
+    else:
+        exp_id = _experiment_id(client, cfg.track.experiment, artifact_location(cfg, uri), uri)
+        tags["mlflow.runName"] = run_name
+        run, context = Run(client, client.create_run(exp_id, tags=tags, run_name=run_name).info.run_id, exp_id), _running
+    with context(run):
+        run.set_tags(tags)
         run.log_params(cfg.to_dict())
         with tempfile.TemporaryDirectory(prefix="tuna-recipe-") as tmp:
             recipe = Path(tmp) / "recipe.yaml"
             recipe.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
             run.log_artifact(recipe)
-        with exported_env({PARENT_RUN_ENV: info.run_id, TRACKING_URI_ENV: uri}):
+        with exported_env({PARENT_RUN_ENV: str(run.run_id), TRACKING_URI_ENV: uri}):
             yield run
 
 
 @contextmanager
 def stage_run(name: str, cfg: Recipe | None = None, parent_run_id: str | None = None) -> Iterator[Run]:
-    """Open a run for one stage, nested under ``parent_run_id`` or $TUNA_MLFLOW_PARENT_RUN_ID when set.
+    """Open a run for one stage, nested under ``parent_run_id``, $TUNA_MLFLOW_PARENT_RUN_ID or the KFP plugin's
+    $MLFLOW_RUN_ID (the first set).
 
     Without a parent it is a top-level run in track.experiment (a verb run on its own). On a rank other
     than 0 the yielded run is disabled. Ends FINISHED, or FAILED when the body raises.
@@ -391,7 +452,7 @@ def stage_run(name: str, cfg: Recipe | None = None, parent_run_id: str | None = 
     if _rank() != 0:
         yield Run(None, None, None)
         return
-    parent_id = parent_run_id or os.environ.get(PARENT_RUN_ENV) or None
+    parent_id = parent_run_id or os.environ.get(PARENT_RUN_ENV) or injected_run_id()
     uri, client = _open_store(cfg)
     tags: dict[str, str] = {"mlflow.runName": name, "tuna.stage": name, "tuna.version": __version__, "tuna.kind": "stage"}
     if cfg is not None:
@@ -488,99 +549,3 @@ def download(source: str, dst: str | Path, cfg: Recipe | None = None) -> Path:
     uri, _ = _open_store(cfg)
     Path(dst).mkdir(parents=True, exist_ok=True)
     return Path(download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=uri))
-
-
-# ---------------------------------------------------------------- tuna ui
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # like uvicorn: TIME_WAIT leftovers are fine
-        try:
-            s.bind((UI_HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=1.0) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def _kill_group(pgid: int, sig: int) -> None:
-    """Signal the process group we started (the server ran in its own session, so the group is ours)."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def _say(line: str) -> None:
-    print(line, flush=True)
-
-
-def serve_ui(cfg: Recipe, port: int | None = None, log: Callable[[str], None] = _say) -> int:
-    """Run ``mlflow ui`` on 127.0.0.1 for the recipe's local store until SIGINT/SIGTERM; returns 0 on a clean stop."""
-    uri = tracking_uri(cfg)
-    scheme = urllib.parse.urlparse(uri).scheme
-    if scheme not in ("sqlite", "file", ""):
-        raise TunaError(f"tracking store {uri} is a server, not a local store; open that server's own URL in a "
-                        f"browser (tuna ui serves only sqlite:/file: stores)")
-    port = port or cfg.track.ui_port
-    if not 1024 <= port <= 65535:
-        raise TunaError(f"port {port} is out of range; pass --port in 1024..65535")
-    if not _port_free(port):
-        raise TunaError(f"port {port} on {UI_HOST} is in use; pass --port N or track.ui_port=N")
-    store = _default_store(cfg)
-    store.mkdir(parents=True, exist_ok=True)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", UI_HOST,
-           "--port", str(port), "--workers", "1"]
-    location = artifact_location(cfg, uri)
-    if location and location.startswith("file:"):  # experiments created in the UI keep artifacts here
-        cmd += ["--artifacts-destination", location]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    url = f"http://{UI_HOST}:{port}"
-    log_file = store / "ui.log"
-    with open(log_file, "ab") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    log(f"MLflow UI for {uri}\n  {url}  (starting; log {log_file}; Ctrl-C stops it)")
-    stop: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        stop.append(signum)
-        if proc.poll() is None:
-            proc.send_signal(signum)  # mlflow forwards it to its uvicorn worker
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        ready = False
-        deadline: float | None = None
-        while proc.poll() is None:
-            if stop and deadline is None:
-                deadline = time.monotonic() + 15.0
-            if deadline is not None and time.monotonic() > deadline:
-                _kill_group(proc.pid, signal.SIGKILL)
-            if not ready and not stop and _answers(url):
-                ready = True
-                log(f"  ready at {url}")
-            try:
-                proc.wait(timeout=0.5)
-            except subprocess.TimeoutExpired:
-                pass
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-        if proc.poll() is None:
-            _kill_group(proc.pid, signal.SIGKILL)
-            proc.wait()
-        _kill_group(proc.pid, signal.SIGTERM)  # anything the server left behind in its own process group
-    if stop:
-        log("MLflow UI stopped")
-        return 0
-    tail = log_file.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-    raise TunaError(f"mlflow ui exited with code {proc.returncode} ({tail[0][:200]}); see {log_file}")

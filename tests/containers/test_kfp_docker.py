@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,3 +65,38 @@ def test_a_failing_task_in_a_container_reports_its_one_line_error(project: str, 
                   params={"serve_datastore": "C"})
     assert str(info.value) == ("kfp.local: validate: error: pipeline parameter serve_datastore: unknown datastore 'C'; "
                                "known: A, B, A_captions")
+
+
+def _kill_when_running(root: Path, task: str, after_s: float, stop: threading.Event, killed: list[str]) -> None:
+    """Kill the container of ``task`` (found by its executor output path) ``after_s`` seconds after it started."""
+    while not stop.is_set():
+        for cid in _containers(root):
+            args = subprocess.run(["docker", "inspect", "--format", "{{json .Args}}", cid], capture_output=True,
+                                  text=True, timeout=60).stdout
+            if f"/{task}/executor_output.json" in args:
+                stop.wait(after_s)
+                subprocess.run(["docker", "kill", cid], capture_output=True, timeout=60)
+                killed.append(cid)
+                return
+        stop.wait(0.5)
+
+
+def test_a_container_killed_mid_task_fails_it_with_its_last_log_lines(project: str, image_user_dir: Path) -> None:
+    root, stop, killed = image_user_dir / "kfp", threading.Event(), []
+    killer = threading.Thread(target=_kill_when_running, args=(root, "encoder", 8.0, stop, killed), daemon=True)
+    killer.start()
+    try:
+        with pytest.raises(PipelineError) as info:
+            run_local(SMOKE, [f"run.data_dir={image_user_dir}"], runner="docker", docker_user=IMAGE_USER)
+    finally:
+        stop.set()
+        killer.join(60)
+    text = str(info.value)
+    assert killed and "\n" not in text, text
+    assert text.startswith("kfp.local: encoder: container exited with status 137 (killed: docker kill, or out of "
+                           "memory); its last log lines: "), text
+    assert text != text.split("its last log lines: ")[0] + "its last log lines: (none)"
+    (run,) = [p for p in root.iterdir() if p.is_dir()]
+    assert not (run / "encoder" / "executor_output.json").exists()   # no output recorded for the killed task
+    assert not (image_user_dir / "encoder" / "manifest.json").exists()  # the step writes to a temp folder, renamed at the end
+    assert _containers(root) == []

@@ -417,3 +417,20 @@ def test_quiet_local_runs_show_task_progress_with_times_and_log_everything() -> 
     assert shown[1].startswith("Task 'world' finished with status SUCCESS (") and shown[1].endswith(" s)")
     assert shown[2].startswith("asked 'What?'") and shown[3] == "deploy: error: no model"
     assert "some executor chatter" in log.getvalue() and "some executor chatter" not in screen.getvalue()
+
+
+def test_quiet_local_runs_show_a_long_tasks_progress_at_most_every_interval() -> None:
+    import io
+
+    from tuna.kfp.local import _ProgressLog
+
+    log, screen = io.StringIO(), io.StringIO()
+    out = _ProgressLog(log, screen, every_s=3600)
+    out.write("Executing task 'encoder'\nencoder epoch 1/20: loss 3.1\nencoder epoch 2/20: loss 2.9\n")
+    out.write("Executing task 'train'\n  step 10/400  loss 2.5  9.0 samples/s\n  step 20/400  loss 2.4\n")
+    assert screen.getvalue().splitlines() == ["Executing task 'encoder'", "  encoder epoch 1/20: loss 3.1",
+                                              "Executing task 'train'", "  step 10/400  loss 2.5  9.0 samples/s"]
+    every = _ProgressLog(io.StringIO(), screen := io.StringIO(), every_s=0)
+    every.write("encoder epoch 1/20: a\nencoder epoch 2/20: b\n")
+    assert screen.getvalue().splitlines() == ["  encoder epoch 1/20: a", "  encoder epoch 2/20: b"]
+    assert log.getvalue().count("epoch") == 2

@@ -113,3 +113,17 @@ def test_a_data_dir_the_docker_user_cannot_write_is_one_line(tmp_path: Path) -> 
         docker_runner(cfg, SMOKE, tmp_path / "kfp", tmp_path / "err", user="4242:4242")
     assert str(info.value) == (f"run.data_dir {tmp_path} is not writable by --docker-user 4242:4242; `chown -R "
                                f"4242:4242 {tmp_path}` or run the tasks as yourself (drop --docker-user)")
+
+
+def test_a_dead_task_container_is_named_with_its_status_and_last_lines() -> None:
+    import json
+
+    from tuna.kfp.docker_local import exit_line, task_name
+
+    command = ["sh", "-c", "...", "--executor_input",
+               json.dumps({"outputs": {"outputFile": "/d/kfp/tuna-2026/encoder/executor_output.json"}}), "--function_to_execute", "encoder"]
+    assert task_name(command) == "encoder" and task_name(["sh", "-c", "x"]) == "task"
+    assert exit_line("encoder", 137, ["epoch 1\n", "\n", "epoch 2\n"]) == (
+        "encoder: container exited with status 137 (killed: docker kill, or out of memory); its last log lines: "
+        "epoch 1 | epoch 2")
+    assert exit_line("lm", 1, []) == "lm: container exited with status 1; its last log lines: (none)"

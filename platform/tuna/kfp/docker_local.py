@@ -14,9 +14,11 @@ open as #13402 / #13907), and hands the folders kfp.local creates to the tasks' 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,15 +127,34 @@ def _hand_over(root: Path, uid: int, gid: int) -> None:
             os.chown(folder, uid, gid)
 
 
+def task_name(command: Sequence[str]) -> str:
+    """The pipeline task a kfp.local container command runs: the folder of its executor output file."""
+    for flag, value in zip(command, command[1:], strict=False):
+        if flag == "--executor_input":
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                return Path(json.loads(value)["outputs"]["outputFile"]).parent.name
+    return "task"
+
+
+def exit_line(task: str, status: int, last_lines: Sequence[str]) -> str:
+    """One line for a task container that exited with ``status`` without leaving its own error line."""
+    why = " (killed: docker kill, or out of memory)" if status == 137 else ""
+    tail = " | ".join(line.strip() for line in last_lines if line.strip())
+    return f"{task}: container exited with status {status}{why}; its last log lines: {tail or '(none)'}"
+
+
 @contextlib.contextmanager
 def task_container_fixes(runner: Any) -> Iterator[None]:
     """While active, kfp.local runs each task container of ``runner`` without auto-removal, reads its real exit
-    status, then removes it (a failed task fails: kubeflow/pipelines#13332); and, when the runner's user is not the
-    caller, hands the pipeline root's folders to that user before each container starts."""
+    status, then removes it (a failed task fails: kubeflow/pipelines#13332); a container that dies without leaving
+    its task's one-line error (killed, out of memory) leaves :func:`exit_line` with its last log lines in the error
+    file instead. When the runner's user is not the caller, the pipeline root's folders are handed to that user
+    before each container starts."""
     import docker
     from kfp.local import docker_task_handler as handler
 
     uid, gid = parse_user(runner.container_run_args["user"])
+    error_file = Path(runner.container_run_args["environment"][ERROR_FILE_ENV])
 
     def run_container(client: Any, image: str, command: list[str], volumes: dict[str, Any], **args: Any) -> int:
         if uid != os.getuid():
@@ -141,10 +162,17 @@ def task_container_fixes(runner: Any) -> Iterator[None]:
                 _hand_over(Path(source), uid, gid)
         container = client.containers.run(image=handler.add_latest_tag_if_not_present(image), command=command,
                                            detach=True, stdout=True, stderr=True, volumes=volumes, **args)
+        last: deque[str] = deque(maxlen=5)
         try:
             for line in container.logs(stream=True):
-                print(line.decode(errors="replace"), end="")
-            return int(container.wait().get("StatusCode", 1))
+                text = line.decode(errors="replace")
+                print(text, end="")
+                if text.strip():
+                    last.append(text)
+            status = int(container.wait().get("StatusCode", 1))
+            if status != 0 and not (error_file.is_file() and error_file.read_text(encoding="utf-8").strip()):
+                error_file.write_text(exit_line(task_name(command), status, list(last)) + "\n", encoding="utf-8")
+            return status
         finally:
             try:
                 container.remove(force=True)
@@ -159,5 +187,5 @@ def task_container_fixes(runner: Any) -> Iterator[None]:
         handler.run_docker_container = original
 
 
-__all__ = ["FORWARDED_ENV", "IMAGE_USER", "ROOT_LABEL", "docker_mounts", "docker_runner", "parse_user", "task_container_fixes",
-           "writable_by"]
+__all__ = ["FORWARDED_ENV", "IMAGE_USER", "ROOT_LABEL", "docker_mounts", "docker_runner", "exit_line", "parse_user",
+           "task_container_fixes", "task_name", "writable_by"]

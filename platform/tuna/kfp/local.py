@@ -37,18 +37,22 @@ RUNNERS = ("subprocess", "docker")
 
 
 class _ProgressLog(io.TextIOBase):
-    """kfp.local's output: every line to ``log``; task starts/ends, task errors and our step lines to ``screen``."""
+    """kfp.local's output: every line to ``log``; task starts/ends, task errors and our step lines to ``screen``,
+    and a long task's progress lines ("epoch 3/20", "step 40/400") at most one per ``every_s`` seconds (always
+    the first of a task), indented under it."""
 
     _ANSI = re.compile(r"\x1b\[[0-9;]*m")
     _SHOW = re.compile(r"Executing task|finished with status|Pipeline '.*' finished|: error: |asked '|provenance: "
                        r"|tritonserver ready")
 
+    _PROGRESS = re.compile(r"\b(epoch|step) \d+/\d+\b")
     _START = re.compile(r"Executing task '([^']+)'")
     _END = re.compile(r"Task '([^']+)' finished with status")
 
-    def __init__(self, log: TextIO, screen: TextIO) -> None:
-        self.log, self.screen, self._buf = log, screen, ""
+    def __init__(self, log: TextIO, screen: TextIO, every_s: float = 30.0) -> None:
+        self.log, self.screen, self._buf, self.every_s = log, screen, "", every_s
         self._started: dict[str, float] = {}
+        self._last_progress: float | None = None
 
     def write(self, text: str) -> int:
         self.log.write(text)
@@ -56,10 +60,18 @@ class _ProgressLog(io.TextIOBase):
         *lines, self._buf = self._buf.split("\n")
         for line in lines:
             clean = self._ANSI.sub("", line).strip()
+            if self._PROGRESS.search(clean) and not self._SHOW.search(clean):
+                now = time.perf_counter()
+                if self._last_progress is None or now - self._last_progress >= self.every_s:
+                    self._last_progress = now
+                    self.screen.write(f"  {clean.split(' - INFO - ')[-1]}\n")
+                    self.screen.flush()
+                continue
             if self._SHOW.search(clean):
                 shown = clean.split(" - INFO - ")[-1]
                 if (m := self._START.search(shown)):
                     self._started[m.group(1)] = time.perf_counter()
+                    self._last_progress = None
                 elif (m := self._END.search(shown)) and m.group(1) in self._started:
                     shown += f" ({time.perf_counter() - self._started.pop(m.group(1)):.1f} s)"
                 self.screen.write(shown + "\n")
@@ -107,8 +119,10 @@ def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: 
     args = {"config": str(Path(config).resolve()), "overrides": resolved, "target": "local", "deploy_target": "local",
             **(params or {})}
     before = {p.name for p in root.iterdir()}
-    old = os.environ.get(ERROR_FILE_ENV)
-    os.environ[ERROR_FILE_ENV] = str(error_file)
+    # the tasks (subprocesses of this one) print their step lines as they go, not when they exit
+    task_env = {ERROR_FILE_ENV: str(error_file), "PYTHONUNBUFFERED": "1"}
+    old = {k: os.environ.get(k) for k in task_env}
+    os.environ.update(task_env)
     t0 = time.perf_counter()
     log_path = root / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.log"
     try:
@@ -127,10 +141,11 @@ def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: 
         detail = error_file.read_text(encoding="utf-8").strip() if error_file.is_file() else ""
         raise PipelineError(f"kfp.local: {detail or _first_line(err)}") from None
     finally:
-        if old is None:
-            os.environ.pop(ERROR_FILE_ENV, None)
-        else:
-            os.environ[ERROR_FILE_ENV] = old
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         error_file.unlink(missing_ok=True)
     seconds = time.perf_counter() - t0
     new = sorted((p for p in root.iterdir() if p.is_dir() and p.name not in before), key=lambda p: p.stat().st_mtime)

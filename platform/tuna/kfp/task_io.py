@@ -129,10 +129,11 @@ def _metric_name(name: str) -> str:
 
 @contextlib.contextmanager
 def _stage(cfg: Recipe, parent: str, name: str) -> Iterator[Run]:
-    """A nested MLflow run under the pipeline's parent run (top-level when ``parent`` is empty)."""
+    """The task's MLflow run: KFP's plugin run for the task when it injected one, else a run nested under the
+    pipeline's parent run (top-level when ``parent`` is empty)."""
     from tuna import track
 
-    with track.stage_run(name, cfg, parent_run_id=parent or None) as run:
+    with track.task_run(name, cfg, parent_run_id=parent or None) as run:
         run.set_tags({"tuna.front_door": "kfp"})
         yield run
 

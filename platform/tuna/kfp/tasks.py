@@ -133,10 +133,12 @@ def run_lm_step(config: str, overrides: Sequence[str]) -> TaskResult:
 
 @contextlib.contextmanager
 def _nested_under(cfg: Recipe, parent: str) -> Iterator[None]:
-    """Export the parent run id and tracking URI so the DeepSpeed ranks' runs nest under the pipeline run."""
+    """Export the parent run id and tracking URI so the DeepSpeed ranks' runs nest under the pipeline run (under
+    KFP's MLflow plugin: under the plugin's run for this task)."""
     from tuna import track
 
     values = {track.TRACKING_URI_ENV: track.tracking_uri(cfg)}
+    parent = track.injected_run_id() or parent
     if parent:
         values[track.PARENT_RUN_ENV] = parent
     with track.exported_env(values):

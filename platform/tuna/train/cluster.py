@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from typing import Any
 
 from tuna.errors import ConfigError
 from tuna.recipe import Recipe
-from tuna.track import PARENT_RUN_ENV
+from tuna.track import PARENT_RUN_ENV, TRACKING_URI_ENV, injected_run_id
 from tuna.train.jobs import (
     INSTALL_HINTS,
     KINDS,
@@ -136,7 +137,9 @@ def launch(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Sequence[s
            launcher: str = "trainjob", recipe: str | Path | None = None, resume: bool = False, dry_run: bool = False,
            wait: bool = True, conn: Connection | None = None, echo: Callable[[str], None] | None = None) -> str:
     """Render, validate and (unless ``dry_run``: print the YAML instead) submit one stage, then follow it. The
-    pipeline's MLflow parent run (``TUNA_MLFLOW_PARENT_RUN_ID``, exported by the KFP task) goes into the job's env.
+    pipeline's MLflow parent run (``TUNA_MLFLOW_PARENT_RUN_ID``, exported by the KFP task, else KFP's plugin's
+    ``MLFLOW_RUN_ID``) goes into the job's env, and the task's ``MLFLOW_TRACKING_URI`` server when the recipe names
+    none.
 
     Returns ``"DryRun"``, ``"Submitted"`` (``wait=False``), ``"Succeeded"`` or ``"Failed"``.
     """
@@ -144,8 +147,12 @@ def launch(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Sequence[s
     if launcher not in renderers:
         raise ConfigError(f"launcher: must be trainjob or pytorchjob, got {launcher!r}")
     echo, c = echo or _say, cfg.cluster
+    server = os.environ.get(TRACKING_URI_ENV, "")
+    if not (c.mlflow_tracking_uri or cfg.track.tracking_uri) and server.startswith(("http://", "https://")):
+        # a server only this task was told about (KFP's MLflow plugin injects it): the job's pods need it too
+        cfg = dataclasses.replace(cfg, cluster=dataclasses.replace(c, mlflow_tracking_uri=server))
     obj = renderers[launcher](cfg, stage, variant, overrides, recipe=recipe, resume=resume,
-                              parent_run_id=os.environ.get(PARENT_RUN_ENV) or None)
+                              parent_run_id=os.environ.get(PARENT_RUN_ENV) or injected_run_id())
     validate(obj)
     if dry_run:
         echo(to_yaml(obj).rstrip("\n"))
