@@ -82,8 +82,12 @@ def _kill_when_running(root: Path, task: str, after_s: float, stop: threading.Ev
 
 
 def test_a_container_killed_mid_task_fails_it_with_its_last_log_lines(project: str, image_user_dir: Path) -> None:
+    from tuna.layout import layout
+    from tuna.recipe import load_recipe
+
     root, stop, killed = image_user_dir / "kfp", threading.Event(), []
-    killer = threading.Thread(target=_kill_when_running, args=(root, "encoder", 8.0, stop, killed), daemon=True)
+    # "train" = the first training task (tuna stage 1, ~15 s in a container): killed 6 s in, among its ranks' steps
+    killer = threading.Thread(target=_kill_when_running, args=(root, "train", 6.0, stop, killed), daemon=True)
     killer.start()
     try:
         with pytest.raises(PipelineError) as info:
@@ -93,10 +97,11 @@ def test_a_container_killed_mid_task_fails_it_with_its_last_log_lines(project: s
         killer.join(60)
     text = str(info.value)
     assert killed and "\n" not in text, text
-    assert text.startswith("kfp.local: encoder: container exited with status 137 (killed: docker kill, or out of "
-                           "memory); its last log lines: "), text
-    assert text != text.split("its last log lines: ")[0] + "its last log lines: (none)"
+    head = ("kfp.local: train: container exited with status 137 (killed: docker kill, or out of memory); its last log "
+            "lines: ")
+    assert text.startswith(head) and text != head + "(none)", text
     (run,) = [p for p in root.iterdir() if p.is_dir()]
-    assert not (run / "encoder" / "executor_output.json").exists()   # no output recorded for the killed task
-    assert not (image_user_dir / "encoder" / "manifest.json").exists()  # the step writes to a temp folder, renamed at the end
+    assert not (run / "train" / "executor_output.json").exists()   # no output recorded for the killed task
+    stage = layout(load_recipe(SMOKE, [f"run.data_dir={image_user_dir}"])).stage("tuna", 1)
+    assert not (stage / "metrics.json").exists() and not (stage / "model").exists()  # no half-written model
     assert _containers(root) == []
