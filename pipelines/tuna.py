@@ -121,18 +121,21 @@ def build_pipeline(options: PipelineOptions = None):
                 serving_source=serving_source, serve_datastore=serve_datastore, register_alias=register_alias,
                 gate_metric=gate_metric, gate_min=gate_min)
             pod(check, "validate", data=False, secrets=False)  # reads only the recipe in the image
-            ov = check.outputs["overrides"]
+            ov, digest = check.outputs["overrides"], check.outputs["digest"]
 
-            # data steps: cached (their inputs are the resolved recipe and the upstream artifacts)
-            world = pod(c["world"](config=config, overrides=ov), "world", cache=True)
-            encoder = pod(c["encoder"](config=config, overrides=ov, world=world.outputs["dataset"]), "encoder",
-                          cache=True)
-            tags = pod(c["mine_tags"](config=config, overrides=ov, world=world.outputs["dataset"], domain="all"),
-                       "mine-tags", cache=True)
-            index = {name: pod(c["build_index"](config=config, overrides=ov, encoder=encoder.outputs["model"],
-                                                tags=tags.outputs["tags"], datastore=name),
+            # data steps: cached; their cache key holds the resolved recipe's content and declared sources (digest:
+            # the recipe's path alone would keep serving outputs of an edited recipe) and the upstream artifacts
+            world = pod(c["world"](config=config, overrides=ov, digest=digest), "world", cache=True)
+            encoder = pod(c["encoder"](config=config, overrides=ov, digest=digest, world=world.outputs["dataset"]),
+                          "encoder", cache=True)
+            tags = pod(c["mine_tags"](config=config, overrides=ov, digest=digest, world=world.outputs["dataset"],
+                                      domain="all"), "mine-tags", cache=True)
+            index = {name: pod(c["build_index"](config=config, overrides=ov, digest=digest,
+                                                encoder=encoder.outputs["model"], tags=tags.outputs["tags"],
+                                                datastore=name),
                                f"index-{name.replace('_', '-')}", cache=True) for name in DATASTORES}
-            lm = pod(c["lm"](config=config, overrides=ov, world=world.outputs["dataset"]), "lm", cache=True)
+            lm = pod(c["lm"](config=config, overrides=ov, digest=digest, world=world.outputs["dataset"]), "lm",
+                     cache=True)
             tracking = pod(c["start_run"](
                 config=config, overrides=ov, world=world.outputs["dataset"], encoder=encoder.outputs["model"],
                 tags=tags.outputs["tags"], datastore_a=index["A"].outputs["index"],

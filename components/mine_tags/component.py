@@ -7,9 +7,10 @@ from tuna.kfp.options import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def mine_tags(config: str, overrides: list, world: Input[Dataset], tags: Output[Dataset], domain: str = "all"):
+def mine_tags(config: str, overrides: list, world: Input[Dataset], tags: Output[Dataset], domain: str = "all", digest: str = ""):
     """Mine domain A, B or all (each skipped when up to date); metadata per domain: captions, skipped, unique
     tags, input hash, uri."""
+    # digest (validate's digest of the resolved recipe and sources) is read by nothing: it keys the cache
     from tuna.kfp import tasks
 
     with tasks.task("mine_tags"):

@@ -367,7 +367,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     params = {k: v for k, v in submit_params(args.config, args.overrides, args.param).items()
               if k not in ("config", "overrides")}
     out = run_local(args.config, args.overrides, params=params, verbose=args.verbose,
-                    runner="docker" if args.docker else "subprocess", docker_user=args.docker_user)
+                    runner="docker" if args.docker else "subprocess", docker_user=args.docker_user,
+                    cache=not args.no_cache)
     print(f"\npipeline done in {out['seconds']:.0f}s; task outputs: {out['run_dir']}"
           + (f"; full log: {out['log']}" if out.get("log") else ""))
     data = Path(out["data_dir"])
@@ -387,6 +388,8 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--docker", action="store_true",
                    help="run --local: every task in a container of the project image (kfp.local DockerRunner; cluster.image, "
                         "built by `tuna image`)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="run --local: run every task (default: kfp.local's cache serves unchanged data tasks)")
     p.add_argument("--docker-user", default=None, metavar="UID:GID",
                    help="run --local --docker: the tasks' user (default: yours; 1000:1000 is the image's own, as on a cluster)")
     p.add_argument("--verbose", action="store_true", help="run: stream kfp.local's full output (default: task progress; the rest to a log file)")

@@ -71,7 +71,7 @@ def file_digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
 
 
-def _listing_digest(path: Path) -> str | None:
+def listing_digest(path: Path) -> str | None:
     """A digest of a user's input (every file's relative name, size and mtime): changes when the data changes."""
     if not path.exists():
         return None
@@ -126,7 +126,7 @@ class Sources:
         world = file_digest(self._layout.world_manifest)
         if all(s.from_world for s in items):
             return world
-        parts = [f"{s.name}={world if s.from_world else _listing_digest(s.path)}" for s in items]
+        parts = [f"{s.name}={world if s.from_world else listing_digest(s.path)}" for s in items]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     @property
@@ -140,4 +140,4 @@ def sources(recipe: Recipe) -> Sources:
     return Sources(recipe)
 
 
-__all__ = ["EVAL_SOURCES", "EVAL_SPLITS", "WEB_DOMAINS", "Source", "Sources", "file_digest", "sources"]
+__all__ = ["EVAL_SOURCES", "EVAL_SPLITS", "WEB_DOMAINS", "Source", "Sources", "file_digest", "listing_digest", "sources"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from support import SMOKE, check_smoke_pipeline_run
+from support import SMOKE, check_smoke_pipeline_run, outputs
 from tuna.kfp.local import run_local
 from tuna.kfp.options import PipelineError
 
@@ -38,6 +38,11 @@ def test_kfp_local_runs_the_whole_smoke_pipeline(tmp_path: Path) -> None:
     out = run_local(SMOKE, [f"run.data_dir={tmp_path}"])
     assert out["seconds"] < 600, out["seconds"]
     check_smoke_pipeline_run(out, tmp_path)
+
+    again = run_local(SMOKE, [f"run.data_dir={tmp_path}"], params={"deploy_target": "none"})  # same recipe: cache
+    assert again["tasks"] == sorted(["validate", "start-run", "train", "train-2", "train-3", "train-4", "evaluate",
+                                     "export-model-repository", "register-model", "deploy", "notify"])
+    assert outputs(Path(again["run_dir"]) / "deploy")["parameters"]["Output"] == "deploy skipped (deploy_target=none)"
 
 
 # ------------------------------------------------------------------------- the docker runner's mounts (no engine)
@@ -127,3 +132,23 @@ def test_a_dead_task_container_is_named_with_its_status_and_last_lines() -> None
         "encoder: container exited with status 137 (killed: docker kill, or out of memory); its last log lines: "
         "epoch 1 | epoch 2")
     assert exit_line("lm", 1, []) == "lm: container exited with status 1; its last log lines: (none)"
+
+
+def test_the_inputs_digest_follows_the_recipe_content_and_declared_sources(tmp_path: Path) -> None:
+    import shutil
+
+    from tuna.kfp.tasks import inputs_digest
+
+    recipe = tmp_path / "r.yaml"
+    shutil.copy(SMOKE, recipe)
+    finer = tmp_path / "finer_ood.jsonl"
+    finer.write_text("{}\n")
+    base = [f"run.data_dir={tmp_path / 'd'}"]
+    first = inputs_digest(str(recipe), base)
+    assert len(first) == 16 and inputs_digest(str(SMOKE), base) == first   # the content counts, not the path
+    recipe.write_text(recipe.read_text().replace("seed: 0 ", "seed: 1 "))
+    assert inputs_digest(str(recipe), base) != first                       # an edited recipe file misses the cache
+    declared = inputs_digest(str(SMOKE), [*base, f"data.finer_ood.path={finer}"])
+    assert declared != first
+    finer.write_text("{}\n{}\n")
+    assert inputs_digest(str(SMOKE), [*base, f"data.finer_ood.path={finer}"]) != declared  # their data changed

@@ -43,7 +43,7 @@ class _ProgressLog(io.TextIOBase):
 
     _ANSI = re.compile(r"\x1b\[[0-9;]*m")
     _SHOW = re.compile(r"Executing task|finished with status|Pipeline '.*' finished|: error: |asked '|provenance: "
-                       r"|tritonserver ready")
+                       r"|tritonserver ready| cache hit ")
 
     _PROGRESS = re.compile(r"\b(epoch|step) \d+/\d+\b")
     _START = re.compile(r"Executing task '([^']+)'")
@@ -84,10 +84,12 @@ class _ProgressLog(io.TextIOBase):
 
 def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: str | Path | None = None,
               params: Mapping[str, Any] | None = None, verbose: bool = True, runner: str = "subprocess",
-              docker_user: str | None = None) -> dict[str, Any]:
+              docker_user: str | None = None, cache: bool = True) -> dict[str, Any]:
     """Run the pipeline on this machine through ``kfp.local``: ``runner="subprocess"`` (``SubprocessRunner``,
     this venv) or ``"docker"`` (``DockerRunner``, every task in the project image as user ``docker_user``,
-    default the caller's uid:gid; see :mod:`tuna.kfp.docker_local`).
+    default the caller's uid:gid; see :mod:`tuna.kfp.docker_local`). With ``cache`` (default) kfp.local's cache
+    serves the data tasks (world, encoder, mine-tags, the indexes, lm) whose recipe content, declared sources and
+    upstream artifacts are unchanged since an earlier run under the same pipeline root.
 
     The same IR as :func:`tuna.kfp.compile.compile_pipeline` (default build: local launcher, no accelerators) with
     ``target="local"`` and ``deploy_target="local"``; ``run.data_dir`` is made absolute (the tasks are
@@ -105,9 +107,9 @@ def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: 
     root = Path(pipeline_root).resolve() if pipeline_root else layout(cfg).kfp.resolve()
     root.mkdir(parents=True, exist_ok=True)
     if runner == "docker":  # tasks leave their one-line error where the containers can write: the pipeline root
-        error_file = root / f".task-error-{os.getpid()}-{time.time_ns()}"
+        error_file = root / ".task-error"  # a stable name: the containers' env is part of kfp.local's cache key
         task_runner = docker_runner(cfg, Path(config), root, error_file, docker_user)  # checks engine, image, user
-        error_file.touch()
+        error_file.write_text("", encoding="utf-8")
         error_file.chmod(0o666)
         # the default (local-launcher) build with the recipe's image: the containers the cluster's pods run
         options = PipelineOptions(cluster=ClusterConfig(image=cfg.cluster.image))
@@ -115,7 +117,10 @@ def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: 
         error_file = Path(tempfile.mkstemp(prefix="tuna-task-error-")[1])
         task_runner, options = local.SubprocessRunner(use_venv=False), PipelineOptions()
     pipeline = build_pipeline(options)
-    local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=True)
+    # kfp.local's cache (the data tasks the pipeline marks cacheable) lives under the pipeline root: deleting the
+    # data folder (which holds the default root) empties it too
+    local.init(runner=task_runner, pipeline_root=str(root), raise_on_error=True, enable_caching=cache,
+               cache_root=str(root / ".kfp-cache"))
     args = {"config": str(Path(config).resolve()), "overrides": resolved, "target": "local", "deploy_target": "local",
             **(params or {})}
     before = {p.name for p in root.iterdir()}

@@ -40,7 +40,7 @@ from tuna.kfp.task_io import (
     publish_metrics,
     task,
 )
-from tuna.kfp.validate import validate_inputs
+from tuna.kfp.validate import inputs_digest, validate_inputs
 from tuna.layout import Layout, layout
 from tuna.recipe import Recipe
 from tuna.steps import STEPS, Options, Outcome, execute, stage_meta
@@ -350,4 +350,4 @@ def run_notify(config: str, overrides: Sequence[str], status: Mapping[str, Any],
 # What the components use: the task functions above and the task plumbing of tuna.kfp.task_io.
 __all__ = ["TaskResult", "publish", "publish_markdown", "publish_metrics", "run_deploy", "run_encoder_step",
            "run_evaluate", "run_export", "run_index", "run_lm_step", "run_mine", "run_notify", "run_register",
-           "run_train", "run_world", "start_run", "task", "validate_inputs"]
+           "run_train", "run_world", "start_run", "task", "validate_inputs", "inputs_digest"]

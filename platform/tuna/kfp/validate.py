@@ -113,3 +113,17 @@ def validate_inputs(config: str, overrides: Sequence[str], *, target: str = "loc
     preflight(sources(cfg).all())   # the data a user declared, read by its loaders before any task spends time
     return resolved, export_root
 
+
+def inputs_digest(config: str, resolved: Sequence[str]) -> str:
+    """What the cached data tasks' outputs depend on besides their upstream artifacts: the resolved recipe's content
+    (not its path: an edited recipe file must miss the cache) and a listing digest (names, sizes, times) of every
+    data source the recipe declares outside the bundled world (the world is made from the recipe)."""
+    import hashlib
+    import json
+
+    from tuna.sources import listing_digest, sources
+
+    cfg = _load(config, resolved)
+    parts = [json.dumps(cfg.to_dict(), sort_keys=True, default=str)]
+    parts += [f"{s.name}={listing_digest(s.path)}" for s in sources(cfg).all() if not s.from_world]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
