@@ -370,7 +370,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
                     runner="docker" if args.docker else "subprocess", docker_user=args.docker_user,
                     cache=not args.no_cache)
     print(f"\npipeline done in {out['seconds']:.0f}s; task outputs: {out['run_dir']}"
-          + (f"; full log: {out['log']}" if out.get("log") else ""))
+          + (f"; full log: {out['log']}" if out.get("log") else "")
+          + (f"; from kfp.local's cache: {', '.join(out['cached'])}" if out.get("cached") else ""))
     data = Path(out["data_dir"])
     table = data / "eval" / "table.md"
     if table.is_file():

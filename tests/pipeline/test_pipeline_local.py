@@ -38,10 +38,13 @@ def test_kfp_local_runs_the_whole_smoke_pipeline(tmp_path: Path) -> None:
     out = run_local(SMOKE, [f"run.data_dir={tmp_path}"])
     assert out["seconds"] < 600, out["seconds"]
     check_smoke_pipeline_run(out, tmp_path)
+    assert out["cached"] == []
 
     again = run_local(SMOKE, [f"run.data_dir={tmp_path}"], params={"deploy_target": "none"})  # same recipe: cache
     assert again["tasks"] == sorted(["validate", "start-run", "train", "train-2", "train-3", "train-4", "evaluate",
                                      "export-model-repository", "register-model", "deploy", "notify"])
+    assert again["cached"] == sorted(["world", "encoder", "mine-tags", "build-index", "build-index-2", "build-index-3",
+                                      "lm"])
     assert outputs(Path(again["run_dir"]) / "deploy")["parameters"]["Output"] == "deploy skipped (deploy_target=none)"
 
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import re
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -43,7 +44,7 @@ class _ProgressLog(io.TextIOBase):
 
     _ANSI = re.compile(r"\x1b\[[0-9;]*m")
     _SHOW = re.compile(r"Executing task|finished with status|Pipeline '.*' finished|: error: |asked '|provenance: "
-                       r"|tritonserver ready| cache hit ")
+                       r"|tritonserver ready|served from kfp.local's cache")
 
     _PROGRESS = re.compile(r"\b(epoch|step) \d+/\d+\b")
     _START = re.compile(r"Executing task '([^']+)'")
@@ -80,6 +81,35 @@ class _ProgressLog(io.TextIOBase):
 
     def flush(self) -> None:
         self.log.flush()
+
+
+class _CacheHits(logging.Handler):
+    """Collects (and prints, for the progress view) the tasks kfp.local served from its cache; it reports them
+    only as INFO records of the root logger ("Task <name> cache hit ...")."""
+
+    _HIT = re.compile(r"^Task (\S+) cache hit ")
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.tasks: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if (m := self._HIT.match(record.getMessage())):
+            self.tasks.append(m.group(1))
+            print(f"Task '{m.group(1)}' served from kfp.local's cache")
+
+
+@contextlib.contextmanager
+def _cache_hits() -> Iterator[_CacheHits]:
+    root = logging.getLogger()
+    handler, level = _CacheHits(), root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: str | Path | None = None,
@@ -141,6 +171,7 @@ def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: 
                 log = stack.enter_context(open(log_path, "w", encoding="utf-8"))
                 stack.enter_context(contextlib.redirect_stdout(_ProgressLog(log, sys.stdout)))
                 print(f"kfp.local log: {log_path}", file=sys.stderr)
+            hits = stack.enter_context(_cache_hits())
             pipeline(**args)
     except RuntimeError as err:
         detail = error_file.read_text(encoding="utf-8").strip() if error_file.is_file() else ""
@@ -156,7 +187,8 @@ def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: 
     new = sorted((p for p in root.iterdir() if p.is_dir() and p.name not in before), key=lambda p: p.stat().st_mtime)
     run_dir = new[-1] if new else root
     return {"pipeline_root": str(root), "run_dir": str(run_dir), "seconds": seconds, "data_dir": str(data_dir),
-            "tasks": sorted(p.name for p in run_dir.iterdir() if p.is_dir()), "log": None if verbose else str(log_path)}
+            "tasks": sorted(p.name for p in run_dir.iterdir() if p.is_dir()), "cached": sorted(hits.tasks),
+            "log": None if verbose else str(log_path)}
 
 
 __all__ = ["RUNNERS", "run_local"]
