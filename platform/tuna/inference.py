@@ -36,7 +36,8 @@ class Answer:
 class Predictor:
     """A trained TUNA (or baseline) model ready to answer; ``system`` is the template's system prompt."""
 
-    def __init__(self, model_dir: str | Path, system: str, threads: int | None = None) -> None:
+    def __init__(self, model_dir: str | Path, system: str, threads: int | None = None,
+                 device: str | torch.device | None = None) -> None:
         from transformers.utils import logging as hf_logging
 
         from tuna.model import TunaForConditionalGeneration
@@ -50,7 +51,9 @@ class Predictor:
                                        f"data/<run>/train/<variant>/stage2/model")
         if threads:
             torch.set_num_threads(threads)
-        self.model = TunaForConditionalGeneration.from_pretrained(str(folder)).eval()
+        # the accelerator when there is one (cuda:0 by default; pass device= for another), else the CPU
+        self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = TunaForConditionalGeneration.from_pretrained(str(folder)).eval().to(self.device)
         self.processor = TunaProcessor.from_pretrained(folder)
         self.tokenizer = self.processor.tokenizer
         self.uses_tags = self.processor.use_tags
@@ -79,11 +82,12 @@ class Predictor:
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         rows = [conversation_prompt_ids(self.tokenizer, self.system, list(conv), q) for conv, q in zip(conversations, questions)]
-        input_ids, attention_mask = self.processor.pad_left(rows)
+        input_ids, attention_mask = (t.to(self.device) for t in self.processor.pad_left(rows))
         kwargs: dict[str, Any] = {"pixel_values": self.processor.pixel_values(images)}
         tag_lists = [list(t)[: self.num_tags] for t in tags] if tags is not None else [[] for _ in range(n)]
         if self.uses_tags:
             kwargs.update(self.processor.tag_tensors(tag_lists))
+        kwargs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
         gen: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id,
                                "eos_token_id": self.tokenizer.eos_token_id}
         if min_new_tokens > 0:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -251,3 +252,56 @@ def test_a_trained_vision_tower_is_refused_for_tag_variants(prepared) -> None:
     a, b, c = (torch.nn.Parameter(torch.zeros(1)) for _ in range(3))
     groups = StageInputs(None, None, [a, b, c], [], {}, None, lm_params=[b], vision_params=[c]).param_groups(1e-3, 1.0, 0.5)
     assert [(g["params"], g["lr"]) for g in groups] == [([a], 1e-3), ([b], 1e-3), ([c], 5e-4)]
+
+
+# ----------------------------------------------------------------------------- device placement (issue 16, item 1)
+
+
+def test_optimizer_step_moves_each_batch_and_the_loss_reduction_to_the_engines_device(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU node the engine's device is cuda:<local rank>: a batch left on the CPU or a CPU tensor handed to
+    NCCL's all-reduce fails there. "meta" stands in for that device here: anything left behind stays on "cpu"."""
+    from types import SimpleNamespace
+
+    from tuna.train import engine as engine_mod
+
+    seen: list[set[str]] = []
+    reduced: list[tuple[float, str, int]] = []
+
+    class Engine:
+        device = torch.device("meta")
+
+        def __call__(self, **batch: Any) -> Any:
+            seen.append({str(v.device) for v in batch.values() if isinstance(v, torch.Tensor)})
+            assert batch["note"] == "kept"
+            return SimpleNamespace(loss=torch.tensor(2.0))
+
+        def backward(self, loss: torch.Tensor) -> None: ...
+
+        def step(self) -> None: ...
+
+    monkeypatch.setattr(engine_mod, "mean_over_ranks", lambda v, d, w: reduced.append((v, str(d), w)) or v / w)
+    collate = lambda rows: {"input_ids": torch.zeros(len(rows), 3, dtype=torch.long),  # noqa: E731
+                            "pixel_values": torch.zeros(len(rows), 3, 4, 4), "note": "kept"}
+    plan = BatchPlan(n=8, world_size=2, batch_size=2, grad_accum=2, seed=0)
+    loss = engine_mod.optimizer_step(Engine(), collate, list(range(8)), plan, step=0, rank=1)
+    assert seen == [{"meta"}, {"meta"}] and reduced == [(2.0, "meta", 2)] and loss == 1.0
+
+
+def test_to_device_moves_tensors_only() -> None:
+    from tuna.train.engine import to_device
+
+    moved = to_device({"ids": torch.ones(2, dtype=torch.long), "tags": ["a"], "n": 3}, "meta")
+    assert moved["ids"].device.type == "meta" and moved["tags"] == ["a"] and moved["n"] == 3
+
+
+def test_mean_over_ranks_all_reduces_on_the_given_device(tmp_path: Path) -> None:
+    import torch.distributed as dist
+
+    from tuna.train.engine import mean_over_ranks
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert mean_over_ranks(3.0, "cpu", 2) == 1.5  # one rank holding 3.0, averaged as over 2 ranks
+    finally:
+        dist.destroy_process_group()

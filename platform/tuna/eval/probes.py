@@ -281,7 +281,7 @@ class _Model:
     def __init__(self, folder: Path, system: str, threads: int) -> None:
         from tuna.inference import Predictor
 
-        p = Predictor(folder, system, threads=threads)
+        p = Predictor(folder, system, threads=threads, device="cpu")  # the probes feed CPU tensors to the model's parts
         self.model, self.tokenizer, self.processor = p.model, p.tokenizer, p.processor
         self.clip_tokenizer = p.processor.clip_tokenizer
         self.uses_tags = p.uses_tags

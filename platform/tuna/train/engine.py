@@ -383,21 +383,33 @@ def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
                        list(groups.get("language_model", {}).values()), list(groups.get("vision_tower", {}).values()))
 
 
-def optimizer_step(engine: Any, collate: Callable[[list[Any]], dict[str, torch.Tensor]], examples: list[Any],
-                   plan: BatchPlan, step: int, rank: int) -> float:
-    """One optimizer step of a DeepSpeed engine (its micro-steps included); returns the loss averaged over ranks."""
+def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """The batch with its tensors on ``device`` (the engine's accelerator); other values unchanged."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def mean_over_ranks(value: float, device: torch.device | str, world: int) -> float:
+    """``value`` averaged over the ranks: an all-reduce of a tensor on ``device`` (NCCL reduces only tensors on
+    the rank's GPU; gloo those on the CPU)."""
     import torch.distributed as dist
 
+    total = torch.tensor([value], dtype=torch.float32, device=device)
+    dist.all_reduce(total)
+    return float(total.item()) / world
+
+
+def optimizer_step(engine: Any, collate: Callable[[list[Any]], dict[str, torch.Tensor]], examples: list[Any],
+                   plan: BatchPlan, step: int, rank: int) -> float:
+    """One optimizer step of a DeepSpeed engine (its micro-steps included, each batch moved to the engine's
+    device); returns the loss averaged over ranks."""
     step_loss = 0.0
     for micro in range(plan.accum):
-        batch = collate([examples[i] for i in plan.indices(step, micro, rank)])
+        batch = to_device(collate([examples[i] for i in plan.indices(step, micro, rank)]), engine.device)
         loss = engine(**batch).loss
         engine.backward(loss)
         engine.step()
         step_loss += float(loss.detach()) / plan.accum
-    mean = torch.tensor([step_loss])
-    dist.all_reduce(mean)
-    return float(mean) / plan.world
+    return mean_over_ranks(step_loss, engine.device, plan.world)
 
 
 def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = False,
