@@ -268,3 +268,34 @@ def test_pool_must_divide_the_grid(make_model):
 
     with pytest.raises(ConfigError, match="vision_feature_pool: 3 must be a positive divisor of the 4x4 patch grid side"):
         make_model(vision_feature_pool=3)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(make_model) -> None:
+    """train.gradient_checkpointing (issue 16): activations recomputed in backward, the same loss and gradients."""
+    from tuna.train.engine import TrainError, enable_gradient_checkpointing
+
+    grads = []
+    for checkpointing in (False, True):
+        model = make_model().train()
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+            assert model.language_model.model.gradient_checkpointing
+        batch = make_batch(model)
+        out = model(**batch, labels=batch["input_ids"].clone())
+        out.loss.backward()
+        grads.append((out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (loss0, g0), (loss1, g1) = grads
+    torch.testing.assert_close(loss0, loss1)
+    assert g0.keys() == g1.keys() and len(g0) > 10
+    for name in g0:
+        torch.testing.assert_close(g0[name], g1[name], rtol=1e-5, atol=1e-6, msg=name)
+
+    model = make_model()
+    type(model.language_model).supports_gradient_checkpointing, old = False, type(model.language_model).supports_gradient_checkpointing
+    try:
+        with pytest.raises(TrainError) as err:
+            enable_gradient_checkpointing(model)
+    finally:
+        type(model.language_model).supports_gradient_checkpointing = old
+    assert str(err.value).startswith("train.gradient_checkpointing: the language model (")
+    assert "does not support gradient checkpointing; set train.gradient_checkpointing=false" in str(err.value)

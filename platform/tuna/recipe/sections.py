@@ -451,6 +451,7 @@ class TrainConfig:
     system_prompt: str = ("A chat between a curious human and an artificial intelligence assistant. "
                           "The assistant gives helpful, detailed, and polite answers to the human's questions.")
     gradient_clipping: float = 1.0  # max gradient norm (0 = off)
+    gradient_checkpointing: bool = False  # recompute the LM's (and towers') activations in backward: less memory, ~1/3 more compute
     deepspeed_config: str | None = None  # a DeepSpeed JSON with "auto" fields; null = the repo's zero<stage>.json
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=lambda: StageConfig(lr=2e-4))
@@ -463,6 +464,8 @@ class TrainConfig:
         _require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         _require(self.template in ("vicuna_v1",), "template", f"must be vicuna_v1, got {self.template!r}")
         _require(self.gradient_clipping >= 0, "gradient_clipping", f"must be >= 0, got {self.gradient_clipping}")
+        _require(isinstance(self.gradient_checkpointing, bool), "gradient_checkpointing",
+                 f"must be true or false, got {self.gradient_checkpointing!r}")
 
     def stage(self, n: int) -> StageConfig:
         """The settings of stage ``n`` (1 or 2)."""

@@ -346,6 +346,18 @@ class StageInputs:
                             {"params": self.vision_params, "lr": lr * vision_lr_scale}) if g["params"]]
 
 
+def enable_gradient_checkpointing(model: Any) -> None:
+    """Recompute activations in backward (``train.gradient_checkpointing``) in every part that supports it; raises
+    TrainError naming the key when the language model does not (a custom LM class without checkpointing)."""
+    lm = getattr(model, "language_model", model)
+    if not getattr(lm, "supports_gradient_checkpointing", False):
+        raise TrainError(f"train.gradient_checkpointing: the language model ({type(lm).__name__}) does not support "
+                         f"gradient checkpointing; set train.gradient_checkpointing=false (or use a transformers LM "
+                         f"that does)")
+    # non-reentrant checkpointing: correct with frozen inputs (the CLIP towers) and with ZeRO-3's hooks
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
 def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
                   barrier: Callable[[], None] = lambda: None, log: Callable[[str], None] = print) -> StageInputs:
     """Build the model, freeze what the stage does not train, and load, tag and tokenise the stage's data."""
@@ -358,6 +370,8 @@ def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
         raise TrainError(f"train.stage{stage}.vision_lr_scale={sc.vision_lr_scale} would train the vision tower of "
                          f"{variant!r}, whose image embedding retrieves its tags when served (the datastore keys come "
                          f"from the frozen encoder); set it to 0 for tag variants (it is for the baseline)")
+    if cfg.train.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     groups = set_trainable(model, stage, sc.train_word_embeddings, sc.vision_lr_scale > 0)
     if sc.lm_lr_scale == 0 and "language_model" in groups:   # the LM stays as pre-trained in this stage
         for p in groups.pop("language_model").values():
