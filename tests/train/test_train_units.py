@@ -128,6 +128,22 @@ def test_more_ranks_than_cores_is_refused_with_the_setting() -> None:
         check_ranks(load_recipe(SMOKE, ["train.ranks=512"]))
 
 
+def test_a_gpu_recipe_on_a_machine_without_gpus_is_one_line_before_any_rank(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tuna.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("the no-GPU check applies to CPU machines")
+    with pytest.raises(TrainError) as err:
+        check_ranks(load_recipe("configs/llava7b.yaml", [f"run.data_dir={tmp_path}"]))
+    assert str(err.value) == ("llava7b: cluster.gpus_per_node=8 asks for GPU nodes but this machine has no CUDA GPU; "
+                              "submit it to a cluster (--launcher trainjob) or train a CPU recipe (configs/smoke.yaml, "
+                              "configs/mini.yaml)")
+    assert main(["train", "--config", "configs/llava7b.yaml", "--stage", "1", f"run.data_dir={tmp_path}"]) == 2
+    assert capsys.readouterr().err.strip() == f"tuna train: error: {err.value}"
+    assert not (tmp_path / "train").exists()
+
+
 def test_local_command_runs_the_worker_module_on_n_ranks() -> None:
     cmd = local_command(Path("r.yaml"), 2, "baseline", 2, True, 29501)
     assert cmd[1:3] == ["-m", "deepspeed.launcher.runner"]

@@ -45,7 +45,8 @@ def available_cores() -> int:
 
 
 def check_ranks(cfg: Recipe) -> None:
-    """Refuse a local CPU run asking for more ranks than cores (one line naming the setting)."""
+    """Refuse a local run asking for more ranks than GPUs or cores, or a GPU recipe on a machine without GPUs (one
+    line naming the setting)."""
     import torch
 
     if torch.cuda.is_available():
@@ -53,6 +54,10 @@ def check_ranks(cfg: Recipe) -> None:
         if cfg.train.ranks > n:
             raise TrainError(f"train.ranks={cfg.train.ranks} but this machine has {n} GPUs; lower train.ranks")
         return
+    if cfg.cluster.gpus_per_node > 0:
+        raise TrainError(f"{cfg.run.name}: cluster.gpus_per_node={cfg.cluster.gpus_per_node} asks for GPU nodes but this "
+                         f"machine has no CUDA GPU; submit it to a cluster (--launcher trainjob) or train a CPU recipe "
+                         f"(configs/smoke.yaml, configs/mini.yaml)")
     cores = available_cores()
     if cfg.train.ranks > cores:
         raise TrainError(f"train.ranks={cfg.train.ranks} asks for more CPU ranks than the {cores} cores here; "
