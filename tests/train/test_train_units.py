@@ -321,3 +321,20 @@ def test_mean_over_ranks_all_reduces_on_the_given_device(tmp_path: Path) -> None
         assert mean_over_ranks(3.0, "cpu", 2) == 1.5  # one rank holding 3.0, averaged as over 2 ranks
     finally:
         dist.destroy_process_group()
+
+
+def test_each_nodes_local_rank_zero_builds_first_and_every_rank_meets_the_barrier_once() -> None:
+    from tuna.train.engine import local_rank_zero_first
+
+    for local_rank, order in ((0, ["build", "barrier"]), (1, ["barrier", "build"]), (7, ["barrier", "build"])):
+        seen: list[str] = []
+        assert local_rank_zero_first(local_rank, lambda s=seen: s.append("barrier"), lambda s=seen: s.append("build") or 5) == 5
+        assert seen == order
+    seen = []
+
+    def fail() -> None:
+        raise OSError("hub unreachable")
+
+    with pytest.raises(OSError):
+        local_rank_zero_first(0, lambda: seen.append("barrier"), fail)
+    assert seen == ["barrier"]  # the other ranks are released (and fail on their own), never left waiting

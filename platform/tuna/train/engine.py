@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -346,6 +347,18 @@ class StageInputs:
                             {"params": self.vision_params, "lr": lr * vision_lr_scale}) if g["params"]]
 
 
+def local_rank_zero_first(local_rank: int, barrier: Callable[[], None], fn: Callable[[], Any]) -> Any:
+    """``fn()`` on each node's local rank 0 first (filling the node's caches, e.g. a hub download), then on the
+    other ranks; every rank passes ``barrier`` (a collective) exactly once, also when ``fn`` fails."""
+    if local_rank != 0:
+        barrier()
+    try:
+        return fn()
+    finally:
+        if local_rank == 0:
+            barrier()
+
+
 def enable_gradient_checkpointing(model: Any) -> None:
     """Recompute activations in backward (``train.gradient_checkpointing``) in every part that supports it; raises
     TrainError naming the key when the language model does not (a custom LM class without checkpointing)."""
@@ -365,7 +378,9 @@ def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
     from tuna.train.data import Collator
 
     sc = cfg.train.stage(stage)
-    model, tokenizer = build_model(cfg, variant, stage)
+    # a hub checkpoint (model.language_model / vision_tower ids) is fetched once per node, not by every rank at once
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    model, tokenizer = local_rank_zero_first(local_rank, barrier, lambda: build_model(cfg, variant, stage))
     if sc.vision_lr_scale > 0 and model.config.tag_mode != "none":
         raise TrainError(f"train.stage{stage}.vision_lr_scale={sc.vision_lr_scale} would train the vision tower of "
                          f"{variant!r}, whose image embedding retrieves its tags when served (the datastore keys come "
