@@ -87,6 +87,12 @@ def build_pipeline(options: PipelineOptions = None):
         TrainJob / PyTorchJob: the task only submits the job and follows it; the job's pods get all of that."""
         if not o.trains_in_task:
             return task
+        # the ranks' CPU and memory (requests = limits: a training pod is not evicted for another's burst) and
+        # /dev/shm as a memory-backed emptyDir (the container runtime's 64 MiB default breaks NCCL and gloo)
+        task.set_cpu_request(cluster.cpu).set_cpu_limit(cluster.cpu)
+        task.set_memory_request(cluster.memory).set_memory_limit(cluster.memory)
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=cluster.shm_size)
         if o.train_gpus:
             task.set_accelerator_type(ACCELERATOR).set_accelerator_limit(o.train_gpus)
         for key, value in sorted(cluster.node_selector.items()):

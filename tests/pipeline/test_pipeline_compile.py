@@ -181,6 +181,7 @@ def test_default_build_requests_no_accelerator_and_trains_in_the_task(compiled: 
 
 def test_local_launcher_puts_exactly_the_recipes_gpus_node_pool_and_taints_on_training_tasks(compiled_local_gpu: Path) -> None:
     spec, platform = load_ir(compiled_local_gpu)
+    CLUSTER = load_recipe(SMOKE, LOCAL_GPU).cluster  # noqa: N806
     for name in (*DATA, *LATER):
         resources, ex = _resources(spec, name), _executor(spec, platform, name)
         if name in TRAIN:
@@ -189,8 +190,14 @@ def test_local_launcher_puts_exactly_the_recipes_gpus_node_pool_and_taints_on_tr
             assert ex["nodeSelector"]["labels"] == {"pool": "a100-80g"}, name
             assert ex["tolerations"] == [{"key": "gpu-pool", "operator": "Equal", "value": "yes", "effect": "NoExecute"}]
             assert _constant(spec, name, "launcher") == "local"
+            # the ranks' CPU / memory (requests = limits) and a memory-backed /dev/shm, all from cluster:
+            assert (resources["resourceCpuRequest"], resources["resourceCpuLimit"]) == (CLUSTER.cpu, CLUSTER.cpu), name
+            assert (resources["resourceMemoryRequest"], resources["resourceMemoryLimit"]) == (CLUSTER.memory,) * 2
+            assert ex["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": CLUSTER.shm_size,
+                                             "volumeName": "dshm"}], name
         else:
             assert "accelerator" not in resources and "nodeSelector" not in ex and "tolerations" not in ex, name
+            assert "resourceCpuLimit" not in resources and "emptyDirMounts" not in ex, name
     assert _constant(spec, "validate", "gpus") == 4  # -> cluster.gpus_per_node=4, train.ranks=4 for every task
     assert _constant(spec, "export", "trtllm") is True
     assert "4 x nvidia.com/gpu per training task" in spec["pipelineInfo"]["description"]
@@ -203,6 +210,7 @@ def test_trainjob_launcher_requests_no_accelerator_anywhere(compiled_trainjob: P
         ex = _executor(spec, platform, name)
         assert "accelerator" not in _resources(spec, name), name  # the TrainJob's pods hold the GPUs, not the task
         assert "nodeSelector" not in ex and "tolerations" not in ex, name
+        assert "resourceMemoryLimit" not in _resources(spec, name) and "emptyDirMounts" not in ex, name  # submit only
     assert all(_constant(spec, name, "launcher") == "trainjob" for name in TRAIN)
     assert _constant(spec, "validate", "gpus") == 0 and _constant(spec, "validate", "launcher") == "trainjob"
     assert _constant(spec, "export", "trtllm") is True  # a GPU cluster: the TRT-LLM repository too
@@ -224,7 +232,10 @@ def test_image_and_mounts_come_from_the_recipe(tmp_path: Path) -> None:
 
 def test_cluster_builds_get_distinct_names() -> None:
     default = PipelineOptions(version="v")
-    assert default.suffix == "" and PipelineOptions(load_recipe(SMOKE).cluster, "v").suffix == ""
+    assert default.suffix == "" and PipelineOptions(load_recipe(SMOKE, ["cluster.memory=16Gi", "cluster.shm_size=2Gi"]).cluster,
+                                                    "v").suffix == ""
+    # smoke's pods are smaller (8Gi, 1Gi /dev/shm): with the local launcher the training tasks' sizes reach the IR
+    assert PipelineOptions(load_recipe(SMOKE).cluster, "v").suffix.startswith("-local-")
     a = PipelineOptions(load_recipe(SMOKE, LOCAL_GPU).cluster, "v")
     b = PipelineOptions(load_recipe(SMOKE, [*LOCAL_GPU, "cluster.node_selector={pool: h100}"]).cluster, "v")
     assert a.suffix.startswith("-local-gpu4-") and b.suffix.startswith("-local-gpu4-") and a.suffix != b.suffix
@@ -284,8 +295,8 @@ class FakeClient:
         self.calls.append(("upload_pipeline_version", (Path(path).name, pipeline_version_name, pipeline_id)))
         return type("V", (), {"pipeline_version_id": "v-1"})
 
-    def create_experiment(self, name: str) -> Any:
-        self.calls.append(("create_experiment", name))
+    def create_experiment(self, name: str, namespace: str | None = None) -> Any:
+        self.calls.append(("create_experiment", (name, namespace)))
         return type("E", (), {"experiment_id": "e-1"})
 
     def run_pipeline(self, **kw: Any) -> Any:
@@ -324,7 +335,8 @@ def test_submit_uploads_a_pipeline_version_and_creates_a_run(tmp_path: Path, kfp
     assert dict(client.calls)["upload_pipeline_version"] == ("tuna-0.1.0+abc1234.yaml", "0.1.0+abc1234", "p-1")
     run = dict(client.calls)["run_pipeline"]
     assert run["pipeline_id"] == "p-1" and run["version_id"] == "v-1" and run["experiment_id"] == "e-1"
-    assert run["params"] == params
+    assert run["params"] == params and run["service_account"] is None  # the default build: KFP's default account
+    assert dict(client.calls)["create_experiment"] == ("tuna-exp", None)
     assert out["run_id"] == "r-1" and out["url"] == f"{kfp_host}/#/runs/details/r-1"
     assert (tmp_path / "tuna-0.1.0+abc1234.yaml").is_file()
     # The same version again: reused, not uploaded twice.
@@ -334,9 +346,20 @@ def test_submit_uploads_a_pipeline_version_and_creates_a_run(tmp_path: Path, kfp
     assert dict(again.calls)["run_pipeline"]["version_id"] == "v-old"
 
 
+def test_submit_runs_as_the_manifests_service_account_in_the_profile_namespace(tmp_path: Path, kfp_host: str) -> None:
+    client = FakeClient()
+    cluster = load_recipe(LLAVA).cluster
+    submit(kfp_host, "tuna-exp", "0.1.0+abc1234", {"config": "configs/llava7b.yaml"}, cluster=cluster, out_dir=tmp_path,
+           client_factory=lambda h: client)
+    assert dict(client.calls)["create_experiment"] == ("tuna-exp", "tuna")
+    assert dict(client.calls)["run_pipeline"]["service_account"] == "tuna-pipeline"
+    rbac = (Path(__file__).resolve().parents[2] / "manifests" / "base" / "rbac.yaml").read_text()
+    assert "name: tuna-pipeline" in rbac  # the account the manifests create and bind to the pipeline's Role
+
+
 def test_submit_turns_a_server_refusal_into_one_line(tmp_path: Path, kfp_host: str) -> None:
     class Refusing(FakeClient):
-        def create_experiment(self, name: str) -> Any:
+        def create_experiment(self, name: str, namespace: str | None = None) -> Any:
             raise RuntimeError("(403)\nReason: Forbidden\nHTTP response body: no")
 
     with pytest.raises(PipelineError) as info:

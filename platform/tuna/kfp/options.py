@@ -104,7 +104,7 @@ class PipelineOptions:
                                   "checkpoints_mount": c.checkpoints_mount, "trtllm": c.gpus_per_node > 0}
         if self.trains_in_task:
             out.update(gpus=c.gpus_per_node, node_selector=dict(sorted(c.node_selector.items())),
-                       tolerations=[asdict(t) for t in c.tolerations])
+                       tolerations=[asdict(t) for t in c.tolerations], cpu=c.cpu, memory=c.memory, shm_size=c.shm_size)
         return out
 
 

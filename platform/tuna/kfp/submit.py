@@ -4,6 +4,7 @@ section, upload the IR as a pipeline version with ``kfp.Client`` and create a ru
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 import urllib.error
@@ -17,6 +18,8 @@ from tuna.errors import TunaError
 from tuna.kfp.compile import compile_pipeline
 from tuna.kfp.options import PIPELINE_NAME, PipelineError, PipelineOptions, _first_line
 from tuna.recipe import ClusterConfig
+
+TOKEN_ENV = "KFP_TOKEN"  # a bearer token for a multi-user Kubeflow (e.g. `kubectl create token` of a profile's SA)
 
 # former pipeline parameters: the recipe's cluster section is their one source now
 FROM_RECIPE = {"launcher": "cluster.launcher", "gpus": "cluster.gpus_per_node", "train_nodes": "cluster.num_nodes"}
@@ -43,19 +46,26 @@ def submit(host: str, experiment: str, version: str, params: Mapping[str, Any], 
            client_factory: Callable[[str], Any] | None = None) -> dict[str, str]:
     """Compile the pipeline with the recipe's ``cluster`` section, upload it as version ``<version><suffix>`` of
     pipeline ``tuna`` on ``host`` and start a run in ``experiment`` with ``params``; returns the ids and the run's
-    URL. An existing version of that name is reused (the suffix tells cluster builds apart)."""
+    URL. An existing version of that name is reused (the suffix tells cluster builds apart). The run's pods use
+    ``cluster.pipeline_service_account`` (the manifests' RBAC grants ``tuna-pipeline``); with
+    ``cluster.kfp_namespace`` the experiment and run go to that Kubeflow profile namespace, authenticated with
+    ``$KFP_TOKEN`` when set."""
     if not experiment.strip():
         raise PipelineError("experiment: give a KFP experiment name (e.g. tuna)")
     _probe_kfp(host)
     folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="tuna-pipeline-"))
     path = compile_pipeline(folder, version, cluster)
+    c = cluster or ClusterConfig()
     if client_factory is None:
         import kfp
 
         def client_factory(h: str) -> Any:
+            # multi-user Kubeflow: the profile namespace, and a bearer token from $KFP_TOKEN when set (in a pod the SDK
+            # reads the projected ServiceAccount token from $KF_PIPELINES_SA_TOKEN_PATH itself)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                return kfp.Client(host=h)
+                return kfp.Client(host=h, namespace=c.kfp_namespace or "kubeflow",
+                                  existing_token=os.environ.get(TOKEN_ENV) or None)
     version_name = f"{version}{PipelineOptions(cluster=cluster or ClusterConfig(), version=version).suffix}"
     try:
         client = client_factory(host)
@@ -71,10 +81,11 @@ def submit(host: str, experiment: str, version: str, params: Mapping[str, Any], 
         if version_id is None:
             version_id = client.upload_pipeline_version(str(path), pipeline_version_name=version_name,
                                                         pipeline_id=pipeline_id).pipeline_version_id
-        exp = client.create_experiment(experiment)
+        exp = client.create_experiment(experiment, namespace=c.kfp_namespace)
         name = run_name or f"{PIPELINE_NAME}-{version_name}-{time.strftime('%Y%m%d-%H%M%S')}"
         run = client.run_pipeline(experiment_id=exp.experiment_id, job_name=name, params=dict(params),
-                                  pipeline_id=pipeline_id, version_id=version_id, enable_caching=enable_caching)
+                                  pipeline_id=pipeline_id, version_id=version_id, enable_caching=enable_caching,
+                                  service_account=c.pipeline_service_account)
     except TunaError:
         raise
     except Exception as err:  # noqa: BLE001 - ApiException, urllib3 errors...: one line naming the host
@@ -101,4 +112,4 @@ def submit_params(config: str, overrides: Sequence[str], params: Sequence[str] =
     return out
 
 
-__all__ = ["submit", "submit_params"]
+__all__ = ["TOKEN_ENV", "submit", "submit_params"]

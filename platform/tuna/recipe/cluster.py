@@ -55,6 +55,8 @@ class ClusterConfig:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[TolerationConfig, ...] = ()
     service_account: str | None = None               # pods' ServiceAccount (null = the namespace default)
+    pipeline_service_account: str | None = None      # the KFP run's pods (`tuna pipeline submit`; manifests: tuna-pipeline)
+    kfp_namespace: str | None = None                 # multi-user Kubeflow: the profile namespace runs go to (null = single-user)
     data_pvc: str | None = "tuna-data"               # PVC holding run.data_dir (null = pod-local, lost at exit)
     data_mount: str = "/mnt/tuna"                    # where data_pvc is mounted; a relative run.data_dir lands here
     checkpoints_pvc: str | None = None               # separate PVC for checkpoints (null = under run.data_dir)
@@ -94,10 +96,13 @@ class ClusterConfig:
         for k, v in self.node_selector.items():
             _require(bool(k) and bool(v) and not any(c.isspace() for c in k + v), "node_selector",
                      f"keys and values must be non-empty label strings, got {k!r}: {v!r}")
-        for name in ("service_account", "data_pvc", "checkpoints_pvc", "mlflow_secret", "milvus_secret", "s3_secret"):
+        for name in ("service_account", "pipeline_service_account", "data_pvc", "checkpoints_pvc", "mlflow_secret",
+                     "milvus_secret", "s3_secret"):
             v = getattr(self, name)
             _require(v is None or bool(_DNS_SUBDOMAIN.match(v)), name,
                      f"must be a Kubernetes object name (lower-case DNS name) or null, got {v!r}")
+        _require(self.kfp_namespace is None or (bool(_DNS_LABEL.match(self.kfp_namespace)) and len(self.kfp_namespace) <= 63),
+                 "kfp_namespace", f"must be a Kubernetes namespace name or null, got {self.kfp_namespace!r}")
         _require(self.checkpoints_pvc is None or self.checkpoints_mount != self.data_mount, "checkpoints_mount",
                  f"must differ from data_mount ({self.data_mount})")
         _require(self.mlflow_tracking_uri is None or "://" in self.mlflow_tracking_uri, "mlflow_tracking_uri",
