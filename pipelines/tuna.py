@@ -54,6 +54,7 @@ COMPONENTS = {"validate": validate, "world": world, "encoder": encoder, "mine_ta
               "notify": notify}
 STEPS = tuple(COMPONENTS)
 DATASTORES = ("A", "B", "A_captions")  # = tuna.retrieval.datastore.DATASTORES (checked by the tests)
+IMAGE_UID = 1000  # the project image's user (Dockerfile: USER 1000:1000)
 POD_LABELS = (("app.kubernetes.io/part-of", "tuna"), ("app.kubernetes.io/component", "pipeline"))  # manifests/ NetworkPolicies
 
 
@@ -68,6 +69,8 @@ def build_pipeline(options: PipelineOptions = None):
         task.set_display_name(name)
         task.set_caching_options(cache)
         task.set_container_image(cluster.image)
+        # the image's own user, non-root: what the namespace's Pod Security (audit/warn restricted) expects
+        kubernetes.set_security_context(task, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, run_as_non_root=True)
         for key, value in POD_LABELS:
             kubernetes.add_pod_label(task, key, value)
         if data:

@@ -136,6 +136,9 @@ def test_pvcs_secrets_and_labels_in_the_platform_spec(compiled: Path) -> None:
     spec, platform = load_ir(compiled)
     assert _executor(spec, platform, "validate").get("pvcMount") is None  # reads only the recipe in the image
     assert "secretAsEnv" not in _executor(spec, platform, "validate")
+    for name in (*DATA, *LATER, "notify", "validate"):  # every task: the image's non-root user (namespace warns on restricted)
+        assert _executor(spec, platform, name)["securityContext"] == {"runAsUser": "1000", "runAsGroup": "1000",
+                                                                      "runAsNonRoot": True}, name
     for name in (*DATA, *LATER, "notify"):
         ex = _executor(spec, platform, name)
         mounts = {m["mountPath"]: m["pvcNameParameter"]["componentInputParameter"] for m in ex["pvcMount"]}
