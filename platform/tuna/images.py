@@ -75,6 +75,26 @@ def image_exists(ref: str) -> bool:
     return _docker("image", "inspect", ref).returncode == 0
 
 
+def image_id(ref: str) -> str | None:
+    """The id of local image ``ref``, or None when the engine does not hold it."""
+    done = _docker("image", "inspect", "--format", "{{.Id}}", ref)
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def drop_untagged(image: str, log: Callable[[str], None] = print) -> bool:
+    """Remove the image a rebuild replaced (~3.5 GB each: left alone they fill the disk) when no tag names it any
+    more and no container uses it; its layers the new image shares stay. Returns whether it was removed."""
+    tags = _docker("image", "inspect", "--format", "{{len .RepoTags}}", image)
+    if tags.returncode != 0 or tags.stdout.strip() != "0":
+        return False
+    done = _docker("image", "rm", image)
+    if done.returncode != 0:
+        log(f"kept the replaced image {image[:19]}: {(done.stderr.strip().splitlines() or [''])[0]}")
+        return False
+    log(f"removed the replaced image {image[:19]}")
+    return True
+
+
 def image_size(ref: str) -> int:
     """Size in bytes of local image ``ref`` (what `docker images` shows)."""
     done = _docker("image", "inspect", "--format", "{{.Size}}", ref)
@@ -185,6 +205,7 @@ def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targ
     built: list[BuiltImage] = []
     for target in sorted(targets, key=TARGETS.index):
         path = logs / f"build-{target}.log"
+        previous = image_id(refs[target])
         start = time.monotonic()
         with path.open("w") as out:
             done = subprocess.run(build_command(target, refs[target], base, torch_variant, memory=memory, index_url=index_url),
@@ -194,10 +215,12 @@ def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targ
             raise ImageError(f"building the {target} image {refs[target]} failed: {_failure_line(path)} (log: {path})")
         image = BuiltImage(target, refs[target], time.monotonic() - start, image_size(refs[target]))
         log(f"{target:<8} {image.ref}  {image.size_bytes / 1e9:.2f} GB  built in {image.seconds:.0f}s  (log: {path})")
+        if previous and previous != image_id(refs[target]):
+            drop_untagged(previous, log)
         built.append(image)
     return built
 
 
 __all__ = ["BuiltImage", "ImageError", "TARGETS", "TORCH_VARIANTS", "build_command", "build_images", "check_base",
-           "docker_engine", "host_torch_wheel", "image_exists", "image_size", "pip_find_links",
+           "docker_engine", "drop_untagged", "host_torch_wheel", "image_exists", "image_id", "image_size", "pip_find_links",
            "torch_version"]

@@ -201,3 +201,26 @@ def test_served_container_answers_tuna_ask_with_provenance(served: tuple[str, st
     user = _docker("inspect", "--format", "{{.Config.User}}", name).stdout.strip()
     assert user == "1000:1000"
     print(f"\ngRPC answer from the container at {url}: {reply['answer']!r}; tags {prov['tags'][:5]}")
+
+
+def test_a_rebuilt_images_predecessor_is_dropped_and_a_tagged_image_kept(base: str) -> None:
+    """Each rebuild leaves the image it replaced untagged (~3.5 GB; a day of rebuilds filled this machine's disk):
+    tuna image removes it. An image a tag still names is never removed."""
+    from tuna.images import drop_untagged, image_id
+
+    ref, said = f"tuna-test-drop:{uuid.uuid4().hex[:8]}", []
+    names = [f"tuna-test-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    try:
+        ids = []
+        for i, name in enumerate(names):
+            assert _docker("run", "--name", name, "--network", "none", base, "sh", "-c", f"echo {i} > /marker").returncode == 0
+            assert _docker("commit", name, ref).returncode == 0
+            ids.append(image_id(ref))
+        assert ids[0] != ids[1] and image_id(ref) == ids[1]
+        assert not drop_untagged(ids[1], said.append)          # still tagged: kept
+        assert drop_untagged(ids[0], said.append)              # replaced: removed
+        assert said == [f"removed the replaced image {ids[0][:19]}"]
+        assert _docker("image", "inspect", ids[0]).returncode != 0 and image_id(ref) == ids[1]
+    finally:
+        _docker("rm", "-f", *names)
+        _docker("rmi", "-f", ref)
