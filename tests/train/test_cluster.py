@@ -459,6 +459,20 @@ def test_a_queue_or_service_account_the_manifests_do_not_create_is_refused_befor
     assert api.created == []
 
 
+@pytest.mark.parametrize("launcher", ["trainjob", "pytorchjob"])
+def test_the_pipelines_validate_task_refuses_them_before_any_training(launcher: str) -> None:
+    from tuna.kfp.validate import validate_inputs
+
+    cluster_params = {"target": "kubernetes", "launcher": launcher, "data_root": "/mnt/tuna", "data_pvc": "tuna-data",
+                      "checkpoints_root": "/mnt/tuna-checkpoints", "checkpoints_pvc": "tuna-checkpoints",
+                      "mlflow_secret": "tuna-mlflow", "milvus_secret": "tuna-milvus", "s3_secret": "tuna-s3",
+                      "deploy_target": "none"}
+    with pytest.raises(ConfigError, match="^cluster.kueue_queue: 'gpu-team' is not a LocalQueue manifests/ creates"):
+        validate_inputs(str(LLAVA), ["cluster.kueue_queue=gpu-team"], **cluster_params)
+    with pytest.raises(ConfigError, match="^cluster.service_account: 'ml-runner' is not a ServiceAccount"):
+        validate_inputs(str(LLAVA), ["cluster.service_account=ml-runner"], **cluster_params)
+
+
 @pytest.mark.parametrize("override", ["cluster.kueue_queue=Team_A", "cluster.kueue_queue=" + "q" * 64])
 def test_a_kueue_queue_that_is_no_dns_label_fails_at_load(override: str) -> None:
     with pytest.raises(ConfigError, match="cluster.kueue_queue"):

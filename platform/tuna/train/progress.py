@@ -110,7 +110,10 @@ class ProgressReporter:
         with self._cond:
             self._pending = payload  # a report not sent yet is replaced by the newer one
             self._cond.notify()
-        if self._thread is None:
+            start = self._thread is None or not self._thread.is_alive()  # first report, or after close()
+            if start:
+                self._closing = False
+        if start:
             self._thread = threading.Thread(target=self._run, name="trainjob-progress", daemon=True)
             self._thread.start()
 
@@ -129,6 +132,8 @@ class ProgressReporter:
     def _send(self, payload: dict[str, Any]) -> None:
         try:
             token = Path(self.token_file or "").read_text(encoding="utf-8").strip()  # re-read: the token rotates
+            if not token:
+                raise ValueError(f"empty token file {self.token_file}")
             context = ssl.create_default_context(cafile=self.ca_file) if self.url.startswith("https:") else None
             request = urllib.request.Request(self.url, data=json.dumps(payload).encode(), method="POST",
                                              headers={"Authorization": f"Bearer {token}",
