@@ -143,7 +143,8 @@ def test_gpu_resources_scheduling_and_secrets_reach_every_pod() -> None:
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "tuna-s3", "key": "AWS_SECRET_ACCESS_KEY"}
     assert env["AWS_ENDPOINT_URL"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert env["MLFLOW_TRACKING_USERNAME"]["valueFrom"]["secretKeyRef"]["name"] == "tuna-mlflow"
-    assert set(env["TUNA_FORWARD_ENV"]["value"].split()) == {"PATH"} | (set(env) - {"TUNA_FORWARD_ENV"})
+    progress_env = {"KUBEFLOW_TRAINER_SERVER_URL", "KUBEFLOW_TRAINER_SERVER_CA_CERT", "KUBEFLOW_TRAINER_SERVER_TOKEN"}
+    assert set(env["TUNA_FORWARD_ENV"]["value"].split()) == {"PATH"} | (set(env) - {"TUNA_FORWARD_ENV"}) | progress_env
 
 
 def test_a_relative_data_dir_override_still_lands_on_the_pvc() -> None:

@@ -227,7 +227,8 @@ def test_an_unreachable_endpoint_costs_one_warning_and_training_goes_on(tmp_path
     {},                                                                     # a local run, Docker, or no feature gate
     {progress.ENV_URL: "https://c:8082/x", progress.ENV_TOKEN: "/t", "LOCAL_RANK": "1"},  # not the pod's local rank 0
     {progress.ENV_URL: "https://c:8082/x"},                                 # no token: nothing to authenticate with
-])
+    {progress.ENV_URL: "https://c:8082/x", progress.ENV_TOKEN: "/nonexistent/token", "LOCAL_RANK": "0"},  # a node pod:
+])                                                                          # mpirun forwarded the env, no token mounted
 def test_the_reporter_is_a_no_op_without_the_trainers_endpoint(env: dict[str, str]) -> None:
     reporter = progress.reporter_from_env(0, env)
     assert not reporter.active
@@ -236,9 +237,11 @@ def test_the_reporter_is_a_no_op_without_the_trainers_endpoint(env: dict[str, st
     assert reporter._thread is None
 
 
-def test_mpi_local_rank_zero_reports() -> None:
-    env = {progress.ENV_URL: "https://c:8082/x", progress.ENV_TOKEN: "/t", "OMPI_COMM_WORLD_LOCAL_RANK": "0"}
-    assert progress.reporter_from_env(0, env).active
+def test_mpi_local_rank_zero_of_the_pod_with_the_token_reports(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("t")
+    env = {progress.ENV_URL: "https://c:8082/x", progress.ENV_TOKEN: str(tmp_path / "token")}
+    assert progress.reporter_from_env(0, {**env, "OMPI_COMM_WORLD_LOCAL_RANK": "0"}).active
+    assert not progress.reporter_from_env(0, {**env, "OMPI_COMM_WORLD_LOCAL_RANK": "3"}).active
 
 
 # ------------------------------------------------------------------------------------------- follow's line

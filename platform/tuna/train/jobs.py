@@ -37,6 +37,7 @@ import yaml
 from tuna.errors import ConfigError, TunaError
 from tuna.recipe import Recipe, apply_override
 from tuna.track import PARENT_RUN_ENV
+from tuna.train.progress import PROGRESS_ENV
 
 CRD_DIR = Path(__file__).resolve().parent / "crds"
 RUNTIME_FILE = CRD_DIR / "runtimes" / "tuna-deepspeed-distributed.yaml"
@@ -145,7 +146,8 @@ def render_trainjob(cfg: Recipe, stage: int, variant: str = "tuna", overrides: S
     args = worker_args(cfg, stage, variant, overrides, recipe=recipe, resume=resume)
     nproc = procs_per_node(cfg)
     env = _env(cfg, parent_run_id) + _secret_env(cfg)
-    forward = ["PATH"] + [e["name"] for e in env]
+    # + the Trainer's progress endpoint (TrainJobStatus gate): set in the launcher pod only, forwarded when set
+    forward = ["PATH"] + [e["name"] for e in env] + list(PROGRESS_ENV)
     env.append({"name": "TUNA_FORWARD_ENV", "value": " ".join(forward)})
     command = ["bash", "-c", MPIRUN_WRAPPER, "mpirun",
                "--hostfile", MPI_HOSTFILE, "-np", str(c.num_nodes * nproc), "--bind-to", "none", "--map-by", "slot",

@@ -35,6 +35,7 @@ from typing import Any
 ENV_URL = "KUBEFLOW_TRAINER_SERVER_URL"
 ENV_CA_CERT = "KUBEFLOW_TRAINER_SERVER_CA_CERT"
 ENV_TOKEN = "KUBEFLOW_TRAINER_SERVER_TOKEN"
+PROGRESS_ENV = (ENV_URL, ENV_CA_CERT, ENV_TOKEN)  # mpirun forwards them to the ranks (tuna.train.jobs)
 MIN_INTERVAL = 5.0  # seconds between reports (the Kubeflow SDK's client throttles to the same)
 TIMEOUT = 5.0  # seconds per request
 MAX_METRICS, MAX_TEXT, INT32_MAX = 256, 64, 2**31 - 1  # limits of the CRD's trainerStatus schema
@@ -167,12 +168,14 @@ def _status_message(err: urllib.error.HTTPError) -> str:
 
 
 def reporter_from_env(start_step: int = 0, environ: Mapping[str, str] | None = None, **kw: Any) -> ProgressReporter:
-    """A reporter for this rank: active when the Trainer's endpoint env vars are set and this is local rank 0 (one
-    reporter per pod that has them: the MPI runtime gives them to the launcher pod only); a no-op one otherwise."""
+    """A reporter for this rank: active when the Trainer's endpoint env vars are set, the token file they name is
+    in this pod and this is its local rank 0 - one reporter per job: the controller mounts the token into the trainer
+    step's pods only (in the MPI runtime the launcher pod, which the hostfile lists last, so it holds the last global
+    ranks, not rank 0); mpirun forwards the env vars to every rank. A no-op reporter otherwise."""
     env = os.environ if environ is None else environ
     url, token = env.get(ENV_URL, ""), env.get(ENV_TOKEN, "")
     local_rank = env.get("LOCAL_RANK") or env.get("OMPI_COMM_WORLD_LOCAL_RANK") or "0"
-    if not (url and token) or local_rank != "0":
+    if not (url and token and os.path.isfile(token)) or local_rank != "0":
         return ProgressReporter(None)
     return ProgressReporter(url, token, env.get(ENV_CA_CERT) or None, start_step=start_step, **kw)
 
