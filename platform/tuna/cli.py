@@ -126,7 +126,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="tuna", help="tuna (default), baseline (= LLaVA), captions, random or tuner_off")
     p.add_argument("--resume", action="store_true", help="continue from the newest ZeRO checkpoint of the stage")
     p.add_argument("--launcher", default="local", choices=["local", "trainjob", "pytorchjob", "docker"],
-                   help="local DeepSpeed ranks (default), a Kubeflow Trainer TrainJob, a PyTorchJob, or the TrainJob "
+                   help="local DeepSpeed ranks (default), a Kubeflow Trainer v2.3 TrainJob, a PyTorchJob (deprecated: "
+                        "Kubeflow Training Operator v1 is being shut down upstream; use trainjob), or the TrainJob "
                         "run in Docker containers of cluster.image (launcher + node pods, mpirun over SSH)")
     p.add_argument("--dry-run", action="store_true", help="with trainjob/pytorchjob: print the validated manifest, submit "
                                                           "nothing; with docker: print the docker run commands")

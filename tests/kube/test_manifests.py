@@ -2,7 +2,8 @@
 
 Both overlays are rendered by the real `kubectl kustomize` (kubectl v1.35); every built-in object passes
 kubernetes-validate --strict (Kubernetes 1.33 schemas) and the ClusterTrainingRuntime its CRD schema kept in
-platform/tuna/train/crds (tuna.train.cluster.validate). Assertions: Pod Security `restricted` on the namespace and on
+platform/tuna/train/crds (tuna.train.cluster.validate); the optional Kueue component (manifests/components/kueue) is
+rendered on top of each overlay and its LocalQueue validated against the Kueue CRD kept there. Assertions: Pod Security `restricted` on the namespace and on
 every pod template, least-privilege RBAC (no wildcards, Secrets by name), no Secret values in the base, images pinned
 (by digest in prod), the NetworkPolicies, names shared with the recipes and the serving chart. The Milvus values
 files are parsed (and rendered with the real helm when TUNA_MILVUS_CHART points at a local copy of the milvus chart).
@@ -32,7 +33,8 @@ MANIFESTS = REPO / "manifests"
 OVERLAYS = ("dev", "prod")
 K8S_VERSION = "1.33"
 NAMESPACE = "tuna"
-CUSTOM_KINDS = {"ClusterTrainingRuntime"}
+CUSTOM_KINDS = {"ClusterTrainingRuntime", "LocalQueue"}
+COMPONENTS = MANIFESTS / "components"
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 RUNTIME_COPY = MANIFESTS / "base" / "trainer" / "tuna-deepspeed-distributed.yaml"
 SECRETS = {"tuna-mlflow-db", "tuna-s3", "tuna-milvus", "tuna-mlflow"}
@@ -55,6 +57,21 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict[str, Any]]]:
     return {name: kustomize(MANIFESTS / "overlays" / name) for name in OVERLAYS}
+
+
+@pytest.fixture(scope="module")
+def with_kueue(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    """Each overlay plus the optional Kueue component, combined as a user's kustomization would."""
+    out = {}
+    for name in OVERLAYS:
+        tmp = tmp_path_factory.mktemp(f"kueue-{name}")
+        (tmp / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [os.path.relpath(MANIFESTS / "overlays" / name, tmp)],  # kustomize takes relative paths only
+            "components": [os.path.relpath(COMPONENTS / "kueue", tmp)]}))
+        text = run_tool(kubectl_binary(), ["kustomize", tmp], what=f"render overlays/{name} + components/kueue")
+        out[name] = [doc for doc in yaml.safe_load_all(text) if doc]
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +194,50 @@ def test_every_object_passes_strict_validation(rendered: dict[str, list[dict[str
             jobs.validate(doc)  # CRD schema (strict about unknown fields) + the upstream webhook rules
             continue
         assert kubernetes_validate.validate(doc, K8S_VERSION, strict=True) == K8S_VERSION, doc["metadata"]["name"]
+
+
+@integration
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_kueue_component_adds_one_valid_local_queue(rendered: dict[str, list[dict[str, Any]]],
+                                                         with_kueue: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    def names(docs: list[dict[str, Any]]) -> set[str]:
+        return {f"{d['kind']}/{d['metadata']['name']}" for d in docs}
+
+    docs = with_kueue[overlay]
+    assert names(docs) - names(rendered[overlay]) == {"LocalQueue/tuna"}
+    queue = one(docs, "LocalQueue", "tuna")
+    jobs.validate(queue)  # the Kueue v0.19.2 CRD kept in platform/tuna/train/crds (strict about unknown fields)
+    assert queue["apiVersion"] == "kueue.x-k8s.io/v1beta2" and queue["metadata"]["namespace"] == NAMESPACE
+    assert queue["metadata"]["labels"]["app.kubernetes.io/part-of"] == "tuna"
+    assert queue["spec"] == {"clusterQueue": "tuna-cluster-queue"}  # the admin's ClusterQueue (manifests/README.md)
+    for doc in docs:
+        if doc["kind"] in CUSTOM_KINDS:
+            jobs.validate(doc)
+        else:
+            assert kubernetes_validate.validate(doc, K8S_VERSION, strict=True) == K8S_VERSION, doc["metadata"]["name"]
+
+
+@integration
+def test_local_queue_validation_is_live(with_kueue: dict[str, list[dict[str, Any]]]) -> None:
+    queue = one(with_kueue["dev"], "LocalQueue", "tuna")
+    for edit, words in ((lambda q: q["spec"].update(clusterQueue="Tuna_Queue"), "spec.clusterQueue"),
+                        (lambda q: q["spec"].update(clusterqueue="x"), "clusterqueue"),
+                        (lambda q: q["spec"].update(stopPolicy="Pause"), "spec.stopPolicy")):
+        broken = copy.deepcopy(queue)
+        edit(broken)
+        with pytest.raises(jobs.ManifestInvalid, match=words):
+            jobs.validate(broken)
+
+
+@integration
+def test_the_names_recipes_may_use_are_the_ones_the_manifests_create(rendered: dict[str, list[dict[str, Any]]],
+                                                                    with_kueue: dict[str, list[dict[str, Any]]]) -> None:
+    """tuna.train.jobs refuses a cluster.service_account / cluster.kueue_queue outside these lists before submitting."""
+    for overlay in OVERLAYS:
+        accounts = {d["metadata"]["name"] for d in find(rendered[overlay], "ServiceAccount")}
+        assert accounts == set(jobs.MANIFEST_SERVICE_ACCOUNTS), overlay
+        assert find(rendered[overlay], "LocalQueue") == []  # Kueue stays optional
+        assert {d["metadata"]["name"] for d in find(with_kueue[overlay], "LocalQueue")} == set(jobs.MANIFEST_QUEUES)
 
 
 @integration
@@ -628,6 +689,8 @@ def test_recipes_cluster_section_names_objects_that_exist(rendered: dict[str, li
         one(docs, "ClusterTrainingRuntime", c["runtime"])
         if c.get("service_account"):
             one(docs, "ServiceAccount", c["service_account"])
+        if c.get("kueue_queue"):
+            assert c["kueue_queue"] in jobs.MANIFEST_QUEUES, c["kueue_queue"]
         for key in ("data_pvc", "checkpoints_pvc"):
             if c.get(key):
                 one(docs, "PersistentVolumeClaim", c[key])

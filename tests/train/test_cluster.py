@@ -71,7 +71,8 @@ def test_runtime_manifest_satisfies_the_clustertrainingruntime_crd() -> None:
 def test_kept_crds_name_their_upstream_and_licence() -> None:
     for path in sorted(jobs.CRD_DIR.glob("*.yaml")) + [jobs.RUNTIME_FILE]:
         head = path.read_text(encoding="utf-8")[:1200]
-        assert "github.com/kubeflow/" in head and "commit " in head and "Apache-2.0" in head, path.name
+        upstream = "github.com/kubeflow/" in head or "github.com/kubernetes-sigs/kueue" in head
+        assert upstream and "commit " in head and "Apache-2.0" in head, path.name
 
 
 def test_trainjob_runs_the_worker_under_mpirun_with_the_cluster_settings() -> None:
@@ -142,7 +143,8 @@ def test_gpu_resources_scheduling_and_secrets_reach_every_pod() -> None:
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "tuna-s3", "key": "AWS_SECRET_ACCESS_KEY"}
     assert env["AWS_ENDPOINT_URL"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert env["MLFLOW_TRACKING_USERNAME"]["valueFrom"]["secretKeyRef"]["name"] == "tuna-mlflow"
-    assert set(env["TUNA_FORWARD_ENV"]["value"].split()) == {"PATH"} | (set(env) - {"TUNA_FORWARD_ENV"})
+    progress_env = {"KUBEFLOW_TRAINER_SERVER_URL", "KUBEFLOW_TRAINER_SERVER_CA_CERT", "KUBEFLOW_TRAINER_SERVER_TOKEN"}
+    assert set(env["TUNA_FORWARD_ENV"]["value"].split()) == {"PATH"} | (set(env) - {"TUNA_FORWARD_ENV"}) | progress_env
 
 
 def test_a_relative_data_dir_override_still_lands_on_the_pvc() -> None:
@@ -421,3 +423,98 @@ def test_launch_submits_then_follows_to_the_end() -> None:
     assert lines[0].startswith("submitted TrainJob tuna/tuna-smoke-s1-baseline-") and lines[-1].endswith("Succeeded")
     with pytest.raises(ConfigError, match="^launcher: "):
         cluster.launch(cfg, 1, launcher="mpijob")
+
+
+# ----------------------------------------------------------------- Kueue, ServiceAccount, deprecation, progress
+
+
+@pytest.mark.parametrize("kind", sorted(RENDER))
+def test_kueue_queue_labels_the_job_and_creates_it_suspended(kind: str) -> None:
+    """Kueue's TrainJob guide: the queue label in the job's metadata, suspend true (Kueue unsuspends on admission)."""
+    obj = render(kind, LLAVA, 2, ("cluster.kueue_queue=tuna",))
+    jobs.validate(obj)
+    assert obj["metadata"]["labels"][jobs.KUEUE_QUEUE_LABEL] == "tuna"
+    suspend = obj["spec"]["suspend"] if kind == "TrainJob" else obj["spec"]["runPolicy"]["suspend"]
+    assert suspend is True
+    assert jobs.KUEUE_QUEUE_LABEL not in yaml.safe_dump(obj["spec"])  # on the job only, not on its pods
+    plain = render(kind, LLAVA, 2)
+    assert jobs.KUEUE_QUEUE_LABEL not in plain["metadata"]["labels"]
+    assert "suspend" not in plain["spec"] and "suspend" not in plain["spec"].get("runPolicy", {})
+
+
+@pytest.mark.parametrize("override, key, fix", [
+    ("cluster.kueue_queue=gpu-team", "cluster.kueue_queue", "manifests/components/kueue"),
+    ("cluster.service_account=ml-runner", "cluster.service_account", "manifests/base/rbac.yaml"),
+])
+@pytest.mark.parametrize("kind", sorted(RENDER))
+def test_a_queue_or_service_account_the_manifests_do_not_create_is_refused_before_rendering(
+        kind: str, override: str, key: str, fix: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        render(kind, LLAVA, 2, (override,))
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{key}: ") and fix in message, message
+    api = FakeCustomObjects([{}])
+    with pytest.raises(ConfigError):  # launch renders first: nothing reaches the API server
+        cluster.launch(load_recipe(LLAVA, [override]), 2, launcher=kind.lower(),
+                       conn=Connection(api, "https://k8s.example:6443", "lab"), echo=lambda _: None)
+    assert api.created == []
+
+
+@pytest.mark.parametrize("launcher", ["trainjob", "pytorchjob"])
+def test_the_pipelines_validate_task_refuses_them_before_any_training(launcher: str) -> None:
+    from tuna.kfp.validate import validate_inputs
+
+    cluster_params = {"target": "kubernetes", "launcher": launcher, "data_root": "/mnt/tuna", "data_pvc": "tuna-data",
+                      "checkpoints_root": "/mnt/tuna-checkpoints", "checkpoints_pvc": "tuna-checkpoints",
+                      "mlflow_secret": "tuna-mlflow", "milvus_secret": "tuna-milvus", "s3_secret": "tuna-s3",
+                      "deploy_target": "none"}
+    with pytest.raises(ConfigError, match="^cluster.kueue_queue: 'gpu-team' is not a LocalQueue manifests/ creates"):
+        validate_inputs(str(LLAVA), ["cluster.kueue_queue=gpu-team"], **cluster_params)
+    with pytest.raises(ConfigError, match="^cluster.service_account: 'ml-runner' is not a ServiceAccount"):
+        validate_inputs(str(LLAVA), ["cluster.service_account=ml-runner"], **cluster_params)
+
+
+@pytest.mark.parametrize("override", ["cluster.kueue_queue=Team_A", "cluster.kueue_queue=" + "q" * 64])
+def test_a_kueue_queue_that_is_no_dns_label_fails_at_load(override: str) -> None:
+    with pytest.raises(ConfigError, match="cluster.kueue_queue"):
+        load_recipe(SMOKE, [override])
+
+
+def test_pytorchjob_launcher_warns_once_that_it_is_deprecated(capsys: pytest.CaptureFixture[str]) -> None:
+    lines: list[str] = []
+    cluster.launch(load_recipe(LLAVA), 2, launcher="pytorchjob", dry_run=True, echo=lines.append)
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "deprecated" in err and "Training Operator v1" in err and "trainjob" in err
+    assert yaml.safe_load(lines[0])["kind"] == "PyTorchJob"  # the dry-run YAML is untouched by the warning
+    cluster.launch(load_recipe(LLAVA), 2, launcher="trainjob", dry_run=True, echo=lines.append)
+    assert capsys.readouterr().err == ""
+
+
+def test_follow_prints_the_trainjob_progress_the_trainer_reports() -> None:
+    running = {"jobsStatus": [{"name": "launcher", "active": 1}, {"name": "node", "active": 3}]}
+    report = {"progressPercentage": 45, "estimatedRemainingSeconds": 3725, "lastUpdatedTime": "2026-12-04T10:00:00Z",
+              "metrics": [{"name": "loss", "value": "0.2347"}, {"name": "lr", "value": "2e-05"}]}
+    states = [running, {**running, "trainerStatus": report}, {**running, "trainerStatus": report},
+              {**running, "trainerStatus": {**report, "progressPercentage": 100, "estimatedRemainingSeconds": 0}},
+              {"conditions": [cond("Complete", "JobsCompleted", "jobs completed")], "trainerStatus": report}]
+    result, lines, _ = _follow("TrainJob", states)
+    assert result == "Succeeded"
+    assert lines == ["TrainJob tuna/job-1: Running (launcher: 1 active, node: 3 active)",
+                     "TrainJob tuna/job-1: 45%, about 1h 02m left, loss 0.2347, lr 2e-05",
+                     "TrainJob tuna/job-1: 100%, about 0s left, loss 0.2347, lr 2e-05",
+                     "TrainJob tuna/job-1: Succeeded (JobsCompleted: jobs completed)"]
+
+
+def test_follow_says_a_suspended_queued_job_waits_for_kueue() -> None:
+    api, lines, now = FakeCustomObjects([{"conditions": [cond("Suspended")]}, {"conditions": [cond("Complete")]}]), [], [0.0]
+    real_get = api.get_namespaced_custom_object
+
+    def get(*args: Any, **kw: Any) -> dict:
+        obj = real_get(*args, **kw)
+        obj["metadata"]["labels"] = {jobs.KUEUE_QUEUE_LABEL: "tuna"}
+        return obj
+
+    api.get_namespaced_custom_object = get  # type: ignore[method-assign]
+    cluster.follow("job-1", "tuna", "TrainJob", poll_seconds=5, echo=lines.append, sleep=lambda s: None,
+                   clock=lambda: now[0], conn=Connection(api, "https://k8s.example:6443", "lab"))
+    assert lines[0] == "TrainJob tuna/job-1: Suspended (waiting for Kueue to admit it from LocalQueue tuna)"

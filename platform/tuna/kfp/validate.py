@@ -107,6 +107,10 @@ def validate_inputs(config: str, overrides: Sequence[str], *, target: str = "loc
     if cluster and deploy_target == "helm" and not cfg.index.uri:
         raise bad("deploy_target", "helm serving needs a Milvus server: set index.uri=http://<milvus>:19530 in the "
                                    "recipe or overrides (Milvus Lite folders stay in the pipeline's pods)")
+    if launcher != "local":  # a Kueue queue or ServiceAccount manifests/ lacks would leave the job's pods waiting
+        from tuna.train.jobs import check_manifest_names
+
+        check_manifest_names(cfg)
     from tuna.datacheck import preflight
     from tuna.sources import sources
 

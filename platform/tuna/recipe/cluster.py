@@ -39,12 +39,14 @@ class ClusterConfig:
     # How the KFP pipeline's training tasks train, fixed when it is compiled: local = DeepSpeed ranks inside the task
     # pod (which then gets gpus_per_node GPUs, node_selector, tolerations); trainjob | pytorchjob = the task submits
     # that job and follows it, holding no GPU (the job's pods get them). `tuna train --launcher` chooses for itself.
+    # pytorchjob is deprecated (Kubeflow Training Operator v1 is being shut down upstream): use trainjob (Trainer v2.3).
     launcher: Literal["local", "trainjob", "pytorchjob"] = "local"
     namespace: str = "tuna"                          # namespace of the TrainJob / PyTorchJob
     image: str = "ghcr.io/tuna-platform/tuna:0.1.0"  # project image, pinned by tag or digest
     serving_image: str = "ghcr.io/tuna-platform/tuna-serving:0.1.0"  # the chart's Triton image (`tuna deploy`)
     workdir: str = "/opt/tuna"                       # the repository inside the image (recipes in <workdir>/configs)
     runtime: str = "tuna-deepspeed-distributed"      # Kubeflow Trainer ClusterTrainingRuntime the TrainJob uses
+    kueue_queue: str | None = None                   # Kueue LocalQueue the job is queued in (label kueue.x-k8s.io/queue-name; null = none)
     num_nodes: int = 1                               # pods (nodes) in the job
     gpus_per_node: int = 0                           # nvidia.com/gpu per pod = ranks per pod; 0 = CPU pods
     cpu: str = "4"                                   # CPU per pod (Kubernetes quantity)
@@ -83,6 +85,9 @@ class ClusterConfig:
             _require(path.startswith("/"), name, f"must be an absolute path in the pod, got {path!r}")
         _require(bool(_DNS_SUBDOMAIN.match(self.runtime)), "runtime",
                  f"must name a ClusterTrainingRuntime (lower-case DNS name), got {self.runtime!r}")
+        _require(self.kueue_queue is None or (bool(_DNS_LABEL.match(self.kueue_queue)) and len(self.kueue_queue) <= 63),
+                 "kueue_queue", f"must name a Kueue LocalQueue (lower-case letters, digits, '-'; <= 63) or be null, "
+                                f"got {self.kueue_queue!r}")
         _require(1 <= self.num_nodes <= 1024, "num_nodes", f"must be in 1..1024, got {self.num_nodes}")
         _require(0 <= self.gpus_per_node <= MAX_GPUS_PER_NODE, "gpus_per_node",
                  f"must be in 0..{MAX_GPUS_PER_NODE} (0 = CPU pods; no node type has more), got {self.gpus_per_node}")

@@ -1,5 +1,6 @@
 """Cluster launch: submit a rendered training job (:mod:`tuna.train.jobs`) with the Kubernetes client and follow
-its status conditions until it succeeds, fails or the timeout passes. The only module that imports ``kubernetes``.
+its status conditions (and a TrainJob's ``status.trainerStatus`` progress, :mod:`tuna.train.progress`) until it
+succeeds, fails or the timeout passes. The only module that imports ``kubernetes``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import dataclasses
 import json
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from tuna.track import PARENT_RUN_ENV, TRACKING_URI_ENV, injected_run_id
 from tuna.train.jobs import (
     INSTALL_HINTS,
     KINDS,
+    KUEUE_QUEUE_LABEL,
     ClusterError,
     FollowTimeout,
     Kind,
@@ -31,6 +34,7 @@ from tuna.train.jobs import (
     to_yaml,
     validate,
 )
+from tuna.train.progress import progress_line
 
 # ---------------------------------------------------------------------------------- submit and follow
 
@@ -98,7 +102,8 @@ def follow(name: str, namespace: str, kind: str = "TrainJob", poll_seconds: floa
            conn: Connection | None = None, context: str | None = None, kubeconfig: str | None = None,
            echo: Callable[[str], None] | None = None, sleep: Callable[[float], None] = time.sleep,
            clock: Callable[[], float] = time.monotonic) -> str:
-    """Poll the job's status conditions, print each change of state, return ``"Succeeded"`` or ``"Failed"``.
+    """Poll the job's status conditions, print each change of state and of a TrainJob's reported progress
+    (``status.trainerStatus``), return ``"Succeeded"`` or ``"Failed"``.
 
     Raises FollowTimeout after ``timeout`` seconds (the job keeps running) and ClusterError when the job
     disappears or the API server stays unreachable for three polls in a row.
@@ -107,7 +112,7 @@ def follow(name: str, namespace: str, kind: str = "TrainJob", poll_seconds: floa
         raise ClusterError(f"follow: kind must be TrainJob or PyTorchJob, got {kind!r}")
     spec, echo = KINDS[kind], echo or _say
     conn = conn or connect(context, kubeconfig)
-    deadline, last, misses = clock() + timeout, None, 0
+    deadline, last, last_progress, misses = clock() + timeout, None, None, 0
     while True:
         try:
             with _api_errors(conn, spec, f"{kind} {namespace}/{name}", namespace):
@@ -121,9 +126,16 @@ def follow(name: str, namespace: str, kind: str = "TrainJob", poll_seconds: floa
             sleep(poll_seconds)
             continue
         state, detail = job_state(kind, obj)
+        queue = ((obj.get("metadata") or {}).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+        if state == "Suspended" and queue and not detail:
+            detail = f"waiting for Kueue to admit it from LocalQueue {queue}"
         if state != last:
             echo(f"{kind} {namespace}/{name}: {state}" + (f" ({detail})" if detail else ""))
             last = state
+        progress = progress_line(obj) if state not in ("Succeeded", "Failed") else None
+        if progress and progress != last_progress:
+            echo(f"{kind} {namespace}/{name}: {progress}")
+            last_progress = progress
         if state in ("Succeeded", "Failed"):
             return state
         if clock() >= deadline:
@@ -146,6 +158,8 @@ def launch(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Sequence[s
     renderers = {"trainjob": render_trainjob, "pytorchjob": render_pytorchjob}
     if launcher not in renderers:
         raise ConfigError(f"launcher: must be trainjob or pytorchjob, got {launcher!r}")
+    if launcher == "pytorchjob":
+        print(PYTORCHJOB_DEPRECATED, file=sys.stderr, flush=True)  # stderr: a --dry-run's YAML on stdout stays clean
     echo, c = echo or _say, cfg.cluster
     server = os.environ.get(TRACKING_URI_ENV, "")
     if not (c.mlflow_tracking_uri or cfg.track.tracking_uri) and server.startswith(("http://", "https://")):
@@ -163,6 +177,11 @@ def launch(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Sequence[s
     if not wait:
         return "Submitted"
     return follow(name, c.namespace, obj["kind"], c.poll_seconds, c.follow_timeout, conn=conn, echo=echo)
+
+
+PYTORCHJOB_DEPRECATED = ("tuna train: warning: the pytorchjob launcher is deprecated: Kubeflow Training Operator v1 "
+                         "(PyTorchJob) is being shut down upstream; use --launcher trainjob / cluster.launcher: trainjob "
+                         "(Kubeflow Trainer v2.3 TrainJob)")
 
 
 def _say(line: str) -> None:

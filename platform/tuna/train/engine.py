@@ -450,6 +450,7 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
 
     from tuna import track
     from tuna.train import ds_config
+    from tuna.train.progress import reporter_from_env
 
     if stage not in (1, 2):
         raise TrainError(f"--stage must be 1 or 2, got {stage!r}")
@@ -506,6 +507,7 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
         why = f" ({', '.join(f'{n} {k}' for k, n in skipped.items())})" if skipped else ""
         say(f"{variant} stage {stage}: {len(examples)} examples, {sum(skipped.values())} skipped{why}; "
             f"{world} ranks x batch {sc.batch_size} x accum {sc.grad_accum}, {total} steps, ZeRO-{sc.zero_stage}")
+        progress = reporter_from_env(start)  # the TrainJob's status.trainerStatus (Kubeflow Trainer); a no-op elsewhere
         for step in range(start, total):
             t0 = time.perf_counter()
             step_loss = optimizer_step(engine, collate, examples, plan, step, rank)
@@ -514,6 +516,7 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
             losses.append(round(step_loss, 6))
             dt = time.perf_counter() - t0
             done = step + 1
+            progress.update(done, total, {"loss": step_loss, "lr": scheduler.get_last_lr()[0]})
             if rank == 0:
                 with open(out / "loss.jsonl", "a", encoding="utf-8") as f:
                     f.write(json.dumps({"step": done, "loss": losses[-1], "lr": scheduler.get_last_lr()[0],
@@ -529,6 +532,7 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
                 if rank == 0:
                     _prune(ckpt, cfg.train.keep_checkpoints)
         seconds = time.perf_counter() - t_start
+        progress.close()
         dist.barrier()
         metrics: dict[str, Any] = {}
         if rank == 0:

@@ -12,8 +12,12 @@ finds the ranks:
   other pods run sshd; each rank discovers RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR from MPI (mpi4py).
   mpirun starts remote ranks over SSH, which does not carry the pod's environment, so the variables the worker
   needs are forwarded with ``-x`` (those listed in TUNA_FORWARD_ENV and set in the launcher).
-* PyTorchJob (training-operator v1): a Master and N-1 Workers each run ``torchrun --nnodes N --nproc-per-node G
-  -m tuna.train.worker``; the operator sets PET_NODE_RANK / PET_MASTER_ADDR / PET_MASTER_PORT, which torchrun reads.
+* PyTorchJob (training-operator v1; deprecated: the operator is being shut down upstream): a Master and N-1
+  Workers each run ``torchrun --nnodes N --nproc-per-node G -m tuna.train.worker``; the operator sets PET_NODE_RANK /
+  PET_MASTER_ADDR / PET_MASTER_PORT, which torchrun reads.
+
+With ``cluster.kueue_queue`` the job carries Kueue's queue label and is created suspended (Kueue unsuspends it on
+admission). The queue and ``cluster.service_account`` must be objects ``manifests/`` creates: checked before rendering.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import yaml
 from tuna.errors import ConfigError, TunaError
 from tuna.recipe import Recipe, apply_override
 from tuna.track import PARENT_RUN_ENV
+from tuna.train.progress import PROGRESS_ENV
 
 CRD_DIR = Path(__file__).resolve().parent / "crds"
 RUNTIME_FILE = CRD_DIR / "runtimes" / "tuna-deepspeed-distributed.yaml"
@@ -51,6 +56,11 @@ SECRET_KEYS = {
     "milvus_secret": ((), ()),  # the key is index.token_env (MILVUS_TOKEN)
 }
 # mpirun forwards only the variables named with -x; this wrapper names those that are set ("$@" = mpirun args).
+# Objects manifests/ creates that a recipe may name (tests/kube/test_manifests.py checks them against the rendered
+# manifests): the ServiceAccounts of manifests/base/rbac.yaml and the LocalQueue of manifests/components/kueue.
+MANIFEST_SERVICE_ACCOUNTS = ("tuna-pipeline", "tuna-trainer", "tuna-serving", "tuna-mlflow", "tuna-postgres")
+MANIFEST_QUEUES = ("tuna",)
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"  # Kueue's queue selection label, in the job's metadata.labels
 MPIRUN_WRAPPER = ('args=(); for v in $TUNA_FORWARD_ENV; do [ -n "${!v+x}" ] && args+=(-x "$v"); done; '
                   'exec mpirun "${args[@]}" "$@"')
 
@@ -87,13 +97,15 @@ TRAINJOB = Kind("TrainJob", "trainer.kubeflow.org", "v1alpha1", "trainjobs", "tr
 PYTORCHJOB = Kind("PyTorchJob", "kubeflow.org", "v1", "pytorchjobs", "kubeflow.org_pytorchjobs.yaml")
 CLUSTER_RUNTIME = Kind("ClusterTrainingRuntime", "trainer.kubeflow.org", "v1alpha1", "clustertrainingruntimes",
                        "trainer.kubeflow.org_clustertrainingruntimes.yaml", namespaced=False)
-KINDS = {k.kind: k for k in (TRAINJOB, PYTORCHJOB, CLUSTER_RUNTIME)}
+LOCAL_QUEUE = Kind("LocalQueue", "kueue.x-k8s.io", "v1beta2", "localqueues", "kueue.x-k8s.io_localqueues.yaml")
+KINDS = {k.kind: k for k in (TRAINJOB, PYTORCHJOB, CLUSTER_RUNTIME, LOCAL_QUEUE)}
 INSTALL_HINTS = {
     "TrainJob": "install Kubeflow Trainer v2.3.0: kubectl apply --server-side -k "
                 "'https://github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=v2.3.0'",
     "ClusterTrainingRuntime": "install Kubeflow Trainer v2.3.0 (see TrainJob)",
-    "PyTorchJob": "install the training-operator v1.9: kubectl apply --server-side -k "
-                  "'https://github.com/kubeflow/trainer.git/manifests/overlays/standalone?ref=v1.9.4'",
+    "PyTorchJob": "install the training-operator v1.9 (deprecated; prefer --launcher trainjob): kubectl apply "
+                  "--server-side -k 'https://github.com/kubeflow/trainer.git/manifests/overlays/standalone?ref=v1.9.4'",
+    "LocalQueue": "install Kueue v0.19 with its TrainJob integration enabled (see manifests/README.md)",
 }
 
 
@@ -134,7 +146,8 @@ def render_trainjob(cfg: Recipe, stage: int, variant: str = "tuna", overrides: S
     args = worker_args(cfg, stage, variant, overrides, recipe=recipe, resume=resume)
     nproc = procs_per_node(cfg)
     env = _env(cfg, parent_run_id) + _secret_env(cfg)
-    forward = ["PATH"] + [e["name"] for e in env]
+    # + the Trainer's progress endpoint (TrainJobStatus gate): set in the launcher pod only, forwarded when set
+    forward = ["PATH"] + [e["name"] for e in env] + list(PROGRESS_ENV)
     env.append({"name": "TUNA_FORWARD_ENV", "value": " ".join(forward)})
     command = ["bash", "-c", MPIRUN_WRAPPER, "mpirun",
                "--hostfile", MPI_HOSTFILE, "-np", str(c.num_nodes * nproc), "--bind-to", "none", "--map-by", "slot",
@@ -146,10 +159,11 @@ def render_trainjob(cfg: Recipe, stage: int, variant: str = "tuna", overrides: S
     replicated = [{"name": job, "template": {"spec": {"template": {"metadata": {"labels": dict(labels)},
                                                                    "spec": copy.deepcopy(pod_patch)}}}}
                   for job in ("launcher", "node")]
-    return {
+    obj = {
         "apiVersion": TRAINJOB.api_version,
         "kind": TRAINJOB.kind,
-        "metadata": {"name": name or job_name(cfg, stage, variant), "namespace": c.namespace, "labels": dict(labels)},
+        "metadata": {"name": name or job_name(cfg, stage, variant), "namespace": c.namespace,
+                     "labels": {**labels, **_queue_label(cfg)}},
         "spec": {
             "runtimeRef": {"name": c.runtime, "apiGroup": CLUSTER_RUNTIME.group, "kind": CLUSTER_RUNTIME.kind},
             "trainer": {
@@ -164,6 +178,9 @@ def render_trainjob(cfg: Recipe, stage: int, variant: str = "tuna", overrides: S
                                 "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": replicated}}}}],
         },
     }
+    if c.kueue_queue:  # created suspended, as Kueue's TrainJob guide shows; Kueue unsuspends it when admitted
+        obj["spec"]["suspend"] = True
+    return obj
 
 
 def render_pytorchjob(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Sequence[str] = (), *,
@@ -195,11 +212,15 @@ def render_pytorchjob(cfg: Recipe, stage: int, variant: str = "tuna", overrides:
     replicas = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}
     if c.num_nodes > 1:
         replicas["Worker"] = {"replicas": c.num_nodes - 1, "restartPolicy": "Never", "template": copy.deepcopy(template)}
+    run_policy: dict[str, Any] = {"cleanPodPolicy": "None"}
+    if c.kueue_queue:
+        run_policy["suspend"] = True  # Kueue's kubeflow.org/pytorchjob integration unsuspends it when admitted
     return {
         "apiVersion": PYTORCHJOB.api_version,
         "kind": PYTORCHJOB.kind,
-        "metadata": {"name": name or job_name(cfg, stage, variant), "namespace": c.namespace, "labels": dict(labels)},
-        "spec": {"nprocPerNode": str(nproc), "runPolicy": {"cleanPodPolicy": "None"}, "pytorchReplicaSpecs": replicas},
+        "metadata": {"name": name or job_name(cfg, stage, variant), "namespace": c.namespace,
+                     "labels": {**labels, **_queue_label(cfg)}},
+        "spec": {"nprocPerNode": str(nproc), "runPolicy": run_policy, "pytorchReplicaSpecs": replicas},
     }
 
 
@@ -242,6 +263,21 @@ def _check_launch(cfg: Recipe, stage: int, variant: str, overrides: Sequence[str
     if precision == "fp16" and cfg.cluster.gpus_per_node == 0:
         raise ConfigError("train.precision: fp16 needs GPUs (DeepSpeed refuses it on CPU); "
                           "set cluster.precision to fp32 or bf16, or cluster.gpus_per_node")
+    check_manifest_names(cfg)
+
+
+def check_manifest_names(cfg: Recipe) -> None:
+    """Refuse a ``cluster.kueue_queue`` or ``cluster.service_account`` that ``manifests/`` does not create, in one
+    line naming the key and the fix, before anything is submitted (a pod would otherwise wait for it forever)."""
+    c = cfg.cluster
+    if c.kueue_queue and c.kueue_queue not in MANIFEST_QUEUES:
+        raise ConfigError(f"cluster.kueue_queue: {c.kueue_queue!r} is not a LocalQueue manifests/ creates (known: "
+                          f"{', '.join(MANIFEST_QUEUES)}, in manifests/components/kueue); set it to one of those or null, "
+                          f"or add that LocalQueue to manifests/components/kueue/ and to tuna.train.jobs.MANIFEST_QUEUES")
+    if c.service_account and c.service_account not in MANIFEST_SERVICE_ACCOUNTS:
+        raise ConfigError(f"cluster.service_account: {c.service_account!r} is not a ServiceAccount manifests/base/rbac.yaml "
+                          f"creates (known: {', '.join(MANIFEST_SERVICE_ACCOUNTS)}); set it to tuna-trainer or null, or add "
+                          f"it to manifests/base/rbac.yaml and to tuna.train.jobs.MANIFEST_SERVICE_ACCOUNTS")
 
 
 def _cluster_overrides(cfg: Recipe, stage: int) -> list[str]:
@@ -263,6 +299,10 @@ def _labels(cfg: Recipe, stage: int, variant: str) -> dict[str, str]:
     run = re.sub(r"[^A-Za-z0-9_.-]+", "-", cfg.run.name)[:63].strip("-_.") or "run"
     return {"app.kubernetes.io/part-of": "tuna", "app.kubernetes.io/component": "train",
             "tuna-platform/run": run, "tuna-platform/stage": str(stage), "tuna-platform/variant": variant}
+
+
+def _queue_label(cfg: Recipe) -> dict[str, str]:
+    return {KUEUE_QUEUE_LABEL: cfg.cluster.kueue_queue} if cfg.cluster.kueue_queue else {}
 
 
 def _env(cfg: Recipe, parent_run_id: str | None = None) -> list[dict[str, Any]]:
