@@ -258,3 +258,29 @@ def test_mpi_local_rank_zero_of_the_pod_with_the_token_reports(tmp_path: Path) -
 def test_progress_line(status: dict[str, Any] | None, line: str | None) -> None:
     obj = {"status": {"trainerStatus": status} if status is not None else {}}
     assert progress.progress_line(obj) == line
+
+
+@needs_openssl
+@pytest.mark.integration
+def test_real_training_ranks_report_their_progress_to_the_controller(controller: Controller, prepared,
+                                                                   tmp_path: Path) -> None:
+    """`tuna train` of the smoke stage 1 on 2 DeepSpeed ranks with the Trainer's endpoint in the environment: local
+    rank 0 reports, the last report is 100% with the stage's final loss."""
+    import sys
+
+    data = tmp_path / "data"
+    shutil.copytree(prepared.cfg.data_dir, data, ignore=shutil.ignore_patterns("train"))
+    env = {**os.environ, **controller.env()}
+    env.pop("LOCAL_RANK")  # the launcher sets each rank's own
+    done = subprocess.run([sys.executable, "-m", "tuna.cli", "train", "--config", str(SMOKE), "--stage", "1",
+                           "--variant", "baseline", f"run.data_dir={data}"], env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    metrics = json.loads((data / "train" / "baseline" / "stage1" / "metrics.json").read_text())
+    bodies = [body["trainerStatus"] for _, body in controller.received]
+    assert bodies and bodies[-1]["progressPercentage"] == 100 and bodies[-1]["estimatedRemainingSeconds"] == 0
+    assert {m["name"]: float(m["value"]) for m in bodies[-1]["metrics"]}["loss"] == pytest.approx(metrics["final_loss"],
+                                                                                                   rel=1e-5)
+    assert "TrainJob progress not reported" not in done.stdout + done.stderr
+    for body in bodies:
+        jobs.validate(with_status(body))
