@@ -100,7 +100,7 @@ def test_a_container_killed_mid_task_fails_it_with_its_last_log_lines(project: s
     head = ("kfp.local: train: container exited with status 137 (killed: docker kill, or out of memory); its last log "
             "lines: ")
     assert text.startswith(head) and text != head + "(none)", text
-    (run,) = [p for p in root.iterdir() if p.is_dir()]
+    (run,) = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]  # not .kfp-cache
     assert not (run / "train" / "executor_output.json").exists()   # no output recorded for the killed task
     stage = layout(load_recipe(SMOKE, [f"run.data_dir={image_user_dir}"])).stage("tuna", 1)
     assert not (stage / "metrics.json").exists() and not (stage / "model").exists()  # no half-written model
