@@ -50,16 +50,33 @@ def finer_questions(world: World, per_split: int) -> list[tuple[bytes, str]]:
     return out
 
 
-def run_engine(lm: Path, tokenizer: Path, requests: list, tmp: Path, timeout: float = 900) -> dict:
+def run_engine(lm: Path, tokenizer: Path, requests: list, tmp: Path, timeout: float = 900, logprobs: int = 0) -> dict:
     from tuna.serve.vllm_engine import save_requests
 
     save_requests(tmp / "requests.npz", requests)
     env = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(["nice", "-n", "19", str(vllm_python()), "-m", "tuna.serve.vllm_engine", "--model", str(lm), "--tokenizer", str(tokenizer),
-                           "--requests", str(tmp / "requests.npz"), "--out", str(tmp / "out.json")],
+                           "--requests", str(tmp / "requests.npz"), "--out", str(tmp / "out.json"), "--logprobs", str(logprobs)],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp)
     assert done.returncode == 0, f"vLLM runner failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return json.loads((tmp / "out.json").read_text())
+
+
+# vLLM's CPU attention takes head sizes 32, 64, 80, ... (not the smoke LM's 32 / 2 heads = 16): the same smoke world
+# and training, with one attention head.
+HEAD32 = ("lm.heads=1", "lm.kv_heads=1")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The smoke world with a one-head LM, prepared and TUNA trained by the real `tuna train` (~1.5 min)."""
+    from support import SMOKE, make_prepared
+
+    world = make_prepared(tmp_path_factory.mktemp("prepared-head32"), *HEAD32)
+    done = subprocess.run([sys.executable, "-m", "tuna.cli", "train", "--config", str(SMOKE), "--stage", "all", "--variant",
+                           "tuna", f"run.data_dir={world.cfg.data_dir}", *HEAD32], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"tuna train failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return world
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +122,7 @@ def test_vllm_answers_equal_the_predictor_and_bad_embeddings_are_refused_in_one_
         order.append(("good", i, r))
         if i < len(bad):
             order.append(("bad", i, bad[i]))
-    report = run_engine(lm, exported / "postprocessing" / "1" / "assets", [r for _, _, r in order], tmp_path)
+    report = run_engine(lm, exported / "postprocessing" / "1" / "assets", [r for _, _, r in order], tmp_path, logprobs=5)
 
     predictor = Predictor(trained.cfg.data_dir / "train" / "tuna" / "stage2" / "model", trained.cfg.train.system_prompt)
     pics = [Image.open(io.BytesIO(img)).convert("RGB") for img, _ in asked]
@@ -118,6 +135,18 @@ def test_vllm_answers_equal_the_predictor_and_bad_embeddings_are_refused_in_one_
     assert served == expected, [(q, s, e) for (_, q), s, e in zip(asked, served, expected) if s != e]
     assert all(served)
     assert report["batch"]["texts"] == expected       # batched in one engine call: the same answers
+    # The smoke LM is barely trained (its answers are much alike): the first token's top-5 log-probabilities of every
+    # prompt match the HF LM's on the same embeddings, so the engine computes the same model, not just the same argmax.
+    import torch
+
+    firsts = [a["first_logprobs"] for (kind, _, _), a in zip(order, answers) if kind == "good"]
+    with torch.inference_mode():
+        for e, first in zip(embeds, firsts):
+            ref = torch.log_softmax(gen.lm(inputs_embeds=torch.from_numpy(e)[None]).logits[0, -1].float(), -1)
+            assert len(first) >= 5
+            for tok, lp in first.items():
+                assert abs(float(ref[int(tok)]) - lp) < 1e-3, (tok, lp, float(ref[int(tok)]))
+            assert set(map(int, first)) >= set(torch.topk(ref, 5).indices.tolist())
     errors = [a.get("error") for (kind, _, _), a in zip(order, answers) if kind == "bad"]
     wanted = [f"shape [5, {hidden + 1}], need (L, {hidden})", "shape [", "0 positions, need 1..255", "256 positions, need 1..255",
               "NaN or infinite", "max_tokens: 0 is outside"]
@@ -127,3 +156,18 @@ def test_vllm_answers_equal_the_predictor_and_bad_embeddings_are_refused_in_one_
     print(f"\nvLLM load {report['load_seconds']} s; per request p50 "
           f"{1000 * float(np.median([t for (k, _, _), t in zip(order, report['latencies']) if k == 'good'])):.1f} ms; "
           f"batch of {report['batch']['requests']} in {report['batch']['seconds']:.2f} s", file=sys.stderr)
+
+
+def test_an_lm_whose_head_size_the_cpu_kernel_lacks_is_refused_in_one_line_before_the_engine_starts(tmp_path: Path) -> None:
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    (lm / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32,
+                                                "num_attention_heads": 2, "vocab_size": 64, "max_position_embeddings": 256}))
+    np.savez(tmp_path / "requests.npz", meta=np.array("[]"))
+    done = subprocess.run([str(vllm_python()), "-m", "tuna.serve.vllm_engine", "--model", str(lm), "--requests",
+                           str(tmp_path / "requests.npz"), "--out", str(tmp_path / "out.json")], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO / "platform")})
+    assert done.returncode == 2, done.stdout + done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "attention head size 16 is not supported by vLLM's CPU attention" in lines[0], done.stdout
+    assert "Traceback" not in done.stdout + done.stderr

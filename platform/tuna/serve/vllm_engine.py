@@ -61,6 +61,7 @@ class EngineRequest:
 class EngineAnswer:
     token_ids: np.ndarray          # (n,) int32, the end id dropped
     text: str                      # decoded like the postprocessing step ('' without a tokenizer folder)
+    first_logprobs: dict[int, float] | None = None   # the first new token's top log-probabilities (raw model output)
 
 
 def _lm_config(folder: Path) -> dict[str, Any]:
@@ -69,6 +70,17 @@ def _lm_config(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise TunaError(f"{folder}/config.json is missing or unreadable ({err}); point at an exported LM folder "
                         f"(model_repository/tensorrt_llm/1/assets of `tuna export`)") from None
+
+
+def _cpu_head_sizes() -> list[int] | None:
+    """The head sizes vLLM's CPU attention kernel takes (None on GPUs: there its backends choose)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return None
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    return list(CPUAttentionBackend.get_supported_head_sizes())
 
 
 class VllmEngine:
@@ -97,6 +109,13 @@ class VllmEngine:
         os.environ.setdefault(KV_CACHE_ENV, str(kv_cache_gib))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
+
+        head = int(config.get("head_dim") or self.hidden // int(config["num_attention_heads"]))
+        supported = _cpu_head_sizes()
+        if supported is not None and head not in supported:   # else the engine core dies at its first request
+            raise TunaError(f"{self.folder}: attention head size {head} is not supported by vLLM's CPU attention "
+                            f"(supported: {', '.join(map(str, supported))}); train the LM with hidden_size / heads "
+                            f"in that list (e.g. lm.heads=1 for the smoke LM) or serve with serve.engine=hf")
 
         started = time.perf_counter()
         self.llm = LLM(model=str(self.folder), dtype=dtype, enable_prompt_embeds=True, max_model_len=self.max_model_len,
@@ -177,15 +196,19 @@ class VllmEngine:
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.tokenizer_dir))
         return self._tokenizer.decode([int(t) for t in ids], skip_special_tokens=True).strip()
 
-    def generate(self, requests: Sequence[EngineRequest], text: bool = True) -> list[EngineAnswer | InvalidRequest]:
+    def generate(self, requests: Sequence[EngineRequest], text: bool = True, logprobs: int = 0) -> list[EngineAnswer | InvalidRequest]:
         """One answer per request, in order; a request that fails :meth:`check` gets its InvalidRequest in its place
-        and the others are generated in one engine call."""
+        and the others are generated in one engine call. ``logprobs`` > 0: the first new token's top log-probabilities
+        (the model's raw output, before the silent-token bias) come back too."""
         results: list[EngineAnswer | InvalidRequest | None] = [None] * len(requests)
         prompts, params, where = [], [], []
         for i, req in enumerate(requests):
             try:
                 prompts.append({"prompt_embeds": self.check(req)})
-                params.append(self._params(req))
+                param = self._params(req)
+                if logprobs > 0:
+                    param.logprobs = int(logprobs)
+                params.append(param)
                 where.append(i)
             except InvalidRequest as err:
                 results[i] = err
@@ -196,7 +219,10 @@ class VllmEngine:
                 end = int(requests[i].end_id)
                 if end in toks:
                     toks = toks[: toks.index(end)]
-                results[i] = EngineAnswer(np.asarray(toks, dtype=np.int32), self.decode(toks) if text else "")
+                first = None
+                if logprobs > 0 and out.outputs[0].logprobs:
+                    first = {int(t): float(lp.logprob) for t, lp in out.outputs[0].logprobs[0].items()}
+                results[i] = EngineAnswer(np.asarray(toks, dtype=np.int32), self.decode(toks) if text else "", first)
         return [r for r in results if r is not None]
 
 
@@ -229,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tokenizer", type=Path, help="tokenizer folder for the texts (postprocessing/1/assets)")
     parser.add_argument("--max-model-len", type=int, default=256)
     parser.add_argument("--kv-cache-gib", type=float, default=1.0)
+    parser.add_argument("--logprobs", type=int, default=0, help="also report the first new token's top-k log-probabilities")
     parser.add_argument("--batch-repeats", type=int, default=1, help="the batch pass sends the requests this many times")
     args = parser.parse_args(argv)
     try:
@@ -241,9 +268,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     answers, latencies = [], []
     for req in requests:                       # one at a time: each bad request must leave the engine serving
         t = time.perf_counter()
-        res = engine.generate([req])[0]
+        res = engine.generate([req], logprobs=args.logprobs)[0]
         latencies.append(time.perf_counter() - t)
-        answers.append({"error": str(res)} if isinstance(res, InvalidRequest) else {"ids": res.token_ids.tolist(), "text": res.text})
+        answers.append({"error": str(res)} if isinstance(res, InvalidRequest) else
+                       {"ids": res.token_ids.tolist(), "text": res.text,
+                        "first_logprobs": {str(k): v for k, v in (res.first_logprobs or {}).items()}})
     once = [r for r, a in zip(requests, answers) if "error" not in a]
     good = once * max(1, args.batch_repeats)
     t = time.perf_counter()
