@@ -68,7 +68,7 @@ HEAD32 = ("lm.heads=1", "lm.kv_heads=1")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> World:
+def trained_head32(tmp_path_factory: pytest.TempPathFactory) -> World:
     """The smoke world with a one-head LM, prepared and TUNA trained by the real `tuna train` (~1.5 min)."""
     from support import SMOKE, make_prepared
 
@@ -80,13 +80,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 
 @pytest.fixture(scope="module")
-def exported(trained: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported(trained_head32: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("export-vllm") / "tuna"
-    export_repository(trained.cfg, "tuna", out=out, log=lambda s: None)
+    export_repository(trained_head32.cfg, "tuna", out=out, log=lambda s: None)
     return out / "model_repository"
 
 
-def test_vllm_answers_equal_the_predictor_and_bad_embeddings_are_refused_in_one_line(trained: World, exported: Path,
+def test_vllm_answers_equal_the_predictor_and_bad_embeddings_are_refused_in_one_line(trained_head32: World, exported: Path,
                                                                                       tmp_path: Path) -> None:
     from tuna.inference import Predictor
     from tuna.serve.ensemble import GenerationRequest, Generator, Preprocessor, Retrieval
@@ -96,7 +96,7 @@ def test_vllm_answers_equal_the_predictor_and_bad_embeddings_are_refused_in_one_
     ret = Retrieval(exported / "retrieval" / "1" / "assets")
     lm = exported / "tensorrt_llm" / "1" / "assets"
     gen = Generator(lm)
-    asked = finer_questions(trained, 12)
+    asked = finer_questions(trained_head32, 12)
     try:
         prepped = [pre(q, img, MAX_TOKENS) for img, q in asked]
         tables = ret([p.input_ids for p in prepped], [p.pixel_values for p in prepped], ["A"] * len(prepped))
@@ -124,7 +124,7 @@ def test_vllm_answers_equal_the_predictor_and_bad_embeddings_are_refused_in_one_
             order.append(("bad", i, bad[i]))
     report = run_engine(lm, exported / "postprocessing" / "1" / "assets", [r for _, _, r in order], tmp_path, logprobs=5)
 
-    predictor = Predictor(trained.cfg.data_dir / "train" / "tuna" / "stage2" / "model", trained.cfg.train.system_prompt)
+    predictor = Predictor(trained_head32.cfg.data_dir / "train" / "tuna" / "stage2" / "model", trained_head32.cfg.train.system_prompt)
     pics = [Image.open(io.BytesIO(img)).convert("RGB") for img, _ in asked]
     expected = [a.text for a in predictor.answer(pics, [[]] * len(asked), [q for _, q in asked],
                                                  [t.provenance["tags"] for t in tables], max_new_tokens=MAX_TOKENS,

@@ -115,7 +115,7 @@ class VllmEngine:
         if supported is not None and head not in supported:   # else the engine core dies at its first request
             raise TunaError(f"{self.folder}: attention head size {head} is not supported by vLLM's CPU attention "
                             f"(supported: {', '.join(map(str, supported))}); train the LM with hidden_size / heads "
-                            f"in that list (e.g. lm.heads=1 for the smoke LM) or serve with serve.engine=hf")
+                            f"in that list (e.g. lm.heads=1 for the smoke LM) or serve it with the HF python step")
 
         started = time.perf_counter()
         self.llm = LLM(model=str(self.folder), dtype=dtype, enable_prompt_embeds=True, max_model_len=self.max_model_len,
