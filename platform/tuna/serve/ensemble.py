@@ -258,6 +258,28 @@ class GenerationRequest:
     seed: int | None = None
 
 
+def prompt_embeddings(weight: torch.Tensor, input_ids: np.ndarray, table: np.ndarray) -> torch.Tensor:
+    """(L, hidden) embeddings of the LLM step's inputs: rows of the word embedding matrix ``weight`` (vocab, hidden)
+    for ids below the vocabulary size, rows of the prompt ``table`` for the virtual ids above (checked: one request's
+    InvalidRequest). The HF step and the vLLM engine (:mod:`tuna.serve.vllm_engine`) both build their inputs here."""
+    vocab, hidden = int(weight.shape[0]), int(weight.shape[1])
+    ids = torch.from_numpy(np.asarray(input_ids, dtype=np.int64))
+    table = np.asarray(table, dtype=np.float32)
+    if table.size and (table.ndim != 2 or table.shape[1] != hidden):
+        raise InvalidRequest(f"prompt_embedding_table: shape {list(table.shape)}, need (rows, {hidden}): the LM's hidden size")
+    rows = torch.from_numpy(table) if table.size else torch.zeros((0, hidden))
+    if ids.ndim != 1 or len(ids) == 0:
+        raise InvalidRequest(f"input_ids: need a non-empty 1-D id list, got shape {tuple(ids.shape)}")
+    if int(ids.min()) < 0 or int(ids.max()) >= vocab + len(rows):
+        raise InvalidRequest(f"input_ids: ids must be in 0..{vocab + len(rows) - 1} (vocabulary "
+                             f"{vocab} + prompt table {len(rows)}), got {int(ids.min())}..{int(ids.max())}")
+    virtual = ids >= vocab
+    with torch.no_grad():
+        out = torch.nn.functional.embedding(ids.masked_fill(virtual, 0), weight).clone()
+        out[virtual] = rows[ids[virtual] - vocab].to(out.dtype)
+    return out
+
+
 class Generator:
     """The causal LM of the exported model on prompt-table inputs (the CPU stand-in for ``tensorrt_llm``)."""
 
@@ -277,18 +299,7 @@ class Generator:
 
     def embeddings(self, req: GenerationRequest) -> torch.Tensor:
         """(L, hidden) prompt embeddings: word embeddings for ids < vocab_size, table rows above."""
-        ids = torch.from_numpy(np.asarray(req.input_ids, dtype=np.int64))
-        table = torch.from_numpy(np.asarray(req.table, dtype=np.float32)).reshape(-1, self.hidden) if req.table.size else \
-            torch.zeros((0, self.hidden))
-        if ids.ndim != 1 or len(ids) == 0:
-            raise InvalidRequest(f"input_ids: need a non-empty 1-D id list, got shape {tuple(ids.shape)}")
-        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size + len(table):
-            raise InvalidRequest(f"input_ids: ids must be in 0..{self.vocab_size + len(table) - 1} (vocabulary "
-                                 f"{self.vocab_size} + prompt table {len(table)}), got {int(ids.min())}..{int(ids.max())}")
-        virtual = ids >= self.vocab_size
-        out = self.embed(ids.masked_fill(virtual, 0)).clone()
-        out[virtual] = table[ids[virtual] - self.vocab_size].to(out.dtype)
-        return out
+        return prompt_embeddings(self.embed.weight, req.input_ids, req.table)
 
     @torch.inference_mode()
     def __call__(self, requests: Sequence[GenerationRequest]) -> list[np.ndarray]:
@@ -342,4 +353,4 @@ class Postprocessor:
 
 
 __all__ = ["GenerationRequest", "Generator", "Postprocessor", "Preprocessed", "Preprocessor", "PromptTable",
-           "Retrieval", "SERVING_FILE", "read_serving"]
+           "Retrieval", "SERVING_FILE", "prompt_embeddings", "read_serving"]
