@@ -27,6 +27,7 @@ from kfp import dsl, kubernetes
 from tuna.kfp.options import (
     ACCELERATOR,
     DEFAULT_RECIPE,
+    IMAGE_UID,
     PIPELINE_NAME,
     SECRET_ENV,
     SECRET_OPTIONAL_ENV,
@@ -54,7 +55,6 @@ COMPONENTS = {"validate": validate, "world": world, "encoder": encoder, "mine_ta
               "notify": notify}
 STEPS = tuple(COMPONENTS)
 DATASTORES = ("A", "B", "A_captions")  # = tuna.retrieval.datastore.DATASTORES (checked by the tests)
-IMAGE_UID = 1000  # the project image's user (Dockerfile: USER 1000:1000)
 POD_LABELS = (("app.kubernetes.io/part-of", "tuna"), ("app.kubernetes.io/component", "pipeline"))  # manifests/ NetworkPolicies
 
 

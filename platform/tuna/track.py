@@ -393,8 +393,8 @@ def task_run(name: str, cfg: Recipe | None = None, parent_run_id: str | None = N
     """The run a pipeline task logs its own numbers into: the KFP plugin's run for the task when it injected one
     (tagged ``tuna.stage=name``), else :func:`stage_run` under ``parent_run_id``."""
     if _rank() == 0 and injected_run_id() is not None:
-        _uri, client = _open_store(cfg)
-        injected = _injected(client, _uri)
+        uri, client = _open_store(cfg)
+        injected = _injected(client, uri)
         with _attached(Run(client, injected.info.run_id, injected.info.experiment_id)) as run:
             run.set_tags({"tuna.stage": name, "tuna.version": __version__})
             yield run

@@ -22,10 +22,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tuna.kfp.options import ERROR_FILE_ENV, SECRET_ENV, SECRET_OPTIONAL_ENV, PipelineError
+from tuna.kfp.options import ERROR_FILE_ENV, IMAGE_UID, SECRET_ENV, SECRET_OPTIONAL_ENV, PipelineError
 from tuna.recipe import Recipe
 
-IMAGE_USER = "1000:1000"     # the project image's user (Dockerfile: USER 1000:1000), what a cluster pod runs as
+IMAGE_USER = f"{IMAGE_UID}:{IMAGE_UID}"  # the project image's user, what a cluster pod runs as
 ROOT_LABEL = "tuna.kfp/pipeline-root"   # label on every task container: the run's pipeline root (find leftovers by it)
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", *(k for keys in (*SECRET_ENV.values(), *SECRET_OPTIONAL_ENV.values()) for k in keys))
 

@@ -27,6 +27,7 @@ PIPELINE_NAME = "tuna"
 DEFAULT_RECIPE = "configs/mini.yaml"               # relative to the image's workdir (the repository)
 GOLDEN_VERSION = "golden"                          # version string of pipelines/compiled/tuna-golden.yaml
 ERROR_FILE_ENV = "TUNA_TASK_ERROR_FILE"            # run_local asks failing tasks to leave their one-line error here
+IMAGE_UID = 1000                                   # the project image's user and group (Dockerfile: USER 1000:1000)
 ACCELERATOR = "nvidia.com/gpu"                     # the extended resource GPUs are requested as (as tuna.train.cluster does)
 TARGETS = ("kubernetes", "local")
 LAUNCHERS = ("local", "trainjob", "pytorchjob")    # = the values of cluster.launcher
@@ -108,6 +109,6 @@ class PipelineOptions:
         return out
 
 
-__all__ = ["ACCELERATOR", "BASE_IMAGE", "DEFAULT_RECIPE", "DEPLOY_TARGETS", "ERROR_FILE_ENV", "GOLDEN_VERSION",
+__all__ = ["ACCELERATOR", "BASE_IMAGE", "DEFAULT_RECIPE", "DEPLOY_TARGETS", "ERROR_FILE_ENV", "GOLDEN_VERSION", "IMAGE_UID",
            "LAUNCHERS", "PIPELINE_NAME", "SECRET_ENV", "SECRET_OPTIONAL_ENV",
            "SERVING_SOURCES", "TARGETS", "VARIANTS", "PipelineError", "PipelineOptions"]
