@@ -203,6 +203,7 @@ def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targ
     logs = log_dir or layout(cfg).image_logs
     logs.mkdir(parents=True, exist_ok=True)
     built: list[BuiltImage] = []
+    replaced: list[str] = []
     for target in sorted(targets, key=TARGETS.index):
         path = logs / f"build-{target}.log"
         previous = image_id(refs[target])
@@ -216,8 +217,10 @@ def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targ
         image = BuiltImage(target, refs[target], time.monotonic() - start, image_size(refs[target]))
         log(f"{target:<8} {image.ref}  {image.size_bytes / 1e9:.2f} GB  built in {image.seconds:.0f}s  (log: {path})")
         if previous and previous != image_id(refs[target]):
-            drop_untagged(previous, log)
+            replaced.append(previous)
         built.append(image)
+    for previous in reversed(replaced):  # the old project image first: the old serving image is its parent
+        drop_untagged(previous, log)
     return built
 
 
