@@ -2,8 +2,8 @@
 
 DAG (inside an ExitHandler whose exit task, ``notify``, always runs)::
 
-    validate -> world -> encoder -> build_index A / B / A_captions -> start_run (MLflow parent run)
-                      -> mine_tags ---^            lm ----------------^
+    validate -> world -> encoder -> build_index per declared datastore -> start_run (MLflow parent run)
+                      -> mine_tags ---^    (the world's: A, B, A_captions)  lm --^
     start_run -> train stage 1 -> train stage 2   (variant tuna, and variant baseline: two chains)
               -> evaluate (both stage-2 models) -> export_model_repository (tuna) -> register_model -> deploy
 
@@ -54,7 +54,6 @@ COMPONENTS = {"validate": validate, "world": world, "encoder": encoder, "mine_ta
               "export_model_repository": export_model_repository, "register_model": register_model, "deploy": deploy,
               "notify": notify}
 STEPS = tuple(COMPONENTS)
-DATASTORES = ("A", "B", "A_captions")  # = tuna.retrieval.datastore.DATASTORES (checked by the tests)
 POD_LABELS = (("app.kubernetes.io/part-of", "tuna"), ("app.kubernetes.io/component", "pipeline"))  # manifests/ NetworkPolicies
 
 
@@ -107,7 +106,7 @@ def build_pipeline(options: PipelineOptions = None):
     params = {}
 
     @dsl.pipeline(name=PIPELINE_NAME,
-                  description=f"TUNA {o.version}: world -> encoder -> tags -> datastores A/B/A_captions -> LM -> "
+                  description=f"TUNA {o.version}: world -> encoder -> tags -> datastores {'/'.join(o.datastores)} -> LM -> "
                               f"stage 1 -> stage 2 (tuna, baseline) -> evaluate -> export -> register -> deploy"
                               f"{_training(o)}")
     def tuna(config: str = DEFAULT_RECIPE, overrides: list = [], target: str = "kubernetes",  # noqa: B006
@@ -142,14 +141,15 @@ def build_pipeline(options: PipelineOptions = None):
             index = {name: pod(c["build_index"](config=config, overrides=ov, digest=digest,
                                                 encoder=encoder.outputs["model"], tags=tags.outputs["tags"],
                                                 datastore=name),
-                               f"index-{name.replace('_', '-')}", cache=True) for name in DATASTORES}
+                               f"index-{name.replace('_', '-')}", cache=True) for name in o.datastores}
+            others = [t for name, t in index.items() if name != o.model_datastore]
             lm = pod(c["lm"](config=config, overrides=ov, digest=digest, world=world.outputs["dataset"]), "lm",
                      cache=True)
             tracking = pod(c["start_run"](
                 config=config, overrides=ov, world=world.outputs["dataset"], encoder=encoder.outputs["model"],
-                tags=tags.outputs["tags"], datastore_a=index["A"].outputs["index"],
-                datastore_b=index["B"].outputs["index"], datastore_a_captions=index["A_captions"].outputs["index"],
+                tags=tags.outputs["tags"], datastore=index[o.model_datastore].outputs["index"],
                 lm=lm.outputs["model"]), "start-run")
+            tracking.after(*others)  # the parent run records every datastore (their manifests)
             parent = tracking.output
 
             final = {}
@@ -157,14 +157,14 @@ def build_pipeline(options: PipelineOptions = None):
                 base = lm.outputs["model"]
                 for stage in (1, 2):
                     step = c["train"](config=config, overrides=ov, mlflow_parent=parent, stage=stage, variant=variant,
-                                      launcher=o.launcher, base=base, datastore=index["A"].outputs["index"])
+                                      launcher=o.launcher, base=base, datastore=index[o.model_datastore].outputs["index"])
                     trainer(pod(step, f"train-{variant}-stage{stage}", checkpoints=True))
                     base = step.outputs["model"]
                 final[variant] = base
 
             evaluation = pod(c["evaluate"](config=config, overrides=ov, mlflow_parent=parent,
                                            tuna_model=final["tuna"], baseline_model=final["baseline"]), "evaluate")
-            evaluation.after(index["B"], index["A_captions"])  # the datastore swap and the captions ablation read them
+            evaluation.after(*others)  # the datastore swap and the captions ablation read them
             export = pod(c["export_model_repository"](config=config, overrides=ov, mlflow_parent=parent,
                                                       model=final["tuna"], out_root=check.outputs["export_root"],
                                                       trtllm=cluster.gpus_per_node > 0), "export", checkpoints=True)

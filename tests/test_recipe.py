@@ -335,3 +335,46 @@ def test_section_fingerprint_follows_the_values() -> None:
     assert section_fingerprint(a) == section_fingerprint(load_recipe(SMOKE).world)
     assert section_fingerprint(a) != section_fingerprint(dataclasses.replace(a, image_size=96))
     assert isinstance(a, WorldConfig)
+
+
+# ------------------------------------------------------------------------------------------ declared datastores
+
+
+def test_the_world_datastores_are_declared_in_every_recipe() -> None:
+    for path in RECIPES:
+        cfg = load_recipe(path)
+        assert {n: (d.corpus, d.values) for n, d in cfg.datastores.items()} == {
+            "A": ("A", "tags"), "B": ("B", "tags"), "A_captions": ("A", "captions")}, path
+        assert (cfg.model.datastore, cfg.eval.swap_datastore) == ("A", "B")
+    assert list(load_recipe(None).datastores) == ["A", "B", "A_captions"]   # the schema's default: the same three
+
+
+def test_a_new_datastore_with_its_own_corpus_and_index_loads() -> None:
+    cfg = load_recipe(SMOKE, ["data.corpora.shop.path=/data/shop/{00000..00009}.tar", "datastores.shop.corpus=shop",
+                              "datastores.shop.index.index_type=FLAT", "datastores.shop.index.top_k=3",
+                              "eval.swap_datastore=shop", "serve.datastore=shop"])
+    assert cfg.datastores["shop"].index.values() == {"index_type": "FLAT", "top_k": 3}
+    assert cfg.data.format_of("web_shop") == "webdataset" and "web_shop" in cfg.data.names()
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["datastores.C.corpus=C"], "datastores.C.corpus: 'C' is not a web corpus; use A, B or declare it under data.corpora"),
+    (["datastores.C.corpus=clip"], "datastores.C.corpus: must name a web corpus"),
+    (["datastores.C.values=ids"], "datastores.C.values: must be one of tags, captions"),
+    (["datastores.A.index.ef=2"], "datastores.A.index.ef: must be >= top_k (5)"),
+    (["datastores.A.index.metric=DOT"], "datastores.A.index.metric: must be one of COSINE, IP, L2"),
+    (["datastores.9x.corpus=A"], "datastores.9x: a datastore name is a letter then letters, digits or _"),
+    (["model.datastore=A_captions"], "model.datastore: 'A_captions' is not a declared tags datastore"),
+    (["model.datastore=Z"], "model.datastore: 'Z' is not a declared tags datastore; declared: A, B, A_captions"),
+    (["eval.swap_datastore=A_captions"], "eval.swap_datastore: 'A_captions' is not a declared tags datastore"),
+    (["serve.datastore=Z"], "serve.datastore: 'Z' is not declared; declared: A, B, A_captions"),
+    (["data.corpora.shop.format=pope", "data.corpora.shop.path=/x"], "data.corpora.shop.format: a web corpus reads webdataset"),
+    (["data.corpora.shop.format=webdataset"], "data.corpora.shop.path: the world writes no such corpus"),
+    (["data.corpora.B.path=/x"], "data.corpora.B: a corpus name is a letter then letters"),
+])
+def test_bad_datastore_declarations_are_one_line(overrides: list[str], expected: str) -> None:
+    assert expected in config_error(*overrides)
+
+
+def test_a_recipe_without_datastores_is_refused() -> None:
+    assert "datastores: declare at least one datastore" in config_error("datastores={}")

@@ -8,14 +8,14 @@ from tuna.kfp.options import BASE_IMAGE
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def start_run(config: str, overrides: list, world: Input[Dataset], encoder: Input[Model], tags: Input[Dataset],
-              datastore_a: Input[Dataset], datastore_b: Input[Dataset], datastore_a_captions: Input[Dataset],
-              lm: Input[Model]) -> str:
+              datastore: Input[Dataset], lm: Input[Model]) -> str:
     """Create the parent run (params = the recipe; metrics and tags = the data artifacts' counts, hashes and
-    fingerprints) and return its id; later tasks nest their runs under it."""
+    fingerprints; the other declared datastores from their manifests) and return its id; later tasks nest their
+    runs under it. ``datastore`` is the model's (model.datastore)."""
     from tuna.kfp import tasks
 
-    data = {"world": world.metadata, "encoder": encoder.metadata, "mine": tags.metadata, "index_A": datastore_a.metadata,
-            "index_B": datastore_b.metadata, "index_A_captions": datastore_a_captions.metadata, "lm": lm.metadata}
+    data = {"world": world.metadata, "encoder": encoder.metadata, "mine": tags.metadata,
+            f"index_{datastore.metadata.get('name', 'A')}": datastore.metadata, "lm": lm.metadata}
     with tasks.task("start_run"):
         run_id = tasks.start_run(config, overrides, data)
     print(f"start_run: MLflow parent run {run_id}")

@@ -50,9 +50,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def _index_args(p: argparse.ArgumentParser) -> None:
-    from tuna.retrieval.datastore import DATASTORES
-
-    p.add_argument("--datastore", default="all", choices=[*DATASTORES, "all"], help="which datastore to build (default: all)")
+    p.add_argument("--datastore", default="all", help="which declared datastore to build (the recipe's datastores:; default: all)")
     p.add_argument("--rebuild", action="store_true", help="drop the collection first instead of resuming an unfinished build")
     _force_quiet(p)
 
@@ -68,14 +66,13 @@ def cmd_lm(args: argparse.Namespace) -> int:
 
 
 def cmd_mine(args: argparse.Namespace) -> int:
-    """Mine tags from the web corpora (A, B or all) into the run's tags/<domain>/ and print a summary."""
-    from tuna.tags.io import resolve_domains
-
-    return _step("mine", args, domains=tuple(resolve_domains(args.domain)))
+    """Mine tags from the web corpora (one, or all the datastores need) into the run's tags/<domain>/; print a summary."""
+    return _step("mine", args, domains=() if args.domain == "all" else (args.domain,))
 
 
 def _mine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--domain", default="all", choices=["A", "B", "all"], help="which web corpus to mine (default: all)")
+    p.add_argument("--domain", default="all", help="which web corpus to mine: A, B or a data.corpora entry (default: all "
+                   "the declared datastores need)")
     p.add_argument("--force", action="store_true", help="re-mine even when the tags are up to date")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -350,15 +347,15 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         raise TunaError("give an action: tuna pipeline compile | submit --host URL | run --local")
     version = args.version or pipeline_version()
     if args.action == "compile":
-        cluster = _config(args).cluster  # GPUs, node pool, launcher, image, mounts: the recipe's cluster section
+        cfg = _config(args)  # GPUs, node pool, launcher, image, mounts (cluster section); the declared datastores
         out_dir = Path(args.out) if args.out else compiled_dir()
-        print(f"compiled {compile_pipeline(out_dir, version, cluster)}")
+        print(f"compiled {compile_pipeline(out_dir, version, cfg.cluster, cfg)}")
         return 0
     if args.action == "submit":
         if not args.host:
             raise TunaError("submit needs --host URL (the KFP API, e.g. http://localhost:8888); to run here: run --local")
         out = submit(args.host, args.experiment, version, submit_params(args.config, args.overrides, args.param),
-                     cluster=_config(args).cluster, out_dir=Path(args.out) if args.out else None)
+                     cluster=_config(args).cluster, out_dir=Path(args.out) if args.out else None, recipe=_config(args))
         print(f"pipeline {PIPELINE_NAME} version {out['version']} ({out['package']}) -> run {out['run_id']} "
               f"in experiment {args.experiment!r}: {out['url']}")
         return 0

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 from tuna.errors import ConfigError
 from tuna.layout import Layout, layout
-from tuna.recipe.data import KINDS
 
 if TYPE_CHECKING:
     from tuna.recipe import Recipe
@@ -91,9 +90,10 @@ class Sources:
         self._layout = layout(recipe)
 
     def __getitem__(self, name: str) -> Source:
-        if name not in KINDS:
-            raise ConfigError(f"unknown data source {name!r}; the recipe's data: section declares {', '.join(KINDS)}")
-        declared = getattr(self._recipe.data, name)
+        declared = self._recipe.data.source(name)
+        if declared is None:
+            raise ConfigError(f"unknown data source {name!r}; the recipe's data: section declares "
+                              f"{', '.join(self._recipe.data.names())}")
         fmt = self._recipe.data.format_of(name)
         images = Path(declared.images).expanduser() if declared.images else None
         if declared.path is None:
@@ -101,9 +101,10 @@ class Sources:
         return Source(name, Path(declared.path).expanduser(), fmt, False, images)
 
     def web(self, domain: str) -> Source:
-        """Web corpus ``domain``: A, B or clip (the CLIP-only crawl)."""
-        if domain not in WEB_DOMAINS:
-            raise ConfigError(f"web corpus {domain!r} is not declared; use one of {', '.join(WEB_DOMAINS)}")
+        """Web corpus ``domain``: A, B, clip (the CLIP-only crawl) or a ``data.corpora`` entry."""
+        if domain not in (*WEB_DOMAINS, *self._recipe.data.corpora):
+            raise ConfigError(f"web corpus {domain!r} is not declared; use one of "
+                              f"{', '.join([*WEB_DOMAINS, *self._recipe.data.corpora])} or declare it under data.corpora")
         return self[f"web_{domain}"]
 
     def eval_set(self, task: str, split: str, validation: bool = False) -> Source:
@@ -117,7 +118,7 @@ class Sources:
         return self[f"{task}_val_{split}" if validation else f"{task}_{split}"]
 
     def all(self) -> list[Source]:
-        return [self[name] for name in KINDS]
+        return [self[name] for name in self._recipe.data.names()]
 
     def digest(self, *names: str) -> str | None:
         """What the named inputs are now: the world manifest's digest when the world provides them all (the world

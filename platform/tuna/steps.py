@@ -37,7 +37,7 @@ class Options:
     force: bool = False
     progress: bool = True
     log: Callable[[str], None] = print
-    domains: tuple[str, ...] = ("A", "B")                    # mine
+    domains: tuple[str, ...] = ()                            # mine: () = every corpus the datastores need
     datastores: tuple[str, ...] = ()                         # index: () = every datastore
     rebuild: bool = False                                    # index
     variants: tuple[str, ...] = TRAINED                      # train, eval
@@ -175,7 +175,13 @@ def _lm(cfg: Recipe, opts: Options) -> Outcome:
 def _mine_up_to_date(cfg: Recipe, opts: Options) -> bool:
     from tuna.tags.io import is_up_to_date
 
-    return all(is_up_to_date(cfg, d) for d in opts.domains)
+    return all(is_up_to_date(cfg, d) for d in _domains(cfg, opts))
+
+
+def _domains(cfg: Recipe, opts: Options) -> list[str]:
+    from tuna.tags.io import mined_domains, resolve_domains
+
+    return [d for name in opts.domains for d in resolve_domains(cfg, name)] if opts.domains else mined_domains(cfg)
 
 
 def _mine(cfg: Recipe, opts: Options) -> Outcome:
@@ -183,7 +189,7 @@ def _mine(cfg: Recipe, opts: Options) -> Outcome:
 
     miner = None
     lines, metrics, per, manifests, mined = [], {}, {}, {}, False
-    for domain in opts.domains:
+    for domain in _domains(cfg, opts):
         target = layout(cfg).tags(domain)
         if not opts.force and is_up_to_date(cfg, domain):
             lines.append(f"  {domain}  tags are up to date at {target} (same shards and mine config); --force re-mines")
@@ -210,25 +216,35 @@ def _mine(cfg: Recipe, opts: Options) -> Outcome:
                    {"uri": layout(cfg).tags_root, "domains": per})
 
 
-def _datastore_names(opts: Options) -> tuple[str, ...]:
-    from tuna.retrieval.datastore import DATASTORES, spec_of
+def _datastore_names(cfg: Recipe, opts: Options) -> tuple[str, ...]:
+    from tuna.retrieval.datastore import spec_of
 
     for name in opts.datastores:
-        spec_of(name)  # an unknown name: one line naming the known ones
-    return opts.datastores or tuple(DATASTORES)
+        spec_of(cfg, name)  # an unknown name: one line naming the declared ones
+    return opts.datastores or tuple(cfg.datastores)
 
 
 def _index_up_to_date(cfg: Recipe, opts: Options) -> bool:
     from tuna.retrieval.datastore import is_up_to_date
 
-    return all(is_up_to_date(cfg, n) for n in _datastore_names(opts))
+    return all(is_up_to_date(cfg, n) for n in _datastore_names(cfg, opts))
+
+
+def datastore_meta(cfg: Recipe, name: str, m: dict[str, Any]) -> dict[str, Any]:
+    """What a datastore's KFP artifact and the MLflow parent run record of its manifest ``m``."""
+    uri = str(m.get("uri", ""))
+    return {"rows": m.get("rows"), "skipped": m.get("skipped"), "collection": m.get("collection"),
+            "values": m.get("values"), "corpus_hash": m.get("corpus", {}).get("hash"),
+            "tags_hash": m.get("tags_hash"), "encoder": m.get("encoder", {}).get("fingerprint"),
+            "index": m.get("index", {}).get("type"),
+            "uri": uri if "://" in uri else Path(uri or layout(cfg).datastore(name))}
 
 
 def _index(cfg: Recipe, opts: Options) -> Outcome:
     from tuna.retrieval.datastore import build_datastore, is_up_to_date, read_manifest
 
     lines, parts, metrics, per, manifests, built = [], [], {}, {}, {}, False
-    for name in _datastore_names(opts):
+    for name in _datastore_names(cfg, opts):
         if not opts.force and not opts.rebuild and is_up_to_date(cfg, name):
             m = read_manifest(cfg, name) or {}
             parts.append(f"{name}: up to date")
@@ -242,12 +258,7 @@ def _index(cfg: Recipe, opts: Options) -> Outcome:
             metrics.update({f"{name}_rows": float(m["rows"]), f"{name}_skipped": float(m["skipped"]),
                             f"{name}_build_seconds": float(m["build_seconds"])})
         manifests[name] = m
-        uri = str(m.get("uri", ""))
-        per[name] = {"rows": m.get("rows"), "skipped": m.get("skipped"), "collection": m.get("collection"),
-                     "values": m.get("values"), "corpus_hash": m.get("corpus", {}).get("hash"),
-                     "tags_hash": m.get("tags_hash"), "encoder": m.get("encoder", {}).get("fingerprint"),
-                     "index": m.get("index", {}).get("type"),
-                     "uri": uri if "://" in uri else Path(uri or layout(cfg).datastore(name))}
+        per[name] = datastore_meta(cfg, name, m)
     return Outcome("built" if built else "up to date", "; ".join(parts), lines, metrics, manifests, {"datastores": per})
 
 
@@ -413,9 +424,9 @@ STEPS: dict[str, Step] = {s.name: s for s in (
          ("web_A", "web_B", "web_clip", "taxonomy", "finer_id", "finer_ood", "finer_b"),
          lambda cfg, o: [layout(cfg).encoder], _encoder_up_to_date, _encoder),
     Step("mine", "mine tags (objects, attributes, entities) from the web captions with spaCy",
-         ("web_A", "web_B"), lambda cfg, o: [layout(cfg).tags(d) for d in o.domains], _mine_up_to_date, _mine),
+         ("web_A", "web_B"), lambda cfg, o: [layout(cfg).tags(d) for d in _domains(cfg, o)], _mine_up_to_date, _mine),
     Step("index", "embed the web corpora and build the Milvus datastores (resumable)",
-         ("web_A", "web_B", "encoder", "mine"), lambda cfg, o: [layout(cfg).datastore(n) for n in _datastore_names(o)],
+         ("web_A", "web_B", "encoder", "mine"), lambda cfg, o: [layout(cfg).datastore(n) for n in _datastore_names(cfg, o)],
          _index_up_to_date, _index),
     Step("lm", "train the tokenizer and tiny Llama on the text sources (or load model.language_model / model.llava's LM)",
          ("text", "alignment", "instruction", "taxonomy"), lambda cfg, o: [layout(cfg).lm], _lm_up_to_date, _lm),
@@ -449,4 +460,4 @@ def run_steps(names: Sequence[str] = RUN_ORDER) -> list[Step]:
     return [STEPS[n] for n in names]
 
 
-__all__ = ["RUN_ORDER", "STEPS", "Options", "Outcome", "Step", "evaluate", "execute", "metric_name", "run_steps", "stage_meta"]
+__all__ = ["RUN_ORDER", "STEPS", "Options", "Outcome", "Step", "datastore_meta", "evaluate", "execute", "metric_name", "run_steps", "stage_meta"]

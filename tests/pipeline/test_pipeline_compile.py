@@ -419,12 +419,11 @@ def test_golden_ir_is_committed_where_the_readme_says() -> None:
 
 
 def test_the_dag_covers_what_tuna_run_covers() -> None:
-    import tuna_pipelines.tuna as module
-    from tuna.kfp.options import VARIANTS
+    from tuna.kfp.options import VARIANTS, WORLD_DATASTORES
     from tuna.retrieval.datastore import DATASTORES
     from tuna.variants import TRAINED
 
-    assert module.DATASTORES == tuple(DATASTORES) and VARIANTS == TRAINED
+    assert WORLD_DATASTORES == DATASTORES == tuple(load_recipe(SMOKE).datastores) and VARIANTS == TRAINED
 
 
 def test_quiet_local_runs_show_task_progress_with_times_and_log_everything() -> None:
@@ -460,3 +459,25 @@ def test_quiet_local_runs_show_a_long_tasks_progress_at_most_every_interval() ->
     every.write("encoder epoch 1/20: a\nencoder epoch 2/20: b\n")
     assert screen.getvalue().splitlines() == ["  encoder epoch 1/20: a", "  encoder epoch 2/20: b"]
     assert log.getvalue().count("epoch") == 2
+
+
+def test_each_declared_datastore_is_an_index_task(tmp_path: Path) -> None:
+    """A recipe's datastores: section shapes the DAG: one cached index task per entry; the parent run and the
+    evaluation wait for all of them; training reads model.datastore's."""
+    cfg = load_recipe(SMOKE, ["data.corpora.shop.path=/data/shop", "datastores.shop.corpus=shop",
+                              "eval.swap_datastore=shop"])
+    path = compile_pipeline(tmp_path, "0.1.0+test", cfg.cluster, cfg)
+    spec, _ = load_ir(path)
+    tasks = tasks_by_display_name(spec)
+    index = {n: tasks[n] for n in tasks if n.startswith("index-")}
+    assert sorted(index) == ["index-A", "index-A-captions", "index-B", "index-shop"]
+    assert all(t["cachingOptions"].get("enableCache") for _, t in index.values())
+    keys = {n: key for n, (key, _) in index.items()}
+    assert _constant(spec, "index-shop", "datastore") == "shop"
+    assert set(keys.values()) <= set(tasks["start-run"][1]["dependentTasks"])
+    # evaluation reads the swap and captions datastores directly (model.datastore's through the trained models)
+    assert {keys[n] for n in ("index-B", "index-A-captions", "index-shop")} <= set(tasks["evaluate"][1]["dependentTasks"])
+    train = tasks["train-tuna-stage1"][1]
+    assert train["inputs"]["artifacts"]["datastore"]["taskOutputArtifact"]["producerTask"] == keys["index-A"]
+    assert PipelineOptions.of(cfg, "v").suffix != "" and path.name != "tuna-0.1.0+test.yaml"   # a build of its own
+    assert PipelineOptions.of(load_recipe(SMOKE, ["cluster.memory=16Gi", "cluster.shm_size=2Gi"]), "v").suffix == ""

@@ -18,6 +18,8 @@ import pytest
 
 from pipeline_support import COMPONENTS, art, component, out
 from support import REPO, SMOKE, World
+from tuna.layout import layout
+from tuna.recipe import load_recipe
 
 STEPS = ("validate", "start_run", "world", "encoder", "mine_tags", "build_index", "lm", "train", "evaluate",
          "export_model_repository", "register_model", "deploy", "notify")
@@ -115,7 +117,7 @@ CLUSTER = {"target": "kubernetes", "deploy_target": "helm", "mlflow_secret": "tu
 
 
 @pytest.mark.parametrize(("changes", "names"), [
-    ({"serve_datastore": "C"}, "serve_datastore: unknown datastore 'C'; known: A, B, A_captions"),
+    ({"serve_datastore": "C"}, "serve_datastore: unknown datastore 'C'; the recipe declares A, B, A_captions"),
     (dict(CLUSTER, launcher="trainjob", overrides=["cluster.num_nodes=2000"]), "cluster.num_nodes: must be in 1..1024"),
     ({"gpus": 17}, "gpus: 17 is out of range 0..16 (compiled from cluster.gpus_per_node)"),
     ({"launcher": "slurm"}, "launcher: 'slurm' is not one of local, trainjob, pytorchjob"),
@@ -196,7 +198,7 @@ def test_build_index_refuses_an_unknown_datastore(prepared: World, tmp_path: Pat
         component("build_index").python_func(config=str(SMOKE), overrides=[f"run.data_dir={prepared.cfg.data_dir}"],
                                              encoder=art("Model", {}), tags=art("Dataset", {}),
                                              index=out("Dataset", tmp_path, "index"), datastore="C")
-    assert "unknown datastore 'C'; known: A, B, A_captions" in one_line_exit(info, "build_index C")
+    assert "unknown datastore 'C'; the recipe declares A, B, A_captions" in one_line_exit(info, "build_index C")
 
 
 def test_start_run_opens_the_parent_run_with_the_data_provenance(mlflow_store: str, tmp_path: Path) -> None:
@@ -205,12 +207,16 @@ def test_start_run_opens_the_parent_run_with_the_data_provenance(mlflow_store: s
     meta = {"fingerprint": "abc", "counts": {"web_A": 300}, "uri": "/data/world", "status": "generated", "seed": 0}
     inputs = {"world": art("Dataset", meta), "encoder": art("Model", {"dim": 32, "fingerprint": "e1"}),
               "tags": art("Dataset", {"domains": {"A": {"count": 292}}}),
-              "datastore_a": art("Dataset", {"rows": 292}), "datastore_b": art("Dataset", {"rows": 100}),
-              "datastore_a_captions": art("Dataset", {"rows": 292}), "lm": art("Model", {"params": 26720})}
+              "datastore": art("Dataset", {"name": "A", "rows": 292}), "lm": art("Model", {"params": 26720})}
+    # the other declared datastores are read from their manifests (the task runs after their index tasks)
+    b = layout(load_recipe(SMOKE, [f"run.data_dir={tmp_path}"])).datastore("B")
+    b.mkdir(parents=True)
+    (b / "manifest.json").write_text(json.dumps({"rows": 100, "skipped": 0, "values": "tags", "uri": str(b / "milvus.db")}))
     run_id = component("start_run").python_func(config=str(SMOKE), overrides=[f"run.data_dir={tmp_path}"], **inputs)
     run = MlflowClient(mlflow_store).get_run(run_id)
     assert run.data.tags["tuna.kind"] == "pipeline" and run.data.tags["mlflow.runName"] == "smoke-kfp"
     assert run.data.metrics["data.world.counts.web_A"] == 300 and run.data.metrics["data.index_B.rows"] == 100
+    assert run.data.metrics["data.index_A.rows"] == 292 and "data.index_A_captions.rows" not in run.data.metrics  # unbuilt
     assert run.data.tags["tuna.data.world.fingerprint"] == "abc" and run.data.params["world.sizes.web"] == "300"
 
 

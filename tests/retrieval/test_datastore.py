@@ -21,7 +21,7 @@ from tuna.foundation.clip import train_encoder
 from tuna.layout import layout
 from tuna.recipe import Recipe, load_recipe
 from tuna.retrieval.clip import encoder_path, load_encoder
-from tuna.retrieval.datastore import DATASTORES, Retriever, build_datastore, read_manifest
+from tuna.retrieval.datastore import DATASTORES, Retriever, build_datastore, read_manifest, spec_of
 from tuna.retrieval.store import DimensionMismatch, MilvusStore, UnknownDatastore
 from tuna.samples import decode_image
 from tuna.tags.io import load_tags, mine_corpus
@@ -66,7 +66,7 @@ def test_rows_and_quarantine_match_the_corpus(built: Recipe) -> None:
     for name, total in (("A", world["counts"]["web_A"]), ("B", world["counts"]["web_B"]), ("A_captions", world["counts"]["web_A"])):
         m = read_manifest(built, name)
         assert m is not None
-        damaged = world["corrupt"] if DATASTORES[name].corpus == "A" else []
+        damaged = world["corrupt"] if spec_of(built, name).corpus == "A" else []
         assert m["rows"] == total - len(damaged)
         assert m["skipped"] == len(damaged)
         q = [json.loads(line) for line in (layout(built).datastore(name) / "quarantine.jsonl").read_text().splitlines()]
@@ -219,3 +219,35 @@ def test_index_step_skips_up_to_date_datastores_unless_rebuild_or_force(built: R
         assert again.status == "built" and again.manifest["B"]["rows"] == first.manifest["B"]["rows"], flag
     with pytest.raises(UnknownDatastore, match="unknown datastore 'C'"):
         execute("index", cfg, Options(datastores=("C",)))
+
+
+def test_a_new_domain_is_a_recipe_entry_not_a_code_change(built: Recipe, tmp_path: Path) -> None:
+    """A user's own web corpus (img2dataset shards elsewhere) declared under data.corpora and datastores:, with its
+    own index settings: `tuna mine` / `tuna index` build it, retrieval reads it by name, nothing else changes."""
+    from tuna.steps import Options, execute
+
+    shards = tmp_path / "crawl"
+    shutil.copytree(layout(built).world / "web" / "B", shards)   # any WebDataset folder; here domain B's shards
+    cfg = _copy_inputs(built, tmp_path / "run")
+    cfg = load_recipe(SMOKE, [f"run.data_dir={cfg.data_dir}", f"data.corpora.shop.path={shards}",
+                              "datastores.shop.corpus=shop", "datastores.shop.index.index_type=FLAT"])
+    assert list(cfg.datastores) == ["A", "B", "A_captions", "shop"]
+    mined = execute("mine", cfg, Options(domains=("shop",), progress=False, log=_quiet))
+    assert mined.manifest["shop"]["count"] == load_tags(layout(built).tags("B")).__len__()
+    out = execute("index", cfg, Options(datastores=("shop",), progress=False, log=_quiet))
+    m = out.manifest["shop"]
+    assert (m["rows"], m["index"]["type"], m["corpus"]["path"]) == (read_manifest(built, "B")["rows"], "FLAT", "web/shop")
+    assert read_manifest(built, "B")["index"]["type"] == "HNSW"   # the override is the datastore's own
+    samples = _good_samples(built, "web/B")[:10]
+    vecs = load_encoder(encoder_path(cfg)).embed_images([img for _, img in samples])
+    retriever = Retriever(cfg)
+    own = retriever.retrieve("shop", vecs, k=1)
+    assert [r.neighbours[0].id for r in own] == [key for key, _ in samples]   # exact search: each image finds itself
+    world_b = Retriever(built)
+    names = [[v for v, _ in r.values] for r in world_b.retrieve("B", vecs, k=1)]
+    assert [[v for v, _ in r.values] for r in own] == names   # the same rows, the same mined tags
+    world_b.close()
+    retriever.close()
+    assert execute("index", cfg, Options(datastores=("shop",), progress=False)).status == "up to date"
+    with pytest.raises(TunaError, match="domain 'nope' is not a web corpus; use one of A, B, shop"):
+        execute("mine", cfg, Options(domains=("nope",)))

@@ -22,7 +22,7 @@ from tuna.foundation.clip import run_encoder
 from tuna.layout import layout
 from tuna.recipe import Recipe, load_recipe
 from tuna.retrieval.clip import encoder_path, load_encoder
-from tuna.retrieval.datastore import DATASTORES, Retriever, read_manifest
+from tuna.retrieval.datastore import DATASTORES, Retriever, read_manifest, spec_of
 from tuna.retrieval.server import MilvusServer, MilvusServerError, free_port, server_executable
 from tuna.retrieval.store import MilvusStore, UnknownDatastore
 from tuna.samples import decode_image
@@ -87,8 +87,8 @@ def test_tuna_index_builds_every_datastore_on_the_server(on_server: Recipe, milv
     for name in DATASTORES:
         m = read_manifest(on_server, name)
         assert m is not None and m["uri"] == milvus_server.uri
-        total = world["counts"][f"web_{DATASTORES[name].corpus}"]
-        damaged = len(world["corrupt"]) if DATASTORES[name].corpus == "A" else 0
+        total = world["counts"][f"web_{spec_of(on_server, name).corpus}"]
+        damaged = len(world["corrupt"]) if spec_of(on_server, name).corpus == "A" else 0
         assert m["rows"] == total - damaged == store.count(name) == len(store.ids(name))
         assert m["index"] == {"type": "HNSW", "metric": "COSINE", "params": {"M": 16, "efConstruction": 64}}
         info = store.index_info(name)

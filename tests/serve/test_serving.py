@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from support import SMOKE, World
-from tuna.errors import InvalidRequest
+from tuna.errors import ConfigError, InvalidRequest
 from tuna.recipe import load_recipe
 from tuna.serve import model_config
 from tuna.serve.client import RequestRefused, TunaClient, build_inputs
@@ -93,8 +93,11 @@ def test_export_is_deterministic_and_every_config_parses_and_wires(trained: Worl
 def test_export_refuses_missing_model_and_datastore(trained: World, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="tuna train --variant random"):
         export_repository(trained.cfg, "random", out=tmp_path / "x", log=QUIET)
-    cfg = load_recipe(SMOKE, [f"run.data_dir={trained.cfg.data_dir}", "serve.datastore=nope"])
-    with pytest.raises(ExportError, match="unknown datastore 'nope'"):
+    with pytest.raises(ConfigError, match="serve.datastore: 'nope' is not declared; declared: A, B, A_captions"):
+        load_recipe(SMOKE, [f"run.data_dir={trained.cfg.data_dir}", "serve.datastore=nope"])
+    cfg = load_recipe(SMOKE, [f"run.data_dir={trained.cfg.data_dir}", f"data.corpora.shop.path={tmp_path}",
+                              "datastores.shop.corpus=shop", "serve.datastore=shop"])
+    with pytest.raises(ExportError, match="datastore 'shop' is not built under .*; run `tuna index"):
         export_repository(cfg, "tuna", out=tmp_path / "y", log=QUIET)
 
 

@@ -76,16 +76,19 @@ _SESSION: dict[str, Any] = {}  # the retrieval session of the evaluation in prog
 
 
 def _tags_for(cfg: Recipe, tag_mode: str, images: Sequence[Path], name: str, datastore: str | None) -> dict[str, Any]:
-    """Ranked tags per eval image path (``str(path)``) for ``tag_mode`` from ``datastore`` (A, B, or None = no tags)."""
+    """Ranked tags per eval image path (``str(path)``) for ``tag_mode`` from the tags datastore ``datastore``
+    (``model.datastore``, the swap target, or None = no tags)."""
     from tuna.retrieval.attach import attach_tags
+    from tuna.retrieval.datastore import partner
 
     if tag_mode == "none" or datastore is None:
         return {}
-    domain = "B" if datastore == "B" else "A"
-    mode = tag_mode if not (tag_mode == "captions" and domain == "B") else "tags"  # B has no captions store
+    # the captions ablation reads the captions datastore over the same corpus; a corpus without one (the world's B)
+    # answers with its tags
+    mode = tag_mode if not (tag_mode == "captions" and partner(cfg, datastore, "captions") is None) else "tags"
     cache = layout(cfg).eval_cache(f"{name}-{mode}-{datastore}")
     unique = sorted(set(images))
-    tags = attach_tags(cfg, unique, cache, mode, domain, log=lambda s: None, session=_SESSION.get("open"))
+    tags = attach_tags(cfg, unique, cache, mode, datastore, log=lambda s: None, session=_SESSION.get("open"))
     return {str(p): tags[k] for p, k in image_keys(unique).items() if k in tags}   # by path: MME's folders repeat names
 
 
@@ -100,7 +103,8 @@ def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval") -> d
         src = sources(cfg).eval_set("pope", group, validation=root == "val")
         splits = load_pope_splits(src.path)
         images = [src.images / r["image"] for rows in splits.values() for r in rows]
-        tags = _tags_for(cfg, tag_mode, images, f"pope-{group}" if root == "eval" else f"{root}-pope-{group}", "A")
+        tags = _tags_for(cfg, tag_mode, images, f"pope-{group}" if root == "eval" else f"{root}-pope-{group}",
+                         cfg.model.datastore)
         per_split = {}
         for split, rows in splits.items():
             queries = [Query(src.images / r["image"], r["text"] + SHORT) for r in rows]
@@ -110,9 +114,9 @@ def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval") -> d
     return out
 
 
-def eval_finer(cfg: Recipe, asker: Asker, tag_mode: str, b_datastores: Sequence[str | None] = ("B",),
+def eval_finer(cfg: Recipe, asker: Asker, tag_mode: str, b_datastores: Sequence[str | None] = (),
                attrseek: bool = True, root: str = "eval") -> dict[str, Any]:
-    """FINER EM per level (direct and ATTRSEEK) on ID and OOD (datastore A) and domain B (each of ``b_datastores``),
+    """FINER EM per level (direct and ATTRSEEK) on ID and OOD (``model.datastore``) and domain B (each of ``b_datastores``),
     on the world's eval split (``root`` "eval") or its validation split ("val", world.sizes.finer_val).
 
     Each image is asked one question in the world's phrasing and that one generation is scored at the
@@ -123,7 +127,8 @@ def eval_finer(cfg: Recipe, asker: Asker, tag_mode: str, b_datastores: Sequence[
     from tuna.formats import load_finer
 
     out: dict[str, Any] = {}
-    runs: list[tuple[str, str, str | None]] = [("id", "id", "A"), ("ood", "ood", "A")]
+    own = cfg.model.datastore
+    runs: list[tuple[str, str, str | None]] = [("id", "id", own), ("ood", "ood", own)]
     runs += [(f"b@{d or 'none'}", "b", d) for d in b_datastores]
     for key, split, store in runs:
         src = sources(cfg).eval_set("finer", split, validation=root == "val")
@@ -150,7 +155,7 @@ def eval_mme(cfg: Recipe, asker: Asker, tag_mode: str) -> dict[str, Any]:
     out = {}
     for group in ("id", "ood"):
         items = load_mme(sources(cfg).eval_set("mme", group).path)
-        tags = _tags_for(cfg, tag_mode, [i.image for i in items], f"mme-{group}", "A")
+        tags = _tags_for(cfg, tag_mode, [i.image for i in items], f"mme-{group}", cfg.model.datastore)
         answers = asker.ask([Query(i.image, i.question + SHORT) for i in items], tags, 4, desc=f"mme {group}")
         out[group] = mme_metrics(items, answers)
     return out
@@ -174,14 +179,14 @@ def eval_chair(cfg: Recipe, asker: Asker, tag_mode: str, max_new_tokens: int = 4
         files = coco_files(src.path, src.image_root)
         truth = coco_objects_by_image(load_coco(files.instances))   # file name -> GT objects
         names = sorted(truth)
-        tags = _tags_for(cfg, tag_mode, [files.images / n for n in names], f"captions-{group}", "A")
+        tags = _tags_for(cfg, tag_mode, [files.images / n for n in names], f"captions-{group}", cfg.model.datastore)
         captions = asker.ask([Query(files.images / n, CAPTION_PROMPT) for n in names], tags, max_new_tokens,
                              desc=f"chair {group}")
         out[group] = chair_metrics(dict(zip(names, captions)), truth, vocab)
     return out
 
 
-def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Sequence[str | None] = ("B",),
+def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Sequence[str | None] = (),
                    tasks: Sequence[str] = ("pope", "finer", "mme", "chair"), progress: bool = False,
                    log: Callable[[str], None] = print, root: str = "eval") -> dict[str, Any]:
     """Every task for one trained model on the eval splits (``root`` "eval") or, for FINER and POPE, the

@@ -400,13 +400,13 @@ def lm_knowledge(lm: Any, tokenizer: Any, attributes: Sequence[Sequence[str]], n
 
 
 def fingerprint(cfg: Recipe) -> str:
-    """What the probes depend on: this code's constants, both trained models, the world, datastore A and the seed."""
+    """What the probes depend on: this code's constants, both trained models, the world, the model's datastore and the seed."""
 
     payload = {"version": PROBES_VERSION, "k": K_NEIGHBOURS, "repeats": REPEATS, "c_grid": list(C_GRID),
                "grid": GRID, "seed": cfg.run.seed, "num_tags": cfg.model.num_tags,
                "models": {v: file_digest(layout(cfg).stage(v, 2) / "metrics.json") for v in ("tuna", "baseline")},
                "world": sources(cfg).digest("finer_id", "finer_ood", "taxonomy"),
-               "datastore": file_digest(layout(cfg).datastore("A") / "manifest.json")}
+               "datastore": file_digest(layout(cfg).datastore(cfg.model.datastore) / "manifest.json")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -465,7 +465,7 @@ def run_probes(cfg: Recipe, progress: bool = False, log: Callable[[str], None] =
         data = load_split(sources(cfg).eval_set("finer", split).path)
         if len(data.records) < 4:
             raise ProbeError(f"FINER {split} has {len(data.records)} readable images; the probes need at least 4")
-        retrieved = _tags_for(cfg, tuna.model.config.tag_mode, data.paths, f"finer-{split}", "A")
+        retrieved = _tags_for(cfg, tuna.model.config.tag_mode, data.paths, f"finer-{split}", cfg.model.datastore)
         tags = [[t for t, _ in retrieved.get(str(p), [])] for p in data.paths]
         feats = tuna.image_features(data.images, tags, bs)
         if baseline is not None:

@@ -31,21 +31,21 @@ COLUMNS = (
 )
 
 
-def b_datastores(variant: str, tag_mode: str) -> tuple[str | None, ...]:
-    """Which datastores answer domain B: all three for TUNA (the swap), B for tag ablations, none for the baseline."""
-    if tag_mode == "none":
+def b_datastores(cfg: Recipe, variant: str, tag_mode: str) -> tuple[str | None, ...]:
+    """Which datastores answer domain B: for TUNA the swap (``model.datastore``, ``eval.swap_datastore``, no tags),
+    the swap target for tag ablations, none for the baseline (or when the recipe declares no swap)."""
+    swap = cfg.eval.swap_datastore
+    if tag_mode == "none" or swap is None:
         return (None,)
-    return ("A", "B", None) if variant == "tuna" else ("B",)
+    return (cfg.model.datastore, swap, None) if variant == "tuna" else (swap,)
 
 
 def _fingerprint(cfg: Recipe, variant: str) -> str:
-    from tuna.retrieval.datastore import DATASTORES
-
     trained = layout(cfg).stage(variant, 2) / "metrics.json"
     payload = {"version": EVAL_VERSION, "eval": _eval_fingerprint(cfg),
                "model": hashlib.sha256(trained.read_bytes()).hexdigest()[:16] if trained.is_file() else None,
                "world": sources(cfg).digest(*EVAL_SOURCES, "taxonomy"),
-               "datastores": [file_digest(layout(cfg).datastore(n) / "manifest.json") for n in DATASTORES]}
+               "datastores": [file_digest(layout(cfg).datastore(n) / "manifest.json") for n in cfg.datastores]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -74,7 +74,7 @@ def evaluate_variant(cfg: Recipe, variant: str, progress: bool = False,
         raise EvalError(f"variant {variant!r} has no trained model at {folder}; run `tuna train --variant {variant}` first")
     tag_mode = variant_model(cfg, variant)["tag_mode"]
     log(f"eval {variant} ({folder})")
-    metrics = evaluate_model(cfg, folder, tag_mode, b_datastores(variant, tag_mode), cfg.eval.tasks, progress, log)
+    metrics = evaluate_model(cfg, folder, tag_mode, b_datastores(cfg, variant, tag_mode), cfg.eval.tasks, progress, log)
     metrics.update(variant=variant, fingerprint=_fingerprint(cfg, variant), headline=headline(metrics))
     write_json(layout(cfg).eval / variant / "metrics.json", metrics)
     return metrics
@@ -98,7 +98,7 @@ def validate_variant(cfg: Recipe, variant: str, progress: bool = False,
         raise EvalError(f"variant {variant!r} has no trained model at {folder}; run `tuna train --variant {variant}` first")
     tag_mode = variant_model(cfg, variant)["tag_mode"]
     log(f"validate {variant} ({folder}): {', '.join(tasks)}")
-    metrics = evaluate_model(cfg, folder, tag_mode, b_datastores(variant, tag_mode), tasks, progress, log, root="val")
+    metrics = evaluate_model(cfg, folder, tag_mode, b_datastores(cfg, variant, tag_mode), tasks, progress, log, root="val")
     metrics.update(variant=variant, split="val", headline=headline(metrics))
     write_json(layout(cfg).validation / f"{variant}.json", metrics)
     return metrics["headline"]
@@ -124,7 +124,7 @@ def _fmt(key: str, value: float | None) -> str:
     return f"{100 * value:.1f}"
 
 
-_SWAP_KEY = re.compile(r"finer_b@([^_]+)_fine_em")  # direct prompting only (not ..._attrseek_fine_em)
+_SWAP_KEY = re.compile(r"finer_b@(.+?)(?<!_attrseek)_fine_em")  # direct prompting only (not ..._attrseek_fine_em)
 
 
 def table(rows: dict[str, dict[str, float]]) -> str:

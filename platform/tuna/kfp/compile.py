@@ -17,7 +17,7 @@ from typing import Any
 
 from tuna import __version__
 from tuna.kfp.options import PIPELINE_NAME, PipelineError, PipelineOptions
-from tuna.recipe import ClusterConfig
+from tuna.recipe import ClusterConfig, Recipe
 
 
 def _git(*args: str) -> str | None:
@@ -56,14 +56,17 @@ def compiled_name(options: PipelineOptions) -> str:
     return f"{PIPELINE_NAME}-{options.version}{options.suffix}.yaml"
 
 
-def compile_pipeline(out_dir: str | Path, version: str, cluster: ClusterConfig | None = None) -> Path:
-    """Compile the pipeline with the recipe's ``cluster`` section (default: ``ClusterConfig()``, the CPU build) to
-    ``<out_dir>/tuna-<version>[<suffix>].yaml`` (byte-identical for the same code, version and cluster section)."""
+def compile_pipeline(out_dir: str | Path, version: str, cluster: ClusterConfig | None = None,
+                     recipe: Recipe | None = None) -> Path:
+    """Compile the pipeline with the recipe's ``cluster`` section (default: ``ClusterConfig()``, the CPU build) and
+    its declared datastores (``recipe``; default: the world's three) to ``<out_dir>/tuna-<version>[<suffix>].yaml``
+    (byte-identical for the same code, version, cluster section and datastores)."""
     from kfp import compiler
 
     if "/" in version or version in (".", ".."):
         raise PipelineError(f"version {version!r} cannot be part of a file name")
-    options = PipelineOptions(cluster=cluster or ClusterConfig(), version=version)
+    options = (PipelineOptions.of(recipe, version, cluster) if recipe is not None
+               else PipelineOptions(cluster=cluster or ClusterConfig(), version=version))
     pipeline = build_pipeline(options)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

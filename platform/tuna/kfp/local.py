@@ -142,10 +142,10 @@ def run_local(config: str | Path, overrides: Sequence[str] = (), pipeline_root: 
         error_file.write_text("", encoding="utf-8")
         error_file.chmod(0o666)
         # the default (local-launcher) build with the recipe's image: the containers the cluster's pods run
-        options = PipelineOptions(cluster=ClusterConfig(image=cfg.cluster.image))
+        options = PipelineOptions.of(cfg, cluster=ClusterConfig(image=cfg.cluster.image))
     else:
         error_file = Path(tempfile.mkstemp(prefix="tuna-task-error-")[1])
-        task_runner, options = local.SubprocessRunner(use_venv=False), PipelineOptions()
+        task_runner, options = local.SubprocessRunner(use_venv=False), PipelineOptions.of(cfg, cluster=ClusterConfig())
     pipeline = build_pipeline(options)
     # kfp.local's cache (the data tasks the pipeline marks cacheable) lives under the pipeline root: deleting the
     # data folder (which holds the default root) empties it too

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 from tuna import __version__
 from tuna.errors import TunaError
-from tuna.recipe import ClusterConfig
+from tuna.recipe import ClusterConfig, Recipe
 
 # The components' default image is the recipe schema's default cluster.image (one place: tuna.recipe.cluster); a
 # compiled pipeline's pods run the recipe's cluster.image (pipelines/tuna.py sets it on every task).
@@ -34,6 +34,7 @@ LAUNCHERS = ("local", "trainjob", "pytorchjob")    # = the values of cluster.lau
 DEPLOY_TARGETS = ("local", "helm", "none")
 SERVING_SOURCES = ("pvc", "mlflow")
 VARIANTS = ("tuna", "baseline")                    # trained and evaluated by the pipeline, like `tuna run`
+WORLD_DATASTORES = ("A", "B", "A_captions")        # a recipe without a datastores: section (tuna.retrieval.datastore)
 # Secret keys that become env vars of the pipeline pods (the same shapes `tuna train --launcher trainjob` mounts).
 SECRET_ENV = {
     "mlflow_secret": ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),
@@ -61,8 +62,19 @@ class PipelineOptions:
 
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     version: str = __version__
+    datastores: tuple[str, ...] = WORLD_DATASTORES   # the recipe's datastores: one index task each
+    model_datastore: str = "A"                       # model.datastore: the one the training tasks read
+
+    @classmethod
+    def of(cls, cfg: Recipe, version: str = __version__, cluster: ClusterConfig | None = None) -> PipelineOptions:
+        """The options a recipe compiles to: its cluster section (or ``cluster``) and its declared datastores."""
+        return cls(cluster=cluster or cfg.cluster, version=version, datastores=tuple(cfg.datastores),
+                   model_datastore=cfg.model.datastore)
 
     def __post_init__(self) -> None:
+        if self.model_datastore not in self.datastores:
+            raise PipelineError(f"model.datastore: {self.model_datastore!r} is not one of the datastores "
+                                f"{', '.join(self.datastores)}")
         c = self.cluster
         for name in ("data_mount", "checkpoints_mount"):  # the pipeline mounts both PVCs in its pods
             if posixpath.normpath(getattr(c, name)) in ("/", "/tmp"):
@@ -103,6 +115,8 @@ class PipelineOptions:
         c = self.cluster
         out: dict[str, object] = {"image": c.image, "launcher": c.launcher, "data_mount": c.data_mount,
                                   "checkpoints_mount": c.checkpoints_mount, "trtllm": c.gpus_per_node > 0}
+        if (self.datastores, self.model_datastore) != (WORLD_DATASTORES, "A"):
+            out.update(datastores=list(self.datastores), model_datastore=self.model_datastore)
         if self.trains_in_task:
             out.update(gpus=c.gpus_per_node, node_selector=dict(sorted(c.node_selector.items())),
                        tolerations=[asdict(t) for t in c.tolerations], cpu=c.cpu, memory=c.memory, shm_size=c.shm_size)
@@ -111,4 +125,4 @@ class PipelineOptions:
 
 __all__ = ["ACCELERATOR", "BASE_IMAGE", "DEFAULT_RECIPE", "DEPLOY_TARGETS", "ERROR_FILE_ENV", "GOLDEN_VERSION", "IMAGE_UID",
            "LAUNCHERS", "PIPELINE_NAME", "SECRET_ENV", "SECRET_OPTIONAL_ENV",
-           "SERVING_SOURCES", "TARGETS", "VARIANTS", "PipelineError", "PipelineOptions"]
+           "SERVING_SOURCES", "TARGETS", "VARIANTS", "WORLD_DATASTORES", "PipelineError", "PipelineOptions"]

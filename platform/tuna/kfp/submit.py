@@ -17,7 +17,7 @@ from typing import Any
 from tuna.errors import TunaError
 from tuna.kfp.compile import compile_pipeline
 from tuna.kfp.options import PIPELINE_NAME, PipelineError, PipelineOptions, _first_line
-from tuna.recipe import ClusterConfig
+from tuna.recipe import ClusterConfig, Recipe
 
 TOKEN_ENV = "KFP_TOKEN"  # a bearer token for a multi-user Kubeflow (e.g. `kubectl create token` of a profile's SA)
 
@@ -43,7 +43,7 @@ def _probe_kfp(host: str, timeout: float = 5.0) -> None:
 
 def submit(host: str, experiment: str, version: str, params: Mapping[str, Any], cluster: ClusterConfig | None = None,
            run_name: str | None = None, enable_caching: bool | None = None, out_dir: str | Path | None = None,
-           client_factory: Callable[[str], Any] | None = None) -> dict[str, str]:
+           client_factory: Callable[[str], Any] | None = None, recipe: Recipe | None = None) -> dict[str, str]:
     """Compile the pipeline with the recipe's ``cluster`` section, upload it as version ``<version><suffix>`` of
     pipeline ``tuna`` on ``host`` and start a run in ``experiment`` with ``params``; returns the ids and the run's
     URL. An existing version of that name is reused (the suffix tells cluster builds apart). The run's pods use
@@ -54,7 +54,7 @@ def submit(host: str, experiment: str, version: str, params: Mapping[str, Any], 
         raise PipelineError("experiment: give a KFP experiment name (e.g. tuna)")
     _probe_kfp(host)
     folder = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="tuna-pipeline-"))
-    path = compile_pipeline(folder, version, cluster)
+    path = compile_pipeline(folder, version, cluster, recipe)
     c = cluster or ClusterConfig()
     if client_factory is None:
         import kfp
@@ -66,7 +66,9 @@ def submit(host: str, experiment: str, version: str, params: Mapping[str, Any], 
                 warnings.simplefilter("ignore", FutureWarning)
                 return kfp.Client(host=h, namespace=c.kfp_namespace or "kubeflow",
                                   existing_token=os.environ.get(TOKEN_ENV) or None)
-    version_name = f"{version}{PipelineOptions(cluster=cluster or ClusterConfig(), version=version).suffix}"
+    options = (PipelineOptions.of(recipe, version, cluster) if recipe is not None
+               else PipelineOptions(cluster=cluster or ClusterConfig(), version=version))
+    version_name = f"{version}{options.suffix}"
     try:
         client = client_factory(host)
         pipeline_id = client.get_pipeline_id(PIPELINE_NAME)

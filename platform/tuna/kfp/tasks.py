@@ -43,15 +43,21 @@ from tuna.kfp.task_io import (
 from tuna.kfp.validate import inputs_digest, validate_inputs
 from tuna.layout import Layout, layout
 from tuna.recipe import Recipe
-from tuna.steps import STEPS, Options, Outcome, execute, stage_meta
+from tuna.steps import STEPS, Options, Outcome, datastore_meta, execute, stage_meta
 
 
 def start_run(config: str, overrides: Sequence[str], data: Mapping[str, Mapping[str, Any]]) -> str:
     """Open this pipeline run's MLflow parent run (params = the recipe; metrics and tags = the data steps'
     artifacts metadata) and return its id; training, eval, export, register and deploy nest under it."""
     from tuna import track
+    from tuna.retrieval.datastore import read_manifest
 
     cfg = _load(config, overrides)
+    data = dict(data)
+    for name in cfg.datastores:   # the datastores not passed as artifacts (the task ran after their index tasks)
+        m = read_manifest(cfg, name)
+        if f"index_{name}" not in data and m is not None:
+            data[f"index_{name}"] = _located(cfg, {"name": name, **datastore_meta(cfg, name, m)})
     with track.pipeline_run(cfg, name=f"{cfg.run.name}-kfp") as run:
         run.set_tags({"tuna.front_door": "kfp"})
         metrics: dict[str, float] = {}
@@ -101,18 +107,15 @@ def run_encoder_step(config: str, overrides: Sequence[str]) -> TaskResult:
 
 
 def run_mine(config: str, overrides: Sequence[str], domain: str = "all") -> TaskResult:
-    """`tuna mine`: mine tags from the web captions of domain A, B or all (each skipped when up to date)."""
-    from tuna.tags.io import resolve_domains
-
+    """`tuna mine`: mine tags from the web captions of one corpus or all the declared datastores need (each
+    skipped when up to date)."""
     cfg = _load(config, overrides)
-    if domain not in ("A", "B", "all"):
-        raise PipelineError(f"domain: {domain!r} is not one of A, B, all")
-    out = execute("mine", cfg, replace(_quiet(), domains=tuple(resolve_domains(domain))))
+    out = execute("mine", cfg, replace(_quiet(), domains=() if domain == "all" else (domain,)))
     return _result(cfg, "mine", out, "; ".join(f"{d}: {m['count']} captions" for d, m in out.manifest.items()))
 
 
 def run_index(config: str, overrides: Sequence[str], datastore: str = "all") -> TaskResult:
-    """`tuna index`: build datastore A, B, A_captions or all (each skipped when up to date)."""
+    """`tuna index`: build one declared datastore or all (each skipped when up to date)."""
     cfg = _load(config, overrides)
     out = execute("index", cfg, replace(_quiet(), datastores=() if datastore == "all" else (datastore,)))
     result = _result(cfg, "index", out, "; ".join(f"{n}: {p['rows']} rows" for n, p in out.meta["datastores"].items()))

@@ -37,8 +37,6 @@ def validate_inputs(config: str, overrides: Sequence[str], *, target: str = "loc
     Secret names, nodes, GPUs, serving datastore) so every later task - and the TrainJobs it creates - reads the
     same config. Any problem raises PipelineError / ConfigError naming the parameter or key.
     """
-    from tuna.retrieval.datastore import DATASTORES
-
     def bad(name: str, message: str) -> PipelineError:
         return PipelineError(f"pipeline parameter {name}: {message}")
 
@@ -61,8 +59,6 @@ def validate_inputs(config: str, overrides: Sequence[str], *, target: str = "loc
                                    "(or none)")
     if serving_source not in SERVING_SOURCES:
         raise bad("serving_source", f"{serving_source!r} is not one of {', '.join(SERVING_SOURCES)}")
-    if serve_datastore and serve_datastore not in DATASTORES:
-        raise bad("serve_datastore", f"unknown datastore {serve_datastore!r}; known: {', '.join(DATASTORES)}")
     if not _ALIAS.match(register_alias) or register_alias == "latest" or re.fullmatch(r"v\d+", register_alias):
         raise bad("register_alias", f"{register_alias!r} must be letters, digits, '_' or '-' (not 'latest' or v<N>)")
     if not isinstance(gate_min, (int, float)) or isinstance(gate_min, bool) or not math.isfinite(gate_min):
@@ -80,6 +76,9 @@ def validate_inputs(config: str, overrides: Sequence[str], *, target: str = "loc
         if not data_root.startswith("/") or not checkpoints_root.startswith("/"):
             raise bad("data_root", "the cluster build needs absolute data and checkpoints mount paths")
     written = _load(config, overrides)  # the recipe as written: one line naming a bad key
+    if serve_datastore and serve_datastore not in written.datastores:
+        raise bad("serve_datastore", f"unknown datastore {serve_datastore!r}; the recipe declares "
+                                     f"{', '.join(written.datastores)}")
     resolved = list(overrides)
     export_root = ""
     if cluster:

@@ -10,6 +10,7 @@ resolves the entries; nothing else reads an input's location. The checkpoints ar
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 
 from tuna.recipe.checks import require as _require
@@ -28,6 +29,7 @@ FORMATS = {
     "coco_captions": "a COCO folder: annotations/{captions,instances}_<split>.json + <split>/ (or the world's "
                      "captions.json, instances.json, images/)",
 }
+CORPUS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
 # source -> the formats it accepts (today: the format the world writes)
 KINDS = {
     "web_A": ("webdataset",), "web_B": ("webdataset",), "web_clip": ("webdataset",),
@@ -87,16 +89,39 @@ class DataConfig:
     mme_ood: SourceConfig = field(default_factory=_source)
     captions_id: SourceConfig = field(default_factory=_source)    # CHAIR
     captions_ood: SourceConfig = field(default_factory=_source)
+    corpora: dict[str, SourceConfig] = field(default_factory=dict)  # more web corpora by name: datastores of new domains
 
     def __post_init__(self) -> None:
         for f in fields(self):
+            if f.name == "corpora":
+                continue
             src: SourceConfig = getattr(self, f.name)
             _require(src.format in ("", *KINDS[f.name]), f"{f.name}.format",
                      f"{f.name} reads {' or '.join(KINDS[f.name])}; got {src.format!r}")
+        for name, src in self.corpora.items():
+            _require(bool(CORPUS_NAME.fullmatch(name)) and name not in ("A", "B", "clip"), f"corpora.{name}",
+                     "a corpus name is a letter then letters, digits or _ (A, B and clip are web_A, web_B, web_clip)")
+            _require(src.path is not None, f"corpora.{name}.path",
+                     "the world writes no such corpus: give the path of its WebDataset shards (folder, glob or brace list)")
+            _require(src.format in ("", "webdataset"), f"corpora.{name}.format",
+                     f"a web corpus reads webdataset; got {src.format!r}")
+
+    def source(self, name: str) -> SourceConfig | None:
+        """Declared source ``name`` (``web_<corpus>`` for a :attr:`corpora` entry); None when not declared."""
+        if name in KINDS:
+            return getattr(self, name)
+        if name.startswith("web_"):
+            return self.corpora.get(name.removeprefix("web_"))
+        return None
+
+    def names(self) -> list[str]:
+        """Every declared source: the fixed ones, then ``web_<corpus>`` per :attr:`corpora` entry."""
+        return [*KINDS, *(f"web_{c}" for c in self.corpora)]
 
     def format_of(self, name: str) -> str:
         """The format of source ``name`` (its declared one, else the one its kind reads)."""
-        return getattr(self, name).format or KINDS[name][0]
+        declared = self.source(name)
+        return (declared.format if declared else "") or KINDS.get(name, ("webdataset",))[0]
 
 
-__all__ = ["FORMATS", "KINDS", "DataConfig", "SourceConfig"]
+__all__ = ["CORPUS_NAME", "FORMATS", "KINDS", "DataConfig", "SourceConfig"]

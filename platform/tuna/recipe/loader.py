@@ -15,6 +15,7 @@ from tuna.errors import ConfigError
 from tuna.recipe.checks import KeyCheckError
 from tuna.recipe.cluster import ClusterConfig
 from tuna.recipe.data import DataConfig
+from tuna.recipe.datastores import NAME, DatastoreConfig, default_datastores
 from tuna.recipe.plan import PlanConfig
 from tuna.recipe.sections import (
     EncoderConfig,
@@ -49,6 +50,10 @@ class Recipe:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+    datastores: dict[str, DatastoreConfig] = field(default_factory=default_datastores)
+
+    def __post_init__(self) -> None:
+        _check_datastores(self)
 
     @property
     def data_dir(self) -> Path:
@@ -57,6 +62,33 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (tuples become lists), the same shape as the YAML recipe."""
         return _plain(dataclasses.asdict(self))
+
+
+def _check_datastores(r: Recipe) -> None:
+    """The ``datastores:`` entries against each other and the keys that name them (one line per problem)."""
+    names = ", ".join(r.datastores) or "none"
+    if not r.datastores:
+        raise ConfigError("datastores: declare at least one datastore, e.g. A: {corpus: A, values: tags}")
+    for name, ds in r.datastores.items():
+        if not NAME.fullmatch(name):
+            raise ConfigError(f"datastores.{name}: a datastore name is a letter then letters, digits or _ (it names "
+                              f"a Milvus collection and a folder)")
+        if ds.corpus not in ("A", "B", *r.data.corpora):
+            raise ConfigError(f"datastores.{name}.corpus: {ds.corpus!r} is not a web corpus; use A, B or declare it "
+                              f"under data.corpora ({ds.corpus}: {{path: <shards>}})")
+        try:
+            dataclasses.replace(r.index, **ds.index.values())
+        except KeyCheckError as err:
+            raise ConfigError(f"datastores.{name}.index.{err.key}: {err.detail}") from None
+    picked = r.datastores.get(r.model.datastore)
+    if picked is None or picked.values != "tags":
+        raise ConfigError(f"model.datastore: {r.model.datastore!r} is not a declared tags datastore; declared: {names}")
+    swap = r.eval.swap_datastore
+    if swap is not None and (swap not in r.datastores or r.datastores[swap].values != "tags"):
+        raise ConfigError(f"eval.swap_datastore: {swap!r} is not a declared tags datastore; declared: {names} "
+                          f"(null = no swap)")
+    if r.serve.datastore is not None and r.serve.datastore not in r.datastores:
+        raise ConfigError(f"serve.datastore: {r.serve.datastore!r} is not declared; declared: {names}")
 
 
 def _plain(value: Any) -> Any:

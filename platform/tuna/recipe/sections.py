@@ -355,6 +355,7 @@ class ModelConfig:
     num_tags: int = 5
     tag_mode: TagMode = "tags"
     tuner: bool = True
+    datastore: str = "A"            # the datastore TUNA retrieves from in training and ID/OOD eval (a datastores: entry)
 
     def __post_init__(self) -> None:
         _require(1 <= self.num_tags <= 64, "num_tags", f"must be in 1..64, got {self.num_tags}")
@@ -426,6 +427,7 @@ class EvalConfig:
     attrseek: bool = True           # FINER: also the two-turn ATTRSEEK prompting
     ablations: tuple[str, ...] = ABLATIONS  # variants of --ablations (tuna.variants)
     probes: bool = False            # `tuna eval` also runs the alignment diagnostics (tuna.eval.probes) on TUNA + baseline
+    swap_datastore: str | None = "B"  # the datastore FINER's b split swaps to (a datastores: entry; null = no swap)
 
     def __post_init__(self) -> None:
         known = ("pope", "finer", "mme", "chair")

@@ -3,8 +3,9 @@
 Training (and offline evaluation) feed the model precomputed tags: each image is embedded with the
 run's CLIP encoder and its top-k neighbours are searched in a named datastore in batches; the ranked
 values (tags, or captions for the ``A_captions`` datastore) are stored per image file name in a JSON
-file. Tag modes map to sources: ``tags`` -> the domain's tag datastore, ``captions`` -> ``A_captions``,
-``random`` -> tags drawn at random (seeded per image) from the datastore's mined vocabulary, ``none``
+file. Tag modes map to sources: ``tags`` -> the tags datastore (``model.datastore`` unless named), ``captions`` ->
+the captions datastore over the same corpus (``A_captions``), ``random`` -> tags drawn at random (seeded per
+image) from the datastore's mined vocabulary, ``none``
 -> nothing. A cache file records the encoder and datastore fingerprints; a stale cache is rebuilt.
 """
 
@@ -32,16 +33,24 @@ class TagsUnavailable(TunaError, FileNotFoundError):
     """The datastore or mined tags an attach needs are missing."""
 
 
-def source_of(tag_mode: str, domain: str = "A") -> str | None:
-    """The datastore a tag mode retrieves from (None for ``none``)."""
+def source_of(cfg: Recipe, tag_mode: str, datastore: str | None = None) -> str | None:
+    """The datastore a tag mode retrieves from (None for ``none``), given the tags datastore ``datastore``
+    (default ``model.datastore``): ``captions`` reads the captions datastore declared over the same corpus."""
+    from tuna.retrieval.datastore import partner, spec_of
+
+    datastore = datastore or cfg.model.datastore
     if tag_mode == "none":
         return None
     if tag_mode == "captions":
-        if domain != "A":
-            raise TunaError(f"tag mode 'captions' exists for domain A only (datastore A_captions), got domain {domain!r}")
-        return "A_captions"
+        if spec_of(cfg, datastore).values == "captions":
+            return datastore
+        found = partner(cfg, datastore, "captions")
+        if found is None:
+            raise TunaError(f"tag mode 'captions' needs a captions datastore over corpus {spec_of(cfg, datastore).corpus} "
+                            f"(the corpus of {datastore!r}); declare one under datastores: (values: captions)")
+        return found
     if tag_mode in ("tags", "random"):
-        return domain
+        return datastore
     raise TunaError(f"unknown tag mode {tag_mode!r}; use tags, captions, random or none")
 
 
@@ -57,9 +66,11 @@ def datastore_fingerprint(cfg: Recipe, name: str) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def _vocabulary(cfg: Recipe, domain: str) -> list[str]:
+def _vocabulary(cfg: Recipe, datastore: str) -> list[str]:
+    from tuna.retrieval.datastore import spec_of
     from tuna.tags.io import load_tags
 
+    domain = spec_of(cfg, datastore).tags_domain
     tags = load_tags(layout(cfg).tags(domain))
     vocab = sorted({t for row in tags.values() for t in row})
     if not vocab:
@@ -131,15 +142,16 @@ def retrieve_images(cfg: Recipe, images: Sequence[Path], datastore: str, progres
     return out
 
 
-def attach_tags(cfg: Recipe, images: Sequence[Path], cache: Path, tag_mode: str, domain: str = "A",
+def attach_tags(cfg: Recipe, images: Sequence[Path], cache: Path, tag_mode: str, datastore: str | None = None,
                 progress: bool = False, log: Callable[[str], None] = print,
                 session: RetrievalSession | None = None) -> dict[str, Tagged]:
     """Ranked tags per image key (:func:`tuna.samples.image_keys`: the file name when names are unique) for
     ``tag_mode``, from ``cache`` when it is current, else computed and saved.
 
+    ``datastore`` is the tags datastore (default ``model.datastore``; see :func:`source_of` for ``captions``).
     ``none`` returns an empty mapping and writes nothing.
     """
-    source = source_of(tag_mode, domain)
+    source = source_of(cfg, tag_mode, datastore)
     if source is None:
         return {}
     key = {
@@ -156,7 +168,7 @@ def attach_tags(cfg: Recipe, images: Sequence[Path], cache: Path, tag_mode: str,
             pass  # unreadable cache: recompute
     quarantine = Quarantine()
     if tag_mode == "random":
-        vocab = _vocabulary(cfg, domain)
+        vocab = _vocabulary(cfg, source)
         tags = {k: _random_tags(vocab, k, cfg.model.num_tags, cfg.run.seed) for k in image_keys(images).values()}
     else:
         tags = retrieve_images(cfg, images, source, progress=progress, quarantine=quarantine, session=session)

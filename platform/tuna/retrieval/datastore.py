@@ -1,8 +1,9 @@
 """`tuna index`: build the named datastores from the web corpora, and retrieve from them by name.
 
-Datastores (``DATASTORES``): ``A`` (world A's web corpus, values = mined tags), ``B`` (domain B, the
-swap target) and ``A_captions`` (world A, values = the caption itself: the ablation that retrieves
-captions instead of tags). Keys are the encoder's image embeddings. Builds are idempotent and
+Datastores are declared in the recipe's ``datastores:`` section (:func:`declared`); the world's three
+(:data:`DATASTORES`) are ``A`` (world A's web corpus, values = mined tags), ``B`` (domain B, the swap
+target) and ``A_captions`` (world A, values = the caption itself: the ablation that retrieves captions
+instead of tags). Keys are the encoder's image embeddings. Builds are idempotent and
 resumable: rows already in the collection are skipped, upserts keep one row per id, and the
 manifest is written last, so a datastore without ``manifest.json`` is an unfinished build.
 """
@@ -13,7 +14,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from tuna.errors import CorruptSample, TunaError
 from tuna.formats import WebSample, iter_web
 from tuna.layout import layout
 from tuna.readers.web import shard_paths
-from tuna.recipe import Recipe, section_fingerprint
+from tuna.recipe import IndexConfig, Recipe, section_fingerprint
 from tuna.retrieval.store import MilvusStore, Neighbour, UnknownDatastore, datastore_uri, index_params
 from tuna.samples import Quarantine, caption_text, decode_image
 from tuna.sources import sources
@@ -37,10 +38,21 @@ BUILDING_FILE = "building.json"  # the inputs of an unfinished build (what a res
 
 @dataclass(frozen=True)
 class DatastoreSpec:
-    corpus: str          # the web corpus domain (A, B): the recipe's data.web_<domain> source
+    """One declared datastore (the recipe's ``datastores:`` entry), resolved."""
+
+    corpus: str          # the web corpus (A, B or a data.corpora entry): sources().web(corpus)
     values: str          # "tags" (mined tags) or "captions" (the caption itself)
-    tags_domain: str     # which `tuna mine` output holds this corpus's tags
-    source: str          # value of the row's `source` field
+    index: IndexConfig   # the ``index:`` section with the entry's own overrides
+
+    @property
+    def tags_domain(self) -> str:
+        """Which `tuna mine` output holds this corpus's tags."""
+        return self.corpus
+
+    @property
+    def source(self) -> str:
+        """Value of the rows' ``source`` field."""
+        return f"world-{self.corpus}"
 
     @property
     def label(self) -> str:
@@ -48,17 +60,28 @@ class DatastoreSpec:
         return f"web/{self.corpus}"
 
 
-DATASTORES: dict[str, DatastoreSpec] = {
-    "A": DatastoreSpec("A", "tags", "A", "world-A"),
-    "B": DatastoreSpec("B", "tags", "B", "world-B"),
-    "A_captions": DatastoreSpec("A", "captions", "A", "world-A"),
-}
+DATASTORES = ("A", "B", "A_captions")   # the world's datastores: what a recipe without a datastores: section builds
 
 
-def spec_of(name: str) -> DatastoreSpec:
-    if name not in DATASTORES:
-        raise UnknownDatastore(f"unknown datastore {name!r}; known: {', '.join(DATASTORES)}")
-    return DATASTORES[name]
+def declared(cfg: Recipe) -> dict[str, DatastoreSpec]:
+    """Every datastore the recipe declares, in declaration order."""
+    return {name: DatastoreSpec(d.corpus, d.values, replace(cfg.index, **d.index.values()))
+            for name, d in cfg.datastores.items()}
+
+
+def spec_of(cfg: Recipe, name: str) -> DatastoreSpec:
+    """Declared datastore ``name``; an unknown name is one line naming the declared ones."""
+    specs = declared(cfg)
+    if name not in specs:
+        raise UnknownDatastore(f"unknown datastore {name!r}; the recipe declares {', '.join(specs)} "
+                               f"(add it under datastores:)")
+    return specs[name]
+
+
+def partner(cfg: Recipe, name: str, values: str) -> str | None:
+    """The declared datastore over the same corpus as ``name`` whose rows hold ``values`` (None when none does)."""
+    corpus = spec_of(cfg, name).corpus
+    return next((n for n, s in declared(cfg).items() if s.corpus == corpus and s.values == values), None)
 
 
 def read_manifest(cfg: Recipe, name: str) -> dict[str, Any] | None:
@@ -82,8 +105,8 @@ def is_up_to_date(cfg: Recipe, name: str) -> bool:
     """True when datastore ``name`` was finished by this builder from the current encoder, corpus, tags and index config."""
 
     m = read_manifest(cfg, name)
-    spec = spec_of(name)
-    if not m or m.get("builder") != BUILDER_VERSION or m.get("index_config") != section_fingerprint(cfg.index):
+    spec = spec_of(cfg, name)
+    if not m or m.get("builder") != BUILDER_VERSION or m.get("index_config") != section_fingerprint(spec.index):
         return False
     fingerprint = _encoder_fingerprint(cfg)
     if fingerprint is None or m["encoder"]["fingerprint"] != fingerprint:
@@ -121,7 +144,7 @@ def build_datastore(cfg: Recipe, name: str, rebuild: bool = False, progress: boo
     from tuna.retrieval.clip import encoder_path, load_encoder
     from tuna.tags.io import load_tags
 
-    spec = spec_of(name)
+    spec = spec_of(cfg, name)
     corpus = sources(cfg).web(spec.corpus).path
     shards = shard_paths(corpus)[0]
     if not shards:
@@ -139,7 +162,7 @@ def build_datastore(cfg: Recipe, name: str, rebuild: bool = False, progress: boo
     # A build resumes only an unfinished build of the same inputs (its marker); a finished or differently-built
     # collection is dropped first, so no row of an older encoder, corpus or tags survives.
     inputs = {"builder": BUILDER_VERSION, "encoder": encoder.fingerprint, "corpus": _files_hash(shards),
-              "tags": _files_hash([tags_file]) if tags is not None else None, "index": section_fingerprint(cfg.index)}
+              "tags": _files_hash([tags_file]) if tags is not None else None, "index": section_fingerprint(spec.index)}
     marker = out_dir / BUILDING_FILE
     finished = (out_dir / "manifest.json").is_file()
     try:
@@ -184,7 +207,7 @@ def build_datastore(cfg: Recipe, name: str, rebuild: bool = False, progress: boo
                 store.flush(name)
             bar.update(len(batch))
         bar.close()
-        info = store.build_index(name, cfg.index)
+        info = store.build_index(name, spec.index)
         rows = store.count(name)
     finally:
         store.close()
@@ -204,8 +227,8 @@ def build_datastore(cfg: Recipe, name: str, rebuild: bool = False, progress: boo
         "skipped": len(quarantine),
         "skipped_by_kind": quarantine.reasons(),
         "index": {"type": info.get("index_type"), "metric": info.get("metric_type"),
-                  "params": info.get("params", index_params(cfg.index))},
-        "index_config": section_fingerprint(cfg.index),
+                  "params": info.get("params", index_params(spec.index))},
+        "index_config": section_fingerprint(spec.index),
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
@@ -242,7 +265,7 @@ class Retriever:
         self._stores: dict[str, MilvusStore] = {}
 
     def _store(self, name: str) -> MilvusStore:
-        spec_of(name)
+        spec_of(self.cfg, name)
         uri = datastore_uri(self.cfg, name)
         if uri not in self._stores:
             self._stores[uri] = MilvusStore.for_datastore(self.cfg, name)
@@ -251,9 +274,10 @@ class Retriever:
     def retrieve(self, name: str, image_vectors: np.ndarray, k: int | None = None,
                  max_values: int | None = None) -> list[Retrieved]:
         """Top-k neighbours per image (image_vectors: (N, dim), unit norm) and their ranked values."""
-        k = k or self.cfg.index.top_k
+        ix = spec_of(self.cfg, name).index
+        k = k or ix.top_k
         limit = max_values or self.cfg.model.num_tags
-        hits = self._store(name).search(name, image_vectors, k, self.cfg.index)
+        hits = self._store(name).search(name, image_vectors, k, ix)
         return [Retrieved(neighbours=h, values=aggregate_values(h, limit)) for h in hits]
 
     def close(self) -> None:

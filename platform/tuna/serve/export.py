@@ -66,16 +66,18 @@ def _digest_tree(root: Path) -> dict[str, str]:
 def _datastores(cfg: Recipe, tag_mode: str, clip_dim: int) -> tuple[dict[str, dict[str, Any]], str | None]:
     """The datastores a request may pick (name -> version info) and the default one."""
     from tuna.retrieval.attach import datastore_fingerprint, source_of
-    from tuna.retrieval.datastore import DATASTORES, read_manifest
+    from tuna.retrieval.datastore import declared, read_manifest
 
     if tag_mode == "none":
         return {}, None
-    default = cfg.serve.datastore or source_of(tag_mode, "A")
-    wanted = [default] + [n for n in (("A", "B") if tag_mode != "captions" else ("A_captions",)) if n != default]
+    specs = declared(cfg)
+    default = cfg.serve.datastore or source_of(cfg, tag_mode)
+    values = "captions" if tag_mode == "captions" else "tags"   # what the model was trained to read
+    wanted = [default] + [n for n, s in specs.items() if s.values == values and n != default]
     found: dict[str, dict[str, Any]] = {}
     for name in wanted:
-        if name not in DATASTORES:
-            raise ExportError(f"serve.datastore: unknown datastore {name!r}; known: {', '.join(DATASTORES)}")
+        if name not in specs:
+            raise ExportError(f"serve.datastore: unknown datastore {name!r}; the recipe declares {', '.join(specs)}")
         manifest = read_manifest(cfg, name)
         if manifest is None:
             if name == default:

@@ -34,20 +34,26 @@ from tuna.sources import sources
 from tuna.staging import staged_dir
 from tuna.tags.miner import MINER_VERSION, TagMiner
 
-DOMAINS = ("A", "B")
 TAGS_FILE = "tags.parquet"
 MANIFEST_FILE = "manifest.json"
 QUARANTINE_FILE = "quarantine.jsonl"
 
 
-def resolve_domains(domain: str) -> list[str]:
-    """``"all"`` -> ["A", "B"]; ``"A"`` -> ["A"]; anything else is refused."""
-    return list(DOMAINS) if domain == "all" else [_check_domain(domain)]
+def mined_domains(cfg: Recipe) -> list[str]:
+    """The web corpora whose tags a run needs: A (the tags' vocabulary) and the corpus of every tags datastore."""
+    return list(dict.fromkeys(["A", *(d.corpus for d in cfg.datastores.values() if d.values == "tags")]))
 
 
-def _check_domain(domain: str) -> str:
-    if domain not in DOMAINS:
-        raise ConfigError(f"domain {domain!r} is not a web corpus; use one of {', '.join(DOMAINS)} or all")
+def resolve_domains(cfg: Recipe, domain: str) -> list[str]:
+    """``"all"`` -> :func:`mined_domains`; a web corpus name (A, B or a data.corpora entry) -> [it]."""
+    return mined_domains(cfg) if domain == "all" else [_check_domain(cfg, domain)]
+
+
+def _check_domain(cfg: Recipe, domain: str) -> str:
+    known = ["A", "B", *cfg.data.corpora]
+    if domain not in known:
+        raise ConfigError(f"domain {domain!r} is not a web corpus; use one of {', '.join(known)} or all "
+                          f"(a new corpus is declared under data.corpora)")
     return domain
 
 
@@ -67,7 +73,7 @@ def input_hash(folder: Path) -> str:
 
 def is_up_to_date(cfg: Recipe, domain: str) -> bool:
     """True when the domain's tags were mined by this miner, with this mine config, from these shards."""
-    _check_domain(domain)
+    _check_domain(cfg, domain)
     try:
         m = json.loads((layout(cfg).tags(domain) / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -84,7 +90,7 @@ def mine_corpus(cfg: Recipe, domain: str, progress: bool = True, miner: TagMiner
     Bad captions are skipped, counted and listed in ``quarantine.jsonl``; the job always finishes.
     Pass an already loaded ``miner`` to mine several domains with one spaCy pipeline.
     """
-    folder = sources(cfg).web(_check_domain(domain)).path
+    folder = sources(cfg).web(_check_domain(cfg, domain)).path
     digest = input_hash(folder)
     miner = miner or TagMiner(cfg.mine)
     target = layout(cfg).tags(domain)

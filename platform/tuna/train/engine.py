@@ -62,7 +62,10 @@ def inputs_digest(cfg: Recipe, variant: str, stage: int) -> dict[str, str | None
            "encoder": file_digest(Path(encoder_path(cfg)) / "manifest.json") or encoder_path(cfg),
            "lm": file_digest(Path(lm_source(cfg)) / "manifest.json") or lm_source(cfg)}
     if variant_model(cfg, variant)["tag_mode"] != "none":
-        for name in ("A", "A_captions"):
+        from tuna.retrieval.datastore import partner
+
+        # the model's datastore and its captions partner (the world's A and A_captions): the variants read one of them
+        for name in filter(None, (cfg.model.datastore, partner(cfg, cfg.model.datastore, "captions"))):
             out[f"datastore_{name}"] = file_digest(lay.datastore(name) / "manifest.json")
     if stage == 2:
         out["stage1"] = file_digest(lay.stage(variant, 1) / "metrics.json")
@@ -186,9 +189,9 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
         cache = layout(cfg).train_cache(f"{src.parent.name}-{tag_mode}")
         images = sorted({r.image for r in records if r.image is not None})
         if rank == 0:  # one process opens Milvus Lite; the others read the cache it writes
-            attach_tags(cfg, images, cache, tag_mode, "A", progress=False, log=log)
+            attach_tags(cfg, images, cache, tag_mode, progress=False, log=log)
         barrier()
-        tags = attach_tags(cfg, images, cache, tag_mode, "A", progress=False, log=log)
+        tags = attach_tags(cfg, images, cache, tag_mode, progress=False, log=log)
     sc = cfg.train.stage(stage)
     prepared = prepare(records, tokenizer, stage, sc.max_length, cfg.train.system_prompt, tags, cfg.model.num_tags)
     good, bad = check_images(prepared.examples)
