@@ -340,12 +340,14 @@ def test_section_fingerprint_follows_the_values() -> None:
 # ------------------------------------------------------------------------------------------ declared datastores
 
 
-def test_the_world_datastores_are_declared_in_every_recipe() -> None:
+def test_the_world_datastores_are_declared_in_the_world_recipes() -> None:
     for path in RECIPES:
         cfg = load_recipe(path)
-        assert {n: (d.corpus, d.values) for n, d in cfg.datastores.items()} == {
-            "A": ("A", "tags"), "B": ("B", "tags"), "A_captions": ("A", "captions")}, path
-        assert (cfg.model.datastore, cfg.eval.swap_datastore) == ("A", "B")
+        world = {"A": ("A", "tags"), "B": ("B", "tags"), "A_captions": ("A", "captions")}
+        if path.name == "llava7b.yaml":   # real data: CC3M's tags and captions, no second domain
+            world.pop("B")
+        assert {n: (d.corpus, d.values) for n, d in cfg.datastores.items()} == world, path
+        assert (cfg.model.datastore, cfg.eval.swap_datastore) == ("A", "B" if "B" in world else None)
     assert list(load_recipe(None).datastores) == ["A", "B", "A_captions"]   # the schema's default: the same three
 
 

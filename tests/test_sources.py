@@ -81,3 +81,28 @@ def test_sources_refuse_unknown_names_and_splits() -> None:
     with pytest.raises(ConfigError, match="only finer and pope have validation splits, not mme"):
         src.eval_set("mme", "id", validation=True)
     assert set(EVAL_SOURCES) < set(KINDS) and len(src.all()) == len(KINDS)
+
+
+def test_a_disabled_source_is_not_part_of_the_run(world: World) -> None:
+    """``enabled: false``: gone from all(), the splits and the digests; a step that reads it anyway gets one line."""
+    from tuna.sources import SourceDisabled
+
+    cfg = load_recipe(SMOKE, [f"run.data_dir={world.cfg.run.data_dir}", "data.pope_ood.enabled=false",
+                              "data.finer_val_b.enabled=false"])
+    src = sources(cfg)
+    assert not src.has("pope_ood") and "pope_ood" not in [s.name for s in src.all()] and src.has("pope_id")
+    assert src.splits("pope") == ["id"] and src.splits("finer", validation=True) == ["id", "ood"]
+    assert src.digest("pope_id", "pope_ood") != sources(world.cfg).digest("pope_id", "pope_ood")   # the run changed
+    with pytest.raises(SourceDisabled, match=r"^data\.pope_ood is disabled \(enabled: false\) but this step reads it"):
+        src.eval_set("pope", "ood")
+
+
+def test_the_llava7b_recipe_generates_nothing() -> None:
+    """configs/llava7b.yaml: every input is a real upstream file on the data PVC or disabled; no world step."""
+    cfg = load_recipe(SMOKE.parent / "llava7b.yaml")
+    src = sources(cfg)
+    assert not src.from_world and all(str(s.path).startswith("/mnt/tuna/data/") for s in src.all())
+    assert {s.name: s.format for s in src.all()} == {
+        "web_A": "webdataset", "alignment": "llava_json", "instruction": "llava_json", "pope_id": "pope",
+        "finer_id": "finer_jsonl", "mme_id": "mme", "captions_id": "coco_captions"}
+    assert execute("world", cfg, Options(progress=False)).status == "not needed"

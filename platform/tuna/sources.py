@@ -82,6 +82,10 @@ def listing_digest(path: Path) -> str | None:
     return h.hexdigest()[:16]
 
 
+class SourceDisabled(ConfigError):
+    """A step asked for a source the recipe disables (``enabled: false``)."""
+
+
 class Sources:
     """The resolved ``data:`` section of one recipe."""
 
@@ -94,6 +98,9 @@ class Sources:
         if declared is None:
             raise ConfigError(f"unknown data source {name!r}; the recipe's data: section declares "
                               f"{', '.join(self._recipe.data.names())}")
+        if not declared.enabled:
+            raise SourceDisabled(f"data.{name} is disabled (enabled: false) but this step reads it; give its path "
+                                 f"(data.{name}.path) or turn off what needs it")
         fmt = self._recipe.data.format_of(name)
         images = Path(declared.images).expanduser() if declared.images else None
         if declared.path is None:
@@ -117,17 +124,28 @@ class Sources:
             raise ConfigError(f"only {' and '.join(VALIDATED)} have validation splits, not {task}")
         return self[f"{task}_val_{split}" if validation else f"{task}_{split}"]
 
+    def has(self, name: str) -> bool:
+        """True when source ``name`` is declared and enabled (a disabled one is not part of this run)."""
+        declared = self._recipe.data.source(name)
+        return declared is not None and declared.enabled
+
+    def splits(self, task: str, validation: bool = False) -> list[str]:
+        """The enabled splits of eval set ``task`` (or of its validation splits), in order."""
+        return [s for s in EVAL_SPLITS.get(task, ()) if self.has(f"{task}_val_{s}" if validation else f"{task}_{s}")]
+
     def all(self) -> list[Source]:
-        return [self[name] for name in self._recipe.data.names()]
+        """Every enabled source."""
+        return [self[name] for name in self._recipe.data.names() if self.has(name)]
 
     def digest(self, *names: str) -> str | None:
         """What the named inputs are now: the world manifest's digest when the world provides them all (the world
         is regenerated as a whole), else a digest over each input (the world's part by its manifest)."""
-        items = [self[n] for n in names]
+        items = [self[n] for n in names if self.has(n)]
         world = file_digest(self._layout.world_manifest)
-        if all(s.from_world for s in items):
+        if len(items) == len(names) and all(s.from_world for s in items):
             return world
         parts = [f"{s.name}={world if s.from_world else listing_digest(s.path)}" for s in items]
+        parts += [f"{n}=disabled" for n in names if not self.has(n)]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     @property
@@ -141,4 +159,4 @@ def sources(recipe: Recipe) -> Sources:
     return Sources(recipe)
 
 
-__all__ = ["EVAL_SOURCES", "EVAL_SPLITS", "WEB_DOMAINS", "Source", "Sources", "file_digest", "listing_digest", "sources"]
+__all__ = ["EVAL_SOURCES", "EVAL_SPLITS", "WEB_DOMAINS", "Source", "SourceDisabled", "Sources", "file_digest", "listing_digest", "sources"]

@@ -103,7 +103,9 @@ def test_validation_without_a_validation_split_is_one_line(trained, tmp_path: Pa
 def test_eval_scores_upstream_benchmark_files(trained, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The smoke models scored on benchmark files in their upstream layouts (tests/upstream.py): POPE's
     coco_pope_*.json over COCO val2014, MME's release folders (both layouts), FINER's unified jsonl with list
-    labels, COCO 2014 captions + instances for CHAIR: every question answered and scored."""
+    labels, COCO 2014 captions + instances for CHAIR: every question answered and scored. As in configs/llava7b.yaml
+    the world-only splits (held-out classes, domain B, the swap) are disabled: scored nowhere, no error; FINER is
+    asked as FINER asks (a question per level)."""
     import upstream
 
     copy = tmp_path / "data"
@@ -117,14 +119,18 @@ def test_eval_scores_upstream_benchmark_files(trained, tmp_path: Path, capsys: p
     code = main(["eval", "--config", str(SMOKE), "--quiet", f"run.data_dir={copy}",
                  f"data.pope_id.path={pope}", f"data.pope_id.images={val}",
                  f"data.finer_id.path={finer}", f"data.finer_id.images={finer_data}",
-                 f"data.mme_id.path={mme}", f"data.captions_id.path={coco}"])
+                 f"data.mme_id.path={mme}", f"data.captions_id.path={coco}", "eval.swap_datastore=null",
+                 "eval.finer_questions=per_level",
+                 *(f"data.{n}.enabled=false" for n in ("pope_ood", "finer_ood", "finer_b", "mme_ood", "captions_ood"))])
     out, err = capsys.readouterr()
     assert code == 0 and "Traceback" not in out + err, err
     for variant in ("tuna", "baseline"):
         m = json.loads((copy / f"eval/{variant}/metrics.json").read_text())
         per_split = m["pope"]["id"]["per_split"]
         assert {s: r["n"] for s, r in per_split.items()} == dict.fromkeys(("random", "popular", "adversarial"), 9)
-        assert m["finer"]["id"]["direct"]["n"] == 3
+        assert m["finer"]["id"]["direct"]["n"] == 3 and {"superordinate_em", "coarse_em", "fine_em", "token_f1"} <= set(
+            m["finer"]["id"]["direct"]) and m["finer"]["id"]["attrseek"]["n"] == 3
         assert all(0.0 <= v <= 1.0 for k, v in m["headline"].items() if not k.startswith("mme"))
         assert m["mme"]["id"]["n"] == 10 and len(m["mme"]["id"]["tasks"]) == 5    # 5 images x 2 questions
         assert m["chair"]["id"]["n"] == 2
+        assert [set(m[t]) for t in ("pope", "mme", "chair")] == [{"id"}] * 3 and set(m["finer"]) == {"id"}, variant

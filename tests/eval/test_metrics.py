@@ -274,6 +274,18 @@ def test_finer_questions_per_level_follow_finer_wording() -> None:
         finer_questions(FINER_RECORD, [])
 
 
+def test_finer_attrseek_turns_follow_finer_wording() -> None:
+    """attr_seek then attr_seek_fine of FINER's prompts.py, the gold coarse label as the concept."""
+    from tuna.eval.finer import finer_attrseek_questions
+
+    t1, t2 = finer_attrseek_questions(FINER_RECORD)
+    assert t1 == ("What kind of external descriptive attributes do you see from the Owl in this image? Provide the set "
+                  "of detailed physical attributes after \"Attributes:\".")
+    assert t2 == ("Now, tell me what kind of Owl it is. For example, if it's a picture of a bengal tiger, give a "
+                  "fine-grained label for the image 'Bengal Tiger' or use its binomial nomenclature 'Panthera tigris "
+                  "tigris'.\nProvide your answer after \"Answer:\".")
+
+
 def test_finer_on_the_world_with_labels_as_predictions(world: World) -> None:
     for split in ("id", "ood", "b"):
         records = load_finer(world.root / "eval" / "finer" / split / "finer.jsonl")

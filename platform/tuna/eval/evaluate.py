@@ -99,7 +99,7 @@ def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval") -> d
     from tuna.readers.pope import load_pope_splits
 
     out: dict[str, Any] = {}
-    for group in ("id", "ood"):
+    for group in sources(cfg).splits("pope", validation=root == "val"):   # a disabled split is not part of the run
         src = sources(cfg).eval_set("pope", group, validation=root == "val")
         splits = load_pope_splits(src.path)
         images = [src.images / r["image"] for rows in splits.values() for r in rows]
@@ -123,27 +123,51 @@ def eval_finer(cfg: Recipe, asker: Asker, tag_mode: str, b_datastores: Sequence[
     three levels (FINER's EM rule and the whole-word rule, ``tuna.eval.finer.finer_metrics``). FINER itself
     asks each level its own question (``tuna.eval.finer.finer_questions``); the world's instruction data
     only teaches which-kind questions answered with the fine name, so the world asks the fine level."""
-    from tuna.eval.finer import attrseek_prompts, direct_prompt, finer_metrics
+    from tuna.eval.finer import attrseek_prompts, direct_prompt, finer_attrseek_questions, finer_metrics
     from tuna.formats import load_finer
 
     out: dict[str, Any] = {}
     own = cfg.model.datastore
     runs: list[tuple[str, str, str | None]] = [("id", "id", own), ("ood", "ood", own)]
     runs += [(f"b@{d or 'none'}", "b", d) for d in b_datastores]
-    for key, split, store in runs:
+    enabled = sources(cfg).splits("finer", validation=root == "val")
+    for key, split, store in (r for r in runs if r[1] in enabled):
         src = sources(cfg).eval_set("finer", split, validation=root == "val")
         records = load_finer(src.path)
         images = [src.images / r["image"] for r in records]
         tags = _tags_for(cfg, tag_mode, images, f"finer-{split}" if root == "eval" else f"{root}-finer-{split}", store)
-        direct = [Query(img, direct_prompt(r["basic-level-lbl"])) for img, r in zip(images, records)]
-        res = {"direct": finer_metrics(asker.ask(direct, tags, 16, desc=f"finer {key}"), records)}
+        if cfg.eval.finer_questions == "per_level":
+            res = {"direct": _finer_per_level(asker, images, records, tags, key)}
+        else:
+            direct = [Query(img, direct_prompt(r["basic-level-lbl"])) for img, r in zip(images, records)]
+            res = {"direct": finer_metrics(asker.ask(direct, tags, 16, desc=f"finer {key}"), records)}
         if attrseek:
-            t1 = [Query(img, attrseek_prompts(r["basic-level-lbl"])[0]) for img, r in zip(images, records)]
+            turns = [finer_attrseek_questions(r) if cfg.eval.finer_questions == "per_level"
+                     else attrseek_prompts(r["basic-level-lbl"]) for r in records]
+            t1 = [Query(img, turn[0]) for img, turn in zip(images, turns)]
             first = asker.ask(t1, tags, 24, desc=f"finer {key} attrseek 1")
-            t2 = [Query(img, attrseek_prompts(r["basic-level-lbl"])[1], ((q.question, a),))
-                  for img, r, q, a in zip(images, records, t1, first)]
+            t2 = [Query(img, turn[1], ((q.question, a),)) for img, turn, q, a in zip(images, turns, t1, first)]
             res["attrseek"] = finer_metrics(asker.ask(t2, tags, 12, desc=f"finer {key} attrseek 2"), records)
         out[key] = res
+    return out
+
+
+def _finer_per_level(asker: Asker, images: Sequence[Path], records: Sequence[dict[str, Any]], tags: dict[str, Any],
+                     key: str) -> dict[str, Any]:
+    """FINER's protocol: each level asked its own question (:func:`tuna.eval.finer.finer_questions`; the
+    superordinate question lists the file's basic-level labels) and scored on its own generation."""
+    from tuna.eval.finer import LEVELS, finer_metrics, finer_questions
+
+    categories = sorted({r["basic-level-lbl"] if isinstance(r["basic-level-lbl"], str) else r["basic-level-lbl"][0]
+                         for r in records})
+    asked = [finer_questions(r, categories) for r in records]
+    out: dict[str, Any] = {}
+    for level in LEVELS:
+        answers = asker.ask([Query(img, q[level]) for img, q in zip(images, asked)], tags, 24, desc=f"finer {key} {level}")
+        scored = finer_metrics(answers, records)
+        out.update({f"{level}_em": scored[f"{level}_em"], f"{level}_em_word": scored[f"{level}_em_word"]})
+        if level == "fine":
+            out.update({k: scored[k] for k in ("token_f1", "n", "empty")})
     return out
 
 
@@ -153,7 +177,7 @@ def eval_mme(cfg: Recipe, asker: Asker, tag_mode: str) -> dict[str, Any]:
     from tuna.formats import load_mme
 
     out = {}
-    for group in ("id", "ood"):
+    for group in sources(cfg).splits("mme"):
         items = load_mme(sources(cfg).eval_set("mme", group).path)
         tags = _tags_for(cfg, tag_mode, [i.image for i in items], f"mme-{group}", cfg.model.datastore)
         answers = asker.ask([Query(i.image, i.question + SHORT) for i in items], tags, 4, desc=f"mme {group}")
@@ -169,7 +193,7 @@ def eval_chair(cfg: Recipe, asker: Asker, tag_mode: str, max_new_tokens: int = 4
     from tuna.world.taxonomy import load_taxonomies
 
     out = {}
-    for group in ("id", "ood"):
+    for group in sources(cfg).splits("captions"):
         src = sources(cfg).eval_set("captions", group)
         if src.from_world:   # the world's class names; real COCO: its 80 classes and their synonyms
             a, b = load_taxonomies(sources(cfg)["taxonomy"].path.read_text())
@@ -215,6 +239,9 @@ def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Se
     _SESSION["open"] = RetrievalSession(cfg) if tag_mode in ("tags", "captions") else None
     try:
         for task in tasks:
+            if not sources(cfg).splits("captions" if task == "chair" else task, validation=root != "eval"):
+                log(f"  {task}: skipped (every {task} split is disabled in the recipe's data: section)")
+                continue
             t0 = time.perf_counter()
             out[task] = runners[task]()
             out["seconds"][task] = round(time.perf_counter() - t0, 1)
@@ -231,7 +258,7 @@ def headline(m: dict[str, Any]) -> dict[str, float]:
     """The numbers of the summary table for one model's metrics."""
     row: dict[str, float] = {}
     if "pope" in m:
-        for g in ("id", "ood"):
+        for g in (g for g in ("id", "ood") if g in m["pope"]):   # a disabled split is not in the metrics
             row[f"pope_{g}_f1"] = m["pope"][g]["f1"]
             row[f"pope_{g}_acc"] = m["pope"][g]["accuracy"]
             if "yes_ratio" in m["pope"][g]:
@@ -247,10 +274,10 @@ def headline(m: dict[str, Any]) -> dict[str, float]:
             if "attrseek" in res:
                 row[f"finer_{key}_attrseek_fine_em"] = res["attrseek"]["fine_em"]
     if "mme" in m:
-        for g in ("id", "ood"):
+        for g in (g for g in ("id", "ood") if g in m["mme"]):
             row[f"mme_{g}_total"] = m["mme"][g]["total"]
     if "chair" in m:
-        for g in ("id", "ood"):
+        for g in (g for g in ("id", "ood") if g in m["chair"]):
             row[f"chair_{g}_i"] = m["chair"][g]["chair_i"]
             row[f"chair_{g}_s"] = m["chair"][g]["chair_s"]
     return row

@@ -260,6 +260,17 @@ def _check_concept(superordinate: str) -> str:
     return superordinate.strip()
 
 
+def finer_attrseek_questions(record: Mapping[str, Any]) -> tuple[str, str]:
+    """FINER's two ATTRSEEK turns for ``record`` (``attr_seek`` then ``attr_seek_fine`` of its prompts.py), both
+    naming the gold coarse label (``--use_gold_coarse``)."""
+    coarse = _one(record.get("coarse-level-lbl"), "coarse-level")
+    return (f"What kind of external descriptive attributes do you see from the {coarse} in this image? Provide the "
+            f'set of detailed physical attributes after "Attributes:".',
+            f"Now, tell me what kind of {coarse} it is. For example, if it's a picture of a bengal tiger, give a "
+            f"fine-grained label for the image 'Bengal Tiger' or use its binomial nomenclature 'Panthera tigris "
+            f"tigris'.\nProvide your answer after \"Answer:\".")
+
+
 def direct_prompt(superordinate: str) -> str:
     """The one-turn question: which kind of ``superordinate`` is shown (the world's instruction phrasing)."""
     sup = _check_concept(superordinate)

@@ -258,8 +258,10 @@ def tuner_samples(cfg: Recipe, count: int = SAMPLE_IMAGES) -> list[dict[str, Any
     from tuna.formats import load_finer
     from tuna.samples import decode_image
 
+    if "ood" not in sources(cfg).splits("finer"):
+        return "no FINER OOD split (data.finer_ood is disabled)"
     folder = layout(cfg).model("tuna", 2)
-    cache = layout(cfg).eval_cache("finer-ood-tags-A")
+    cache = layout(cfg).eval_cache(f"finer-ood-tags-{cfg.model.datastore}")
     if not (folder / "config.json").is_file():
         return f"no trained TUNA model at {folder}"
     if not cache.is_file():

@@ -87,11 +87,13 @@ def validate_variant(cfg: Recipe, variant: str, progress: bool = False,
     and returns its headline numbers."""
     from tuna.variants import variant_model
 
-    val = sources(cfg).eval_set("finer", "ood", validation=True).path
-    if not (val / "finer.jsonl").is_file():
-        raise EvalError(f"{val} does not exist: set world.sizes.finer_val > 0 (e.g. 100) and regenerate the world")
+    src = sources(cfg)
+    finer = [s for s in src.splits("finer", validation=True) if (src.eval_set("finer", s, validation=True).path).exists()]
+    if not finer:
+        raise EvalError("no FINER validation split: set world.sizes.finer_val > 0 (e.g. 100) and regenerate the world, "
+                        "or point data.finer_val_id.path at a FINER file held out of the eval split")
     tasks = ["finer"]
-    if any(sources(cfg).eval_set("pope", "id", validation=True).path.glob("*pope_*.json")):
+    if any(any(src.eval_set("pope", s, validation=True).path.glob("*pope_*.json")) for s in src.splits("pope", True)):
         tasks.insert(0, "pope")
     folder = layout(cfg).model(variant, 2)
     if not (folder / "config.json").is_file():

@@ -111,6 +111,8 @@ def evaluate_zero_shot(encoder: ClipEncoder, taxonomy_file: Path, splits: dict[s
         raise DataFormatError(f"{tax_path}: not valid JSON ({err.msg})") from None
     out: dict[str, Any] = {"prompt": PROMPT, "encoder": encoder.path, "fingerprint": encoder.fingerprint}
     for split, domain in FINER_SPLITS.items():
+        if split not in splits:
+            continue
         classes = taxonomy.get(domain, {}).get("classes")
         if not classes:
             raise DataFormatError(f"{tax_path}: no classes for domain {domain!r}")
@@ -121,6 +123,8 @@ def evaluate_zero_shot(encoder: ClipEncoder, taxonomy_file: Path, splits: dict[s
 def summary_line(metrics: dict[str, Any]) -> str:
     """``zero-shot fine top-1: ID 85.0% | OOD 82.3% | B 90.0%`` for logs and the CLI."""
     parts = [f"{s.upper()} {100 * metrics[s]['top1']:.1f}%" for s in FINER_SPLITS if s in metrics]
+    if not parts:
+        return f"zero-shot not measured ({metrics.get('skipped', 'no FINER split')})"
     return "zero-shot fine top-1: " + " | ".join(parts)
 
 
@@ -133,7 +137,7 @@ ENCODER_SOURCES = ("web_A", "web_B", "web_clip", "taxonomy", "finer_id", "finer_
 def _data_fingerprint(cfg: Recipe) -> str | None:
     """What the encoder's inputs are: the world's fingerprint when the world provides them all, else their digest."""
     src = sources(cfg)
-    if not all(src[name].from_world for name in ENCODER_SOURCES):
+    if not all(src.has(name) and src[name].from_world for name in ENCODER_SOURCES):
         return src.digest(*ENCODER_SOURCES)
     path = layout(cfg).world_manifest
     try:
@@ -158,19 +162,32 @@ def _config_fingerprint(enc: Any) -> str:
 
 
 def web_corpora(cfg: Recipe) -> dict[str, Path]:
-    """The web corpora the encoder trains on (label -> folder): web A, web B and, when present, the CLIP-only crawl."""
+    """The web corpora the encoder trains on (label -> folder): web A, web B (when enabled) and, when present, the
+    CLIP-only crawl."""
     src = sources(cfg)
-    folders = {f"web/{d}": src.web(d).path for d in ("A", "B")}
-    clip = src.web("clip").path
-    if clip.is_dir() or not src.web("clip").from_world:   # the world writes it only when world.sizes.clip_web > 0
-        folders["web/clip"] = clip
+    folders = {f"web/{d}": src.web(d).path for d in ("A", "B") if d == "A" or src.has(f"web_{d}")}
+    if src.has("web_clip"):
+        clip = src.web("clip").path
+        if clip.is_dir() or not src.web("clip").from_world:   # the world writes it only when world.sizes.clip_web > 0
+            folders["web/clip"] = clip
     return folders
 
 
-def zero_shot_splits(cfg: Recipe) -> tuple[Path, dict[str, Path]]:
-    """(taxonomy file, split -> FINER folder) the zero-shot evaluation reads."""
+def zero_shot_splits(cfg: Recipe) -> tuple[Path, dict[str, Path]] | None:
+    """(taxonomy file, split -> FINER folder) the zero-shot evaluation reads; None without a taxonomy (real data:
+    the zero-shot names come from the world's taxonomy)."""
     src = sources(cfg)
-    return src["taxonomy"].path, {split: src.eval_set("finer", split).path for split in FINER_SPLITS}
+    if not src.has("taxonomy"):
+        return None
+    return src["taxonomy"].path, {split: src.eval_set("finer", split).path for split in src.splits("finer")}
+
+
+def zero_shot(encoder: ClipEncoder, cfg: Recipe) -> dict[str, Any]:
+    """:func:`evaluate_zero_shot` on the recipe's splits, or a note that it was not measured."""
+    splits = zero_shot_splits(cfg)
+    if splits is None:
+        return {"skipped": "data.taxonomy is disabled", "encoder": encoder.path, "fingerprint": encoder.fingerprint}
+    return evaluate_zero_shot(encoder, *splits)
 
 
 def _inputs(cfg: Recipe, data_fingerprint: str | None) -> dict[str, Any]:
@@ -261,7 +278,7 @@ def train_encoder(cfg: Recipe, progress: bool = True, log: Callable[[str], None]
         pairs.quarantine.write(tmp / "quarantine.jsonl")
         encoder = ClipEncoder(model, tokenizer, processor, path=str(target))
         t_eval = time.perf_counter()
-        metrics = evaluate_zero_shot(encoder, *zero_shot_splits(cfg))
+        metrics = zero_shot(encoder, cfg)
         metrics["encoder"] = str(target)
         eval_seconds = time.perf_counter() - t_eval
         manifest = {
@@ -285,7 +302,7 @@ def train_encoder(cfg: Recipe, progress: bool = True, log: Callable[[str], None]
             "total_seconds": round(time.perf_counter() - t0, 1),
             "loss": {k: curve[k] for k in ("first", "last_epoch", "per_epoch", "steps", "batch_size")},
             "temperature": round(1.0 / curve["logit_scale"], 5),
-            "zero_shot_top1": {s: metrics[s]["top1"] for s in FINER_SPLITS},
+            "zero_shot_top1": {s: metrics[s]["top1"] for s in FINER_SPLITS if s in metrics},
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
@@ -314,7 +331,7 @@ def run_encoder(cfg: Recipe, force: bool = False, progress: bool = True,
     """
     if cfg.model.vision_tower:
         encoder = load_encoder(cfg.model.vision_tower)
-        metrics = evaluate_zero_shot(encoder, *zero_shot_splits(cfg))
+        metrics = zero_shot(encoder, cfg)
         return {"status": "loaded", "path": encoder.path, "fingerprint": encoder.fingerprint, "dim": encoder.dim,
                 "metrics": metrics}
     target = layout(cfg).encoder

@@ -46,13 +46,18 @@ KINDS = {
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """One input: where it is (null = the bundled world's copy), its format and its image folder."""
+    """One input: where it is (null = the bundled world's copy), its format and its image folder; or, with
+    ``enabled: false``, no such input in this run (real data has no held-out split or second domain: the steps
+    that read it skip it, and a step that cannot do without it refuses in one line)."""
 
     path: str | None = None
     format: str = ""   # empty = the source's own format (KINDS)
     images: str | None = None   # the folder image names resolve against; null = the format's default
+    enabled: bool = True        # false = this run has no such input
 
     def __post_init__(self) -> None:
+        _require(self.enabled or (self.path is None and self.images is None), "enabled",
+                 "a disabled source has no path or images; drop them or set enabled: true")
         _require(self.path is None or bool(self.path.strip()), "path", "must be a non-empty path or null (the world's copy)")
         _require(self.images is None or bool(self.images.strip()), "images",
                  "must be a non-empty folder or null (images/ beside the data)")

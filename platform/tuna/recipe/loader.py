@@ -54,6 +54,7 @@ class Recipe:
 
     def __post_init__(self) -> None:
         _check_datastores(self)
+        _check_sources(self)
 
     @property
     def data_dir(self) -> Path:
@@ -89,6 +90,30 @@ def _check_datastores(r: Recipe) -> None:
                           f"(null = no swap)")
     if r.serve.datastore is not None and r.serve.datastore not in r.datastores:
         raise ConfigError(f"serve.datastore: {r.serve.datastore!r} is not declared; declared: {names}")
+
+
+def _check_sources(r: Recipe) -> None:
+    """A disabled data source (``enabled: false``) that a setting of the recipe needs: one line naming both."""
+    def off(name: str) -> bool:
+        src = r.data.source(name)
+        return src is not None and not src.enabled
+
+    needs: list[tuple[str, tuple[str, ...], str]] = [
+        ("train", ("alignment", "instruction"), "training reads them"),
+        *[(f"datastores.{n}.corpus", (f"web_{d.corpus}",), "the datastore is built from it")
+          for n, d in r.datastores.items()],
+        ("eval.swap_datastore", ("finer_b",) if r.eval.swap_datastore else (), "the swap is scored on FINER's b split; "
+                                                                             "set eval.swap_datastore: null"),
+        ("eval.probes", ("taxonomy", "finer_id", "finer_ood") if r.eval.probes else (), "set eval.probes: false"),
+        ("train.stage2.reading_per_class", ("taxonomy",) if r.train.stage2.reading_per_class else (),
+         "the reading conversations name the taxonomy's classes; set it to 0"),
+        ("lm (a tiny LM trained on the world text)", ("text", "taxonomy")
+         if not (r.model.language_model or r.model.llava) else (), "name model.language_model or model.llava"),
+    ]
+    for setting, names, fix in needs:
+        for name in names:
+            if off(name):
+                raise ConfigError(f"data.{name} is disabled but {setting} needs it ({fix})")
 
 
 def _plain(value: Any) -> Any:

@@ -428,6 +428,8 @@ class EvalConfig:
     ablations: tuple[str, ...] = ABLATIONS  # variants of --ablations (tuna.variants)
     probes: bool = False            # `tuna eval` also runs the alignment diagnostics (tuna.eval.probes) on TUNA + baseline
     swap_datastore: str | None = "B"  # the datastore FINER's b split swaps to (a datastores: entry; null = no swap)
+    # fine: one which-kind question scored at the 3 levels (what the world teaches) | per_level: FINER's question per level
+    finer_questions: Literal["fine", "per_level"] = "fine"
 
     def __post_init__(self) -> None:
         known = ("pope", "finer", "mme", "chair")

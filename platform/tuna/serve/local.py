@@ -43,9 +43,15 @@ def start_server(cfg: Recipe, variant: str | None = None, free_ports: bool = Fal
 
 
 def demo_image(cfg: Recipe) -> Path:
-    """An image of a held-out (OOD) fine class from the world's FINER set: what the demo asks about."""
-    folder = sources(cfg).eval_set("finer", "ood").path / "images"
-    images = sorted(folder.glob("*.png")) + sorted(folder.glob("*.jpg"))
+    """An image of a held-out (OOD) fine class from the world's FINER set (else of the first enabled FINER split):
+    what the demo asks about."""
+    src = sources(cfg)
+    splits = src.splits("finer")
+    if not splits:
+        raise TunaError("no FINER split is enabled to take a demo image from; enable data.finer_id")
+    found = src.eval_set("finer", "ood" if "ood" in splits else splits[0])
+    folder = found.images
+    images = sorted(folder.glob("*.png")) + sorted(folder.glob("*.jpg")) + sorted(folder.glob("*.jpeg"))
     if not images:
         raise TunaError(f"no images under {folder}; run `tuna world --config <recipe>` first")
     return images[0]

@@ -153,6 +153,8 @@ def evaluate_lm(model: Any, tokenizer: Any, corpus: pretrain.Corpus, taxonomy: d
 
 def summary_line(metrics: dict[str, Any]) -> str:
     """``val ppl 2.41 | probe coarse ID 100.0% OOD 100.0% B 100.0% | tokens/name ID 1.00 OOD 1.00 B 1.00``."""
+    if "skipped" in metrics:
+        return f"not evaluated ({metrics['skipped']})"
     probe = metrics.get("probe", {})
     names = metrics.get("tokens_per_name", {})
     parts = [f"val ppl {metrics['val']['perplexity']:.2f}"] if "val" in metrics else []
@@ -165,6 +167,8 @@ def summary_line(metrics: dict[str, Any]) -> str:
 
 def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """Numeric metrics for tracking: ``val_perplexity``, ``probe_coarse_ood``, ``tokens_per_name_b``, ..."""
+    if "skipped" in metrics:
+        return {}
     out = {"val_loss": float(metrics["val"]["loss"]), "val_perplexity": float(metrics["val"]["perplexity"])}
     for s in pretrain.PROBE_SPLITS:
         for key in ("coarse", "superordinate", "exact"):
@@ -276,9 +280,13 @@ def run_lm(cfg: Recipe, force: bool = False, progress: bool = True,
         model, tokenizer = (load_lm(cfg.model.language_model, dtype=torch.bfloat16 if gpu else None) if cfg.model.language_model
                             else _llava_lm(cfg.model.llava, dtype=torch.bfloat16 if gpu else None))
         model = model.to("cuda") if gpu else model
-        corpus = pretrain.load_corpus(_corpus_paths(cfg), cfg.lm.val_fraction, cfg.run.seed)
-        with _torch_threads(cfg.lm.threads):
-            metrics = evaluate_lm(model, tokenizer, corpus, _taxonomy(sources(cfg)["taxonomy"].path))
+        missing = [n for n in (*pretrain.CORPUS_SOURCES, "taxonomy") if not sources(cfg).has(n)]
+        if missing:   # real data: the world's text and class names are not there to evaluate on
+            metrics: dict[str, Any] = {"skipped": f"{', '.join(f'data.{n}' for n in missing)} disabled"}
+        else:
+            corpus = pretrain.load_corpus(_corpus_paths(cfg), cfg.lm.val_fraction, cfg.run.seed)
+            with _torch_threads(cfg.lm.threads):
+                metrics = evaluate_lm(model, tokenizer, corpus, _taxonomy(sources(cfg)["taxonomy"].path))
         metrics["lm"] = lm_path(cfg)
         return {"status": "loaded", "path": lm_path(cfg), "params": _count_params(model),
                 "vocab_size": len(tokenizer), "metrics": metrics}
