@@ -128,7 +128,7 @@ def build_pipeline(options: PipelineOptions = None):
                 s3_secret=s3_secret, launcher=o.launcher, deploy_target=deploy_target,
                 serving_source=serving_source, serve_datastore=serve_datastore, register_alias=register_alias,
                 gate_metric=gate_metric, gate_min=gate_min)
-            pod(check, "validate", data=False, secrets=False)  # reads only the recipe in the image
+            pod(check, "validate", secrets=False)  # the recipe in the image; the declared data and checkpoints on the PVC
             ov, digest = check.outputs["overrides"], check.outputs["digest"]
 
             # data steps: cached; their cache key holds the resolved recipe's content and declared sources (digest:

@@ -145,3 +145,25 @@ def test_train_refuses_a_bad_llava_in_one_line_before_launching(saved, tmp_path,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "holds a 'clip' model, not LLaVA" in err
     assert not (tmp_path / "train").exists()
+
+
+def test_cluster_doors_check_the_pair_before_any_pod(saved, tmp_path, capsys):
+    """The KFP validate task (in-cluster, the data PVC mounted) and `tuna train --launcher trainjob` read the pair's
+    configs before any pod starts; a pod-only path (not on this machine) is left to the validate task."""
+    from support import SMOKE
+    from tuna.kfp.validate import validate_inputs
+    from tuna.recipe import load_recipe
+    from tuna.train.cluster import launch
+
+    llava_dir, clip_dir, _ = saved
+    bad = [f"model.llava={clip_dir}", f"model.vision_tower={clip_dir}", f"run.data_dir={tmp_path}"]
+    with pytest.raises(ModelLoadError, match=r"model.llava: '.*clip' holds a 'clip' model, not LLaVA"):
+        validate_inputs(str(SMOKE), bad)
+    with pytest.raises(ModelLoadError, match=r"model.llava: '.*clip' holds a 'clip' model, not LLaVA"):
+        launch(load_recipe(SMOKE, bad), 1, launcher="trainjob", dry_run=True)
+    good = [f"model.llava={llava_dir}", f"model.vision_tower={clip_dir}", "model.vision_feature_layer=-2",
+            "model.vision_feature_select_strategy=default", "model.vision_feature_pool=1", f"run.data_dir={tmp_path}"]
+    assert validate_inputs(str(SMOKE), good)[0] == good
+    pod_only = ["model.llava=/mnt/tuna/ckpt/llava-1.5-7b-hf", f"model.vision_tower={clip_dir}", "run.data_dir=smoke"]
+    assert launch(load_recipe(SMOKE, pod_only), 1, launcher="trainjob", dry_run=True) == "DryRun"
+    assert "kind: TrainJob" in capsys.readouterr().out

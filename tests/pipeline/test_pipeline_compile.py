@@ -134,7 +134,8 @@ def _executor(spec: dict[str, Any], platform: dict[str, Any], name: str) -> dict
 
 def test_pvcs_secrets_and_labels_in_the_platform_spec(compiled: Path) -> None:
     spec, platform = load_ir(compiled)
-    assert _executor(spec, platform, "validate").get("pvcMount") is None  # reads only the recipe in the image
+    # validate reads the declared data and checkpoint configs before any other task: the data PVC, no Secrets
+    assert [m["mountPath"] for m in _executor(spec, platform, "validate")["pvcMount"]] == ["/mnt/tuna"]
     assert "secretAsEnv" not in _executor(spec, platform, "validate")
     for name in (*DATA, *LATER, "notify", "validate"):  # every task: the image's non-root user (namespace warns on restricted)
         assert _executor(spec, platform, name)["securityContext"] == {"runAsUser": "1000", "runAsGroup": "1000",

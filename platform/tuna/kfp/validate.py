@@ -114,6 +114,9 @@ def validate_inputs(config: str, overrides: Sequence[str], *, target: str = "loc
     from tuna.sources import sources
 
     preflight(sources(cfg).all())   # the data a user declared, read by its loaders before any task spends time
+    from tuna.train.launch import check_checkpoints
+
+    check_checkpoints(cfg)   # model.llava + model.vision_tower: their configs fit (read on the data PVC, no weights)
     return resolved, export_root
 
 

@@ -160,6 +160,10 @@ def launch(cfg: Recipe, stage: int, variant: str = "tuna", overrides: Sequence[s
         raise ConfigError(f"launcher: must be trainjob or pytorchjob, got {launcher!r}")
     if launcher == "pytorchjob":
         print(PYTORCHJOB_DEPRECATED, file=sys.stderr, flush=True)  # stderr: a --dry-run's YAML on stdout stays clean
+    if stage == 1:   # a bad LLaVA/CLIP pair: one line before any pod starts (when the paths are readable here)
+        from tuna.train.launch import check_checkpoints
+
+        check_checkpoints(cfg, where="cluster")
     echo, c = echo or _say, cfg.cluster
     server = os.environ.get(TRACKING_URI_ENV, "")
     if not (c.mlflow_tracking_uri or cfg.track.tracking_uri) and server.startswith(("http://", "https://")):

@@ -86,6 +86,23 @@ def local_command(recipe: Path, stage: int | str, variant: str, ranks: int, resu
     return cmd + (["--resume"] if resume else [])
 
 
+def check_checkpoints(cfg: Recipe, where: str = "") -> bool:
+    """Read the configs (no weights) of the checkpoints TUNA starts from and check they fit together (today: the
+    ``model.llava`` + ``model.vision_tower`` pair); one line naming the key and the fix. ``where`` = "cluster":
+    paths that are not on this machine (a pod's PVC paths) are left to the pipeline's validate task; returns whether
+    the check ran."""
+    if not cfg.model.llava:
+        return False
+    from tuna.model.from_llava import check_llava_pair
+    from tuna.retrieval.clip import encoder_path
+
+    clip = encoder_path(cfg)
+    if where == "cluster" and not (Path(cfg.model.llava).exists() and Path(clip).exists()):
+        return False
+    check_llava_pair(cfg.model.llava, clip)
+    return True
+
+
 def launch_local(cfg: Recipe, stage: int | str, variant: str = "tuna", resume: bool = False,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``stage`` (1, 2 or "all": both in one launch) of ``variant`` on ``train.ranks`` local ranks;
@@ -94,11 +111,8 @@ def launch_local(cfg: Recipe, stage: int | str, variant: str = "tuna", resume: b
         raise TrainError(f"stage must be 1, 2 or 'all', got {stage!r}")
     variant_model(cfg, variant)  # unknown variant: fail before starting processes
     check_ranks(cfg)
-    if cfg.model.llava and stage in (1, "all"):  # a bad LLaVA/CLIP pair: one line here, not a traceback per rank
-        from tuna.model.from_llava import check_llava_pair
-        from tuna.retrieval.clip import encoder_path
-
-        check_llava_pair(cfg.model.llava, encoder_path(cfg))
+    if stage in (1, "all"):  # a bad LLaVA/CLIP pair: one line here, not a traceback per rank
+        check_checkpoints(cfg)
     from tuna.datacheck import preflight
     from tuna.sources import sources
     from tuna.train.engine import DATA_SOURCES
