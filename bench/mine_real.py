@@ -3,8 +3,9 @@
 Run:  OMP_NUM_THREADS=1 PYTHONPATH=platform .venv/bin/python bench/mine_real.py [--split dev] [--diff] [--peer]
 (bench/mine.py runs the same and adds it to bench/results/mine.json.)
 
-Gold: bench/data/real_captions.jsonl (425 captions written by hand: 325 ``dev`` to tune on, 100
-``heldout`` only reported, never read for errors; conventions and the convention-tolerant scorer in
+Gold: bench/data/real_captions.jsonl (475 captions written by hand: 325 ``dev`` to tune on, 150
+``heldout`` only reported, never read for errors (rc425-rc474: 50 entity-rich captions added 2026-12-03 and scored
+once, after the miner was done); conventions and the convention-tolerant scorer in
 tuna/tags/gold.py).
 Scores: object F1 and attribute-pair F1 (a compound = head noun + attribute pairs) and entity recall.
 Throughput: the gold captions mined ``--passes`` times, one ``TagMiner.mine`` call per pass (each
