@@ -30,13 +30,12 @@ def test_cli_run_local_reports_the_failing_task_in_one_line(tmp_path: Path, caps
     last = capsys.readouterr().err.rstrip().splitlines()[-1]  # kfp.local logs each task before it
     assert code == 2
     assert last == ("tuna pipeline: error: kfp.local: validate: error: pipeline parameter serve_datastore: unknown "
-                    "datastore 'C'; known: A, B, A_captions")
+                    "datastore 'C'; the recipe declares A, B, A_captions")
 
 
 @pytest.mark.integration
 def test_kfp_local_runs_the_whole_smoke_pipeline(tmp_path: Path) -> None:
     out = run_local(SMOKE, [f"run.data_dir={tmp_path}"])
-    assert out["seconds"] < 600, out["seconds"]
     check_smoke_pipeline_run(out, tmp_path)
     assert out["cached"] == []
 
