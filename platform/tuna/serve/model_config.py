@@ -100,9 +100,15 @@ def retrieval(b: Batching, table_dtype: str, instances: int) -> pb.ModelConfig:
     return cfg
 
 
-def llm_python(b: Batching, table_dtype: str) -> pb.ModelConfig:
-    """The CPU LLM: a python model with the tensorrtllm backend's tensor interface."""
-    cfg = _base("tensorrt_llm", "python", b)
+VLLM_ENV_FILE = "vllm_env.tar.gz"   # the LLM step's python-backend execution environment when serve.engine=vllm
+
+
+def llm_python(b: Batching, table_dtype: str, engine: str = "hf") -> pb.ModelConfig:
+    """The CPU LLM: a python model with the tensorrtllm backend's tensor interface. ``engine`` vllm: one instance
+    (one vLLM engine batches everything) whose stub runs in the vLLM venv (EXECUTION_ENV_PATH, see tuna.serve.export)."""
+    cfg = _base("tensorrt_llm", "python", b, 1 if engine == "vllm" else None)
+    if engine == "vllm":
+        cfg.parameters["EXECUTION_ENV_PATH"].string_value = f"$$TRITON_MODEL_DIRECTORY/{VLLM_ENV_FILE}"
     for name, dtype, dims, optional in LLM_INPUTS:
         _tensor(cfg.input, name, dtype.format(table=table_dtype), dims, optional)
     for name, dtype, dims in LLM_OUTPUTS:
@@ -228,5 +234,5 @@ def check_wiring(configs: dict[str, pb.ModelConfig]) -> list[str]:
     return problems
 
 
-__all__ = ["Batching", "ENSEMBLE", "ENSEMBLE_INPUTS", "ENSEMBLE_OUTPUTS", "STEPS", "check_wiring", "ensemble",
+__all__ = ["Batching", "ENSEMBLE", "VLLM_ENV_FILE", "ENSEMBLE_INPUTS", "ENSEMBLE_OUTPUTS", "STEPS", "check_wiring", "ensemble",
            "llm_python", "llm_trtllm", "parse", "postprocessing", "preprocessing", "retrieval", "to_text"]
