@@ -1,10 +1,13 @@
 """Triton python-backend models of the ensemble: tensors in, :mod:`tuna.serve.ensemble` called, tensors out.
 
-Each exported ``<step>/1/model.py`` is one line that names a class here as ``TritonPythonModel``; the
-classes run only inside Triton's python-backend stub (``triton_python_backend_utils`` is imported there).
+Each exported ``<step>/1/model.py`` names a class here as ``TritonPythonModel`` (after putting
+``$TUNA_SOURCE_ROOT`` first on sys.path: the stubs ignore PYTHONPATH); the classes run only inside Triton's
+python-backend stub (``triton_python_backend_utils`` is imported there). The LLM step is :class:`LLMModel`
+(serve.engine=hf) or :class:`VllmLLMModel` (serve.engine=vllm, its stub in the vLLM venv).
 Per request: a problem it caused becomes that request's error (INVALID_ARGUMENT naming the field, or
-UNAVAILABLE naming the Milvus URI) and the rest of the batch is still answered; anything unexpected is an
-INTERNAL error for that request. The model never raises out of ``execute``, so the server keeps serving.
+UNAVAILABLE naming the Milvus URI or the dead engine) and the rest of the batch is still answered; anything
+unexpected is an INTERNAL error for that request. The model never raises out of ``execute``, so the server keeps
+serving.
 """
 
 from __future__ import annotations
