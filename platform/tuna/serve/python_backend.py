@@ -299,7 +299,7 @@ class VllmLLMModel(_Step):
             try:
                 engine = self._start()
             except Exception as err:  # noqa: BLE001 - reported to every later request
-                self.state = f"{why}; the restart failed: {type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                self.state = f"{why}; the restart failed: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
                 _log(f"tuna vLLM step: {self.state}")
                 return
             with self.lock:

@@ -174,10 +174,11 @@ class VllmEngine:
         worker = threading.Thread(target=shutdown, name="tuna-vllm-close", daemon=True)
         worker.start()
         worker.join(timeout)
-        for pid in pids:
+        for pid in pids:   # only what is still a vLLM process (never a reused pid)
             try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"VLLM::"):
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError, PermissionError):
                 pass
 
     # ---------------------------------------------------------------------------------- front door
