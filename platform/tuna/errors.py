@@ -41,3 +41,7 @@ class InvalidRequest(TunaError, ValueError):
 
 class DatastoreUnavailable(TunaError, ConnectionError):
     """The vector datastore cannot be reached; maps to gRPC UNAVAILABLE / HTTP 503."""
+
+
+class EngineUnavailable(TunaError, ConnectionError):
+    """The LLM engine (vLLM's engine core) died or is restarting; maps to gRPC UNAVAILABLE / HTTP 503."""

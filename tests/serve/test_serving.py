@@ -90,6 +90,42 @@ def test_export_is_deterministic_and_every_config_parses_and_wires(trained: Worl
     assert not (exported / "trtllm" / "model_repository" / "tensorrt_llm" / "1" / "model.py").exists()
 
 
+def test_a_vllm_export_keeps_the_contract_and_runs_the_llm_step_in_the_vllm_venv(trained: World, exported: Path,
+                                                                                  tmp_path: Path) -> None:
+    """serve.engine=vllm: the same ensemble and tensor names; the LLM step is VllmLLMModel in one instance whose stub
+    Triton starts through an execution environment that only activates $TUNA_VLLM_VENV (no export-machine path)."""
+    import tarfile
+
+    from tuna.serve.server import ServerError
+
+    cfg = load_recipe(SMOKE, [f"run.data_dir={trained.cfg.data_dir}", "serve.engine=vllm"])
+    for name in ("a", "b"):
+        export_repository(cfg, "tuna", out=tmp_path / name, log=QUIET)
+    assert (tmp_path / "a" / "export.json").read_bytes() == (tmp_path / "b" / "export.json").read_bytes()
+    assert json.loads((tmp_path / "a" / "export.json").read_text())["engine"] == "vllm"
+    repo, hf = tmp_path / "a" / "model_repository", exported / "model_repository"
+    parsed = {p.parent.name: model_config.parse(p.read_text()) for p in repo.glob("*/config.pbtxt")}
+    assert model_config.check_wiring(parsed) == []
+    for name in ("tuna", "preprocessing", "retrieval", "postprocessing"):   # the gRPC contract is unchanged
+        assert (repo / name / "config.pbtxt").read_text() == (hf / name / "config.pbtxt").read_text()
+    llm, hf_llm = parsed["tensorrt_llm"], model_config.parse((hf / "tensorrt_llm" / "config.pbtxt").read_text())
+    assert [(t.name, t.data_type, list(t.dims)) for t in llm.input] == [(t.name, t.data_type, list(t.dims)) for t in hf_llm.input]
+    assert llm.parameters["EXECUTION_ENV_PATH"].string_value == "$$TRITON_MODEL_DIRECTORY/vllm_env.tar.gz"
+    assert llm.instance_group[0].count == 1 and llm.backend == "python"
+    assert {t.name for t in llm.input if t.allow_ragged_batch} == {"input_ids", "prompt_embedding_table"}
+    assert "VllmLLMModel as TritonPythonModel" in (repo / "tensorrt_llm" / "1" / "model.py").read_text()
+    assert "LLMModel as TritonPythonModel" in (hf / "tensorrt_llm" / "1" / "model.py").read_text()
+    with tarfile.open(repo / "tensorrt_llm" / "vllm_env.tar.gz") as tar:
+        assert tar.getnames() == ["bin", "bin/activate"]
+        activate = tar.extractfile("bin/activate").read().decode()
+    assert "TUNA_VLLM_VENV" in activate and "unset PYTHONPATH" in activate and str(trained.cfg.data_dir) not in activate
+    assert subprocess.run(["bash", "-n"], input=activate, text=True).returncode == 0
+    engine = json.loads((repo / "tensorrt_llm" / "1" / "assets" / "serving.json").read_text())["engine"]
+    assert engine["name"] == "vllm" and engine["max_model_len"] == cfg.serve.vllm_max_model_len
+    with pytest.raises(ServerError, match="serve.engine=vllm.*TUNA_VLLM_VENV=.*make vllm-env"):
+        TritonServer(repo, env={"TUNA_VLLM_VENV": str(tmp_path / "no-venv")}).start(30)
+
+
 def test_export_refuses_missing_model_and_datastore(trained: World, tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="tuna train --variant random"):
         export_repository(trained.cfg, "random", out=tmp_path / "x", log=QUIET)

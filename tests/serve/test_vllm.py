@@ -171,3 +171,153 @@ def test_an_lm_whose_head_size_the_cpu_kernel_lacks_is_refused_in_one_line_befor
     lines = [line for line in done.stdout.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "attention head size 16 is not supported by vLLM's CPU attention" in lines[0], done.stdout
     assert "Traceback" not in done.stdout + done.stderr
+
+
+# ------------------------------------------------------------------------------------------ vLLM inside the Triton ensemble
+
+
+@pytest.fixture(scope="module")
+def exported_vllm(trained_head32: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same model exported with serve.engine=vllm: the ensemble's LLM step runs vLLM in the vLLM venv."""
+    from support import SMOKE
+    from tuna.recipe import load_recipe
+
+    cfg = load_recipe(SMOKE, [f"run.data_dir={trained_head32.cfg.data_dir}", *HEAD32, "serve.engine=vllm"])
+    out = tmp_path_factory.mktemp("export-vllm-triton") / "tuna"
+    export_repository(cfg, "tuna", out=out, log=lambda s: None)
+    return out / "model_repository"
+
+
+def _llm_inputs(input_ids: np.ndarray, table: np.ndarray, end_id: int, max_tokens: int = MAX_TOKENS) -> list:
+    """Inputs of the `tensorrt_llm` step itself (a client may call any model of the repository directly)."""
+    import tritonclient.grpc as grpc
+
+    def tensor(name: str, value: np.ndarray, dtype: str):
+        t = grpc.InferInput(name, list(value.shape), dtype)
+        t.set_data_from_numpy(value)
+        return t
+
+    return [tensor("input_ids", np.asarray(input_ids, np.int32)[None], "INT32"),
+            tensor("input_lengths", np.array([[len(input_ids)]], np.int32), "INT32"),
+            tensor("request_output_len", np.array([[max_tokens]], np.int32), "INT32"),
+            tensor("end_id", np.array([[end_id]], np.int32), "INT32"),
+            tensor("prompt_embedding_table", np.asarray(table, np.float32)[None], "FP32")]
+
+
+def test_the_ensemble_on_vllm_answers_over_grpc_like_the_predictor_refuses_bad_shapes_and_survives_a_dead_engine(
+        trained_head32: World, exported_vllm: Path, tmp_path: Path) -> None:
+    import signal
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tritonclient.grpc as grpc
+    from tritonclient.utils import InferenceServerException
+
+    from tuna.inference import Predictor
+    from tuna.serve.client import RequestRefused, TunaClient
+    from tuna.serve.ensemble import Preprocessor, Retrieval
+    from tuna.serve.server import TritonServer
+    from tuna.serve.vllm_engine import _descendants
+
+    repo = exported_vllm
+    config = (repo / "tensorrt_llm" / "config.pbtxt").read_text()
+    assert 'string_value: "$$TRITON_MODEL_DIRECTORY/vllm_env.tar.gz"' in config and "count: 1" in config
+    asked = finer_questions(trained_head32, 12)
+    # What the served retrieval step computes, in-process (before the server holds the Milvus Lite folders).
+    pre = Preprocessor(repo / "preprocessing" / "1" / "assets")
+    ret = Retrieval(repo / "retrieval" / "1" / "assets")
+    try:
+        prepped = [pre(q, img, MAX_TOKENS) for img, q in asked]
+        tables = ret([p.input_ids for p in prepped], [p.pixel_values for p in prepped], ["A"] * len(prepped))
+    finally:
+        ret.close()
+    predictor = Predictor(trained_head32.cfg.data_dir / "train" / "tuna" / "stage2" / "model", trained_head32.cfg.train.system_prompt)
+    pics = [Image.open(io.BytesIO(img)).convert("RGB") for img, _ in asked]
+    expected = [a.text for a in predictor.answer(pics, [[]] * len(asked), [q for _, q in asked],
+                                                 [t.provenance["tags"] for t in tables], max_new_tokens=MAX_TOKENS, min_new_tokens=1)]
+    venv = vllm_python().parents[1]
+    env = {"TUNA_VLLM_VENV": str(venv), "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    server = TritonServer(repo, env=env, log_path=tmp_path / "tritonserver.log").start(ready_timeout=400)
+    try:
+        client = TunaClient(server.grpc_url)
+        served = [client.ask(img, q, max_tokens=MAX_TOKENS) for img, q in asked]
+        assert [s.text for s in served] == expected, [(q, s.text, e) for (_, q), s, e in zip(asked, served, expected) if s.text != e]
+        assert all(expected)
+        for s, t in zip(served, tables):   # provenance as the HF engine's ensemble gives it: the retrieval step's
+            assert s.provenance["tags"] == t.provenance["tags"] and s.provenance["datastore"] == "A"
+            assert np.allclose(s.provenance["weights"], t.provenance["weights"], atol=1e-5)
+            assert set(s.provenance) == set(t.provenance)
+        # Concurrent clients: Triton batches them into one engine call; the same answers.
+        clients = [TunaClient(server.grpc_url) for _ in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            again = list(pool.map(lambda i: clients[i % 8].ask(asked[i][0], asked[i][1], max_tokens=MAX_TOKENS).text,
+                                  range(len(asked))))
+        for c in clients:
+            c.close()
+        assert again == expected
+
+        # Bad shapes straight to the LLM step (the ensemble never builds them, a client can): INVALID_ARGUMENT in one
+        # line, the engine keeps serving.
+        raw = grpc.InferenceServerClient(server.grpc_url)
+        t0, end = tables[0], prepped[0].end_id
+        hidden = t0.table.shape[1]
+        nan = t0.table.copy()
+        nan[0, 0] = np.nan
+        bad = [(_llm_inputs(t0.input_ids, np.zeros((len(t0.table), hidden + 3), np.float32), end), f"need (rows, {hidden})"),
+               (_llm_inputs(t0.input_ids, nan, end), "NaN or infinite"),
+               (_llm_inputs(np.append(t0.input_ids, t0.vocab_size + len(t0.table)), t0.table, end), "input_ids: ids must be in"),
+               (_llm_inputs(t0.input_ids, t0.table, end, max_tokens=0), "max_tokens: 0")]
+        for inputs, message in bad:
+            with pytest.raises(InferenceServerException) as err:
+                raw.infer("tensorrt_llm", inputs)
+            assert "INVALID_ARGUMENT" in str(err.value.status()) and message in err.value.message(), err.value.message()
+            assert "\n" not in err.value.message()
+        out = raw.infer("tensorrt_llm", _llm_inputs(t0.input_ids, t0.table, end))
+        assert out.as_numpy("output_ids").shape[-1] == int(out.as_numpy("sequence_length").reshape(-1)[0]) >= 1
+        # An oversize prompt through the ensemble (longer than the engine's max_model_len) is refused, not crashing.
+        with pytest.raises(RequestRefused) as refused:
+            client.ask(asked[0][0], "what " * 390 + "is this?", max_tokens=MAX_TOKENS)
+        assert refused.value.status == "INVALID_ARGUMENT" and "prompt_embeds:" in refused.value.message
+        assert client.ask(asked[0][0], asked[0][1], max_tokens=MAX_TOKENS).text == expected[0]
+
+        # A dead engine core (SIGKILL): requests get UNAVAILABLE in one line at once (never a hang), the step restarts
+        # the engine by itself and the same answers come back.
+        cores = [p for p in _descendants(server.process.pid) if b"EngineCore" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(cores) == 1, cores
+        os.kill(cores[0], signal.SIGKILL)
+        started, statuses = time.monotonic(), []
+        while True:
+            t = time.monotonic()
+            try:
+                back = client.ask(asked[1][0], asked[1][1], max_tokens=MAX_TOKENS)
+                break
+            except RequestRefused as err:
+                assert err.status == "UNAVAILABLE" and "vLLM engine core died" in err.message and "\n" not in err.message, err
+                assert time.monotonic() - t < 5, "a request on a dead engine waited instead of failing"
+                statuses.append(err.status)
+            assert time.monotonic() - started < 300, "the engine did not come back"
+            time.sleep(1)
+        assert statuses and back.text == expected[1]
+        print(f"\nvLLM step: engine back {time.monotonic() - started:.0f} s after SIGKILL ({len(statuses)} UNAVAILABLE)",
+              file=sys.stderr)
+        client.close()
+        raw.close()
+    finally:
+        code = server.stop()
+    assert code == 0, server.log_tail()
+
+    def group() -> list[str]:   # live (not zombie) processes of the server's process group: stubs, engine core, worker
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) == server.process.pid and fields[0] != "Z":
+                    found.append(Path(stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")[:60].decode())
+            except (OSError, ValueError, IndexError):
+                continue
+        return found
+
+    deadline = time.monotonic() + 10   # SIGKILLed processes take a moment to go
+    while group() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not group(), f"processes of the server's group left running: {group()}"

@@ -478,6 +478,9 @@ class TrainConfig:
         return self.stage1 if n == 1 else self.stage2
 
 
+ENGINES = ("hf", "vllm")   # serve.engine: the LLM step of the served ensemble
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Serving (`tuna export`, `tuna serve`, `tuna ask`): the Triton model repository and the local server."""
@@ -497,6 +500,9 @@ class ServeConfig:
     max_text_chars: int = 2000          # question length limit (characters)
     ready_timeout: int = 180            # seconds `tuna serve` waits for every model to load
     question: str = "What is in the image?"  # what `tuna run` asks the served model
+    engine: str = "hf"                  # the LLM step's engine: hf (transformers generate) or vllm (vLLM, run in $TUNA_VLLM_VENV)
+    vllm_max_model_len: int = 0         # vllm: longest prompt + answer in positions (0 = the LM's max_position_embeddings)
+    vllm_kv_cache_gib: int = 1          # vllm on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)
 
     def __post_init__(self) -> None:
         _require(self.variant in VARIANT_NAMES, "variant", f"must be one of {', '.join(VARIANT_NAMES)}; got {self.variant!r}")
@@ -513,5 +519,9 @@ class ServeConfig:
         _require(1 <= self.max_text_chars <= 1_000_000, "max_text_chars", f"must be in 1..1000000, got {self.max_text_chars}")
         _require(1 <= self.ready_timeout <= 3600, "ready_timeout", f"must be in 1..3600 seconds, got {self.ready_timeout}")
         _require(bool(self.question.strip()), "question", "must be a non-empty question")
+        _require(self.engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}; got {self.engine!r}")
+        _require(self.vllm_max_model_len == 0 or 2 <= self.vllm_max_model_len <= 1_048_576, "vllm_max_model_len",
+                 f"must be 0 (the LM's own limit) or 2..1048576, got {self.vllm_max_model_len}")
+        _require(1 <= self.vllm_kv_cache_gib <= 1024, "vllm_kv_cache_gib", f"must be in 1..1024 GiB, got {self.vllm_kv_cache_gib}")
 
 

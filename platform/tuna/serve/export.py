@@ -143,7 +143,7 @@ def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_
         # Milvus Lite folders are locked to one process: one retrieval instance unless Milvus is a server.
         "retrieval": model_config.retrieval(batching, table, s.instances if cfg.index.uri else 1),
         "tensorrt_llm": (model_config.llm_trtllm(batching, table, trtllm_engine) if trtllm_engine
-                         else model_config.llm_python(batching, table)),
+                         else model_config.llm_python(batching, table, s.engine)),
         "postprocessing": model_config.postprocessing(batching),
     }
     problems = model_config.check_wiring(models)
@@ -155,9 +155,10 @@ def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_
     for step, cls in BACKEND_CLASSES.items():
         if step == "tensorrt_llm" and trtllm_engine:
             continue
-        _write(root / step / "1" / "model.py",
-               f'"""Triton python model `{step}` of the TUNA ensemble (written by `tuna export`)."""\n\n'
-               f"from tuna.serve.python_backend import {cls} as TritonPythonModel  # noqa: F401\n")
+        if step == "tensorrt_llm" and s.engine == "vllm":
+            cls = "VllmLLMModel"
+            _write_vllm_env(root / step / model_config.VLLM_ENV_FILE)
+        _write(root / step / "1" / "model.py", MODEL_PY.format(step=step, cls=cls))
     pre = root / "preprocessing" / "1" / "assets"
     _copy_files(model_dir, pre, TOKENIZER_FILES + ("preprocessor_config.json",))
     _write(pre / SERVING_FILE, json.dumps(settings["preprocessing"], indent=1, sort_keys=True))
@@ -173,6 +174,52 @@ def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_
         _write(root / "tensorrt_llm" / "1" / "assets" / SERVING_FILE, json.dumps(settings["tensorrt_llm"], indent=1, sort_keys=True))
     _copy_files(model_dir, root / "postprocessing" / "1" / "assets", TOKENIZER_FILES)
     return {name: model_config.to_text(m) for name, m in models.items()}
+
+
+# Each step's model.py. Triton's python stubs ignore PYTHONPATH: TUNA_SOURCE_ROOT (set by tuna.serve.server to its own
+# source tree; unset in a serving image) goes first on sys.path, so the served code is the code that started the server.
+MODEL_PY = '''"""Triton python model `{step}` of the TUNA ensemble (written by `tuna export`)."""
+
+import os
+import sys
+
+sys.path[:0] = [p for p in os.environ.get("TUNA_SOURCE_ROOT", "").split(os.pathsep) if p and p not in sys.path]
+
+from tuna.serve.python_backend import {cls} as TritonPythonModel  # noqa: E402, F401
+'''
+
+VLLM_ACTIVATE = """# Written by `tuna export` (serve.engine=vllm). Triton's python backend sources this bin/activate before it starts
+# the stub of the LLM step: the stub's Python becomes the vLLM venv's ($TUNA_VLLM_VENV: `make vllm-env`, or the
+# serving image's venv), so vllm and its numpy 2 never meet the project venv of the other steps (PYTHONPATH is
+# dropped: vLLM's engine-core process is a plain Python of that venv). Nothing here names a path of the export machine.
+if [ -z "${TUNA_VLLM_VENV:-}" ] || [ ! -x "${TUNA_VLLM_VENV}/bin/python" ]; then
+  echo "tuna: the LLM step runs on vLLM (serve.engine=vllm) but TUNA_VLLM_VENV='${TUNA_VLLM_VENV:-}' is not a venv;" \\
+    "run make vllm-env and set TUNA_VLLM_VENV" >&2
+  return 1
+fi
+export VIRTUAL_ENV="${TUNA_VLLM_VENV}"
+export PATH="${TUNA_VLLM_VENV}/bin:${PATH}"
+unset PYTHONPATH PYTHONHOME
+"""
+
+
+def _write_vllm_env(path: Path) -> None:
+    """The LLM step's execution environment (a python-backend EXECUTION_ENV_PATH archive): only ``bin/activate``
+    (:data:`VLLM_ACTIVATE`), written byte-for-byte the same on every export (fixed times, owners and modes)."""
+    import gzip
+    import io
+    import tarfile
+
+    data = VLLM_ACTIVATE.encode()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, size, kind, mode in (("bin", 0, tarfile.DIRTYPE, 0o755), ("bin/activate", len(data), tarfile.REGTYPE, 0o644)):
+            info = tarfile.TarInfo(name)
+            info.size, info.type, info.mode, info.mtime = size, kind, mode, 0
+            tar.addfile(info, io.BytesIO(data) if size else None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as gz:
+        gz.write(raw.getvalue())
 
 
 def _trtllm_kit(kit: Path, lm_dir: Path, lm_config: dict[str, Any], max_batch_size: int, max_table_rows: int) -> None:
@@ -243,8 +290,13 @@ def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None 
     from tuna.model.processing_tuna import silent_token_ids
 
     silent = silent_token_ids(AutoTokenizer.from_pretrained(str(model_dir)))
+    llm_settings: dict[str, Any] = {"silent_token_ids": silent}
+    if cfg.serve.engine == "vllm":   # what the vLLM step starts its engine with (tuna.serve.python_backend.VllmLLMModel)
+        llm_settings["engine"] = {"name": "vllm", "max_model_len": cfg.serve.vllm_max_model_len,
+                                  "kv_cache_gib": cfg.serve.vllm_kv_cache_gib, "dtype": "float32",
+                                  "max_num_seqs": max(cfg.serve.max_batch_size, 8)}
     settings = {
-        "tensorrt_llm": {"silent_token_ids": silent},
+        "tensorrt_llm": llm_settings,
         "preprocessing": {"system_prompt": cfg.train.system_prompt, "max_tokens_limit": cfg.serve.max_tokens_limit,
                           "max_image_bytes": cfg.serve.max_image_bytes, "max_text_chars": cfg.serve.max_text_chars},
         "retrieval": {"recipe": "recipe.yaml", "default_datastore": default,
@@ -253,7 +305,7 @@ def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None 
     repo = tmp / "model_repository"
     texts = _repository(cfg, model_dir, repo, lm_dir, encoder_dir, settings, None)
     manifest: dict[str, Any] = {
-        "export": EXPORT_VERSION, "variant": variant, "model": model_info,
+        "export": EXPORT_VERSION, "variant": variant, "model": model_info, "engine": cfg.serve.engine,
         "datastores": datastores, "default_datastore": default, "ensemble": model_config.ENSEMBLE,
         "repository": "model_repository", "configs": sorted(texts), "serve_config": _serve_fingerprint(cfg),
     }

@@ -80,7 +80,21 @@ def server_env(extra_pythonpath: list[str] | None = None) -> dict[str, str]:
     paths = [source_root, site] + (extra_pythonpath or []) + [p for p in env.get("PYTHONPATH", "").split(":") if p]
     env["PYTHONPATH"] = ":".join(dict.fromkeys(paths))
     env.setdefault("OMP_NUM_THREADS", "1")
+    # The python stubs ignore PYTHONPATH (measured: sys.path holds only their interpreter's paths and site-packages, so an
+    # editable install elsewhere wins); the exported model.py files put TUNA_SOURCE_ROOT first: the tree of this server.
+    env.setdefault("TUNA_SOURCE_ROOT", source_root)
+    # serve.engine=vllm: the LLM step's stub runs in the vLLM venv (its bin/activate reads TUNA_VLLM_VENV).
+    checkout_venv = Path(source_root).parent / ".venv-vllm"
+    if not env.get("TUNA_VLLM_VENV") and (checkout_venv / "bin" / "python").is_file():
+        env["TUNA_VLLM_VENV"] = str(checkout_venv)
     return env
+
+
+def uses_vllm(repository: Path) -> bool:
+    """True when the repository's LLM step runs on vLLM (`tuna export` with serve.engine=vllm)."""
+    from tuna.serve.model_config import VLLM_ENV_FILE
+
+    return (repository / "tensorrt_llm" / VLLM_ENV_FILE).is_file()
 
 
 @dataclass
@@ -117,15 +131,20 @@ class TritonServer:
                 if s.connect_ex((self.host, port)) == 0:
                     raise ServerError(f"port {port} on {self.host} is already in use; set serve.grpc_port/http_port/"
                                       f"metrics_port (0 = a free port)")
+        vllm = uses_vllm(self.repository)   # the vLLM step's stub takes ~8 s to stop its engine on 2 busy cores
         cmd = [str(bundle_dir() / "bin" / "tritonserver"), f"--model-repository={self.repository.resolve()}",
                f"--backend-directory={backend_dir()}", f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
                f"--http-address={self.host}", f"--http-port={self.http_port}", f"--metrics-address={self.host}",
-               f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false", "--exit-timeout-secs=10",
+               f"--metrics-port={self.metrics_port}", "--allow-gpu-metrics=false", f"--exit-timeout-secs={25 if vllm else 10}",
                "--log-verbose=0"]
         self.log_path = self.log_path or self.repository.parent / "tritonserver.log"
-        log = open(self.log_path, "w")
         env = server_env()
         env.update(self.env)
+        venv = env.get("TUNA_VLLM_VENV", "")
+        if vllm and not (venv and (Path(venv) / "bin" / "python").is_file()):
+            raise ServerError(f"{self.repository}: the LLM step runs on vLLM (serve.engine=vllm) but TUNA_VLLM_VENV="
+                              f"{venv!r} is not a venv; run `make vllm-env` and set TUNA_VLLM_VENV to it")
+        log = open(self.log_path, "w")
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
         deadline = time.monotonic() + ready_timeout
@@ -155,9 +174,10 @@ class TritonServer:
         interesting = [ln for ln in text if " E" in ln[:2] or "error" in ln.lower() or "Error" in ln]
         return " | ".join((interesting or text)[-lines:])[-1500:] + f" (log: {self.log_path})"
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def stop(self, timeout: float = 40.0) -> int | None:
         """SIGTERM the server (it unloads models and exits), SIGKILL after ``timeout``; returns its exit code."""
         if self.process is None or self.process.poll() is not None:
+            self._reap()
             return self.process.returncode if self.process else None
         self.process.send_signal(signal.SIGTERM)
         try:
@@ -165,6 +185,17 @@ class TritonServer:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)   # its own session: the python stubs go with it
             return self.process.wait(timeout=10)
+        finally:
+            self._reap()
+
+    def _reap(self) -> None:
+        """SIGKILL what is left of the server's process group (its own session): a python stub killed at the exit
+        timeout leaves its children behind (vLLM's engine core and worker were seen running on, adopted by init)."""
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def __enter__(self) -> TritonServer:
         return self
@@ -173,4 +204,4 @@ class TritonServer:
         self.stop()
 
 
-__all__ = ["ServerError", "TritonServer", "backend_dir", "bundle_dir", "free_port", "server_env"]
+__all__ = ["ServerError", "TritonServer", "backend_dir", "bundle_dir", "free_port", "server_env", "uses_vllm"]

