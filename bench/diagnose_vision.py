@@ -8,6 +8,7 @@ Linear probes on the frozen CLIP's features, per feature source:
   max_L<l>      max over patch tokens
   grid_L<l>     the patch grid, flattened (P x Dv)
   grid4_L<l>    the grid average-pooled to 4x4, flattened
+  conn_L<last>  CLS + the grid average-pooled to 2x2 of the last layer (what mini's connector reads, 5 tokens)
 
 Two probes:
   fine     multinomial logistic regression for the fine class, trained on single-object web-A images
@@ -116,6 +117,8 @@ def features(model, processor, images: list[Image.Image], batch: int = 256) -> d
             feats[f"grid4_L{layer}"] = F.adaptive_avg_pool2d(grid, 4).flatten(1)
             if layer >= n - 2:
                 feats[f"grid_L{layer}"] = p.flatten(1)
+            if layer == n - 1:  # what mini's connector reads: CLS + the grid pooled to 2x2 (vision_feature_pool 4)
+                feats[f"conn_L{layer}"] = torch.cat([h[:, 0], F.adaptive_avg_pool2d(grid, 2).flatten(1)], 1)
             # post-LayerNorm patch tokens of the last layer (what a "post-norm" readout would see)
         last = model.vision_model.post_layernorm(hs[-1][:, 1:])
         feats[f"mean_L{n - 1}_postln"] = last.mean(1)
