@@ -253,6 +253,10 @@ def main() -> None:
     ap.add_argument("--web-shards", type=int, default=8)
     ap.add_argument("--exist-images", type=int, default=1000)
     ap.add_argument("--sources", default="", help="comma list of feature sources (default: all)")
+    ap.add_argument("--exist-train", choices=("web", "instruction"), default="web",
+                    help="existence probe trained on web-A (default) or on instruction images after the --exist-images "
+                         "test images (the distribution stage 2 trains on: 1-4 objects, uniform)")
+    ap.add_argument("--exist-train-images", type=int, default=3000)
     args = ap.parse_args()
     t0 = time.perf_counter()
 
@@ -272,7 +276,11 @@ def main() -> None:
     single = [i for i, o in enumerate(web_objs) if len(set(o)) == 1 and len(o) == 1]
     val_id = read_finer(world / "val" / "finer" / "id")
     val_ood = read_finer(world / "val" / "finer" / "ood")
-    ins_imgs, ins_objs = read_coco(world / "instruction", args.exist_images)
+    ins_imgs, ins_objs = read_coco(world / "instruction", args.exist_images + (
+        args.exist_train_images if args.exist_train == "instruction" else 0))
+    if args.exist_train == "instruction":   # train images after the test ones, never the same image
+        ex_imgs, ex_objs = ins_imgs[args.exist_images:], ins_objs[args.exist_images:]
+        ins_imgs, ins_objs = ins_imgs[:args.exist_images], ins_objs[:args.exist_images]
     print(f"web {len(web_imgs)} ({len(single)} single-object), val id {len(val_id[0])}, ood {len(val_ood[0])}, "
           f"instruction {len(ins_imgs)}  [{time.perf_counter() - t0:.0f}s]", flush=True)
 
@@ -280,6 +288,13 @@ def main() -> None:
     f_id = features(model, processor, val_id[0])
     f_ood = features(model, processor, val_ood[0])
     f_ins = features(model, processor, ins_imgs)
+    if args.exist_train == "instruction":
+        f_ex = features(model, processor, ex_imgs)
+        ex_ml = np.zeros((len(ex_objs), len(names)), np.float32)
+        for i, objs in enumerate(ex_objs):
+            for o in objs:
+                if o in cidx:
+                    ex_ml[i, cidx[o]] = 1
     print(f"features [{time.perf_counter() - t0:.0f}s]", flush=True)
 
     # fine probe data
@@ -315,7 +330,8 @@ def main() -> None:
         x = f_web[src]
         fine = fine_probe(x[single], tr_y, {"val_id": (f_id[src], y_id), "val_ood": (f_ood[src], y_ood)},
                           len(names), args.seed)
-        exist = exist_probe(x, ml, f_ins[src], sets, args.seed) if not src.startswith("grid_") else None
+        ex_x, ex_y = (f_ex[src], ex_ml) if args.exist_train == "instruction" else (x, ml)
+        exist = exist_probe(ex_x, ex_y, f_ins[src], sets, args.seed) if not src.startswith("grid_") else None
         results[src] = {"dim": int(x.shape[1]), "fine": fine, "exist": exist}
         ex = "" if exist is None else (f" | exist rnd {exist['random']['acc']:.3f} adv {exist['adversarial']['acc']:.3f}"
                                        f" (yes {exist['random']['yes_ratio']:.2f}, auc {exist['random']['auc']:.3f}"
@@ -333,6 +349,7 @@ def main() -> None:
     zs = {s: round(float(((f @ te.T).argmax(1) == y).mean()), 4) for s, f, y in
           (("val_id", f_id["embed"], y_id), ("val_ood", f_ood["embed"], y_ood))}
     out = {"encoder": args.encoder, "world": args.world, "seed": args.seed, "web_images": len(web_imgs),
+           "exist_train": args.exist_train,
            "fine_train_images": len(single), "zero_shot": zs, "probes": results,
            "seconds": round(time.perf_counter() - t0, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
