@@ -8,6 +8,7 @@ Linear probes on the frozen CLIP's features, per feature source:
   max_L<l>      max over patch tokens
   grid_L<l>     the patch grid, flattened (P x Dv)
   grid4_L<l>    the grid average-pooled to 4x4, flattened
+  conn_L<last>  CLS + the grid average-pooled to 2x2 of the last layer (what mini's connector reads, 5 tokens)
 
 Two probes:
   fine     multinomial logistic regression for the fine class, trained on single-object web-A images
@@ -116,6 +117,8 @@ def features(model, processor, images: list[Image.Image], batch: int = 256) -> d
             feats[f"grid4_L{layer}"] = F.adaptive_avg_pool2d(grid, 4).flatten(1)
             if layer >= n - 2:
                 feats[f"grid_L{layer}"] = p.flatten(1)
+            if layer == n - 1:  # what mini's connector reads: CLS + the grid pooled to 2x2 (vision_feature_pool 4)
+                feats[f"conn_L{layer}"] = torch.cat([h[:, 0], F.adaptive_avg_pool2d(grid, 2).flatten(1)], 1)
             # post-LayerNorm patch tokens of the last layer (what a "post-norm" readout would see)
         last = model.vision_model.post_layernorm(hs[-1][:, 1:])
         feats[f"mean_L{n - 1}_postln"] = last.mean(1)
@@ -250,6 +253,10 @@ def main() -> None:
     ap.add_argument("--web-shards", type=int, default=8)
     ap.add_argument("--exist-images", type=int, default=1000)
     ap.add_argument("--sources", default="", help="comma list of feature sources (default: all)")
+    ap.add_argument("--exist-train", choices=("web", "instruction"), default="web",
+                    help="existence probe trained on web-A (default) or on instruction images after the --exist-images "
+                         "test images (the distribution stage 2 trains on: 1-4 objects, uniform)")
+    ap.add_argument("--exist-train-images", type=int, default=3000)
     args = ap.parse_args()
     t0 = time.perf_counter()
 
@@ -269,7 +276,11 @@ def main() -> None:
     single = [i for i, o in enumerate(web_objs) if len(set(o)) == 1 and len(o) == 1]
     val_id = read_finer(world / "val" / "finer" / "id")
     val_ood = read_finer(world / "val" / "finer" / "ood")
-    ins_imgs, ins_objs = read_coco(world / "instruction", args.exist_images)
+    ins_imgs, ins_objs = read_coco(world / "instruction", args.exist_images + (
+        args.exist_train_images if args.exist_train == "instruction" else 0))
+    if args.exist_train == "instruction":   # train images after the test ones, never the same image
+        ex_imgs, ex_objs = ins_imgs[args.exist_images:], ins_objs[args.exist_images:]
+        ins_imgs, ins_objs = ins_imgs[:args.exist_images], ins_objs[:args.exist_images]
     print(f"web {len(web_imgs)} ({len(single)} single-object), val id {len(val_id[0])}, ood {len(val_ood[0])}, "
           f"instruction {len(ins_imgs)}  [{time.perf_counter() - t0:.0f}s]", flush=True)
 
@@ -277,6 +288,13 @@ def main() -> None:
     f_id = features(model, processor, val_id[0])
     f_ood = features(model, processor, val_ood[0])
     f_ins = features(model, processor, ins_imgs)
+    if args.exist_train == "instruction":
+        f_ex = features(model, processor, ex_imgs)
+        ex_ml = np.zeros((len(ex_objs), len(names)), np.float32)
+        for i, objs in enumerate(ex_objs):
+            for o in objs:
+                if o in cidx:
+                    ex_ml[i, cidx[o]] = 1
     print(f"features [{time.perf_counter() - t0:.0f}s]", flush=True)
 
     # fine probe data
@@ -312,7 +330,8 @@ def main() -> None:
         x = f_web[src]
         fine = fine_probe(x[single], tr_y, {"val_id": (f_id[src], y_id), "val_ood": (f_ood[src], y_ood)},
                           len(names), args.seed)
-        exist = exist_probe(x, ml, f_ins[src], sets, args.seed) if not src.startswith("grid_") else None
+        ex_x, ex_y = (f_ex[src], ex_ml) if args.exist_train == "instruction" else (x, ml)
+        exist = exist_probe(ex_x, ex_y, f_ins[src], sets, args.seed) if not src.startswith("grid_") else None
         results[src] = {"dim": int(x.shape[1]), "fine": fine, "exist": exist}
         ex = "" if exist is None else (f" | exist rnd {exist['random']['acc']:.3f} adv {exist['adversarial']['acc']:.3f}"
                                        f" (yes {exist['random']['yes_ratio']:.2f}, auc {exist['random']['auc']:.3f}"
@@ -330,6 +349,7 @@ def main() -> None:
     zs = {s: round(float(((f @ te.T).argmax(1) == y).mean()), 4) for s, f, y in
           (("val_id", f_id["embed"], y_id), ("val_ood", f_ood["embed"], y_ood))}
     out = {"encoder": args.encoder, "world": args.world, "seed": args.seed, "web_images": len(web_imgs),
+           "exist_train": args.exist_train,
            "fine_train_images": len(single), "zero_shot": zs, "probes": results,
            "seconds": round(time.perf_counter() - t0, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

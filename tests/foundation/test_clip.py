@@ -217,12 +217,81 @@ def test_training_with_clean_captions_records_them_and_tracks_the_miner(trained:
     import hashlib
 
     fields = dataclasses.asdict(trained["cfg"].encoder)
-    for later in ("clean_captions", "patch_loss", "patch_loss_layer"):  # keys added after encoders were trained
+    for later in ("clean_captions", "patch_loss", "patch_loss_layer", "object_loss", "object_loss_tokens"):  # added later
         del fields[later]
     before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert trained["manifest"]["inputs"]["encoder_config"] == before
     with pytest.raises(ConfigError, match="encoder.clean_captions"):
         load_recipe(SMOKE, ["encoder.clean_captions=2"])
+
+
+def test_object_targets_keep_nouns_named_often_enough() -> None:
+    objects = [["zedul", "pivin"], ["zedul"], ["zedul", "zedul"], ["mabrut"], []]
+    t = clip_train.ObjectTargets.from_objects(objects, min_count=2)
+    assert t.vocabulary == ["zedul"], "a noun counts once per caption; rarer nouns are left out"
+    assert t.targets.tolist() == [[1.0], [1.0], [1.0], [0.0], [0.0]]
+    assert clip_train.ObjectTargets.from_objects(objects, min_count=1).vocabulary == ["mabrut", "pivin", "zedul"]
+
+
+def _tiny_clip(overrides: list[str]) -> tuple:
+    import torch
+
+    cfg = load_recipe(SMOKE, ["encoder.hidden_size=16", "encoder.heads=2", "encoder.layers=1", "encoder.text_hidden_size=16",
+                              "encoder.projection_dim=8", "encoder.batch_size=4", "encoder.epochs=2", *overrides])
+    captions = ["a zedul and a pivin", "a zedul", "a mabrut", "a pivin", "a zedul", "a mabrut", "a pivin", "a thing"]
+    tok = clip_train.build_tokenizer(captions, cfg.encoder.max_text_tokens)
+    torch.manual_seed(0)
+    model = clip_train.build_model(cfg.encoder, tok, 24)
+    gen = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (len(captions), 3, 24, 24), dtype=torch.uint8, generator=gen)
+    pairs = clip_train.Pairs(pixels=pixels, captions=captions, total=len(captions), quarantine=clip_train.Quarantine(),
+                             corpus_sha256="0" * 64)
+    mined = [[w for w in c.split() if w not in ("a", "and")] for c in captions]
+    return cfg, model, tok, pairs, clip_train.ObjectTargets.from_objects(mined, min_count=1)
+
+
+def test_object_loss_reads_the_cls_the_patches_or_both() -> None:
+    import torch
+
+    cfg, model, tok, pairs, objects = _tiny_clip([])
+    text = tok(pairs.captions[:4], padding=True, return_tensors="pt")
+    out = model(**text, pixel_values=clip_train.normalise(pairs.pixels[:4], clip_train.build_processor(24)), return_loss=True)
+    head = torch.nn.Linear(16, len(objects.vocabulary))
+    losses = {t: clip_train.object_loss(model, head, out, objects.targets[:4], t) for t in ("cls", "patches", "both")}
+    assert torch.allclose(losses["both"], losses["cls"] + losses["patches"])
+    losses["patches"].backward()
+    assert model.vision_model.encoder.layers[0].mlp.fc1.weight.grad.abs().sum() > 0, "the patch tokens are trained"
+    with pytest.raises(ConfigError, match="encoder.object_loss_tokens"):
+        load_recipe(SMOKE, ["encoder.object_loss_tokens=mean"])
+    with pytest.raises(ConfigError, match="encoder.object_loss"):
+        load_recipe(SMOKE, ["encoder.object_loss=-1"])
+
+
+def test_training_with_the_object_loss_keeps_the_default_path_unchanged() -> None:
+    import torch
+
+    runs = {}
+    for name, overrides in {"off": [], "off_again": [], "on": ["encoder.object_loss=1", "encoder.object_loss_tokens=both"]}.items():
+        cfg, model, tok, pairs, objects = _tiny_clip(overrides)
+        curve = clip_train.train_clip(model, pairs, tok, clip_train.build_processor(24), cfg.encoder, seed=0, progress=False,
+                                      log=_quiet, objects=objects if name == "on" else None)
+        runs[name] = (curve, torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(runs["off"][1], runs["off_again"][1]) and runs["off"][0]["object_per_epoch"] is None
+    assert not torch.equal(runs["off"][1], runs["on"][1])
+    assert len(runs["on"][0]["object_per_epoch"]) == 2 and runs["on"][0]["object_per_epoch"][0] > 0
+    cfg, model, tok, pairs, _ = _tiny_clip(["encoder.object_loss=1"])
+    with pytest.raises(ValueError, match="object targets"):
+        clip_train.train_clip(model, pairs, tok, clip_train.build_processor(24), cfg.encoder, seed=0, progress=False, log=_quiet)
+
+
+def test_training_with_the_object_loss_records_it_and_tracks_the_miner(trained: dict, tmp_path: Path) -> None:
+    shutil.copytree(trained["root"] / "seed0" / "world", tmp_path / "world")
+    cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}", "encoder.object_loss=0.5", "encoder.object_loss_tokens=patches"])
+    manifest = train_encoder(cfg, progress=False, log=_quiet)
+    assert manifest["object_loss"]["vocabulary"] >= 1 and len(manifest["object_loss"]["per_epoch"]) == cfg.encoder.epochs
+    assert manifest["inputs"]["spacy_model"] == cfg.mine.spacy_model and is_up_to_date(cfg)
+    assert manifest["clean_captions"] == {"rate": cfg.encoder.clean_captions} and "object_loss" not in trained["manifest"]
+    assert manifest["inputs"]["encoder_config"] != trained["manifest"]["inputs"]["encoder_config"]
 
 
 def test_training_reads_the_clip_only_crawl_when_the_world_has_one(tmp_path: Path) -> None:

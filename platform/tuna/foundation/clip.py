@@ -149,7 +149,8 @@ def _data_fingerprint(cfg: Recipe) -> str | None:
 
 # Encoder keys added after encoders were already trained, with the value that reproduces them: at that
 # value they are left out of the config fingerprint, so existing encoders stay up to date.
-_LATER_KEYS: dict[str, Any] = {"clean_captions": 0.0, "patch_loss": 0.0, "patch_loss_layer": -2}
+_LATER_KEYS: dict[str, Any] = {"clean_captions": 0.0, "patch_loss": 0.0, "patch_loss_layer": -2,
+                               "object_loss": 0.0, "object_loss_tokens": "cls"}
 
 
 def _config_fingerprint(enc: Any) -> str:
@@ -194,7 +195,7 @@ def _inputs(cfg: Recipe, data_fingerprint: str | None) -> dict[str, Any]:
     """Everything the trained weights depend on; equal inputs mean the saved encoder is up to date."""
     inputs = {"encoder_config": _config_fingerprint(cfg.encoder), "seed": cfg.run.seed,
               "world": data_fingerprint, "max_caption_chars": cfg.mine.max_caption_chars}
-    if cfg.encoder.clean_captions > 0:  # the tag miner's pipeline decides the cleaned captions
+    if cfg.encoder.clean_captions > 0 or cfg.encoder.object_loss > 0:  # the tag miner decides cleaned captions / objects
         inputs["spacy_model"] = cfg.mine.spacy_model
     return inputs
 
@@ -257,20 +258,30 @@ def train_encoder(cfg: Recipe, progress: bool = True, log: Callable[[str], None]
         log(f"encoder data: {pairs.quarantine.summary(pairs.total, 'web pairs')}")
         cleaned: list[str | None] | None = None
         cleaning: dict[str, Any] = {"rate": enc.clean_captions}
-        if enc.clean_captions > 0:
+        objects: clip_train.ObjectTargets | None = None
+        if enc.clean_captions > 0 or enc.object_loss > 0:
             t_clean = time.perf_counter()
-            cleaned = clip_train.clean_captions(pairs.captions, cfg.mine)
-            found = sum(c is not None for c in cleaned)
-            cleaning.update(with_objects=found, seconds=round(time.perf_counter() - t_clean, 1))
-            log(f"encoder captions: {found}/{len(cleaned)} cleaned to their mined objects in {cleaning['seconds']:.0f}s "
-                f"(used for {enc.clean_captions:.0%} of the pairs at each step)")
+            mined = clip_train.mine_objects(pairs.captions, cfg.mine)
+            seconds = round(time.perf_counter() - t_clean, 1)
+            if enc.clean_captions > 0:
+                cleaned = clip_train.clean_captions(pairs.captions, cfg.mine, objects=mined)
+                found = sum(c is not None for c in cleaned)
+                cleaning.update(with_objects=found, seconds=seconds)
+                log(f"encoder captions: {found}/{len(cleaned)} cleaned to their mined objects in {seconds:.0f}s "
+                    f"(used for {enc.clean_captions:.0%} of the pairs at each step)")
+            if enc.object_loss > 0:
+                objects = clip_train.ObjectTargets.from_objects(mined)
+                log(f"encoder object loss: {len(objects.vocabulary)} mined nouns named by >= "
+                    f"{clip_train.OBJECT_MIN_COUNT} captions, {float(objects.targets.sum(1).mean()):.2f} per pair "
+                    f"(weight {enc.object_loss}, on {enc.object_loss_tokens})")
         tokenizer = clip_train.build_tokenizer(pairs.captions + [c for c in cleaned or [] if c], enc.max_text_tokens)
         torch.manual_seed(cfg.run.seed)
         model = clip_train.build_model(enc, tokenizer, cfg.world.image_size)
         log(f"encoder: CLIPModel with {_count_params(model.vision_model) / 1e6:.2f}M vision + "
             f"{_count_params(model.text_model) / 1e6:.2f}M text parameters, vocabulary {len(tokenizer)}, "
             f"{len(pairs.captions)} pairs x {enc.epochs} epochs on {enc.threads} threads")
-        curve = clip_train.train_clip(model, pairs, tokenizer, processor, enc, cfg.run.seed, progress, log, cleaned=cleaned)
+        curve = clip_train.train_clip(model, pairs, tokenizer, processor, enc, cfg.run.seed, progress, log, cleaned=cleaned,
+                                      objects=objects)
         with _hf_progress(False):
             model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -290,6 +301,8 @@ def train_encoder(cfg: Recipe, progress: bool = True, log: Callable[[str], None]
             "corpora": pairs.per_corpus,
             "pairs": len(pairs.captions),
             "clean_captions": cleaning,
+            **({"object_loss": {"vocabulary": len(objects.vocabulary), "per_epoch": curve["object_per_epoch"]}}
+               if objects is not None else {}),
             "quarantined": {"count": len(pairs.quarantine), "kinds": pairs.quarantine.reasons()},
             "inputs": _inputs(cfg, data_fingerprint),
             "config": cfg.to_dict()["encoder"],

@@ -119,17 +119,68 @@ def object_caption(objects: Sequence[str]) -> str | None:
     return f"a photo of {body}."
 
 
-def clean_captions(captions: Sequence[str], mine: MineConfig) -> list[str | None]:
-    """Each alt-text cleaned down to its objects (:func:`object_caption`), None where none is found.
+def mine_objects(captions: Sequence[str], mine: MineConfig) -> list[list[str]]:
+    """The object nouns ``tuna mine`` extracts from each alt-text (spaCy tagger + the miner's phrase rules).
 
-    The objects are what ``tuna mine`` extracts (spaCy tagger + the miner's phrase rules): stock-photo
-    filler, named entities, instance attributes (colour, size) and word order are dropped. Uses the
+    Stock-photo filler, named entities and instance attributes (colour, size) are dropped. Uses the
     caption text only, as a web-scale pipeline could; no label of the world is read.
     """
     from tuna.tags.miner import TagMiner
 
     miner = TagMiner(mine)
-    return [object_caption(tags.objects) for tags in miner.mine(captions)]
+    return [list(tags.objects) for tags in miner.mine(captions)]
+
+
+def clean_captions(captions: Sequence[str], mine: MineConfig,
+                   objects: Sequence[Sequence[str]] | None = None) -> list[str | None]:
+    """Each alt-text cleaned down to its objects (:func:`object_caption` over :func:`mine_objects`), None where
+    none is found. ``objects`` (one list per caption) skips the mining when it was done already."""
+    return [object_caption(objs) for objs in (objects if objects is not None else mine_objects(captions, mine))]
+
+
+OBJECT_MIN_COUNT = 5   # a mined noun enters the object loss's vocabulary when at least this many captions name it
+
+
+@dataclass
+class ObjectTargets:
+    """Multi-hot targets of the object loss: which mined nouns each caption names (web supervision only)."""
+
+    vocabulary: list[str]
+    targets: torch.Tensor                # (N, V) float 0/1
+
+    @classmethod
+    def from_objects(cls, objects: Sequence[Sequence[str]], min_count: int = OBJECT_MIN_COUNT) -> ObjectTargets:
+        counts: dict[str, int] = {}
+        for objs in objects:
+            for o in set(objs):
+                counts[o] = counts.get(o, 0) + 1
+        vocabulary = sorted(o for o, c in counts.items() if c >= min_count and o)
+        index = {o: i for i, o in enumerate(vocabulary)}
+        targets = torch.zeros(len(objects), len(vocabulary))
+        for row, objs in enumerate(objects):
+            for o in objs:
+                if o in index:
+                    targets[row, index[o]] = 1.0
+        return cls(vocabulary, targets)
+
+
+def object_loss(model: CLIPModel, head: torch.nn.Linear, out: object, targets: torch.Tensor, tokens: str) -> torch.Tensor:
+    """Multi-label BCE (summed over the vocabulary, averaged over images) of a linear head on the vision tower.
+
+    ``tokens``: ``cls`` reads the pooled CLS (post-LayerNorm); ``patches`` reads every last-layer patch token
+    through the same LayerNorm and takes the max logit over patches (multiple-instance: some patch must show
+    each named object); ``both`` adds the two. The head is dropped after training: the saved model is a plain
+    ``CLIPModel``. Pushes the features the connector reads to carry every object the caption names.
+    """
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    # CLIPModel.forward overwrites vision_model_output.pooler_output with the projected embedding: re-pool the CLS.
+    tokens_out = model.vision_model.post_layernorm(out.vision_model_output.last_hidden_state)   # (B, 1 + P, Dv)
+    loss = torch.zeros(())
+    if tokens in ("cls", "both"):
+        loss = loss + bce(head(tokens_out[:, 0]), targets, reduction="sum") / len(targets)
+    if tokens in ("patches", "both"):
+        loss = loss + bce(head(tokens_out[:, 1:]).amax(1), targets, reduction="sum") / len(targets)
+    return loss
 
 
 def build_tokenizer(captions: list[str], max_tokens: int) -> PreTrainedTokenizerFast:
@@ -246,14 +297,21 @@ def _param_groups(model: CLIPModel, weight_decay: float) -> list[dict]:
 def train_clip(model: CLIPModel, pairs: Pairs, tokenizer: PreTrainedTokenizerFast, processor: CLIPImageProcessorPil,
                enc: EncoderConfig, seed: int, progress: bool = True, log: Callable[[str], None] = print,
                on_epoch: Callable[[int], None] | None = None,
-               cleaned: Sequence[str | None] | None = None) -> dict[str, object]:
+               cleaned: Sequence[str | None] | None = None,
+               objects: ObjectTargets | None = None) -> dict[str, object]:
     """Train ``model`` in place on ``pairs``; returns the loss curve summary and step counts.
 
     ``on_epoch(epoch)`` runs after each epoch (model in eval mode), e.g. to log zero-shot accuracy.
     ``cleaned`` (one per pair, None = keep the alt-text, e.g. from :func:`clean_captions`) replaces each
     pair's caption with probability ``enc.clean_captions``, drawn afresh at every step.
+    ``objects`` (required when ``enc.object_loss`` > 0) are the mined nouns' targets of :func:`object_loss`.
     """
     n = len(pairs.captions)
+    head = None
+    if enc.object_loss > 0:
+        if objects is None or len(objects.targets) != n:
+            raise ValueError(f"object targets: {None if objects is None else len(objects.targets)} for {n} pairs")
+        head = torch.nn.Linear(model.config.vision_config.hidden_size, max(1, len(objects.vocabulary)))
     texts = [pairs.captions]
     if cleaned is not None and enc.clean_captions > 0:
         if len(cleaned) != n:
@@ -268,17 +326,21 @@ def train_clip(model: CLIPModel, pairs: Pairs, tokenizer: PreTrainedTokenizerFas
     total = steps_per_epoch * enc.epochs
     warmup = max(1, round(enc.warmup * total))
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(_param_groups(model, enc.weight_decay), lr=enc.lr, betas=(0.9, 0.98), eps=1e-6)
+    groups = _param_groups(model, enc.weight_decay)
+    if head is not None:
+        groups += [{"params": [head.weight], "weight_decay": enc.weight_decay}, {"params": [head.bias], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=enc.lr, betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, warmup_cosine(warmup, total))
     model.train()
     epoch_losses: list[float] = []
+    object_losses: list[float] = []
     first: float | None = None
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc="encoder", unit="step", disable=not progress, leave=False)
     for epoch in range(enc.epochs):
         order = torch.randperm(n, generator=gen)
-        running = 0.0
+        running = running_obj = 0.0
         for s in range(steps_per_epoch):
             idx = order[s * batch:(s + 1) * batch]
             x = pairs.pixels[idx]                                           # (B, 3, S, S) uint8
@@ -296,6 +358,10 @@ def train_clip(model: CLIPModel, pairs: Pairs, tokenizer: PreTrainedTokenizerFas
             loss_t = out.loss
             if enc.patch_loss > 0:   # the patch tokens the connector reads must carry the objects too
                 loss_t = loss_t + enc.patch_loss * patch_infonce(model, out, enc.patch_loss_layer)
+            if head is not None:     # ... every object the caption names, not only the one that wins the batch
+                obj = object_loss(model, head, out, objects.targets[idx], enc.object_loss_tokens)
+                loss_t = loss_t + enc.object_loss * obj
+                running_obj += obj.item()
             loss_t.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -309,7 +375,9 @@ def train_clip(model: CLIPModel, pairs: Pairs, tokenizer: PreTrainedTokenizerFas
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}", refresh=False)
         epoch_losses.append(running / max(1, steps_per_epoch))
-        log(f"encoder epoch {epoch + 1}/{enc.epochs}: loss {epoch_losses[-1]:.3f} "
+        object_losses.append(running_obj / max(1, steps_per_epoch))
+        extra = f", object loss {object_losses[-1]:.3f}" if head is not None else ""
+        log(f"encoder epoch {epoch + 1}/{enc.epochs}: loss {epoch_losses[-1]:.3f}{extra} "
             f"(temperature 1/{model.logit_scale.exp().item():.1f}, {time.perf_counter() - t0:.0f}s)")
         if on_epoch is not None:
             model.eval()
@@ -318,5 +386,6 @@ def train_clip(model: CLIPModel, pairs: Pairs, tokenizer: PreTrainedTokenizerFas
     bar.close()
     model.eval()
     return {"steps": total, "batch_size": batch, "first": first, "last_epoch": epoch_losses[-1] if epoch_losses else None,
-            "per_epoch": [round(v, 4) for v in epoch_losses], "logit_scale": model.logit_scale.exp().item(),
+            "per_epoch": [round(v, 4) for v in epoch_losses],
+            "object_per_epoch": [round(v, 4) for v in object_losses] if head is not None else None, "logit_scale": model.logit_scale.exp().item(),
             "train_seconds": round(time.perf_counter() - t0, 1)}

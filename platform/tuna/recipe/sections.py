@@ -193,6 +193,9 @@ class MineConfig:
                  f"must be in 16..100000, got {self.max_caption_chars}")
 
 
+OBJECT_LOSS_TOKENS = ("cls", "patches", "both")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """The tiny CLIP trained contrastively on the web corpora (unused when model.vision_tower is set)."""
@@ -218,6 +221,8 @@ class EncoderConfig:
     clean_captions: float = 0.0     # share of captions swapped, per step, for "a photo of a X and a Y." over the mined object nouns
     patch_loss: float = 0.0         # weight of a second InfoNCE on the mean of the patch tokens at patch_loss_layer (0 = off)
     patch_loss_layer: int = -2      # hidden state whose patch tokens the patch loss trains (the connector's vision_feature_layer)
+    object_loss: float = 0.0        # weight of a multi-label loss over the object nouns mined from each caption (0 = off)
+    object_loss_tokens: str = "cls"  # what the object loss reads: cls (pooled CLS) | patches (max over patch tokens) | both
     threads: int = 2                # torch CPU threads
 
     def __post_init__(self) -> None:
@@ -236,6 +241,9 @@ class EncoderConfig:
         _require(0 <= self.warmup < 1, "warmup", f"must be a share of steps in [0, 1), got {self.warmup}")
         _require(0.25 <= self.zoom <= 1, "zoom", f"must be a crop side share in [0.25, 1], got {self.zoom}")
         _require(0 <= self.clean_captions <= 1, "clean_captions", f"must be a share in [0, 1], got {self.clean_captions}")
+        _require(0 <= self.object_loss <= 100, "object_loss", f"must be a weight in [0, 100], got {self.object_loss}")
+        _require(self.object_loss_tokens in OBJECT_LOSS_TOKENS, "object_loss_tokens",
+                 f"must be one of {', '.join(OBJECT_LOSS_TOKENS)}, got {self.object_loss_tokens!r}")
 
 
 @dataclass(frozen=True)
