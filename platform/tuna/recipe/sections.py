@@ -465,6 +465,7 @@ class TrainConfig:
     gradient_clipping: float = 1.0  # max gradient norm (0 = off)
     gradient_checkpointing: bool = False  # recompute the LM's (and towers') activations in backward: less memory, ~1/3 more compute
     deepspeed_config: str | None = None  # a DeepSpeed JSON with "auto" fields; null = the repo's zero<stage>.json
+    zero3_init: bool = False        # stages on ZeRO-3 build the model partitioned (deepspeed.zero.Init): no rank holds it whole
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=lambda: StageConfig(lr=2e-4))
 
@@ -478,6 +479,7 @@ class TrainConfig:
         _require(self.gradient_clipping >= 0, "gradient_clipping", f"must be >= 0, got {self.gradient_clipping}")
         _require(isinstance(self.gradient_checkpointing, bool), "gradient_checkpointing",
                  f"must be true or false, got {self.gradient_checkpointing!r}")
+        _require(isinstance(self.zero3_init, bool), "zero3_init", f"must be true or false, got {self.zero3_init!r}")
 
     def stage(self, n: int) -> StageConfig:
         """The settings of stage ``n`` (1 or 2)."""
