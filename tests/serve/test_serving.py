@@ -343,15 +343,17 @@ def test_milvus_down_is_unavailable_naming_the_uri_and_recovers(exported: Path, 
 
 def test_a_moved_repository_serves_the_same_answers_and_names_no_export_path(client: TunaClient, trained: World,
                                                                             tmp_path: Path) -> None:
-    """The repository is self-contained: exported, moved to another folder, served from there; nothing in it
-    names a path of the export machine (the run's data_dir or where it was exported)."""
+    """The repository is self-contained: exported (with its TensorRT-LLM twin), moved to another folder, served from
+    there; no file of either names a path of the export machine (the run's data_dir, where it was exported, the
+    source tree)."""
     first = tmp_path / "export" / "tuna"
-    export_repository(trained.cfg, "tuna", out=first, log=QUIET)
+    export_repository(trained.cfg, "tuna", out=first, trtllm=True, log=QUIET)
     moved = tmp_path / "elsewhere" / "tuna"
     moved.parent.mkdir()
     shutil.move(str(first), str(moved))
     assert not first.exists()
-    machine = [str(trained.cfg.data_dir), str(trained.cfg.data_dir.resolve()), str(first)]
+    machine = [str(trained.cfg.data_dir), str(trained.cfg.data_dir.resolve()), str(first), str(Path(__file__).resolve().parents[2])]
+    assert (moved / "trtllm" / "model_repository" / "tensorrt_llm" / "1" / "model.yaml").is_file()
     for f in (p for p in moved.rglob("*") if p.is_file()):
         data = f.read_bytes()
         assert not any(m.encode() in data for m in machine), f"{f.relative_to(moved)} names a path of the export machine"

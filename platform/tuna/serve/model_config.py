@@ -105,7 +105,7 @@ VLLM_ENV_FILE = "vllm_env.tar.gz"   # the LLM step's python-backend execution en
 
 
 def llm_python(b: Batching, table_dtype: str, engine: str = "hf") -> pb.ModelConfig:
-    """The CPU LLM: a python model with the tensorrtllm backend's tensor interface. ``engine`` vllm: one instance
+    """The CPU LLM: a python model with the LLM step's tensor interface (LLM_INPUTS). ``engine`` vllm: one instance
     (one vLLM engine batches everything) whose stub runs in the vLLM venv (EXECUTION_ENV_PATH, see tuna.serve.export)."""
     cfg = _base("tensorrt_llm", "python", b, 1 if engine == "vllm" else None)
     vllm = engine == "vllm"
