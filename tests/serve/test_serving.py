@@ -94,6 +94,10 @@ def test_export_is_deterministic_and_every_config_parses_and_wires(trained: Worl
     assert not list(exported.rglob("build.sh")) and not (exported / "trtllm" / "hf_lm").exists()   # no engine build kit
     manifest = json.loads((exported / "export.json").read_text())["trtllm"]
     assert manifest["repository"] == "trtllm/model_repository" and manifest["dtype"] == "bfloat16"
+    from tuna.serve.server import ServerError
+
+    with pytest.raises(ServerError, match=r"runs TensorRT-LLM on GPUs .*serve the CPU model_repository here"):
+        TritonServer(gpu_repo).start(5)   # the local CPU server refuses the GPU twin in one line
 
 
 def test_a_vllm_export_keeps_the_contract_and_runs_the_llm_step_in_the_vllm_venv(trained: World, exported: Path,

@@ -205,11 +205,11 @@ class TrtllmEngine:
         import torch
         from tensorrt_llm import SamplingParams
 
-        sampled = temperature > 0
+        sampled = temperature > 0   # greedy = top_k 1 (explicit: TensorRT-LLM's defaults differ across versions)
         params = SamplingParams(max_tokens=int(min(max_new_tokens, self.max_len - len(rows.input_ids))), min_tokens=1,
                                 end_id=int(end_id), pad_id=int(pad_id), bad_token_ids=self.silent_ids or None,
                                 temperature=float(temperature) if sampled else None,
-                                top_k=int(top_k) if sampled and top_k > 0 else None,
+                                top_k=(int(top_k) if top_k > 0 else None) if sampled else 1,
                                 seed=int(seed) if sampled and seed is not None else None, detokenize=False)
         prompt = {"prompt": "", "multi_modal_data": {MODALITY: {"input_ids": rows.input_ids, "rows": torch.from_numpy(rows.rows)}}}
         return self.llm.generate_async(prompt, sampling_params=params)
