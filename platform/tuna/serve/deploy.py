@@ -32,7 +32,7 @@ from tuna.recipe import Recipe
 
 RELEASE = "tuna-serving"
 CHART = "helm/tuna-serving"  # relative to the repository (the image's workdir on a cluster)
-HELM_TIMEOUT = "15m0s"       # model loading of a TensorRT-LLM engine takes minutes
+HELM_TIMEOUT = "15m0s"       # loading a 7B LM into TensorRT-LLM (GPU pods) takes minutes
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
