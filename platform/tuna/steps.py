@@ -392,7 +392,8 @@ def _export(cfg: Recipe, opts: Options) -> Outcome:
                     "registered_name": m["model"]["name"],
                     "datastores": {n: d["version"] for n, d in m.get("datastores", {}).items()},
                     "default_datastore": m.get("default_datastore"), "files": len(m.get("files", {})),
-                    "trtllm": m.get("trtllm", {}).get("repository")})
+                    "trtllm": m.get("trtllm", {}).get("repository"),
+                    "trtllm_path": str(target / m["trtllm"]["repository"]) if "trtllm" in m else None})
 
 
 def _serve(cfg: Recipe, opts: Options) -> Outcome:

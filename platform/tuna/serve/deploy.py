@@ -103,6 +103,8 @@ def helm_values(cfg: Recipe, repository_uri: str) -> list[tuple[str, Any]]:
             ("datastore.default", cfg.serve.datastore or "A"),
             # manifests/ creates the serving ServiceAccount; the pipeline's Role may not create one
             ("serviceAccount.create", False), ("serviceAccount.name", SERVICE_ACCOUNT),
+            # a GPU recipe serves the TensorRT-LLM repository: one engine (tensor_parallel_size 1) = one GPU per pod
+            *([("gpu.count", 1)] if cfg.cluster.gpus_per_node > 0 else []),
             *repository_values(cfg, repository_uri)]
 
 
