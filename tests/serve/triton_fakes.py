@@ -44,3 +44,29 @@ class FakePb(types.ModuleType):
         """``request``: a dict of arrays, or an object holding them in ``.tensors``."""
         tensors = request if isinstance(request, dict) else request.tensors
         return FakePb.Tensor(name, tensors[name]) if name in tensors else None
+
+
+class FakeSender:
+    """A request's response sender: records (response, flags) as the step sends them."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.sent: list[tuple[Any, int]] = []
+        self.done = threading.Event()
+
+    def send(self, response: Any = None, flags: int = 0) -> None:
+        self.sent.append((response, flags))
+        if flags & FakePb.TRITONSERVER_RESPONSE_COMPLETE_FINAL:
+            self.done.set()
+
+
+class FakeRequest:
+    """A request of a model that answers through response senders (decoupled, or the sender way of a plain model)."""
+
+    def __init__(self, tensors: dict[str, np.ndarray]) -> None:
+        self.tensors = tensors
+        self.sender = FakeSender()
+
+    def get_response_sender(self) -> FakeSender:
+        return self.sender

@@ -513,6 +513,7 @@ class ServeConfig:
     engine: str = "hf"                  # the LLM step's engine: hf (transformers generate) or vllm (vLLM, run in $TUNA_VLLM_VENV)
     vllm_max_model_len: int = 0         # vllm: longest prompt + answer in positions (0 = the LM's max_position_embeddings)
     vllm_kv_cache_gib: int = 1          # vllm on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)
+    vllm_stream: bool = False           # vllm: stream tokens (decoupled LLM step); then the ensemble takes gRPC streaming only
     trtllm_dtype: str = "bf16"          # `tuna export --trtllm`: the TensorRT-LLM engine's dtype, bf16 | fp16 (weights, activations, prompt rows)
 
     def __post_init__(self) -> None:
@@ -533,6 +534,8 @@ class ServeConfig:
         _require(self.engine in ENGINES, "engine", f"must be one of {', '.join(ENGINES)}; got {self.engine!r}")
         _require(self.vllm_max_model_len == 0 or 2 <= self.vllm_max_model_len <= 1_048_576, "vllm_max_model_len",
                  f"must be 0 (the LM's own limit) or 2..1048576, got {self.vllm_max_model_len}")
+        _require(not self.vllm_stream or self.engine == "vllm", "vllm_stream",
+                 "streams only on the vllm engine: set serve.engine=vllm or serve.vllm_stream=false")
         _require(1 <= self.vllm_kv_cache_gib <= 1024, "vllm_kv_cache_gib", f"must be in 1..1024 GiB, got {self.vllm_kv_cache_gib}")
         _require(self.trtllm_dtype in ("bf16", "fp16"), "trtllm_dtype",
                  f"must be bf16 or fp16 (TensorRT-LLM's attention kernels take no fp32; fp16 on pre-Ampere GPUs), got {self.trtllm_dtype!r}")

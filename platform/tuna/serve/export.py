@@ -144,7 +144,8 @@ def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_
         "preprocessing": model_config.preprocessing(batching),
         # Milvus Lite folders are locked to one process: one retrieval instance unless Milvus is a server.
         "retrieval": model_config.retrieval(batching, table, s.instances if cfg.index.uri else 1),
-        "tensorrt_llm": model_config.llm_llmapi(batching) if gpu_dtype else model_config.llm_python(batching, table, s.engine),
+        "tensorrt_llm": (model_config.llm_llmapi(batching) if gpu_dtype
+                         else model_config.llm_python(batching, table, s.engine, s.engine == "vllm" and s.vllm_stream)),
         "postprocessing": model_config.postprocessing(batching),
     }
     problems = model_config.check_wiring(models)
@@ -158,7 +159,7 @@ def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_
         if step == "tensorrt_llm" and gpu_dtype:
             module, cls = "trtllm_step", "TrtllmLLMModel"
         elif step == "tensorrt_llm" and s.engine == "vllm":
-            cls = "VllmLLMModel"
+            module, cls = "vllm_step", "VllmLLMModel"
             _write_vllm_env(root / step / model_config.VLLM_ENV_FILE)
         _write(root / step / "1" / "model.py", MODEL_PY.format(step=step, cls=cls, module=module))
     pre = root / "preprocessing" / "1" / "assets"
@@ -268,7 +269,7 @@ def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None 
 
     silent = silent_token_ids(AutoTokenizer.from_pretrained(str(model_dir)))
     llm_settings: dict[str, Any] = {"silent_token_ids": silent}
-    if cfg.serve.engine == "vllm":   # what the vLLM step starts its engine with (tuna.serve.python_backend.VllmLLMModel)
+    if cfg.serve.engine == "vllm":   # what the vLLM step starts its engine with (tuna.serve.vllm_step.VllmLLMModel)
         llm_settings["engine"] = {"name": "vllm", "max_model_len": cfg.serve.vllm_max_model_len,
                                   "kv_cache_gib": cfg.serve.vllm_kv_cache_gib, "dtype": "float32",
                                   "max_num_seqs": max(cfg.serve.max_batch_size, 8)}

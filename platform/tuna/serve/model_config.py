@@ -27,6 +27,7 @@ ENSEMBLE_INPUTS = (
     ("temperature", "TYPE_FP32", [1], True),
     ("top_k", "TYPE_INT32", [1], True),
     ("seed", "TYPE_UINT64", [1], True),
+    ("stream", "TYPE_BOOL", [1], True),   # true: a response per new-token chunk (a decoupled LLM step, serve.vllm_stream)
 )
 ENSEMBLE_OUTPUTS = (("text_output", "TYPE_STRING", [1]), ("provenance", "TYPE_STRING", [1]))
 
@@ -42,6 +43,7 @@ LLM_INPUTS = (
     ("temperature", "TYPE_FP32", [1], True),
     ("runtime_top_k", "TYPE_INT32", [1], True),
     ("random_seed", "TYPE_UINT64", [1], True),
+    ("streaming", "TYPE_BOOL", [1], True),
 )
 LLM_OUTPUTS = (("output_ids", "TYPE_INT32", [-1, -1]), ("sequence_length", "TYPE_INT32", [-1]))
 
@@ -104,13 +106,20 @@ def retrieval(b: Batching, table_dtype: str, instances: int) -> pb.ModelConfig:
 VLLM_ENV_FILE = "vllm_env.tar.gz"   # the LLM step's python-backend execution environment when serve.engine=vllm
 
 
-def llm_python(b: Batching, table_dtype: str, engine: str = "hf") -> pb.ModelConfig:
+def llm_python(b: Batching, table_dtype: str, engine: str = "hf", stream: bool = False) -> pb.ModelConfig:
     """The CPU LLM: a python model with the LLM step's tensor interface (LLM_INPUTS). ``engine`` vllm: one instance
-    (one vLLM engine batches everything) whose stub runs in the vLLM venv (EXECUTION_ENV_PATH, see tuna.serve.export)."""
-    cfg = _base("tensorrt_llm", "python", b, 1 if engine == "vllm" else None)
+    (one vLLM engine batches everything) whose stub runs in the vLLM venv (EXECUTION_ENV_PATH, see tuna.serve.export),
+    no queue delay (``execute`` returns at once and the engine batches in flight: tuna.serve.vllm_step); ``stream``
+    makes it decoupled (a response per new-token chunk; the ``tuna`` ensemble is then decoupled too: gRPC streaming
+    only, Triton refuses unary and HTTP inference on it)."""
     vllm = engine == "vllm"
+    cfg = _base("tensorrt_llm", "python", b, 1 if vllm else None, wait=not vllm)
     if vllm:
         cfg.parameters["EXECUTION_ENV_PATH"].string_value = f"$$TRITON_MODEL_DIRECTORY/{VLLM_ENV_FILE}"
+        if stream:
+            cfg.model_transaction_policy.decoupled = True
+    elif stream:
+        raise ValueError("stream: only the vllm engine streams (serve.vllm_stream needs serve.engine=vllm)")
     # Ragged: Triton's dynamic batcher only groups requests whose variable dims agree, i.e. prompts of one length
     # (measured on the vLLM step, 8 clients: 67 executes for 80 requests without it, 25 with it; 16 -> 35 req/s). The
     # python step takes each request's tensors separately anyway. (The HF step keeps today's config.)
@@ -171,7 +180,7 @@ def ensemble(b: Batching) -> pb.ModelConfig:
         ("tensorrt_llm", {"input_ids": "_INPUT_ID", "input_lengths": "_INPUT_LENGTH", "request_output_len": "_REQUEST_OUTPUT_LEN",
                           "end_id": "_END_ID", "pad_id": "_PAD_ID", "prompt_embedding_table": "_PROMPT_TABLE",
                           "prompt_vocab_size": "_PROMPT_VOCAB_SIZE", "temperature": "temperature",
-                          "runtime_top_k": "top_k", "random_seed": "seed"},
+                          "runtime_top_k": "top_k", "random_seed": "seed", "streaming": "stream"},
          {"output_ids": "_OUTPUT_IDS", "sequence_length": "_SEQUENCE_LENGTH"}),
         ("postprocessing", {"TOKENS_BATCH": "_OUTPUT_IDS", "SEQUENCE_LENGTH": "_SEQUENCE_LENGTH", "PROVENANCE": "_PROVENANCE"},
          {"OUTPUT": "text_output", "PROVENANCE_OUT": "provenance"}),

@@ -3,7 +3,7 @@
 Each exported ``<step>/1/model.py`` names a class here as ``TritonPythonModel`` (after putting
 ``$TUNA_SOURCE_ROOT`` first on sys.path: the stubs ignore PYTHONPATH); the classes run only inside Triton's
 python-backend stub (``triton_python_backend_utils`` is imported there). The LLM step is :class:`LLMModel`
-(serve.engine=hf) or :class:`VllmLLMModel` (serve.engine=vllm, its stub in the vLLM venv).
+(serve.engine=hf) or :class:`tuna.serve.vllm_step.VllmLLMModel` (serve.engine=vllm, its stub in the vLLM venv).
 Per request: a problem it caused becomes that request's error (INVALID_ARGUMENT naming the field, or
 UNAVAILABLE naming the Milvus URI or the dead engine) and the rest of the batch is still answered; anything
 unexpected is an INTERNAL error for that request. The model never raises out of ``execute``, so the server keeps
@@ -235,112 +235,6 @@ class LLMModel(_Step):
         return [_llm_outputs(toks) for toks in self.step(items)]
 
 
-class VllmLLMModel(_Step):
-    """The ``tensorrt_llm`` step on vLLM (serve.engine=vllm): same tensor names as :class:`LLMModel`.
-
-    Its stub runs in the vLLM venv (the model's EXECUTION_ENV_PATH, see :mod:`tuna.serve.export`); vLLM's engine
-    core is a process of its own. Every request is checked here before it reaches the engine (ids against the prompt
-    table, embedding shape, dtype, length, finite values, settings: INVALID_ARGUMENT, the rest of the batch is still
-    answered). A dead engine core is noticed by a watcher thread (or by the failing call): the requests in flight and
-    those that come while the engine restarts get UNAVAILABLE in one line; the step restarts the engine itself."""
-
-    def initialize(self, args: dict[str, Any]) -> None:
-        import locale
-        import threading
-
-        from tuna.serve.ensemble import read_serving
-
-        # The stub's embedded Python never sets the C locale from the environment, so text files open as ASCII and
-        # torch (imported by vllm) fails reading its UTF-8 templates: use UTF-8 as a normal interpreter would.
-        for name in ("C.UTF-8", "C.utf8", ""):
-            try:
-                locale.setlocale(locale.LC_CTYPE, name)
-                break
-            except locale.Error:
-                continue
-
-        self.folder = _assets(args)
-        self.settings = read_serving(self.folder).get("engine", {})
-        self.lock = threading.Lock()
-        self.engine: Any = None
-        self.state = ""                  # '' serving, else why there is no engine (one line)
-        self.restarts = 0
-        self.engine = self._start()      # a failure here fails the model's load, with vLLM's reason in the log
-        self.stop = threading.Event()
-        threading.Thread(target=self._watch, name="tuna-vllm-watch", daemon=True).start()
-
-    def _start(self) -> Any:
-        from tuna.serve.vllm_engine import VllmEngine
-
-        return VllmEngine(self.folder, max_model_len=int(self.settings.get("max_model_len") or 1 << 20),
-                          kv_cache_gib=float(self.settings.get("kv_cache_gib", 1.0)),
-                          dtype=str(self.settings.get("dtype", "float32")),
-                          max_num_seqs=int(self.settings.get("max_num_seqs", 64)))
-
-    def _watch(self) -> None:
-        while not self.stop.wait(1.0):
-            engine = self.engine
-            if engine is not None and engine.dead():
-                self._restart("vLLM engine core died")
-
-    def _restart(self, why: str) -> None:
-        import threading
-        import time
-
-        with self.lock:
-            if self.engine is None:        # already restarting (or given up)
-                return
-            old, self.engine = self.engine, None
-            self.state = f"{why}; restarting it (since {time.strftime('%H:%M:%S')})"
-        _log(f"tuna vLLM step: {self.state}")
-        old.close()
-
-        def run() -> None:
-            try:
-                engine = self._start()
-            except Exception as err:  # noqa: BLE001 - reported to every later request
-                self.state = f"{why}; the restart failed: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:300]}"
-                _log(f"tuna vLLM step: {self.state}")
-                return
-            with self.lock:
-                self.engine, self.state = engine, ""
-                self.restarts += 1
-            _log("tuna vLLM step: engine restarted")
-
-        threading.Thread(target=run, name="tuna-vllm-restart", daemon=True).start()
-
-    def _live(self) -> Any:
-        engine = self.engine
-        if engine is None:
-            raise EngineUnavailable(self.state or "vLLM engine is not running")
-        return engine
-
-    def parse(self, request: Any) -> Any:
-        from tuna.serve.vllm_engine import EngineRequest
-
-        engine = self._live()
-        req = _generation_request(request, engine.hidden, engine.eos_id)
-        emb = engine.prompt_embeddings(req.input_ids, req.table)   # ids vs table: InvalidRequest
-        out = EngineRequest(emb, req.max_new_tokens, req.end_id, req.temperature, req.top_k, req.seed)
-        engine.check(out)   # shape, length, finite values, settings: InvalidRequest before the engine sees it
-        return out
-
-    def run(self, items: list[Any]) -> list[list[Any]]:
-        engine = self._live()
-        try:
-            answers = engine.generate(items, text=False)
-        except EngineUnavailable as err:
-            self._restart(str(err).split(";")[0])
-            raise
-        return [a if isinstance(a, BaseException) else _llm_outputs(a.token_ids) for a in answers]
-
-    def finalize(self) -> None:
-        self.stop.set()
-        if self.engine is not None:
-            self.engine.close()
-        _log("tuna vLLM step: engine stopped")
-
-
 class PostprocessingModel(_Step):
     def initialize(self, args: dict[str, Any]) -> None:
         from tuna.serve.ensemble import Postprocessor
@@ -358,4 +252,4 @@ class PostprocessingModel(_Step):
                  _tensor("PROVENANCE_OUT", np.array([[bytes(prov)]], dtype=object))] for ids, prov in items]
 
 
-__all__ = ["LLMModel", "PostprocessingModel", "PreprocessingModel", "RetrievalModel", "VllmLLMModel"]
+__all__ = ["LLMModel", "PostprocessingModel", "PreprocessingModel", "RetrievalModel"]

@@ -64,6 +64,17 @@ class EngineAnswer:
     first_logprobs: dict[int, float] | None = None   # the first new token's top log-probabilities (raw model output)
 
 
+@dataclass(frozen=True)
+class EngineUpdate:
+    """What :meth:`VllmEngine.step` reports of one request: every new token so far (the end id and what follows it
+    dropped) and whether the request is finished. A streamed request gets one per engine step that made tokens, an
+    unstreamed one a single finished update."""
+
+    request_id: str
+    token_ids: np.ndarray          # (n,) int32, all new tokens so far
+    finished: bool
+
+
 def _lm_config(folder: Path) -> dict[str, Any]:
     try:
         return json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -143,6 +154,7 @@ class VllmEngine:
         self.load_seconds = time.perf_counter() - started
         self._tokenizer: Any = None
         self._embed: Any = None
+        self._ends: dict[str, int] = {}     # end id of each request added by add(), until it finishes
 
     # ---------------------------------------------------------------------------------- liveness
 
@@ -266,6 +278,57 @@ class VllmEngine:
             raise box["err"]
         return box["out"]
 
+    # ---------------------------------------------------------------------------------- incremental (one loop thread)
+
+    def add(self, request_id: str, req: EngineRequest, stream: bool = False) -> None:
+        """Queue one checked request in the running engine (it joins the batch at the next step: continuous batching).
+        ``stream``: :meth:`step` reports it after every step that makes tokens, else once finished. Not thread-safe:
+        ``add``, ``step`` and ``abort`` are called from ONE thread (:class:`tuna.serve.engine_loop.EngineLoop`)."""
+        from vllm.sampling_params import RequestOutputKind
+
+        prompt = {"prompt_embeds": self.check(req)}
+        params = self._params(req)
+        params.output_kind = RequestOutputKind.CUMULATIVE if stream else RequestOutputKind.FINAL_ONLY
+        if self.dead():
+            raise EngineUnavailable("vLLM engine core is dead (its process exited); the LLM step restarts it")
+        # As LLM.generate adds a request (its prompt rendered the same way), so answers equal the batch path's.
+        self.llm.llm_engine.add_request(request_id, self.llm._preprocess_cmpl_one(prompt), params)
+        self._ends[request_id] = int(req.end_id)
+
+    def busy(self) -> bool:
+        """True while the engine holds unfinished requests (then :meth:`step` makes progress; else it would block)."""
+        return bool(self.llm.llm_engine.has_unfinished_requests())
+
+    def step(self) -> list[EngineUpdate]:
+        """One engine iteration (a forward over every running request); what it finished or, for streamed requests,
+        advanced. Raises EngineUnavailable when the engine core died."""
+        try:
+            outputs = self.llm.llm_engine.step()
+        except Exception as err:  # noqa: BLE001 - a dead engine core is UNAVAILABLE, anything else is re-raised
+            from vllm.v1.engine.exceptions import EngineDeadError
+
+            if isinstance(err, EngineDeadError) or self.dead():
+                raise EngineUnavailable(f"vLLM engine core died during generation ({type(err).__name__}); "
+                                        f"the LLM step restarts it") from None
+            raise
+        updates = []
+        for out in outputs:
+            toks = list(out.outputs[0].token_ids) if out.outputs else []
+            end = self._ends.get(out.request_id)
+            if end in toks:
+                toks = toks[: toks.index(end)]
+            if out.finished:
+                self._ends.pop(out.request_id, None)
+            updates.append(EngineUpdate(out.request_id, np.asarray(toks, dtype=np.int32), bool(out.finished)))
+        return updates
+
+    def abort(self, request_ids: Sequence[str]) -> None:
+        """Drop requests from the engine (their clients are gone)."""
+        for rid in request_ids:
+            self._ends.pop(rid, None)
+        if request_ids and not self.dead():
+            self.llm.llm_engine.abort_request(list(request_ids))
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of new token ids, as the postprocessing step decodes them ('' without a tokenizer folder)."""
         if self.tokenizer_dir is None:
@@ -377,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["EngineAnswer", "EngineRequest", "VllmEngine", "main", "save_requests"]
+__all__ = ["EngineAnswer", "EngineRequest", "EngineUpdate", "VllmEngine", "main", "save_requests"]
 
 if __name__ == "__main__":
     raise SystemExit(main())
