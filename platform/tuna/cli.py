@@ -312,13 +312,21 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise TunaError(f"--image {args.image!r}: no such file; give a PNG or JPEG path")
     url = args.url or f"{cfg.serve.host}:{cfg.serve.grpc_port}"
     client = TunaClient(url, timeout=args.timeout)
-    reply = client.ask(path.read_bytes(), args.question, args.max_tokens or cfg.serve.default_max_tokens,
-                       datastore=args.datastore, temperature=args.temperature, top_k=args.top_k, seed=args.seed)
-    if args.json:
-        print(json.dumps({"answer": reply.text, "provenance": reply.provenance}, indent=1))
-        return 0
-    print(reply.text)
-    prov = reply.provenance
+    question = (path.read_bytes(), args.question, args.max_tokens or cfg.serve.default_max_tokens)
+    settings = {"datastore": args.datastore, "temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
+    if args.stream and not args.json:     # the answer as it is generated, then its provenance
+        prov: dict = {}
+        for chunk in client.ask_stream(*question, **settings):
+            print(chunk.delta, end="", flush=True)
+            prov = chunk.provenance
+        print()
+    else:
+        reply = client.ask(*question, **settings)
+        if args.json:
+            print(json.dumps({"answer": reply.text, "provenance": reply.provenance}, indent=1))
+            return 0
+        print(reply.text)
+        prov = reply.provenance
     if prov.get("tags"):
         print(f"  datastore {prov['datastore']} (version {prov['datastore_version']}); tags (score, tuner weight):")
         for tag, score, weight in zip(prov["tags"], prov["scores"], prov["weights"]):
@@ -338,6 +346,7 @@ def _ask_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the answer")
     p.add_argument("--json", action="store_true", help="print answer and provenance as JSON")
+    p.add_argument("--stream", action="store_true", help="print the answer as it is generated (serve.engine=vllm with serve.vllm_stream)")
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:

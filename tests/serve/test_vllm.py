@@ -50,6 +50,26 @@ def finer_questions(world: World, per_split: int) -> list[tuple[bytes, str]]:
     return out
 
 
+def expected_answers(world: World, repo: Path, asked: list[tuple[bytes, str]]) -> tuple[list, list, list[str]]:
+    """What the served preprocessing and retrieval steps compute, in-process (before a server holds the Milvus Lite
+    folders), and the Predictor's greedy answers: (prepped, tables, answers)."""
+    from tuna.inference import Predictor
+    from tuna.serve.ensemble import Preprocessor, Retrieval
+
+    pre = Preprocessor(repo / "preprocessing" / "1" / "assets")
+    ret = Retrieval(repo / "retrieval" / "1" / "assets")
+    try:
+        prepped = [pre(q, img, MAX_TOKENS) for img, q in asked]
+        tables = ret([p.input_ids for p in prepped], [p.pixel_values for p in prepped], ["A"] * len(prepped))
+    finally:
+        ret.close()
+    predictor = Predictor(world.cfg.data_dir / "train" / "tuna" / "stage2" / "model", world.cfg.train.system_prompt)
+    pics = [Image.open(io.BytesIO(img)).convert("RGB") for img, _ in asked]
+    expected = [a.text for a in predictor.answer(pics, [[]] * len(asked), [q for _, q in asked],
+                                                 [t.provenance["tags"] for t in tables], max_new_tokens=MAX_TOKENS, min_new_tokens=1)]
+    return prepped, tables, expected
+
+
 def run_engine(lm: Path, tokenizer: Path, requests: list, tmp: Path, timeout: float = 900, logprobs: int = 0) -> dict:
     from tuna.serve.vllm_engine import save_requests
 
@@ -213,9 +233,7 @@ def test_the_ensemble_on_vllm_answers_over_grpc_like_the_predictor_refuses_bad_s
     import tritonclient.grpc as grpc
     from tritonclient.utils import InferenceServerException
 
-    from tuna.inference import Predictor
     from tuna.serve.client import RequestRefused, TunaClient
-    from tuna.serve.ensemble import Preprocessor, Retrieval
     from tuna.serve.server import TritonServer
     from tuna.serve.vllm_engine import _descendants
 
@@ -223,18 +241,7 @@ def test_the_ensemble_on_vllm_answers_over_grpc_like_the_predictor_refuses_bad_s
     config = (repo / "tensorrt_llm" / "config.pbtxt").read_text()
     assert 'string_value: "$$TRITON_MODEL_DIRECTORY/vllm_env.tar.gz"' in config and "count: 1" in config
     asked = finer_questions(trained_head32, 12)
-    # What the served retrieval step computes, in-process (before the server holds the Milvus Lite folders).
-    pre = Preprocessor(repo / "preprocessing" / "1" / "assets")
-    ret = Retrieval(repo / "retrieval" / "1" / "assets")
-    try:
-        prepped = [pre(q, img, MAX_TOKENS) for img, q in asked]
-        tables = ret([p.input_ids for p in prepped], [p.pixel_values for p in prepped], ["A"] * len(prepped))
-    finally:
-        ret.close()
-    predictor = Predictor(trained_head32.cfg.data_dir / "train" / "tuna" / "stage2" / "model", trained_head32.cfg.train.system_prompt)
-    pics = [Image.open(io.BytesIO(img)).convert("RGB") for img, _ in asked]
-    expected = [a.text for a in predictor.answer(pics, [[]] * len(asked), [q for _, q in asked],
-                                                 [t.provenance["tags"] for t in tables], max_new_tokens=MAX_TOKENS, min_new_tokens=1)]
+    prepped, tables, expected = expected_answers(trained_head32, repo, asked)
     venv = vllm_python().parents[1]
     env = {"TUNA_VLLM_VENV": str(venv), "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
     server = TritonServer(repo, env=env, log_path=tmp_path / "tritonserver.log").start(ready_timeout=400)
@@ -321,3 +328,93 @@ def test_the_ensemble_on_vllm_answers_over_grpc_like_the_predictor_refuses_bad_s
     while group() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not group(), f"processes of the server's group left running: {group()}"
+
+
+# ------------------------------------------------------------------------------------------ streaming (serve.vllm_stream)
+
+
+@pytest.fixture(scope="module")
+def exported_stream(trained_head32: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model exported with serve.engine=vllm and serve.vllm_stream=true: the LLM step (and so the ensemble) is
+    decoupled and streams its tokens."""
+    from support import SMOKE
+    from tuna.recipe import load_recipe
+
+    cfg = load_recipe(SMOKE, [f"run.data_dir={trained_head32.cfg.data_dir}", *HEAD32, "serve.engine=vllm", "serve.vllm_stream=true"])
+    out = tmp_path_factory.mktemp("export-vllm-stream") / "tuna"
+    export_repository(cfg, "tuna", out=out, log=lambda s: None)
+    return out / "model_repository"
+
+
+def test_streamed_answers_add_up_to_the_unstreamed_and_the_predictors_and_a_bad_request_among_streams_is_refused(
+        trained_head32: World, exported_stream: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tuna.serve import model_config
+    from tuna.serve.client import RequestRefused, TunaClient
+    from tuna.serve.server import TritonServer
+
+    repo = exported_stream
+    assert model_config.parse((repo / "tensorrt_llm" / "config.pbtxt").read_text()).model_transaction_policy.decoupled
+    asked = finer_questions(trained_head32, 12)
+    _, _, expected = expected_answers(trained_head32, repo, asked)
+    env = {"TUNA_VLLM_VENV": str(vllm_python().parents[1]), "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    server = TritonServer(repo, env=env, log_path=tmp_path / "tritonserver.log").start(ready_timeout=400)
+    try:
+        client = TunaClient(server.grpc_url)
+        # Unstreamed: Triton refuses unary inference on the decoupled ensemble; the client asks over the stream instead.
+        plain = [client.ask(img, q, max_tokens=MAX_TOKENS).text for img, q in asked]
+        assert plain == expected, [(q, s, e) for (_, q), s, e in zip(asked, plain, expected) if s != e]
+        # Streamed, one at a time: the deltas add up to the same answers, in several chunks, the last one final.
+        chunked, first_chunk, whole = [], [], []
+        for img, q in asked:
+            t = time.perf_counter()
+            chunks = []
+            for c in client.ask_stream(img, q, max_tokens=MAX_TOKENS):
+                if not chunks:
+                    first_chunk.append(time.perf_counter() - t)
+                chunks.append(c)
+            whole.append(time.perf_counter() - t)
+            assert chunks[-1].final and not any(c.final for c in chunks[:-1])
+            assert "".join(c.delta for c in chunks) == chunks[-1].text
+            assert chunks[-1].provenance["tags"] and chunks[-1].provenance["datastore"] == "A"
+            chunked.append(chunks)
+        assert [c[-1].text for c in chunked] == expected
+        assert sum(len(c) > 1 for c in chunked) >= len(chunked) // 2, [len(c) for c in chunked]   # really streamed
+
+        # Concurrent streams, one of them malformed (a prompt longer than the engine's max_model_len): it alone is
+        # refused with INVALID_ARGUMENT in one line, the others finish with their answers.
+        clients = [TunaClient(server.grpc_url) for _ in range(8)]
+        jobs = [(img, q) for img, q in asked[:7]] + [(asked[0][0], "what " * 390 + "is this?")]
+
+        def stream(i: int) -> str:
+            img, q = jobs[i]
+            try:
+                return "".join(c.delta for c in clients[i].ask_stream(img, q, max_tokens=MAX_TOKENS))
+            except RequestRefused as err:
+                return f"refused {err.status}: {err.message}"
+
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(stream, range(len(jobs))))
+        assert got[:7] == expected[:7]
+        assert got[7].startswith("refused INVALID_ARGUMENT") and "prompt_embeds:" in got[7] and "\n" not in got[7], got[7]
+        for c in clients:
+            c.close()
+        client.close()
+
+        # `tuna ask --stream` prints the answer as it comes, then the provenance.
+        from support import SMOKE
+        from tuna.cli import main
+
+        image = tmp_path / "q.png"
+        image.write_bytes(asked[0][0])
+        assert main(["ask", asked[0][1], "--image", str(image), "--config", str(SMOKE), "--url", server.grpc_url,
+                     "--max-tokens", str(MAX_TOKENS), "--stream"]) == 0
+        out = capsys.readouterr().out
+        assert out.splitlines()[0] == expected[0] and "tuner weight" in out
+        print(f"\nstreamed: first chunk p50 {1000 * float(np.median(first_chunk)):.0f} ms, whole answer p50 "
+              f"{1000 * float(np.median(whole)):.0f} ms, chunks per answer {[len(c) for c in chunked]}", file=sys.stderr)
+    finally:
+        code = server.stop()
+    assert code == 0, server.log_tail()

@@ -196,6 +196,36 @@ def test_a_streamed_request_gets_a_chunk_per_step_and_the_same_answer_as_unstrea
     assert [tokens(r) for r, _ in s] == [[3], [3, 4], [3, 4, 5], [3, 4, 5, 6], [3, 4, 5, 6, 7]]   # all tokens so far
     assert len(p) == 1 and p[0][1] == FINAL and tokens(p[0][0]) == tokens(s[-1][0])
     assert len(b) == 1 and b[0][1] == FINAL and b[0][0].error.code == "INVALID_ARG"
+    # In the streaming ensemble the retrieval step's provenance rides along (bytes) on every response.
+    prov = np.frombuffer(b'{"tags": ["x"]}', np.uint8)
+    carried = request([4, 5, 6], table, stream=True)
+    carried.tensors["provenance_in"] = prov[None]
+    streaming_step.execute([carried])
+    (sent,) = answered([carried])
+    assert len(sent) == 4 and all(r.outputs["provenance_out"].tobytes() == prov.tobytes() for r, _ in sent)
+
+
+def test_the_streaming_wiring_passes_triton_s_decoupled_rules_and_the_check_catches_mixed_origins() -> None:
+    from tuna.serve import model_config as mc
+
+    b = mc.Batching(8, 2000, 1)
+
+    def repo(stream: bool, ensemble_stream: bool, post_stream: bool) -> dict:
+        return {mc.ENSEMBLE: mc.ensemble(b, ensemble_stream), "preprocessing": mc.preprocessing(b),
+                "retrieval": mc.retrieval(b, "TYPE_FP32", 1, stream), "tensorrt_llm": mc.llm_python(b, "TYPE_FP32", "vllm", stream),
+                "postprocessing": mc.postprocessing(b, post_stream)}
+
+    assert mc.check_wiring(repo(False, False, False)) == [] and mc.check_wiring(repo(True, True, True)) == []
+    streaming = repo(True, True, True)
+    assert streaming["tensorrt_llm"].model_transaction_policy.decoupled
+    assert not repo(False, False, False)["tensorrt_llm"].model_transaction_policy.decoupled
+    assert repo(False, False, False)["tensorrt_llm"].dynamic_batching.max_queue_delay_microseconds == 0   # execute returns at once
+    # A decoupled LLM step with the unary wiring: postprocessing would mix the step's responses with retrieval's
+    # provenance, which Triton refuses at load ("receives inputs originated from different decoupled models").
+    problems = mc.check_wiring(repo(True, False, False))
+    assert any("follow different decoupled models" in p for p in problems), problems
+    with pytest.raises(ValueError, match="only the vllm engine streams"):
+        mc.llm_python(b, "TYPE_FP32", "hf", stream=True)
 
 
 def test_a_dead_engine_fails_what_is_in_flight_in_one_line_and_the_step_restarts_it(step: Any) -> None:

@@ -139,14 +139,14 @@ def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_
     s = cfg.serve
     batching = model_config.Batching(s.max_batch_size, s.queue_delay_us, s.instances)
     table = "TYPE_FP32"   # the retrieval step's rows, float32 on the wire; the GPU engine casts them to gpu_dtype
+    stream = not gpu_dtype and s.engine == "vllm" and s.vllm_stream   # a decoupled LLM step (tuna.serve.vllm_step)
     models = {
-        model_config.ENSEMBLE: model_config.ensemble(batching),
+        model_config.ENSEMBLE: model_config.ensemble(batching, stream),
         "preprocessing": model_config.preprocessing(batching),
         # Milvus Lite folders are locked to one process: one retrieval instance unless Milvus is a server.
-        "retrieval": model_config.retrieval(batching, table, s.instances if cfg.index.uri else 1),
-        "tensorrt_llm": (model_config.llm_llmapi(batching) if gpu_dtype
-                         else model_config.llm_python(batching, table, s.engine, s.engine == "vllm" and s.vllm_stream)),
-        "postprocessing": model_config.postprocessing(batching),
+        "retrieval": model_config.retrieval(batching, table, s.instances if cfg.index.uri else 1, stream),
+        "tensorrt_llm": model_config.llm_llmapi(batching) if gpu_dtype else model_config.llm_python(batching, table, s.engine, stream),
+        "postprocessing": model_config.postprocessing(batching, stream),
     }
     problems = model_config.check_wiring(models)
     if problems:

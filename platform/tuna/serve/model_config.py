@@ -90,7 +90,9 @@ def preprocessing(b: Batching) -> pb.ModelConfig:
     return cfg
 
 
-def retrieval(b: Batching, table_dtype: str, instances: int) -> pb.ModelConfig:
+def retrieval(b: Batching, table_dtype: str, instances: int, stream: bool = False) -> pb.ModelConfig:
+    """``stream``: the provenance also as UTF-8 JSON bytes (PROVENANCE_BYTES, UINT8) for the decoupled LLM step to carry
+    (see :func:`ensemble`)."""
     cfg = _base("retrieval", "python", b, instances)
     _tensor(cfg.input, "INPUT_ID", "TYPE_INT32", [-1])
     _tensor(cfg.input, "PIXEL_VALUES", "TYPE_FP32", [-1, -1, -1])
@@ -100,6 +102,8 @@ def retrieval(b: Batching, table_dtype: str, instances: int) -> pb.ModelConfig:
     _tensor(cfg.output, "PROMPT_EMBEDDING_TABLE", table_dtype, [-1, -1])
     _tensor(cfg.output, "PROMPT_VOCAB_SIZE", "TYPE_INT32", [1])
     _tensor(cfg.output, "PROVENANCE", "TYPE_STRING", [1])
+    if stream:
+        _tensor(cfg.output, "PROVENANCE_BYTES", "TYPE_UINT8", [-1])
     return cfg
 
 
@@ -128,6 +132,9 @@ def llm_python(b: Batching, table_dtype: str, engine: str = "hf", stream: bool =
                 ragged=vllm and name in ("input_ids", "prompt_embedding_table"))
     for name, dtype, dims in LLM_OUTPUTS:
         _tensor(cfg.output, name, dtype, dims)
+    if stream:   # the retrieval step's provenance, carried through (UINT8: no strings cross the vLLM venv's stub)
+        _tensor(cfg.input, "provenance_in", "TYPE_UINT8", [-1], optional=True, ragged=True)
+        _tensor(cfg.output, "provenance_out", "TYPE_UINT8", [-1])
     return cfg
 
 
@@ -153,18 +160,27 @@ def llm_llmapi(b: Batching) -> pb.ModelConfig:
     return cfg
 
 
-def postprocessing(b: Batching) -> pb.ModelConfig:
+def postprocessing(b: Batching, stream: bool = False) -> pb.ModelConfig:
+    """``stream``: the provenance comes as UTF-8 JSON bytes from the decoupled LLM step (PROVENANCE_BYTES)."""
     cfg = _base("postprocessing", "python", b, wait=False)
     _tensor(cfg.input, "TOKENS_BATCH", "TYPE_INT32", [-1, -1])
     _tensor(cfg.input, "SEQUENCE_LENGTH", "TYPE_INT32", [-1])
-    _tensor(cfg.input, "PROVENANCE", "TYPE_STRING", [1])
+    if stream:
+        _tensor(cfg.input, "PROVENANCE_BYTES", "TYPE_UINT8", [-1], ragged=True)
+    else:
+        _tensor(cfg.input, "PROVENANCE", "TYPE_STRING", [1])
     _tensor(cfg.output, "OUTPUT", "TYPE_STRING", [1])
     _tensor(cfg.output, "PROVENANCE_OUT", "TYPE_STRING", [1])
     return cfg
 
 
-def ensemble(b: Batching) -> pb.ModelConfig:
-    """The public model ``tuna``: preprocessing -> retrieval -> tensorrt_llm -> postprocessing."""
+def ensemble(b: Batching, stream: bool = False) -> pb.ModelConfig:
+    """The public model ``tuna``: preprocessing -> retrieval -> tensorrt_llm -> postprocessing.
+
+    ``stream`` (a decoupled LLM step): every postprocessing response follows one LLM response, and Triton requires
+    the inputs of a step after a decoupled model to come from that model alone ("receives inputs originated from
+    different decoupled models", triton-inference-server/server#7275, measured on 2.51): the provenance travels
+    retrieval -> LLM step -> postprocessing as bytes instead of straight to postprocessing."""
     cfg = pb.ModelConfig(name=ENSEMBLE, platform="ensemble", max_batch_size=b.max_batch_size)
     for name, dtype, dims, optional in ENSEMBLE_INPUTS:
         _tensor(cfg.input, name, dtype, dims, optional)
@@ -185,6 +201,13 @@ def ensemble(b: Batching) -> pb.ModelConfig:
         ("postprocessing", {"TOKENS_BATCH": "_OUTPUT_IDS", "SEQUENCE_LENGTH": "_SEQUENCE_LENGTH", "PROVENANCE": "_PROVENANCE"},
          {"OUTPUT": "text_output", "PROVENANCE_OUT": "provenance"}),
     )
+    if stream:
+        del wiring[1][2]["PROVENANCE"]
+        wiring[1][2]["PROVENANCE_BYTES"] = "_PROVENANCE_BYTES"
+        wiring[2][1]["provenance_in"] = "_PROVENANCE_BYTES"
+        wiring[2][2]["provenance_out"] = "_LLM_PROVENANCE"
+        del wiring[3][1]["PROVENANCE"]
+        wiring[3][1]["PROVENANCE_BYTES"] = "_LLM_PROVENANCE"
     for model, inputs, outputs in wiring:
         step = cfg.ensemble_scheduling.step.add()
         step.model_name = model
@@ -235,6 +258,23 @@ def check_wiring(configs: dict[str, pb.ModelConfig]) -> list[str]:
                 problems.append(f"{step.model_name} has no output {k!r}")
             else:
                 produced[v] = (outputs[k].data_type, len(outputs[k].dims))
+    # Which decoupled model each tensor's responses follow ('' = one per request): a step (or the ensemble's outputs)
+    # must read tensors of one origin only (Triton: "receives inputs originated from different decoupled models").
+    origin = {t.name: "" for t in ens.input}
+    for step in ens.ensemble_scheduling.step:
+        model = configs.get(step.model_name)
+        sources = {origin.get(v, "") for v in step.input_map.values()}
+        if len(sources) > 1:
+            problems.append(f"{step.model_name} reads tensors that follow different decoupled models ({sorted(sources)}); "
+                            f"route them through the decoupled step")
+        out = step.model_name if model is not None and model.model_transaction_policy.decoupled else next(iter(sources), "")
+        origin.update({v: out for v in step.output_map.values()})
+    if len({origin.get(t.name, "") for t in ens.output}) > 1:
+        problems.append("the ensemble's outputs follow different decoupled models; route them through the decoupled step")
+    used = {v for step in ens.ensemble_scheduling.step for v in step.input_map.values()} | {t.name for t in ens.output}
+    for step in ens.ensemble_scheduling.step:
+        problems += [f"ensemble tensor {v!r} ({step.model_name}.{k}) is unused: Triton refuses the ensemble"
+                     for k, v in step.output_map.items() if v not in used]
     for t in ens.output:
         if t.name not in produced:
             problems.append(f"ensemble output {t.name!r} is produced by no step")

@@ -167,6 +167,7 @@ class RetrievalModel(_Step):
         config = json.loads(args["model_config"])
         table = next(o for o in config["output"] if o["name"] == "PROMPT_EMBEDDING_TABLE")
         self.table_dtype = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16}.get(table["data_type"], np.float32)
+        self.provenance_bytes = any(o["name"] == "PROVENANCE_BYTES" for o in config["output"])   # a streaming ensemble
 
     def parse(self, request: Any) -> Any:
         ds = _one(request, "DATASTORE", required=False)
@@ -176,11 +177,14 @@ class RetrievalModel(_Step):
         ids, pixels, names = zip(*items)
         out = []
         for t in self.step(list(ids), list(pixels), list(names)):
+            prov = json.dumps(t.provenance, sort_keys=True).encode()
             out.append([_tensor("INPUT_ID", t.input_ids[None]),
                         _tensor("INPUT_LENGTH", np.array([[len(t.input_ids)]], np.int32)),
                         _tensor("PROMPT_EMBEDDING_TABLE", t.table.astype(self.table_dtype)[None]),
                         _tensor("PROMPT_VOCAB_SIZE", np.array([[t.vocab_size]], np.int32)),
-                        _tensor("PROVENANCE", np.array([[json.dumps(t.provenance, sort_keys=True).encode()]], dtype=object))])
+                        _tensor("PROVENANCE", np.array([[prov]], dtype=object))])
+            if self.provenance_bytes:
+                out[-1].append(_tensor("PROVENANCE_BYTES", np.frombuffer(prov, np.uint8)[None]))
         return out
 
     def finalize(self) -> None:
@@ -244,8 +248,9 @@ class PostprocessingModel(_Step):
     def parse(self, request: Any) -> Any:
         tokens = _row(request, "TOKENS_BATCH")            # (beams, n)
         length = int(_row(request, "SEQUENCE_LENGTH").reshape(-1)[0])
-        provenance = _one(request, "PROVENANCE")
-        return tokens[0][:length], provenance
+        if _pb().get_input_tensor_by_name(request, "PROVENANCE_BYTES") is not None:   # a streaming ensemble's
+            return tokens[0][:length], _row(request, "PROVENANCE_BYTES").astype(np.uint8).tobytes()
+        return tokens[0][:length], _one(request, "PROVENANCE")
 
     def run(self, items: list[Any]) -> list[list[Any]]:
         return [[_tensor("OUTPUT", np.array([[self.step(ids).encode("utf-8")]], dtype=object)),

@@ -35,22 +35,26 @@ from typing import Any
 import numpy as np
 
 from tuna.errors import EngineUnavailable, TunaError
-from tuna.serve.python_backend import _assets, _error, _generation_request, _llm_outputs, _log, _one, _pb
+from tuna.serve.python_backend import _assets, _error, _generation_request, _llm_outputs, _log, _one, _pb, _row, _tensor
 
 
 class _Responder:
     """One request's response sender as the engine loop's sink."""
 
-    def __init__(self, sender: Any) -> None:
+    def __init__(self, sender: Any, provenance: np.ndarray | None = None) -> None:
         self.sender = sender
-        self.sent = -1          # tokens in the last response (a streamed step without new tokens sends nothing)
+        self.provenance = provenance   # (n,) uint8: the retrieval step's provenance, passed on (a streaming ensemble)
+        self.sent = -1                 # tokens in the last response (a streamed step without new tokens sends nothing)
 
     def emit(self, token_ids: np.ndarray, final: bool) -> None:
         pb = _pb()
         if not final and len(token_ids) <= self.sent:
             return
         self.sent = len(token_ids)
-        self.sender.send(pb.InferenceResponse(output_tensors=_llm_outputs(token_ids)),
+        tensors = _llm_outputs(token_ids)
+        if self.provenance is not None:
+            tensors.append(_tensor("provenance_out", self.provenance[None]))
+        self.sender.send(pb.InferenceResponse(output_tensors=tensors),
                          flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0)
 
     def fail(self, err: BaseException) -> None:
@@ -145,8 +149,8 @@ class VllmLLMModel:
 
     # ------------------------------------------------------------------------------------------ requests
 
-    def parse(self, request: Any) -> tuple[Any, bool]:
-        """One request checked (InvalidRequest naming the field) -> (EngineRequest, streamed)."""
+    def parse(self, request: Any) -> tuple[Any, bool, np.ndarray | None]:
+        """One request checked (InvalidRequest naming the field) -> (EngineRequest, streamed, provenance bytes)."""
         from tuna.serve.vllm_engine import EngineRequest
 
         engine, _ = self._live()
@@ -155,16 +159,17 @@ class VllmLLMModel:
         out = EngineRequest(emb, req.max_new_tokens, req.end_id, req.temperature, req.top_k, req.seed)
         engine.check(out)   # shape, length, finite values, settings: InvalidRequest before the engine sees it
         stream = _one(request, "streaming", required=False)
-        return out, bool(stream) and self.decoupled
+        prov = _row(request, "provenance_in").astype(np.uint8) if _pb().get_input_tensor_by_name(request, "provenance_in") is not None else None
+        return out, bool(stream) and self.decoupled, prov
 
     def execute(self, requests: list[Any]) -> None:
         pb = _pb()
         for request in requests:
             sender = request.get_response_sender()
             try:
-                req, stream = self.parse(request)
+                req, stream, prov = self.parse(request)
                 _, loop = self._live()
-                loop.submit(req, stream, _Responder(sender))
+                loop.submit(req, stream, _Responder(sender, prov))
             except Exception as err:  # noqa: BLE001 - the request's own error; the others are still served
                 if not isinstance(err, TunaError):
                     _log(traceback.format_exc())
