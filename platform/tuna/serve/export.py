@@ -272,7 +272,8 @@ def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None 
     if cfg.serve.engine == "vllm":   # what the vLLM step starts its engine with (tuna.serve.vllm_step.VllmLLMModel)
         llm_settings["engine"] = {"name": "vllm", "max_model_len": cfg.serve.vllm_max_model_len,
                                   "kv_cache_gib": cfg.serve.vllm_kv_cache_gib, "dtype": "float32",
-                                  "max_num_seqs": max(cfg.serve.max_batch_size, 8)}
+                                  # running sequences: the step's loop adds requests across execute() calls
+                                  "max_num_seqs": max(cfg.serve.max_batch_size, 64)}
     settings = {
         "tensorrt_llm": llm_settings,
         "preprocessing": {"system_prompt": cfg.train.system_prompt, "max_tokens_limit": cfg.serve.max_tokens_limit,
