@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no vLLM venv at {venv}: run `make vllm-env` or set TUNA_VLLM_VENV")
     cfg = load_recipe(args.config, args.overrides)
     asked = _questions(cfg, args.requests)
-    report: dict[str, Any] = {"config": args.config, "requests": len(asked), "clients": args.clients,
+    report: dict[str, Any] = {"config": args.config, "overrides": args.overrides, "requests": len(asked), "clients": args.clients,
                               "max_tokens": args.max_tokens, "max_batch_size": cfg.serve.max_batch_size,
                               "queue_delay_us": cfg.serve.queue_delay_us}
     with tempfile.TemporaryDirectory() as tmp:
