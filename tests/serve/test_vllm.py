@@ -262,6 +262,9 @@ def test_the_ensemble_on_vllm_answers_over_grpc_like_the_predictor_refuses_bad_s
         for c in clients:
             c.close()
         assert again == expected
+        # Streaming asked of this (not decoupled) repository: the whole answer in one final chunk.
+        (chunk,) = list(client.ask_stream(asked[0][0], asked[0][1], max_tokens=MAX_TOKENS))
+        assert chunk.final and chunk.delta == chunk.text == expected[0] and chunk.provenance["datastore"] == "A"
 
         # Bad shapes straight to the LLM step (the ensemble never builds them, a client can): INVALID_ARGUMENT in one
         # line, the engine keeps serving.
