@@ -91,6 +91,25 @@ def build_inputs(image: bytes, question: str, max_tokens: int, datastore: str | 
     return inputs
 
 
+RECONNECT_BACKOFF_MS = (500, 2000)   # gRPC reconnect backoff, first and longest wait (gRPC's defaults: 1 s, 120 s)
+
+
+def channel_args() -> list[tuple[str, int]]:
+    """tritonclient's default channel options (unlimited message size, keepalive) plus a short reconnect backoff:
+    with gRPC's defaults a client whose server was down ~20 s (a watchdog restart) kept failing "failed to connect"
+    for tens of seconds after the server was back (measured); now it reconnects within ~2 s."""
+    from tritonclient.grpc import KeepAliveOptions
+    from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
+
+    keep = KeepAliveOptions()
+    return [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE), ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+            ("grpc.keepalive_time_ms", keep.keepalive_time_ms), ("grpc.keepalive_timeout_ms", keep.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keep.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keep.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]), ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1])]
+
+
 class TunaClient:
     """A gRPC connection to a Triton serving the ``tuna`` ensemble."""
 
@@ -99,7 +118,7 @@ class TunaClient:
 
         self.url, self.model, self.timeout = url, model, timeout
         try:
-            self._client = grpc.InferenceServerClient(url)
+            self._client = grpc.InferenceServerClient(url, channel_args=channel_args())
         except Exception as err:  # noqa: BLE001 - a malformed URL
             raise ServerUnreachable(f"cannot connect to Triton at {url!r} ({err}); give host:port of the gRPC endpoint") from None
 

@@ -107,8 +107,10 @@ class Watchdog:
         self.server.stop(timeout=self.kill_grace)
         for name in regions:                      # a killed stub's shared memory outlives it
             Path("/dev/shm", name).unlink(missing_ok=True)
-        if self.server.log_path is not None and self.server.log_path.is_file():
-            self.server.log_path.replace(self.server.log_path.with_suffix(f".before-restart-{self.restarts + 1}.log"))
+        log = self.server.log_path
+        if log is not None and log.is_file():   # keep the broken server's log: <log>.before-restart-<n>.log, n = 1, 2, ...
+            n = 1 + len(list(log.parent.glob(f"{log.stem}.before-restart-*{log.suffix}")))
+            log.replace(log.with_suffix(f".before-restart-{n}{log.suffix}"))
         if stop.is_set():
             return
         t0 = time.monotonic()
