@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from support import SMOKE, World
+from support import REPO, SMOKE, World
 from tuna.serve.client import RequestRefused, ServerUnreachable, TunaClient, refusal
 from tuna.serve.probe import probe, probe_image
 from tuna.serve.server import ServerError, TritonServer, free_port
@@ -43,6 +45,23 @@ def _kill(server: TritonServer, step: str) -> float:
 
 
 MESSAGES: dict[str, str] = {}   # outcome -> the first message seen with it (for the report)
+
+
+def _chart_probe(url: str) -> subprocess.CompletedProcess:
+    """Run the helm chart's rendered readiness command (exec probe) against ``url`` instead of the pod's 127.0.0.1:8001,
+    with this interpreter as its ``python``."""
+    import yaml
+
+    from tuna.kube.binaries import helm_binary, run_tool
+
+    out = run_tool(helm_binary(), ["template", "t", str(REPO / "helm" / "tuna-serving")], what="render tuna-serving")
+    (deployment,) = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment"]
+    (triton,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "triton"]
+    command = triton["readinessProbe"]["exec"]["command"]
+    assert command[0] == "python" and "127.0.0.1:8001" in command and triton["livenessProbe"]["exec"]["command"] == command
+    command = [sys.executable, *[url if a == "127.0.0.1:8001" else a for a in command[1:]]]
+    env = {**os.environ, "PYTHONPATH": str(REPO / "platform")}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
 
 
 def _outcome(client: TunaClient, image: bytes, expected: str) -> str:
@@ -173,8 +192,9 @@ def test_a_killed_llm_step_under_8_clients_is_unavailable_then_the_server_restar
 def test_every_other_step_dying_is_recovered_and_on_failure_exit_stops_the_server(repository: Path, trained: World,
                                                                                  tmp_path: Path,
                                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    """preprocessing, retrieval, postprocessing killed in turn: UNAVAILABLE, restarted, the same answer. Then with no
-    watchdog `tuna ask` and `tuna probe` fail in one line, and a watchdog with on_failure=exit stops the server."""
+    """preprocessing, retrieval, postprocessing killed in turn: UNAVAILABLE, restarted, the same answer. Then, the LLM
+    step killed with no watchdog: the helm chart's rendered probe command exits 1 while Triton's readiness stays 200,
+    `tuna ask` and `tuna probe` fail in one line, and a watchdog with on_failure=exit stops the server."""
     from tuna.cli import main
 
     image = _image(trained, 1)
@@ -199,7 +219,13 @@ def test_every_other_step_dying_is_recovered_and_on_failure_exit_stops_the_serve
             assert _outcome(client, image, expected) == "OK", step
             assert len(list(tmp_path.glob("triton.before-restart-*.log"))) == n   # each broken server's log is kept
 
+        healthy = _chart_probe(server.grpc_url)
+        assert healthy.returncode == 0 and healthy.stdout.startswith("healthy:"), healthy.stderr
         _kill(server, "tensorrt_llm")
+        dead = _chart_probe(server.grpc_url)                   # what the kubelet's readiness and liveness probes see
+        assert dead.returncode == 1 and dead.stderr.count("\n") == 1, dead.stderr
+        assert "unhealthy" in dead.stderr and "Stub process 'tensorrt_llm_0_0' is not healthy" in dead.stderr
+        assert server.ready()                                  # while Triton's own readiness says 200
         img = tmp_path / "q.png"
         img.write_bytes(image)
         assert main(["ask", QUESTION, "--image", str(img), "--config", str(SMOKE), "--url", server.grpc_url]) == 2

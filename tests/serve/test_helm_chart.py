@@ -342,6 +342,7 @@ def test_notes_explain_how_to_call_the_service(helm: Path) -> None:
     assert f"tuna ask --url {RELEASE}.{NAMESPACE}.svc.cluster.local:8001" in notes
     assert f"port-forward service/{RELEASE} 8001:8001 8000:8000" in notes
     assert "/v2/models/tuna/ready" in notes
+    assert "tuna probe --url localhost:8001" in notes and "the kubelet restarts the container" in notes
 
 
 # ---------------------------------------------------------------------------------------------- refusals
