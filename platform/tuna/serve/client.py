@@ -99,10 +99,9 @@ def channel_args() -> list[tuple[str, int]]:
     with gRPC's defaults a client whose server was down ~20 s (a watchdog restart) kept failing "failed to connect"
     for tens of seconds after the server was back (measured); now it reconnects within ~2 s."""
     from tritonclient.grpc import KeepAliveOptions
-    from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
 
-    keep = KeepAliveOptions()
-    return [("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE), ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+    keep, most = KeepAliveOptions(), 2**31 - 1   # tritonclient's MAX_GRPC_MESSAGE_SIZE (INT32_MAX, Triton's own limit)
+    return [("grpc.max_send_message_length", most), ("grpc.max_receive_message_length", most),
             ("grpc.keepalive_time_ms", keep.keepalive_time_ms), ("grpc.keepalive_timeout_ms", keep.keepalive_timeout_ms),
             ("grpc.keepalive_permit_without_calls", keep.keepalive_permit_without_calls),
             ("grpc.http2.max_pings_without_data", keep.http2_max_pings_without_data),
