@@ -148,6 +148,7 @@ def test_a_killed_llm_step_under_8_clients_is_unavailable_then_the_server_restar
             for t in threads:
                 t.start()
             time.sleep(3)
+            first_regions = list(watchdog.regions)
             killed = _kill(server, "tensorrt_llm")
             time.sleep(1.5)
             triton_ready_after_kill = server.ready()          # Triton's own readiness, before the watchdog acts
@@ -186,6 +187,7 @@ def test_a_killed_llm_step_under_8_clients_is_unavailable_then_the_server_restar
         assert len([1 for start, end, o in log if start > killed + settled and o == "OK"]) >= CLIENTS, numbers
         assert numbers["longest_request_s"] < 30, numbers                  # nothing waited for the client's timeout
         assert probe(server.grpc_url).ok and stub_pids(server)
+        assert not any(Path("/dev/shm", r).exists() for r in first_regions), "the killed server's shared memory is left"
 
 
 @pytest.mark.integration
@@ -242,4 +244,5 @@ def test_every_other_step_dying_is_recovered_and_on_failure_exit_stops_the_serve
             exiting.run(give_up)
         timer.cancel()
         assert time.monotonic() - t0 < DETECT_S and server.process.poll() is not None and not stub_pids(server)
+        assert not [r for r in exiting.regions if Path("/dev/shm", r).exists()]   # no shared memory left behind
         client.close()

@@ -59,7 +59,7 @@ class Watchdog:
     events: list[WatchEvent] = field(default_factory=list)
     healthy: bool = True          # the last verdict: False from the failure that crossed the threshold until restarted
     restarts: int = 0
-    _regions: list[str] = field(default_factory=list, repr=False)
+    regions: list[str] = field(default_factory=list, repr=False)   # /dev/shm names of the watched stubs, read while they lived
 
     def __post_init__(self) -> None:
         if self.on_failure not in ON_FAILURE:
@@ -71,7 +71,7 @@ class Watchdog:
     def run(self, stop: threading.Event) -> None:
         """Probe until ``stop`` is set; restart the server when broken, or raise ServerError (see the module doc)."""
         failed = 0
-        self._regions = shm_regions(self.server)   # read while every stub lives: a dead stub's command line is gone
+        self.regions = shm_regions(self.server)   # read while every stub lives: a dead stub's command line is gone
         while not stop.wait(self.period):
             process = self.server.process
             if process is not None and process.poll() is not None:
@@ -97,16 +97,21 @@ class Watchdog:
             why = ("serve.on_failure is exit" if self.on_failure == "exit" else
                    f"already restarted {len(recent)} times in {self.restart_window:.0f}s (serve.max_restarts)")
             self.events.append(WatchEvent("gave_up", now, why))
-            self.server.stop(timeout=self.kill_grace)
+            self._stop()
             raise ServerError(f"the server is broken ({detail}); {why}: exiting for the orchestrator to restart it")
         self.log(f"watchdog: the server is broken ({detail}); restarting it on the same ports")
         self._restart(stop)
 
-    def _restart(self, stop: threading.Event) -> None:
-        regions = set(self._regions) | set(shm_regions(self.server))
+    def _stop(self) -> None:
+        """Stop the broken server (SIGKILL after ``kill_grace``) and remove its stubs' shared memory, which a killed
+        stub leaves behind in /dev/shm."""
+        regions = set(self.regions) | set(shm_regions(self.server))
         self.server.stop(timeout=self.kill_grace)
-        for name in regions:                      # a killed stub's shared memory outlives it
+        for name in regions:
             Path("/dev/shm", name).unlink(missing_ok=True)
+
+    def _restart(self, stop: threading.Event) -> None:
+        self._stop()
         log = self.server.log_path
         if log is not None and log.is_file():   # keep the broken server's log: <log>.before-restart-<n>.log, n = 1, 2, ...
             n = 1 + len(list(log.parent.glob(f"{log.stem}.before-restart-*{log.suffix}")))
@@ -117,7 +122,7 @@ class Watchdog:
         self.server.start(ready_timeout=self.ready_timeout)
         self.restarts += 1
         self.healthy = True
-        self._regions = shm_regions(self.server)
+        self.regions = shm_regions(self.server)
         self.events.append(WatchEvent("restarted", time.monotonic(), f"ready again in {time.monotonic() - t0:.1f}s"))
         self.log(f"watchdog: tritonserver restarted and ready in {time.monotonic() - t0:.1f}s (restart {self.restarts})")
 
