@@ -8,12 +8,20 @@ as it is generated (text deltas, over gRPC's bidirectional stream). Server-side 
 Streaming needs a repository exported with ``serve.engine=vllm`` and ``serve.vllm_stream=true`` (a decoupled LLM step);
 elsewhere ``ask_stream`` gets the whole answer as one chunk. Triton refuses unary inference on a decoupled ensemble
 (UNIMPLEMENTED), so there ``ask`` goes over the stream too (one response), once it has been told so.
+
+A dead step: when a step's python-backend stub process dies (killed, out of memory), tritonserver 2.51 answers every
+request that reaches that step with gRPC INTERNAL "in ensemble 'tuna', Stub process '<step>_0_0' is not healthy."
+(measured; it never restarts the stub itself). That is the server being unable to serve, not a bug in the request:
+this client maps it to UNAVAILABLE (retry elsewhere or later; the watchdog of `tuna serve` or the chart's liveness
+probe restarts the server), keeping Triton's own status in :attr:`RequestRefused.triton_status`. Raw gRPC clients
+still see INTERNAL with that message.
 """
 
 from __future__ import annotations
 
 import json
 import queue
+import re
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -28,14 +36,31 @@ from tuna.errors import TunaError
 class RequestRefused(TunaError):
     """The server answered the request with an error status."""
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: str, message: str, triton_status: str | None = None) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status
         self.message = message
+        self.triton_status = triton_status or status   # what Triton sent, before our mapping (see the module doc)
 
 
 class ServerUnreachable(TunaError, ConnectionError):
-    """No Triton server answers at the URL."""
+    """No Triton server answers at the URL (gRPC UNAVAILABLE at the transport: refused, reset, not started yet)."""
+
+    status = "UNAVAILABLE"
+
+
+_DEAD_STEP = re.compile(r"Stub process '([\w.-]+)' is not healthy")
+
+
+def refusal(status: str, message: str) -> RequestRefused:
+    """The :class:`RequestRefused` for Triton's ``status`` and ``message``: a dead step's INTERNAL becomes UNAVAILABLE."""
+    dead = _DEAD_STEP.search(message)
+    if status == "INTERNAL" and dead:
+        step = dead.group(1).rsplit("_", 2)[0]
+        return RequestRefused("UNAVAILABLE", f"{message} (the server's {step!r} step died; requests fail until the server restarts, "
+                              f"which the watchdog of `tuna serve` and the chart's liveness probe do: retry)",
+                              triton_status=status)
+    return RequestRefused(status, message)
 
 
 @dataclass(frozen=True)
@@ -97,6 +122,24 @@ def _reply(result: Any) -> Reply:
     return Reply(_text(result.as_numpy("text_output").reshape(-1)[0]), json.loads(_text(result.as_numpy("provenance").reshape(-1)[0])))
 
 
+RECONNECT_BACKOFF_MS = (500, 2000)   # gRPC reconnect backoff, first and longest wait (gRPC's defaults: 1 s, 120 s)
+
+
+def channel_args() -> list[tuple[str, int]]:
+    """tritonclient's default channel options (unlimited message size, keepalive) plus a short reconnect backoff:
+    with gRPC's defaults a client whose server was down ~20 s (a watchdog restart) kept failing "failed to connect"
+    for tens of seconds after the server was back (measured); now it reconnects within ~2 s."""
+    from tritonclient.grpc import KeepAliveOptions
+
+    keep, most = KeepAliveOptions(), 2**31 - 1   # tritonclient's MAX_GRPC_MESSAGE_SIZE (INT32_MAX, Triton's own limit)
+    return [("grpc.max_send_message_length", most), ("grpc.max_receive_message_length", most),
+            ("grpc.keepalive_time_ms", keep.keepalive_time_ms), ("grpc.keepalive_timeout_ms", keep.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", keep.keepalive_permit_without_calls),
+            ("grpc.http2.max_pings_without_data", keep.http2_max_pings_without_data),
+            ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]), ("grpc.min_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+            ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1])]
+
+
 class TunaClient:
     """A gRPC connection to a Triton serving the ``tuna`` ensemble."""
 
@@ -107,7 +150,7 @@ class TunaClient:
         self._decoupled = False                  # the server refused unary inference: its ensemble streams
         self._stream_lock = threading.Lock()
         try:
-            self._client = grpc.InferenceServerClient(url)
+            self._client = grpc.InferenceServerClient(url, channel_args=channel_args())
         except Exception as err:  # noqa: BLE001 - a malformed URL
             raise ServerUnreachable(f"cannot connect to Triton at {url!r} ({err}); give host:port of the gRPC endpoint") from None
 
@@ -130,11 +173,11 @@ class TunaClient:
         try:
             result = self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout)
         except InferenceServerException as err:
-            refusal = self._refusal(err)
-            if isinstance(refusal, RequestRefused) and refusal.status == "UNIMPLEMENTED" and "decoupled" in refusal.message:
+            refused = self._refusal(err)
+            if isinstance(refused, RequestRefused) and refused.status == "UNIMPLEMENTED" and "decoupled" in refused.message:
                 self._decoupled = True    # a streaming repository (serve.vllm_stream): ask over the stream from now on
                 return self._final(self.stream_infer(inputs))
-            raise refusal from None
+            raise refused from None
         return _reply(result)
 
     def _refusal(self, err: Any) -> TunaError:
@@ -146,7 +189,7 @@ class TunaClient:
         if status == "UNAVAILABLE" and transport and not message.startswith("in ensemble"):
             return ServerUnreachable(f"no Triton server answers at {self.url} ({message}); start one with "
                                      f"`tuna serve --config <recipe>`")
-        return RequestRefused(status, message)
+        return refusal(status, message)
 
     @staticmethod
     def _final(chunks: Iterator[Chunk]) -> Reply:
@@ -211,4 +254,4 @@ class TunaClient:
         self._client.close()
 
 
-__all__ = ["Chunk", "Reply", "RequestRefused", "ServerUnreachable", "TunaClient", "build_inputs"]
+__all__ = ["Chunk", "Reply", "RequestRefused", "ServerUnreachable", "TunaClient", "build_inputs", "refusal"]
