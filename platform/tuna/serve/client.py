@@ -214,6 +214,7 @@ class TunaClient:
                 self._client.async_stream_infer(self.model, inputs, enable_empty_final_response=True)
             except InferenceServerException as err:
                 raise self._refusal(err) from None
+            done = False
             try:
                 shown, prov = "", {}
                 while True:
@@ -237,9 +238,13 @@ class TunaClient:
                         yield Chunk(text[len(shown):], text, prov, final)
                         shown = text
                     if final:
+                        done = True
                         return
             finally:
-                self._client.stop_stream(cancel_requests=True)
+                # Cancel only a request left unfinished (an error, a consumer that stopped reading). Once, with every
+                # finished stream cancelled too, the decoupled ensemble never unloaded at shutdown (exit timeout); not
+                # seen since, but that it was the cause is not proven.
+                self._client.stop_stream(cancel_requests=not done)
 
     def ask_stream(self, image: bytes, question: str, max_tokens: int = 32, datastore: str | None = None,
                    temperature: float | None = None, top_k: int | None = None, seed: int | None = None) -> Iterator[Chunk]:
