@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from support import World, make_prepared, make_world
+from support import HEAD32, World, make_prepared, make_world
 from tuna.retrieval.server import MilvusServer, MilvusServerError, server_executable
 
 
@@ -39,6 +39,22 @@ def trained(prepared: World) -> World:
         assert done.returncode == 0, f"tuna train --variant {variant} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         assert "Traceback" not in done.stdout + done.stderr
     return prepared
+
+
+@pytest.fixture(scope="session")
+def trained_head32(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The smoke world with a one-head LM (``HEAD32``: a head size vLLM's CPU attention takes), prepared and TUNA
+    trained by the real `tuna train` (~1.5 min): what the vLLM tests serve."""
+    import subprocess
+    import sys
+
+    from support import SMOKE
+
+    world = make_prepared(tmp_path_factory.mktemp("prepared-head32"), *HEAD32)
+    done = subprocess.run([sys.executable, "-m", "tuna.cli", "train", "--config", str(SMOKE), "--stage", "all", "--variant",
+                           "tuna", f"run.data_dir={world.cfg.data_dir}", *HEAD32], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"tuna train failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return world
 
 
 @pytest.fixture(scope="session")

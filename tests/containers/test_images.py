@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import REPO, SMOKE
+from support import REPO, SMOKE, wait_for_container
 from tuna.images import ImageError, build_command, build_images, check_base, docker_engine, image_size
 from tuna.recipe import load_recipe
 
@@ -152,7 +151,6 @@ def _png() -> bytes:
 def served(serving: str, repository: Path) -> Iterator[tuple[str, str]]:
     """The serving image run as the chart runs it (uid 1000, read-only root, HOME=/tmp, /models, shm) on a network this
     test creates, its gRPC port published on 127.0.0.1; yields (gRPC URL, container name)."""
-    from tuna.serve.client import TunaClient
     from tuna.serve.server import free_port
 
     tag = uuid.uuid4().hex[:8]
@@ -164,17 +162,8 @@ def served(serving: str, repository: Path) -> Iterator[tuple[str, str]]:
                   "-v", f"{repository}:/models", serving)
     try:
         assert run.returncode == 0, run.stderr
-        url, client, deadline = f"127.0.0.1:{port}", None, time.monotonic() + 240
-        while time.monotonic() < deadline:
-            state = _docker("inspect", "--format", "{{.State.Running}}", name).stdout.strip()
-            if state != "true":
-                pytest.fail(f"the serving container exited: {_docker('logs', '--tail', '20', name).stderr[-3000:]}")
-            client = client or TunaClient(url, timeout=60)
-            if client.ready():
-                break
-            time.sleep(2)
-        else:
-            pytest.fail(f"the serving container was not ready in 240 s: {_docker('logs', '--tail', '20', name).stderr[-3000:]}")
+        url = f"127.0.0.1:{port}"
+        wait_for_container(name, url, 240)
         yield url, name
     finally:
         _docker("rm", "-f", name)

@@ -194,7 +194,8 @@ VLLM_ACTIVATE = """# Written by `tuna export` (serve.engine=vllm). Triton's pyth
 # dropped: vLLM's engine-core process is a plain Python of that venv). Nothing here names a path of the export machine.
 if [ -z "${TUNA_VLLM_VENV:-}" ] || [ ! -x "${TUNA_VLLM_VENV}/bin/python" ]; then
   echo "tuna: the LLM step runs on vLLM (serve.engine=vllm) but TUNA_VLLM_VENV='${TUNA_VLLM_VENV:-}' is not a venv;" \\
-    "run make vllm-env and set TUNA_VLLM_VENV" >&2
+    "on a host run make vllm-env and set TUNA_VLLM_VENV; in a container run the serving-vllm image" \\
+    "(tuna image --target serving-vllm with serve.engine=vllm)" >&2
   return 1
 fi
 export VIRTUAL_ENV="${TUNA_VLLM_VENV}"
