@@ -21,6 +21,9 @@ RECIPES = sorted(CONFIGS.glob("*.yaml"))
 # vLLM's CPU attention takes head sizes 32, 64, 80, ... (not the smoke LM's 32 / 2 heads = 16): the vLLM tests train the
 # same smoke world with one attention head (the `trained_head32` fixture).
 HEAD32 = ("lm.heads=1", "lm.kv_heads=1")
+# The smoke LM and stage 2 trained long enough (LM 40 epochs ~6 s, stage 2 a full epoch) to answer FINER questions in
+# words ("There is a plotutroux, a small teal") instead of the smoke training's '::::::::' for every question.
+FLUENT = ("lm.epochs=40", "train.stage2.max_steps=40")
 # The serving image with the vLLM venv (Dockerfile target serving-vllm) the containers suite runs and the chart's cpu
 # scenario names; `make test-containers` builds it under this name.
 VLLM_SERVING_IMAGE = os.environ.get("TUNA_VLLM_SERVING_IMAGE", "ghcr.io/tuna-platform/tuna-serving:0.1.0-vllm")

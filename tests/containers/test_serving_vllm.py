@@ -4,7 +4,8 @@ the answers of the in-process greedy model (``Predictor.answer``) and the retrie
 
 `make test-containers` builds the image (``TUNA_VLLM_SERVING_IMAGE``, default tuna-serving:0.1.0-vllm) and runs this
 suite; without an engine or the image every test skips in one line naming the command that provides it. The served
-model is the smoke world with a one-head LM (vLLM's CPU attention does not take the smoke LM's head size 16).
+model is the smoke world with a one-head LM (vLLM's CPU attention does not take the smoke LM's head size 16) trained a
+little longer than smoke (``FLUENT``), so that its answers differ per question.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support import HEAD32, SMOKE, VLLM_SERVING_IMAGE, World, finer_questions, greedy_reference, wait_for_container
+from support import FLUENT, HEAD32, SMOKE, VLLM_SERVING_IMAGE, World, finer_questions, greedy_reference, wait_for_container
 from tuna.images import ImageError, check_serving_image, image_engines, image_exists
 from tuna.recipe import load_recipe
 
@@ -42,9 +43,11 @@ def serving_vllm(engine: str) -> str:
 
 
 def test_the_vllm_image_holds_both_engines_in_separate_venvs(serving_vllm: str) -> None:
+    """The project venv (numpy<2, on the image's PYTHONPATH) and the vLLM venv (numpy 2, CPU torch), run as the LLM
+    step's vllm_env.tar.gz runs it: PYTHONPATH unset (with it, the vLLM venv's Python imports the project's packages)."""
     assert image_engines(serving_vllm) == ("hf", "vllm")
     script = ("set -e; echo uid=$(id -u); echo venv=$TUNA_VLLM_VENV; python -c 'import numpy; print(\"project=\" + numpy.__version__)'; "
-              "/opt/vllm-venv/bin/python -c 'import importlib.util as u, numpy, torch, vllm; "
+              "env -u PYTHONPATH /opt/vllm-venv/bin/python -c 'import importlib.util as u, numpy, torch, vllm; "
               "print(\"vllm=\", vllm.__version__, torch.__version__, numpy.__version__, torch.version.cuda, "
               "[m for m in (\"torchvision\", \"torchaudio\", \"torchcodec\") if u.find_spec(m)])'")
     done = _docker("run", "--rm", "--network", "none", "--entrypoint", "sh", serving_vllm, "-c", script, timeout=300)
@@ -69,22 +72,22 @@ def test_a_vllm_recipe_on_the_hf_serving_image_is_refused_in_one_line(serving: s
 
 
 @pytest.fixture(scope="module")
-def repository(trained_head32: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The one-head smoke model exported with serve.engine=vllm (the LLM step's vllm_env.tar.gz activates the image's
+def repository(trained_fluent: World, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one-head smoke model (trained to answer in words) exported with serve.engine=vllm (the LLM step's vllm_env.tar.gz activates the image's
     $TUNA_VLLM_VENV); opened to the container's uid 1000 after the in-process reference has read it."""
     from tuna.serve.export import export_repository
 
-    cfg = load_recipe(SMOKE, [f"run.data_dir={trained_head32.cfg.data_dir}", *HEAD32, "serve.engine=vllm"])
+    cfg = load_recipe(SMOKE, [f"run.data_dir={trained_fluent.cfg.data_dir}", *HEAD32, *FLUENT, "serve.engine=vllm"])
     out = tmp_path_factory.mktemp("served-vllm") / "tuna"
     export_repository(cfg, "tuna", out=out, log=lambda s: None)
     return out / "model_repository"
 
 
 @pytest.fixture(scope="module")
-def reference(trained_head32: World, repository: Path) -> tuple[list[tuple[bytes, str]], list[str], list[dict]]:
+def reference(trained_fluent: World, repository: Path) -> tuple[list[tuple[bytes, str]], list[str], list[dict]]:
     """(questions, in-process greedy answers, in-process provenance): what the container must reply."""
-    asked = finer_questions(trained_head32, 4)
-    _, tables, expected = greedy_reference(trained_head32, repository, asked, MAX_TOKENS)
+    asked = finer_questions(trained_fluent, 4)
+    _, tables, expected = greedy_reference(trained_fluent, repository, asked, MAX_TOKENS)
     subprocess.run(["chmod", "-R", "a+rwX", str(repository.parent)], check=True)   # Milvus Lite locks its folder
     return asked, expected, [t.provenance for t in tables]
 
@@ -128,10 +131,11 @@ def test_docker_run_answers_grpc_questions_through_vllm_like_the_in_process_mode
     client.close()
     answers = [s.text for s in served]
     assert answers == expected, [(q, a, e) for (_, q), a, e in zip(asked, answers, expected) if a != e]
-    assert len(answers) == 8 and all(answers)
+    assert len(answers) == 8 and all(answers) and len(set(answers)) > 1, answers   # not one degenerate answer
     for s, want in zip(served, provenance):   # the retrieval step's provenance, as the HF engine's ensemble gives it
         assert s.provenance["datastore"] == "A" and s.provenance["tags"] == want["tags"] and s.provenance["model"]["name"]
         assert np.allclose(s.provenance["weights"], want["weights"], atol=1e-5)
         assert set(s.provenance) == set(want)
+    memory = _docker("stats", "--no-stream", "--format", "{{.MemUsage}}", name).stdout.strip()
     print(f"\nserving-vllm container ready in {ready_seconds:.0f} s; {len(asked)} gRPC questions, p50 "
-          f"{1000 * float(np.median(latencies)):.0f} ms; first answer {answers[0]!r}", file=sys.stderr)
+          f"{1000 * float(np.median(latencies)):.0f} ms; memory {memory}; answers {answers}", file=sys.stderr)
