@@ -139,3 +139,32 @@ def test_docker_run_answers_grpc_questions_through_vllm_like_the_in_process_mode
     memory = _docker("stats", "--no-stream", "--format", "{{.MemUsage}}", name).stdout.strip()
     print(f"\nserving-vllm container ready in {ready_seconds:.0f} s; {len(asked)} gRPC questions, p50 "
           f"{1000 * float(np.median(latencies)):.0f} ms; memory {memory}; answers {answers}", file=sys.stderr)
+
+
+def test_a_vllm_export_in_the_hf_serving_image_fails_naming_the_serving_vllm_image(serving: str, repository: Path,
+                                                                                   reference: tuple, tmp_path: Path) -> None:
+    """The plain serving image has no vLLM venv: the LLM step of a vllm export refuses to load (before the fix its load
+    hung forever: the activate script failed and Triton waited for a stub that never started), tritonserver exits
+    non-zero and its log says which image to run."""
+    import shutil
+
+    copy = tmp_path / "model_repository"   # a copy: the served container holds the Milvus Lite folders of the original
+    shutil.copytree(repository, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run(["chmod", "-R", "a+rwX", str(tmp_path)], check=True)
+    name = f"tuna-serving-hf-{uuid.uuid4().hex[:8]}"
+    run = _docker("run", "-d", "--name", name, "--network", "none", "--read-only", "--tmpfs", "/tmp:rw,exec,size=1g",
+                  "--shm-size", "256m", "-e", "HOME=/tmp", "-v", f"{copy}:/models", serving)
+    try:
+        assert run.returncode == 0, run.stderr
+        deadline = time.monotonic() + 180
+        while _docker("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true":
+            assert time.monotonic() < deadline, "tritonserver kept running with an LLM step that cannot load"
+            time.sleep(2)
+        logs = _docker("logs", name)
+        text = logs.stdout + logs.stderr
+        assert _docker("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() != "0"
+        failed = [line for line in text.splitlines() if "failed to load 'tensorrt_llm'" in line]
+        assert failed and "TUNA_VLLM_VENV='' is not a venv" in failed[0], text[-3000:]
+        assert "in a container run the serving-vllm image (tuna image --target serving-vllm" in failed[0], failed[0]
+    finally:
+        _docker("rm", "-f", name)

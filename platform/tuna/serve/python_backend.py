@@ -250,6 +250,10 @@ class VllmLLMModel(_Step):
 
         from tuna.serve.ensemble import read_serving
 
+        problem = os.environ.get("TUNA_VLLM_ERROR")   # set by the step's vllm_env.tar.gz when there is no vLLM venv
+        if problem:
+            raise TunaError(problem)
+
         # The stub's embedded Python never sets the C locale from the environment, so text files open as ASCII and
         # torch (imported by vllm) fails reading its UTF-8 templates: use UTF-8 as a normal interpreter would.
         for name in ("C.UTF-8", "C.utf8", ""):
