@@ -475,6 +475,7 @@ def test_the_cpu_scenario_runs_the_serving_vllm_image_with_its_engine(rendered: 
     (init,) = pod(rendered["cpu"])["initContainers"]
     assert env(init)["ENGINE"]["value"] == "vllm" and env(init)["VERIFY"]["value"] == "true"
     assert {v["name"]: v for v in pod(rendered["cpu"])["volumes"]}["dshm"]["emptyDir"]["sizeLimit"] == "1Gi"
+    assert triton(rendered["cpu"])["resources"] == {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "6Gi"}}
     assert triton(rendered["defaults"])["image"] == "ghcr.io/tuna-platform/tuna-serving:0.1.0"
     assert env(pod(rendered["defaults"])["initContainers"][0])["ENGINE"]["value"] == "hf"
     assert "at '/model/engine': value must be one of 'hf', 'vllm'" in refusal(helm, "--set", "model.engine=trtllm")
