@@ -128,7 +128,7 @@ def check_serving_image(cfg: Recipe, config: str = "<recipe>") -> str:
     if engine not in engines:
         raise ImageError(f"serving image {ref} runs the engines {','.join(engines) or 'hf (no label)'} but the recipe's "
                          f"serve.engine is {engine}: rebuild it with `tuna image --config {config} --target "
-                         f"{serving_target(cfg)}` (make image CONFIG={config})")
+                         f"{serving_target(cfg)} serve.engine={engine} cluster.serving_image={ref}`")
     return ref
 
 

@@ -68,7 +68,7 @@ def test_a_vllm_recipe_on_the_hf_serving_image_is_refused_in_one_line(serving: s
         check_serving_image(cfg, "configs/smoke.yaml")
     text = str(err.value)
     assert "\n" not in text and serving in text and "serve.engine is vllm" in text
-    assert "tuna image --config configs/smoke.yaml --target serving-vllm" in text
+    assert f"tuna image --config configs/smoke.yaml --target serving-vllm serve.engine=vllm cluster.serving_image={serving}`" in text
 
 
 @pytest.fixture(scope="module")
