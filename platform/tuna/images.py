@@ -38,6 +38,7 @@ ENGINES_LABEL = "tuna.engines"                  # the serving images' label: the
 TORCH_VARIANTS = ("cpu", "cu126", "cu128")      # PyTorch index suffixes the Dockerfile's TORCH_VARIANT accepts
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+RM_TIMEOUT = 600.0                              # seconds `docker image rm` of a replaced image may take
 ENGINE_FIX = "start one with `make docker-up` (installs docker.io and starts dockerd as root)"
 
 
@@ -91,7 +92,12 @@ def drop_untagged(image: str, log: Callable[[str], None] = print) -> bool:
     tags = _docker("image", "inspect", "--format", "{{len .RepoTags}}", image)
     if tags.returncode != 0 or tags.stdout.strip() != "0":
         return False
-    done = _docker("image", "rm", image)
+    try:   # deleting GBs of layers with dockerd at nice 19 / ionice idle on busy disks took over a minute (measured)
+        done = _docker("image", "rm", image, timeout=RM_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        log(f"kept the replaced image {image[:19]} for now: `docker image rm` took over {RM_TIMEOUT:.0f}s (the engine "
+            f"may finish it; else run it again)")
+        return False
     if done.returncode != 0:
         log(f"kept the replaced image {image[:19]}: {(done.stderr.strip().splitlines() or [''])[0]}")
         return False
