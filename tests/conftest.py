@@ -25,7 +25,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> World:
 
 @pytest.fixture(scope="session")
 def trained(prepared: World) -> World:
-    """``prepared`` with TUNA (stage 1 on ZeRO-2, stage 2 on ZeRO-3) and the LLaVA baseline trained by the
+    """``prepared`` with TUNA (stage 1 on ZeRO-2, stage 2 on ZeRO-3 built partitioned) and the LLaVA baseline trained by the
     real `tuna train` on 2 DeepSpeed CPU ranks; the launches' outputs are checked by the training tests."""
     import subprocess
     import sys
@@ -33,7 +33,7 @@ def trained(prepared: World) -> World:
     from support import SMOKE
 
     base = [sys.executable, "-m", "tuna.cli", "train", "--config", str(SMOKE), "--stage", "all"]
-    for variant, extra in (("tuna", ["train.stage2.zero_stage=3"]), ("baseline", [])):
+    for variant, extra in (("tuna", ["train.stage2.zero_stage=3", "train.zero3_init=true"]), ("baseline", [])):
         done = subprocess.run([*base, "--variant", variant, f"run.data_dir={prepared.cfg.data_dir}", *extra],
                               capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, f"tuna train --variant {variant} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"

@@ -27,8 +27,9 @@ ENGINE_HOMES = {
     "triton_python_backend_utils": {"serve/python_backend.py"},  # inside Triton's python stub only
     "kubernetes": {"train/cluster.py"},
     "vllm": {"serve/vllm_engine.py"},                       # runs in the vLLM venv only (make vllm-env)
+    "tensorrt_llm": {"serve/trtllm_engine.py"},             # runs in the GPU serving image only (NGC trtllm base)
 }
-MODEL_FORBIDDEN = {"pymilvus", "kfp", "mlflow", "tritonclient", "milvus_lite", "deepspeed", "vllm"}
+MODEL_FORBIDDEN = {"pymilvus", "kfp", "mlflow", "tritonclient", "milvus_lite", "deepspeed", "vllm", "tensorrt_llm"}
 
 
 def _imports(path: Path) -> set[str]:

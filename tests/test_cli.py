@@ -205,3 +205,14 @@ def test_world_writes_then_is_up_to_date_unless_forced(tmp_path: Path, capsys: p
     assert not sentinel.exists()
     assert json.loads((root / "manifest.json").read_text())["seed"] == 1
     assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["export", "--format", "hf", "--trtllm"], "--trtllm writes a Triton repository; it does not go with --format hf"),
+    (["export", "--trtllm", "serve.trtllm_dtype=fp32"], "serve.trtllm_dtype: must be bf16 or fp16"),
+])
+def test_export_flag_and_recipe_combinations_that_cannot_work_fail_in_one_line(
+        argv: list[str], expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main([*argv, "--config", str(SMOKE), f"run.data_dir={tmp_path}"])
+    assert code != 0
+    assert expected in assert_one_line_error(capsys.readouterr().err, "export")

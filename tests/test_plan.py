@@ -83,6 +83,15 @@ def test_llava7b_numbers_are_llava_15_7b() -> None:
     assert plan.sequence[2] == 2048 + 576 + 5 * 9
     stage2 = {(r.zero, r.checkpointing): r for r in plan.rows if r.stage == 2}
     assert stage2[(3, True)].fits and not stage2[(3, False)].fits and stage2[(3, True)].recipe_choice
+    # train.zero3_init: stage 2 (ZeRO-3) is built partitioned over the 32 GPUs; stage 1 (ZeRO-2) whole (2 bytes each).
+    whole = 2 * plan.total
+    assert plan.build[1] == {"recipe": whole, "whole": whole, "partitioned": 0}
+    assert plan.build[2]["partitioned"] == 1 and plan.build[2]["recipe"] == pytest.approx(whole / 32, abs=1)
+    off = make_plan(load_recipe("configs/llava7b.yaml", ["train.zero3_init=false"]))
+    assert off.build[2]["recipe"] == whole
+    one = make_plan(load_recipe("configs/llava7b.yaml", ["train.stage1.zero_stage=3"]))   # stage 1: only the LM split
+    lm = plan.parts["language_model"]
+    assert one.build[1]["recipe"] == pytest.approx(2 * (plan.total - lm + lm / 32), abs=1)
 
 
 def test_activation_formula_by_hand() -> None:

@@ -10,7 +10,7 @@ from tuna.kfp.options import BASE_IMAGE
 def export_model_repository(config: str, overrides: list, mlflow_parent: str, model: Input[Model],
                             repository: Output[Model], out_root: str = "", trtllm: bool = False):
     """Export the stage-2 model of `model`'s variant (under `out_root`, the checkpoints PVC, when set; else
-    run.data_dir/serve); `trtllm` adds the GPU repository and engine build kit. Metadata: model digest,
+    run.data_dir/serve); `trtllm` adds trtllm/model_repository (LLM step on TensorRT-LLM's PyTorch LLM API). Metadata: model digest,
     datastore versions, files, uri."""
     from tuna.kfp import tasks
 

@@ -213,8 +213,10 @@ def _ui_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """Export a trained variant as a Triton model repository (+ the TensorRT-LLM build kit with --trtllm), or as a
+    """Export a trained variant as a Triton model repository (+ its TensorRT-LLM GPU twin with --trtllm), or as a
     Hugging Face folder: --format hf (TUNA, Auto classes) or --format llava (the baseline as LlavaForConditionalGeneration)."""
+    if args.format != "triton" and args.trtllm:
+        raise TunaError(f"--trtllm writes a Triton repository; it does not go with --format {args.format} (drop one of them)")
     if args.format != "triton":
         from tuna.serve.hf_export import export_hf, export_llava
 
@@ -233,7 +235,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="triton", choices=["triton", "hf", "llava"],
                    help="triton (default): the model repository; hf: a Hugging Face TUNA folder (AutoModel after `import "
                         "tuna.model`); llava: the baseline as a plain LlavaForConditionalGeneration (variant default: baseline)")
-    p.add_argument("--trtllm", action="store_true", help="also write the GPU repository (tensorrtllm backend) and trtllm-build kit")
+    p.add_argument("--trtllm", action="store_true",
+                   help="also write trtllm/model_repository: the same ensemble for GPUs, its LLM step on TensorRT-LLM's PyTorch "
+                        "LLM API (llmapi layout, 1/model.yaml; no engine build; dtype serve.trtllm_dtype)")
     p.add_argument("--out", default=None, metavar="DIR", help="export folder (default: the run's serve/<variant>)")
     _force_quiet(p)
 

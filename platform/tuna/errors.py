@@ -21,6 +21,10 @@ class OutputError(TunaError, OSError):
     """An output location cannot be written (missing permission, a file where a folder should be)."""
 
 
+class TrainError(TunaError):
+    """Training cannot start or continue as configured."""
+
+
 class DataFormatError(TunaError, ValueError):
     """A corpus or eval file does not parse in its declared format; names the file and the record."""
 

@@ -81,6 +81,7 @@ class Plan:
     sequence: dict[int, int]       # tokens per example the LM reads in each stage (text + visual + tags)
     rows: list[MemoryRow] = field(default_factory=list)
     seconds: float = 0.0
+    build: dict[int, dict[str, int]] = field(default_factory=dict)  # per stage: weights one rank holds when built
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -180,6 +181,19 @@ def memory_rows(cfg: Recipe, lm_cfg: Any, total: int, trainable: dict[int, int],
     return rows
 
 
+def build_bytes(cfg: Recipe, parts: dict[str, int], gpus: int, precision: str) -> dict[int, dict[str, int]]:
+    """Weights one rank holds right after building each stage's model (before ``deepspeed.initialize``), as the recipe
+    builds it (``train.zero3_init`` on a ZeRO-3 stage: stage 2 wholly partitioned, stage 1 only the LM) and whole."""
+    w, total = WEIGHT_BYTES[precision], sum(parts.values())
+    out = {}
+    for stage in (1, 2):
+        partitioned = cfg.train.zero3_init and (cfg.cluster.zero_stage or cfg.train.stage(stage).zero_stage) == 3
+        shared = total if stage == 2 else parts.get("language_model", 0)
+        recipe = w * (total - shared + shared / gpus) if partitioned else w * total
+        out[stage] = {"recipe": int(recipe), "whole": w * total, "partitioned": int(partitioned)}
+    return out
+
+
 def make_plan(cfg: Recipe, variant: str = "tuna") -> Plan:
     """Build the architecture of ``variant`` on the meta device and estimate memory per GPU."""
     from tuna.model import TunaConfig
@@ -204,7 +218,8 @@ def make_plan(cfg: Recipe, variant: str = "tuna") -> Plan:
     rows = memory_rows(cfg, config.text_config, sum(parts.values()), trainable, largest, sequence, gpus, precision)
     return Plan(cfg.run.name, variant, sources, parts, sum(parts.values()), sum(parts[p] for p in LLAVA_PARTS),
                 trainable, largest, gpus, precision, cfg.plan.gpu_memory_gib,
-                {s: cfg.train.stage(s).batch_size for s in (1, 2)}, sequence, rows, round(time.perf_counter() - start, 2))
+                {s: cfg.train.stage(s).batch_size for s in (1, 2)}, sequence, rows, round(time.perf_counter() - start, 2),
+                build_bytes(cfg, parts, gpus, precision))
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -232,6 +247,11 @@ def plan_lines(plan: Plan) -> list[str]:
                      f"{f'{plan.micro_batch[r.stage]} x {plan.sequence[r.stage]}':<13}{r.weights / GIB:>8.2f}"
                      f"{r.grads_optimizer / GIB:>9.2f}{r.gathered_layer / GIB:>7.2f}{r.activations / GIB:>8.2f}"
                      f"{r.total / GIB:>8.2f}  {'yes' if r.fits else 'no'}")
+    if plan.build:
+        lines.append("  weights per rank at build, before deepspeed.initialize (GiB): " + "; ".join(
+            f"stage {s} {b['recipe'] / GIB:.2f}" + (f" (train.zero3_init; built whole: {b['whole'] / GIB:.2f})"
+                                                    if b["partitioned"] else " (built whole)")
+            for s, b in plan.build.items()))
     return lines
 
 

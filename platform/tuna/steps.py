@@ -47,7 +47,7 @@ class Options:
     report_command: str = ""                                 # eval: the command the report cites
     export_variant: str | None = None                        # export: None = serve.variant
     export_to: Path | None = None                            # export: None = the run's serve/<variant>
-    trtllm: bool = False                                     # export: also the GPU kit
+    trtllm: bool = False                                     # export: also the TensorRT-LLM GPU repository
 
     def __post_init__(self) -> None:
         for v in self.variants:
@@ -385,14 +385,15 @@ def _export(cfg: Recipe, opts: Options) -> Outcome:
     repo = target / m["repository"]
     lines = [f"  repository: {repo}  (serve it: tuna serve --config <recipe>)"]
     if "trtllm" in m:
-        lines.append(f"  GPU: {target / m['trtllm']['repository']} + {target / m['trtllm']['build']} "
-                     f"(engine at {m['trtllm']['engine_dir']})")
+        lines.append(f"  GPU: {target / m['trtllm']['repository']}  (TensorRT-LLM PyTorch LLM API, {m['trtllm']['dtype']}; "
+                     f"serve it in the GPU serving image: helm/tuna-serving/ci/gpu-trtllm-values.yaml)")
     return Outcome(status, f"{status} {variant} ({m['model']['digest']}) -> {repo}", lines, {"files": float(len(m["files"]))}, m,
                    {"variant": variant, "uri": repo, "path": str(repo), "model_digest": m["model"]["digest"],
                     "registered_name": m["model"]["name"],
                     "datastores": {n: d["version"] for n, d in m.get("datastores", {}).items()},
                     "default_datastore": m.get("default_datastore"), "files": len(m.get("files", {})),
-                    "trtllm": m.get("trtllm", {}).get("repository")})
+                    "trtllm": m.get("trtllm", {}).get("repository"),
+                    "trtllm_path": str(target / m["trtllm"]["repository"]) if "trtllm" in m else None})
 
 
 def _serve(cfg: Recipe, opts: Options) -> Outcome:

@@ -38,6 +38,9 @@ def test_eval_scores_every_task_for_tuna_and_baseline(trained, capsys: pytest.Ca
         assert n_pope == 3 * 6 * trained.cfg.world.sizes.pope_images  # every question answered and scored
     # TUNA answers domain B with datastores A, B and none (the zero-shot swap); the baseline has no tags.
     assert {"b@A", "b@B", "b@none"} <= set(tuna["finer"]) and set(base["finer"]) == {"id", "ood", "b@none"}
+    assert (tuna["swap_datastore"], base["swap_datastore"]) == ("B", None)
+    assert tuna["headline"]["finer_b_fine_em"] == tuna["finer"]["b@B"]["direct"]["fine_em"]
+    assert base["headline"]["finer_b_fine_em"] == base["finer"]["b@none"]["direct"]["fine_em"]
     assert {"direct", "attrseek"} <= set(tuna["finer"]["ood"])
     table = (d / "eval/table.md").read_text()
     assert table.splitlines()[0].startswith("| variant | FINER OOD fine EM")

@@ -141,3 +141,27 @@ def test_swap_line_reads_direct_prompting_whatever_the_key_order() -> None:
            "finer_b@A_attrseek_fine_em": 0.5, "finer_b@none_fine_em": 0.0}
     line = table({"tuna": row}).splitlines()[-1]
     assert line.endswith("A 1.0, B 78.0, none 0.0"), line
+
+
+def _finer(fine: float) -> dict[str, dict[str, float]]:
+    return {"direct": {"fine_em": fine, "fine_em_word": fine, "coarse_em": fine}}
+
+
+def test_domain_b_column_follows_the_recipes_swapped_in_datastore_name() -> None:
+    from tuna.eval.evaluate import headline
+    from tuna.eval.report import _swap
+    from tuna.eval.suite import table
+
+    tuna = {"swap_datastore": "forest", "finer": {"b@web": _finer(0.05), "b@forest": _finer(0.81), "b@none": _finer(0.02)}}
+    base = {"swap_datastore": None, "finer": {"b@none": _finer(0.03)}}
+    legacy = {"finer": {"b@A": _finer(0.1), "b@B": _finer(0.7), "b@none": _finer(0.0)}}  # written before the name was kept
+    assert headline(tuna)["finer_b_fine_em"] == 0.81 and headline(base)["finer_b_fine_em"] == 0.03
+    assert headline(legacy)["finer_b_fine_em"] == 0.7
+    assert "finer_b_fine_em" not in headline({"swap_datastore": None, "finer": {"id": _finer(0.5)}})  # no domain B asked
+    lines = table({"tuna": headline(tuna), "baseline": headline(base)}).splitlines()
+    assert "FINER B fine EM (swapped-in datastore)" in lines[0]
+    header = [c.strip() for c in lines[0].split("|")]
+    col = header.index("FINER B fine EM (swapped-in datastore)")
+    assert [line.split("|")[col].strip() for line in lines[2:4]] == ["81.0", "3.0"]
+    assert lines[-1].endswith("forest 81.0, none 2.0, web 5.0")
+    assert list(_swap({"tuna": tuna})) == ["web", "forest", "none"]  # the order eval asked them: own, swapped-in, none

@@ -89,7 +89,7 @@ def test_recipe_key_model_llava_builds_stage_one(saved, tmp_path):
     from support import word_tokenizer
     from tuna.foundation.lm import lm_path
     from tuna.recipe import load_recipe
-    from tuna.train.engine import build_model
+    from tuna.train.build import build_model
 
     llava_dir, clip_dir, llava = saved
     word_tokenizer().save_pretrained(llava_dir)

@@ -53,6 +53,8 @@ def test_values_for_mlflow_and_s3_sources_and_image_digests() -> None:
     vllm = dict(helm_values(load_recipe(SMOKE, [*CLUSTER, "serve.engine=vllm",
                                                 "cluster.serving_image=ghcr.io/tuna-platform/tuna-serving:0.1.0-vllm"]), "pvc://c/x"))
     assert (vllm["model.engine"], vllm["image.tag"]) == ("vllm", "0.1.0-vllm")   # the engine and the image holding it
+    gpu = dict(helm_values(load_recipe(SMOKE, [*CLUSTER, "serve.engine=vllm", "cluster.gpus_per_node=1"]), "pvc://c/x"))
+    assert "model.engine" not in gpu   # a GPU recipe serves the TensorRT-LLM repository: no vLLM environment to check
     assert set_args([("a", "x,y"), ("n", 3), ("b", True)]) == ["--set-string", "a=x\\,y", "--set", "n=3", "--set", "b=true"]
 
 
@@ -109,3 +111,32 @@ def test_the_chart_renders_with_the_deploy_values(tmp_path: Path, uri: str) -> N
     else:
         assert (init["S3_BUCKET"], init["S3_PREFIX"]) == ("models", "tuna/model_repository")
         assert init["AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "tuna-s3"
+
+
+def test_a_gpu_recipe_deploys_and_registers_the_tensorrt_llm_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deploy task of a GPU pipeline hands helm the TensorRT-LLM repository (one GPU per pod), not the CPU one;
+    an export without it is refused in one line; a CPU recipe keeps serving the CPU repository."""
+    from tuna.kfp import tasks
+    from tuna.kfp.options import PipelineError
+
+    export = {"variant": "tuna", "path": "/mnt/ckpt/smoke/serve/tuna/model_repository",
+              "trtllm_path": "/mnt/ckpt/smoke/serve/tuna/trtllm/model_repository"}
+    gpu = load_recipe(SMOKE, [*CLUSTER, "cluster.gpus_per_node=1"])
+    assert tasks.served_repository(gpu, export) == export["trtllm_path"]
+    assert tasks.served_repository(load_recipe(SMOKE, CLUSTER), export) == export["path"]
+    with pytest.raises(PipelineError, match=r"cluster.gpus_per_node=1\) but the export .* has no TensorRT-LLM repository; "
+                                            r"export with trtllm=true") as err:
+        tasks.served_repository(gpu, {**export, "trtllm_path": None})
+    assert "\n" not in str(err.value)
+    assert dict(helm_values(gpu, "pvc://tuna-checkpoints/x"))["gpu.count"] == 1
+    assert "gpu.count" not in dict(helm_values(load_recipe(SMOKE, CLUSTER), "pvc://tuna-checkpoints/x"))
+
+    seen = {}
+    monkeypatch.setattr("tuna.serve.deploy.deploy_helm", lambda cfg, release, ns, uri, values, chart: seen.setdefault("uri", uri))
+    local_store = load_recipe(SMOKE, [*CLUSTER, "cluster.gpus_per_node=1", "track.tracking_uri=null", f"run.data_dir={tmp_path}"])
+    monkeypatch.setattr(tasks, "_load", lambda config, overrides: local_store)
+    line = tasks.run_deploy("smoke.yaml", [], "", export, target="helm", repository_pvc="tuna-checkpoints",
+                            repository_mount="/mnt/ckpt")
+    assert seen["uri"] == "pvc://tuna-checkpoints/smoke/serve/tuna/trtllm/model_repository" and seen["uri"] in line
+    with pytest.raises(PipelineError, match=r"repository '/mnt/ckpt/smoke/serve/tuna/trtllm/model_repository' holds no Triton"):
+        tasks.run_register("smoke.yaml", [], "", export, {"finer_ood_fine_em": 0.5})   # registers what is served

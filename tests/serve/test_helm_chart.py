@@ -212,7 +212,7 @@ def test_gpu_only_in_the_gpu_scenario(rendered: dict[str, list[dict[str, Any]]])
     assert triton(rendered["gpu"])["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert gpu["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu["tolerations"]
-    assert triton(rendered["gpu"])["image"] == "nvcr.io/nvidia/tritonserver:24.10-trtllm-python-py3"
+    assert triton(rendered["gpu"])["image"] == "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
     assert "NVIDIA_VISIBLE_DEVICES" not in env(triton(rendered["gpu"]))
     for scenario in ("defaults", "cpu"):
         spec = pod(rendered[scenario])
@@ -245,7 +245,7 @@ def test_s3_init_container(rendered: dict[str, list[dict[str, Any]]]) -> None:
     assert init["name"] == "fetch-model-repository" and init["image"].startswith("public.ecr.aws/aws-cli/aws-cli:")
     assert 'aws s3 sync "${src}" /models' in init["args"][0]
     e = env(init)
-    assert (e["S3_BUCKET"]["value"], e["S3_PREFIX"]["value"]) == ("tuna-models", "llava7b/model_repository")
+    assert (e["S3_BUCKET"]["value"], e["S3_PREFIX"]["value"]) == ("tuna-models", "llava7b/trtllm/model_repository")
     assert e["AWS_DEFAULT_REGION"]["value"] == "eu-west-1"
     assert e["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "tuna-s3", "key": "AWS_ACCESS_KEY_ID"}
     assert e["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "tuna-s3",

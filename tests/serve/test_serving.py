@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from support import SMOKE, World
@@ -72,22 +73,31 @@ def test_export_is_deterministic_and_every_config_parses_and_wires(trained: Worl
         assert all(m.name == name for name, m in parsed.items())
         for name, m in parsed.items():
             assert m.max_batch_size == trained.cfg.serve.max_batch_size
-            if name != "tuna":  # only the steps that batch real work wait to fill a batch
-                wait = trained.cfg.serve.queue_delay_us if name in ("retrieval", "tensorrt_llm") else 0
+            if name != "tuna":  # only the steps that batch real work wait to fill a batch (the GPU engine never waits)
+                gpu_llm = name == "tensorrt_llm" and repo.parent.name == "trtllm"
+                wait = trained.cfg.serve.queue_delay_us if name in ("retrieval", "tensorrt_llm") and not gpu_llm else 0
                 assert m.dynamic_batching.max_queue_delay_microseconds == wait
-    gpu = model_config.parse((exported / "trtllm" / "model_repository" / "tensorrt_llm" / "config.pbtxt").read_text())
+    gpu_repo = exported / "trtllm" / "model_repository"
+    gpu = model_config.parse((gpu_repo / "tensorrt_llm" / "config.pbtxt").read_text())
     cpu = model_config.parse((exported / "model_repository" / "tensorrt_llm" / "config.pbtxt").read_text())
-    assert gpu.backend == "tensorrtllm" and cpu.backend == "python"
-    assert gpu.parameters["gpt_model_type"].string_value == "inflight_fused_batching"
-    assert float(gpu.parameters["kv_cache_free_gpu_mem_fraction"].string_value) > 0
-    # Same tensor names and ranks on both backends; the GPU prompt table is fp16.
-    assert [(t.name, len(t.dims)) for t in gpu.input] == [(t.name, len(t.dims)) for t in cpu.input]
-    table = {t.name: t for t in gpu.input}["prompt_embedding_table"]
-    assert model_config.pb.DataType.Name(table.data_type) == "TYPE_FP16"
-    build = (exported / "trtllm" / "build.sh").read_text()
-    assert "trtllm-build" in build and "convert_checkpoint.py" in build and "max_prompt_embedding_table_size" in build
-    assert (exported / "trtllm" / "hf_lm" / "config.json").is_file()
-    assert not (exported / "trtllm" / "model_repository" / "tensorrt_llm" / "1" / "model.py").exists()
+    assert gpu.backend == cpu.backend == "python"   # TensorRT-LLM's llmapi layout: a python model driving tensorrt_llm.LLM
+    # Same tensor names, dtypes and ranks on both: one ensemble contract; the GPU step reshapes its scalars to [].
+    assert [(t.name, t.data_type, list(t.dims)) for t in gpu.input] == [(t.name, t.data_type, list(t.dims)) for t in cpu.input]
+    for name in ("tuna", "preprocessing", "retrieval", "postprocessing"):
+        assert (gpu_repo / name / "config.pbtxt").read_text() == (exported / "model_repository" / name / "config.pbtxt").read_text()
+    assert "TrtllmLLMModel as TritonPythonModel" in (gpu_repo / "tensorrt_llm" / "1" / "model.py").read_text()
+    engine = yaml.safe_load((gpu_repo / "tensorrt_llm" / "1" / "model.yaml").read_text())
+    assert engine["backend"] == "pytorch" and engine["model"] == "assets" and engine["dtype"] == "bfloat16"
+    assert engine["triton_config"] == {"max_batch_size": trained.cfg.serve.max_batch_size, "decoupled": False}
+    lm = json.loads((gpu_repo / "tensorrt_llm" / "1" / "assets" / "config.json").read_text())
+    assert lm["architectures"] == ["TunaLlamaForCausalLM"] and lm["model_type"] == "llama"
+    assert not list(exported.rglob("build.sh")) and not (exported / "trtllm" / "hf_lm").exists()   # no engine build kit
+    manifest = json.loads((exported / "export.json").read_text())["trtllm"]
+    assert manifest["repository"] == "trtllm/model_repository" and manifest["dtype"] == "bfloat16"
+    from tuna.serve.server import ServerError
+
+    with pytest.raises(ServerError, match=r"runs TensorRT-LLM on GPUs .*serve the CPU model_repository here"):
+        TritonServer(gpu_repo).start(5)   # the local CPU server refuses the GPU twin in one line
 
 
 def test_a_vllm_export_keeps_the_contract_and_runs_the_llm_step_in_the_vllm_venv(trained: World, exported: Path,
@@ -337,15 +347,17 @@ def test_milvus_down_is_unavailable_naming_the_uri_and_recovers(exported: Path, 
 
 def test_a_moved_repository_serves_the_same_answers_and_names_no_export_path(client: TunaClient, trained: World,
                                                                             tmp_path: Path) -> None:
-    """The repository is self-contained: exported, moved to another folder, served from there; nothing in it
-    names a path of the export machine (the run's data_dir or where it was exported)."""
+    """The repository is self-contained: exported (with its TensorRT-LLM twin), moved to another folder, served from
+    there; no file of either names a path of the export machine (the run's data_dir, where it was exported, the
+    source tree)."""
     first = tmp_path / "export" / "tuna"
-    export_repository(trained.cfg, "tuna", out=first, log=QUIET)
+    export_repository(trained.cfg, "tuna", out=first, trtllm=True, log=QUIET)
     moved = tmp_path / "elsewhere" / "tuna"
     moved.parent.mkdir()
     shutil.move(str(first), str(moved))
     assert not first.exists()
-    machine = [str(trained.cfg.data_dir), str(trained.cfg.data_dir.resolve()), str(first)]
+    machine = [str(trained.cfg.data_dir), str(trained.cfg.data_dir.resolve()), str(first), str(Path(__file__).resolve().parents[2])]
+    assert (moved / "trtllm" / "model_repository" / "tensorrt_llm" / "1" / "model.yaml").is_file()
     for f in (p for p in moved.rglob("*") if p.is_file()):
         data = f.read_bytes()
         assert not any(m.encode() in data for m in machine), f"{f.relative_to(moved)} names a path of the export machine"

@@ -7,50 +7,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from triton_fakes import FakePb
 
 from tuna.errors import EngineUnavailable, InvalidRequest
 
 HIDDEN, VOCAB = 8, 16
-
-
-class FakePb(types.ModuleType):
-    """The parts of ``triton_python_backend_utils`` the steps use."""
-
-    class TritonError:
-        INVALID_ARG, UNAVAILABLE, INTERNAL = "INVALID_ARG", "UNAVAILABLE", "INTERNAL"
-
-        def __init__(self, message: str, code: str) -> None:
-            self.message, self.code = message, code
-
-    class InferenceResponse:
-        def __init__(self, output_tensors: list | None = None, error: Any = None) -> None:
-            self.outputs = {t.name: t.value for t in output_tensors or []}
-            self.error = error
-
-    class Tensor:
-        def __init__(self, name: str, value: np.ndarray) -> None:
-            self.name, self.value = name, value
-
-        def as_numpy(self) -> np.ndarray:
-            return self.value
-
-    class Logger:
-        lines: list[str] = []
-
-        @classmethod
-        def log_warn(cls, message: str) -> None:
-            cls.lines.append(message)
-
-    @staticmethod
-    def get_input_tensor_by_name(request: dict, name: str) -> Any:
-        return FakePb.Tensor(name, request[name]) if name in request else None
 
 
 class FakeEngine:

@@ -49,6 +49,9 @@ def test_two_stages_on_two_ranks_save_hf_models_and_mlflow_runs(trained) -> None
     s1 = json.loads((d / "train/tuna/stage1/metrics.json").read_text())
     s2 = json.loads((d / "train/tuna/stage2/metrics.json").read_text())
     assert (s1["world_size"], s1["zero_stage"], s2["zero_stage"]) == (2, 2, 3)
+    # Stage 2 was built partitioned (train.zero3_init): every parameter split over the 2 ranks, rank 0 holds about half.
+    part = s2["partitioned_init"]
+    assert s1["partitioned_init"] is None and part["partitioned"] == part["params"] and part["held"] <= 0.51 * part["params"]
     assert s1["steps"] == prepared.cfg.train.stage1.max_steps and s1["skipped"] == {}
     # Stage 2 mixed in one reading conversation per class of the world (smoke: reading_per_class 1).
     taxonomy = json.loads((prepared.root / "taxonomy.json").read_text())
@@ -126,3 +129,15 @@ def test_killed_run_resumes_onto_the_uninterrupted_loss_curve(prepared) -> None:
     assert other.returncode != 0
     assert "was written by a different config" in other.stdout + other.stderr
     assert "Traceback" not in other.stdout + other.stderr
+
+
+def test_a_partitioned_build_trains_the_same_loss_curve_as_a_whole_one(trained, tmp_path: Path) -> None:
+    """Stage 2 on ZeRO-3 built whole on each rank (zero3_init off) reproduces the fixture's partitioned run step by step."""
+    d = tmp_path / "whole"
+    shutil.copytree(trained.cfg.data_dir, d, ignore=shutil.ignore_patterns("stage2", "eval", "serve"))
+    done = _tuna("--stage", "2", "--variant", "tuna", "train.stage2.zero_stage=3", "train.zero3_init=false", data_dir=d)
+    assert done.returncode == 0, done.stderr[-2000:]
+    whole = json.loads((d / "train/tuna/stage2/metrics.json").read_text())
+    assert whole["partitioned_init"] is None
+    partitioned = trained.cfg.data_dir / "train/tuna/stage2/loss.jsonl"
+    assert _losses(d / "train/tuna/stage2/loss.jsonl") == pytest.approx(_losses(partitioned), abs=1e-5)

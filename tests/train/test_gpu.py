@@ -46,3 +46,21 @@ def test_smoke_trains_on_gpu_ranks_and_answers_on_the_gpu(prepared, tmp_path: Pa
     ev = subprocess.run([sys.executable, "-m", "tuna.cli", "eval", "--config", str(SMOKE), "--variant", "tuna",
                          *overrides], capture_output=True, text=True, timeout=1800)
     assert ev.returncode == 0, ev.stdout[-3000:] + ev.stderr[-3000:]
+
+
+def test_zero3_stages_build_partitioned_on_gpu_ranks(prepared, tmp_path: Path) -> None:
+    """Both stages on ZeRO-3 with train.zero3_init on NCCL ranks: each rank holds its share after the build."""
+    data = tmp_path / "data"
+    shutil.copytree(prepared.cfg.data_dir, data, ignore=shutil.ignore_patterns("train"))
+    ranks = min(2, torch.cuda.device_count())
+    overrides = [f"run.data_dir={data}", f"train.ranks={ranks}", "train.precision=bf16", "train.zero3_init=true",
+                 "train.stage1.zero_stage=3", "train.stage2.zero_stage=3", "train.gradient_checkpointing=true"]
+    done = subprocess.run([sys.executable, "-m", "tuna.cli", "train", "--config", str(SMOKE), "--stage", "all",
+                           "--variant", "tuna", *overrides], capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for stage in (1, 2):
+        metrics = json.loads((data / f"train/tuna/stage{stage}/metrics.json").read_text())
+        part = metrics["partitioned_init"]
+        assert metrics["final_loss"] < metrics["first_loss"] and part["partitioned"] > 0
+        if stage == 2:
+            assert part["held"] <= part["params"] / ranks + 1024

@@ -324,7 +324,7 @@ def test_mean_over_ranks_all_reduces_on_the_given_device(tmp_path: Path) -> None
 
 
 def test_each_nodes_local_rank_zero_builds_first_and_every_rank_meets_the_barrier_once() -> None:
-    from tuna.train.engine import local_rank_zero_first
+    from tuna.train.build import local_rank_zero_first
 
     for local_rank, order in ((0, ["build", "barrier"]), (1, ["barrier", "build"]), (7, ["barrier", "build"])):
         seen: list[str] = []

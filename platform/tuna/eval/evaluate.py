@@ -26,7 +26,9 @@ from tuna.sources import VALIDATED, sources
 
 SHORT = "\nAnswer the question using a single word or phrase."  # LLaVA's short-answer suffix (also in training)
 CAPTION_PROMPT = "Describe the image in detail."
-EVAL_VERSION = "tuna.eval/2"  # 2: MME read by calculation.py's rule; FINER EM by eval_fgvc.py's rule (+ whole-word)
+# 3: the swapped-in datastore by its recipe name (finer_b_fine_em); 2: MME read by calculation.py's rule, FINER EM by
+# eval_fgvc.py's rule (+ whole-word)
+EVAL_VERSION = "tuna.eval/3"
 
 
 class EvalError(TunaError):
@@ -226,7 +228,8 @@ def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Se
                "finer": lambda: eval_finer(cfg, asker, tag_mode, b_datastores, cfg.eval.attrseek, root),
                "mme": lambda: eval_mme(cfg, asker, tag_mode),
                "chair": lambda: eval_chair(cfg, asker, tag_mode)}
-    out: dict[str, Any] = {"model": str(model_dir), "tag_mode": tag_mode, "seconds": {}}
+    swap = cfg.eval.swap_datastore if cfg.eval.swap_datastore in b_datastores else None
+    out: dict[str, Any] = {"model": str(model_dir), "tag_mode": tag_mode, "swap_datastore": swap, "seconds": {}}
     bad = [t for t in tasks if t not in runners]
     if bad:
         raise EvalError(f"unknown eval task {bad[0]!r}; known: {', '.join(runners)}")
@@ -273,6 +276,12 @@ def headline(m: dict[str, Any]) -> dict[str, float]:
             row[f"finer_{key}_coarse_em"] = res["direct"]["coarse_em"]
             if "attrseek" in res:
                 row[f"finer_{key}_attrseek_fine_em"] = res["attrseek"]["fine_em"]
+        # Domain B as the variant is served: tags from the swapped-in datastore (whatever the recipe names it), no tags
+        # for a model without them; metrics written before the name was recorded called it "B".
+        swap = m.get("swap_datastore", "B" if "b@B" in m["finer"] else None)
+        served = m["finer"].get(f"b@{swap}") if swap else m["finer"].get("b@none")
+        if served:
+            row["finer_b_fine_em"] = served["direct"]["fine_em"]
     if "mme" in m:
         for g in (g for g in ("id", "ood") if g in m["mme"]):
             row[f"mme_{g}_total"] = m["mme"][g]["total"]

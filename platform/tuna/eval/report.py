@@ -35,11 +35,10 @@ if TYPE_CHECKING:
 
 REPORT_VERSION = "tuna.report/1"
 POPE_SPLITS = ("random", "popular", "adversarial")
-# Headline bars: (key in headline(), label); the B column falls back to b@none (a model without tags).
+# Headline bars: (key in headline(), label); FINER B is the swapped-in datastore's, no tags for a model without them.
 HEADLINE_BARS = (("finer_id_fine_em", "FINER ID\nfine EM"), ("finer_ood_fine_em", "FINER OOD\nfine EM"),
-                 ("finer_b@B_fine_em", "FINER B\nfine EM"), ("pope_id_f1", "POPE ID\nF1"), ("pope_ood_f1", "POPE OOD\nF1"),
+                 ("finer_b_fine_em", "FINER B\nfine EM"), ("pope_id_f1", "POPE ID\nF1"), ("pope_ood_f1", "POPE OOD\nF1"),
                  ("chair_ood_i", "CHAIR_i OOD\n(lower better)"), ("chair_ood_s", "CHAIR_s OOD\n(lower better)"))
-SWAP_STORES = ("A", "B", "none")
 SAMPLE_IMAGES = 6  # images in the tuner-weight heatmap
 
 
@@ -137,20 +136,16 @@ def _grouped_bars(ax: Any, labels: Sequence[str], series: dict[str, Sequence[flo
     ax.legend(fontsize=8)
 
 
-def _b_key(row: dict[str, float]) -> str:
-    return "finer_b@B_fine_em" if "finer_b@B_fine_em" in row else "finer_b@none_fine_em"
-
-
 def headline_png(flat: dict[str, dict[str, float]], path: Path) -> Path | None:
     bars = [(k, label) for k, label in HEADLINE_BARS
-            if any(r.get(k if k != "finer_b@B_fine_em" else _b_key(r)) is not None for r in flat.values())]
+            if any(r.get(k) is not None for r in flat.values())]
     if not bars:
         return None
-    series = {v: [r.get(k if k != "finer_b@B_fine_em" else _b_key(r)) for k, _ in bars] for v, r in flat.items()}
+    series = {v: [r.get(k) for k, _ in bars] for v, r in flat.items()}
     fig = _figure(max(6.0, 1.3 * len(bars) + 0.4 * len(flat)), 4.2)
     ax = fig.add_subplot()
     _grouped_bars(ax, [label for _, label in bars], series, "percent")
-    ax.set_title("headline metrics per variant (FINER B: tags from datastore B, if the model takes tags)")
+    ax.set_title("headline metrics per variant (FINER B: tags from the swapped-in datastore, if the model takes tags)")
     return _save(fig, path)
 
 
@@ -172,8 +167,7 @@ def _swap(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """TUNA's domain-B FINER results per datastore: {store: {"fine_em", "coarse_em", "attrseek_fine_em"}}."""
     finer = metrics.get("tuna", {}).get("finer", {})
     out = {}
-    for store in SWAP_STORES:
-        res = finer.get(f"b@{store}")
+    for store, res in ((k.removeprefix("b@"), r) for k, r in finer.items() if k.startswith("b@")):  # own, swapped-in, none
         if res:
             out[store] = {"fine_em": res["direct"]["fine_em"], "coarse_em": res["direct"]["coarse_em"]}
             if "attrseek" in res:
@@ -398,7 +392,7 @@ def _swap_md(swap: dict[str, dict[str, float]], png: Path | None) -> list[str]:
              _pct(r.get("attrseek_fine_em"))] for s, r in swap.items()]
     return ["## Datastore swap (TUNA on domain B, no retraining)", "",
             ("The TUNA model trained on domain A answers domain-B FINER questions with tags retrieved from "
-             "datastore A, from the swapped-in datastore B, or with no tags."), "",
+             "its own datastore, from the swapped-in one, or with no tags (datastores by their recipe names)."), "",
             *_md_table(["tags from", "fine EM", "coarse EM", "ATTRSEEK fine EM"], rows), "",
             *([f"![datastore swap]({png.name})", ""] if png else [])]
 

@@ -24,7 +24,7 @@ from tuna.sources import EVAL_SOURCES, file_digest, sources
 COLUMNS = (
     ("finer_ood_fine_em", "FINER OOD fine EM (FINER rule)"), ("finer_ood_fine_em_word", "FINER OOD fine EM (whole-word)"),
     ("finer_id_fine_em", "FINER ID fine EM"),
-    ("finer_ood_coarse_em", "FINER OOD coarse EM"), ("finer_b@B_fine_em", "FINER B fine EM (datastore B)"),
+    ("finer_ood_coarse_em", "FINER OOD coarse EM"), ("finer_b_fine_em", "FINER B fine EM (swapped-in datastore)"),
     ("pope_id_f1", "POPE ID F1"), ("pope_ood_f1", "POPE OOD F1"), ("pope_id_acc", "POPE ID acc"),
     ("pope_ood_acc", "POPE OOD acc"), ("pope_id_yes", "POPE ID yes-ratio"), ("mme_id_total", "MME ID"),
     ("mme_ood_total", "MME OOD"), ("chair_ood_i", "CHAIR_i OOD"), ("chair_ood_s", "CHAIR_s OOD"),

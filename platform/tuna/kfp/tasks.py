@@ -225,7 +225,8 @@ def run_export(config: str, overrides: Sequence[str], parent: str, variant: str,
 def run_register(config: str, overrides: Sequence[str], parent: str, repository: Mapping[str, Any],
                  metrics: Mapping[str, Any], alias: str = "evaluated", gate_metric: str = "",
                  gate_min: float = 0.0) -> str:
-    """Register the exported Triton repository as a new version of ``<registered model>-serving`` with ``alias``.
+    """Register the exported Triton repository a cluster serves (:func:`served_repository`: the TensorRT-LLM one for
+    a GPU recipe) as a new version of ``<registered model>-serving`` with ``alias``.
 
     The version's run holds the repository (``model_repository/``) and the evaluation's headline metrics. With
     ``gate_metric`` set, nothing is registered unless that metric is >= ``gate_min``; then "" is returned.
@@ -246,7 +247,7 @@ def run_register(config: str, overrides: Sequence[str], parent: str, repository:
             print(f"register: not registered: {gate_metric} = {numbers[gate_metric]:.4f} < gate_min {gate_min}")
             return ""
     variant = str(repository.get("variant") or cfg.serve.variant)
-    path = Path(str(repository.get("path", "")))
+    path = Path(served_repository(cfg, repository))
     if not (path / "tuna" / "config.pbtxt").is_file():
         raise PipelineError(f"repository {str(path)!r} holds no Triton ensemble (tuna/config.pbtxt); run the export "
                             f"step first")
@@ -263,12 +264,26 @@ def run_register(config: str, overrides: Sequence[str], parent: str, repository:
     return f"models:/{name}@{alias}"
 
 
+def served_repository(cfg: Recipe, repository: Mapping[str, Any]) -> str:
+    """The exported repository a cluster serves: the TensorRT-LLM one (GPU serving image) for a GPU recipe
+    (``cluster.gpus_per_node`` > 0), else the CPU one (python/vLLM LLM step)."""
+    if cfg.cluster.gpus_per_node <= 0:
+        return str(repository.get("path", ""))
+    gpu = repository.get("trtllm_path")
+    if not gpu:
+        raise PipelineError(f"the recipe serves on GPUs (cluster.gpus_per_node={cfg.cluster.gpus_per_node}) but the export "
+                            f"at {repository.get('path')!r} has no TensorRT-LLM repository; export with trtllm=true "
+                            f"(`tuna export --trtllm`), or set cluster.gpus_per_node=0 to serve the CPU repository")
+    return str(gpu)
+
+
 def run_deploy(config: str, overrides: Sequence[str], parent: str, repository: Mapping[str, Any], target: str = "local",
                registered: str = "", serving_source: str = "pvc", chart: str = "helm/tuna-serving",
                release: str = "tuna-serving", namespace: str = "tuna", values_files: Sequence[str] = (),
                repository_pvc: str = "", repository_mount: str = "") -> str:
     """Serve the exported repository: ``local`` runs the tritonserver demo (start, one gRPC question, stop);
-    ``helm`` runs ``helm upgrade --install`` with the repository on its PVC (or the registered MLflow version);
+    ``helm`` runs ``helm upgrade --install`` with the served repository (:func:`served_repository`) on its PVC (or the
+    registered MLflow version);
     ``none`` does nothing. Returns a one-line summary."""
     if target not in DEPLOY_TARGETS:
         raise PipelineError(f"target: {target!r} is not one of {', '.join(DEPLOY_TARGETS)}")
@@ -296,7 +311,7 @@ def run_deploy(config: str, overrides: Sequence[str], parent: str, repository: M
     elif serving_source == "pvc":
         if not repository_pvc or not repository_mount:
             raise PipelineError("serving_source=pvc needs the PVC holding the exported repository and its mount path")
-        uri = pvc_uri(str(repository.get("path", "")), repository_pvc, repository_mount)
+        uri = pvc_uri(served_repository(cfg, repository), repository_pvc, repository_mount)
     else:
         raise PipelineError(f"serving_source: {serving_source!r} is not one of {', '.join(SERVING_SOURCES)}")
     out = deploy_helm(cfg, release, namespace, uri, [str(f) for f in values_files], chart)
@@ -351,6 +366,6 @@ def run_notify(config: str, overrides: Sequence[str], status: Mapping[str, Any],
 
 
 # What the components use: the task functions above and the task plumbing of tuna.kfp.task_io.
-__all__ = ["TaskResult", "publish", "publish_markdown", "publish_metrics", "run_deploy", "run_encoder_step",
+__all__ = ["TaskResult", "publish", "publish_markdown", "publish_metrics", "run_deploy", "served_repository", "run_encoder_step",
            "run_evaluate", "run_export", "run_index", "run_lm_step", "run_mine", "run_notify", "run_register",
            "run_train", "run_world", "start_run", "task", "validate_inputs", "inputs_digest"]

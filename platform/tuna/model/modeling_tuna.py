@@ -40,6 +40,7 @@ from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
 from tuna.errors import TunaError
+from tuna.model.clip_model import VectorScaleCLIPModel, vectorize_scalar_parameters
 from tuna.model.configuration_tuna import TunaConfig
 from tuna.model.vision_features import select_features
 
@@ -382,8 +383,8 @@ class TunaForConditionalGeneration(PreTrainedModel, GenerationMixin, TunaInputs)
                  language_model: PreTrainedModel | None = None) -> None:
         super().__init__(config)
         clip_cfg = config.clip_config
-        self.clip = clip if clip is not None else CLIPModel(clip_cfg)
-        _vectorize_scalar_parameters(self.clip)
+        self.clip = clip if clip is not None else VectorScaleCLIPModel(clip_cfg)
+        vectorize_scalar_parameters(self.clip)
         lm_width = config.text_config.hidden_size
         self.projector = TunaProjector(config.projector_type, clip_cfg.vision_config.hidden_size, lm_width,
                                        config.projector_hidden_act)
@@ -526,8 +527,7 @@ class TunaPromptEncoder(TunaInputs, nn.Module):
         super().__init__()
         clip_cfg, text_cfg = config.clip_config, config.text_config
         self.config = config
-        self.clip = CLIPModel(clip_cfg)
-        _vectorize_scalar_parameters(self.clip)
+        self.clip = VectorScaleCLIPModel(clip_cfg)
         self.projector = TunaProjector(config.projector_type, clip_cfg.vision_config.hidden_size, text_cfg.hidden_size,
                                        config.projector_hidden_act)
         self.tag_encoder = TagEncoder(clip_cfg.projection_dim, clip_cfg.vision_config.hidden_size,
@@ -571,15 +571,6 @@ class TunaPromptEncoder(TunaInputs, nn.Module):
                   metadata={"format": "pt"})
 
 
-def _vectorize_scalar_parameters(module: nn.Module) -> None:
-    """Turn 0-d parameters (CLIP's ``logit_scale``) into shape (1,): DeepSpeed broadcasts every parameter as
-    bytes, which a 0-d tensor cannot be viewed as; the value and its use (broadcast in products) are unchanged."""
-    for sub in module.modules():
-        for name, p in list(sub._parameters.items()):
-            if p is not None and p.dim() == 0:
-                sub._parameters[name] = nn.Parameter(p.detach().reshape(1), requires_grad=p.requires_grad)
-
-
 def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """(B, L) mask -> (B, L) position ids counting attended tokens only (as ``generate`` does); padding gets 0."""
     pos = attention_mask.long().cumsum(-1) - 1
@@ -595,4 +586,4 @@ def _mark_initialised(module: nn.Module) -> None:
 
 
 __all__ = ["IGNORE_INDEX", "PROMPT_ENCODER_WEIGHTS", "ModelInputError", "TunaCausalLMOutput", "TunaForConditionalGeneration",
-           "TunaInputs", "TunaMergedInputs", "TunaPromptEncoder", "positions_from_mask", "uniform_weights"]
+           "TunaInputs", "TunaMergedInputs", "TunaPromptEncoder", "VectorScaleCLIPModel", "positions_from_mask", "uniform_weights"]

@@ -465,6 +465,7 @@ class TrainConfig:
     gradient_clipping: float = 1.0  # max gradient norm (0 = off)
     gradient_checkpointing: bool = False  # recompute the LM's (and towers') activations in backward: less memory, ~1/3 more compute
     deepspeed_config: str | None = None  # a DeepSpeed JSON with "auto" fields; null = the repo's zero<stage>.json
+    zero3_init: bool = False        # stages on ZeRO-3 build the model partitioned (deepspeed.zero.Init): no rank holds it whole
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=lambda: StageConfig(lr=2e-4))
 
@@ -478,6 +479,7 @@ class TrainConfig:
         _require(self.gradient_clipping >= 0, "gradient_clipping", f"must be >= 0, got {self.gradient_clipping}")
         _require(isinstance(self.gradient_checkpointing, bool), "gradient_checkpointing",
                  f"must be true or false, got {self.gradient_checkpointing!r}")
+        _require(isinstance(self.zero3_init, bool), "zero3_init", f"must be true or false, got {self.zero3_init!r}")
 
     def stage(self, n: int) -> StageConfig:
         """The settings of stage ``n`` (1 or 2)."""
@@ -511,6 +513,7 @@ class ServeConfig:
     engine: str = "hf"                  # the LLM step's engine: hf (transformers generate) or vllm (vLLM, run in $TUNA_VLLM_VENV)
     vllm_max_model_len: int = 0         # vllm: longest prompt + answer in positions (0 = the LM's max_position_embeddings)
     vllm_kv_cache_gib: int = 1          # vllm on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)
+    trtllm_dtype: str = "bf16"          # `tuna export --trtllm`: the TensorRT-LLM engine's dtype, bf16 | fp16 (weights, activations, prompt rows)
 
     def __post_init__(self) -> None:
         _require(self.variant in VARIANT_NAMES, "variant", f"must be one of {', '.join(VARIANT_NAMES)}; got {self.variant!r}")
@@ -531,5 +534,7 @@ class ServeConfig:
         _require(self.vllm_max_model_len == 0 or 2 <= self.vllm_max_model_len <= 1_048_576, "vllm_max_model_len",
                  f"must be 0 (the LM's own limit) or 2..1048576, got {self.vllm_max_model_len}")
         _require(1 <= self.vllm_kv_cache_gib <= 1024, "vllm_kv_cache_gib", f"must be in 1..1024 GiB, got {self.vllm_kv_cache_gib}")
+        _require(self.trtllm_dtype in ("bf16", "fp16"), "trtllm_dtype",
+                 f"must be bf16 or fp16 (TensorRT-LLM's attention kernels take no fp32; fp16 on pre-Ampere GPUs), got {self.trtllm_dtype!r}")
 
 

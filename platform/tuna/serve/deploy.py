@@ -33,7 +33,7 @@ from tuna.recipe import Recipe
 
 RELEASE = "tuna-serving"
 CHART = "helm/tuna-serving"  # relative to the repository (the image's workdir on a cluster)
-HELM_TIMEOUT = "15m0s"       # model loading of a TensorRT-LLM engine takes minutes
+HELM_TIMEOUT = "15m0s"       # loading a 7B LM into TensorRT-LLM (GPU pods) takes minutes
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
@@ -97,14 +97,19 @@ def helm_values(cfg: Recipe, repository_uri: str) -> list[tuple[str, Any]]:
     if not cfg.index.uri:
         raise DeployError("index.uri is null (Milvus Lite folders on this machine): the served retrieval step on "
                           "Kubernetes needs a Milvus server; set index.uri=http://<milvus service>:19530")
+    gpu = cfg.cluster.gpus_per_node > 0
     return [*_image(cfg.cluster.serving_image),
-            ("model.engine", cfg.serve.engine),
+            # the CPU repository's LLM step runs serve.engine (the chart's fetch step checks it); a GPU recipe serves the
+            # TensorRT-LLM repository, which is neither: the chart's default (no vLLM environment expected) stays
+            *([] if gpu else [("model.engine", cfg.serve.engine)]),
             ("milvus.uri", cfg.index.uri),
             ("milvus.tokenSecret.name", cfg.cluster.milvus_secret or ""),
             ("milvus.tokenSecret.key", cfg.index.token_env),
             ("datastore.default", cfg.serve.datastore or "A"),
             # manifests/ creates the serving ServiceAccount; the pipeline's Role may not create one
             ("serviceAccount.create", False), ("serviceAccount.name", SERVICE_ACCOUNT),
+            # a GPU recipe serves the TensorRT-LLM repository: one engine (tensor_parallel_size 1) = one GPU per pod
+            *([("gpu.count", 1)] if gpu else []),
             *repository_values(cfg, repository_uri)]
 
 

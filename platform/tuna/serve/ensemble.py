@@ -1,7 +1,7 @@
 """The four steps of the served ensemble, as plain Python: what each Triton model runs, minus Triton.
 
-The layout follows TensorRT-LLM's multimodal ensembles, so the same ensemble serves a CPU python-backend
-LLM here and the ``tensorrt_llm`` backend on GPUs:
+The step and tensor names are those of TensorRT-LLM's former multimodal ensembles; the same ensemble serves a CPU
+python-backend LLM here (transformers or vLLM) and TensorRT-LLM's PyTorch LLM API on GPUs (tuna.serve.trtllm_step):
 
 - :class:`Preprocessor`: image bytes -> pixel values; the question -> prompt ids in the training
   template, with ``IMAGE_TOKEN_INDEX`` where the image goes; limits checked.

@@ -1,4 +1,4 @@
-"""`tuna export`: a trained model folder -> a Triton model repository (and the TensorRT-LLM build kit).
+"""`tuna export`: a trained model folder -> a Triton model repository (and, with --trtllm, its TensorRT-LLM GPU twin).
 
 Layout (``<data_dir>/serve/<variant>/``)::
 
@@ -7,9 +7,11 @@ Layout (``<data_dir>/serve/<variant>/``)::
       preprocessing/             python: image bytes -> pixels, question -> prompt ids
       retrieval/                 python: CLIP -> Milvus -> tag encoder + tuner -> prompt table + provenance;
                                  assets: the prompt encoder (no LM layers) and the Milvus Lite datastores
-      tensorrt_llm/              python on CPU: the LM on the prompt table (TensorRT-LLM's tensor names)
+      tensorrt_llm/              python on CPU: the LM on ids + prompt table (serve.engine hf or vllm)
       postprocessing/            python: token ids -> text, provenance passed on
-    trtllm/                      with --trtllm: the GPU variant of the repository and the engine build kit
+    trtllm/model_repository/     with --trtllm: the same ensemble for GPUs; its tensorrt_llm step runs TensorRT-LLM's
+                                 PyTorch LLM API laid out like TensorRT-LLM's llmapi model (1/model.yaml, no engine
+                                 build: tuna.serve.llmapi_repository)
     export.json                  what was exported: variant, model digest, datastore versions, file digests
 
 Exports are deterministic: the same model and recipe give byte-identical repositories. The folder is
@@ -30,7 +32,7 @@ import yaml
 from tuna.errors import TunaError
 from tuna.layout import Layout, layout
 from tuna.recipe import Recipe
-from tuna.serve import model_config
+from tuna.serve import llmapi_repository, model_config
 from tuna.serve.ensemble import SERVING_FILE
 
 EXPORT_VERSION = "tuna.serve/2"   # 2: the retrieval step holds the prompt encoder and the datastores
@@ -132,18 +134,17 @@ def _forget_paths(config: Any) -> None:
 
 
 def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_dir: Path, settings: dict[str, Any],
-                trtllm_engine: str | None) -> dict[str, Any]:
-    """Write one repository under ``root``: python steps everywhere, or the tensorrtllm backend for the LLM."""
+                gpu_dtype: str | None) -> dict[str, Any]:
+    """Write one repository under ``root``: the LLM step on serve.engine (CPU), or on TensorRT-LLM when ``gpu_dtype``."""
     s = cfg.serve
     batching = model_config.Batching(s.max_batch_size, s.queue_delay_us, s.instances)
-    table = "TYPE_FP16" if trtllm_engine else "TYPE_FP32"
+    table = "TYPE_FP32"   # the retrieval step's rows, float32 on the wire; the GPU engine casts them to gpu_dtype
     models = {
         model_config.ENSEMBLE: model_config.ensemble(batching),
         "preprocessing": model_config.preprocessing(batching),
         # Milvus Lite folders are locked to one process: one retrieval instance unless Milvus is a server.
         "retrieval": model_config.retrieval(batching, table, s.instances if cfg.index.uri else 1),
-        "tensorrt_llm": (model_config.llm_trtllm(batching, table, trtllm_engine) if trtllm_engine
-                         else model_config.llm_python(batching, table, s.engine)),
+        "tensorrt_llm": model_config.llm_llmapi(batching) if gpu_dtype else model_config.llm_python(batching, table, s.engine),
         "postprocessing": model_config.postprocessing(batching),
     }
     problems = model_config.check_wiring(models)
@@ -153,12 +154,13 @@ def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_
         _write(root / name / "config.pbtxt", model_config.to_text(model))
         (root / name / "1").mkdir(parents=True, exist_ok=True)
     for step, cls in BACKEND_CLASSES.items():
-        if step == "tensorrt_llm" and trtllm_engine:
-            continue
-        if step == "tensorrt_llm" and s.engine == "vllm":
+        module = "python_backend"
+        if step == "tensorrt_llm" and gpu_dtype:
+            module, cls = "trtllm_step", "TrtllmLLMModel"
+        elif step == "tensorrt_llm" and s.engine == "vllm":
             cls = "VllmLLMModel"
             _write_vllm_env(root / step / model_config.VLLM_ENV_FILE)
-        _write(root / step / "1" / "model.py", MODEL_PY.format(step=step, cls=cls))
+        _write(root / step / "1" / "model.py", MODEL_PY.format(step=step, cls=cls, module=module))
     pre = root / "preprocessing" / "1" / "assets"
     _copy_files(model_dir, pre, TOKENIZER_FILES + ("preprocessor_config.json",))
     _write(pre / SERVING_FILE, json.dumps(settings["preprocessing"], indent=1, sort_keys=True))
@@ -169,7 +171,10 @@ def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_
             shutil.copytree(layout(cfg).milvus_lite(name), Layout(ret).milvus_lite(name), dirs_exist_ok=True)
     _write(ret / "recipe.yaml", _recipe(cfg))
     _write(ret / SERVING_FILE, json.dumps(settings["retrieval"], indent=1, sort_keys=True))
-    if not trtllm_engine:
+    if gpu_dtype:
+        llm_settings = {k: v for k, v in settings["tensorrt_llm"].items() if k != "engine"}   # the engine is model.yaml's
+        llmapi_repository.write_llm_step(cfg, root / "tensorrt_llm", lm_dir, llm_settings, gpu_dtype)
+    else:
         shutil.copytree(lm_dir, root / "tensorrt_llm" / "1" / "assets", dirs_exist_ok=True)
         _write(root / "tensorrt_llm" / "1" / "assets" / SERVING_FILE, json.dumps(settings["tensorrt_llm"], indent=1, sort_keys=True))
     _copy_files(model_dir, root / "postprocessing" / "1" / "assets", TOKENIZER_FILES)
@@ -185,7 +190,7 @@ import sys
 
 sys.path[:0] = [p for p in os.environ.get("TUNA_SOURCE_ROOT", "").split(os.pathsep) if p and p not in sys.path]
 
-from tuna.serve.python_backend import {cls} as TritonPythonModel  # noqa: E402, F401
+from tuna.serve.{module} import {cls} as TritonPythonModel  # noqa: E402, F401
 '''
 
 VLLM_ACTIVATE = """# Written by `tuna export` (serve.engine=vllm). Triton's python backend sources this bin/activate before it starts
@@ -226,35 +231,6 @@ def _write_vllm_env(path: Path) -> None:
         gz.write(raw.getvalue())
 
 
-def _trtllm_kit(kit: Path, lm_dir: Path, lm_config: dict[str, Any], max_batch_size: int, max_table_rows: int) -> None:
-    """The commands and configs that turn the exported LM into a TensorRT-LLM engine on a GPU node."""
-    dtype = "bfloat16"
-    build = {
-        "checkpoint_dir": "/work/trtllm/checkpoint", "output_dir": "/work/trtllm/engine",
-        "max_batch_size": max_batch_size, "max_input_len": int(lm_config.get("max_position_embeddings", 2048)),
-        "max_seq_len": int(lm_config.get("max_position_embeddings", 2048)),
-        "max_prompt_embedding_table_size": max_batch_size * max_table_rows,
-        "gemm_plugin": dtype, "gpt_attention_plugin": dtype, "remove_input_padding": "enable",
-        "paged_kv_cache": "enable", "context_fmha": "enable",
-    }
-    _write(kit / "build_config.json", json.dumps(build, indent=1, sort_keys=True))
-    flags = " \\\n  ".join(f"--{k} {v}" for k, v in sorted(build.items()) if k not in ("checkpoint_dir", "output_dir"))
-    script = f"""#!/usr/bin/env bash
-# Build the TensorRT-LLM engine of the exported LM (run inside nvcr.io/nvidia/tritonserver:<ver>-trtllm-python-py3
-# on a GPU node, from this folder). The LM is a Hugging Face {lm_config.get('model_type', 'llama')} checkpoint in ./hf_lm.
-set -euo pipefail
-TRTLLM_EXAMPLES=${{TRTLLM_EXAMPLES:-/app/tensorrt_llm/examples}}
-python "$TRTLLM_EXAMPLES/models/core/llama/convert_checkpoint.py" \\
-  --model_dir ./hf_lm --output_dir /work/trtllm/checkpoint --dtype {dtype} --tp_size ${{TP_SIZE:-1}}
-trtllm-build --checkpoint_dir /work/trtllm/checkpoint --output_dir /work/trtllm/engine \\
-  {flags}
-# Serve: copy the engine to the path the repository's tensorrt_llm/config.pbtxt names (gpt_model_path).
-"""
-    _write(kit / "build.sh", script)
-    (kit / "build.sh").chmod(0o755)
-    shutil.copytree(lm_dir, kit / "hf_lm", dirs_exist_ok=True)
-
-
 def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None = None, trtllm: bool = False,
                       log: Callable[[str], None] = print) -> dict[str, Any]:
     """Export ``variant``'s stage-2 model as a Triton model repository; returns the export manifest."""
@@ -272,6 +248,7 @@ def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None 
     model_dir = model_folder(cfg, variant)
     if not (model_dir / "config.json").is_file():
         raise ExportError(f"no trained model at {model_dir}; run `tuna train --variant {variant}` first")
+    gpu_dtype = llmapi_repository.engine_dtype(cfg) if trtllm else None
     target = out or export_dir(cfg, variant)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -313,14 +290,10 @@ def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None 
         "datastores": datastores, "default_datastore": default, "ensemble": model_config.ENSEMBLE,
         "repository": "model_repository", "configs": sorted(texts), "serve_config": _serve_fingerprint(cfg),
     }
-    if trtllm:
-        kit = tmp / "trtllm"
-        engine = "/engines/tuna"
-        _repository(cfg, model_dir, kit / "model_repository", lm_dir, encoder_dir, settings, engine)
-        rows = int(mc.clip_config.vision_config.image_size // mc.clip_config.vision_config.patch_size) ** 2
-        rows += mc.num_tags * (1 + int(mc.max_tag_tokens))
-        _trtllm_kit(kit, lm_dir, mc.text_config.to_dict(), cfg.serve.max_batch_size, rows)
-        manifest["trtllm"] = {"repository": "trtllm/model_repository", "build": "trtllm/build.sh", "engine_dir": engine}
+    if gpu_dtype:
+        _repository(cfg, model_dir, tmp / "trtllm" / "model_repository", lm_dir, encoder_dir, settings, gpu_dtype)
+        manifest["trtllm"] = {"repository": "trtllm/model_repository", "llm": "tensorrt_llm.LLM (PyTorch backend)",
+                              "model_yaml": "trtllm/model_repository/tensorrt_llm/1/model.yaml", "dtype": gpu_dtype}
     shutil.rmtree(lm_dir)
     shutil.rmtree(encoder_dir)
     manifest["files"] = _digest_tree(tmp)
@@ -329,7 +302,7 @@ def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None 
     tmp.rename(target)
     n = len(manifest["files"])
     log(f"exported {variant} ({model_digest}) -> {target / 'model_repository'} ({n} files; datastores "
-        f"{', '.join(datastores) or 'none'}, default {default}){' + trtllm kit' if trtllm else ''}")
+        f"{', '.join(datastores) or 'none'}, default {default}){' + trtllm/model_repository (GPU, ' + gpu_dtype + ')' if gpu_dtype else ''}")
     return manifest
 
 

@@ -2,8 +2,9 @@
 
 Building the protobuf (Triton's own schema, shipped with tritonclient) instead of formatting text means
 every written config parses by construction, field names are checked, and the output is deterministic.
-Tensor names follow TensorRT-LLM's multimodal ensemble, so the ``tensorrt_llm`` step is a python model
-on CPU and the ``tensorrtllm`` backend on GPUs with the same inputs and outputs.
+The LLM step keeps its historical name ``tensorrt_llm`` and the tensor names of TensorRT-LLM's former multimodal
+ensemble (ids + prompt-embedding table in, token ids out) on every engine: the hf and vllm python steps on CPU
+(:func:`llm_python`) and TensorRT-LLM's PyTorch LLM API on GPUs (:func:`llm_llmapi`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ ENSEMBLE_INPUTS = (
 )
 ENSEMBLE_OUTPUTS = (("text_output", "TYPE_STRING", [1]), ("provenance", "TYPE_STRING", [1]))
 
-# The LLM step's interface: the names, types and dims of the tensorrtllm backend's inputs we use.
+# The LLM step's interface on every engine (the names TensorRT-LLM's deleted engine backend used, kept as our contract).
 LLM_INPUTS = (
     ("input_ids", "TYPE_INT32", [-1], False),
     ("input_lengths", "TYPE_INT32", [1], False),
@@ -104,7 +105,7 @@ VLLM_ENV_FILE = "vllm_env.tar.gz"   # the LLM step's python-backend execution en
 
 
 def llm_python(b: Batching, table_dtype: str, engine: str = "hf") -> pb.ModelConfig:
-    """The CPU LLM: a python model with the tensorrtllm backend's tensor interface. ``engine`` vllm: one instance
+    """The CPU LLM: a python model with the LLM step's tensor interface (LLM_INPUTS). ``engine`` vllm: one instance
     (one vLLM engine batches everything) whose stub runs in the vLLM venv (EXECUTION_ENV_PATH, see tuna.serve.export)."""
     cfg = _base("tensorrt_llm", "python", b, 1 if engine == "vllm" else None)
     vllm = engine == "vllm"
@@ -121,31 +122,25 @@ def llm_python(b: Batching, table_dtype: str, engine: str = "hf") -> pb.ModelCon
     return cfg
 
 
-def llm_trtllm(b: Batching, table_dtype: str, engine_dir: str, kv_cache_fraction: float = 0.85) -> pb.ModelConfig:
-    """The GPU LLM: TensorRT-LLM's backend with inflight fused batching and a prompt-embedding table input."""
-    cfg = pb.ModelConfig(name="tensorrt_llm", backend="tensorrtllm", max_batch_size=b.max_batch_size)
+def llm_llmapi(b: Batching) -> pb.ModelConfig:
+    """The GPU LLM: TensorRT-LLM's PyTorch LLM API in a python model laid out like its ``llmapi`` Triton model (one
+    CPU-kind instance: the engine places work on the GPUs; engine arguments in ``1/model.yaml``, see
+    :mod:`tuna.serve.llmapi_repository`), with the tensors of :func:`llm_python`. Scalars are reshaped to ``[]`` so a
+    batch of B requests reaches the step as (B,) tensors; the table is float32 on the wire (numpy has no bfloat16)
+    and cast once to the engine's dtype on the GPU. No queue delay: the engine batches in flight."""
+    cfg = pb.ModelConfig(name="tensorrt_llm", backend="python", max_batch_size=b.max_batch_size)
     cfg.model_transaction_policy.decoupled = False
-    cfg.dynamic_batching.max_queue_delay_microseconds = b.queue_delay_us
-    cfg.dynamic_batching.preferred_batch_size.extend([b.max_batch_size])
+    cfg.dynamic_batching.max_queue_delay_microseconds = 0
     group = cfg.instance_group.add()
     group.count = 1
-    group.kind = pb.ModelInstanceGroup.KIND_CPU  # as TensorRT-LLM ships it: the backend places work on the GPUs itself
+    group.kind = pb.ModelInstanceGroup.KIND_CPU
     for name, dtype, dims, optional in LLM_INPUTS:
-        _tensor(cfg.input, name, dtype.format(table=table_dtype), dims, optional, ragged=name == "input_ids")
+        _tensor(cfg.input, name, dtype.format(table="TYPE_FP32"), dims, optional,
+                ragged=name in ("input_ids", "prompt_embedding_table"))
+        if dims == [1]:
+            cfg.input[-1].reshape.SetInParent()   # reshape: { shape: [ ] }
     for name, dtype, dims in LLM_OUTPUTS:
         _tensor(cfg.output, name, dtype, dims)
-    params = {
-        "gpt_model_type": "inflight_fused_batching",
-        "gpt_model_path": engine_dir,
-        "batch_scheduler_policy": "guaranteed_no_evict",
-        "kv_cache_free_gpu_mem_fraction": f"{kv_cache_fraction}",
-        "max_beam_width": "1",
-        "exclude_input_in_output": "true",
-        "enable_chunked_context": "false",
-        "normalize_log_probs": "true",
-    }
-    for key, value in params.items():
-        cfg.parameters[key].string_value = value
     return cfg
 
 
@@ -240,4 +235,4 @@ def check_wiring(configs: dict[str, pb.ModelConfig]) -> list[str]:
 
 
 __all__ = ["Batching", "ENSEMBLE", "VLLM_ENV_FILE", "ENSEMBLE_INPUTS", "ENSEMBLE_OUTPUTS", "STEPS", "check_wiring", "ensemble",
-           "llm_python", "llm_trtllm", "parse", "postprocessing", "preprocessing", "retrieval", "to_text"]
+           "llm_llmapi", "llm_python", "parse", "postprocessing", "preprocessing", "retrieval", "to_text"]

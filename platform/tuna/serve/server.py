@@ -123,6 +123,9 @@ class TritonServer:
         if not (self.repository / "tuna" / "config.pbtxt").is_file():
             raise ServerError(f"{self.repository} is not a TUNA model repository (no tuna/config.pbtxt); "
                               f"run `tuna export` first")
+        if (self.repository / "tensorrt_llm" / "1" / "model.yaml").is_file():
+            raise ServerError(f"{self.repository}: its LLM step runs TensorRT-LLM on GPUs (`tuna export --trtllm`); serve the "
+                              f"CPU model_repository here, or this one in the GPU serving image (helm/tuna-serving/ci/gpu-trtllm-values.yaml)")
         self.grpc_port = self.grpc_port or free_port(self.host)
         self.http_port = self.http_port or free_port(self.host)
         self.metrics_port = self.metrics_port or free_port(self.host)

@@ -28,28 +28,18 @@ import numpy as np
 import torch
 import yaml
 
-from tuna.errors import TunaError
+from tuna.errors import TrainError
 from tuna.layout import layout
 from tuna.recipe import Recipe, section_fingerprint
 from tuna.sources import file_digest, sources
+from tuna.train.build import build_model, lm_source, local_rank_zero_first
 from tuna.variants import registered_name, variant_model
 
 ENGINE_VERSION = "tuna.train/1"
 DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
 
 
-class TrainError(TunaError):
-    """Training cannot start or continue as configured."""
-
-
 # ------------------------------------------------------------------------------------------ paths
-
-
-def lm_source(cfg: Recipe) -> str:
-    """The causal LM: ``model.language_model`` when set, else the tiny LM of `tuna lm` (``<data_dir>/lm``)."""
-    from tuna.foundation.lm import lm_path
-
-    return lm_path(cfg)
 
 
 def inputs_digest(cfg: Recipe, variant: str, stage: int) -> dict[str, str | None]:
@@ -133,42 +123,6 @@ class BatchPlan:
 
 
 # ------------------------------------------------------------------------------------------ building
-
-
-def _load_tokenizer(source: str) -> Any:
-    from transformers import AutoTokenizer
-
-    from tuna.model.processing_tuna import pad_with_unk
-
-    try:
-        tok = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as err:
-        raise TrainError(f"cannot load a tokenizer from {source!r} ({str(err).splitlines()[0]}); run `tuna lm` or set "
-                         f"model.language_model to a folder holding one") from None
-    return pad_with_unk(tok)
-
-
-def build_model(cfg: Recipe, variant: str, stage: int) -> tuple[Any, Any]:
-    """(model, LM tokenizer) at the start of ``stage``: freshly composed for stage 1, stage 1's output for 2."""
-    from tuna.model import TunaForConditionalGeneration, build_tuna
-    from tuna.retrieval.clip import encoder_path
-
-    settings = variant_model(cfg, variant)
-    if stage == 1 and cfg.model.llava:   # LLaVA-1.5's tower, projector and LM + the full CLIP's text tower
-        from tuna.model.from_llava import build_tuna_from_llava
-
-        model = build_tuna_from_llava(cfg.model.llava, encoder_path(cfg), max_tag_tokens=8, **settings)
-        return model, _load_tokenizer(cfg.model.llava)
-    if stage == 1:
-        lm = lm_source(cfg)
-        model = build_tuna(encoder_path(cfg), lm, max_tag_tokens=8, **settings)
-        return model, _load_tokenizer(lm)
-    prev = layout(cfg).model(variant, 1)
-    if not (prev / "config.json").is_file():
-        raise TrainError(f"stage 2 of {variant!r} starts from stage 1's model, but {prev} holds none; run "
-                         f"`tuna train --stage 1 --variant {variant}` first")
-    model = TunaForConditionalGeneration.from_pretrained(str(prev))
-    return model, _load_tokenizer(str(prev))
 
 
 def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, barrier: Callable[[], None],
@@ -340,6 +294,7 @@ class StageInputs:
     collate: Any
     lm_params: list[torch.nn.Parameter] = field(default_factory=list)  # the part of ``params`` in the LM
     vision_params: list[torch.nn.Parameter] = field(default_factory=list)  # the part in CLIP's vision tower
+    partitioned: dict[str, int] | None = None  # with train.zero3_init on ZeRO-3: zero_init.held() after the build
 
     def param_groups(self, lr: float, lm_lr_scale: float, vision_lr_scale: float = 0.0) -> list[dict[str, Any]]:
         """Optimizer groups: the LM's weights at ``lr * lm_lr_scale``, the vision tower's at ``lr *
@@ -348,18 +303,6 @@ class StageInputs:
         rest = [p for p in self.params if id(p) not in own]
         return [g for g in ({"params": rest, "lr": lr}, {"params": self.lm_params, "lr": lr * lm_lr_scale},
                             {"params": self.vision_params, "lr": lr * vision_lr_scale}) if g["params"]]
-
-
-def local_rank_zero_first(local_rank: int, barrier: Callable[[], None], fn: Callable[[], Any]) -> Any:
-    """``fn()`` on each node's local rank 0 first (filling the node's caches, e.g. a hub download), then on the
-    other ranks; every rank passes ``barrier`` (a collective) exactly once, also when ``fn`` fails."""
-    if local_rank != 0:
-        barrier()
-    try:
-        return fn()
-    finally:
-        if local_rank == 0:
-            barrier()
 
 
 def enable_gradient_checkpointing(model: Any) -> None:
@@ -383,7 +326,16 @@ def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
     sc = cfg.train.stage(stage)
     # a hub checkpoint (model.language_model / vision_tower ids) is fetched once per node, not by every rank at once
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    model, tokenizer = local_rank_zero_first(local_rank, barrier, lambda: build_model(cfg, variant, stage))
+    partitioned = None
+    if cfg.train.zero3_init and sc.zero_stage == 3:
+        from tuna.train.zero_init import build_partitioned
+
+        model, tokenizer, partitioned = build_partitioned(cfg, variant, stage, local_rank, barrier)
+        say_held = partitioned["held"] / max(partitioned["params"], 1)
+        log(f"{variant} stage {stage}: built partitioned (train.zero3_init): rank {rank} holds {partitioned['held']:,} "
+            f"of {partitioned['params']:,} parameters ({100 * say_held:.0f}%)")
+    else:
+        model, tokenizer = local_rank_zero_first(local_rank, barrier, lambda: build_model(cfg, variant, stage))
     if sc.vision_lr_scale > 0 and model.config.tag_mode != "none":
         raise TrainError(f"train.stage{stage}.vision_lr_scale={sc.vision_lr_scale} would train the vision tower of "
                          f"{variant!r}, whose image embedding retrieves its tags when served (the datastore keys come "
@@ -412,7 +364,8 @@ def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
     use_tags = model.config.tag_mode != "none"
     collate = Collator(tokenizer, processor, clip_tok, model.config.num_tags, model.config.max_tag_tokens, use_tags)
     return StageInputs(model, tokenizer, params, examples, skipped, collate,
-                       list(groups.get("language_model", {}).values()), list(groups.get("vision_tower", {}).values()))
+                       list(groups.get("language_model", {}).values()), list(groups.get("vision_tower", {}).values()),
+                       partitioned)
 
 
 def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
@@ -548,7 +501,8 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
                 "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
                 "seconds": round(seconds, 1),
                 "samples_per_s": round(trained * plan.global_batch / seconds, 2) if trained else None,
-                "trainable_params": sum(p.numel() for p in params), "zero_stage": sc.zero_stage,
+                "trainable_params": sum(getattr(p, "ds_numel", p.numel()) for p in params), "zero_stage": sc.zero_stage,
+                "partitioned_init": inputs.partitioned,
                 "checkpoint": str(ckpt / tag), "model": str(out / "model"),
             }
             (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")

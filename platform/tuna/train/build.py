@@ -1,0 +1,71 @@
+"""The model and tokenizer a training stage starts from: stage 1 composes TUNA from the run's CLIP and LM (or a
+LLaVA-1.5 + CLIP), stage 2 loads stage 1's output; built once per node first when the ranks take turns.
+(``tuna.train.zero_init`` builds the same model partitioned over the ranks.)"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tuna.errors import TrainError
+from tuna.layout import layout
+from tuna.recipe import Recipe
+from tuna.variants import variant_model
+
+
+def lm_source(cfg: Recipe) -> str:
+    """The causal LM: ``model.language_model`` when set, else the tiny LM of `tuna lm` (``<data_dir>/lm``)."""
+    from tuna.foundation.lm import lm_path
+
+    return lm_path(cfg)
+
+
+def load_tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    from tuna.model.processing_tuna import pad_with_unk
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise TrainError(f"cannot load a tokenizer from {source!r} ({str(err).splitlines()[0]}); run `tuna lm` or set "
+                         f"model.language_model to a folder holding one") from None
+    return pad_with_unk(tok)
+
+
+def build_model(cfg: Recipe, variant: str, stage: int) -> tuple[Any, Any]:
+    """(model, LM tokenizer) at the start of ``stage``: freshly composed for stage 1, stage 1's output for 2."""
+    from tuna.model import TunaForConditionalGeneration, build_tuna
+    from tuna.retrieval.clip import encoder_path
+
+    settings = variant_model(cfg, variant)
+    if stage == 1 and cfg.model.llava:   # LLaVA-1.5's tower, projector and LM + the full CLIP's text tower
+        from tuna.model.from_llava import build_tuna_from_llava
+
+        model = build_tuna_from_llava(cfg.model.llava, encoder_path(cfg), max_tag_tokens=8, **settings)
+        return model, load_tokenizer(cfg.model.llava)
+    if stage == 1:
+        lm = lm_source(cfg)
+        model = build_tuna(encoder_path(cfg), lm, max_tag_tokens=8, **settings)
+        return model, load_tokenizer(lm)
+    prev = layout(cfg).model(variant, 1)
+    if not (prev / "config.json").is_file():
+        raise TrainError(f"stage 2 of {variant!r} starts from stage 1's model, but {prev} holds none; run "
+                         f"`tuna train --stage 1 --variant {variant}` first")
+    model = TunaForConditionalGeneration.from_pretrained(str(prev))
+    return model, load_tokenizer(str(prev))
+
+
+def local_rank_zero_first(local_rank: int, barrier: Callable[[], None], fn: Callable[[], Any]) -> Any:
+    """``fn()`` on each node's local rank 0 first (filling the node's caches, e.g. a hub download), then on the
+    other ranks; every rank passes ``barrier`` (a collective) exactly once, also when ``fn`` fails."""
+    if local_rank != 0:
+        barrier()
+    try:
+        return fn()
+    finally:
+        if local_rank == 0:
+            barrier()
+
+
+__all__ = ["build_model", "lm_source", "load_tokenizer", "local_rank_zero_first"]
