@@ -243,20 +243,28 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve the exported repository with the local tritonserver until Ctrl-C or SIGTERM."""
+    """Serve the exported repository with the local tritonserver until Ctrl-C or SIGTERM; a watchdog probes it with a
+    real inference and restarts it when a step died (serve.probe_*, serve.on_failure; see tuna.serve.watchdog)."""
     import signal
     import threading
 
     from tuna.serve.local import start_server
+    from tuna.serve.watchdog import Watchdog
 
     cfg = _config(args)
+    s = cfg.serve
     server = start_server(cfg, args.variant, free_ports=args.free_ports)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     print(f"ask it:  tuna ask --config {args.config} --url {server.grpc_url} --image <png> \"What is in the image?\"")
+    print(f"probe:   tuna probe --url {server.grpc_url}" + (f" (the watchdog does every {s.probe_period}s; on failure: "
+                                                             f"{s.on_failure})" if s.probe_period else " (watchdog off)"))
     print("stop it: Ctrl-C (or SIGTERM)", flush=True)
     try:
+        if s.probe_period:
+            Watchdog(server, period=s.probe_period, deadline=s.probe_deadline, failures=s.probe_failures, on_failure=s.on_failure,
+                     max_restarts=s.max_restarts, ready_timeout=s.ready_timeout, log=lambda m: print(m, flush=True)).run(stop)
         while not stop.wait(1.0):
             if server.process is not None and server.process.poll() is not None:
                 raise TunaError(f"tritonserver exited with code {server.process.returncode}: {server.log_tail()}")
@@ -264,6 +272,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
         code = server.stop()
     print(f"tritonserver stopped (exit code {code})")
     return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Ask the served model one tiny question over gRPC with a deadline: exit 0 when it answers, 1 when not (one line)."""
+    from tuna.serve.probe import probe
+
+    url = args.url
+    if url is None:
+        cfg = _config(args)
+        url = f"{cfg.serve.host}:{cfg.serve.grpc_port}"
+    result = probe(url, args.deadline)
+    print(result.line(url), file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
+
+
+def _probe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default=None, help="Triton gRPC host:port (default: serve.host:serve.grpc_port)")
+    p.add_argument("--deadline", type=float, default=10.0, help="seconds the answer may take (default 10)")
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
@@ -482,6 +508,7 @@ VERBS: dict[str, Verb] = {
     "export": Verb(STEPS["export"].summary, cmd_export, _export_args),
     "serve": Verb("serve the exported model with the local tritonserver (gRPC, HTTP, metrics) until Ctrl-C", cmd_serve, _serve_args),
     "ask": Verb("ask the served model a question about an image over gRPC; print answer and provenance", cmd_ask, _ask_args),
+    "probe": Verb("health probe: one real inference over gRPC with a deadline; exit 0 healthy, 1 not", cmd_probe, _probe_args),
     "image": Verb("build the project and serving images with the local Docker engine (names from cluster.image / "
                   "cluster.serving_image, base image a build argument)", cmd_image, _image_args),
     "ui": Verb("browse the local MLflow store (runs, metrics, models) with mlflow ui on 127.0.0.1", cmd_ui, _ui_args),

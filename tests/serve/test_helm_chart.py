@@ -178,14 +178,30 @@ def test_tritonserver_command_line(rendered: dict[str, list[dict[str, Any]]], sc
         assert "--exit-timeout-secs=60" in c["args"]
 
 
+INFERENCE_PROBE = ["python", "-m", "tuna.serve.probe", "--url", "127.0.0.1:8001", "--model", "tuna", "--deadline", "10"]
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_probes_hit_triton_health_endpoints(rendered: dict[str, list[dict[str, Any]]], scenario: str) -> None:
+def test_probes_ask_a_real_question_after_startup_saw_the_models_loaded(rendered: dict[str, list[dict[str, Any]]],
+                                                                        scenario: str) -> None:
+    """Readiness and liveness run the real-inference probe (Triton's endpoints stay 200 with a dead step; the probe
+    itself is run against a real server by tests/serve/test_faults.py); startup waits on HTTP readiness."""
     c = triton(rendered[scenario])
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"]["port"] == "http"
-    assert c["startupProbe"]["httpGet"]["path"] == c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     ready = "/v2/health/ready" if scenario == "defaults" else "/v2/models/tuna/ready"  # ci files: probes.modelReady
-    assert c["readinessProbe"]["httpGet"]["path"] == ready
+    assert c["startupProbe"]["httpGet"] == {"path": ready, "port": "http"}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["exec"]["command"] == INFERENCE_PROBE and "httpGet" not in c[probe]
+        assert c[probe]["timeoutSeconds"] > int(INFERENCE_PROBE[-1])
+    assert c["readinessProbe"]["periodSeconds"] * c["readinessProbe"]["failureThreshold"] <= 10   # out of the Service fast
+    assert c["livenessProbe"]["periodSeconds"] * c["livenessProbe"]["failureThreshold"] <= 30    # then restarted
+
+
+def test_inference_probes_can_be_turned_off_for_http_checks(helm: Path) -> None:
+    c = triton(template(helm, "--set", "probes.inference.enabled=false", "--set", "probes.modelReady=true"))
+    assert c["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"} and "exec" not in c["livenessProbe"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v2/models/tuna/ready", "port": "http"}
+    c = triton(template(helm, "--set", "model.name=other", "--set", "probes.inference.command={/opt/py/bin/python,-m,tuna.serve.probe}"))
+    assert c["readinessProbe"]["exec"]["command"] == ["/opt/py/bin/python", *INFERENCE_PROBE[1:6], "other", "--deadline", "10"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -329,6 +345,7 @@ def test_notes_explain_how_to_call_the_service(helm: Path) -> None:
     assert f"tuna ask --url {RELEASE}.{NAMESPACE}.svc.cluster.local:8001" in notes
     assert f"port-forward service/{RELEASE} 8001:8001 8000:8000" in notes
     assert "/v2/models/tuna/ready" in notes
+    assert "tuna probe --url localhost:8001" in notes and "the kubelet restarts the container" in notes
 
 
 # ---------------------------------------------------------------------------------------------- refusals
@@ -342,10 +359,11 @@ def test_notes_explain_how_to_call_the_service(helm: Path) -> None:
     (["--set", "service.ports.grpc=70000"], "at '/service/ports/grpc': maximum"),
     (["--set", "triton.modelControlMode=lazy"], "at '/triton/modelControlMode'"),
     (["--set", "milvus.uri=milvus:19530"], "at '/milvus/uri'"),
+    (["--set", "probes.inference.command=null"], "at '/probes/inference'"),
     (["--set", "modelRepository.s3.bucket=x", "--set", "modelRepository.s3.credentialz=y"],
      "additional properties 'credentialz' not allowed"),
 ], ids=["negative-replicas", "unknown-source", "unknown-key", "negative-gpus", "port-range", "control-mode",
-        "milvus-uri-scheme", "nested-unknown-key"])
+        "milvus-uri-scheme", "probe-command", "nested-unknown-key"])
 def test_schema_refuses_bad_values(helm: Path, args: list[str], expected: str) -> None:
     msg = refusal(helm, *args)
     assert "values don't meet the specifications of the schema" in msg
@@ -367,7 +385,8 @@ def test_schema_refuses_an_unquoted_numeric_image_tag(helm: Path, tmp_path: Path
     (["--set", "autoscaling.enabled=true", "--set", "autoscaling.minReplicas=5", "--set", "autoscaling.maxReplicas=2"],
      "autoscaling.minReplicas (5) is above autoscaling.maxReplicas (2)"),
     (["--set", "triton.exitTimeoutSeconds=90"], "triton.exitTimeoutSeconds (90) must be below terminationGracePeriodSeconds"),
-], ids=["s3-without-bucket", "pvc-without-claim", "hpa-without-cpu-request", "hpa-min-above-max", "exit-timeout"])
+    (["--set", "probes.inference.deadlineSeconds=15"], "probes.inference.deadlineSeconds (15) must be below probes.readiness.timeoutSeconds (15)"),
+], ids=["s3-without-bucket", "pvc-without-claim", "hpa-without-cpu-request", "hpa-min-above-max", "exit-timeout", "probe-deadline"])
 def test_templates_refuse_inconsistent_values(helm: Path, args: list[str], expected: str) -> None:
     msg = refusal(helm, *args)
     assert expected in msg and "\n" not in msg

@@ -65,6 +65,21 @@ app.kubernetes.io/part-of: tuna
 {{- end }}
 {{- end }}
 
+{{/* The real-inference probe (exec): one tiny question to the ensemble over the pod's own gRPC port, with a deadline. */}}
+{{- define "tuna-serving.inferenceProbe" -}}
+exec:
+  command:
+    {{- range .Values.probes.inference.command }}
+    - {{ . | quote }}
+    {{- end }}
+    - --url
+    - 127.0.0.1:8001
+    - --model
+    - {{ .Values.model.name | quote }}
+    - --deadline
+    - {{ .Values.probes.inference.deadlineSeconds | quote }}
+{{- end }}
+
 {{/* Readiness path: the model's own ready endpoint or the server's. */}}
 {{- define "tuna-serving.readinessPath" -}}
 {{- if .Values.probes.modelReady }}
@@ -109,6 +124,14 @@ Render-time checks that the schema cannot express (they depend on two keys at on
 {{- end }}
 {{- if gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas) }}
 {{- fail (printf "autoscaling.minReplicas (%v) is above autoscaling.maxReplicas (%v)" .Values.autoscaling.minReplicas .Values.autoscaling.maxReplicas) }}
+{{- end }}
+{{- end }}
+{{- if .Values.probes.inference.enabled }}
+{{- range $name := list "readiness" "liveness" }}
+{{- $timeout := int (index $.Values.probes $name).timeoutSeconds }}
+{{- if ge (int $.Values.probes.inference.deadlineSeconds) $timeout }}
+{{- fail (printf "probes.inference.deadlineSeconds (%v) must be below probes.%s.timeoutSeconds (%v): the kubelet would kill the probe before its own deadline" $.Values.probes.inference.deadlineSeconds $name $timeout) }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if ge (int .Values.triton.exitTimeoutSeconds) (int .Values.terminationGracePeriodSeconds) }}

@@ -514,6 +514,11 @@ class ServeConfig:
     vllm_max_model_len: int = 0         # vllm: longest prompt + answer in positions (0 = the LM's max_position_embeddings)
     vllm_kv_cache_gib: int = 1          # vllm on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)
     trtllm_dtype: str = "bf16"          # `tuna export --trtllm`: the TensorRT-LLM engine's dtype, bf16 | fp16 (weights, activations, prompt rows)
+    probe_period: int = 5               # `tuna serve` watchdog: seconds between real-inference probes (0 = no watchdog)
+    probe_deadline: int = 10            # seconds a probe's answer may take (gRPC deadline)
+    probe_failures: int = 2             # failed probes in a row before the server counts as broken
+    on_failure: str = "restart"         # broken server: restart it on the same ports, or exit (non-zero) for the orchestrator
+    max_restarts: int = 5               # restarts within 10 minutes before the watchdog gives up and exits
 
     def __post_init__(self) -> None:
         _require(self.variant in VARIANT_NAMES, "variant", f"must be one of {', '.join(VARIANT_NAMES)}; got {self.variant!r}")
@@ -536,5 +541,10 @@ class ServeConfig:
         _require(1 <= self.vllm_kv_cache_gib <= 1024, "vllm_kv_cache_gib", f"must be in 1..1024 GiB, got {self.vllm_kv_cache_gib}")
         _require(self.trtllm_dtype in ("bf16", "fp16"), "trtllm_dtype",
                  f"must be bf16 or fp16 (TensorRT-LLM's attention kernels take no fp32; fp16 on pre-Ampere GPUs), got {self.trtllm_dtype!r}")
+        _require(0 <= self.probe_period <= 3600, "probe_period", f"must be in 0..3600 seconds (0 = no watchdog), got {self.probe_period}")
+        _require(1 <= self.probe_deadline <= 600, "probe_deadline", f"must be in 1..600 seconds, got {self.probe_deadline}")
+        _require(1 <= self.probe_failures <= 100, "probe_failures", f"must be in 1..100, got {self.probe_failures}")
+        _require(self.on_failure in ("restart", "exit"), "on_failure", f"must be restart or exit, got {self.on_failure!r}")
+        _require(0 <= self.max_restarts <= 1000, "max_restarts", f"must be in 0..1000, got {self.max_restarts}")
 
 

@@ -161,13 +161,19 @@ class TritonServer:
         self.stop()
         raise ServerError(f"tritonserver did not become ready in {ready_timeout:.0f}s (serve.ready_timeout): {self.log_tail()}")
 
-    def ready(self) -> bool:
-        """True when the server and every model report ready (Triton's strict readiness)."""
-        try:
-            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as r:
-                return r.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+    def ready(self, model: str = "tuna") -> bool:
+        """True when the server reports every loaded model ready (Triton's strict readiness) and ``model`` (the ensemble)
+        is ready too: measured, /v2/health/ready answered 200 while the four steps were ready and the ensemble, loaded
+        last, was not yet known (requests then get NOT_FOUND "unknown model"). Triton's word only: a step whose stub
+        died still reads ready (see tuna.serve.probe)."""
+        for path in ("/v2/health/ready", f"/v2/models/{model}/ready"):
+            try:
+                with urllib.request.urlopen(f"{self.http_url}{path}", timeout=2) as r:
+                    if r.status != 200:
+                        return False
+            except (urllib.error.URLError, OSError):
+                return False
+        return True
 
     def log_tail(self, lines: int = 6) -> str:
         try:
