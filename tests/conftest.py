@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from support import World, make_prepared, make_world
+from support import FLUENT, HEAD32, World, make_prepared, make_world
 from tuna.retrieval.server import MilvusServer, MilvusServerError, server_executable
 
 
@@ -39,6 +39,35 @@ def trained(prepared: World) -> World:
         assert done.returncode == 0, f"tuna train --variant {variant} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         assert "Traceback" not in done.stdout + done.stderr
     return prepared
+
+
+def _train_head32(factory: pytest.TempPathFactory, name: str, *overrides: str) -> World:
+    """The smoke world with a one-head LM (``HEAD32``: a head size vLLM's CPU attention takes) and ``overrides``,
+    prepared and TUNA trained by the real `tuna train`."""
+    import subprocess
+    import sys
+
+    from support import SMOKE
+
+    world = make_prepared(factory.mktemp(name), *HEAD32, *overrides)
+    done = subprocess.run([sys.executable, "-m", "tuna.cli", "train", "--config", str(SMOKE), "--stage", "all", "--variant",
+                           "tuna", f"run.data_dir={world.cfg.data_dir}", *HEAD32, *overrides], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, f"tuna train failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return world
+
+
+@pytest.fixture(scope="session")
+def trained_head32(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """The smoke world with a one-head LM, prepared and TUNA trained (~1.5 min): what the vLLM tests serve."""
+    return _train_head32(tmp_path_factory, "prepared-head32")
+
+
+@pytest.fixture(scope="session")
+def trained_fluent(tmp_path_factory: pytest.TempPathFactory) -> World:
+    """``trained_head32`` with the LM and stage 2 trained longer (``FLUENT``, ~40 s more): it answers in words that differ
+    per question (the smoke training answers every question '::::::::'), so equal answers mean something."""
+    return _train_head32(tmp_path_factory, "prepared-fluent", *FLUENT)
 
 
 @pytest.fixture(scope="session")

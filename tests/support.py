@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,15 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 SMOKE = CONFIGS / "smoke.yaml"
 RECIPES = sorted(CONFIGS.glob("*.yaml"))
+# vLLM's CPU attention takes head sizes 32, 64, 80, ... (not the smoke LM's 32 / 2 heads = 16): the vLLM tests train the
+# same smoke world with one attention head (the `trained_head32` fixture).
+HEAD32 = ("lm.heads=1", "lm.kv_heads=1")
+# The smoke LM and stage 2 trained long enough (LM 40 epochs ~6 s, stage 2 a full epoch) to answer FINER questions in
+# words ("There is a plotutroux, a small teal") instead of the smoke training's '::::::::' for every question.
+FLUENT = ("lm.epochs=40", "train.stage2.max_steps=40")
+# The serving image with the vLLM venv (Dockerfile target serving-vllm) the containers suite runs and the chart's cpu
+# scenario names; `make test-containers` builds it under this name.
+VLLM_SERVING_IMAGE = os.environ.get("TUNA_VLLM_SERVING_IMAGE", "ghcr.io/tuna-platform/tuna-serving:0.1.0-vllm")
 
 _WORD = re.compile(r"[a-z]+")
 
@@ -120,6 +130,74 @@ def make_prepared(data_dir: Path, *overrides: str) -> World:
         build_datastore(w.cfg, name, rebuild=True, progress=False, log=quiet)
     run_lm(w.cfg, force=True, progress=False, log=quiet)
     return w
+
+
+def finer_questions(world: World, per_split: int) -> list[tuple[bytes, str]]:
+    """(image bytes, question) of the first ``per_split`` FINER records of the OOD and ID eval splits, asked in the
+    world's phrasing (tuna.eval.finer.direct_prompt: which kind of <superordinate>)."""
+    from tuna.eval.finer import direct_prompt
+
+    out = []
+    for split in ("ood", "id"):
+        folder = world.cfg.data_dir / "world" / "eval" / "finer" / split
+        rows = [json.loads(line) for line in (folder / "finer.jsonl").read_text().splitlines() if line.strip()]
+        out += [((folder / "images" / r["image"]).read_bytes(), direct_prompt(r["basic-level-lbl"])) for r in rows[:per_split]]
+    return out
+
+
+def greedy_reference(world: World, repository: Path, asked: list[tuple[bytes, str]], max_tokens: int) -> tuple[list, list, list[str]]:
+    """What a served repository must answer, computed in-process: (preprocessed requests, the retrieval step's tables
+    with provenance, ``Predictor.answer``'s greedy texts given those tags). Run it before a server holds the repository's
+    Milvus Lite folders."""
+    import io
+
+    from PIL import Image
+
+    from tuna.inference import Predictor
+    from tuna.serve.ensemble import Preprocessor, Retrieval
+
+    pre = Preprocessor(repository / "preprocessing" / "1" / "assets")
+    ret = Retrieval(repository / "retrieval" / "1" / "assets")
+    try:
+        prepped = [pre(q, img, max_tokens) for img, q in asked]
+        tables = ret([p.input_ids for p in prepped], [p.pixel_values for p in prepped], ["A"] * len(prepped))
+    finally:
+        ret.close()
+    predictor = Predictor(world.cfg.data_dir / "train" / "tuna" / "stage2" / "model", world.cfg.train.system_prompt)
+    pics = [Image.open(io.BytesIO(img)).convert("RGB") for img, _ in asked]
+    expected = [a.text for a in predictor.answer(pics, [[]] * len(asked), [q for _, q in asked],
+                                                 [t.provenance["tags"] for t in tables], max_new_tokens=max_tokens, min_new_tokens=1)]
+    return prepped, tables, expected
+
+
+def wait_for_container(name: str, url: str, seconds: float) -> float:
+    """Wait until the tritonserver container ``name`` answers ready at gRPC ``url``; fails the test with the container's
+    log tail when it exits or is not ready in ``seconds``. Returns the seconds waited."""
+    import subprocess
+    import time
+
+    import pytest
+
+    from tuna.serve.client import TunaClient
+
+    def logs() -> str:
+        return subprocess.run(["docker", "logs", "--tail", "30", name], capture_output=True, text=True, timeout=60).stderr[-4000:]
+
+    start, client = time.monotonic(), None
+    try:
+        while time.monotonic() - start < seconds:
+            state = subprocess.run(["docker", "inspect", "--format", "{{.State.Running}}", name], capture_output=True, text=True,
+                                   timeout=60).stdout.strip()
+            if state != "true":
+                pytest.fail(f"the serving container {name} exited: {logs()}")
+            client = client or TunaClient(url, timeout=60)
+            if client.ready():
+                return time.monotonic() - start
+            time.sleep(2)
+        pytest.fail(f"the serving container {name} was not ready in {seconds:.0f} s: {logs()}")
+    finally:
+        if client is not None:
+            client.close()
 
 
 def outputs(task_dir: Path) -> dict[str, Any]:

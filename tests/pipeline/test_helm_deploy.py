@@ -30,7 +30,7 @@ def test_upgrade_command_for_a_repository_on_a_pvc() -> None:
         "helm", "upgrade", "--install", "tuna-serving", "helm/tuna-serving", "--namespace", "tuna", "--wait=watcher",
         "--timeout", "15m0s", "--rollback-on-failure", "--history-max", "10", "-f", "ci/cpu-values.yaml",
         "--set-string", "image.repository=ghcr.io/tuna-platform/tuna-serving", "--set-string", "image.tag=0.1.0",
-        "--set-string", "milvus.uri=http://milvus.milvus.svc:19530", "--set-string", "milvus.tokenSecret.name=tuna-milvus",
+        "--set-string", "model.engine=hf", "--set-string", "milvus.uri=http://milvus.milvus.svc:19530", "--set-string", "milvus.tokenSecret.name=tuna-milvus",
         "--set-string", "milvus.tokenSecret.key=MILVUS_TOKEN", "--set-string", "datastore.default=B",
         "--set", "serviceAccount.create=false", "--set-string", "serviceAccount.name=tuna-serving",
         "--set-string", "modelRepository.source=pvc", "--set-string", "modelRepository.pvc.claimName=tuna-checkpoints",
@@ -50,6 +50,11 @@ def test_values_for_mlflow_and_s3_sources_and_image_digests() -> None:
     pinned = load_recipe(SMOKE, [*CLUSTER, "cluster.serving_image=ghcr.io/tuna-platform/tuna-serving@sha256:" + "a" * 64])
     values = dict(helm_values(pinned, "pvc://c/x"))
     assert values["image.digest"] == "sha256:" + "a" * 64 and "image.tag" not in values
+    vllm = dict(helm_values(load_recipe(SMOKE, [*CLUSTER, "serve.engine=vllm",
+                                                "cluster.serving_image=ghcr.io/tuna-platform/tuna-serving:0.1.0-vllm"]), "pvc://c/x"))
+    assert (vllm["model.engine"], vllm["image.tag"]) == ("vllm", "0.1.0-vllm")   # the engine and the image holding it
+    gpu = dict(helm_values(load_recipe(SMOKE, [*CLUSTER, "serve.engine=vllm", "cluster.gpus_per_node=1"]), "pvc://c/x"))
+    assert "model.engine" not in gpu   # a GPU recipe serves the TensorRT-LLM repository: no vLLM environment to check
     assert set_args([("a", "x,y"), ("n", 3), ("b", True)]) == ["--set-string", "a=x\\,y", "--set", "n=3", "--set", "b=true"]
 
 
@@ -89,12 +94,13 @@ def test_the_chart_renders_with_the_deploy_values(tmp_path: Path, uri: str) -> N
     objects = {d["kind"]: d for d in yaml.safe_load_all(rendered) if d}
     pod = objects["Deployment"]["spec"]["template"]["spec"]
     triton = next(c for c in pod["containers"] if c["name"] == "triton")
-    assert triton["image"] == "ghcr.io/tuna-platform/tuna-serving:0.1.0"
+    assert triton["image"] == "ghcr.io/tuna-platform/tuna-serving:0.1.0"   # the recipe's, over the cpu scenario's
     env = {e["name"]: e for e in triton["env"]}
     assert env["MILVUS_URI"]["value"] == "http://milvus.milvus.svc:19530" and env["TUNA_DATASTORE_DEFAULT"]["value"] == "B"
     ref = env["MILVUS_TOKEN"]["valueFrom"]["secretKeyRef"]
     assert (ref["name"], ref["key"]) == ("tuna-milvus", "MILVUS_TOKEN")
     init = {e["name"]: e.get("value", e.get("valueFrom")) for c in pod.get("initContainers", []) for e in c.get("env", [])}
+    assert init["ENGINE"] == "hf"   # the recipe's serve.engine wins over the cpu scenario's vllm
     text = yaml.safe_dump(pod)
     if uri.startswith("pvc://"):
         claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]

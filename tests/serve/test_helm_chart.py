@@ -22,12 +22,14 @@ import yaml
 
 from tuna.errors import TunaError
 from tuna.kube.binaries import helm_binary, run_tool
+from tuna.serve.model_config import VLLM_ENV_FILE
 
 pytestmark = pytest.mark.integration  # starts the real helm binary
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "tuna-serving"
 K8S_VERSION = "1.33"
+VLLM_SERVING_IMAGE = "ghcr.io/tuna-platform/tuna-serving:0.1.0-vllm"   # the Makefile's VLLM_SERVING_IMAGE (make image-vllm)
 RELEASE, NAMESPACE = "tuna-serving", "tuna"
 SCENARIOS: dict[str, list[str]] = {
     "defaults": [],
@@ -233,7 +235,8 @@ def test_gpu_only_in_the_gpu_scenario(rendered: dict[str, list[dict[str, Any]]])
         for c in containers(spec):
             for section in c["resources"].values():
                 assert "nvidia.com/gpu" not in section, (scenario, c["name"])
-        assert triton(rendered[scenario])["image"] == "ghcr.io/tuna-platform/tuna-serving:0.1.0"
+        assert triton(rendered[scenario])["image"] == {"defaults": "ghcr.io/tuna-platform/tuna-serving:0.1.0",
+                                                       "cpu": VLLM_SERVING_IMAGE}[scenario]
         assert env(triton(rendered[scenario]))["NVIDIA_VISIBLE_DEVICES"]["value"] == "void"
         assert "tolerations" not in spec and "nodeSelector" not in spec
 
@@ -458,14 +461,50 @@ def test_mlflow_fetch_script(helm: Path, tmp_path: Path, artifact_path: str) -> 
     assert (models / "MLmodel").exists() == (artifact_path == "")  # outside artifactPath: dropped
 
 
-def test_pvc_copy_fetch_script(rendered: dict[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+@pytest.mark.parametrize("exported", ["vllm", "hf"])
+def test_pvc_copy_fetch_script(rendered: dict[str, list[dict[str, Any]]], tmp_path: Path, exported: str) -> None:
+    """The cpu scenario (model.engine vllm) takes a repository exported with serve.engine=vllm (its tensorrt_llm step
+    carries the vLLM execution environment) and refuses an hf export in one line naming both engines."""
     (init,) = pod(rendered["cpu"])["initContainers"]
     _repository(tmp_path / "source")
+    if exported == "vllm":
+        (tmp_path / "source" / "tensorrt_llm").mkdir()
+        (tmp_path / "source" / "tensorrt_llm" / VLLM_ENV_FILE).write_bytes(b"")
     (tmp_path / "bin").mkdir()
     done = _run_fetch(init, tmp_path, {})
+    if exported == "hf":
+        assert done.returncode == 1
+        assert done.stderr.strip().splitlines() == [
+            "error: the model repository from pvc tuna-data/data/mini/serve/tuna/model_repository was exported with "
+            "serve.engine=hf but model.engine is vllm; deploy an export for vllm or set model.engine=hf (vllm needs the "
+            "serving-vllm image)"]
+        return
     assert done.returncode == 0, done.stderr
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["retrieval", "tuna"]
-    assert "model repository ready: retrieval tuna" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["retrieval", "tensorrt_llm", "tuna"]
+    assert "model repository ready: retrieval tensorrt_llm tuna" in done.stdout
+
+
+def test_the_cpu_scenario_runs_the_serving_vllm_image_with_its_engine(rendered: dict[str, list[dict[str, Any]]],
+                                                                      helm: Path, tmp_path: Path) -> None:
+    """ci/cpu-values.yaml: the CPU serving image with vLLM (the Makefile's image-vllm) and model.engine vllm, checked by
+    the fetch step; the defaults stay on the plain serving image and hf; a vllm export under engine hf is refused."""
+    makefile = (REPO / "Makefile").read_text()
+    assert f"VLLM_SERVING_IMAGE ?= {VLLM_SERVING_IMAGE}\n" in makefile
+    assert triton(rendered["cpu"])["image"] == VLLM_SERVING_IMAGE
+    (init,) = pod(rendered["cpu"])["initContainers"]
+    assert env(init)["ENGINE"]["value"] == "vllm" and env(init)["VERIFY"]["value"] == "true"
+    assert {v["name"]: v for v in pod(rendered["cpu"])["volumes"]}["dshm"]["emptyDir"]["sizeLimit"] == "1Gi"
+    assert triton(rendered["cpu"])["resources"] == {"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "6Gi"}}
+    assert triton(rendered["defaults"])["image"] == "ghcr.io/tuna-platform/tuna-serving:0.1.0"
+    assert env(pod(rendered["defaults"])["initContainers"][0])["ENGINE"]["value"] == "hf"
+    assert "at '/model/engine': value must be one of 'hf', 'vllm'" in refusal(helm, "--set", "model.engine=trtllm")
+    (hf_init,) = pod(template(helm, "-f", str(CHART / "ci" / "cpu-values.yaml"), "--set", "model.engine=hf"))["initContainers"]
+    _repository(tmp_path / "source")
+    (tmp_path / "source" / "tensorrt_llm").mkdir()
+    (tmp_path / "source" / "tensorrt_llm" / VLLM_ENV_FILE).write_bytes(b"")
+    (tmp_path / "bin").mkdir()
+    done = _run_fetch(hf_init, tmp_path, {})
+    assert done.returncode == 1 and "exported with serve.engine=vllm but model.engine is hf" in done.stderr, done.stderr
 
 
 # ---------------------------------------------------------------------------------------------- documentation

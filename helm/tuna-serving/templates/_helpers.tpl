@@ -147,12 +147,20 @@ Render-time checks that the schema cannot express (they depend on two keys at on
   value: {{ .Values.model.name | quote }}
 - name: VERIFY
   value: {{ .Values.modelRepository.verify | quote }}
+- name: ENGINE
+  value: {{ .Values.model.engine | quote }}
 {{- end }}
 
-{{/* Shell lines ending every fetch script: the ensemble's config.pbtxt must be there ($src names the source). */}}
+{{/* Shell lines ending every fetch script: the ensemble's config.pbtxt must be there ($src names the source), and the
+repository's LLM engine must be model.engine (an export with serve.engine=vllm carries tensorrt_llm/vllm_env.tar.gz). */}}
 {{- define "tuna-serving.verifyScript" -}}
 if [ "${VERIFY}" = "true" ] && [ ! -f "/models/${MODEL_NAME}/config.pbtxt" ]; then
   echo "error: the model repository from ${src} has no ${MODEL_NAME}/config.pbtxt (model.name); it holds: $(ls -A /models | tr '\n' ' ')" >&2
+  exit 1
+fi
+exported=hf; [ ! -f /models/tensorrt_llm/vllm_env.tar.gz ] || exported=vllm
+if [ "${VERIFY}" = "true" ] && { [ "${exported}" = vllm ] || [ "${ENGINE}" = vllm ]; } && [ "${exported}" != "${ENGINE}" ]; then
+  echo "error: the model repository from ${src} was exported with serve.engine=${exported} but model.engine is ${ENGINE}; deploy an export for ${ENGINE} or set model.engine=${exported} (vllm needs the serving-vllm image)" >&2
   exit 1
 fi
 echo "model repository ready: $(ls /models | tr '\n' ' ')"

@@ -12,7 +12,8 @@ here by a URI:
 ``s3://<bucket>/<prefix>``   ``modelRepository.source=s3``: ``aws s3 sync`` of that prefix
 ==========================  ================================================================================
 
-The rest of the values come from the recipe: the serving image (``cluster.serving_image``), the Milvus URI and token
+The rest of the values come from the recipe: the serving image (``cluster.serving_image``; with serve.engine=vllm the
+serving-vllm image, which holds the vLLM venv) and the LLM engine (``serve.engine`` -> ``model.engine``), the Milvus URI and token
 Secret (``index.uri``, ``cluster.milvus_secret`` / ``index.token_env``), the default datastore
 (``serve.datastore``) and the MLflow / S3 credential Secrets. ``values_files`` (``-f``) come first, so the
 ``--set`` values computed here win. :func:`helm_upgrade_command` is pure (tested offline by rendering the chart
@@ -92,11 +93,15 @@ HELM_DRIVER = "configmap"
 
 
 def helm_values(cfg: Recipe, repository_uri: str) -> list[tuple[str, Any]]:
-    """Every value the deploy sets, in order: image, Milvus, datastore, model repository."""
+    """Every value the deploy sets, in order: image, LLM engine, Milvus, datastore, model repository."""
     if not cfg.index.uri:
         raise DeployError("index.uri is null (Milvus Lite folders on this machine): the served retrieval step on "
                           "Kubernetes needs a Milvus server; set index.uri=http://<milvus service>:19530")
+    gpu = cfg.cluster.gpus_per_node > 0
     return [*_image(cfg.cluster.serving_image),
+            # the CPU repository's LLM step runs serve.engine (the chart's fetch step checks it); a GPU recipe serves the
+            # TensorRT-LLM repository, which is neither: the chart's default (no vLLM environment expected) stays
+            *([] if gpu else [("model.engine", cfg.serve.engine)]),
             ("milvus.uri", cfg.index.uri),
             ("milvus.tokenSecret.name", cfg.cluster.milvus_secret or ""),
             ("milvus.tokenSecret.key", cfg.index.token_env),
@@ -104,7 +109,7 @@ def helm_values(cfg: Recipe, repository_uri: str) -> list[tuple[str, Any]]:
             # manifests/ creates the serving ServiceAccount; the pipeline's Role may not create one
             ("serviceAccount.create", False), ("serviceAccount.name", SERVICE_ACCOUNT),
             # a GPU recipe serves the TensorRT-LLM repository: one engine (tensor_parallel_size 1) = one GPU per pod
-            *([("gpu.count", 1)] if cfg.cluster.gpus_per_node > 0 else []),
+            *([("gpu.count", 1)] if gpu else []),
             *repository_values(cfg, repository_uri)]
 
 

@@ -198,10 +198,14 @@ VLLM_ACTIVATE = """# Written by `tuna export` (serve.engine=vllm). Triton's pyth
 # the stub of the LLM step: the stub's Python becomes the vLLM venv's ($TUNA_VLLM_VENV: `make vllm-env`, or the
 # serving image's venv), so vllm and its numpy 2 never meet the project venv of the other steps (PYTHONPATH is
 # dropped: vLLM's engine-core process is a plain Python of that venv). Nothing here names a path of the export machine.
+# Without the venv the stub still starts (a failed `source` leaves Triton waiting for a stub that never comes: the
+# load hung, measured) and refuses to load with TUNA_VLLM_ERROR, so tritonserver exits with this one line.
 if [ -z "${TUNA_VLLM_VENV:-}" ] || [ ! -x "${TUNA_VLLM_VENV}/bin/python" ]; then
-  echo "tuna: the LLM step runs on vLLM (serve.engine=vllm) but TUNA_VLLM_VENV='${TUNA_VLLM_VENV:-}' is not a venv;" \\
-    "run make vllm-env and set TUNA_VLLM_VENV" >&2
-  return 1
+  export TUNA_VLLM_ERROR="the LLM step runs on vLLM (serve.engine=vllm) but TUNA_VLLM_VENV='${TUNA_VLLM_VENV:-}' is not a\\
+ venv; on a host run make vllm-env and set TUNA_VLLM_VENV; in a container run the serving-vllm image (tuna image\\
+ --target serving-vllm with serve.engine=vllm)"
+  echo "tuna: ${TUNA_VLLM_ERROR}" >&2
+  return 0
 fi
 export VIRTUAL_ENV="${TUNA_VLLM_VENV}"
 export PATH="${TUNA_VLLM_VENV}/bin:${PATH}"

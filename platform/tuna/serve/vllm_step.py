@@ -27,6 +27,7 @@ once; the step restarts the engine itself.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import traceback
@@ -69,6 +70,10 @@ class VllmLLMModel:
         import locale
 
         from tuna.serve.ensemble import read_serving
+
+        problem = os.environ.get("TUNA_VLLM_ERROR")   # set by the step's vllm_env.tar.gz when there is no vLLM venv
+        if problem:
+            raise TunaError(problem)
 
         # The stub's embedded Python never sets the C locale from the environment, so text files open as ASCII and
         # torch (imported by vllm) fails reading its UTF-8 templates: use UTF-8 as a normal interpreter would.
