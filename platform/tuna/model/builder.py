@@ -40,7 +40,8 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
-def _load(kind: str, source: str | os.PathLike, loader: Any, dtype: torch.dtype | None) -> PreTrainedModel:
+def load_pretrained(kind: str, source: str | os.PathLike, loader: Any, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """``loader.from_pretrained(source)``; a checkpoint that cannot be loaded is one ModelLoadError line naming ``kind``."""
     src = os.fspath(source)
     try:
         return loader.from_pretrained(src, **({"dtype": dtype} if dtype is not None else {}))
@@ -70,9 +71,9 @@ def build_tuna(
     (e.g. ``tag_encoder_heads``, ``tag_weight_norm``). ``dtype`` applies to checkpoints loaded by path.
     """
     if not isinstance(clip, CLIPModel):
-        clip = _load("CLIP encoder", clip, CLIPModel, dtype)
+        clip = load_pretrained("CLIP encoder", clip, CLIPModel, dtype)
     if not isinstance(language_model, PreTrainedModel):
-        language_model = _load("language model", language_model, AutoModelForCausalLM, dtype)
+        language_model = load_pretrained("language model", language_model, AutoModelForCausalLM, dtype)
     if language_model.get_output_embeddings() is None:
         raise ModelLoadError(f"{type(language_model).__name__} has no LM head; pass a causal LM "
                              f"(AutoModelForCausalLM), not a bare backbone")
@@ -178,4 +179,4 @@ def to_llava(model: TunaForConditionalGeneration, add_image_token: bool = False)
     return llava.train(model.training)
 
 
-__all__ = ["STAGE_GROUPS", "ModelLoadError", "build_tuna", "set_trainable", "stage_parameters", "to_llava"]
+__all__ = ["STAGE_GROUPS", "ModelLoadError", "build_tuna", "load_pretrained", "set_trainable", "stage_parameters", "to_llava"]

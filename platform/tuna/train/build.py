@@ -33,8 +33,9 @@ def load_tokenizer(source: str) -> Any:
     return pad_with_unk(tok)
 
 
-def build_model(cfg: Recipe, variant: str, stage: int) -> tuple[Any, Any]:
-    """(model, LM tokenizer) at the start of ``stage``: freshly composed for stage 1, stage 1's output for 2."""
+def build_model(cfg: Recipe, variant: str, stage: int, language_model: Any = None) -> tuple[Any, Any]:
+    """(model, LM tokenizer) at the start of ``stage``: freshly composed for stage 1 (around ``language_model`` when
+    given, an LM already loaded from ``lm_source``), stage 1's output for 2."""
     from tuna.model import TunaForConditionalGeneration, build_tuna
     from tuna.retrieval.clip import encoder_path
 
@@ -46,7 +47,7 @@ def build_model(cfg: Recipe, variant: str, stage: int) -> tuple[Any, Any]:
         return model, load_tokenizer(cfg.model.llava)
     if stage == 1:
         lm = lm_source(cfg)
-        model = build_tuna(encoder_path(cfg), lm, max_tag_tokens=8, **settings)
+        model = build_tuna(encoder_path(cfg), lm if language_model is None else language_model, max_tag_tokens=8, **settings)
         return model, load_tokenizer(lm)
     prev = layout(cfg).model(variant, 1)
     if not (prev / "config.json").is_file():

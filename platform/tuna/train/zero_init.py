@@ -25,7 +25,7 @@ from typing import Any
 
 from tuna.errors import TrainError
 from tuna.recipe import Recipe
-from tuna.train.build import build_model, lm_source, load_tokenizer, local_rank_zero_first
+from tuna.train.build import build_model, lm_source, local_rank_zero_first
 
 ZERO_CKPT_FILES = ("latest", "zero_to_fp32.py")   # what `engine.save_checkpoint` leaves in a DeepSpeed checkpoint folder
 
@@ -143,18 +143,11 @@ def build_partitioned(cfg: Recipe, variant: str, stage: int, local_rank: int,
     # partitions them (a stock CLIP checkpoint holds a 0-d logit_scale, which partitioned construction cannot take).
     from transformers import AutoModelForCausalLM
 
-    from tuna.model import build_tuna
-    from tuna.model.builder import ModelLoadError
-    from tuna.variants import variant_model
+    from tuna.model.builder import load_pretrained
 
     with partitioned_init(ds):
-        try:
-            lm_model = AutoModelForCausalLM.from_pretrained(sources["model.language_model"])
-        except (OSError, ValueError, KeyError) as err:
-            raise ModelLoadError(f"cannot load the language model from {sources['model.language_model']!r} "
-                                 f"({type(err).__name__}); point model.language_model at a save_pretrained folder") from None
-    model = build_tuna(sources["model.vision_tower"], lm_model, max_tag_tokens=8, **variant_model(cfg, variant))
-    return model, load_tokenizer(sources["model.language_model"]), held(model)
-
+        lm_model = load_pretrained("language model", sources["model.language_model"], AutoModelForCausalLM)
+    model, tokenizer = build_model(cfg, variant, stage, language_model=lm_model)
+    return model, tokenizer, held(model)
 
 __all__ = ["build_partitioned", "check_partitionable", "checkpoint_sources", "held", "partitioned_init", "prefetch"]
