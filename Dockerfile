@@ -12,6 +12,7 @@
 #   make base-image && make image          # here: a debootstrap'ed Debian base, CPU torch, tags from the recipe
 #   docker build --network host --build-arg BASE_IMAGE=<registry>/python:3.11-slim-bookworm \
 #       --build-arg TORCH_VARIANT=cu128 --target project -t <registry>/tuna:0.1.0-cu128 .     # CUDA, on a cluster
+#   make image-cuda                        # CUDA 13.0 torch from PyPI (TORCH_VARIANT=cu130, TORCH_INDEX_URL=PyPI)
 #
 # BASE_IMAGE: any Debian/Ubuntu image with Python 3.11 (the pinned python image below by default, `tuna-base:bookworm`
 # from `make base-image` here). docker/ensure-python.sh checks it first and, on Debian bookworm, installs what it
@@ -62,7 +63,9 @@ RUN python3.11 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 RUN python /tmp/docker/check-index.py && \
     pip install -q --upgrade "pip>=24"
-# torch: a wheel in docker/wheels/ for this version and variant, else PyTorch's index for the variant.
+# torch: a wheel in docker/wheels/ for this version and variant, else TORCH_INDEX_URL (PyTorch's index for the variant;
+# https://pypi.org/simple for the one CUDA build PyPI has, cu130 for torch 2.13.0, with its nvidia-*/cuda-toolkit
+# wheels). The build then checks the CUDA torch was built for against the variant (cpu: none, cuXYZ: XY.Z) and prints it.
 RUN set -eu; \
     if ls /tmp/wheels/torch-${TORCH_VERSION}+${TORCH_VARIANT}-cp311-*.whl >/dev/null 2>&1; then \
         pip install -q --find-links /tmp/wheels "torch==${TORCH_VERSION}+${TORCH_VARIANT}"; \
@@ -71,8 +74,9 @@ RUN set -eu; \
         || { echo "error: torch==${TORCH_VERSION} (${TORCH_VARIANT}) is not reachable at ${TORCH_INDEX_URL}; put its wheel in docker/wheels/ or pass --build-arg TORCH_INDEX_URL=<mirror>" >&2; exit 1; }; \
     fi; \
     python -c "import sys, torch; cuda = torch.version.cuda; want = '${TORCH_VARIANT}'; \
-ok = (cuda is None) if want == 'cpu' else (cuda is not None); \
-sys.exit(0 if ok else f'error: TORCH_VARIANT={want} but torch {torch.__version__} has CUDA {cuda}')"
+need = None if want == 'cpu' else f'{int(want[2:-1])}.{want[-1]}'; \
+print(f'torch {torch.__version__}, CUDA {cuda}, from ${TORCH_INDEX_URL}'); \
+sys.exit(0 if cuda == need else f'error: TORCH_VARIANT={want} needs CUDA {need} but torch {torch.__version__} has CUDA {cuda}')"
 # mpi4py (DeepSpeed's rank discovery under mpirun) compiles one huge C file: at gcc's default -O2 it took > 15 GB of
 # memory; -O0 keeps it near 1 GB and MPI discovery does not need speed.
 ARG MPI4PY_CFLAGS=-O0
@@ -101,9 +105,12 @@ RUN set -eu; \
 # ---------------------------------------------------------------------------------------------- serving
 FROM ${BASE_IMAGE} AS serving
 ARG VERSION=0.1.0
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_VARIANT=cpu
 LABEL org.opencontainers.image.title="tuna-serving" \
       org.opencontainers.image.version="${VERSION}" \
       tuna.engines="hf" \
+      tuna.torch="${TORCH_VERSION}+${TORCH_VARIANT}" \
       org.opencontainers.image.source="https://github.com/tuna-platform/tuna" \
       org.opencontainers.image.licenses="Apache-2.0"
 

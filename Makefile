@@ -20,10 +20,14 @@ DOCKERD_NICE ?= nice -n 19 ionice -c3
 BUILD_MEMORY ?= 8g
 # The CPU serving image with vLLM (Dockerfile target serving-vllm): what helm/tuna-serving/ci/cpu-values.yaml runs.
 VLLM_SERVING_IMAGE ?= ghcr.io/tuna-platform/tuna-serving:0.1.0-vllm
+# The CUDA project image (what the GPU recipe's TrainJob pods run) with PyPI's torch, the CUDA 13.0 build (cu130),
+# built from the GPU recipe; download.pytorch.org (the other variants' index) is not needed.
+CUDA_CONFIG ?= configs/llava7b.yaml
+CUDA_IMAGE ?= ghcr.io/tuna-platform/tuna:0.1.0-cu130
 # pip on our machines prints one warning per missing local index folder; keep the log readable.
 QUIET_PIP := sed "/is ignored: it is neither a file nor a directory/d"
 
-.PHONY: install run test test-milvus lint constraints world clean-venv vllm-env vllm-constraints docker-up docker-down base-image image image-vllm test-containers
+.PHONY: install run test test-milvus lint constraints world clean-venv vllm-env vllm-constraints docker-up docker-down base-image image image-vllm image-cuda test-containers
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -116,7 +120,8 @@ base-image: docker-up
 		echo "base image $(BASE_IMAGE) imported"; fi
 
 # image: the serving and project images, named by the recipe's cluster.serving_image / cluster.image
-# (override: make image CONFIG=... or tuna image cluster.image=<ref>); a CUDA build: TORCH_VARIANT=cu128.
+# (override: make image CONFIG=... or tuna image cluster.image=<ref>); a CUDA build: TORCH_VARIANT=cu128 (PyTorch's
+# index) or make image-cuda (PyPI).
 # The serving image's target follows the recipe's serve.engine: serving (hf) or serving-vllm (vllm).
 image: $(STAMP)
 	nice -n 19 $(BIN)/tuna image --config $(CONFIG) --base-image $(BASE_IMAGE) --torch-variant $(TORCH_VARIANT) --memory $(BUILD_MEMORY)
@@ -126,6 +131,12 @@ image: $(STAMP)
 image-vllm: $(STAMP)
 	nice -n 19 $(BIN)/tuna image --config $(CONFIG) --target serving-vllm --base-image $(BASE_IMAGE) --memory $(BUILD_MEMORY) \
 		serve.engine=vllm cluster.serving_image=$(VLLM_SERVING_IMAGE)
+
+# image-cuda: only the CUDA project image, $(CUDA_IMAGE) (7.5 GB, CPU project image 3.5 GB: torch's CUDA 13.0 wheels from
+# PyPI; first build 402 s here); not built by test-containers: tests/containers/test_cuda_image.py skips in one line without it.
+image-cuda: $(STAMP)
+	nice -n 19 $(BIN)/tuna image --config $(CUDA_CONFIG) --target project --base-image $(BASE_IMAGE) --memory $(BUILD_MEMORY) \
+		--torch-variant cu130 --torch-index-url https://pypi.org/simple cluster.image=$(CUDA_IMAGE)
 
 # test-containers: engine up, base once, images (the smoke recipe's serving and project images, and the serving-vllm
 # image; cached layers after the first build), the containers suite, engine down again (only if this target started

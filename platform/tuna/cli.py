@@ -313,17 +313,20 @@ def cmd_image(args: argparse.Namespace) -> int:
         return 0
     targets = None if args.target == "all" else (args.target,)
     build_images(cfg, args.base_image, args.torch_variant, targets=targets, log_dir=Path(args.log_dir) if args.log_dir else None,
-                 memory=args.memory, index_url=args.index_url)
+                 memory=args.memory, index_url=args.index_url, torch_index_url=args.torch_index_url)
     return 0
 
 
 def _image_args(p: argparse.ArgumentParser) -> None:
-    from tuna.images import TARGETS, TORCH_VARIANTS
+    from tuna.images import PYPI_INDEX, PYPI_TORCH_VARIANT, TARGETS, TORCH_VARIANTS
 
     p.add_argument("--base-image", default=None, metavar="REF",
                    help="base image: Debian/Ubuntu with Python 3.11 (default: the Dockerfile's pinned python image; "
                         "here: tuna-base:bookworm from `make base-image`)")
     p.add_argument("--torch-variant", default="cpu", choices=TORCH_VARIANTS, help="torch build: cpu (default) or a CUDA index (cluster images)")
+    p.add_argument("--torch-index-url", default=None, metavar="URL",
+                   help=f"where torch comes from (default: PyTorch's index for the variant; {PYPI_INDEX} for "
+                        f"{', '.join(sorted(set(PYPI_TORCH_VARIANT.values())))}, the CUDA build PyPI has)")
     p.add_argument("--target", default="all", choices=[*TARGETS, "all"],
                    help="which image (default: all = the serving image of serve.engine, serving or serving-vllm, and project)")
     p.add_argument("--log-dir", default=None, metavar="DIR", help="where each build's full output goes (default: <run.data_dir>/images)")

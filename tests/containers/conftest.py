@@ -22,9 +22,12 @@ def engine() -> str:
         pytest.skip(str(err))
 
 
-def _image(ref: str) -> str:
+CUDA_IMAGE = os.environ.get("TUNA_CUDA_IMAGE") or "ghcr.io/tuna-platform/tuna:0.1.0-cu130"  # the Makefile's CUDA_IMAGE
+
+
+def _image(ref: str, build: str = "`make image` (make test-containers does)") -> str:
     if not image_exists(ref):
-        pytest.skip(f"no image {ref} in the Docker engine; build it with `make image` (make test-containers does)")
+        pytest.skip(f"no image {ref} in the Docker engine; build it with {build}")
     return ref
 
 
@@ -44,3 +47,9 @@ def base(engine: str) -> str:
     if not image_exists(ref):
         pytest.skip(f"no base image {ref} in the Docker engine; build it with `make base-image`")
     return ref
+
+
+@pytest.fixture(scope="session")
+def cuda_image(engine: str) -> str:
+    """The CUDA project image (TUNA_CUDA_IMAGE=<ref> for another tag); ~7.5 GB, so make test-containers leaves it out."""
+    return _image(CUDA_IMAGE, "`make image-cuda` (make test-containers does not)")
