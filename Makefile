@@ -134,9 +134,10 @@ image-vllm: $(STAMP)
 
 # image-cuda: only the CUDA project image, $(CUDA_IMAGE) (7.5 GB, CPU project image 3.5 GB: torch's CUDA 13.0 wheels from
 # PyPI; first build 402 s here); not built by test-containers: tests/containers/test_cuda_image.py skips in one line without it.
+# Build logs: data/images-cuda/ (the recipe's run.data_dir is the cluster's PVC path).
 image-cuda: $(STAMP)
 	nice -n 19 $(BIN)/tuna image --config $(CUDA_CONFIG) --target project --base-image $(BASE_IMAGE) --memory $(BUILD_MEMORY) \
-		--torch-variant cu130 --torch-index-url https://pypi.org/simple cluster.image=$(CUDA_IMAGE)
+		--torch-variant cu130 --torch-index-url https://pypi.org/simple --log-dir data/images-cuda cluster.image=$(CUDA_IMAGE)
 
 # test-containers: engine up, base once, images (the smoke recipe's serving and project images, and the serving-vllm
 # image; cached layers after the first build), the containers suite, engine down again (only if this target started
