@@ -295,6 +295,7 @@ class LMConfig:
     epochs: int = 3                 # passes over the packed corpus
     text_repeats: int = 2           # copies of the text corpus per epoch (captions and answers appear once)
     reading_docs_per_class: int = 0  # retrieval-reading documents per class (tags then a question; 0 = none)
+    scene_docs_per_class: int = 0   # scene-membership documents per class (objects named, then "Is there a X?" turns; 0 = none)
     batch_size: int = 4             # blocks per optimizer step (small: many steps learn the class facts)
     lr: float = 5e-3                # AdamW peak learning rate (linear warmup, then cosine decay to 0)
     weight_decay: float = 0.05      # AdamW weight decay on matrices (not norms or embeddings)
@@ -309,6 +310,8 @@ class LMConfig:
             _require(v >= 1, name, f"must be >= 1, got {v}")
         _require(0 <= self.reading_docs_per_class <= 10_000, "reading_docs_per_class",
                  f"must be in 0..10000, got {self.reading_docs_per_class}")
+        _require(0 <= self.scene_docs_per_class <= 10_000, "scene_docs_per_class",
+                 f"must be in 0..10000, got {self.scene_docs_per_class}")
         _require(260 <= self.vocab_size <= 1_000_000, "vocab_size",
                  f"must be in 260..1000000 (256 bytes + 4 special tokens at least), got {self.vocab_size}")
         _require(self.hidden_size % self.heads == 0, "heads",

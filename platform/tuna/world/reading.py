@@ -100,4 +100,47 @@ def _existence(cls: dict[str, Any], siblings: list[dict[str, Any]], classes: lis
     return ReadingSample(tags, f"{phrasing.format(a=article(asked), n=asked)}\n{SHORT_ANSWER}", answer, cls["name"], asked)
 
 
-__all__ = ["ReadingSample", "reading_samples"]
+@dataclass(frozen=True)
+class SceneSample:
+    scene: str                       # a one-line scene description naming 1..4 objects (as alignment captions do)
+    turns: list[tuple[str, str]]     # existence questions about it with "Yes"/"No" answers
+
+
+def scene_samples(taxonomy: dict[str, Any], per_class: int, seed: int, per_doc: int = 3) -> list[SceneSample]:
+    """``per_class`` x (number of classes) scene texts, each naming 1..4 objects of any class of ``taxonomy``
+    (with an attribute now and then), followed by ``per_doc`` "Yes" questions about named objects and as many
+    "No" questions about unnamed ones (a look-alike sibling of a named object every other time, else any class).
+
+    The list-membership skill a real LLM brings ("is X among the things described?"), written as text only:
+    no image, nothing from the eval splits. LM pre-training reads them (``lm.scene_docs_per_class``)."""
+    if per_class < 0 or per_doc < 1:
+        raise ValueError(f"per_class must be >= 0 and per_doc >= 1, got per_class={per_class}, per_doc={per_doc}")
+    rng = np.random.default_rng(seed + 7919)
+    classes = [c for dom in sorted(taxonomy) for c in taxonomy[dom].get("classes", [])]
+    out = []
+    for _ in range(per_class * len(classes)):
+        size = min(int(rng.integers(1, 5)), len(classes) - 1)
+        picked = [classes[int(i)] for i in rng.choice(len(classes), size=size, replace=False)]
+        words = [_tag(c, rng) for c in picked]
+        parts = [f"{article(w)} {w}" for w in words]
+        scene = (parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + f" and {parts[-1]}") + "."
+        scene = scene[0].upper() + scene[1:]
+        named = {c["name"] for c in picked}
+        yes = [picked[int(i)]["name"] for i in rng.permutation(len(picked))][:min(per_doc, len(classes) - len(picked))]
+        no: list[str] = []
+        for k in range(len(yes)):
+            sibs = [c["name"] for c in classes if c["coarse"] in {p["coarse"] for p in picked} and c["name"] not in named]
+            sibs = [n for n in sibs if n not in no]
+            pool = sibs if k % 2 and sibs else [c["name"] for c in classes if c["name"] not in named and c["name"] not in no]
+            no.append(pool[int(rng.integers(len(pool)))])
+        asked = [(n, "Yes") for n in yes] + [(n, "No") for n in no]
+        turns = []
+        for j in rng.permutation(len(asked)):
+            n, a = asked[int(j)]
+            phrasing = EXISTENCE_PHRASINGS[int(rng.integers(len(EXISTENCE_PHRASINGS)))]
+            turns.append((f"{phrasing.format(a=article(n), n=n)}\n{SHORT_ANSWER}", a))
+        out.append(SceneSample(scene, turns))
+    return out
+
+
+__all__ = ["ReadingSample", "SceneSample", "reading_samples", "scene_samples"]

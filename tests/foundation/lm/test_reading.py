@@ -105,3 +105,53 @@ def test_attrseek_samples_describe_the_tags_class_then_name_it() -> None:
         assert (r.question, r.follow_up[0]) == attrseek_prompts(c["superordinate"])
         assert r.answer == f"Attributes: an oval shape, a {c['pattern']} pattern, a central dot, {c['accent']} accents."
         assert r.follow_up[1] == f"Answer: {r.name}"
+
+
+# ------------------------------------------------------------------ scene-membership documents (lm.scene_docs_per_class)
+
+SCENE_TURN = re.compile(r"(?:USER: (?P<scene>[^\n]+)\n)?(?P<question>.+?)\nAnswer the question using a single word or phrase\. "
+                        r"ASSISTANT: (?P<answer>Yes|No)")
+
+
+def _scene_doc(doc: str) -> tuple[set[str], list[tuple[str, str]]]:
+    assert doc.startswith("USER: "), doc
+    turns = [(m["scene"], m["question"], m["answer"]) for m in SCENE_TURN.finditer(doc)]
+    scene = turns[0][0]
+    named = {n for n in NAMES if re.search(rf"\b{n}\b", scene)}
+    asked = [(next(n for n in NAMES if re.search(rf"\b{n}\b", q)), a) for _, q, a in turns]
+    return named, asked
+
+
+def test_scene_documents_answer_yes_exactly_for_the_objects_the_scene_names() -> None:
+    from tuna.foundation.lm.pretrain import scene_documents
+
+    docs = scene_documents(TAXONOMY, per_class=20, seed=0)
+    assert len(docs) == 20 * len(NAMES)
+    yes = no = 0
+    for doc in docs:
+        named, asked = _scene_doc(doc)
+        assert 1 <= len(named) <= 4
+        assert len(asked) == 2 * len({n for n, a in asked if a == "Yes"})       # as many "No" turns as "Yes" turns
+        for name, answer in asked:
+            assert (answer == "Yes") == (name in named), doc
+        yes += sum(a == "Yes" for _, a in asked)
+        no += sum(a == "No" for _, a in asked)
+    assert yes == no
+    assert scene_documents(TAXONOMY, per_class=20, seed=0) == docs
+    assert scene_documents(TAXONOMY, per_class=0, seed=0) == []
+
+
+def test_scene_documents_ask_look_alike_siblings_among_the_absent_ones() -> None:
+    from tuna.foundation.lm.pretrain import scene_documents
+
+    coarse = {c["name"]: c["coarse"] for d in TAXONOMY.values() for c in d["classes"]}
+    sibling_no = other_no = 0
+    for doc in scene_documents(TAXONOMY, per_class=30, seed=1):
+        named, asked = _scene_doc(doc)
+        for name, answer in asked:
+            if answer == "No":
+                if coarse[name] in {coarse[n] for n in named}:
+                    sibling_no += 1
+                else:
+                    other_no += 1
+    assert sibling_no > 0.25 * (sibling_no + other_no) and other_no > 0

@@ -225,6 +225,7 @@ def train_lm(cfg: Recipe, progress: bool = True, log: Callable[[str], None] = pr
         corpus = pretrain.load_corpus(_corpus_paths(cfg), lm.val_fraction, cfg.run.seed)
         tokenizer = train_tokenizer(corpus.tokenizer_texts(), lm.vocab_size, lm.max_length)
         reading = pretrain.reading_documents(taxonomy, lm.reading_docs_per_class, cfg.run.seed, cfg.model.num_tags)
+        reading += pretrain.scene_documents(taxonomy, lm.scene_docs_per_class, cfg.run.seed)
         docs = pretrain.encode_documents(tokenizer, corpus.documents(lm.text_repeats) + reading)
         torch.manual_seed(cfg.run.seed)
         model = pretrain.build_model(lm, tokenizer)

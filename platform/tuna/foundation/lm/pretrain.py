@@ -36,7 +36,7 @@ from tuna.formats import iter_text, load_llava
 from tuna.recipe import LMConfig
 from tuna.schedule import warmup_cosine
 from tuna.world.language import article
-from tuna.world.reading import reading_samples
+from tuna.world.reading import reading_samples, scene_samples
 
 CORPUS_SOURCES = ("text", "alignment", "instruction")  # the recipe's data: sources the LM reads (never an eval set)
 CORPUS_FILES = ("text/corpus.jsonl", "alignment/pretrain.json", "instruction/instruct.json")  # their names in the hash
@@ -104,6 +104,16 @@ def reading_documents(taxonomy: dict[str, Any], per_class: int, seed: int, k: in
     instruction tuning, as pre-training text: ``USER: {tags}\n{question} ASSISTANT: {answer}``."""
     return [f"USER: {' '.join(r.tags)}\n{r.question} ASSISTANT: {r.answer}"
             for r in reading_samples(taxonomy, per_class, seed, k)]
+
+
+def scene_documents(taxonomy: dict[str, Any], per_class: int, seed: int) -> list[str]:
+    """Scene-membership documents (:func:`tuna.world.reading.scene_samples`) in the chat layout of instruction
+    tuning: ``USER: {scene}\n{question} ASSISTANT: {answer} USER: {question} ASSISTANT: {answer} ...``."""
+    docs = []
+    for s in scene_samples(taxonomy, per_class, seed):
+        (q0, a0), rest = s.turns[0], s.turns[1:]
+        docs.append(f"USER: {s.scene}\n{q0} ASSISTANT: {a0}" + "".join(f" USER: {q} ASSISTANT: {a}" for q, a in rest))
+    return docs
 
 
 def build_model(lm: LMConfig, tokenizer: Any) -> LlamaForCausalLM:
