@@ -1,0 +1,272 @@
+"""Where does existence (POPE) get lost? Two fast checks on a recipe's world, validation splits only (issue 13).
+
+  zero-shot   the CLIP alone: "yes" iff the asked class is among the image's top-k classes by image-text cosine
+              (prompts "a photo of a X."), on the POPE validation splits: how much existence the encoder's own
+              embedding holds, with no training on top.
+  train       stage 1 + stage 2 of a variant in ONE process on cached CLIP features (the vision tower is frozen in
+              both stages, so each image is encoded once; ~10x faster than `tuna train` on 2 cores), then POPE
+              validation accuracy read from the Yes/No logits at the answer position (no generation), every 400
+              stage-2 steps and at the end. ``--oracle`` replaces the visual tokens by the LM's own word embeddings
+              of the objects' names (from instances.json): what the LM + stage 2 reach with perfect vision.
+
+Usage (after `tuna world`, `tuna encoder` and `tuna lm` of the recipe):
+  .venv/bin/python bench/diagnose_existence.py zero-shot --config configs/mini.yaml [--encoder DIR]
+  .venv/bin/python bench/diagnose_existence.py train OUT --config configs/mini.yaml [--oracle] [--skip-stage1] \\
+      [key=value overrides, e.g. model.language_model=/path/lm train.stage2.lm_lr_scale=0.2]
+Prints one JSON line of accuracies (and yes-ratios) per split and negative kind; train also writes OUT/result.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from tuna.recipe import load_recipe
+
+KINDS = ("random", "popular", "adversarial")
+
+
+def pope_rows(world: Path, split: str) -> list[dict[str, Any]]:
+    """The POPE validation questions of ``split`` (id | ood), each with its kind and image path."""
+    folder = world / "val" / "pope" / split
+    rows = []
+    for kind in KINDS:
+        for line in (folder / f"world_pope_{kind}.json").read_text().splitlines():
+            if line.strip():
+                rows.append(dict(json.loads(line), kind=kind, path=folder / "images" / json.loads(line)["image"]))
+    return rows
+
+
+def asked_name(text: str) -> str:
+    return text.split("Is there ", 1)[1].split(" ", 1)[1].split(" in the image")[0]
+
+
+def score(rows: Sequence[dict[str, Any]], says_yes: Sequence[bool], split: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for kind in KINDS:
+        pairs = [(y, r["label"] == "yes") for r, y in zip(rows, says_yes) if r["kind"] == kind]
+        out[f"{split}_{kind}"] = round(sum(y == t for y, t in pairs) / len(pairs), 3)
+        out[f"{split}_{kind}_yes"] = round(sum(y for y, _ in pairs) / len(pairs), 3)
+    out[split] = round(sum(out[f"{split}_{k}"] for k in KINDS) / len(KINDS), 3)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ zero-shot
+
+
+@torch.no_grad()
+def zero_shot(cfg: Any, encoder: Path, ks: Sequence[int] = (2, 3, 4)) -> dict[str, Any]:
+    from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    world = Path(cfg.run.data_dir) / "world"
+    model = CLIPModel.from_pretrained(str(encoder)).eval()
+    proc, tok = AutoImageProcessor.from_pretrained(str(encoder)), AutoTokenizer.from_pretrained(str(encoder))
+    names = [c["name"] for c in json.loads((world / "taxonomy.json").read_text())["A"]["classes"]]
+    t = tok([f"a photo of a {n}." for n in names], padding=True, return_tensors="pt")
+    text = torch.nn.functional.normalize(model.text_projection(model.text_model(**t).pooler_output), dim=-1)
+    out: dict[str, Any] = {}
+    for split in ("id", "ood"):
+        rows = pope_rows(world, split)
+        paths = sorted({r["path"] for r in rows})
+        embs = []
+        for i in range(0, len(paths), 256):
+            pv = proc(images=[Image.open(p).convert("RGB") for p in paths[i:i + 256]], return_tensors="pt")["pixel_values"]
+            embs.append(torch.nn.functional.normalize(model.visual_projection(model.vision_model(pixel_values=pv).pooler_output), dim=-1))
+        sims, at = torch.cat(embs) @ text.T, {p: i for i, p in enumerate(paths)}
+        for k in ks:
+            top = sims.topk(k, dim=1).indices.tolist()
+            says = [names.index(asked_name(r["text"])) in top[at[r["path"]]] for r in rows]
+            out[f"top{k}"] = {**out.get(f"top{k}", {}), **score(rows, says, split)}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ fast training
+
+
+class FeatureCache:
+    """CLIP outputs per image path, computed once; the collator passes (B, 1) cache indices as pixel_values."""
+
+    def __init__(self, model: Any, collate: Any) -> None:
+        self.model, self.collate, self.real = model, collate, model.encode_image
+        self.index: dict[Path, int] = {}
+        self.patches: list[torch.Tensor] = []
+        self.features: list[torch.Tensor] = []
+
+    @torch.no_grad()
+    def add(self, paths: Sequence[Path]) -> None:
+        new = sorted({Path(p) for p in paths if Path(p) not in self.index})
+        for i in range(0, len(new), 256):
+            chunk = new[i:i + 256]
+            patches, feats = self.real(self.collate.pixel_values([Image.open(p).convert("RGB") for p in chunk]))
+            self._put(chunk, patches, feats)
+
+    def _put(self, paths: Sequence[Path], patches: torch.Tensor, feats: torch.Tensor) -> None:
+        for j, p in enumerate(paths):
+            self.index[Path(p)] = len(self.index)
+            self.patches.append(patches[j])
+            self.features.append(feats[j])
+
+    def ids(self, paths: Sequence[Path]) -> torch.Tensor:
+        return torch.tensor([[float(self.index[Path(p)])] for p in paths])
+
+    def encode(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = pixel_values[:, 0].long().tolist()
+        return torch.stack([self.patches[i] for i in idx]), torch.stack([self.features[i] for i in idx])
+
+
+class OracleCache(FeatureCache):
+    """Visual tokens = the LM's word embeddings of the image's object names (zeros past them); the projector is
+    replaced by the identity, so the LM reads exactly its own name embeddings."""
+
+    def __init__(self, model: Any, collate: Any, tokenizer: Any, world: Path, slots: int = 5) -> None:
+        super().__init__(model, collate)
+        self.tokenizer, self.slots = tokenizer, slots
+        self.names: dict[Path, list[str]] = {}
+        for inst in world.rglob("instances.json"):
+            d = json.loads(inst.read_text())
+            cats = {c["id"]: c["name"] for c in d["categories"]}
+            files = {i["id"]: i["file_name"] for i in d["images"]}
+            for a in d["annotations"]:
+                self.names.setdefault(inst.parent / "images" / files[a["image_id"]], []).append(cats[a["category_id"]])
+        model.projector = torch.nn.Identity()
+
+    @torch.no_grad()
+    def add(self, paths: Sequence[Path]) -> None:
+        table = self.model.get_input_embeddings().weight
+        for p in sorted({Path(p) for p in paths if Path(p) not in self.index}):
+            ids = [self.tokenizer.encode(" " + n, add_special_tokens=False)[0] for n in sorted(set(self.names.get(p, [])))]
+            x = torch.zeros(self.slots, table.shape[1])
+            x[:len(ids)] = table[ids[:self.slots]]
+            self._put([p], x[None], torch.zeros(1, 1))
+
+
+def _answer_id(tokenizer: Any, system: str, answer: str) -> int:
+    from tuna.model.processing_tuna import tokenize_conversation
+    from tuna.readers.llava import LlavaRecord
+
+    rec = LlavaRecord("x", Path("x"), [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": answer}])
+    return next(x for x in tokenize_conversation(rec, tokenizer, system)[1] if x != -100)
+
+
+@torch.no_grad()
+def quick_pope(model: Any, cache: FeatureCache, tokenizer: Any, cfg: Any) -> dict[str, float]:
+    """POPE validation accuracy: "yes" iff the Yes logit beats the No logit at the answer position."""
+    from tuna.eval.evaluate import SHORT
+    from tuna.model.processing_tuna import conversation_prompt_ids
+
+    system = cfg.train.system_prompt
+    yes_id, no_id = _answer_id(tokenizer, system, "Yes"), _answer_id(tokenizer, system, "No")
+    world, out = Path(cfg.run.data_dir) / "world", {}
+    model.eval()
+    for split in ("id", "ood"):
+        rows, says = pope_rows(world, split), []
+        cache.add([r["path"] for r in rows])
+        for i in range(0, len(rows), 64):
+            chunk = rows[i:i + 64]
+            ids, mask = cache.collate.pad_left([conversation_prompt_ids(tokenizer, system, [], r["text"] + SHORT) for r in chunk])
+            m = model.prepare_multimodal_inputs(ids, cache.ids([r["path"] for r in chunk]), mask)
+            logits = model.language_model(inputs_embeds=m.inputs_embeds, attention_mask=m.attention_mask,
+                                          position_ids=m.position_ids).logits[:, -1]
+            says += (logits[:, yes_id] > logits[:, no_id]).tolist()
+        out.update(score(rows, says, split))
+    model.train()
+    return out
+
+
+def train_stage(cfg: Any, stage: int, model: Any, cache: FeatureCache, examples: list[Any], params: list[Any],
+                lm_params: list[Any], skip: bool, every: Callable[[int], None]) -> dict[str, Any]:
+    from tuna.train import engine
+
+    sc = cfg.train.stage(stage)
+    cache.add([ex.image for ex in examples])
+    plan = engine.BatchPlan(len(examples), 1, sc.batch_size * cfg.train.ranks, sc.grad_accum, cfg.run.seed)
+    total = 0 if skip else plan.total_steps(sc.epochs, sc.max_steps)
+    groups = engine.StageInputs(model, None, params, examples, {}, None, lm_params).param_groups(sc.lr, sc.lm_lr_scale)
+    opt = torch.optim.AdamW(groups, lr=sc.lr, weight_decay=sc.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, engine.lr_lambda(total, sc.warmup))
+    losses, t0 = [], time.perf_counter()
+    model.train()
+    for step in range(total):
+        chunk = [examples[i] for i in plan.indices(step, 0, 0)]
+        batch = cache.collate.collate([ex.input_ids for ex in chunk], [ex.labels for ex in chunk],
+                                      cache.ids([ex.image for ex in chunk]), [ex.tags for ex in chunk])
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.train.gradient_clipping)
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        if step % 200 == 0 or step == total - 1:
+            print(f"stage {stage} step {step + 1}/{total} loss {sum(losses[-50:]) / len(losses[-50:]):.3f} "
+                  f"{time.perf_counter() - t0:.0f}s", flush=True)
+        if stage == 2 and step and step % 400 == 0:
+            every(step)
+    return {"steps": total, "seconds": round(time.perf_counter() - t0), "last_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4)}
+
+
+def fast_train(cfg: Any, out: Path, variant: str, oracle: bool, skip_stage1: bool) -> dict[str, Any]:
+    from tuna.model import set_trainable
+    from tuna.train import engine
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.run.seed)
+    inp = engine.prepare_stage(cfg, variant, 1, 0, lambda: None, lambda s: None)
+    model, tok = inp.model, inp.tokenizer
+    cache = (OracleCache(model, inp.collate, tok, Path(cfg.run.data_dir) / "world") if oracle
+             else FeatureCache(model, inp.collate))
+    model.encode_image = cache.encode
+    result: dict[str, Any] = {"variant": variant, "oracle": oracle, "seed": cfg.run.seed, "curve": []}
+
+    def every(step: int) -> None:
+        result["curve"].append({"step": step, **quick_pope(model, cache, tok, cfg)})
+        print("  pope", json.dumps(result["curve"][-1]), flush=True)
+
+    result["stage1"] = train_stage(cfg, 1, model, cache, inp.examples, inp.params, inp.lm_params, skip_stage1 or oracle, every)
+    sc2 = cfg.train.stage(2)
+    groups = set_trainable(model, 2, sc2.train_word_embeddings, False)
+    if sc2.lm_lr_scale == 0 and "language_model" in groups:
+        for p in groups.pop("language_model").values():
+            p.requires_grad_(False)
+    examples, _ = engine._examples(cfg, variant, 2, tok, 0, lambda: None, lambda s: None)
+    result["stage2"] = train_stage(cfg, 2, model, cache, examples, [p for g in groups.values() for p in g.values()],
+                                   list(groups.get("language_model", {}).values()), False, every)
+    result["pope_val"] = quick_pope(model, cache, tok, cfg)
+    (out / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("mode", choices=("zero-shot", "train"))
+    ap.add_argument("out", nargs="?", help="train: folder for result.json")
+    ap.add_argument("--config", default="configs/mini.yaml")
+    ap.add_argument("--encoder", help="zero-shot: a CLIP folder (default: the recipe's <data_dir>/encoder)")
+    ap.add_argument("--variant", default="baseline")
+    ap.add_argument("--oracle", action="store_true", help="train: visual tokens = the LM's embeddings of the objects' names")
+    ap.add_argument("--skip-stage1", action="store_true")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("overrides", nargs="*", help="recipe overrides key=value")
+    args = ap.parse_intermixed_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = load_recipe(args.config, args.overrides)
+    if args.mode == "zero-shot":
+        res = zero_shot(cfg, Path(args.encoder or Path(cfg.run.data_dir) / "encoder"))
+        print(json.dumps(res))
+        return 0
+    if not args.out:
+        ap.error("train needs OUT, the folder for result.json")
+    res = fast_train(cfg, Path(args.out), args.variant, args.oracle, args.skip_stage1)
+    print(json.dumps(res["pope_val"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
