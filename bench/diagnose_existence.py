@@ -3,7 +3,7 @@
   zero-shot   the CLIP alone: "yes" iff the asked class is among the image's top-k classes by image-text cosine
               (prompts "a photo of a X."), on the POPE validation splits: how much existence the encoder's own
               embedding holds, with no training on top.
-  train       stage 1 + stage 2 of a variant in ONE process on cached CLIP features (the vision tower is frozen in
+  train       stage 1 + stage 2 of a variant (baseline, tuna, ...) in ONE process on cached CLIP features (the vision tower is frozen in
               both stages, so each image is encoded once; ~10x faster than `tuna train` on 2 cores), then POPE
               validation accuracy read from the Yes/No logits at the answer position (no generation), every 400
               stage-2 steps and at the end. ``--oracle`` replaces the visual tokens by the LM's own word embeddings
@@ -155,6 +155,15 @@ def _answer_id(tokenizer: Any, system: str, answer: str) -> int:
     return next(x for x in tokenize_conversation(rec, tokenizer, system)[1] if x != -100)
 
 
+def _val_tags(cfg: Any, tag_mode: str, paths: Sequence[Path], split: str) -> dict[str, Any]:
+    """Ranked tags per POPE-val image path as `tuna eval --validation` retrieves them (the model's datastore)."""
+    if tag_mode == "none":
+        return {}
+    from tuna.eval.evaluate import _tags_for
+
+    return _tags_for(cfg, tag_mode, paths, f"val-pope-{split}", cfg.model.datastore)
+
+
 @torch.no_grad()
 def quick_pope(model: Any, cache: FeatureCache, tokenizer: Any, cfg: Any) -> dict[str, float]:
     """POPE validation accuracy: "yes" iff the Yes logit beats the No logit at the answer position."""
@@ -164,14 +173,17 @@ def quick_pope(model: Any, cache: FeatureCache, tokenizer: Any, cfg: Any) -> dic
     system = cfg.train.system_prompt
     yes_id, no_id = _answer_id(tokenizer, system, "Yes"), _answer_id(tokenizer, system, "No")
     world, out = Path(cfg.run.data_dir) / "world", {}
+    tag_mode = model.config.tag_mode
     model.eval()
     for split in ("id", "ood"):
         rows, says = pope_rows(world, split), []
         cache.add([r["path"] for r in rows])
+        tags = _val_tags(cfg, tag_mode, [r["path"] for r in rows], split)
         for i in range(0, len(rows), 64):
             chunk = rows[i:i + 64]
             ids, mask = cache.collate.pad_left([conversation_prompt_ids(tokenizer, system, [], r["text"] + SHORT) for r in chunk])
-            m = model.prepare_multimodal_inputs(ids, cache.ids([r["path"] for r in chunk]), mask)
+            extra = cache.collate.tag_tensors([[t for t, _ in tags.get(str(r["path"]), [])] for r in chunk]) if tag_mode != "none" else {}
+            m = model.prepare_multimodal_inputs(ids, cache.ids([r["path"] for r in chunk]), mask, None, **extra)
             logits = model.language_model(inputs_embeds=m.inputs_embeds, attention_mask=m.attention_mask,
                                           position_ids=m.position_ids).logits[:, -1]
             says += (logits[:, yes_id] > logits[:, no_id]).tolist()
