@@ -698,7 +698,11 @@ def test_recipes_cluster_section_names_objects_that_exist(rendered: dict[str, li
             if c.get(key):
                 assert c[key] in SECRETS, (key, c[key])
         runtime_images = {img.split("@")[0] for where, img in images(docs).items() if "ClusterTrainingRuntime" in where}
-        assert runtime_images == {c["image"]}, runtime_images
+        # a GPU recipe runs the CUDA build of the same image (`make image-cuda`: <tag>-cu130): its TrainJob sets
+        # trainer.image, which replaces the runtime's default image (the CPU build) in every pod
+        want = c["image"].removesuffix("-cu130") if c.get("gpus_per_node") else c["image"]
+        assert c["image"] == want or c["image"] == f"{want}-cu130", c["image"]
+        assert runtime_images == {want}, runtime_images
 
 
 @integration

@@ -80,7 +80,7 @@ def test_trainjob_runs_the_worker_under_mpirun_with_the_cluster_settings() -> No
     trainer = job["spec"]["trainer"]
     assert job["spec"]["runtimeRef"] == {"name": "tuna-deepspeed-distributed", "apiGroup": "trainer.kubeflow.org",
                                          "kind": "ClusterTrainingRuntime"}
-    assert trainer["image"] == "ghcr.io/tuna-platform/tuna:0.1.0"
+    assert trainer["image"] == "ghcr.io/tuna-platform/tuna:0.1.0-cu130"   # the GPU recipe's CUDA image (make image-cuda)
     assert trainer["numNodes"] == 4 and trainer["numProcPerNode"] == 8
     cmd = trainer["command"]
     assert cmd[:2] == ["bash", "-c"] and cmd[3] == "mpirun"
