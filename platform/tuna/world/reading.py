@@ -96,8 +96,13 @@ def _existence(cls: dict[str, Any], siblings: list[dict[str, Any]], classes: lis
         pool = [c for c in siblings if c["name"] not in named] if rng.random() < 0.5 else []
         pool = pool or [c for c in classes if c["name"] not in named]
         asked, answer = pool[int(rng.integers(len(pool)))]["name"], "No"
+    return ReadingSample(tags, _existence_question(asked, rng), answer, cls["name"], asked)
+
+
+def _existence_question(name: str, rng: np.random.Generator) -> str:
+    """"Is there a <name> ...?" in one of :data:`EXISTENCE_PHRASINGS`, with the short-answer instruction."""
     phrasing = EXISTENCE_PHRASINGS[int(rng.integers(len(EXISTENCE_PHRASINGS)))]
-    return ReadingSample(tags, f"{phrasing.format(a=article(asked), n=asked)}\n{SHORT_ANSWER}", answer, cls["name"], asked)
+    return f"{phrasing.format(a=article(name), n=name)}\n{SHORT_ANSWER}"
 
 
 @dataclass(frozen=True)
@@ -127,18 +132,17 @@ def scene_samples(taxonomy: dict[str, Any], per_class: int, seed: int, per_doc: 
         scene = scene[0].upper() + scene[1:]
         named = {c["name"] for c in picked}
         yes = [picked[int(i)]["name"] for i in rng.permutation(len(picked))][:min(per_doc, len(classes) - len(picked))]
+        look_alikes = [c["name"] for c in classes if c["coarse"] in {p["coarse"] for p in picked} and c["name"] not in named]
         no: list[str] = []
         for k in range(len(yes)):
-            sibs = [c["name"] for c in classes if c["coarse"] in {p["coarse"] for p in picked} and c["name"] not in named]
-            sibs = [n for n in sibs if n not in no]
+            sibs = [n for n in look_alikes if n not in no]
             pool = sibs if k % 2 and sibs else [c["name"] for c in classes if c["name"] not in named and c["name"] not in no]
             no.append(pool[int(rng.integers(len(pool)))])
         asked = [(n, "Yes") for n in yes] + [(n, "No") for n in no]
         turns = []
         for j in rng.permutation(len(asked)):
             n, a = asked[int(j)]
-            phrasing = EXISTENCE_PHRASINGS[int(rng.integers(len(EXISTENCE_PHRASINGS)))]
-            turns.append((f"{phrasing.format(a=article(n), n=n)}\n{SHORT_ANSWER}", a))
+            turns.append((_existence_question(n, rng), a))
         out.append(SceneSample(scene, turns))
     return out
 
