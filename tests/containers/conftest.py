@@ -23,6 +23,8 @@ def engine() -> str:
 
 
 CUDA_IMAGE = os.environ.get("TUNA_CUDA_IMAGE") or "ghcr.io/tuna-platform/tuna:0.1.0-cu130"  # the Makefile's CUDA_IMAGE
+# the Makefile's CUDA_SERVING_IMAGE (make image-serving-cuda)
+CUDA_SERVING_IMAGE = os.environ.get("TUNA_CUDA_SERVING_IMAGE") or "ghcr.io/tuna-platform/tuna-serving:0.1.0-vllm-cu130"
 
 
 def _image(ref: str, build: str = "`make image` (make test-containers does)") -> str:
@@ -53,3 +55,9 @@ def base(engine: str) -> str:
 def cuda_image(engine: str) -> str:
     """The CUDA project image (TUNA_CUDA_IMAGE=<ref> for another tag); ~7.5 GB, so make test-containers leaves it out."""
     return _image(CUDA_IMAGE, "`make image-cuda` (make test-containers does not)")
+
+
+@pytest.fixture(scope="session")
+def cuda_serving(engine: str) -> str:
+    """The GPU serving image (TUNA_CUDA_SERVING_IMAGE=<ref> for another tag); ~12 GB, so make test-containers leaves it out."""
+    return _image(CUDA_SERVING_IMAGE, "`make image-serving-cuda` (make test-containers does not)")

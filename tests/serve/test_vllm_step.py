@@ -296,3 +296,44 @@ def test_the_loop_keeps_serving_when_a_sender_fails_and_reports_unexpected_engin
 
 class EngineRequestLike:
     prompt_embeds = np.zeros((3, HIDDEN), np.float32)
+
+
+def test_the_step_starts_vllm_with_the_exported_dtype_and_memory_share(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """serving.json's engine settings (serve.vllm_dtype / vllm_memory_fraction at export) reach vLLM's LLM(): bfloat16
+    and 0.9 of a GPU for llava7b; a repository exported before these keys existed keeps float32 and 0.1."""
+    from tuna.serve import vllm_engine, vllm_step
+
+    seen: list[dict[str, Any]] = []
+
+    class Recorder:
+        def __init__(self, folder: Any, **kwargs: Any) -> None:
+            seen.append(kwargs)
+
+    monkeypatch.setattr(vllm_engine, "VllmEngine", Recorder)
+    step = vllm_step.VllmLLMModel()
+    for engine, want in [({"name": "vllm", "dtype": "bfloat16", "memory_fraction": 0.9}, ("bfloat16", 0.9)),
+                         ({"name": "vllm"}, ("float32", 0.1))]:
+        step.folder, step.settings = tmp_path, engine
+        step._start()
+        assert (seen[-1]["dtype"], seen[-1]["memory_fraction"]) == want
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("vllm_dtype", "fp8", r"serve\.vllm_dtype: must be one of float32, bfloat16, float16 \(float32 on CPU, bfloat16 on GPUs\), got 'fp8'"),
+    ("vllm_memory_fraction", "1.5", r"serve\.vllm_memory_fraction: must be in 0\.01\.\.0\.99"),
+])
+def test_bad_vllm_engine_settings_are_refused_in_one_line(key: str, value: str, message: str) -> None:
+    from support import SMOKE
+    from tuna.recipe import load_recipe
+
+    with pytest.raises(Exception, match=message) as err:
+        load_recipe(SMOKE, [f"serve.{key}={value}"])
+    assert "\n" not in str(err.value)
+
+
+def test_the_gpu_recipe_serves_vllm_in_bfloat16_on_most_of_the_gpu() -> None:
+    from support import CONFIGS
+    from tuna.recipe import load_recipe
+
+    cfg = load_recipe(CONFIGS / "llava7b.yaml")
+    assert (cfg.serve.vllm_dtype, cfg.serve.vllm_memory_fraction) == ("bfloat16", 0.9)

@@ -312,10 +312,13 @@ class TunaInputs:
         tag_attention_mask: torch.Tensor | None = None, tag_mask: torch.Tensor | None = None,
         tag_clip_input_ids: torch.Tensor | None = None, tag_clip_attention_mask: torch.Tensor | None = None,
         tag_features: torch.Tensor | None = None,
+        image_outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> TunaMergedInputs:
         """Replace each row's `<image>` id (input_ids (B, L)) by [visual tokens][tag block]; see the module doc.
 
         Tag inputs are ignored in tag_mode "none" (so one batch feeds TUNA and the baseline alike).
+        ``image_outputs``: what :meth:`encode_image` returned for these ``pixel_values`` (a caller that already encoded
+        the images to retrieve tags passes it instead of encoding them twice).
         """
         if input_ids.ndim != 2:
             raise ModelInputError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
@@ -327,7 +330,10 @@ class TunaInputs:
             if t is not None and tuple(t.shape) != (b, length):
                 raise ModelInputError(f"{name} has shape {tuple(t.shape)} but input_ids has {(b, length)}")
         where = self._image_positions(input_ids)                                   # (B,)
-        patches, image_features = self.encode_image(pixel_values)                  # (B, P, Dv), (B, Dt)
+        patches, image_features = image_outputs or self.encode_image(pixel_values)  # (B, P, Dv), (B, Dt)
+        if patches.shape[0] != b or image_features.shape[0] != b:
+            raise ModelInputError(f"image_outputs hold {patches.shape[0]} images but input_ids has {b} rows; pass "
+                                  f"encode_image(pixel_values) of the same batch")
         visual = self.projector(patches)                                           # (B, P, D)
         text = self.get_input_embeddings()(input_ids.masked_fill(input_ids == self.config.image_token_index, 0))
         inserted, inserted_mask = visual.to(text.dtype), torch.ones(visual.shape[:2], dtype=torch.bool, device=text.device)

@@ -492,6 +492,7 @@ class TrainConfig:
 
 
 ENGINES = ("hf", "vllm")   # serve.engine: the LLM step of the served ensemble
+VLLM_DTYPES = ("float32", "bfloat16", "float16")   # serve.vllm_dtype: the dtype vLLM loads the LM in
 
 
 @dataclass(frozen=True)
@@ -517,6 +518,8 @@ class ServeConfig:
     vllm_max_model_len: int = 0         # vllm: longest prompt + answer in positions (0 = the LM's max_position_embeddings)
     vllm_kv_cache_gib: int = 1          # vllm on CPU: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)
     vllm_stream: bool = False           # vllm: stream tokens (decoupled LLM step); then the ensemble takes gRPC streaming only
+    vllm_dtype: str = "float32"         # vllm: the LM's dtype in the engine (float32 on CPU; bfloat16 or float16 on GPUs)
+    vllm_memory_fraction: float = 0.1   # vllm: gpu_memory_utilization, the device memory share for weights + KV cache
     trtllm_dtype: str = "bf16"          # `tuna export --trtllm`: the TensorRT-LLM engine's dtype, bf16 | fp16 (weights, activations, prompt rows)
     probe_period: int = 5               # `tuna serve` watchdog: seconds between real-inference probes (0 = no watchdog)
     probe_deadline: int = 10            # seconds a probe's answer may take (gRPC deadline)
@@ -544,6 +547,10 @@ class ServeConfig:
                  f"must be 0 (the LM's own limit) or 2..1048576, got {self.vllm_max_model_len}")
         _require(not self.vllm_stream or self.engine == "vllm", "vllm_stream",
                  "streams only on the vllm engine: set serve.engine=vllm or serve.vllm_stream=false")
+        _require(self.vllm_dtype in VLLM_DTYPES, "vllm_dtype",
+                 f"must be one of {', '.join(VLLM_DTYPES)} (float32 on CPU, bfloat16 on GPUs), got {self.vllm_dtype!r}")
+        _require(0.01 <= self.vllm_memory_fraction <= 0.99, "vllm_memory_fraction",
+                 f"must be in 0.01..0.99 (share of the GPU's memory; ~0.9 for a GPU of its own), got {self.vllm_memory_fraction}")
         _require(1 <= self.vllm_kv_cache_gib <= 1024, "vllm_kv_cache_gib", f"must be in 1..1024 GiB, got {self.vllm_kv_cache_gib}")
         _require(self.trtllm_dtype in ("bf16", "fp16"), "trtllm_dtype",
                  f"must be bf16 or fp16 (TensorRT-LLM's attention kernels take no fp32; fp16 on pre-Ampere GPUs), got {self.trtllm_dtype!r}")

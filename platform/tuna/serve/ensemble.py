@@ -202,7 +202,8 @@ class Retrieval:
                 raise InvalidRequest(f"input_ids of request {i}: need one row holding exactly one image token "
                                      f"({IMAGE_TOKEN_INDEX}); send requests through the `tuna` ensemble")
         pixels = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32) for p in pixel_values]))
-        _, image_features = self.model.encode_image(pixels)
+        encoded = self.model.encode_image(pixels)
+        image_features = encoded[1]
         tags: list[list[tuple[str, float]]] = [[] for _ in range(n)]
         if self.uses_tags:
             vectors = torch.nn.functional.normalize(image_features.float(), dim=-1).numpy()
@@ -215,7 +216,7 @@ class Retrieval:
         kwargs: dict[str, Any] = {}
         if self.uses_tags:
             kwargs.update(self.processor.tag_tensors([[t for t, _ in row] for row in tags]))
-        merged = self.model.prepare_multimodal_inputs(ids_t, pixels, mask, None, **kwargs)
+        merged = self.model.prepare_multimodal_inputs(ids_t, pixels, mask, None, image_outputs=encoded, **kwargs)
         inserted = merged.inputs_embeds.shape[1] - length + 1
         out = []
         for i in range(n):

@@ -275,7 +275,8 @@ def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None 
     llm_settings: dict[str, Any] = {"silent_token_ids": silent}
     if cfg.serve.engine == "vllm":   # what the vLLM step starts its engine with (tuna.serve.vllm_step.VllmLLMModel)
         llm_settings["engine"] = {"name": "vllm", "max_model_len": cfg.serve.vllm_max_model_len,
-                                  "kv_cache_gib": cfg.serve.vllm_kv_cache_gib, "dtype": "float32",
+                                  "kv_cache_gib": cfg.serve.vllm_kv_cache_gib, "dtype": cfg.serve.vllm_dtype,
+                                  "memory_fraction": cfg.serve.vllm_memory_fraction,
                                   # running sequences: the step's loop adds requests across execute() calls
                                   "max_num_seqs": max(cfg.serve.max_batch_size, 64)}
     settings = {

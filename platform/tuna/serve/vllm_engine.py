@@ -100,6 +100,19 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _check_device(folder: Path) -> None:
+    """Refuse, in one line, a GPU build of vLLM (PyPI's ``vllm``: the GPU serving image) where no GPU is visible: vLLM
+    itself would fail deep in its engine set-up ("Failed to infer device type")."""
+    from vllm.platforms import current_platform
+
+    if current_platform.is_unspecified():
+        import torch
+
+        raise TunaError(f"{folder}: this vLLM is a GPU build (torch {torch.__version__}) and no GPU is visible to it "
+                        f"(torch.cuda.is_available() is {torch.cuda.is_available()}): give the container a GPU (docker run "
+                        f"--gpus all; the chart's gpu.count) or serve on CPU with the CPU serving-vllm image (make image-vllm)")
+
+
 def _cpu_head_sizes() -> list[int] | None:
     """The head sizes vLLM's CPU attention kernel takes (None on GPUs: there its backends choose)."""
     from vllm.platforms import current_platform
@@ -140,6 +153,7 @@ class VllmEngine:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM
 
+        _check_device(self.folder)
         head = int(config.get("head_dim") or self.hidden // int(config["num_attention_heads"]))
         supported = _cpu_head_sizes()
         if supported is not None and head not in supported:   # else the engine core dies at its first request

@@ -104,6 +104,7 @@ class VllmLLMModel:
         return VllmEngine(self.folder, max_model_len=int(self.settings.get("max_model_len") or 1 << 20),
                           kv_cache_gib=float(self.settings.get("kv_cache_gib", 1.0)),
                           dtype=str(self.settings.get("dtype", "float32")),
+                          memory_fraction=float(self.settings.get("memory_fraction", 0.1)),
                           max_num_seqs=int(self.settings.get("max_num_seqs", 64)))
 
     def _loop(self, engine: Any) -> Any:
