@@ -106,6 +106,7 @@ def through_triton(repo: Path, asked: list[tuple[bytes, str]], max_tokens: int, 
             lat, wall = b._drive(b._per_thread(conns[:n], ask), list(enumerate(asked)), n)
             rows[f"clients_{n}"] = b._stats(lat, wall)
             rows[f"answers_{n}"] = [answers[i] for i in range(len(asked))]
+        rows["step_statistics"] = conns[0].step_statistics()   # cumulative over every client count: where time went
         for c in conns:
             c.close()
     return rows

@@ -239,6 +239,12 @@ def test_concurrent_requests_are_batched_and_all_answered(client: TunaClient, se
     for c in clients:
         c.close()
     assert answers == [expected] * 18
+    stats = client.step_statistics()   # what bench/serve_engines.py records: where a request's time went, per step
+    assert {"tuna", "preprocessing", "retrieval", "tensorrt_llm", "postprocessing"} <= set(stats)
+    for step in ("preprocessing", "retrieval", "tensorrt_llm", "postprocessing"):
+        s = stats[step]
+        assert s["requests"] >= 19 and 1 <= s["executions"] <= s["requests"] and s["compute_infer_ms"] > 0, (step, s)
+        assert s["mean_batch"] == round(s["requests"] / s["executions"], 2)
 
 
 def _malformed(img: bytes) -> list[tuple[str, list]]:

@@ -255,6 +255,24 @@ class TunaClient:
             temperature: float | None = None, top_k: int | None = None, seed: int | None = None) -> Reply:
         return self.infer(build_inputs(image, question, max_tokens, datastore, temperature, top_k, seed))
 
+    def step_statistics(self) -> dict[str, dict[str, float]]:
+        """Triton's cumulative statistics of every model on the server (the ensemble and each step): requests,
+        executions (batches), mean batch size and mean queue / compute milliseconds per execution."""
+        stats = self._client.get_inference_statistics(as_json=True).get("model_stats", [])
+        out: dict[str, dict[str, float]] = {}
+        for m in stats:
+            inference, executions = int(m.get("inference_count", 0)), int(m.get("execution_count", 0))
+            s = m.get("inference_stats", {})
+
+            def ms(key: str, s: dict[str, Any] = s, executions: int = executions) -> float:
+                return round(int(s.get(key, {}).get("ns", 0)) / 1e6 / max(executions, 1), 3)
+
+            out[m["name"]] = {"requests": inference, "executions": executions,
+                              "mean_batch": round(inference / max(executions, 1), 2), "queue_ms": ms("queue"),
+                              "compute_input_ms": ms("compute_input"), "compute_infer_ms": ms("compute_infer"),
+                              "compute_output_ms": ms("compute_output")}
+        return out
+
     def close(self) -> None:
         self._client.close()
 
