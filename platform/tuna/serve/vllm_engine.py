@@ -129,10 +129,11 @@ class VllmEngine:
 
     ``kv_cache_gib`` sets ``VLLM_CPU_KVCACHE_SPACE`` when it is not set already; ``memory_fraction`` is vLLM's
     ``gpu_memory_utilization`` (host memory on CPU: keep it low on a shared machine). ``silent_ids`` are never
-    generated (default: the ``silent_token_ids`` `tuna export` wrote to serving.json)."""
+    generated (default: the ``silent_token_ids`` `tuna export` wrote to serving.json). ``enforce_eager`` None: eager
+    on CPU, CUDA graphs on GPUs."""
 
     def __init__(self, folder: str | Path, max_model_len: int = 256, dtype: str = "float32", kv_cache_gib: float = 1.0,
-                 memory_fraction: float = 0.1, silent_ids: Sequence[int] | None = None, enforce_eager: bool = True,
+                 memory_fraction: float = 0.1, silent_ids: Sequence[int] | None = None, enforce_eager: bool | None = None,
                  max_num_seqs: int = 64, seed: int = 0, tokenizer: str | Path | None = None) -> None:
         self.folder = Path(folder)
         # The LLM step's folder holds no tokenizer (postprocessing detokenizes): vLLM skips its own and returns ids;
@@ -154,6 +155,10 @@ class VllmEngine:
         from vllm import LLM
 
         _check_device(self.folder)
+        if enforce_eager is None:   # CUDA graphs on GPUs (vLLM's default there); the CPU backend runs eagerly
+            from vllm.platforms import current_platform
+
+            enforce_eager = not current_platform.is_cuda_alike()
         head = int(config.get("head_dim") or self.hidden // int(config["num_attention_heads"]))
         supported = _cpu_head_sizes()
         if supported is not None and head not in supported:   # else the engine core dies at its first request
