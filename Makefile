@@ -152,7 +152,7 @@ image-serving-cuda: $(STAMP)
 # vllm-cuda-constraints: re-resolve constraints-vllm-cu130.txt (PyPI's vllm $(VLLM_VERSION) on PyPI's CUDA torch) for
 # Linux x86_64 / CPython 3.11 with pip's resolver; nothing is installed and no GPU is needed.
 vllm-cuda-constraints: $(STAMP)
-	$(BIN)/python docker/pin-vllm-cuda.py --vllm $(VLLM_VERSION) --variant cu130
+	$(BIN)/python docker/pin-vllm-cuda.py --vllm $(VLLM_VERSION)
 
 # test-containers: engine up, base once, images (the smoke recipe's serving and project images, and the serving-vllm
 # image; cached layers after the first build), the containers suite, engine down again (only if this target started

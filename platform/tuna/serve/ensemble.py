@@ -202,8 +202,8 @@ class Retrieval:
                 raise InvalidRequest(f"input_ids of request {i}: need one row holding exactly one image token "
                                      f"({IMAGE_TOKEN_INDEX}); send requests through the `tuna` ensemble")
         pixels = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32) for p in pixel_values]))
-        encoded = self.model.encode_image(pixels)
-        image_features = encoded[1]
+        encoded = self.model.encode_image(pixels)   # (patches, image features): reused by the merge below
+        _, image_features = encoded
         tags: list[list[tuple[str, float]]] = [[] for _ in range(n)]
         if self.uses_tags:
             vectors = torch.nn.functional.normalize(image_features.float(), dim=-1).numpy()
