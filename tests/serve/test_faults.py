@@ -117,6 +117,32 @@ def test_watchdog_settings_are_checked(tmp_path: Path) -> None:
         Watchdog(TritonServer(tmp_path), period=0)
 
 
+def test_a_restarted_server_is_judged_after_its_first_answer(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The watchdog's startup rule, around a scripted probe (the real server's case is the integration test below):
+    failures of a restarted server before its first answer don't count; after it, two in a row do."""
+    from tuna.serve import watchdog as wd
+    from tuna.serve.probe import ProbeResult
+
+    verdicts = iter([False, False, False, True, False, False])
+    stop = threading.Event()
+
+    def scripted(url: str, deadline: float) -> ProbeResult:
+        ok = next(verdicts, None)
+        if ok is None:
+            stop.set()
+            return ProbeResult(True, 0.0, "OK", "")
+        return ProbeResult(ok, 0.0, "OK" if ok else "UNAVAILABLE", "" if ok else "Connection reset by peer")
+
+    monkeypatch.setattr(wd, "probe", scripted)
+    lines: list[str] = []
+    dog = Watchdog(TritonServer(tmp_path), period=0.01, failures=2, on_failure="exit", log=lines.append)
+    dog.warming_until = time.monotonic() + 60          # as right after a restart
+    with pytest.raises(ServerError, match=r"the server is broken \(UNAVAILABLE: Connection reset by peer\); serve.on_failure is exit"):
+        dog.run(stop)
+    assert [line.split(":")[1].strip() for line in lines] == ["the restarted server has not answered yet"] * 3 + ["probe 1/2 failed", "probe 2/2 failed"]
+    assert dog.warming_until == 0.0 and [e.kind for e in dog.events] == ["unhealthy", "gave_up"]
+
+
 # ------------------------------------------------------------------------------------------ the real server
 
 
@@ -175,7 +201,7 @@ def test_a_killed_llm_step_under_8_clients_is_unavailable_then_the_server_restar
                    "after_restart": dict(after), "detected_s": round(detected, 2), "restarted_s": round(restarted - killed, 2),
                    "first_answer_s": round(first_ok, 2), "last_failure_s": round(settled, 2), "longest_request_s": round(max(e - s for s, e, _ in log), 2),
                    "triton_ready_after_kill": triton_ready_after_kill, "messages": MESSAGES,
-                   "events": [(e.kind, round(e.at - killed, 2)) for e in watchdog.events]}
+                   "events": [(e.kind, round(e.at - killed, 2), e.detail[:160]) for e in watchdog.events]}
         print("\nfault numbers:", json.dumps(numbers))
         (tmp_path / "fault.json").write_text(json.dumps(numbers, indent=1))
         failures = {o for o in around if o != "OK"}

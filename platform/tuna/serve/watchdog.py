@@ -16,6 +16,12 @@ stub makes Triton wait its whole exit timeout, then exit 1) and started again on
 the server and raises :class:`~tuna.serve.server.ServerError` so `tuna serve` exits non-zero for whatever runs it.
 While a server is broken, the front door answers UNAVAILABLE (see :mod:`tuna.serve.client`); while it restarts,
 connections are refused (UNAVAILABLE at the transport).
+
+A restarted server is judged only after its first answer (Kubernetes' startupProbe, for the same reason): its probes
+fail until one succeeds or ``ready_timeout`` seconds pass, without counting. Measured (tests/serve/test_faults.py,
+8 clients reconnecting at once): for up to ~1 s after Triton reports ready, requests can still fail at the transport
+("Stream removed ... Connection reset by peer"); on a loaded CI machine two such probes in a row restarted a healthy
+server a second time.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ class Watchdog:
     events: list[WatchEvent] = field(default_factory=list)
     healthy: bool = True          # the last verdict: False from the failure that crossed the threshold until restarted
     restarts: int = 0
+    warming_until: float = 0.0    # after a restart: probe failures before the first answer and this monotonic time don't count
     regions: list[str] = field(default_factory=list, repr=False)   # /dev/shm names of the watched stubs, read while they lived
 
     def __post_init__(self) -> None:
@@ -80,7 +87,10 @@ class Watchdog:
                 continue
             result = probe(self.server.grpc_url, self.deadline)
             if result.ok:
-                failed = 0
+                failed, self.warming_until = 0, 0.0
+                continue
+            if time.monotonic() < self.warming_until:
+                self.log(f"watchdog: the restarted server has not answered yet: {_short(result)}")
                 continue
             failed += 1
             self.log(f"watchdog: probe {failed}/{self.failures} failed: {_short(result)}")
@@ -122,6 +132,7 @@ class Watchdog:
         self.server.start(ready_timeout=self.ready_timeout)
         self.restarts += 1
         self.healthy = True
+        self.warming_until = time.monotonic() + self.ready_timeout
         self.regions = shm_regions(self.server)
         self.events.append(WatchEvent("restarted", time.monotonic(), f"ready again in {time.monotonic() - t0:.1f}s"))
         self.log(f"watchdog: tritonserver restarted and ready in {time.monotonic() - t0:.1f}s (restart {self.restarts})")
