@@ -26,6 +26,7 @@ from tuna.eval.finer import (
     finer_questions,
     level_hits,
     normalize,
+    tag_quality,
     token_f1,
 )
 from tuna.eval.mme import mme_metrics, read_mme_answer
@@ -161,6 +162,18 @@ def test_finer_gold_beyond_the_window_is_not_counted() -> None:
     assert not level_hits(" ".join(["word"] * EM_WINDOW + ["zedul"]), LABELS)["fine"]
     # articles and punctuation are gone before counting
     assert level_hits(" ".join(["the"] * 30 + ["zedul"]), LABELS)["fine"]
+
+
+def test_finer_tag_quality_counts_whole_word_names_of_the_gold_class() -> None:
+    other = dict(RECORD, id="1", **{"fine-level-lbl": ["kraidroul", "kraidroul fruit"]})   # FINER lists labels
+    tags = [["checkered zedul", "zeduls", "zedulberry", "voveisur"],   # 2 of 4 whole-word (plural counts): no majority
+            ["voveisur", "large kraidroul", "kraidroul"],              # not first; 2 of 3: majority
+            []]                                                         # no tags: a miss everywhere
+    q = tag_quality(tags, [RECORD, other, dict(RECORD, id="2")])
+    assert q == {"gold_in_tags": round(2 / 3, 4), "gold_majority": round(1 / 3, 4), "gold_first": round(1 / 3, 4),
+                 "n": 3, "untagged": 1}
+    with pytest.raises(ValueError, match="2 tag lists for 1 FINER records"):
+        tag_quality([[], []], [RECORD])
 
 
 def test_finer_token_f1() -> None:

@@ -26,9 +26,9 @@ from tuna.sources import VALIDATED, sources
 
 SHORT = "\nAnswer the question using a single word or phrase."  # LLaVA's short-answer suffix (also in training)
 CAPTION_PROMPT = "Describe the image in detail."
-# 3: the swapped-in datastore by its recipe name (finer_b_fine_em); 2: MME read by calculation.py's rule, FINER EM by
-# eval_fgvc.py's rule (+ whole-word)
-EVAL_VERSION = "tuna.eval/3"
+# 4: FINER's tag quality (how often the retrieved tags name the gold class); 3: the swapped-in datastore by its recipe
+# name (finer_b_fine_em); 2: MME read by calculation.py's rule, FINER EM by eval_fgvc.py's rule (+ whole-word)
+EVAL_VERSION = "tuna.eval/4"
 
 
 class EvalError(TunaError):
@@ -125,7 +125,7 @@ def eval_finer(cfg: Recipe, asker: Asker, tag_mode: str, b_datastores: Sequence[
     three levels (FINER's EM rule and the whole-word rule, ``tuna.eval.finer.finer_metrics``). FINER itself
     asks each level its own question (``tuna.eval.finer.finer_questions``); the world's instruction data
     only teaches which-kind questions answered with the fine name, so the world asks the fine level."""
-    from tuna.eval.finer import attrseek_prompts, direct_prompt, finer_attrseek_questions, finer_metrics
+    from tuna.eval.finer import attrseek_prompts, direct_prompt, finer_attrseek_questions, finer_metrics, tag_quality
     from tuna.formats import load_finer
 
     out: dict[str, Any] = {}
@@ -143,6 +143,8 @@ def eval_finer(cfg: Recipe, asker: Asker, tag_mode: str, b_datastores: Sequence[
         else:
             direct = [Query(img, direct_prompt(r["basic-level-lbl"])) for img, r in zip(images, records)]
             res = {"direct": finer_metrics(asker.ask(direct, tags, 16, desc=f"finer {key}"), records)}
+        if store is not None and tag_mode != "none":   # what the model was given: how often its tags name the object
+            res["tags"] = tag_quality([[t for t, _ in tags.get(str(img), [])] for img in images], records)
         if attrseek:
             turns = [finer_attrseek_questions(r) if cfg.eval.finer_questions == "per_level"
                      else attrseek_prompts(r["basic-level-lbl"]) for r in records]
@@ -276,6 +278,9 @@ def headline(m: dict[str, Any]) -> dict[str, float]:
             row[f"finer_{key}_coarse_em"] = res["direct"]["coarse_em"]
             if "attrseek" in res:
                 row[f"finer_{key}_attrseek_fine_em"] = res["attrseek"]["fine_em"]
+            if "tags" in res:
+                row[f"finer_{key}_gold_in_tags"] = res["tags"]["gold_in_tags"]
+                row[f"finer_{key}_gold_majority"] = res["tags"]["gold_majority"]
         # Domain B as the variant is served: tags from the swapped-in datastore (whatever the recipe names it), no tags
         # for a model without them; metrics written before the name was recorded called it "B".
         swap = m.get("swap_datastore", "B" if "b@B" in m["finer"] else None)

@@ -28,6 +28,7 @@ COLUMNS = (
     ("pope_id_f1", "POPE ID F1"), ("pope_ood_f1", "POPE OOD F1"), ("pope_id_acc", "POPE ID acc"),
     ("pope_ood_acc", "POPE OOD acc"), ("pope_id_yes", "POPE ID yes-ratio"), ("mme_id_total", "MME ID"),
     ("mme_ood_total", "MME OOD"), ("chair_ood_i", "CHAIR_i OOD"), ("chair_ood_s", "CHAIR_s OOD"),
+    ("finer_ood_gold_in_tags", "OOD: a top-k tag names the object"), ("finer_ood_gold_majority", "OOD: most tags name it"),
 )
 
 
