@@ -3,6 +3,9 @@
   zero-shot   the CLIP alone: "yes" iff the asked class is among the image's top-k classes by image-text cosine
               (prompts "a photo of a X."), on the POPE validation splits: how much existence the encoder's own
               embedding holds, with no training on top.
+  tags        the retrieved tags alone: "yes" iff a tag of the image names the asked class (whole words), on the
+              POPE validation splits: how much existence a model that reads only its tags can reach (multi-object
+              scenes retrieve neighbours of their dominant object, so the other objects go unnamed).
   train       stage 1 + stage 2 of a variant (baseline, tuna, ...) in ONE process on cached CLIP features (the vision tower is frozen in
               both stages, so each image is encoded once; ~10x faster than `tuna train` on 2 cores), then POPE
               validation accuracy read from the Yes/No logits at the answer position (no generation), every 400
@@ -11,6 +14,7 @@
 
 Usage (after `tuna world`, `tuna encoder` and `tuna lm` of the recipe):
   .venv/bin/python bench/diagnose_existence.py zero-shot --config configs/mini.yaml [--encoder DIR]
+  .venv/bin/python bench/diagnose_existence.py tags --config configs/mini.yaml     (after `tuna index`)
   .venv/bin/python bench/diagnose_existence.py train OUT --config configs/mini.yaml [--oracle] [--skip-stage1] \\
       [key=value overrides, e.g. model.language_model=/path/lm train.stage2.lm_lr_scale=0.2]
 Prints one JSON line of accuracies (and yes-ratios) per split and negative kind; train also writes OUT/result.json.
@@ -84,6 +88,30 @@ def zero_shot(cfg: Any, encoder: Path, ks: Sequence[int] = (2, 3, 4)) -> dict[st
             top = sims.topk(k, dim=1).indices.tolist()
             says = [names.index(asked_name(r["text"])) in top[at[r["path"]]] for r in rows]
             out[f"top{k}"] = {**out.get(f"top{k}", {}), **score(rows, says, split)}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ tags alone
+
+
+def tags_alone(cfg: Any) -> dict[str, Any]:
+    from tuna.eval.finer import _contains, label_forms, normalize
+    from tuna.layout import layout
+    from tuna.retrieval.attach import attach_tags
+    from tuna.samples import image_keys
+
+    world, out = Path(cfg.run.data_dir) / "world", {}
+    for split in ("id", "ood"):
+        rows = pope_rows(world, split)
+        paths = sorted({r["path"] for r in rows})
+        tags = attach_tags(cfg, paths, layout(cfg).eval_cache(f"val-pope-{split}-tags-{cfg.model.datastore}"), "tags",
+                           cfg.model.datastore, log=lambda s: None)
+        keys = image_keys(paths)
+        says = []
+        for r in rows:
+            named = [normalize(t).split() for t, _ in tags.get(keys[r["path"]], [])]
+            says.append(any(_contains(t, form) for t in named for form in label_forms(asked_name(r["text"]))))
+        out.update(score(rows, says, split))
     return out
 
 
@@ -257,7 +285,7 @@ def fast_train(cfg: Any, out: Path, variant: str, oracle: bool, skip_stage1: boo
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("zero-shot", "train"))
+    ap.add_argument("mode", choices=("zero-shot", "tags", "train"))
     ap.add_argument("out", nargs="?", help="train: folder for result.json")
     ap.add_argument("--config", default="configs/mini.yaml")
     ap.add_argument("--encoder", help="zero-shot: a CLIP folder (default: the recipe's <data_dir>/encoder)")
@@ -272,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mode == "zero-shot":
         res = zero_shot(cfg, Path(args.encoder or Path(cfg.run.data_dir) / "encoder"))
         print(json.dumps(res))
+        return 0
+    if args.mode == "tags":
+        print(json.dumps(tags_alone(cfg)))
         return 0
     if not args.out:
         ap.error("train needs OUT, the folder for result.json")

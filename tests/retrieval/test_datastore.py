@@ -102,6 +102,39 @@ def test_each_image_retrieves_itself_with_its_own_tags(built: Recipe) -> None:
     retriever.close()
 
 
+def test_region_retrieval_adds_one_new_tag_per_cell_after_the_whole_images(built: Recipe, tmp_path: Path) -> None:
+    from tuna.retrieval.attach import attach_tags
+
+    samples = _good_samples(built, "web/A")[:12]
+    images = [img for _, img in samples]
+    enc = load_encoder(encoder_path(built))
+    vecs = enc.embed_images(images, batch_size=5, region_grid=2)
+    assert vecs.shape == (12, 5, enc.dim) and np.allclose(vecs[:, 0], enc.embed_images(images), atol=1e-6)
+    assert np.allclose(np.linalg.norm(vecs, axis=-1), 1, atol=1e-5)
+    retriever = Retriever(built)
+    whole = retriever.retrieve_tags("A", vecs[:, 0], 9)
+    merged = retriever.retrieve_tags("A", vecs, 9)
+    cells = retriever.retrieve_tags("A", vecs[:, 1:].reshape(48, enc.dim), 9)
+    retriever.close()
+    for i, (w, m) in enumerate(zip(whole, merged)):
+        assert [v for v, _ in m[:min(5, len(w))]] == [v for v, _ in w[:5]] and len(m) <= 9 and len({v for v, _ in m}) == len(m)
+        new = [c[0][0] for c in cells[4 * i:4 * i + 4] if c and c[0][0] not in {v for v, _ in w[:5]}]
+        assert set(new) <= {v for v, _ in m}, (i, w, m, cells[4 * i:4 * i + 4])
+    assert any(len(m) > len(w[:5]) for w, m in zip(whole, merged))   # some cell names something the whole image did not
+    # attach_tags (training and eval) retrieves the same, under a cache key of its own
+    cfg = load_recipe(SMOKE, [f"run.data_dir={built.data_dir}", "model.region_grid=2", "model.num_tags=9"])
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    paths = []
+    for key, img in samples:
+        paths.append(folder / f"{key}.png")
+        img.save(paths[-1])
+    attached = attach_tags(cfg, paths, tmp_path / "cache.json", "tags", "A", log=_quiet)
+    again = [attached[p.name] for p in paths]
+    assert [[v for v, _ in row] for row in again] == [[v for v, _ in row] for row in merged]
+    assert json.loads((tmp_path / "cache.json").read_text())["key"]["region_grid"] == 2
+
+
 def test_swap_datastore_per_call_without_restart(built: Recipe) -> None:
     samples = _good_samples(built, "web/B")[:20]
     enc = load_encoder(encoder_path(built))

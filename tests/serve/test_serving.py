@@ -409,6 +409,32 @@ def test_tuna_ask_prints_answer_and_provenance_and_fails_in_one_line(server: Tri
     assert "no such file" in capsys.readouterr().err
 
 
+def test_the_served_retrieval_step_retrieves_regions_as_training_attached(trained: World, exported: Path,
+                                                                          tmp_path: Path) -> None:
+    """model.region_grid: the retrieval step cuts the cells from its preprocessed pixels and gets the same tags that
+    attach_tags (training, eval) gets from the image files."""
+    from tuna.retrieval.attach import retrieve_images
+    from tuna.serve.ensemble import Preprocessor, Retrieval
+
+    repo = exported / "model_repository"
+    pre, ret = Preprocessor(repo / "preprocessing" / "1" / "assets"), Retrieval(repo / "retrieval" / "1" / "assets")
+    grid = ["model.region_grid=2"]   # 5 tag slots: 1 for the whole image, 1 per quadrant
+    ret.cfg = load_recipe(ret.folder / ret.settings["recipe"], [f"run.data_dir={ret.folder}", *ret.settings.get("overrides", []), *grid])
+    paths = []
+    for n in range(4):
+        paths.append(tmp_path / f"q{n}.png")
+        paths[-1].write_bytes(_image(trained, "ood", n))
+    p = [pre("What is in the image?", path.read_bytes(), 4) for path in paths]
+    try:
+        served = [t.provenance["tags"] for t in ret([x.input_ids for x in p], [x.pixel_values for x in p], ["A"] * 4)]
+    finally:
+        ret.close()
+    cfg = load_recipe(SMOKE, [f"run.data_dir={trained.cfg.data_dir}", *grid])
+    attached = retrieve_images(cfg, paths, "A")
+    assert served == [[v for v, _ in attached[path.name]] for path in paths]
+    assert all(len(tags) == 5 for tags in served)
+
+
 def test_the_baseline_exports_and_answers_without_retrieval(trained: World, tmp_path: Path) -> None:
     from tuna.serve.ensemble import GenerationRequest, Generator, Preprocessor, Retrieval
 

@@ -364,12 +364,18 @@ class ModelConfig:
     vision_feature_select_strategy: str = "default"   # default = drop CLS (LLaVA) | full = keep it as a visual token
     vision_feature_pool: int = 1    # average-pool the patch grid by this factor before the connector (1 = off, as LLaVA-1.5)
     num_tags: int = 5
+    region_grid: int = 0            # also retrieve for each cell of a grid x grid split (one tag each; 0 = whole image only)
     tag_mode: TagMode = "tags"
     tuner: bool = True
     datastore: str = "A"            # the datastore TUNA retrieves from in training and ID/OOD eval (a datastores: entry)
 
     def __post_init__(self) -> None:
         _require(1 <= self.num_tags <= 64, "num_tags", f"must be in 1..64, got {self.num_tags}")
+        _require(self.region_grid == 0 or 2 <= self.region_grid <= 4, "region_grid",
+                 f"must be 0 (whole image only) or 2..4 cells per side, got {self.region_grid}")
+        _require(self.num_tags > self.region_grid ** 2, "num_tags",
+                 f"{self.num_tags} tag slots cannot hold the whole image's tags and one per region of model.region_grid="
+                 f"{self.region_grid} ({self.region_grid ** 2}); raise num_tags above {self.region_grid ** 2}")
         _require(self.vision_feature_layer != 0, "vision_feature_layer",
                  "0 is the embedding output; use -1 (last) or -2 (LLaVA's choice)")
         _require(self.vision_feature_select_strategy in ("default", "full"), "vision_feature_select_strategy",

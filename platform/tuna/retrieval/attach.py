@@ -131,9 +131,9 @@ def retrieve_images(cfg: Recipe, images: Sequence[Path], datastore: str, progres
                     if quarantine is not None:
                         quarantine.add(err, str(path))
             if batch:
-                hits = sess.retriever.retrieve(datastore, sess.encoder.embed_images(batch), max_values=cfg.model.num_tags)
-                for name, hit in zip(names, hits):
-                    out[name] = [(v, round(float(s), 6)) for v, s in hit.values]
+                vectors = sess.encoder.embed_images(batch, region_grid=cfg.model.region_grid)
+                for name, values in zip(names, sess.retriever.retrieve_tags(datastore, vectors, cfg.model.num_tags)):
+                    out[name] = [(v, round(float(s), 6)) for v, s in values]
             bar.update(len(images[i:i + size]))
         bar.close()
     finally:
@@ -156,6 +156,7 @@ def attach_tags(cfg: Recipe, images: Sequence[Path], cache: Path, tag_mode: str,
         return {}
     key = {
         "version": ATTACH_VERSION, "mode": tag_mode, "datastore": source, "k": cfg.model.num_tags,
+        **({"region_grid": cfg.model.region_grid} if cfg.model.region_grid and tag_mode != "random" else {}),
         "datastore_fingerprint": datastore_fingerprint(cfg, source), "top_k": cfg.index.top_k, "seed": cfg.run.seed,
         "images": hashlib.sha256("\n".join(sorted(image_keys(images).values())).encode()).hexdigest()[:16],
     }

@@ -82,17 +82,29 @@ class ClipEncoder:
         return f"ClipEncoder(path={self.path!r}, dim={self.dim}, fingerprint={self.fingerprint})"
 
     @torch.inference_mode()
-    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 256) -> np.ndarray:
-        """(N, dim) float32 unit-norm image embeddings; images go through the saved processor."""
+    def embed_images(self, images: Sequence[Image.Image], batch_size: int = 256, region_grid: int = 0) -> np.ndarray:
+        """(N, dim) float32 unit-norm image embeddings; images go through the saved processor. With ``region_grid``
+        (see :mod:`tuna.retrieval.regions`): (N, 1 + grid², dim), the whole image then each cell."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        out = [np.zeros((0, self.dim), np.float32)]
-        dtype = self.model.dtype
+        cells = region_grid ** 2
+        out = [np.zeros((0, 1 + cells, self.dim) if cells else (0, self.dim), np.float32)]
         for i in range(0, len(images), batch_size):
             pixels = self.processor(images=list(images[i:i + batch_size]), return_tensors="pt")["pixel_values"]
-            feats = self.model.get_image_features(pixel_values=pixels.to(dtype)).pooler_output   # (B, dim)
-            out.append(F.normalize(feats.float(), dim=-1).numpy())
+            whole = self.embed_pixels(pixels)
+            if cells:
+                from tuna.retrieval.regions import region_pixels
+
+                parts = self.embed_pixels(region_pixels(pixels, region_grid)).reshape(len(whole), cells, self.dim)
+                whole = np.concatenate([whole[:, None], parts], axis=1)
+            out.append(whole)
         return np.concatenate(out).astype(np.float32, copy=False)
+
+    @torch.inference_mode()
+    def embed_pixels(self, pixels: torch.Tensor) -> np.ndarray:
+        """(B, dim) float32 unit-norm embeddings of preprocessed images (B, C, H, W)."""
+        feats = self.model.get_image_features(pixel_values=pixels.to(self.model.dtype)).pooler_output   # (B, dim)
+        return F.normalize(feats.float(), dim=-1).numpy()
 
     @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:

@@ -280,6 +280,19 @@ class Retriever:
         hits = self._store(name).search(name, image_vectors, k, ix)
         return [Retrieved(neighbours=h, values=aggregate_values(h, limit)) for h in hits]
 
+    def retrieve_tags(self, name: str, vectors: np.ndarray, slots: int) -> list[list[tuple[str, float]]]:
+        """``slots`` ranked values per image from ``vectors``: (N, dim) whole images, or (N, 1 + cells, dim) whole
+        images then their regions (:func:`tuna.retrieval.regions.merge_region_values`: the whole image's best, then
+        each region's best not yet listed)."""
+        from tuna.retrieval.regions import merge_region_values
+
+        if vectors.ndim == 2:
+            return [h.values for h in self.retrieve(name, vectors, max_values=slots)]
+        n, parts, dim = vectors.shape
+        hits = self.retrieve(name, vectors.reshape(n * parts, dim), max_values=slots)
+        return [merge_region_values(hits[i * parts].values, [h.values for h in hits[i * parts + 1:(i + 1) * parts]], slots)
+                for i in range(n)]
+
     def close(self) -> None:
         for s in self._stores.values():
             s.close()

@@ -166,11 +166,11 @@ class Retrieval:
         if self._retriever is None:
             self._retriever = Retriever(self.cfg)
         try:
-            hits = self._retriever.retrieve(name, vectors, max_values=self.processor.k)
+            hits = self._retriever.retrieve_tags(name, vectors, self.processor.k)
         except DatastoreUnavailable:
             self.close()  # reconnect on the next request: Milvus may be back by then
             raise
-        return [[(v, float(s)) for v, s in h.values] for h in hits]
+        return [[(v, float(s)) for v, s in h] for h in hits]
 
     def datastore_of(self, requested: str | bytes | None) -> str:
         """The datastore a request uses: its own choice (checked) or the default."""
@@ -207,6 +207,13 @@ class Retrieval:
         tags: list[list[tuple[str, float]]] = [[] for _ in range(n)]
         if self.uses_tags:
             vectors = torch.nn.functional.normalize(image_features.float(), dim=-1).numpy()
+            grid = self.cfg.model.region_grid
+            if grid:   # the cells of each image too, as training retrieved (tuna.retrieval.regions)
+                from tuna.retrieval.regions import region_pixels
+
+                cells = self.model.encode_image(region_pixels(pixels, grid))[1]
+                cells = torch.nn.functional.normalize(cells.float(), dim=-1).numpy().reshape(n, grid * grid, -1)
+                vectors = np.concatenate([vectors[:, None], cells], axis=1)
             for name in dict.fromkeys(datastores):
                 rows = [i for i in range(n) if datastores[i] == name]
                 for i, hit in zip(rows, self._retrieve(name, vectors[rows])):
