@@ -178,8 +178,9 @@ def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> list[Any]:
     except (OSError, json.JSONDecodeError, DataFormatError) as err:
         raise TrainError(f"train.stage2.reading_per_class needs the world's taxonomy and instruction instances ({err}); "
                          f"run `tuna world` first") from None
-    samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, cfg.model.num_tags, sc.reading_existence,
-                              sc.reading_attrseek)
+    cells = cfg.model.region_grid ** 2   # region retrieval fills the last slots: the reading tags look the same
+    samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, cfg.model.num_tags - cells,
+                              sc.reading_existence, sc.reading_attrseek, region_tags=cells)
     if instances is None:
         blank = write_blank_image(layout(cfg).reading_image(f"blank-{cfg.world.image_size}.png"),
                                   cfg.world.image_size)

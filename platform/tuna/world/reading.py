@@ -38,7 +38,7 @@ def _tag(cls: dict[str, Any], rng: np.random.Generator) -> str:
 
 
 def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int = 5, existence: float = 0.0,
-                    attrseek: float = 0.0) -> list[ReadingSample]:
+                    attrseek: float = 0.0, region_tags: int = 0) -> list[ReadingSample]:
     """``per_class`` samples for every class of ``taxonomy`` (a world's taxonomy.json): ``k`` tags in which
     the class is a strict majority (and first in most samples: a look-alike sibling leads 1 in 5, as
     nearest-neighbour tags do), then a which-kind question answered with its name (long or short form).
@@ -46,11 +46,14 @@ def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int 
     A share ``existence`` of them asks instead whether an object is in the image (short answer): half about
     the tags' class ("Yes"), half about a class the tags do not name ("No": a look-alike sibling or any other
     class, evenly). A share ``attrseek`` of the others asks FINER's two ATTRSEEK turns: the look of the tags'
-    class ("Attributes: ...", from the taxonomy), then "Answer: <name>". At 0 each option changes nothing.
+    class ("Attributes: ...", from the taxonomy), then "Answer: <name>". ``region_tags`` more tags follow the ``k``,
+    as region retrieval appends one per image cell (``model.region_grid``): on a single object the cells retrieve
+    other things (measured on mini's FINER validation images: a cell's tag names the object 2-5% of the time), so
+    each names another class, and the tags' own class 1 time in 20. At 0 each option changes nothing.
     """
-    if per_class < 0 or k < 2 or not 0 <= existence <= 1 or not 0 <= attrseek <= 1:
-        raise ValueError(f"per_class must be >= 0, k >= 2, existence and attrseek in 0..1, got per_class={per_class}, "
-                         f"k={k}, existence={existence}, attrseek={attrseek}")
+    if per_class < 0 or k < 2 or not 0 <= existence <= 1 or not 0 <= attrseek <= 1 or region_tags < 0:
+        raise ValueError(f"per_class must be >= 0, k >= 2, existence and attrseek in 0..1, region_tags >= 0, got "
+                         f"per_class={per_class}, k={k}, existence={existence}, attrseek={attrseek}, region_tags={region_tags}")
     rng = np.random.default_rng(seed)
     classes = [c for dom in sorted(taxonomy) for c in taxonomy[dom].get("classes", [])]
     out = []
@@ -65,6 +68,9 @@ def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int 
             if others and rng.random() < 0.2:                         # sometimes a look-alike ranks first
                 j = tags.index(next(t for t in tags if t.split()[-1] != cls["name"]))
                 tags[0], tags[j] = tags[j], tags[0]
+            for _ in range(region_tags):
+                other = cls if rng.random() < 0.05 else classes[int(rng.integers(len(classes)))]
+                tags.append(_tag(other, rng))
             name, a = cls["name"], article(cls["name"])
             q, long, short = [
                 (f"What kind of {cls['superordinate']} is in the image?",

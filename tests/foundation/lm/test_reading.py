@@ -155,3 +155,17 @@ def test_scene_documents_ask_look_alike_siblings_among_the_absent_ones() -> None
                 else:
                     other_no += 1
     assert sibling_no > 0.25 * (sibling_no + other_no) and other_no > 0
+
+
+def test_region_tags_follow_the_k_and_rarely_name_the_class() -> None:
+    from tuna.world.reading import reading_samples
+
+    plain = reading_samples(TAXONOMY, per_class=40, seed=5)
+    regions = reading_samples(TAXONOMY, per_class=40, seed=5, region_tags=4)
+    assert len(regions) == len(plain) and all(len(r.tags) == 9 for r in regions) and all(len(p.tags) == 5 for p in plain)
+    assert regions[0].tags[:5] == plain[0].tags   # the same draw until the first cell tag
+    own = [t.split()[-1] == r.name for r in regions for t in r.tags[5:]]
+    assert 0.05 < sum(own) / len(own) < 0.1 + 1 / len(NAMES)   # 1 in 20 by design, plus a random pick of the own class
+    assert all(Counter(t.split()[-1] for t in r.tags[:5])[r.name] >= 3 for r in regions)   # still the majority of the k
+    with pytest.raises(ValueError, match="region_tags >= 0"):
+        reading_samples(TAXONOMY, per_class=1, seed=0, region_tags=-1)
