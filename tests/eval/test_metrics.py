@@ -172,6 +172,7 @@ def test_finer_tag_quality_counts_whole_word_names_of_the_gold_class() -> None:
     q = tag_quality(tags, [RECORD, other, dict(RECORD, id="2")])
     assert q == {"gold_in_tags": round(2 / 3, 4), "gold_majority": round(1 / 3, 4), "gold_first": round(1 / 3, 4),
                  "n": 3, "untagged": 1}
+    assert tag_quality(tags, [RECORD, other, dict(RECORD, id="2")], top=2)["gold_majority"] == round(1 / 3, 4)   # 2 of 2, 1 of 2, none
     with pytest.raises(ValueError, match="2 tag lists for 1 FINER records"):
         tag_quality([[], []], [RECORD])
 

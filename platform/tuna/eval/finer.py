@@ -160,18 +160,20 @@ def token_f1(prediction: str, gold: str) -> float:
     return 2 * p * r / (p + r)
 
 
-def tag_quality(tags: Sequence[Sequence[str]], records: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
+def tag_quality(tags: Sequence[Sequence[str]], records: Sequence[Mapping[str, Any]],
+                top: int | None = None) -> dict[str, float | int]:
     """How good the retrieved tags of FINER images are, by the whole-word rule (a tag names the class when a fine label
     or its plural is a token sequence of it: "checkered kraidroul" names kraidroul): ``gold_in_tags`` is the share (0-1)
     of images with at least one tag naming the gold fine class, ``gold_majority`` the share whose tags name it in more
     than half of them, ``gold_first`` the share whose first (highest-scored) tag names it; ``n`` images, ``untagged``
-    of them with no tag at all (they count as misses)."""
+    of them with no tag at all (they count as misses). ``top``: only each image's first ``top`` tags count (the whole
+    image's, when region tags follow them)."""
     if len(tags) != len(records):
         raise ValueError(f"{len(tags)} tag lists for {len(records)} FINER records")
     anywhere = majority = first = untagged = 0
     for i, (row, record) in enumerate(zip(tags, records)):
         forms = [form for gold in record_labels(record, i)["fine"] for form in label_forms(gold)]
-        named = [any(_contains(normalize(t).split(), form) for form in forms) for t in row]
+        named = [any(_contains(normalize(t).split(), form) for form in forms) for t in row[:top]]
         untagged += not row
         anywhere += any(named)
         majority += sum(named) * 2 > len(named) > 0
