@@ -338,3 +338,12 @@ def test_each_nodes_local_rank_zero_builds_first_and_every_rank_meets_the_barrie
     with pytest.raises(OSError):
         local_rank_zero_first(0, lambda: seen.append("barrier"), fail)
     assert seen == ["barrier"]  # the other ranks are released (and fail on their own), never left waiting
+
+
+def test_region_tags_make_a_tag_variants_training_stale_and_leave_the_baseline_alone() -> None:
+    from tuna.train.engine import fingerprint
+
+    plain, regions = load_recipe(SMOKE, ["model.num_tags=9"]), load_recipe(SMOKE, ["model.num_tags=9", "model.region_grid=2"])
+    assert fingerprint(plain, "tuna", 2, 2) != fingerprint(regions, "tuna", 2, 2)
+    assert fingerprint(plain, "tuner_off", 1, 2) != fingerprint(regions, "tuner_off", 1, 2)
+    assert fingerprint(plain, "baseline", 2, 2) == fingerprint(regions, "baseline", 2, 2)   # it retrieves nothing

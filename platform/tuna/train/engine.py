@@ -71,6 +71,8 @@ def fingerprint(cfg: Recipe, variant: str, stage: int, world_size: int) -> str:
         "system": cfg.train.system_prompt, "precision": cfg.train.precision,
         "inputs": inputs_digest(cfg, variant, stage),
     }
+    if cfg.model.region_grid and payload["model"]["tag_mode"] != "none":   # other tags (and reading tags) to train on
+        payload["region_grid"] = cfg.model.region_grid
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
