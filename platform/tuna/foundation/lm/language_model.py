@@ -192,8 +192,14 @@ def _inputs(cfg: Recipe, corpus_hash: str) -> dict[str, Any]:
     """Everything the trained weights depend on; equal inputs mean the saved LM is up to date."""
     inputs = {"lm_config": section_fingerprint(cfg.lm), "seed": cfg.run.seed, "corpus": corpus_hash}
     if cfg.lm.reading_docs_per_class:
-        inputs["num_tags"] = cfg.model.num_tags  # the reading documents list model.num_tags tags
+        inputs["num_tags"] = reading_tags(cfg)  # the reading documents list the whole image's tags
     return inputs
+
+
+def reading_tags(cfg: Recipe) -> int:
+    """Tags per reading document: the whole image's (``model.num_tags`` less one per ``model.region_grid`` cell; stage 2
+    appends the cells' tags to its reading conversations, as retrieval does)."""
+    return cfg.model.num_tags - cfg.model.region_grid ** 2
 
 
 def is_up_to_date(cfg: Recipe) -> bool:
@@ -224,7 +230,7 @@ def train_lm(cfg: Recipe, progress: bool = True, log: Callable[[str], None] = pr
     with _torch_threads(lm.threads), staged_dir(target, "language model") as tmp:
         corpus = pretrain.load_corpus(_corpus_paths(cfg), lm.val_fraction, cfg.run.seed)
         tokenizer = train_tokenizer(corpus.tokenizer_texts(), lm.vocab_size, lm.max_length)
-        reading = pretrain.reading_documents(taxonomy, lm.reading_docs_per_class, cfg.run.seed, cfg.model.num_tags)
+        reading = pretrain.reading_documents(taxonomy, lm.reading_docs_per_class, cfg.run.seed, reading_tags(cfg))
         reading += pretrain.scene_documents(taxonomy, lm.scene_docs_per_class, cfg.run.seed)
         docs = pretrain.encode_documents(tokenizer, corpus.documents(lm.text_repeats) + reading)
         torch.manual_seed(cfg.run.seed)
