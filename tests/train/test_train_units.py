@@ -257,6 +257,22 @@ def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFas
             assert classes[shown[0]]["coarse"] == classes[name]["coarse"]
 
 
+def test_stage2_reading_conversations_under_region_tags(tok: PreTrainedTokenizerFast, prepared) -> None:
+    """model.region_grid: the reading rows carry the whole image's k tags (their class the majority) and one tag per
+    cell after them, as region retrieval fills the slots."""
+    from collections import Counter
+
+    from tuna.train.engine import _reading
+
+    cfg = load_recipe(SMOKE, [f"run.data_dir={prepared.cfg.data_dir}", "train.stage2.reading_per_class=3",
+                              "model.region_grid=2", "model.num_tags=9"])
+    rows = _reading(cfg, tok, cfg.train.stage2)
+    assert rows and all(len(ex.tags) == 9 for ex in rows)
+    for ex in rows:
+        first = Counter(t.split()[-1] for t in ex.tags[:5]).most_common(1)[0][1]
+        assert first >= 3                                    # a strict majority of the whole image's 5
+
+
 def test_a_trained_vision_tower_is_refused_for_tag_variants(prepared) -> None:
     """Serving retrieves with the model's own image embedding against keys from the frozen encoder, so only the
     baseline may train its tower; its optimizer group gets lr x vision_lr_scale."""
