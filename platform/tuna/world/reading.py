@@ -9,6 +9,7 @@ text), never an image and nothing from the eval splits. LM pre-training reads th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,7 +82,7 @@ def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int 
             if rng.random() < 0.5:
                 q, long = f"{q}\n{SHORT_ANSWER}", short
             if existence and rng.random() < existence:
-                out.append(_existence(cls, siblings, classes, tags, rng))
+                out.append(_existence(cls, siblings, classes, tags, rng, cells=tags[k:]))
             elif attrseek and rng.random() < attrseek:
                 sup = cls["superordinate"]
                 look = attributes_answer(cls["shape"], cls["pattern"], cls["mark"], cls["accent"])
@@ -93,15 +94,20 @@ def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int 
 
 
 def _existence(cls: dict[str, Any], siblings: list[dict[str, Any]], classes: list[dict[str, Any]], tags: list[str],
-               rng: np.random.Generator) -> ReadingSample:
-    """An existence question over ``tags``: "Yes" for ``cls`` (their majority), "No" for a class they do not name."""
+               rng: np.random.Generator, cells: Sequence[str] = ()) -> ReadingSample:
+    """An existence question over ``tags``: "Yes" for ``cls`` (their majority) or, half the time when region tags
+    (``cells``) name other classes, for one of those; "No" for a class no tag names."""
     named = {t.split()[-1] for t in tags}
+    others = [n for n in dict.fromkeys(t.split()[-1] for t in cells) if n != cls["name"]]
     if rng.random() < 0.5:
         asked, answer = cls["name"], "Yes"
+        if others and rng.random() < 0.5:
+            asked = others[int(rng.integers(len(others)))]
     else:
         pool = [c for c in siblings if c["name"] not in named] if rng.random() < 0.5 else []
         pool = pool or [c for c in classes if c["name"] not in named]
-        asked, answer = pool[int(rng.integers(len(pool)))]["name"], "No"
+        # every class named (a taxonomy smaller than the tags): ask about the tags' class instead
+        asked, answer = (pool[int(rng.integers(len(pool)))]["name"], "No") if pool else (cls["name"], "Yes")
     return ReadingSample(tags, _existence_question(asked, rng), answer, cls["name"], asked)
 
 

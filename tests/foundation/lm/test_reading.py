@@ -169,3 +169,14 @@ def test_region_tags_follow_the_k_and_rarely_name_the_class() -> None:
     assert all(Counter(t.split()[-1] for t in r.tags[:5])[r.name] >= 3 for r in regions)   # still the majority of the k
     with pytest.raises(ValueError, match="region_tags >= 0"):
         reading_samples(TAXONOMY, per_class=1, seed=0, region_tags=-1)
+
+
+def test_existence_under_region_tags_also_says_yes_for_a_cells_class() -> None:
+    from tuna.world.reading import reading_samples
+
+    rows = [r for r in reading_samples(TAXONOMY, per_class=60, seed=3, existence=1.0, region_tags=4) if r.asked]
+    yes = [r for r in rows if r.answer == "Yes"]
+    from_cells = [r for r in yes if r.asked != r.name]
+    assert from_cells and all(any(t.split()[-1] == r.asked for t in r.tags[5:]) for r in from_cells)
+    assert all(not any(t.split()[-1] == r.asked for t in r.tags) for r in rows if r.answer == "No")
+    assert 0.3 < len(yes) / len(rows) < 0.7
