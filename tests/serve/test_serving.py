@@ -417,12 +417,15 @@ def test_the_served_retrieval_step_retrieves_regions_as_training_attached(traine
     from tuna.serve.ensemble import Preprocessor, Retrieval
 
     repo = exported / "model_repository"
-    pre, ret = Preprocessor(repo / "preprocessing" / "1" / "assets"), Retrieval(repo / "retrieval" / "1" / "assets")
+    # a copy: a server of this module may hold the export's Milvus Lite files open (one process per file)
+    assets = shutil.copytree(repo / "retrieval" / "1" / "assets", tmp_path / "retrieval")
+    pre, ret = Preprocessor(repo / "preprocessing" / "1" / "assets"), Retrieval(assets)
     grid = ["model.region_grid=2"]   # 5 tag slots: 1 for the whole image, 1 per quadrant
     ret.cfg = load_recipe(ret.folder / ret.settings["recipe"], [f"run.data_dir={ret.folder}", *ret.settings.get("overrides", []), *grid])
     paths = []
     for n in range(4):
-        paths.append(tmp_path / f"q{n}.png")
+        paths.append(tmp_path / "questions" / f"q{n}.png")
+        paths[-1].parent.mkdir(exist_ok=True)
         paths[-1].write_bytes(_image(trained, "ood", n))
     p = [pre("What is in the image?", path.read_bytes(), 4) for path in paths]
     try:
