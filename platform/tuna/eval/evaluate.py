@@ -145,7 +145,7 @@ def eval_finer(cfg: Recipe, asker: Asker, tag_mode: str, b_datastores: Sequence[
             res = {"direct": finer_metrics(asker.ask(direct, tags, 16, desc=f"finer {key}"), records)}
         if store is not None and tag_mode != "none":   # what the model was given: how often its tags name the object
             res["tags"] = tag_quality([[t for t, _ in tags.get(str(img), [])] for img in images], records,
-                                      top=cfg.model.num_tags - cfg.model.region_grid ** 2)   # the whole image's tags
+                                      top=cfg.model.whole_image_tags)
         if attrseek:
             turns = [finer_attrseek_questions(r) if cfg.eval.finer_questions == "per_level"
                      else attrseek_prompts(r["basic-level-lbl"]) for r in records]

@@ -369,6 +369,11 @@ class ModelConfig:
     tuner: bool = True
     datastore: str = "A"            # the datastore TUNA retrieves from in training and ID/OOD eval (a datastores: entry)
 
+    @property
+    def whole_image_tags(self) -> int:
+        """Tag slots the whole image fills: ``num_tags`` less one per ``region_grid`` cell (they come last)."""
+        return self.num_tags - self.region_grid ** 2
+
     def __post_init__(self) -> None:
         _require(1 <= self.num_tags <= 64, "num_tags", f"must be in 1..64, got {self.num_tags}")
         _require(self.region_grid == 0 or 2 <= self.region_grid <= 4, "region_grid",

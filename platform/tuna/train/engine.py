@@ -180,9 +180,9 @@ def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> list[Any]:
     except (OSError, json.JSONDecodeError, DataFormatError) as err:
         raise TrainError(f"train.stage2.reading_per_class needs the world's taxonomy and instruction instances ({err}); "
                          f"run `tuna world` first") from None
-    cells = cfg.model.region_grid ** 2   # region retrieval fills the last slots: the reading tags look the same
-    samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, cfg.model.num_tags - cells,
-                              sc.reading_existence, sc.reading_attrseek, region_tags=cells)
+    whole = cfg.model.whole_image_tags   # region retrieval fills the last slots: the reading tags look the same
+    samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, whole, sc.reading_existence,
+                              sc.reading_attrseek, region_tags=cfg.model.num_tags - whole)
     if instances is None:
         blank = write_blank_image(layout(cfg).reading_image(f"blank-{cfg.world.image_size}.png"),
                                   cfg.world.image_size)

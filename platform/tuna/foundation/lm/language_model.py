@@ -199,7 +199,7 @@ def _inputs(cfg: Recipe, corpus_hash: str) -> dict[str, Any]:
 def reading_tags(cfg: Recipe) -> int:
     """Tags per reading document: the whole image's (``model.num_tags`` less one per ``model.region_grid`` cell; stage 2
     appends the cells' tags to its reading conversations, as retrieval does)."""
-    return cfg.model.num_tags - cfg.model.region_grid ** 2
+    return cfg.model.whole_image_tags
 
 
 def is_up_to_date(cfg: Recipe) -> bool:
