@@ -15,7 +15,7 @@ from support import SMOKE, World, quiet
 from tuna.cli import main
 from tuna.errors import ConfigError, TunaError
 from tuna.foundation.lm import LMUnavailable, is_up_to_date, lm_path, load_lm, run_lm, train_lm
-from tuna.foundation.lm.pretrain import encode_documents, pack, probe_prompt
+from tuna.foundation.lm.pretrain import encode_documents, membership_probe, pack, probe_prompt
 from tuna.recipe import load_recipe
 from tuna.retrieval.clip import weights_sha256
 
@@ -41,6 +41,40 @@ def test_training_writes_model_tokenizer_manifest_metrics(trained: dict[str, Any
         assert 0 <= probe["exact"] <= probe["coarse"] <= 1 and 0 <= probe["superordinate"] <= 1
         assert metrics["tokens_per_name"][split]["n"] == len(names)
         assert metrics["tokens_per_name"][split]["mean"] >= 1
+        if len(names) >= 2:
+            member = metrics["membership"][split]
+            assert member["n"] >= 4 * len(names) and 0 <= member["accuracy"] <= 1 and 0 <= member["yes_ratio"] <= 1
+            assert manifest["membership"][split] == member["accuracy"]
+
+
+def test_membership_probe_scores_the_yes_no_logits(trained: dict[str, Any], world: World) -> None:
+    """A scripted model that answers by reading the prompt scores 1.0; one that always says No scores the No share."""
+    import re
+    from types import SimpleNamespace
+
+    _, tok = load_lm(trained["path"])
+    taxonomy = json.loads((world.root / "taxonomy.json").read_text())
+    yes, no = (tok.encode(f"ASSISTANT: {w}", add_special_tokens=False)[-1] for w in ("Yes", "No"))
+
+    class Reader:
+        device = torch.device("cpu")
+
+        def __init__(self, honest: bool) -> None:
+            self.honest = honest
+
+        def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+            logits = torch.zeros(*input_ids.shape, len(tok))
+            for row, ids in enumerate(input_ids):
+                scene, question = tok.decode(ids, skip_special_tokens=True).split("\n")[:2]
+                asked = re.search(r"(?:an?) (\w+)(?: in (?:the|this) image)?\?", question).group(1)
+                present = self.honest and re.search(rf"\b{asked}\b", scene) is not None
+                logits[row, -1, yes if present else no] = 1.0
+            return SimpleNamespace(logits=logits)
+
+    honest = membership_probe(Reader(True), tok, taxonomy, seed=0, per_class=2)
+    assert honest and all(v["accuracy"] == 1.0 and v["yes_ratio"] == 0.5 for v in honest.values())
+    never = membership_probe(Reader(False), tok, taxonomy, seed=0, per_class=2)
+    assert all(v["accuracy"] == 0.5 and v["yes_ratio"] == 0.0 for v in never.values())
 
 
 def test_loss_decreases(trained: dict[str, Any]) -> None:
@@ -148,8 +182,26 @@ def test_load_lm_of_an_external_model_without_pad(trained: dict[str, Any], tmp_p
 
 
 def test_pack_drops_the_tail_and_keeps_order() -> None:
-    blocks = pack([[1, 5, 2], [1, 6, 7, 2]], [1, 0], 3)
+    blocks, positions = pack([[1, 5, 2], [1, 6, 7, 2]], [1, 0], 3)
     assert blocks.tolist() == [[1, 6, 7], [2, 1, 5]]
+    assert positions.tolist() == [[0, 1, 2], [3, 0, 1]]
+
+
+def test_packed_positions_keep_each_document_to_itself() -> None:
+    """A document packed after another gets the logits it gets alone: no attention across the boundary."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2)).eval()
+    first, second = [1, 5, 9, 11, 2], [1, 7, 3, 2]
+    blocks, positions = pack([first, second], [0, 1], 9)
+    with torch.no_grad():
+        packed = model(input_ids=blocks, position_ids=positions, use_cache=False).logits[0, len(first):]
+        alone = model(input_ids=torch.tensor([second])).logits[0]
+        unmasked = model(input_ids=blocks).logits[0, len(first):]
+    assert torch.allclose(packed, alone, atol=1e-5)
+    assert not torch.allclose(unmasked, alone, atol=1e-3)   # without the positions the first document leaks in
 
 
 def test_encode_documents_adds_bos_and_eos() -> None:

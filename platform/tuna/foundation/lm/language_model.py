@@ -37,7 +37,7 @@ from tuna.recipe import Recipe, section_fingerprint
 from tuna.sources import sources
 from tuna.staging import staged_dir
 
-LM_VERSION = "tuna.foundation.lm/1"
+LM_VERSION = "tuna.foundation.lm/2"  # 2: documents isolated in packed blocks; chat markers in the tokenizer
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -141,13 +141,16 @@ def _taxonomy(path: Path) -> dict[str, Any]:
         raise DataFormatError(f"{path}: not valid JSON ({err.msg})") from None
 
 
-def evaluate_lm(model: Any, tokenizer: Any, corpus: pretrain.Corpus, taxonomy: dict[str, Any]) -> dict[str, Any]:
-    """Validation perplexity on the held-out text documents, tokens per class name and the knowledge probe."""
+def evaluate_lm(model: Any, tokenizer: Any, corpus: pretrain.Corpus, taxonomy: dict[str, Any], seed: int = 0
+                ) -> dict[str, Any]:
+    """Validation perplexity on the held-out text documents, tokens per class name, the knowledge probe and the
+    membership probe (held-out scene texts of ``seed``)."""
     splits = pretrain.probe_classes(taxonomy)
     return {
         "val": pretrain.perplexity(model, tokenizer, corpus.val),
         "tokens_per_name": {s: tokens_per_name(tokenizer, [c["name"] for c in cs]) for s, cs in splits.items()},
         "probe": pretrain.knowledge_probe(model, tokenizer, taxonomy),
+        "membership": pretrain.membership_probe(model, tokenizer, taxonomy, seed),
     }
 
 
@@ -162,6 +165,10 @@ def summary_line(metrics: dict[str, Any]) -> str:
                                             for s in pretrain.PROBE_SPLITS if s in probe))
     parts.append("tokens/name " + " ".join(f"{s.upper()} {names[s]['mean']:.2f}"
                                            for s in pretrain.PROBE_SPLITS if s in names))
+    member = metrics.get("membership", {})
+    if member:
+        parts.append("membership " + " ".join(f"{s.upper()} {100 * member[s]['accuracy']:.1f}%"
+                                              for s in pretrain.PROBE_SPLITS if s in member))
     return " | ".join(parts)
 
 
@@ -176,6 +183,8 @@ def flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
                 out[f"probe_{key}_{s}"] = float(metrics["probe"][s][key])
         if s in metrics["tokens_per_name"]:
             out[f"tokens_per_name_{s}"] = float(metrics["tokens_per_name"][s]["mean"])
+        if s in metrics.get("membership", {}):
+            out[f"membership_{s}"] = float(metrics["membership"][s]["accuracy"])
     return out
 
 
@@ -229,9 +238,10 @@ def train_lm(cfg: Recipe, progress: bool = True, log: Callable[[str], None] = pr
     t0 = time.perf_counter()
     with _torch_threads(lm.threads), staged_dir(target, "language model") as tmp:
         corpus = pretrain.load_corpus(_corpus_paths(cfg), lm.val_fraction, cfg.run.seed)
-        tokenizer = train_tokenizer(corpus.tokenizer_texts(), lm.vocab_size, lm.max_length)
         reading = pretrain.reading_documents(taxonomy, lm.reading_docs_per_class, cfg.run.seed, reading_tags(cfg))
         reading += pretrain.scene_documents(taxonomy, lm.scene_docs_per_class, cfg.run.seed)
+        # the chat-layout documents teach the tokenizer the template's markers ("ASSISTANT:" one token, not ten)
+        tokenizer = train_tokenizer(corpus.tokenizer_texts() + reading, lm.vocab_size, lm.max_length)
         docs = pretrain.encode_documents(tokenizer, corpus.documents(lm.text_repeats) + reading)
         torch.manual_seed(cfg.run.seed)
         model = pretrain.build_model(lm, tokenizer)
@@ -240,7 +250,7 @@ def train_lm(cfg: Recipe, progress: bool = True, log: Callable[[str], None] = pr
             f"{sum(len(d) for d in docs)} tokens x {lm.epochs} epochs on {lm.threads} threads")
         curve = pretrain.pretrain(model, docs, lm, cfg.run.seed, progress, log)
         t_eval = time.perf_counter()
-        metrics = evaluate_lm(model, tokenizer, corpus, taxonomy)
+        metrics = evaluate_lm(model, tokenizer, corpus, taxonomy, cfg.run.seed)
         eval_seconds = time.perf_counter() - t_eval
         with _hf_quiet():
             model.save_pretrained(tmp)
@@ -260,6 +270,7 @@ def train_lm(cfg: Recipe, progress: bool = True, log: Callable[[str], None] = pr
             "loss": {k: curve[k] for k in ("first", "last_epoch", "per_epoch", "steps", "batch_size", "block_size")},
             "val_perplexity": metrics["val"]["perplexity"],
             "probe_coarse": {s: metrics["probe"][s]["coarse"] for s in pretrain.PROBE_SPLITS if s in metrics["probe"]},
+            "membership": {s: v["accuracy"] for s, v in metrics["membership"].items()},
             "tokens_per_name": {s: v["mean"] for s, v in metrics["tokens_per_name"].items()},
             "train_seconds": curve["train_seconds"],
             "eval_seconds": round(eval_seconds, 1),
@@ -293,7 +304,7 @@ def run_lm(cfg: Recipe, force: bool = False, progress: bool = True,
         else:
             corpus = pretrain.load_corpus(_corpus_paths(cfg), cfg.lm.val_fraction, cfg.run.seed)
             with _torch_threads(cfg.lm.threads):
-                metrics = evaluate_lm(model, tokenizer, corpus, _taxonomy(sources(cfg)["taxonomy"].path))
+                metrics = evaluate_lm(model, tokenizer, corpus, _taxonomy(sources(cfg)["taxonomy"].path), cfg.run.seed)
         metrics["lm"] = lm_path(cfg)
         return {"status": "loaded", "path": lm_path(cfg), "params": _count_params(model),
                 "vocab_size": len(tokenizer), "metrics": metrics}

@@ -12,7 +12,9 @@ here writes files or touches a tracking engine.
   text corpus is repeated ``lm.text_repeats`` times per epoch, since the class knowledge lives there;
 - :func:`perplexity` scores held-out documents one by one (no packing across documents);
 - :func:`knowledge_probe` greedily continues the corpus's own phrasing, ``"Q: What is a zedul? A: A
-  zedul is a"``, and checks that the continuation names the class's coarse class (``berry``).
+  zedul is a"``, and checks that the continuation names the class's coarse class (``berry``);
+- :func:`membership_probe` asks "Is there a X?" about a one-line scene text (held-out scenes of each split's
+  classes) and scores the " Yes" / " No" next-token logits: the list-membership skill POPE needs, text only.
 """
 
 from __future__ import annotations
@@ -136,11 +138,15 @@ def encode_documents(tokenizer: Any, docs: Sequence[str]) -> list[list[int]]:
     return [ids + [eos] for ids in tokenizer(list(docs), add_special_tokens=True)["input_ids"]]
 
 
-def pack(docs: Sequence[list[int]], order: Sequence[int], block_size: int) -> torch.Tensor:
-    """(N, block_size) blocks of the documents concatenated in ``order``; the last partial block is dropped."""
+def pack(docs: Sequence[list[int]], order: Sequence[int], block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, block_size) blocks of the documents concatenated in ``order`` and their position ids, which restart at 0
+    where a document starts (transformers then lets each token attend only within its own document); the last
+    partial block is dropped."""
     flat = [t for i in order for t in docs[i]]
+    pos = [p for i in order for p in range(len(docs[i]))]
     n = len(flat) // block_size
-    return torch.tensor(flat[: n * block_size], dtype=torch.long).view(n, block_size)
+    return (torch.tensor(flat[: n * block_size], dtype=torch.long).view(n, block_size),
+            torch.tensor(pos[: n * block_size], dtype=torch.long).view(n, block_size))
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -152,7 +158,8 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
 
 def pretrain(model: LlamaForCausalLM, docs: Sequence[list[int]], lm: LMConfig, seed: int, progress: bool = True,
              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``model`` in place on packed blocks of ``docs``; returns the loss curve and step counts."""
+    """Train ``model`` in place on packed blocks of ``docs`` (each token sees only its own document); returns the
+    loss curve and step counts."""
     total_tokens = sum(len(d) for d in docs)
     blocks_per_epoch = total_tokens // lm.block_size
     if blocks_per_epoch < 1:
@@ -171,11 +178,13 @@ def pretrain(model: LlamaForCausalLM, docs: Sequence[list[int]], lm: LMConfig, s
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc="lm", unit="step", disable=not progress, leave=False)
     for epoch in range(lm.epochs):
-        blocks = pack(docs, rng.permutation(len(docs)).tolist(), lm.block_size)   # new boundaries every epoch
+        blocks, positions = pack(docs, rng.permutation(len(docs)).tolist(), lm.block_size)  # new boundaries every epoch
         running = 0.0
         for s in range(steps_per_epoch):
             x = blocks[s * lm.batch_size:(s + 1) * lm.batch_size]               # (B, block_size)
-            loss = model(input_ids=x, labels=x).loss
+            p = positions[s * lm.batch_size:(s + 1) * lm.batch_size]
+            # no attention mask + restarting positions: transformers masks attention across documents
+            loss = model(input_ids=x, position_ids=p, labels=x, use_cache=False).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
@@ -222,6 +231,47 @@ def probe_prompt(name: str) -> str:
     """The text corpus's own question, stopped where the coarse class comes next."""
     a = article(name)
     return f"Q: What is {a} {name}? A: {a.capitalize()} {name} is a"
+
+
+def _answer_token(tokenizer: Any, word: str) -> int:
+    """The first token of ``word`` as an answer after ``ASSISTANT:`` (byte-level and SentencePiece tokenizers alike)."""
+    base = tokenizer.encode("ASSISTANT:", add_special_tokens=False)
+    full = tokenizer.encode(f"ASSISTANT: {word}", add_special_tokens=False)
+    return full[len(base)] if full[:len(base)] == base and len(full) > len(base) else full[-1]
+
+
+MEMBERSHIP_SEED = 104_729  # added to the run seed: probe scenes differ from the pre-training scene documents
+
+
+@torch.inference_mode()
+def membership_probe(model: Any, tokenizer: Any, taxonomy: dict[str, Any], seed: int, per_class: int = 4,
+                     batch_size: int = 32) -> dict[str, Any]:
+    """Per split: accuracy and yes-ratio of "Is there a X?" questions about a scene text naming 1..4 objects of the
+    split's classes (half Yes for named objects, half No for unnamed ones, every other No a look-alike sibling),
+    answered by comparing the " Yes" and " No" next-token logits after ``USER: {scene}\n{question} ASSISTANT:``."""
+    yes_id, no_id = (_answer_token(tokenizer, w) for w in ("Yes", "No"))
+    out: dict[str, Any] = {}
+    for split, classes in probe_classes(taxonomy).items():
+        if len(classes) < 2:
+            continue
+        items = [(f"USER: {s.scene}\n{q} ASSISTANT:", a == "Yes")
+                 for s in scene_samples({split: {"classes": classes}}, per_class, seed + MEMBERSHIP_SEED, per_doc=1)
+                 for q, a in s.turns]
+        said = []
+        for i in range(0, len(items), batch_size):
+            ids = tokenizer([p for p, _ in items[i:i + batch_size]])["input_ids"]  # padded by hand: no tokenizer state set
+            width = max(len(x) for x in ids)
+            x = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(x)
+            for r, row in enumerate(ids):
+                x[r, width - len(row):] = torch.tensor(row)
+                mask[r, width - len(row):] = 1
+            last = model(input_ids=x.to(model.device), attention_mask=mask.to(model.device)).logits[:, -1].float()
+            said += (last[:, yes_id] > last[:, no_id]).tolist()
+        n = len(items)
+        out[split] = {"n": n, "accuracy": round(sum(s == t for s, (_, t) in zip(said, items)) / n, 4),
+                      "yes_ratio": round(sum(said) / n, 4)}
+    return out
 
 
 def probe_classes(taxonomy: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
