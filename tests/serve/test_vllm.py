@@ -236,9 +236,10 @@ def test_the_ensemble_on_vllm_answers_over_grpc_like_the_predictor_refuses_bad_s
             assert "\n" not in err.value.message()
         out = raw.infer("tensorrt_llm", _llm_inputs(t0.input_ids, t0.table, end))
         assert out.as_numpy("output_ids").shape[-1] == int(out.as_numpy("sequence_length").reshape(-1)[0]) >= 1
-        # An oversize prompt through the ensemble (longer than the engine's max_model_len) is refused, not crashing.
+        # An oversize prompt through the ensemble (longer than the engine's max_model_len) is refused, not crashing: 990
+        # one-letter words are >= 990 tokens whatever the tokenizer merges, and under serve.max_text_chars (2000).
         with pytest.raises(RequestRefused) as refused:
-            client.ask(asked[0][0], "what " * 390 + "is this?", max_tokens=MAX_TOKENS)
+            client.ask(asked[0][0], "x " * 990 + "is this?", max_tokens=MAX_TOKENS)
         assert refused.value.status == "INVALID_ARGUMENT" and "prompt_embeds:" in refused.value.message
         assert client.ask(asked[0][0], asked[0][1], max_tokens=MAX_TOKENS).text == expected[0]
 
@@ -343,7 +344,7 @@ def test_streamed_answers_add_up_to_the_unstreamed_and_the_predictors_and_a_bad_
         # Concurrent streams, one of them malformed (a prompt longer than the engine's max_model_len): it alone is
         # refused with INVALID_ARGUMENT in one line, the others finish with their answers.
         clients = [TunaClient(server.grpc_url) for _ in range(8)]
-        jobs = [(img, q) for img, q in asked[:7]] + [(asked[0][0], "what " * 390 + "is this?")]
+        jobs = [(img, q) for img, q in asked[:7]] + [(asked[0][0], "x " * 990 + "is this?")]
 
         def stream(i: int) -> str:
             img, q = jobs[i]
