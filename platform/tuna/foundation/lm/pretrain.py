@@ -259,13 +259,7 @@ def membership_probe(model: Any, tokenizer: Any, taxonomy: dict[str, Any], seed:
                  for q, a in s.turns]
         said = []
         for i in range(0, len(items), batch_size):
-            ids = tokenizer([p for p, _ in items[i:i + batch_size]])["input_ids"]  # padded by hand: no tokenizer state set
-            width = max(len(x) for x in ids)
-            x = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(x)
-            for r, row in enumerate(ids):
-                x[r, width - len(row):] = torch.tensor(row)
-                mask[r, width - len(row):] = 1
+            x, mask = _left_padded(tokenizer, [p for p, _ in items[i:i + batch_size]])
             last = model(input_ids=x.to(model.device), attention_mask=mask.to(model.device)).logits[:, -1].float()
             said += (last[:, yes_id] > last[:, no_id]).tolist()
         n = len(items)
@@ -281,17 +275,30 @@ def probe_classes(taxonomy: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
             "b": list(taxonomy.get("B", {}).get("classes", []))}
 
 
+def _pad_id(tokenizer: Any) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _left_padded(tokenizer: Any, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of ``prompts`` with ``<s>``, left-padded by hand (a ``padding=True`` call would store
+    padding in the tokenizer, and a saved tokenizer would then carry it)."""
+    rows = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    width = max(len(r) for r in rows)
+    pad = _pad_id(tokenizer)
+    x = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return x, mask
+
+
 @torch.inference_mode()
 def greedy_continue(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 10,
                     batch_size: int = 32) -> list[str]:
     """Greedy continuations of ``prompts`` (left-padded batches), decoded without special tokens."""
     out: list[str] = []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = _pad_id(tokenizer)
     for i in range(0, len(prompts), batch_size):
-        chunk = tokenizer(list(prompts[i:i + batch_size]), add_special_tokens=True)["input_ids"]
-        width = max(len(c) for c in chunk)
-        x = torch.tensor([[pad] * (width - len(c)) + c for c in chunk], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in chunk], dtype=torch.long)
+        x, mask = _left_padded(tokenizer, prompts[i:i + batch_size])
+        width = x.shape[1]
         gen = model.generate(input_ids=x.to(model.device), attention_mask=mask.to(model.device),
                              max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
                              eos_token_id=tokenizer.eos_token_id)
