@@ -2,7 +2,8 @@
 
   zero-shot   the CLIP alone: "yes" iff the asked class is among the image's top-k classes by image-text cosine
               (prompts "a photo of a X."), on the POPE validation splits: how much existence the encoder's own
-              embedding holds, with no training on top.
+              embedding holds, with no training on top. ``--crops N`` also says "yes" when the class is the top-1
+              of one of the N x N overlapping crops ``model.vision_crops`` feeds the connector.
   tags        the retrieved tags alone: "yes" iff a tag of the image names the asked class (whole words), on the
               POPE validation splits: how much existence a model that reads only its tags can reach (multi-object
               scenes retrieve neighbours of their dominant object, so the other objects go unnamed).
@@ -13,7 +14,7 @@
               of the objects' names (from instances.json): what the LM + stage 2 reach with perfect vision.
 
 Usage (after `tuna world`, `tuna encoder` and `tuna lm` of the recipe):
-  .venv/bin/python bench/diagnose_existence.py zero-shot --config configs/mini.yaml [--encoder DIR]
+  .venv/bin/python bench/diagnose_existence.py zero-shot --config configs/mini.yaml [--encoder DIR] [--crops 3]
   .venv/bin/python bench/diagnose_existence.py tags --config configs/mini.yaml     (after `tuna index`)
   .venv/bin/python bench/diagnose_existence.py train OUT --config configs/mini.yaml [--oracle] [--skip-stage1] \\
       [key=value overrides, e.g. model.language_model=/path/lm train.stage2.lm_lr_scale=0.2]
@@ -66,8 +67,10 @@ def score(rows: Sequence[dict[str, Any]], says_yes: Sequence[bool], split: str) 
 
 
 @torch.no_grad()
-def zero_shot(cfg: Any, encoder: Path, ks: Sequence[int] = (2, 3, 4)) -> dict[str, Any]:
+def zero_shot(cfg: Any, encoder: Path, ks: Sequence[int] = (2, 3, 4), crops: int = 0) -> dict[str, Any]:
     from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+    from tuna.model.vision_features import crop_grid
 
     world = Path(cfg.run.data_dir) / "world"
     model = CLIPModel.from_pretrained(str(encoder)).eval()
@@ -79,15 +82,23 @@ def zero_shot(cfg: Any, encoder: Path, ks: Sequence[int] = (2, 3, 4)) -> dict[st
     for split in ("id", "ood"):
         rows = pope_rows(world, split)
         paths = sorted({r["path"] for r in rows})
-        embs = []
+        def embed(pixels: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.normalize(model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output), dim=-1)
+
+        embs, crop_top = [], []
         for i in range(0, len(paths), 256):
             pv = proc(images=[Image.open(p).convert("RGB") for p in paths[i:i + 256]], return_tensors="pt")["pixel_values"]
-            embs.append(torch.nn.functional.normalize(model.visual_projection(model.vision_model(pixel_values=pv).pooler_output), dim=-1))
+            embs.append(embed(pv))
+            if crops:
+                crop_top += (embed(crop_grid(pv, crops)) @ text.T).argmax(1).reshape(len(pv), -1).tolist()
         sims, at = torch.cat(embs) @ text.T, {p: i for i, p in enumerate(paths)}
         for k in ks:
             top = sims.topk(k, dim=1).indices.tolist()
             says = [names.index(asked_name(r["text"])) in top[at[r["path"]]] for r in rows]
             out[f"top{k}"] = {**out.get(f"top{k}", {}), **score(rows, says, split)}
+            if crops:
+                says = [y or names.index(asked_name(r["text"])) in crop_top[at[r["path"]]] for y, r in zip(says, rows)]
+                out[f"top{k}+crops"] = {**out.get(f"top{k}+crops", {}), **score(rows, says, split)}
     return out
 
 
@@ -289,6 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("out", nargs="?", help="train: folder for result.json")
     ap.add_argument("--config", default="configs/mini.yaml")
     ap.add_argument("--encoder", help="zero-shot: a CLIP folder (default: the recipe's <data_dir>/encoder)")
+    ap.add_argument("--crops", type=int, default=0, help="zero-shot: also the top-1 class of each of N x N crops")
     ap.add_argument("--variant", default="baseline")
     ap.add_argument("--oracle", action="store_true", help="train: visual tokens = the LM's embeddings of the objects' names")
     ap.add_argument("--skip-stage1", action="store_true")
@@ -298,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     cfg = load_recipe(args.config, args.overrides)
     if args.mode == "zero-shot":
-        res = zero_shot(cfg, Path(args.encoder or Path(cfg.run.data_dir) / "encoder"))
+        res = zero_shot(cfg, Path(args.encoder or Path(cfg.run.data_dir) / "encoder"), crops=args.crops)
         print(json.dumps(res))
         return 0
     if args.mode == "tags":

@@ -206,7 +206,8 @@ def make_plan(cfg: Recipe, variant: str = "tuna") -> Plan:
     config = TunaConfig(clip_config=clip, text_config=lm, projector_type=settings["projector"],
                         vision_feature_layer=settings["vision_feature_layer"],
                         vision_feature_select_strategy=settings["vision_feature_select_strategy"],
-                        vision_feature_pool=settings["vision_feature_pool"], num_tags=settings["num_tags"],
+                        vision_feature_pool=settings["vision_feature_pool"],
+                        vision_crops=settings["vision_crops"], num_tags=settings["num_tags"],
                         tag_mode=settings["tag_mode"], use_tuner=settings["tuner"], max_tag_tokens=8)
     model = meta_tuna(config)
     parts = count_parts(model)

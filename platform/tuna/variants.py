@@ -27,7 +27,7 @@ VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
 TRAINED = ("tuna", "baseline")                 # what `tuna run`, the pipeline and `make run` train: TUNA and its twin
 ABLATIONS = ("tuna", "tuner_off", "captions", "random", "baseline")  # the default eval.ablations order
 MODEL_KEYS = ("projector", "vision_feature_layer", "vision_feature_select_strategy", "vision_feature_pool",
-              "num_tags", "tag_mode", "tuner")
+              "vision_crops", "num_tags", "tag_mode", "tuner")
 
 
 def check_variant(name: str) -> str:

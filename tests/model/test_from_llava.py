@@ -82,6 +82,8 @@ def test_bad_inputs_name_path_and_fix(saved, tmp_path):
         build_tuna_from_llava(llava_dir, clip_dir, vision_feature_layer=-1)
     with pytest.raises(ModelLoadError, match="model.projector: 'linear'"):
         build_tuna_from_llava(llava_dir, clip_dir, projector="linear")
+    with pytest.raises(ModelLoadError, match="model.vision_crops: 3, but .* trained on 0 .no crop tokens.; set model.vision_crops=0"):
+        build_tuna_from_llava(llava_dir, clip_dir, vision_crops=3)
 
 
 def test_recipe_key_model_llava_builds_stage_one(saved, tmp_path):

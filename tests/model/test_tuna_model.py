@@ -315,3 +315,44 @@ def test_images_encoded_once_by_the_caller_give_the_same_merge(make_model):
         assert torch.equal(ours.inputs_embeds, ref.inputs_embeds) and torch.equal(ours.tag_weights, ref.tag_weights)
         with pytest.raises(ModelInputError, match=r"image_outputs hold 1 images but input_ids has 2 rows"):
             model.prepare_multimodal_inputs(**batch, image_outputs=(encoded[0][:1], encoded[1][:1]))
+
+
+def test_crop_grid_windows_overlap_by_half_a_crop() -> None:
+    """vision_crops n: n x n crops of side 2S/(n+1) at a stride of S/(n+1), raster order, resized to S x S."""
+    from tuna.model.vision_features import crop_grid
+
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32)
+    crops = crop_grid(x, 3)                                                        # side 16, stride 8
+    assert crops.shape == (2 * 9, 3, 32, 32)
+    for i, (y0, x0) in enumerate((y, x) for y in (0, 8, 16) for x in (0, 8, 16)):
+        want = F.interpolate(x[1:2, :, y0:y0 + 16, x0:x0 + 16], size=(32, 32), mode="bicubic", align_corners=False)
+        torch.testing.assert_close(crops[9 + i:10 + i], want)
+    assert torch.equal(crop_grid(x, 1), x)                                         # one crop: the image itself
+
+
+def test_crop_tokens_follow_the_grid(make_model):
+    """Each crop adds its CLS (from vision_feature_layer) after the image's own tokens; crops=False leaves them out."""
+    from tuna.model.vision_features import crop_grid
+
+    model = make_model(vision_crops=2, vision_feature_select_strategy="full")
+    assert model.config.num_patches == P + 1 + 4
+    pixels = make_batch(model)["pixel_values"]
+    with torch.no_grad():
+        patches, image_features = model.encode_image(pixels)
+        alone, same_features = model.encode_image(pixels, crops=False)
+        right_bottom = F.interpolate(pixels[:, :, 10:30, 10:30], size=(32, 32), mode="bicubic", align_corners=False)
+        hidden = model.clip.vision_model(pixel_values=right_bottom, output_hidden_states=True).hidden_states[-2]
+        out = model(**make_batch(model))
+    assert patches.shape == (2, P + 1 + 4, D) and alone.shape == (2, P + 1, D)
+    torch.testing.assert_close(patches[:, :P + 1], alone)
+    torch.testing.assert_close(image_features, same_features)
+    assert crop_grid(pixels, 2).shape[-1] == 32
+    torch.testing.assert_close(patches[:, -1], hidden[:, 0], atol=1e-5, rtol=1e-4)  # crop 4: stride 32 // 3, side 20
+    assert out.image_hidden_states.shape == (2, P + 1 + 4, D)
+
+
+def test_vision_crops_out_of_range_is_refused(make_model):
+    from tuna.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="vision_crops: 5 must be 0 .no crops. or a crop grid side in 1..4"):
+        make_model(vision_crops=5)

@@ -145,6 +145,8 @@ def to_llava(model: TunaForConditionalGeneration, add_image_token: bool = False)
                          f"and projector {cfg.projector_type!r}; only the baseline is a LLaVA")
     if cfg.vision_feature_pool != 1:
         raise ValueError(f"to_llava needs vision_feature_pool 1, got {cfg.vision_feature_pool}: Llava feeds the whole patch grid")
+    if cfg.vision_crops:
+        raise ValueError(f"to_llava needs vision_crops 0, got {cfg.vision_crops}: Llava has no crop tokens")
     vocab = cfg.text_config.vocab_size
     image_id, grow = cfg.image_token_index, 0
     if not 0 <= image_id < vocab:

@@ -35,6 +35,9 @@ class TunaConfig(PretrainedConfig):
       ``"full"`` keeps it.
     - ``vision_feature_pool``: average-pools the patch grid by this factor before the connector (1 = off, as
       LLaVA-1.5; 2 turns a 24x24 grid into 12x12, as LLaVA-OneVision's pooling); must divide the grid side.
+    - ``vision_crops``: n > 0 also encodes an n x n grid of overlapping crops of the image (side 2/(n+1) of the
+      image, stride half a crop; each resized to the tower's input, as LLaVA-NeXT's AnyRes tiles) and appends each
+      crop's CLS from ``vision_feature_layer`` as one more visual token (n**2 in all); 0 = off (LLaVA-1.5).
     - ``num_tags`` (k): retrieved tags per image; ``max_tag_tokens``: LM tokens per tag, at most.
     - ``tag_mode``: ``"tags"`` / ``"random"`` / ``"captions"`` (same forward; the data pipeline decides
       what the "tags" are) or ``"none"`` (no tag block: the LLaVA baseline).
@@ -61,6 +64,7 @@ class TunaConfig(PretrainedConfig):
     vision_feature_layer: int = -2
     vision_feature_select_strategy: str = "default"
     vision_feature_pool: int = 1
+    vision_crops: int = 0
     num_tags: int = 5
     max_tag_tokens: int = 8
     tag_mode: str = "tags"
@@ -102,6 +106,9 @@ class TunaConfig(PretrainedConfig):
         pool = self.vision_feature_pool
         need(isinstance(pool, int) and pool >= 1 and side % pool == 0, "vision_feature_pool",
              f"{pool!r} must be a positive divisor of the {side}x{side} patch grid side (1 = no pooling)")
+        crops = self.vision_crops
+        need(isinstance(crops, int) and not isinstance(crops, bool) and 0 <= crops <= 4, "vision_crops",
+             f"{crops!r} must be 0 (no crops) or a crop grid side in 1..4")
         need(1 <= self.num_tags <= 64, "num_tags", f"must be in 1..64, got {self.num_tags}")
         need(1 <= self.max_tag_tokens <= 256, "max_tag_tokens", f"must be in 1..256, got {self.max_tag_tokens}")
         need(self.tuner_logit_scale_init > 0, "tuner_logit_scale_init",
@@ -115,10 +122,10 @@ class TunaConfig(PretrainedConfig):
 
     @property
     def num_patches(self) -> int:
-        """Visual tokens per image (P): the (pooled) patch grid, plus CLS with the "full" strategy."""
+        """Visual tokens per image (P): the (pooled) patch grid, plus CLS with the "full" strategy, plus one per crop."""
         vision = self.clip_config.vision_config
         grid = (vision.image_size // vision.patch_size // self.vision_feature_pool) ** 2
-        return grid + (self.vision_feature_select_strategy == "full")
+        return grid + (self.vision_feature_select_strategy == "full") + self.vision_crops ** 2
 
     @property
     def tag_encoder_num_heads(self) -> int:

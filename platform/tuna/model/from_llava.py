@@ -143,6 +143,7 @@ def build_tuna_from_llava(
     vision_feature_layer: int | None = None,
     vision_feature_select_strategy: str | None = None,
     vision_feature_pool: int = 1,
+    vision_crops: int = 0,
     dtype: torch.dtype | None = None,
     **settings: Any,
 ) -> TunaForConditionalGeneration:
@@ -159,6 +160,7 @@ def build_tuna_from_llava(
     _same("model.vision_feature_layer", layer, lcfg.vision_feature_layer, "the CLIP layer it reads")
     _same("model.vision_feature_select_strategy", strategy, lcfg.vision_feature_select_strategy, "CLS kept or dropped")
     _same("model.vision_feature_pool", vision_feature_pool, 1, "the whole patch grid")
+    _same("model.vision_crops", vision_crops, 0, "no crop tokens")
     source = load_llava(llava, dtype)
     try:
         clip_model = CLIPModel.from_pretrained(os.fspath(clip), **({"dtype": dtype} if dtype is not None else {}))

@@ -42,7 +42,7 @@ from transformers.utils import ModelOutput
 from tuna.errors import TunaError
 from tuna.model.clip_model import VectorScaleCLIPModel, vectorize_scalar_parameters
 from tuna.model.configuration_tuna import TunaConfig
-from tuna.model.vision_features import select_features
+from tuna.model.vision_features import crop_grid, select_features
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (visual tokens, tag block, padding)
 
@@ -185,8 +185,9 @@ class TunaInputs:
     def _clip_grad(self) -> bool:
         return torch.is_grad_enabled() and any(p.requires_grad for p in self.clip.parameters())
 
-    def encode_image(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, S, S) -> patch features (B, P, Dv) from ``vision_feature_layer`` and the image feature (B, Dt).
+    def encode_image(self, pixel_values: torch.Tensor, crops: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) -> patch features (B, P, Dv) from ``vision_feature_layer`` (``vision_crops`` CLS tokens last;
+        ``crops=False`` leaves them out, for callers that read only the image feature) and the image feature (B, Dt).
 
         The image feature is CLIP's own image embedding (post-LayerNorm CLS, visual projection): the
         joint space the tuner compares tags in.
@@ -199,8 +200,13 @@ class TunaInputs:
                 f"{want[1]}, {want[2]}); preprocess images with the CLIP image processor saved with the encoder")
         with torch.set_grad_enabled(self._clip_grad()):
             out = self.clip.vision_model(pixel_values=pixel_values.to(self.clip.dtype), output_hidden_states=True)
-            patches = select_features(out.hidden_states[self.config.vision_feature_layer],  # (B, P, Dv)
+            layer = self.config.vision_feature_layer
+            patches = select_features(out.hidden_states[layer],                      # (B, P, Dv)
                                       self.config.vision_feature_select_strategy, self.config.vision_feature_pool)
+            if crops and (grid := self.config.vision_crops):
+                tiles = self.clip.vision_model(pixel_values=crop_grid(pixel_values.to(self.clip.dtype), grid),
+                                               output_hidden_states=True).hidden_states[layer][:, 0]  # (B*n*n, Dv)
+                patches = torch.cat([patches, tiles.reshape(patches.shape[0], grid * grid, -1)], dim=1)
             image_features = self.clip.visual_projection(out.pooler_output)         # (B, Dt)
         return patches, image_features
 

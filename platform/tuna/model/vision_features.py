@@ -1,4 +1,5 @@
-"""Which CLIP hidden-state tokens the connector reads: the patch grid (optionally pooled), with or without CLS."""
+"""Which CLIP hidden-state tokens the connector reads: the patch grid (optionally pooled), with or without CLS, and
+the CLS tokens of overlapping crops (as LLaVA-NeXT's AnyRes tiles: small objects get a full view each)."""
 
 from __future__ import annotations
 
@@ -25,4 +26,16 @@ def select_features(hidden: torch.Tensor, strategy: str, pool: int) -> torch.Ten
     return torch.cat([hidden[:, :1], patches], dim=1) if strategy == "full" else patches
 
 
-__all__ = ["pool_grid", "select_features"]
+def crop_grid(pixel_values: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, C, S, S) -> (B * grid**2, C, S, S): ``grid`` x ``grid`` overlapping square crops, each of side
+    2S/(grid+1) at a stride of half a crop (raster order per image), resized back to S x S (bicubic)."""
+    b, c, s, _ = pixel_values.shape
+    stride = s // (grid + 1)
+    side = 2 * stride
+    crops = [pixel_values[:, :, y:y + side, x:x + side] for y in range(0, grid * stride, stride)
+             for x in range(0, grid * stride, stride)]
+    stacked = torch.stack(crops, dim=1).reshape(b * grid * grid, c, side, side)
+    return F.interpolate(stacked, size=(s, s), mode="bicubic", align_corners=False)
+
+
+__all__ = ["crop_grid", "pool_grid", "select_features"]

@@ -363,6 +363,7 @@ class ModelConfig:
     vision_feature_layer: int = -2
     vision_feature_select_strategy: str = "default"   # default = drop CLS (LLaVA) | full = keep it as a visual token
     vision_feature_pool: int = 1    # average-pool the patch grid by this factor before the connector (1 = off, as LLaVA-1.5)
+    vision_crops: int = 0           # + the CLS of each crop of an n x n grid of overlapping crops (AnyRes-like; 0 = off)
     num_tags: int = 5
     region_grid: int = 0            # also retrieve for each cell of a grid x grid split (one tag each; 0 = whole image only)
     tag_mode: TagMode = "tags"
@@ -386,6 +387,7 @@ class ModelConfig:
         _require(self.vision_feature_select_strategy in ("default", "full"), "vision_feature_select_strategy",
                  f"use 'default' (drop CLS) or 'full' (keep it), got {self.vision_feature_select_strategy!r}")
         _require(self.vision_feature_pool >= 1, "vision_feature_pool", f"must be >= 1 (1 = no pooling), got {self.vision_feature_pool}")
+        _require(0 <= self.vision_crops <= 4, "vision_crops", f"must be 0 (off) or a crop grid side in 1..4, got {self.vision_crops}")
         if self.llava:
             _require(not self.language_model, "language_model",
                      f"{self.language_model!r} and model.llava both name an LM; the LM comes from model.llava: set "

@@ -211,7 +211,7 @@ class Retrieval:
             if grid:   # the cells of each image too, as training retrieved (tuna.retrieval.regions)
                 from tuna.retrieval.regions import region_pixels
 
-                cells = self.model.encode_image(region_pixels(pixels, grid))[1]
+                cells = self.model.encode_image(region_pixels(pixels, grid), crops=False)[1]
                 cells = torch.nn.functional.normalize(cells.float(), dim=-1).numpy().reshape(n, grid * grid, -1)
                 vectors = np.concatenate([vectors[:, None], cells], axis=1)
             for name in dict.fromkeys(datastores):
