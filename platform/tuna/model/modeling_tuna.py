@@ -42,7 +42,7 @@ from transformers.utils import ModelOutput
 from tuna.errors import TunaError
 from tuna.model.clip_model import VectorScaleCLIPModel, vectorize_scalar_parameters
 from tuna.model.configuration_tuna import TunaConfig
-from tuna.model.vision_features import crop_grid, select_features
+from tuna.model.vision_features import crop_tokens, select_features
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (visual tokens, tag block, padding)
 
@@ -203,10 +203,9 @@ class TunaInputs:
             layer = self.config.vision_feature_layer
             patches = select_features(out.hidden_states[layer],                      # (B, P, Dv)
                                       self.config.vision_feature_select_strategy, self.config.vision_feature_pool)
-            if crops and (grid := self.config.vision_crops):
-                tiles = self.clip.vision_model(pixel_values=crop_grid(pixel_values.to(self.clip.dtype), grid),
-                                               output_hidden_states=True).hidden_states[layer][:, 0]  # (B*n*n, Dv)
-                patches = torch.cat([patches, tiles.reshape(patches.shape[0], grid * grid, -1)], dim=1)
+            if crops and self.config.vision_crops:                                  # + (B, n*n, Dv)
+                tiles = crop_tokens(self.clip.vision_model, pixel_values.to(self.clip.dtype), self.config.vision_crops, layer)
+                patches = torch.cat([patches, tiles], dim=1)
             image_features = self.clip.visual_projection(out.pooler_output)         # (B, Dt)
         return patches, image_features
 
