@@ -9,8 +9,9 @@
               scenes retrieve neighbours of their dominant object, so the other objects go unnamed).
   train       stage 1 + stage 2 of a variant (baseline, tuna, ...) in ONE process on cached CLIP features (the vision tower is frozen in
               both stages, so each image is encoded once; ~10x faster than `tuna train` on 2 cores), then POPE
-              validation accuracy read from the Yes/No logits at the answer position (no generation), every 400
-              stage-2 steps and at the end. ``--oracle`` replaces the visual tokens by the LM's own word embeddings
+              validation accuracy read from the Yes/No logits at the answer position (no generation), and FINER
+              validation naming (the short-answer which-kind question; a hit when the first answer token is
+              the gold name's), every 400 stage-2 steps and at the end. ``--oracle`` replaces the visual tokens by the LM's own word embeddings
               of the objects' names (from instances.json): what the LM + stage 2 reach with perfect vision.
 
 Usage (after `tuna world`, `tuna encoder` and `tuna lm` of the recipe):
@@ -231,6 +232,42 @@ def quick_pope(model: Any, cache: FeatureCache, tokenizer: Any, cfg: Any) -> dic
     return out
 
 
+@torch.no_grad()
+def quick_finer(model: Any, cache: FeatureCache, tokenizer: Any, cfg: Any) -> dict[str, float]:
+    """FINER validation naming (ID, OOD): the which-kind question with the short-answer instruction; a hit when
+    the answer's first token (greedy) is the gold fine name's first token (every mini class name is one token)."""
+    from tuna.eval.evaluate import SHORT, _tags_for
+    from tuna.eval.finer import direct_prompt
+    from tuna.formats import load_finer
+    from tuna.model.processing_tuna import conversation_prompt_ids
+    from tuna.sources import sources
+
+    system, out = cfg.train.system_prompt, {}
+    tag_mode = model.config.tag_mode
+    model.eval()
+    for split in ("id", "ood"):
+        src = sources(cfg).eval_set("finer", split, validation=True)
+        records = load_finer(src.path)
+        paths = [src.images / r["image"] for r in records]
+        cache.add(paths)
+        tags = {} if tag_mode == "none" else _tags_for(cfg, tag_mode, paths, f"val-finer-{split}", cfg.model.datastore)
+        hits = 0
+        for i in range(0, len(records), 64):
+            chunk, cpaths = records[i:i + 64], paths[i:i + 64]
+            ids, mask = cache.collate.pad_left([conversation_prompt_ids(tokenizer, system, [], direct_prompt(r["basic-level-lbl"]) + SHORT)
+                                                for r in chunk])
+            extra = cache.collate.tag_tensors([[t for t, _ in tags.get(str(p), [])] for p in cpaths]) if tag_mode != "none" else {}
+            m = model.prepare_multimodal_inputs(ids, cache.ids(cpaths), mask, None, **extra)
+            first = model.language_model(inputs_embeds=m.inputs_embeds, attention_mask=m.attention_mask,
+                                         position_ids=m.position_ids).logits[:, -1].argmax(-1).tolist()
+            gold = [_answer_id(tokenizer, system, r["fine-level-lbl"] if isinstance(r["fine-level-lbl"], str)
+                               else r["fine-level-lbl"][0]) for r in chunk]
+            hits += sum(a == g for a, g in zip(first, gold))
+        out[f"finer_{split}"] = round(hits / len(records), 3)
+    model.train()
+    return out
+
+
 def train_stage(cfg: Any, stage: int, model: Any, cache: FeatureCache, examples: list[Any], params: list[Any],
                 lm_params: list[Any], skip: bool, every: Callable[[int], None]) -> dict[str, Any]:
     from tuna.train import engine
@@ -277,7 +314,7 @@ def fast_train(cfg: Any, out: Path, variant: str, oracle: bool, skip_stage1: boo
     result: dict[str, Any] = {"variant": variant, "oracle": oracle, "seed": cfg.run.seed, "curve": []}
 
     def every(step: int) -> None:
-        result["curve"].append({"step": step, **quick_pope(model, cache, tok, cfg)})
+        result["curve"].append({"step": step, **quick_pope(model, cache, tok, cfg), **quick_finer(model, cache, tok, cfg)})
         print("  pope", json.dumps(result["curve"][-1]), flush=True)
 
     result["stage1"] = train_stage(cfg, 1, model, cache, inp.examples, inp.params, inp.lm_params, skip_stage1 or oracle, every)
@@ -290,6 +327,7 @@ def fast_train(cfg: Any, out: Path, variant: str, oracle: bool, skip_stage1: boo
     result["stage2"] = train_stage(cfg, 2, model, cache, examples, [p for g in groups.values() for p in g.values()],
                                    list(groups.get("language_model", {}).values()), False, every)
     result["pope_val"] = quick_pope(model, cache, tok, cfg)
+    result["finer_val"] = quick_finer(model, cache, tok, cfg)
     (out / "result.json").write_text(json.dumps(result, indent=1, default=str))
     return result
 

@@ -4,6 +4,8 @@ tests/model/test_processing_tuna.py)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -194,8 +196,34 @@ def test_param_groups_give_the_lm_its_own_learning_rate() -> None:
     assert len(no_lm) == 1 and no_lm[0]["params"] == [connector]
 
 
+def test_tag_dropout_removes_the_tags_of_a_seeded_share_of_examples() -> None:
+    from tuna.train.data import Example, drop_tags
+
+    examples = [Example(f"row-{i}", Path(f"{i}.png"), [1], [1], ["a tag", "b tag"]) for i in range(2000)]
+    out = drop_tags(examples, 0.3, seed=0)
+    dropped = {ex.id for ex in out if not ex.tags}
+    assert 0.27 < len(dropped) / len(examples) < 0.33
+    assert all(ex.tags == ["a tag", "b tag"] for ex in out if ex.id not in dropped)
+    assert [ex.image for ex in out] == [ex.image for ex in examples] and examples[0].tags   # a copy, inputs untouched
+    assert {ex.id for ex in drop_tags(examples[::-1], 0.3, seed=0) if not ex.tags} == dropped   # order-free
+    assert {ex.id for ex in drop_tags(examples, 0.3, seed=1) if not ex.tags} != dropped
+    assert drop_tags(examples, 0.0, seed=0) == examples
+
+
+def test_tag_dropout_keeps_older_fingerprints_at_zero() -> None:
+    from tuna.recipe.loader import section_fingerprint
+
+    cfg = load_recipe(SMOKE)
+    fields = dataclasses.asdict(cfg.train.stage2)
+    del fields["tag_dropout"]   # what section_fingerprint(cfg.train.stage2) hashed before the field existed
+    before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+    assert section_fingerprint(cfg.train.stage2) == before
+    assert section_fingerprint(load_recipe(SMOKE, ["train.stage2.tag_dropout=0.3"]).train.stage2) != before
+
+
 @pytest.mark.parametrize("override, name", [("train.stage2.lm_lr_scale=-1", "lm_lr_scale"),
-                                            ("lm.reading_docs_per_class=-3", "reading_docs_per_class")])
+                                            ("lm.reading_docs_per_class=-3", "reading_docs_per_class"),
+                                            ("train.stage2.tag_dropout=1", "tag_dropout")])
 def test_lm_learning_rate_scale_and_reading_documents_are_validated(override: str, name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_recipe(SMOKE, [override])

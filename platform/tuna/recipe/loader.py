@@ -235,9 +235,14 @@ def load_recipe(path: str | Path | None = None, overrides: typing.Sequence[str] 
 
 
 def section_fingerprint(section: Any) -> str:
-    """A stable hash of one config section, used to tell whether a step's output is up to date."""
+    """A stable hash of one config section, used to tell whether a step's output is up to date. Fields the
+    section lists in ``_fingerprint_neutral`` (added later) count only when they differ from the value given there."""
     import hashlib
     import json
 
-    payload = json.dumps(_plain(dataclasses.asdict(section)), sort_keys=True).encode()
+    plain = _plain(dataclasses.asdict(section))
+    for name, value in getattr(section, "_fingerprint_neutral", {}).items():
+        if plain.get(name) == value:
+            del plain[name]
+    payload = json.dumps(plain, sort_keys=True).encode()
     return hashlib.sha256(payload).hexdigest()[:16]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from tuna.errors import ConfigError
 from tuna.recipe.checks import require as _require
@@ -419,6 +419,10 @@ class StageConfig:
     reading_image: str = "blank"
     reading_existence: float = 0.0  # share of reading conversations asking "Is there a X?" (answer from the tags)
     reading_attrseek: float = 0.0   # share of the other reading conversations in ATTRSEEK's two turns (the tags' class)
+    tag_dropout: float = 0.0        # stage 2: share of the data's conversations trained without their retrieved tags
+
+    # fields added after outputs were trained: at these values they leave a section's fingerprint as it was
+    _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0}
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -433,6 +437,7 @@ class StageConfig:
                  f"must be in 0..10000, got {self.reading_per_class}")
         _require(0 <= self.reading_existence <= 1, "reading_existence", f"must be a share in 0..1, got {self.reading_existence}")
         _require(0 <= self.reading_attrseek <= 1, "reading_attrseek", f"must be a share in 0..1, got {self.reading_attrseek}")
+        _require(0 <= self.tag_dropout < 1, "tag_dropout", f"must be a share in [0, 1), got {self.tag_dropout}")
         _require(self.reading_image in ("blank", "scene", "own"), "reading_image",
                  f"must be blank, scene or own, got {self.reading_image!r}")
         _require(0 <= self.weight_decay < 1, "weight_decay", f"must be in [0, 1), got {self.weight_decay}")

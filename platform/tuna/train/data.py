@@ -8,6 +8,8 @@ read them from disk into batches.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -82,6 +84,22 @@ def prepare(records: Sequence[LlavaRecord], tokenizer: Any, stage: int, max_leng
     return Prepared(out, skipped)
 
 
+def drop_tags(examples: Sequence[Example], share: float, seed: int) -> list[Example]:
+    """``examples`` with the retrieved tags removed from a ``share`` of them, chosen by a digest of ``seed`` and
+    each example's id (the same ones in every epoch, on every rank, whatever the order): those train the
+    image-only path, so the model learns to answer from what it sees when the tags say nothing."""
+    if not 0 <= share < 1:
+        raise DataError(f"tag dropout share must be in [0, 1), got {share}")
+    if share == 0:
+        return list(examples)
+
+    def dropped(ex: Example) -> bool:
+        digest = hashlib.sha256(f"{seed}:{ex.id}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2 ** 64 < share
+
+    return [dataclasses.replace(ex, tags=[]) if dropped(ex) else ex for ex in examples]
+
+
 def reading_examples(samples: Sequence[Any], images: Sequence[Path], tokenizer: Any, max_length: int,
                      system: str) -> list[Example]:
     """Reading conversations (:class:`tuna.world.reading.ReadingSample`) as stage-2 examples: ``images[i]``
@@ -141,5 +159,5 @@ def check_images(examples: Sequence[Example]) -> tuple[list[Example], list[Corru
     return good, bad
 
 
-__all__ = ["Collator", "DataError", "Example", "Prepared", "check_images", "prepare", "reading_examples",
+__all__ = ["Collator", "DataError", "Example", "Prepared", "check_images", "drop_tags", "prepare", "reading_examples",
            "write_blank_image"]

@@ -131,7 +131,7 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
               log: Callable[[str], None]) -> tuple[list[Any], dict[str, int]]:
     from tuna.formats import load_llava
     from tuna.retrieval.attach import attach_tags
-    from tuna.train.data import check_images, prepare
+    from tuna.train.data import check_images, drop_tags, prepare
 
     data = sources(cfg)[DATA_SOURCES[stage]]
     src = data.path
@@ -154,6 +154,8 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
     skipped = dict(prepared.skipped)
     if bad:
         skipped["bad_image"] = len(bad)
+    if stage == 2 and tag_mode != "none":
+        good = drop_tags(good, sc.tag_dropout, cfg.run.seed)
     if stage == 2 and tag_mode != "none" and sc.reading_per_class:
         good += _reading(cfg, tokenizer, sc)
     return good, skipped
