@@ -419,7 +419,7 @@ class StageConfig:
     reading_image: str = "blank"
     reading_existence: float = 0.0  # share of reading conversations asking "Is there a X?" (answer from the tags)
     reading_attrseek: float = 0.0   # share of the other reading conversations in ATTRSEEK's two turns (the tags' class)
-    tag_dropout: float = 0.0        # stage 2: share of the data's conversations trained without their retrieved tags
+    tag_dropout: float = 0.0        # share of the stage's data examples trained without their retrieved tags (image only)
 
     # fields added after outputs were trained: at these values they leave a section's fingerprint as it was
     _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0}

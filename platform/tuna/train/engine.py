@@ -154,8 +154,8 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
     skipped = dict(prepared.skipped)
     if bad:
         skipped["bad_image"] = len(bad)
-    if stage == 2 and tag_mode != "none":
-        good = drop_tags(good, sc.tag_dropout, cfg.run.seed)
+    if tag_mode != "none":
+        good = drop_tags(good, sc.tag_dropout, cfg.run.seed + stage)
     if stage == 2 and tag_mode != "none" and sc.reading_per_class:
         good += _reading(cfg, tokenizer, sc)
     return good, skipped
