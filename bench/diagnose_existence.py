@@ -195,39 +195,50 @@ def _answer_id(tokenizer: Any, system: str, answer: str) -> int:
     return next(x for x in tokenize_conversation(rec, tokenizer, system)[1] if x != -100)
 
 
-def _val_tags(cfg: Any, tag_mode: str, paths: Sequence[Path], split: str) -> dict[str, Any]:
-    """Ranked tags per POPE-val image path as `tuna eval --validation` retrieves them (the model's datastore)."""
+def _val_tags(cfg: Any, tag_mode: str, paths: Sequence[Path], name: str) -> dict[str, Any]:
+    """Ranked tags per validation image path as `tuna eval --validation` retrieves them (the model's datastore),
+    cached under ``name`` (e.g. val-pope-id)."""
     if tag_mode == "none":
         return {}
     from tuna.eval.evaluate import _tags_for
 
-    return _tags_for(cfg, tag_mode, paths, f"val-pope-{split}", cfg.model.datastore)
+    return _tags_for(cfg, tag_mode, paths, name, cfg.model.datastore)
+
+
+@torch.no_grad()
+def _answer_logits(model: Any, cache: FeatureCache, tokenizer: Any, system: str, questions: Sequence[str],
+                   paths: Sequence[Path], tags: dict[str, Any]) -> torch.Tensor:
+    """(N, vocab) next-token logits at the answer position of each question asked about its image (with its tags)."""
+    from tuna.model.processing_tuna import conversation_prompt_ids
+
+    cache.add(paths)
+    out = []
+    for i in range(0, len(questions), 64):
+        chunk = list(paths[i:i + 64])
+        ids, mask = cache.collate.pad_left([conversation_prompt_ids(tokenizer, system, [], q) for q in questions[i:i + 64]])
+        extra = (cache.collate.tag_tensors([[t for t, _ in tags.get(str(p), [])] for p in chunk])
+                 if model.config.tag_mode != "none" else {})
+        m = model.prepare_multimodal_inputs(ids, cache.ids(chunk), mask, None, **extra)
+        out.append(model.language_model(inputs_embeds=m.inputs_embeds, attention_mask=m.attention_mask,
+                                        position_ids=m.position_ids).logits[:, -1])
+    return torch.cat(out)
 
 
 @torch.no_grad()
 def quick_pope(model: Any, cache: FeatureCache, tokenizer: Any, cfg: Any) -> dict[str, float]:
     """POPE validation accuracy: "yes" iff the Yes logit beats the No logit at the answer position."""
     from tuna.eval.evaluate import SHORT
-    from tuna.model.processing_tuna import conversation_prompt_ids
 
     system = cfg.train.system_prompt
     yes_id, no_id = _answer_id(tokenizer, system, "Yes"), _answer_id(tokenizer, system, "No")
     world, out = Path(cfg.run.data_dir) / "world", {}
-    tag_mode = model.config.tag_mode
     model.eval()
     for split in ("id", "ood"):
-        rows, says = pope_rows(world, split), []
-        cache.add([r["path"] for r in rows])
-        tags = _val_tags(cfg, tag_mode, [r["path"] for r in rows], split)
-        for i in range(0, len(rows), 64):
-            chunk = rows[i:i + 64]
-            ids, mask = cache.collate.pad_left([conversation_prompt_ids(tokenizer, system, [], r["text"] + SHORT) for r in chunk])
-            extra = cache.collate.tag_tensors([[t for t, _ in tags.get(str(r["path"]), [])] for r in chunk]) if tag_mode != "none" else {}
-            m = model.prepare_multimodal_inputs(ids, cache.ids([r["path"] for r in chunk]), mask, None, **extra)
-            logits = model.language_model(inputs_embeds=m.inputs_embeds, attention_mask=m.attention_mask,
-                                          position_ids=m.position_ids).logits[:, -1]
-            says += (logits[:, yes_id] > logits[:, no_id]).tolist()
-        out.update(score(rows, says, split))
+        rows = pope_rows(world, split)
+        paths = [r["path"] for r in rows]
+        tags = _val_tags(cfg, model.config.tag_mode, paths, f"val-pope-{split}")
+        logits = _answer_logits(model, cache, tokenizer, system, [r["text"] + SHORT for r in rows], paths, tags)
+        out.update(score(rows, (logits[:, yes_id] > logits[:, no_id]).tolist(), split))
     model.train()
     return out
 
@@ -236,34 +247,22 @@ def quick_pope(model: Any, cache: FeatureCache, tokenizer: Any, cfg: Any) -> dic
 def quick_finer(model: Any, cache: FeatureCache, tokenizer: Any, cfg: Any) -> dict[str, float]:
     """FINER validation naming (ID, OOD): the which-kind question with the short-answer instruction; a hit when
     the answer's first token (greedy) is the gold fine name's first token (every mini class name is one token)."""
-    from tuna.eval.evaluate import SHORT, _tags_for
-    from tuna.eval.finer import direct_prompt
+    from tuna.eval.evaluate import SHORT
+    from tuna.eval.finer import _one, direct_prompt
     from tuna.formats import load_finer
-    from tuna.model.processing_tuna import conversation_prompt_ids
     from tuna.sources import sources
 
     system, out = cfg.train.system_prompt, {}
-    tag_mode = model.config.tag_mode
     model.eval()
     for split in ("id", "ood"):
         src = sources(cfg).eval_set("finer", split, validation=True)
         records = load_finer(src.path)
         paths = [src.images / r["image"] for r in records]
-        cache.add(paths)
-        tags = {} if tag_mode == "none" else _tags_for(cfg, tag_mode, paths, f"val-finer-{split}", cfg.model.datastore)
-        hits = 0
-        for i in range(0, len(records), 64):
-            chunk, cpaths = records[i:i + 64], paths[i:i + 64]
-            ids, mask = cache.collate.pad_left([conversation_prompt_ids(tokenizer, system, [], direct_prompt(r["basic-level-lbl"]) + SHORT)
-                                                for r in chunk])
-            extra = cache.collate.tag_tensors([[t for t, _ in tags.get(str(p), [])] for p in cpaths]) if tag_mode != "none" else {}
-            m = model.prepare_multimodal_inputs(ids, cache.ids(cpaths), mask, None, **extra)
-            first = model.language_model(inputs_embeds=m.inputs_embeds, attention_mask=m.attention_mask,
-                                         position_ids=m.position_ids).logits[:, -1].argmax(-1).tolist()
-            gold = [_answer_id(tokenizer, system, r["fine-level-lbl"] if isinstance(r["fine-level-lbl"], str)
-                               else r["fine-level-lbl"][0]) for r in chunk]
-            hits += sum(a == g for a, g in zip(first, gold))
-        out[f"finer_{split}"] = round(hits / len(records), 3)
+        tags = _val_tags(cfg, model.config.tag_mode, paths, f"val-finer-{split}")
+        questions = [direct_prompt(r["basic-level-lbl"]) + SHORT for r in records]
+        first = _answer_logits(model, cache, tokenizer, system, questions, paths, tags).argmax(-1).tolist()
+        gold = [_answer_id(tokenizer, system, _one(r["fine-level-lbl"], "fine-level")) for r in records]
+        out[f"finer_{split}"] = round(sum(a == g for a, g in zip(first, gold)) / len(records), 3)
     model.train()
     return out
 
