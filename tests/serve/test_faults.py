@@ -96,6 +96,17 @@ def test_a_dead_step_maps_to_unavailable_keeping_tritons_status() -> None:
     assert refusal("INVALID_ARGUMENT", "max_tokens: 0 is outside 1..256").status == "INVALID_ARGUMENT"
 
 
+def test_a_model_being_unloaded_or_loaded_is_unavailable_and_an_unknown_name_stays_not_found() -> None:
+    """Triton's messages around a restart (the first measured under 8 clients while the watchdog restarted a server)."""
+    for message in ("Request for unknown model: 'tuna' has no available versions",
+                    "Request for unknown model: 'tuna' version 1 is not at ready state"):
+        err = refusal("NOT_FOUND", message)
+        assert (err.status, err.triton_status) == ("UNAVAILABLE", "NOT_FOUND"), message
+        assert "loading or unloading 'tuna'" in err.message and "retry" in err.message
+    unknown = refusal("NOT_FOUND", "Request for unknown model: 'tunaa' is not found")
+    assert unknown.status == unknown.triton_status == "NOT_FOUND"
+
+
 def test_the_probe_image_is_a_png_and_a_missing_server_is_unavailable_at_once() -> None:
     import io
 
@@ -205,7 +216,8 @@ def test_a_killed_llm_step_under_8_clients_is_unavailable_then_the_server_restar
         print("\nfault numbers:", json.dumps(numbers))
         (tmp_path / "fault.json").write_text(json.dumps(numbers, indent=1))
         failures = {o for o in around if o != "OK"}
-        assert failures and failures <= {"UNAVAILABLE (Triton: INTERNAL)", "UNAVAILABLE", "UNAVAILABLE (transport)"}, numbers
+        assert failures and failures <= {"UNAVAILABLE (Triton: INTERNAL)", "UNAVAILABLE", "UNAVAILABLE (transport)",
+                                      "UNAVAILABLE (Triton: NOT_FOUND)"}, numbers
         assert triton_ready_after_kill, "Triton 2.51 reported not ready by itself: the probe may no longer be needed"
         assert detected < DETECT_S and first_ok < RECOVER_S and watchdog.restarts == 1, numbers
         # After the restart: answers equal to before; a client may first see its reconnect fail (transport), briefly.

@@ -14,7 +14,9 @@ request that reaches that step with gRPC INTERNAL "in ensemble 'tuna', Stub proc
 (measured; it never restarts the stub itself). That is the server being unable to serve, not a bug in the request:
 this client maps it to UNAVAILABLE (retry elsewhere or later; the watchdog of `tuna serve` or the chart's liveness
 probe restarts the server), keeping Triton's own status in :attr:`RequestRefused.triton_status`. Raw gRPC clients
-still see INTERNAL with that message.
+still see INTERNAL with that message. The same holds for the window of a restart: a server that is stopping, or starting
+and not yet done loading the ensemble, answers NOT_FOUND "'tuna' has no available versions" (measured, under 8 clients
+during a watchdog restart); that is UNAVAILABLE here too, while a model name the server does not know stays NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -50,15 +52,24 @@ class ServerUnreachable(TunaError, ConnectionError):
 
 
 _DEAD_STEP = re.compile(r"Stub process '([\w.-]+)' is not healthy")
+# Triton's NOT_FOUND for a model it knows but has no version of in service (loading, unloading at shutdown, or a load
+# that failed); a name it does not know at all reads "... is not found" and stays NOT_FOUND.
+_NOT_LOADED = re.compile(r"unknown model: '([\w.-]+)' (has no available versions|version \S+ is not at ready state)")
 
 
 def refusal(status: str, message: str) -> RequestRefused:
-    """The :class:`RequestRefused` for Triton's ``status`` and ``message``: a dead step's INTERNAL becomes UNAVAILABLE."""
+    """The :class:`RequestRefused` for Triton's ``status`` and ``message``: a dead step's INTERNAL, and the NOT_FOUND of
+    a model the server knows but has not (or no longer) loaded, become UNAVAILABLE."""
     dead = _DEAD_STEP.search(message)
     if status == "INTERNAL" and dead:
         step = dead.group(1).rsplit("_", 2)[0]
         return RequestRefused("UNAVAILABLE", f"{message} (the server's {step!r} step died; requests fail until the server restarts, "
                               f"which the watchdog of `tuna serve` and the chart's liveness probe do: retry)",
+                              triton_status=status)
+    unloaded = _NOT_LOADED.search(message)
+    if status == "NOT_FOUND" and unloaded:
+        return RequestRefused("UNAVAILABLE", f"{message} (the server is loading or unloading {unloaded.group(1)!r}, as around a "
+                              f"restart: retry; if it lasts, the server log says why the model did not load)",
                               triton_status=status)
     return RequestRefused(status, message)
 
