@@ -111,6 +111,27 @@ def test_swap_datastore_by_name_without_reconnecting(tmp_path: Path, vecs: np.nd
         store.search("C", vecs[:1], k=1, ix=ix)
 
 
+def test_a_datastore_dropped_or_rebuilt_behind_a_searching_store_is_named(tmp_path: Path, vecs: np.ndarray) -> None:
+    """search asks for a datastore's existence and size once; another client's drop or rebuild is still named."""
+    from tuna.retrieval.store import collection_name
+
+    ix = IndexConfig()
+    store = MilvusStore(str(tmp_path / "a.db"))
+    _fill(store, "A", vecs)
+    store.build_index("A", ix)
+    assert store.search("A", vecs[:2], k=1, ix=ix)[0][0].id == "000000000"
+    store.client.drop_collection(collection_name("A"))           # as another client would
+    _fill(store, "A", vecs[:, :8].copy())                        # rebuilt with 8-d vectors
+    store.build_index("A", ix)
+    with pytest.raises(DimensionMismatch, match=r"queries are 16-d but datastore 'A' holds 8-d"):
+        store.search("A", vecs[:1], k=1, ix=ix)
+    assert len(store.search("A", vecs[:1, :8].copy(), k=3, ix=ix)[0]) == 3
+    store.client.drop_collection(collection_name("A"))
+    with pytest.raises(UnknownDatastore, match="'A' does not exist"):
+        store.search("A", vecs[:1, :8].copy(), k=1, ix=ix)
+    store.close()
+
+
 def test_dimension_mismatch_names_both_sizes(tmp_path: Path, vecs: np.ndarray) -> None:
     store = MilvusStore(str(tmp_path / "a.db"))
     _fill(store, "A", vecs)

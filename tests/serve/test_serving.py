@@ -182,6 +182,11 @@ def test_steps_in_process_match_the_predictor_batched_or_alone(trained: World, e
         # A request's retrieval does not depend on what else is in the batch.
         one = ret([p[1].input_ids], [p[1].pixel_values], ["B"])[0]
         assert np.allclose(one.table, tables[1].table, atol=1e-5) and (one.input_ids == tables[1].input_ids).all()
+        # The tags' CLIP text features come from the step's cache (one entry per distinct tag): as a cold step's.
+        assert set(ret._tag_features) == {tag for t in tables for tag in t.provenance["tags"]}
+        ret._tag_features.clear()
+        cold = ret([p[1].input_ids], [p[1].pixel_values], ["B"])[0]
+        assert np.allclose(cold.table, one.table, atol=1e-6) and cold.provenance == one.provenance
     finally:
         ret.close()
 

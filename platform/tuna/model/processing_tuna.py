@@ -155,6 +155,7 @@ class TunaProcessor:
         self.tokenizer, self.image_processor, self.clip_tokenizer = tokenizer, image_processor, clip_tokenizer
         self.pad, self.k, self.max_tag_tokens, self.use_tags = pad, num_tags, max_tag_tokens, use_tags
         self._tag_cache: dict[str, list[int]] = {}
+        self._clip_tag_cache: dict[str, tuple[list[int], list[int]]] = {}
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, images: bool = True) -> TunaProcessor:
@@ -186,6 +187,16 @@ class TunaProcessor:
             self._tag_cache[tag] = self.tokenizer(tag, add_special_tokens=False)["input_ids"][: self.max_tag_tokens]
         return self._tag_cache[tag]
 
+    def _clip_tags(self, tags: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+        """CLIP ids and masks of ``tags``, each padded/cut to CLIP_TAG_TOKENS; tokenised once per distinct tag (a
+        datastore's values repeat: a served request's tags were most of a retrieval step's tokenizer time)."""
+        new = [t for t in dict.fromkeys(tags) if t not in self._clip_tag_cache]
+        if new:
+            enc = self.clip_tokenizer(new, padding="max_length", truncation=True, max_length=CLIP_TAG_TOKENS)
+            self._clip_tag_cache.update(zip(new, zip(enc["input_ids"], enc["attention_mask"])))
+        rows = [self._clip_tag_cache[t] for t in tags]
+        return [r[0] for r in rows], [r[1] for r in rows]
+
     def tag_tensors(self, tag_lists: Sequence[Sequence[str]]) -> dict[str, torch.Tensor]:
         """LM- and CLIP-tokenised tags (B, k, T) / (B, k, Tc) with token and tag masks."""
         b, k = len(tag_lists), self.k
@@ -202,11 +213,10 @@ class TunaProcessor:
                     att[i, j, :len(toks)] = 1
                     tag_mask[i, j] = True
             flat += list(tag_lists[i][:k]) + [""] * (k - len(row))
-        clip = self.clip_tokenizer(flat, padding="max_length", truncation=True, max_length=CLIP_TAG_TOKENS,
-                                   return_tensors="pt")
+        clip_ids, clip_mask = self._clip_tags(flat)
         return {"tag_input_ids": ids, "tag_attention_mask": att, "tag_mask": tag_mask,
-                "tag_clip_input_ids": clip["input_ids"].reshape(b, k, -1),
-                "tag_clip_attention_mask": clip["attention_mask"].reshape(b, k, -1)}
+                "tag_clip_input_ids": torch.tensor(clip_ids, dtype=torch.long).reshape(b, k, -1),
+                "tag_clip_attention_mask": torch.tensor(clip_mask, dtype=torch.long).reshape(b, k, -1)}
 
     def pad_right(self, rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Id rows -> (B, L) ids right-padded with the pad id, and the (B, L) attention mask (training, retrieval)."""

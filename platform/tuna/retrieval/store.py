@@ -90,6 +90,7 @@ class MilvusStore:
         self._token = token
         self._timeout = timeout
         self._loaded: set[str] = set()
+        self._dims: dict[str, int] = {}    # vector size of each datastore a search has checked (see search)
         if not _is_remote(uri):
             try:
                 Path(uri).parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +172,7 @@ class MilvusStore:
         return True
 
     def drop(self, name: str) -> None:
+        self._dims.pop(name, None)
         if self.has(name):
             self._retry("drop_collection", lambda: self.client.drop_collection(collection_name(name)))
 
@@ -304,13 +306,18 @@ class MilvusStore:
 
     def search(self, name: str, vectors: np.ndarray, k: int, ix: IndexConfig, filter: str = "",
                batch_size: int | None = None) -> list[list[Neighbour]]:
-        """Top-``k`` neighbours of each query row. vectors: (N, dim); one Milvus call per batch of queries."""
-        if not self.has(name):
-            raise UnknownDatastore(f"datastore {name!r} does not exist at {self.uri}; build it with tuna index")
+        """Top-``k`` neighbours of each query row. vectors: (N, dim); one Milvus call per batch of queries.
+
+        The datastore's existence and vector size are asked once per connection, not per call (two round trips of a
+        served request's three); a search that then fails for another reason than the connection asks again, so a
+        datastore dropped or rebuilt meanwhile is still named as missing or of another size."""
+        from pymilvus.exceptions import MilvusException
+
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2:
             raise ValueError(f"query vectors must be (N, dim), got shape {tuple(vectors.shape)}")
-        dim = self.dim(name)
+        checked = name in self._dims
+        dim = self._checked_dim(name)
         if vectors.shape[1] != dim:
             raise DimensionMismatch(f"queries are {vectors.shape[1]}-d but datastore {name!r} holds {dim}-d vectors")
         self._ensure_loaded(name)
@@ -319,12 +326,27 @@ class MilvusStore:
         out: list[list[Neighbour]] = []
         for start in range(0, len(vectors), step):
             batch = vectors[start:start + step].tolist()
-            hits = self._retry("search", lambda batch=batch: self.client.search(
-                collection_name(name), data=batch, limit=k, filter=filter, search_params=params,
-                output_fields=["values", "caption", "source"]))
+            try:
+                hits = self._retry("search", lambda batch=batch: self.client.search(
+                    collection_name(name), data=batch, limit=k, filter=filter, search_params=params,
+                    output_fields=["values", "caption", "source"]))
+            except MilvusException:
+                self._dims.pop(name, None)
+                self._loaded.discard(name)
+                if not checked:
+                    raise
+                return self.search(name, vectors, k, ix, filter, batch_size)   # checked afresh: names what changed
             out.extend([Neighbour(id=str(h["id"]), score=float(h["distance"]), values=list(h["entity"]["values"]),
                                   caption=h["entity"]["caption"], source=h["entity"]["source"]) for h in q] for q in hits)
         return out
+
+    def _checked_dim(self, name: str) -> int:
+        """The vector size of existing datastore ``name`` (UnknownDatastore if it is missing), remembered."""
+        if name not in self._dims:
+            if not self.has(name):
+                raise UnknownDatastore(f"datastore {name!r} does not exist at {self.uri}; build it with tuna index")
+            self._dims[name] = self.dim(name)
+        return self._dims[name]
 
     def close(self) -> None:
         """Close the connection; for a Milvus Lite file also stop its in-process server, which holds the

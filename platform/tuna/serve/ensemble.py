@@ -159,6 +159,7 @@ class Retrieval:
         self.vocab_size = int(self.model.get_input_embeddings().weight.shape[0])
         self.model_info = self.settings["model"]
         self._retriever: Any = None
+        self._tag_features: dict[str, torch.Tensor] = {}   # CLIP text feature per tag (the text tower is frozen)
 
     def _retrieve(self, name: str, vectors: np.ndarray) -> list[list[tuple[str, float]]]:
         from tuna.retrieval.datastore import Retriever
@@ -222,7 +223,10 @@ class Retrieval:
         ids_t, mask = self.processor.pad_right(input_ids)
         kwargs: dict[str, Any] = {}
         if self.uses_tags:
-            kwargs.update(self.processor.tag_tensors([[t for t, _ in row] for row in tags]))
+            names = [[t for t, _ in row] for row in tags]
+            kwargs.update(self.processor.tag_tensors(names))
+            kwargs["tag_features"] = self._features_of(names, kwargs.pop("tag_clip_input_ids"),
+                                                       kwargs.pop("tag_clip_attention_mask"), kwargs["tag_mask"])
         merged = self.model.prepare_multimodal_inputs(ids_t, pixels, mask, None, image_outputs=encoded, **kwargs)
         inserted = merged.inputs_embeds.shape[1] - length + 1
         out = []
@@ -244,6 +248,31 @@ class Retrieval:
                 "model": self.model_info,
             }
             out.append(PromptTable(rows.numpy().astype(np.int32), table, self.vocab_size, provenance))
+        return out
+
+    def _features_of(self, names: list[list[str]], ids: torch.Tensor, mask: torch.Tensor,
+                     valid: torch.Tensor) -> torch.Tensor:
+        """(B, k, Dt) CLIP text features of the requests' tags (zeros where absent): the text tower runs once per
+        distinct tag the server has seen, not once per tag of every request. ids/mask/valid: from ``tag_tensors``."""
+        b, k = valid.shape
+        new = {}
+        for i in range(b):
+            for j in range(k):
+                if valid[i, j] and names[i][j] not in self._tag_features:
+                    new.setdefault(names[i][j], (i, j))
+        if new:
+            if len(self._tag_features) + len(new) > 200_000:   # a captions datastore: bound the memory
+                self._tag_features.clear()
+            at = list(new.values())
+            rows = self.model.encode_tag_texts(torch.stack([ids[i, j] for i, j in at])[None],
+                                               torch.ones(1, len(at), dtype=torch.bool),
+                                               torch.stack([mask[i, j] for i, j in at])[None])[0]
+            self._tag_features.update(zip(new, rows))
+        out = torch.zeros(b, k, self.model.config.clip_config.projection_dim, dtype=self.model.clip.dtype)
+        for i in range(b):
+            for j in range(k):
+                if valid[i, j]:
+                    out[i, j] = self._tag_features[names[i][j]]
         return out
 
     def close(self) -> None:
