@@ -239,9 +239,11 @@ def test_reading_examples_are_blank_image_conversations_with_their_tags(tok: Pre
     assert Image.open(blank).size == (32, 32) and Image.open(blank).getpixel((5, 5)) == (128, 128, 128)
     samples = [ReadingSample(["red zedul", "zedul"], "what is it?", "a zedul", "zedul"),
                ReadingSample(["zedul"] * 2, "what is it? " * 40, "zedul", "zedul")]  # too long: dropped
-    out = reading_examples(samples, [blank, blank], tok, max_length=40, system="chat")
-    assert len(out) == 1
-    ex = out[0]
+    prepared = reading_examples(samples, [blank, blank], tok, max_length=40, system="chat")
+    assert prepared.skipped == {"reading_too_long": 1} and prepared.longest > 40
+    assert len(prepared.examples) == 1
+    assert reading_examples(samples, [blank, blank], tok, max_length=prepared.longest, system="chat").skipped == {}
+    ex = prepared.examples[0]
     assert ex.image == blank and ex.tags == ["red zedul", "zedul"] and IMAGE_TOKEN_INDEX in ex.input_ids
     answer = [t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE_INDEX]
     assert tok.convert_ids_to_tokens(answer) == ["a", "zedul", "</s>"]
@@ -264,7 +266,7 @@ def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFas
     objects: dict[int, list[str]] = {}
     for a in inst["annotations"]:
         objects.setdefault(a["image_id"], []).append(cats[a["category_id"]])
-    rows = _reading(cfg, tok, cfg.train.stage2)
+    rows = _reading(cfg, tok, cfg.train.stage2).examples
     assert len(rows) == 2 * len(classes)
     domain_a_coarse = {classes[n]["coarse"] for o in objects.values() if len(o) == 1 for n in o}
     single_classes = {o[0] for o in objects.values() if len(o) == 1}
@@ -294,7 +296,7 @@ def test_stage2_reading_conversations_under_region_tags(tok: PreTrainedTokenizer
 
     cfg = load_recipe(SMOKE, [f"run.data_dir={prepared.cfg.data_dir}", "train.stage2.reading_per_class=3",
                               "model.region_grid=2", "model.num_tags=9"])
-    rows = _reading(cfg, tok, cfg.train.stage2)
+    rows = _reading(cfg, tok, cfg.train.stage2).examples
     assert rows and all(len(ex.tags) == 9 for ex in rows)
     for ex in rows:
         first = Counter(t.split()[-1] for t in ex.tags[:5]).most_common(1)[0][1]

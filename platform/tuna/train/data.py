@@ -48,6 +48,7 @@ class Example:
 class Prepared:
     examples: list[Example]
     skipped: dict[str, int]  # reason -> count
+    longest: int = 0         # reading conversations: the longest one's tokens (what max_length must reach to keep all)
 
 
 def prepare(records: Sequence[LlavaRecord], tokenizer: Any, stage: int, max_length: int, system: str,
@@ -101,22 +102,26 @@ def drop_tags(examples: Sequence[Example], share: float, seed: int) -> list[Exam
 
 
 def reading_examples(samples: Sequence[Any], images: Sequence[Path], tokenizer: Any, max_length: int,
-                     system: str) -> list[Example]:
+                     system: str) -> Prepared:
     """Reading conversations (:class:`tuna.world.reading.ReadingSample`) as stage-2 examples: ``images[i]``
     (a blank image, or a scene whose true tags they replace), the sample's tags as the retrieved tags, one
-    question and its answer (two for ATTRSEEK samples). Conversations longer than ``max_length`` are dropped."""
+    question and its answer (two for ATTRSEEK samples). Conversations longer than ``max_length`` are skipped and
+    counted (``skipped["reading_too_long"]``; ``longest`` says the length that would keep them all)."""
     if len(images) != len(samples):
         raise DataError(f"reading_examples needs one image per sample, got {len(images)} for {len(samples)}")
-    out = []
+    out, too_long, longest = [], 0, 0
     for n, (r, image) in enumerate(zip(samples, images)):
         turns = [{"from": "human", "value": f"{IMAGE}\n{r.question}"}, {"from": "gpt", "value": r.answer}]
         if r.follow_up:
             turns += [{"from": "human", "value": r.follow_up[0]}, {"from": "gpt", "value": r.follow_up[1]}]
         rec = LlavaRecord(f"reading-{n:06d}", image, turns)
         ids, labels = tokenize_conversation(rec, tokenizer, system)
+        longest = max(longest, len(ids))
         if len(ids) <= max_length:
             out.append(Example(rec.id, image, ids, labels, list(r.tags)))
-    return out
+        else:
+            too_long += 1
+    return Prepared(out, {"reading_too_long": too_long} if too_long else {}, longest)
 
 
 def write_blank_image(path: Path, size: int) -> Path:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from tuna.recipe import Recipe, section_fingerprint
 from tuna.sources import file_digest, sources
 from tuna.train.build import build_model, lm_source, local_rank_zero_first
 from tuna.variants import registered_name, variant_model
+
+if TYPE_CHECKING:
+    from tuna.train.data import Prepared
 
 ENGINE_VERSION = "tuna.train/1"
 DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
@@ -157,11 +160,17 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
     if tag_mode != "none":
         good = drop_tags(good, sc.tag_dropout, cfg.run.seed + stage)
     if stage == 2 and tag_mode != "none" and sc.reading_per_class:
-        good += _reading(cfg, tokenizer, sc)
+        reading = _reading(cfg, tokenizer, sc)
+        good += reading.examples
+        if reading.skipped:
+            skipped.update(reading.skipped)
+            log(f"{reading.skipped['reading_too_long']} reading conversations are longer than train.stage2.max_length="
+                f"{sc.max_length} tokens and are left out (ATTRSEEK's two turns are the long ones); "
+                f"train.stage2.max_length={reading.longest} keeps them all")
     return good, skipped
 
 
-def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> list[Any]:
+def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> Prepared:
     """Stage 2's reading conversations: tags written from the world's taxonomy (tuna.world.reading) on a
     blank image, on a training scene of the same coarse class (``scene``: counterfactual tags, the answer
     follows the tags, not the scene's own class), or (``own``) on a scene of the named class itself when
