@@ -255,11 +255,11 @@ class Retrieval:
         """(B, k, Dt) CLIP text features of the requests' tags (zeros where absent): the text tower runs once per
         distinct tag the server has seen, not once per tag of every request. ids/mask/valid: from ``tag_tensors``."""
         b, k = valid.shape
-        new = {}
-        for i in range(b):
-            for j in range(k):
-                if valid[i, j] and names[i][j] not in self._tag_features:
-                    new.setdefault(names[i][j], (i, j))
+        cells = [(i, j) for i, j in valid.nonzero().tolist()]
+        new: dict[str, tuple[int, int]] = {}
+        for i, j in cells:
+            if names[i][j] not in self._tag_features:
+                new.setdefault(names[i][j], (i, j))
         if new:
             if len(self._tag_features) + len(new) > 200_000:   # a captions datastore: bound the memory
                 self._tag_features.clear()
@@ -269,10 +269,8 @@ class Retrieval:
                                                torch.stack([mask[i, j] for i, j in at])[None])[0]
             self._tag_features.update(zip(new, rows))
         out = torch.zeros(b, k, self.model.config.clip_config.projection_dim, dtype=self.model.clip.dtype)
-        for i in range(b):
-            for j in range(k):
-                if valid[i, j]:
-                    out[i, j] = self._tag_features[names[i][j]]
+        for i, j in cells:
+            out[i, j] = self._tag_features[names[i][j]]
         return out
 
     def close(self) -> None:
