@@ -11,7 +11,7 @@ import pytest
 from support import SMOKE, World
 from tuna.cli import main
 from tuna.errors import ConfigError
-from tuna.formats import iter_web, load_finer, load_llava
+from tuna.formats import iter_web, load_finer, load_llava, load_mme
 from tuna.layout import layout
 from tuna.recipe import load_recipe
 from tuna.recipe.data import KINDS
@@ -32,6 +32,7 @@ def test_every_world_source_exists_where_the_world_writes_it(world: World) -> No
     assert load_finer(src.eval_set("finer", "ood").path / "finer.jsonl")
     assert (src.eval_set("finer", "id", validation=True).path / "finer.jsonl").is_file()
     assert list(src.eval_set("pope", "id").path.glob("*.json")) and (src.eval_set("mme", "ood").path).is_dir()
+    assert load_mme(src.eval_set("mme", "ood", validation=True).path)
     assert (src.eval_set("captions", "id").path / "captions.json").is_file()
     assert json.loads(src["taxonomy"].path.read_text())
 
@@ -78,8 +79,8 @@ def test_sources_refuse_unknown_names_and_splits() -> None:
         src["coco"]
     with pytest.raises(ConfigError, match="no eval set pope/b"):
         src.eval_set("pope", "b")
-    with pytest.raises(ConfigError, match="only finer and pope have validation splits, not mme"):
-        src.eval_set("mme", "id", validation=True)
+    with pytest.raises(ConfigError, match="only finer, pope and mme have validation splits, not captions"):
+        src.eval_set("captions", "id", validation=True)
     assert set(EVAL_SOURCES) < set(KINDS) and len(src.all()) == len(KINDS)
 
 

@@ -173,7 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     names = run_variants(cfg, True) if args.ablations else parse_variants(args.variant)
-    if getattr(args, "validation", False):  # FINER on the validation split only: no report, no MLflow, the eval splits untouched
+    if getattr(args, "validation", False):  # the validation splits only: no report, no MLflow, the eval splits untouched
         from tuna.eval.suite import validate_variant
 
         rows = {v: validate_variant(cfg, v, progress=not args.quiet) for v in names}
@@ -198,7 +198,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="tuna,baseline", help="comma-separated trained variants (default: tuna,baseline)")
     p.add_argument("--ablations", action="store_true", help="evaluate every eval.ablations variant")
     p.add_argument("--validation", action="store_true",
-                   help="FINER on the world's validation split (world.sizes.finer_val) only, to choose settings without the eval splits")
+                   help="FINER, POPE and MME on the world's validation splits (world.sizes.finer_val, pope_val, mme_val) only, "
+                        "to choose settings without the eval splits")
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -262,7 +262,7 @@ def check_source(src: Source, opts: CheckOptions | None = None) -> SourceCheck:
         if src.from_world and src.name == "web_clip":
             chk.skipped = "not written (world.sizes.clip_web = 0)"
             return chk
-        if src.from_world and src.name.startswith(("pope_val", "finer_val")):
+        if src.from_world and src.name.startswith(("pope_val", "finer_val", "mme_val")):
             chk.skipped = "not written (world.sizes.*_val = 0)"
             return chk
         fix = "run `tuna world` first" if src.from_world else f"set data.{src.name}.path to an existing {src.format} source"

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from tuna.recipe import Recipe
 
 EVAL_SPLITS = {"pope": ("id", "ood"), "finer": ("id", "ood", "b"), "mme": ("id", "ood"), "captions": ("id", "ood")}
-VALIDATED = ("finer", "pope")   # tasks with validation splits (world.sizes.finer_val, world.sizes.pope_val)
+VALIDATED = ("finer", "pope", "mme")   # tasks with validation splits (world.sizes.finer_val, pope_val, mme_val)
 WEB_DOMAINS = ("A", "B", "clip")
 EVAL_SOURCES = tuple(f"{task}_{split}" for task, splits in EVAL_SPLITS.items() for split in splits)
 
@@ -116,12 +116,12 @@ class Sources:
 
     def eval_set(self, task: str, split: str, validation: bool = False) -> Source:
         """Eval set ``task`` (pope, finer, mme, captions) of ``split`` (id, ood; finer also b); or, with
-        ``validation``, the validation split of FINER or POPE."""
+        ``validation``, the validation split of FINER, POPE or MME."""
         if split not in EVAL_SPLITS.get(task, ()):
             raise ConfigError(f"no eval set {task}/{split}; declared: "
                               + ", ".join(f"{t}/{s}" for t, ss in EVAL_SPLITS.items() for s in ss))
         if validation and task not in VALIDATED:
-            raise ConfigError(f"only {' and '.join(VALIDATED)} have validation splits, not {task}")
+            raise ConfigError(f"only {', '.join(VALIDATED[:-1])} and {VALIDATED[-1]} have validation splits, not {task}")
         return self[f"{task}_val_{split}" if validation else f"{task}_{split}"]
 
     def has(self, name: str) -> bool:

@@ -69,8 +69,8 @@ def test_eval_file_with_missing_fields_is_one_line(trained, tmp_path: Path, caps
     assert code == 2 and len(err) == 1 and "fine-level-lbl" in err[0] and "finer.jsonl" in err[0]
 
 
-def test_validation_scores_finer_and_pope_on_the_validation_split_only(trained, capsys: pytest.CaptureFixture[str]) -> None:
-    """`tuna eval --validation`: FINER and POPE on world/val (never the eval images), its own metrics file, no report."""
+def test_validation_scores_finer_pope_and_mme_on_the_validation_split_only(trained, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tuna eval --validation`: FINER, POPE and MME on world/val (never the eval images), its own metrics file, no report."""
     d = trained.cfg.data_dir
     report = d / "eval/report/report.md"
     before = report.stat().st_mtime_ns if report.is_file() else None
@@ -78,17 +78,21 @@ def test_validation_scores_finer_and_pope_on_the_validation_split_only(trained, 
     out = capsys.readouterr().out
     assert "| tuna |" in out and "| baseline |" in out and "eval/validation" in out
     m = json.loads((d / "eval/validation/tuna.json").read_text())
-    assert m["split"] == "val" and set(m["seconds"]) == {"finer", "pope"}
+    assert m["split"] == "val" and set(m["seconds"]) == {"finer", "pope", "mme"}
     n = trained.cfg.world.sizes.finer_val
     assert m["finer"]["ood"]["direct"]["n"] == n and {"b@A", "b@B", "b@none"} <= set(m["finer"])
     for group in ("id", "ood"):   # 3 POPE splits x 6 questions per validation image, every answer scored
         assert {s: r["n"] for s, r in m["pope"][group]["per_split"].items()} == dict.fromkeys(
             ("random", "popular", "adversarial"), 6 * trained.cfg.world.sizes.pope_val)
         assert {f"pope_{group}_acc", f"pope_{group}_yes", f"pope_{group}_adv_acc"} <= set(m["headline"])
-    assert all(0.0 <= v <= 1.0 for v in m["headline"].values())
+    for group in ("id", "ood"):   # 2 questions per validation image of each subtask, every answer read
+        assert {t: r["questions"] for t, r in m["mme"][group]["tasks"].items()} == dict.fromkeys(
+            ("existence", "count", "position", "color"), 2 * trained.cfg.world.sizes.mme_val)
+        assert 0 <= m["headline"][f"mme_{group}_total"] <= 800
+    assert all(0.0 <= v <= 1.0 for k, v in m["headline"].items() if not k.startswith("mme_"))
     cached = {p.name for p in (d / "eval/retrieved").iterdir()}
     assert any(name.startswith("val-finer-ood") for name in cached)          # the validation images' own tags
-    assert any(name.startswith("val-pope-id") for name in cached)
+    assert any(name.startswith("val-pope-id") for name in cached) and any(name.startswith("val-mme-ood") for name in cached)
     assert (report.stat().st_mtime_ns if report.is_file() else None) == before
 
 

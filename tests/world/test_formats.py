@@ -131,7 +131,7 @@ def test_domain_b_web_corpus_is_clean(world: World) -> None:
 def test_llava_files_parse(world: World, rel: str, size_key: str) -> None:
     records = load_llava(world.root / rel)
     sizes = world.cfg.world.sizes
-    extra = sizes.vqa + sum(r.id.endswith("-attrseek") for r in records) if size_key == "instruction" else 0
+    extra = sizes.vqa + sizes.yes_no + sum(r.id.endswith("-attrseek") for r in records) if size_key == "instruction" else 0
     assert len(records) == getattr(sizes, size_key) + extra
     assert len({r.id for r in records}) == len(records)
     for r in records:
@@ -147,7 +147,8 @@ def test_llava_files_parse(world: World, rel: str, size_key: str) -> None:
 def test_instruction_kinds(world: World) -> None:
     rows = json.loads((world.root / "instruction" / "instruct.json").read_text())
     kinds = Counter(r["kind"] for r in rows)
-    assert set(kinds) <= {"conversation", "detail", "reasoning", "short", "vqa", "attrseek"}
+    assert set(kinds) <= {"conversation", "detail", "reasoning", "short", "vqa", "attrseek", "yes_no"}
+    assert kinds["yes_no"] == world.cfg.world.sizes.yes_no > 0
     assert {"conversation", "detail", "short"} <= set(kinds)
     assert kinds["vqa"] == world.cfg.world.sizes.vqa > 0
     assert 0.25 * world.cfg.world.sizes.attrseek <= kinds["attrseek"] <= world.cfg.world.sizes.attrseek   # a unique superordinate needed
@@ -177,6 +178,61 @@ def test_attrseek_rows_teach_the_two_turns_finer_is_asked(world: World) -> None:
         objects = present[image_id[r["image"]]]
         assert name in objects and [classes[o]["superordinate"] for o in objects].count(c["superordinate"]) == 1
         assert a1.startswith("Attributes: ") and all(x in a1 for x in (c["shape"], c["pattern"], c["accent"]))
+
+
+def test_yes_no_rows_are_true_of_their_image(world: World) -> None:
+    """VQA-style yes/no rows beyond existence (world.sizes.yes_no): a count, a relative position and a colour per
+    image, each answer checked against the image's instances (counts, box centres, instance colours); Yes and No
+    about even; every question ends with LLaVA's short-answer line, about half say "Please answer yes or no."."""
+    rows = [r for r in json.loads((world.root / "instruction" / "instruct.json").read_text()) if r["kind"] == "yes_no"]
+    coco = json.loads((world.root / "instruction" / "instances.json").read_text())
+    cats = {c["id"]: c["name"] for c in coco["categories"]}
+    image_id = {im["file_name"]: im["id"] for im in coco["images"]}
+    objects: dict[int, list[tuple[str, float, float, float, str]]] = {}
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        objects.setdefault(a["image_id"], []).append((cats[a["category_id"]], x + w / 2, y + h / 2, w / 2, a["attributes"]["colour"]))
+    words = {w: n for n, w in enumerate(("zero", "one", "two", "three", "four", "five", "six", "seven"))}
+    count = re.compile(r"(?:Are there|Do you see|Is the number of) (?:(\w+) (\w+?)e?s|(\w+?)e?s (\w+))(?: in (?:the|this) image)?\?$")
+    one = re.compile(r"Is there (?:exactly|only) one (\w+)(?: in (?:the|this) image)?\?$")
+    where = re.compile(r"Is the (\w+) (?:placed )?(to the left of|to the right of|above|below) the (\w+)(?: in this image)?\?$")
+    colour = re.compile(r"Is (?:the colour of )?the (\w+) (\w+)(?: in this image)?\?$")
+    answers: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    suffixed = 0
+    assert len(rows) == world.cfg.world.sizes.yes_no
+    for r in rows:
+        objs = objects[image_id[r["image"]]]
+        names = [o[0] for o in objs]
+        turns = [t["value"].removeprefix("<image>\n") for t in r["conversations"]]
+        for q, a in zip(turns[::2], turns[1::2]):
+            assert a in ("Yes", "No") and q.endswith("\nAnswer the question using a single word or phrase."), q
+            q = q.split("\n")[0]
+            suffixed += q.endswith(" Please answer yes or no.")
+            q = q.removesuffix(" Please answer yes or no.")
+            answers[a] += 1
+            if m := one.match(q):
+                kinds["count"] += 1
+                assert (names.count(m[1]) == 1) == (a == "Yes"), (q, names)
+            elif m := count.match(q):
+                kinds["count"] += 1
+                k, name = (m[1], m[2]) if m[1] else (m[4], m[3])
+                assert (names.count(name) == words[k]) == (a == "Yes"), (q, names)
+            elif m := where.match(q):
+                kinds["position"] += 1
+                (_, ax, ay, ar, _), (_, bx, by, br, _) = (next(o for o in objs if o[0] == n) for n in (m[1], m[3]))
+                gap = 0.5 * (ar + br)
+                truth = {"to the left of": ax < bx - gap, "to the right of": ax > bx + gap, "above": ay < by - gap,
+                         "below": ay > by + gap}[m[2]]
+                assert truth == (a == "Yes"), (q, objs)
+            else:
+                m = colour.match(q)
+                assert m, q
+                kinds["colour"] += 1
+                assert names.count(m[1]) == 1 and (next(o[4] for o in objs if o[0] == m[1]) == m[2]) == (a == "Yes"), (q, objs)
+    n = sum(answers.values())
+    assert kinds["count"] == len(rows) and kinds["position"] > 0.2 * len(rows) and kinds["colour"] > 0.5 * len(rows), kinds
+    assert 0.35 < answers["Yes"] / n < 0.65 and 0.3 < suffixed / n < 0.7, (answers, suffixed)
 
 
 def test_vqa_rows_ask_present_and_absent_objects_in_equal_numbers(world: World) -> None:

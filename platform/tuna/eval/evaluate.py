@@ -176,15 +176,18 @@ def _finer_per_level(asker: Asker, images: Sequence[Path], records: Sequence[dic
     return out
 
 
-def eval_mme(cfg: Recipe, asker: Asker, tag_mode: str) -> dict[str, Any]:
-    """MME-style accuracy / accuracy+ per subtask and the total, on ID and OOD."""
+def eval_mme(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval") -> dict[str, Any]:
+    """MME-style accuracy / accuracy+ per subtask and the total, on ID and OOD, of the eval split (``root``
+    "eval") or the validation split ("val", world.sizes.mme_val)."""
     from tuna.eval.mme import mme_metrics
     from tuna.formats import load_mme
 
     out = {}
-    for group in sources(cfg).splits("mme"):
-        items = load_mme(sources(cfg).eval_set("mme", group).path)
-        tags = _tags_for(cfg, tag_mode, [i.image for i in items], f"mme-{group}", cfg.model.datastore)
+    val = root == "val"
+    for group in sources(cfg).splits("mme", validation=val):
+        items = load_mme(sources(cfg).eval_set("mme", group, validation=val).path)
+        tags = _tags_for(cfg, tag_mode, [i.image for i in items], f"mme-{group}" if not val else f"val-mme-{group}",
+                         cfg.model.datastore)
         answers = asker.ask([Query(i.image, i.question + SHORT) for i in items], tags, 4, desc=f"mme {group}")
         out[group] = mme_metrics(items, answers)
     return out
@@ -229,7 +232,7 @@ def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Se
     asker = Asker(predictor, cfg.eval.batch_size, progress)
     runners = {"pope": lambda: eval_pope(cfg, asker, tag_mode, root),
                "finer": lambda: eval_finer(cfg, asker, tag_mode, b_datastores, cfg.eval.attrseek, root),
-               "mme": lambda: eval_mme(cfg, asker, tag_mode),
+               "mme": lambda: eval_mme(cfg, asker, tag_mode, root),
                "chair": lambda: eval_chair(cfg, asker, tag_mode)}
     swap = cfg.eval.swap_datastore if cfg.eval.swap_datastore in b_datastores else None
     out: dict[str, Any] = {"model": str(model_dir), "tag_mode": tag_mode, "swap_datastore": swap, "seconds": {}}

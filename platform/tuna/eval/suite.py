@@ -83,9 +83,9 @@ def evaluate_variant(cfg: Recipe, variant: str, progress: bool = False,
 
 def validate_variant(cfg: Recipe, variant: str, progress: bool = False,
                      log: Callable[[str], None] = print) -> dict[str, float]:
-    """FINER (world.sizes.finer_val) and POPE (world.sizes.pope_val, when the world has it) on the validation
-    splits, for choosing settings without looking at the eval splits: saves ``eval/validation/<variant>.json``
-    and returns its headline numbers."""
+    """FINER (world.sizes.finer_val), and POPE and MME (world.sizes.pope_val, mme_val) when the world has them,
+    on the validation splits, for choosing settings without looking at the eval splits: saves
+    ``eval/validation/<variant>.json`` and returns its headline numbers."""
     from tuna.variants import variant_model
 
     src = sources(cfg)
@@ -96,6 +96,8 @@ def validate_variant(cfg: Recipe, variant: str, progress: bool = False,
     tasks = ["finer"]
     if any(any(src.eval_set("pope", s, validation=True).path.glob("*pope_*.json")) for s in src.splits("pope", True)):
         tasks.insert(0, "pope")
+    if any(src.eval_set("mme", s, validation=True).path.is_dir() for s in src.splits("mme", True)):
+        tasks.append("mme")
     folder = layout(cfg).model(variant, 2)
     if not (folder / "config.json").is_file():
         raise EvalError(f"variant {variant!r} has no trained model at {folder}; run `tuna train --variant {variant}` first")

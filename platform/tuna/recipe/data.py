@@ -39,7 +39,7 @@ KINDS = {
     "finer_id": ("finer_jsonl",), "finer_ood": ("finer_jsonl",), "finer_b": ("finer_jsonl",),
     "finer_val_id": ("finer_jsonl",), "finer_val_ood": ("finer_jsonl",), "finer_val_b": ("finer_jsonl",),
     "pope_val_id": ("pope",), "pope_val_ood": ("pope",),
-    "mme_id": ("mme",), "mme_ood": ("mme",),
+    "mme_id": ("mme",), "mme_ood": ("mme",), "mme_val_id": ("mme",), "mme_val_ood": ("mme",),
     "captions_id": ("coco_captions",), "captions_ood": ("coco_captions",),
 }
 
@@ -92,6 +92,8 @@ class DataConfig:
     pope_val_ood: SourceConfig = field(default_factory=_source)
     mme_id: SourceConfig = field(default_factory=_source)
     mme_ood: SourceConfig = field(default_factory=_source)
+    mme_val_id: SourceConfig = field(default_factory=_source)     # MME validation splits (world.sizes.mme_val)
+    mme_val_ood: SourceConfig = field(default_factory=_source)
     captions_id: SourceConfig = field(default_factory=_source)    # CHAIR
     captions_ood: SourceConfig = field(default_factory=_source)
     corpora: dict[str, SourceConfig] = field(default_factory=dict)  # more web corpora by name: datastores of new domains

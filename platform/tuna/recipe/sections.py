@@ -111,20 +111,24 @@ class CorpusSizes:
     pope_images: int = 100
     pope_val: int = 0               # POPE validation images per split (ID, OOD) for choosing settings (0 = none)
     vqa: int = 0                    # VQA-style existence rows in the instruction set (LLaVA-1.5's VQAv2/GQA share), one per instruction image (<= instruction)
+    yes_no: int = 0                 # VQA-style yes/no rows beyond existence (count, position, colour; VQAv2/GQA), one per instruction image (<= instruction)
     attrseek: int = 0               # two-turn ATTRSEEK rows in the instruction set ("Attributes:", "Answer:"), one per instruction image (<= instruction)
     finer: int = 300
     finer_b: int = 300
     finer_val: int = 0              # FINER-style validation images per split (ID, OOD, B) for choosing settings (0 = none)
     mme_images: int = 40
+    mme_val: int = 0                # MME-style validation images per subtask and split (ID, OOD) for choosing settings (0 = none)
     captions: int = 100
     text_docs_per_class: int = 20
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             n = getattr(self, f.name)
-            low = 0 if f.name in ("clip_web", "finer_val", "pope_val", "vqa", "attrseek") else 1
+            low = 0 if f.name in ("clip_web", "finer_val", "pope_val", "vqa", "attrseek", "yes_no", "mme_val") else 1
             _require(low <= n <= 10_000_000, f.name, f"must be in {low}..10000000 samples, got {n}")
         _require(self.vqa <= self.instruction, "vqa", f"one VQA row per instruction image: at most {self.instruction}, got {self.vqa}")
+        _require(self.yes_no <= self.instruction, "yes_no",
+                 f"one yes/no row per instruction image: at most {self.instruction}, got {self.yes_no}")
         _require(self.attrseek <= self.instruction, "attrseek",
                  f"one ATTRSEEK row per instruction image: at most {self.instruction}, got {self.attrseek}")
 

@@ -127,7 +127,10 @@ def _make(job: tuple[CorpusSpec, int]) -> Sample:
         seek = None
         if index < cfg.world.sizes.attrseek:  # its own RNG too
             seek = language.attrseek(scene, sample_rng(cfg.run.seed, "attrseek", index))
-        text = (*language.conversation(scene, rng, _STATE["A"].id_classes), vqa, seek)
+        yes_no = None
+        if index < cfg.world.sizes.yes_no:  # its own RNG too
+            yes_no = language.vqa_yes_no(scene, sample_rng(cfg.run.seed, "yes_no", index), list(COLOURS))
+        text = (*language.conversation(scene, rng, _STATE["A"].id_classes), vqa, seek, yes_no)
     return Sample(key=key, index=index, scene=scene, image=image, text=text)
 
 
@@ -153,9 +156,9 @@ def corpus_specs(cfg: Recipe) -> list[CorpusSpec]:
         CorpusSpec("captions_ood", s.captions, "A_ood", "clean"),
     ]
     for split in ("id", "ood"):
-        for task in MME_TASKS:
-            specs.append(CorpusSpec(f"mme_{split}", s.mme_images, f"A_{split}", f"mme:{task}",
-                                    min_distinct=2 if task == "position" else 1))
+        for name, count in ((f"mme_{split}", s.mme_images), (f"mme_val_{split}", s.mme_val)):
+            for task in MME_TASKS if count else ():
+                specs.append(CorpusSpec(name, count, f"A_{split}", f"mme:{task}", min_distinct=2 if task == "position" else 1))
     return specs
 
 
@@ -324,14 +327,14 @@ def _write_corpora(cfg: Recipe, a: Taxonomy, b: Taxonomy, out: _Writer, progress
         smp = collect("instruction", "instruct")
         names = _write_images(smp, "instruction", ext, out)
         rows = []
-        extra: dict[str, list[dict[str, Any]]] = {"vqa": [], "attrseek": []}
+        extra: dict[str, list[dict[str, Any]]] = {"vqa": [], "attrseek": [], "yes_no": []}
         for s, n in zip(smp, names):
-            kind, turns, vqa, seek = s.text
+            kind, turns, *more = s.text
             rows.append({"id": s.key, "image": n, "kind": kind, "conversations": _conversation(turns)})
-            for k, conv in (("vqa", vqa), ("attrseek", seek)):
+            for k, conv in zip(extra, more):
                 if conv:
                     extra[k].append({"id": f"{s.key}-{k}", "image": n, "kind": k, "conversations": _conversation(conv)})
-        rows += extra["vqa"] + extra["attrseek"]
+        rows += extra["vqa"] + extra["attrseek"] + extra["yes_no"]
         out.write("instruction/instruct.json", dump_json(rows))
         out.write("instruction/instances.json", dump_json(_coco(smp, all_classes, ext)))
         counts["instruction"] = len(rows)
@@ -364,14 +367,16 @@ def _write_corpora(cfg: Recipe, a: Taxonomy, b: Taxonomy, out: _Writer, progress
             out.write(f"{root}/finer/{split}/finer.jsonl", dump_jsonl(rows))
             counts[name] = len(rows)
         for split in ("id", "ood"):
-            for task in MME_TASKS:
-                smp = collect(f"mme_{split}", f"mme:{task}")
-                base = f"eval/mme/{split}/{task}"
-                names = _write_images(smp, base, ext, out)
-                for s in smp:
-                    out.write(f"{base}/questions_answers_YN/{s.key}.txt",
-                              "".join(f"{q}\t{ans}\n" for q, ans in s.text).encode("utf-8"))
-                counts[f"mme_{split}_{task}"] = 2 * len(smp)
+            # MME's eval split, and its validation split (world.sizes.mme_val) for choosing settings (never reported)
+            for root, name in (("eval", f"mme_{split}"), ("val", f"mme_val_{split}")):
+                for task in MME_TASKS if (name, f"mme:{MME_TASKS[0]}") in specs else ():
+                    smp = collect(name, f"mme:{task}")
+                    base = f"{root}/mme/{split}/{task}"
+                    names = _write_images(smp, base, ext, out)
+                    for s in smp:
+                        out.write(f"{base}/questions_answers_YN/{s.key}.txt",
+                                  "".join(f"{q}\t{ans}\n" for q, ans in s.text).encode("utf-8"))
+                    counts[f"{name}_{task}"] = 2 * len(smp)
             smp = collect(f"captions_{split}", "clean")
             _write_images(smp, f"eval/captions/{split}", ext, out)
             coco = _coco(smp, all_classes, ext)
@@ -406,7 +411,8 @@ def is_up_to_date(cfg: Recipe) -> bool:
 
 # World knobs added after worlds were already generated, with the value that reproduces those worlds
 # byte for byte: at that value they are left out of the fingerprint, so existing worlds stay up to date.
-_LATER_KNOBS: dict[str, Any] = {"product_share": 0.0, "sizes.clip_web": 0, "sizes.attrseek": 0}
+_LATER_KNOBS: dict[str, Any] = {"product_share": 0.0, "sizes.clip_web": 0, "sizes.attrseek": 0, "sizes.yes_no": 0,
+                                "sizes.mme_val": 0}
 
 
 def _fingerprint(cfg: Recipe) -> str:

@@ -199,6 +199,52 @@ def vqa_existence(scene: Scene, rng: np.random.Generator, vocabulary: list[FineC
 
 
 # FINER's ATTRSEEK prompting in the world's phrasing (tuna.eval.finer.attrseek_prompts asks the same turns)
+YES_NO_PHRASINGS = {
+    "count": ("Are there {k} {ns} in the image?", "Are there {k} {ns} in this image?", "Do you see {k} {ns}?",
+              "Is the number of {ns} {k}?"),
+    "count_one": ("Is there exactly one {n} in the image?", "Is there exactly one {n} in this image?", "Is there only one {n}?"),
+    "position": ("Is the {a} {rel} the {b}?", "Is the {a} {rel} the {b} in this image?", "Is the {a} placed {rel} the {b}?"),
+    "colour": ("Is the {n} {c}?", "Is the {n} {c} in this image?", "Is the colour of the {n} {c}?"),
+}
+_OPPOSITE = {"to the left of": "to the right of", "to the right of": "to the left of", "above": "below", "below": "above"}
+
+
+def vqa_yes_no(scene: Scene, rng: np.random.Generator, colours: list[str]) -> list[tuple[str, str]]:
+    """A VQA-style row of yes/no questions beyond existence, as VQAv2/GQA ask them (LLaVA-1.5's mix): one about a
+    count, one about where two objects are relative to each other and one about a colour, each answered "Yes" or
+    "No" at even odds (the "No": a count one off, the opposite side, another colour), in random order, short
+    answers, half of them ending "Please answer yes or no."; a kind the scene cannot ask (no two single objects
+    clearly apart, no single object) is left out."""
+    objs, names = scene.objects, scene.class_names
+    asked: list[tuple[str, str, dict[str, str]]] = []   # (kind, answer, template fields)
+    yes = [bool(b) for b in rng.random(3) < 0.5]
+    name = names[int(rng.integers(len(names)))]
+    c = scene.count(name)
+    k = c if yes[0] else (c + 1 if c == 1 or rng.random() < 0.5 else c - 1)
+    asked.append(("count" if k != 1 else "count_one", "Yes" if yes[0] else "No",
+                  {"k": NUMBER_WORDS[k] if k < len(NUMBER_WORDS) else str(k), "ns": plural(name), "n": name}))
+    rels = [(i, r, j) for i, r, j in scene.relations()
+            if scene.count(objs[i].cls.name) == 1 and scene.count(objs[j].cls.name) == 1]
+    if rels:
+        i, rel, j = rels[int(rng.integers(len(rels)))]
+        phrase = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}[rel]
+        asked.append(("position", "Yes" if yes[1] else "No", {"a": objs[i].cls.name, "b": objs[j].cls.name,
+                                                               "rel": phrase if yes[1] else _OPPOSITE[phrase]}))
+    single = [o for o in objs if scene.count(o.cls.name) == 1]
+    if single:
+        o = single[int(rng.integers(len(single)))]
+        wrong = [x for x in colours if x != o.colour]
+        asked.append(("colour", "Yes" if yes[2] else "No",
+                      {"n": o.cls.name, "c": o.colour if yes[2] else wrong[int(rng.integers(len(wrong)))]}))
+    turns = []
+    for kind, answer, fields in (asked[int(i)] for i in rng.permutation(len(asked))):
+        options = YES_NO_PHRASINGS[kind]
+        question = options[int(rng.integers(len(options)))].format(**fields)
+        suffix = " Please answer yes or no." if rng.random() < 0.5 else ""
+        turns.append((f"{question}{suffix}\n{SHORT_ANSWER}", answer))
+    return turns
+
+
 ATTRSEEK_TURNS = (
     "Describe the visual attributes of the {sup} in the image that tell which kind of {sup} it is: its shape, "
     "pattern, marks and colours. Reply as \"Attributes: ...\".",

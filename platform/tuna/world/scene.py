@@ -25,6 +25,7 @@ CORPUS_CODES: dict[str, int] = {
     "finer_id": 7, "finer_ood": 8, "finer_b": 9, "mme_id": 10, "mme_ood": 11, "captions_id": 12,
     "captions_ood": 13, "text": 14, "corrupt": 15, "clip_web": 16, "finer_val_id": 17, "finer_val_ood": 18,
     "finer_val_b": 19, "pope_val_id": 20, "pope_val_ood": 21, "vqa": 22, "attrseek": 23,
+    "yes_no": 24, "mme_val_id": 25, "mme_val_ood": 26,
 }
 
 
