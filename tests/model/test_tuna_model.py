@@ -317,6 +317,23 @@ def test_images_encoded_once_by_the_caller_give_the_same_merge(make_model):
             model.prepare_multimodal_inputs(**batch, image_outputs=(encoded[0][:1], encoded[1][:1]))
 
 
+def test_a_forward_on_cached_image_outputs_equals_one_on_pixels(make_model):
+    """Training with train.cache_vision feeds forward the frozen tower's outputs instead of pixels: same loss and
+    logits, no pixels needed; neither given is a one-line error."""
+    from tuna.model.modeling_tuna import ModelInputError
+
+    model = make_model()
+    batch = make_batch(model)
+    labels = batch["input_ids"].masked_fill(batch["input_ids"] < 0, -100)
+    with torch.no_grad():
+        ref = model(**batch, labels=labels)
+        pixels = batch.pop("pixel_values")
+        ours = model(**batch, labels=labels, image_outputs=model.encode_image(pixels))
+        assert torch.equal(ours.logits, ref.logits) and torch.equal(ours.loss, ref.loss)
+        with pytest.raises(ModelInputError, match=r"pass pixel_values \(B, 3, S, S\) or image_outputs"):
+            model.prepare_multimodal_inputs(pixel_values=None, **batch)
+
+
 def test_crop_grid_windows_overlap_by_half_a_crop() -> None:
     """vision_crops n: n x n crops of side 2S/(n+1) at a stride of S/(n+1), raster order, resized to S x S."""
     from tuna.model.vision_features import crop_grid

@@ -141,3 +141,21 @@ def test_a_partitioned_build_trains_the_same_loss_curve_as_a_whole_one(trained, 
     assert whole["partitioned_init"] is None
     partitioned = trained.cfg.data_dir / "train/tuna/stage2/loss.jsonl"
     assert _losses(d / "train/tuna/stage2/loss.jsonl") == pytest.approx(_losses(partitioned), abs=1e-5)
+
+
+def test_cached_vision_trains_the_same_loss_curve_as_pixels(trained, tmp_path: Path) -> None:
+    """train.cache_vision: stage 2 on the frozen tower's outputs, encoded once and split over the two ranks,
+    reproduces the fixture's loss curve (pixels every step) and says what it encoded; the refused case is one line."""
+    d = tmp_path / "cached"
+    shutil.copytree(trained.cfg.data_dir, d, ignore=shutil.ignore_patterns("stage2", "eval", "serve"))
+    done = _tuna("--stage", "2", "--variant", "tuna", "train.stage2.zero_stage=3", "train.zero3_init=false",
+                 "train.cache_vision=true", data_dir=d)
+    assert done.returncode == 0, done.stderr[-2000:]
+    encoded = re.search(r"(\d+) training images encoded once with the frozen vision tower", done.stdout + done.stderr)
+    assert encoded and int(encoded[1]) > 0, done.stdout[-2000:]
+    reference = trained.cfg.data_dir / "train/tuna/stage2/loss.jsonl"
+    assert _losses(d / "train/tuna/stage2/loss.jsonl") == pytest.approx(_losses(reference), abs=1e-4)
+    refused = _tuna("--stage", "2", "--variant", "baseline", "train.cache_vision=true", "train.stage2.vision_lr_scale=0.1",
+                    data_dir=d)
+    assert refused.returncode != 0 and "Traceback" not in refused.stdout + refused.stderr
+    assert "train.cache_vision: stage 2 trains the vision tower" in refused.stdout + refused.stderr

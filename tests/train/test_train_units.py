@@ -393,3 +393,56 @@ def test_region_tags_make_a_tag_variants_training_stale_and_leave_the_baseline_a
     assert fingerprint(plain, "tuna", 2, 2) != fingerprint(regions, "tuna", 2, 2)
     assert fingerprint(plain, "tuner_off", 1, 2) != fingerprint(regions, "tuner_off", 1, 2)
     assert fingerprint(plain, "baseline", 2, 2) == fingerprint(regions, "baseline", 2, 2)   # it retrieves nothing
+
+
+class _Tower:
+    """encode_image of a frozen tower: patch features and an image feature from each image's pixels."""
+
+    calls = 0
+
+    def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _Tower.calls += 1
+        return pixels.reshape(len(pixels), 2, -1) * 2, pixels.reshape(len(pixels), -1).sum(1, keepdim=True)
+
+
+def test_cache_vision_encodes_each_image_once_split_over_the_ranks() -> None:
+    """train.cache_vision: rank r encodes images r::world in batches; the exchange gives every rank all of them;
+    a batch stacks the cached outputs in the batch's order, in the training precision's dtype."""
+    from tuna.train.vision_cache import batch_outputs, encode_all
+
+    images = [Path(f"img{i}.png") for i in range(5)]
+    pixels = {p: torch.full((4,), float(i)) for i, p in enumerate(images)}
+
+    def read(paths: list[Path]) -> torch.Tensor:
+        return torch.stack([pixels[p] for p in paths])
+
+    sent: list[dict[Path, Any]] = []
+
+    def as_rank_1(obj: dict[Path, Any]) -> list[dict[Path, Any]]:   # what rank 0 would send, stubbed
+        sent.append(obj)
+        return [{p: (torch.zeros(2, 2), torch.zeros(1)) for p in images[0::2]}, obj]
+
+    encode_all(_Tower(), read, images, 1, 2, as_rank_1, torch.bfloat16, batch_size=2)
+    assert sorted(sent[0]) == images[1::2]                  # rank 1 encoded only its share
+    both = encode_all(_Tower(), read, images, 0, 2, lambda obj: [obj, sent[0]], torch.bfloat16, batch_size=2)
+    assert sorted(both) == images
+    patches, features = batch_outputs(both, [images[3], images[0]])
+    assert patches.dtype == features.dtype == torch.bfloat16
+    assert patches.shape == (2, 2, 2) and torch.equal(features[:, 0], torch.tensor([12.0, 0.0], dtype=torch.bfloat16))
+    with pytest.raises(TrainError, match=r"2 images were not encoded \(first: img1.png\)"):
+        encode_all(_Tower(), read, images, 0, 2, lambda obj: [obj, {}], batch_size=2)   # a rank sent nothing back
+    _Tower.calls = 0
+    encode_all(_Tower(), read, images, 0, 1, lambda obj: [obj], batch_size=2)
+    assert _Tower.calls == 3   # 5 images in batches of 2, each once
+
+
+def test_cache_vision_is_refused_where_the_towers_outputs_change_or_are_partitioned() -> None:
+    from tuna.train.vision_cache import check_cacheable
+
+    with pytest.raises(TrainError, match=r"stage 2 trains the vision tower \(train.stage2.vision_lr_scale=0.1\)"):
+        check_cacheable(2, 0.1, None)
+    with pytest.raises(TrainError, match=r"built partitioned \(train.zero3_init\).*train.zero3_init=false"):
+        check_cacheable(2, 0.0, {"held": 1, "params": 2})
+    check_cacheable(1, 0.0, None)
+    with pytest.raises(ConfigError, match="cache_vision"):
+        load_recipe(SMOKE, ["train.cache_vision=maybe"])

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +36,11 @@ from transformers import (
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.utils import ModelOutput
 
 from tuna.errors import TunaError
 from tuna.model.clip_model import VectorScaleCLIPModel, vectorize_scalar_parameters
 from tuna.model.configuration_tuna import TunaConfig
+from tuna.model.outputs import TunaCausalLMOutput, TunaMergedInputs
 from tuna.model.vision_features import crop_tokens, select_features
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (visual tokens, tag block, padding)
@@ -49,35 +48,6 @@ IGNORE_INDEX = -100  # label of positions that carry no loss (visual tokens, tag
 
 class ModelInputError(TunaError, ValueError):
     """A model input has the wrong shape or content; the message names the value and the fix."""
-
-
-@dataclass
-class TunaCausalLMOutput(ModelOutput):
-    """Output of :meth:`TunaForConditionalGeneration.forward` (L' = merged length, V = vocabulary)."""
-
-    loss: torch.Tensor | None = None                      # () mean next-token loss over labelled positions
-    logits: torch.Tensor | None = None                    # (B, L', V)
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
-    tag_weights: torch.Tensor | None = None               # (B, k) softmax per image, 0 on absent tags
-    image_hidden_states: torch.Tensor | None = None       # (B, P, D) visual tokens after the connector
-    tag_hidden_states: torch.Tensor | None = None         # (B, k, D) visual-tag embeddings before weighting
-    attention_mask: torch.Tensor | None = None            # (B, L') merged mask the LM saw
-    labels: torch.Tensor | None = None                    # (B, L') merged labels (-100 on visual/tag positions)
-
-
-@dataclass
-class TunaMergedInputs:
-    """What the LM reads: the merged sequence and its provenance (from ``prepare_multimodal_inputs``)."""
-
-    inputs_embeds: torch.Tensor                            # (B, L', D), L' = L - 1 + P + k * (1 + T)
-    attention_mask: torch.Tensor                           # (B, L') long
-    position_ids: torch.Tensor                             # (B, L') positions counting attended tokens only
-    labels: torch.Tensor | None                            # (B, L') or None
-    image_hidden_states: torch.Tensor                      # (B, P, D)
-    tag_weights: torch.Tensor | None                       # (B, k), None in tag_mode "none"
-    tag_hidden_states: torch.Tensor | None                 # (B, k, D), None in tag_mode "none"
 
 
 # ----------------------------------------------------------------------------------------- components
@@ -312,7 +282,7 @@ class TunaInputs:
         return is_image.int().argmax(-1)
 
     def prepare_multimodal_inputs(
-        self, input_ids: torch.Tensor, pixel_values: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None, attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None, tag_input_ids: torch.Tensor | None = None,
         tag_attention_mask: torch.Tensor | None = None, tag_mask: torch.Tensor | None = None,
         tag_clip_input_ids: torch.Tensor | None = None, tag_clip_attention_mask: torch.Tensor | None = None,
@@ -328,7 +298,9 @@ class TunaInputs:
         if input_ids.ndim != 2:
             raise ModelInputError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
         b, length = input_ids.shape
-        if pixel_values.shape[0] != b:
+        if image_outputs is None and pixel_values is None:
+            raise ModelInputError("pass pixel_values (B, 3, S, S) or image_outputs (encode_image of them)")
+        if pixel_values is not None and pixel_values.shape[0] != b:
             raise ModelInputError(f"pixel_values has {pixel_values.shape[0]} images but input_ids has {b} rows; "
                                   f"pass one image per example")
         for name, t in (("attention_mask", attention_mask), ("labels", labels)):
@@ -455,13 +427,15 @@ class TunaForConditionalGeneration(PreTrainedModel, GenerationMixin, TunaInputs)
         tag_clip_input_ids: torch.LongTensor | None = None,  # (B, k, Tc) CLIP-tokenised tags
         tag_clip_attention_mask: torch.Tensor | None = None,  # (B, k, Tc)
         tag_features: torch.Tensor | None = None,          # (B, k, Dt) precomputed CLIP text features
+        image_outputs: tuple[torch.Tensor, torch.Tensor] | None = None,  # encode_image(pixel_values) precomputed
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> TunaCausalLMOutput:
-        """Merge image, tags and text (when ``pixel_values`` are given), then run the LM; loss when ``labels``."""
+        """Merge image, tags and text (when ``pixel_values`` or their ``image_outputs`` are given), then run the LM;
+        loss when ``labels``."""
         merged = None
-        if pixel_values is not None:
+        if pixel_values is not None or image_outputs is not None:
             if input_ids is None or inputs_embeds is not None:
                 raise ModelInputError("with pixel_values pass input_ids holding one <image> id per row, not inputs_embeds")
             if position_ids is not None:
@@ -469,7 +443,7 @@ class TunaForConditionalGeneration(PreTrainedModel, GenerationMixin, TunaInputs)
                                       "sequence and are computed from it; drop them")
             merged = self.prepare_multimodal_inputs(
                 input_ids, pixel_values, attention_mask, labels, tag_input_ids, tag_attention_mask, tag_mask,
-                tag_clip_input_ids, tag_clip_attention_mask, tag_features)
+                tag_clip_input_ids, tag_clip_attention_mask, tag_features, image_outputs)
             input_ids, inputs_embeds, attention_mask, labels = None, merged.inputs_embeds, merged.attention_mask, merged.labels
             position_ids = merged.position_ids
         elif input_ids is not None and bool((input_ids == self.config.image_token_index).any()):

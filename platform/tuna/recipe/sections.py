@@ -491,6 +491,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute the LM's (and towers') activations in backward: less memory, ~1/3 more compute
     deepspeed_config: str | None = None  # a DeepSpeed JSON with "auto" fields; null = the repo's zero<stage>.json
     zero3_init: bool = False        # stages on ZeRO-3 build the model partitioned (deepspeed.zero.Init): no rank holds it whole
+    cache_vision: bool = False      # encode each training image once per stage with the frozen vision tower (held in memory)
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=lambda: StageConfig(lr=2e-4))
 
@@ -505,6 +506,7 @@ class TrainConfig:
         _require(isinstance(self.gradient_checkpointing, bool), "gradient_checkpointing",
                  f"must be true or false, got {self.gradient_checkpointing!r}")
         _require(isinstance(self.zero3_init, bool), "zero3_init", f"must be true or false, got {self.zero3_init!r}")
+        _require(isinstance(self.cache_vision, bool), "cache_vision", f"must be true or false, got {self.cache_vision!r}")
 
     def stage(self, n: int) -> StageConfig:
         """The settings of stage ``n`` (1 or 2)."""

@@ -138,18 +138,28 @@ def write_blank_image(path: Path, size: int) -> Path:
 
 class Collator(TunaProcessor):
     """Examples -> one padded batch of model inputs (right padding; tags padded to ``num_tags``); the images
-    are read from the examples' files."""
+    are read from the examples' files, or, once :attr:`vision` holds their encodings (tuna.train.vision_cache),
+    taken from there as ``image_outputs``."""
+
+    vision: dict[Path, tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def read(self, images: Sequence[Path]) -> torch.Tensor:
+        """(B, 3, S, S) pixel values of image files."""
+        return self.pixel_values([decode_image(p.read_bytes() if p.is_file() else None, str(p)) for p in images])
 
     def images(self, examples: Sequence[Example]) -> torch.Tensor:
-        pics = []
-        for ex in examples:
-            data = ex.image.read_bytes() if ex.image.is_file() else None
-            pics.append(decode_image(data, str(ex.image)))
-        return self.pixel_values(pics)
+        return self.read([ex.image for ex in examples])
 
-    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        return self.collate([ex.input_ids for ex in examples], [ex.labels for ex in examples], self.images(examples),
-                            [ex.tags for ex in examples])
+    def __call__(self, examples: Sequence[Example]) -> dict[str, Any]:
+        ids, labels, tags = [ex.input_ids for ex in examples], [ex.labels for ex in examples], [ex.tags for ex in examples]
+        if self.vision is None:
+            return self.collate(ids, labels, self.images(examples), tags)
+        from tuna.train.vision_cache import batch_outputs
+
+        batch: dict[str, Any] = self.collate(ids, labels, None, tags)   # type: ignore[arg-type]
+        del batch["pixel_values"]
+        batch["image_outputs"] = batch_outputs(self.vision, [ex.image for ex in examples])
+        return batch
 
 
 def check_images(examples: Sequence[Example]) -> tuple[list[Example], list[CorruptSample]]:

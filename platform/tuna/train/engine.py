@@ -383,8 +383,12 @@ def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
 
 
 def to_device(batch: dict[str, Any], device: torch.device | str) -> dict[str, Any]:
-    """The batch with its tensors on ``device`` (the engine's accelerator); other values unchanged."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """The batch with its tensors (and tuples of tensors) on ``device`` (the engine's accelerator); other values unchanged."""
+    def move(v: Any) -> Any:
+        if isinstance(v, tuple):
+            return tuple(move(x) for x in v)
+        return v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+    return {k: move(v) for k, v in batch.items()}
 
 
 def mean_over_ranks(value: float, device: torch.device | str, world: int) -> float:
@@ -395,6 +399,28 @@ def mean_over_ranks(value: float, device: torch.device | str, world: int) -> flo
     total = torch.tensor([value], dtype=torch.float32, device=device)
     dist.all_reduce(total)
     return float(total.item()) / world
+
+
+def cache_vision(cfg: Recipe, stage: int, inputs: StageInputs, rank: int, world: int, say: Callable[[str], None]) -> None:
+    """``train.cache_vision``: encode every training image of the stage once (split over the ranks), so the batches
+    carry the frozen tower's outputs instead of pixels (tuna.train.vision_cache)."""
+    import torch.distributed as dist
+
+    from tuna.train.vision_cache import PRECISION_DTYPES, check_cacheable, encode_all
+
+    check_cacheable(stage, cfg.train.stage(stage).vision_lr_scale, inputs.partitioned)
+
+    def gather(obj: Any) -> list[Any]:
+        parts: list[Any] = [None] * world
+        dist.all_gather_object(parts, obj)
+        return parts
+
+    t0 = time.perf_counter()
+    images = sorted({ex.image for ex in inputs.examples})
+    inputs.collate.vision = encode_all(inputs.model, inputs.collate.read, images, rank, world, gather,
+                                       PRECISION_DTYPES[cfg.train.precision])
+    say(f"  {len(images)} training images encoded once with the frozen vision tower (train.cache_vision) "
+        f"in {time.perf_counter() - t0:.1f}s")
 
 
 def optimizer_step(engine: Any, collate: Callable[[list[Any]], dict[str, torch.Tensor]], examples: list[Any],
@@ -440,6 +466,8 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
     inputs = prepare_stage(cfg, variant, stage, rank, dist.barrier, say)
     model, tokenizer, params, examples, skipped, collate = (inputs.model, inputs.tokenizer, inputs.params,
                                                             inputs.examples, inputs.skipped, inputs.collate)
+    if cfg.train.cache_vision:
+        cache_vision(cfg, stage, inputs, rank, world, say)
     plan = BatchPlan(len(examples), world, sc.batch_size, sc.grad_accum, cfg.run.seed)
     total = plan.total_steps(sc.epochs, sc.max_steps)
     ds = ds_config.resolve(cfg, stage, world, hidden_size=model.config.text_config.hidden_size)
