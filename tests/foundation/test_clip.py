@@ -303,3 +303,29 @@ def test_training_reads_the_clip_only_crawl_when_the_world_has_one(tmp_path: Pat
     assert set(manifest["corpora"]) == {"web/A", "web/B", "web/clip"}
     assert manifest["corpora"]["web/clip"]["samples"] == world["counts"]["web_clip"] == 120
     assert manifest["pairs"] == sum(c["kept"] for c in manifest["corpora"].values())
+
+
+def test_an_encoder_stays_up_to_date_while_its_own_inputs_do(trained: dict, tmp_path: Path) -> None:
+    """The encoder reads the web corpora, the taxonomy and FINER: a world regenerated with other instruction or
+    validation sizes keeps it (no 10-minute retrain for the same weights); other web corpora do not. An encoder
+    saved before, with the whole world's fingerprint, stays up to date on that same world only."""
+    from tuna.world.generate import generate_world
+
+    base = trained["root"] / "seed0"
+    for name, overrides, fresh in (("other-instructions", ["world.sizes.yes_no=20", "world.sizes.mme_val=2"], True),
+                                   ("other-web", ["world.sizes.web=310"], False)):
+        cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path / name}", *overrides])
+        generate_world(cfg, progress=False, log=_quiet)
+        shutil.copytree(base / "encoder", tmp_path / name / "encoder")
+        assert is_up_to_date(cfg) is fresh, name
+    legacy = tmp_path / "legacy"
+    shutil.copytree(base / "world", legacy / "world")
+    shutil.copytree(base / "encoder", legacy / "encoder")
+    manifest = json.loads((legacy / "encoder" / "manifest.json").read_text())
+    assert manifest["inputs"]["world"].startswith("world-inputs:")
+    manifest["inputs"]["world"] = json.loads((legacy / "world" / "manifest.json").read_text())["fingerprint"]
+    (legacy / "encoder" / "manifest.json").write_text(json.dumps(manifest))
+    cfg = load_recipe(SMOKE, [f"run.data_dir={legacy}"])
+    assert is_up_to_date(cfg)
+    generate_world(load_recipe(SMOKE, [f"run.data_dir={legacy}", "world.sizes.yes_no=20"]), progress=False, log=_quiet)
+    assert not is_up_to_date(load_recipe(SMOKE, [f"run.data_dir={legacy}", "world.sizes.yes_no=20"]))

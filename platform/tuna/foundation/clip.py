@@ -134,17 +134,39 @@ def summary_line(metrics: dict[str, Any]) -> str:
 ENCODER_SOURCES = ("web_A", "web_B", "web_clip", "taxonomy", "finer_id", "finer_ood", "finer_b")
 
 
-def _data_fingerprint(cfg: Recipe) -> str | None:
-    """What the encoder's inputs are: the world's fingerprint when the world provides them all, else their digest."""
-    src = sources(cfg)
-    if not all(src.has(name) and src[name].from_world for name in ENCODER_SOURCES):
-        return src.digest(*ENCODER_SOURCES)
+def _world_manifest(cfg: Recipe) -> dict[str, Any]:
     path = layout(cfg).world_manifest
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         raise DataFormatError(f"no world at {path.parent} (manifest.json missing or unreadable); "
                               f"generate it first: tuna world --config <recipe>") from None
+
+
+def _data_fingerprint(cfg: Recipe) -> str | None:
+    """What the encoder's inputs are: when the world provides them all, the world manifest's digests of the
+    folders holding them (web corpora, taxonomy, FINER), so a world change that leaves them as they were (an
+    instruction or eval size) keeps the encoder; else their digest."""
+    src = sources(cfg)
+    if not all(src.has(name) and src[name].from_world for name in ENCODER_SOURCES):
+        return src.digest(*ENCODER_SOURCES)
+    manifest, root = _world_manifest(cfg), layout(cfg).world
+    digests: dict[str, str] = manifest.get("digests", {})
+    held = set()
+    for name in ENCODER_SOURCES:
+        rel = src[name].path.relative_to(root).as_posix()
+        held.update(k for k in digests if rel == k or rel.startswith(f"{k}/"))
+    payload = {"generator": manifest.get("generator"), "seed": manifest.get("seed"), "digests": {k: digests[k] for k in sorted(held)}}
+    return "world-inputs:" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _legacy_data_fingerprint(cfg: Recipe) -> str | None:
+    """What encoders saved before :func:`_data_fingerprint` read the folders: the whole world's fingerprint (the
+    world's config and seed); such an encoder is up to date while the world is the one it was trained on."""
+    src = sources(cfg)
+    if not all(src.has(name) and src[name].from_world for name in ENCODER_SOURCES):
+        return None
+    return _world_manifest(cfg).get("fingerprint")
 
 
 # Encoder keys added after encoders were already trained, with the value that reproduces them: at that
@@ -208,8 +230,10 @@ def is_up_to_date(cfg: Recipe) -> bool:
         data_fingerprint = _data_fingerprint(cfg)
     except (OSError, json.JSONDecodeError, DataFormatError):
         return False
-    return (manifest.get("version") == ENCODER_VERSION and manifest.get("inputs") == _inputs(cfg, data_fingerprint)
-            and (target / "config.json").is_file())
+    saved = manifest.get("inputs")
+    legacy = _legacy_data_fingerprint(cfg)
+    return (manifest.get("version") == ENCODER_VERSION and (target / "config.json").is_file()
+            and (saved == _inputs(cfg, data_fingerprint) or (legacy is not None and saved == _inputs(cfg, legacy))))
 
 
 def _remove_stale_tmp(target: Path) -> None:
