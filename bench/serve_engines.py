@@ -15,13 +15,18 @@ requests: FINER questions of the ID and OOD eval splits ("What kind of <superord
 Goals (#17): Triton + vLLM p50 <= 1.2x vLLM alone; at 32 clients >= 5x the throughput of Triton + HF step; answers
 equal to in-process greedy answers.
 
+With ``--milvus-server`` the served datastores live in a Milvus 2.3 standalone (the optional `milvus` wheel,
+`make test-milvus` installs it) on a free 127.0.0.1 port, as a cluster serves them (``MILVUS_URI``, the chart's
+``milvus.uri``), built there by `tuna index`'s own builder; without it, the export's Milvus Lite copies.
+
     .venv/bin/python bench/serve_engines.py --config configs/mini.yaml [--requests 200] [--clients 1 8 32]
-        [--out bench/results/serve_engines.json]        (the vLLM venv: $TUNA_VLLM_VENV or .venv-vllm)
+        [--milvus-server] [--out bench/results/serve_engines.json]   (the vLLM venv: $TUNA_VLLM_VENV or .venv-vllm)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform as pyplatform
@@ -53,6 +58,26 @@ def _questions(cfg: Any, n: int) -> list[tuple[bytes, str]]:
         rows = [json.loads(line) for line in (folder / "finer.jsonl").read_text().splitlines() if line.strip()]
         out += [((folder / "images" / r["image"]).read_bytes(), direct_prompt(r["basic-level-lbl"])) for r in rows[: (n + 1) // 2]]
     return out[:n]
+
+
+def server_datastores(cfg: Any, config: str, overrides: list[str], names: list[str], tmp: Path, stack: Any) -> str:
+    """A Milvus standalone holding datastores ``names`` of ``cfg``'s run (built by tuna.retrieval.datastore from
+    its world, encoder and tags, linked into a scratch run folder so the run's own manifests stay as they are);
+    returns its URI. The server stops when ``stack`` closes."""
+    from tuna.recipe import load_recipe
+    from tuna.retrieval.datastore import build_datastore
+    from tuna.retrieval.server import MilvusServer
+
+    server = stack.enter_context(MilvusServer(tmp / "milvus-server"))
+    linked = tmp / "run"
+    linked.mkdir()
+    for sub in ("world", "encoder", "tags"):
+        (linked / sub).symlink_to((cfg.data_dir / sub).resolve())
+    there = load_recipe(config, [*overrides, f"run.data_dir={linked}", f"index.uri={server.uri}"])
+    for name in names:
+        m = build_datastore(there, name, rebuild=True, progress=False, log=lambda s: None)
+        print(f"  datastore {name}: {m['rows']} rows -> {server.uri}", file=sys.stderr)
+    return server.uri
 
 
 def reference(repo: Path, asked: list[tuple[bytes, str]], max_tokens: int, requests_file: Path) -> dict[str, Any]:
@@ -158,10 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--out", default="bench/results/serve_engines.json")
+    p.add_argument("--milvus-server", action="store_true", help="serve the datastores from a Milvus standalone (MILVUS_URI)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from tuna.recipe import load_recipe
+    from tuna.serve.ensemble import read_serving
     from tuna.serve.export import export_repository
 
     venv = Path(os.environ.get("TUNA_VLLM_VENV") or REPO / ".venv-vllm")
@@ -171,13 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     asked = _questions(cfg, args.requests)
     report: dict[str, Any] = {"config": args.config, "overrides": args.overrides, "requests": len(asked), "clients": args.clients,
                               "max_tokens": args.max_tokens, "max_batch_size": cfg.serve.max_batch_size,
-                              "queue_delay_us": cfg.serve.queue_delay_us}
-    with tempfile.TemporaryDirectory() as tmp:
+                              "queue_delay_us": cfg.serve.queue_delay_us, "milvus": "server" if args.milvus_server else "lite"}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         repos = {}
         for engine in ("hf", "vllm"):
             export_repository(load_recipe(args.config, [*args.overrides, f"serve.engine={engine}"]), out=Path(tmp) / engine,
                               log=lambda s: None)
             repos[engine] = Path(tmp) / engine / "model_repository"
+        milvus: dict[str, str] = {}
+        if args.milvus_server:
+            served = sorted(read_serving(repos["hf"] / "retrieval" / "1" / "assets")["datastores"])
+            milvus["MILVUS_URI"] = server_datastores(cfg, args.config, args.overrides, served, Path(tmp), stack)
+            os.environ.update(milvus)   # the in-process reference's retrieval step reads it too
         print("in-process reference ...", file=sys.stderr)
         ref = reference(repos["hf"], asked, args.max_tokens, Path(tmp) / "requests.npz")
         expected = ref.pop("answers")
@@ -187,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         for engine in ("hf", "vllm"):
             print(f"triton + {engine} ...", file=sys.stderr)
             report[f"triton_{engine}"] = through_triton(repos[engine], asked, args.max_tokens, args.clients,
-                                                        {"TUNA_VLLM_VENV": str(venv)} if engine == "vllm" else {})
+                                                        {**milvus, **({"TUNA_VLLM_VENV": str(venv)} if engine == "vllm" else {})})
     same = {}
     for row in ("vllm_alone", "triton_hf", "triton_vllm"):
         for n in args.clients:
