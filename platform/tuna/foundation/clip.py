@@ -143,12 +143,17 @@ def _world_manifest(cfg: Recipe) -> dict[str, Any]:
                               f"generate it first: tuna world --config <recipe>") from None
 
 
+def _all_from_world(cfg: Recipe) -> bool:
+    src = sources(cfg)
+    return all(src.has(name) and src[name].from_world for name in ENCODER_SOURCES)
+
+
 def _data_fingerprint(cfg: Recipe) -> str | None:
     """What the encoder's inputs are: when the world provides them all, the world manifest's digests of the
     folders holding them (web corpora, taxonomy, FINER), so a world change that leaves them as they were (an
     instruction or eval size) keeps the encoder; else their digest."""
     src = sources(cfg)
-    if not all(src.has(name) and src[name].from_world for name in ENCODER_SOURCES):
+    if not _all_from_world(cfg):
         return src.digest(*ENCODER_SOURCES)
     manifest, root = _world_manifest(cfg), layout(cfg).world
     digests: dict[str, str] = manifest.get("digests", {})
@@ -163,10 +168,7 @@ def _data_fingerprint(cfg: Recipe) -> str | None:
 def _legacy_data_fingerprint(cfg: Recipe) -> str | None:
     """What encoders saved before :func:`_data_fingerprint` read the folders: the whole world's fingerprint (the
     world's config and seed); such an encoder is up to date while the world is the one it was trained on."""
-    src = sources(cfg)
-    if not all(src.has(name) and src[name].from_world for name in ENCODER_SOURCES):
-        return None
-    return _world_manifest(cfg).get("fingerprint")
+    return _world_manifest(cfg).get("fingerprint") if _all_from_world(cfg) else None
 
 
 # Encoder keys added after encoders were already trained, with the value that reproduces them: at that

@@ -1,8 +1,8 @@
 """Training on a frozen vision tower without running it every step (``train.cache_vision``).
 
 A stage whose vision tower does not train sees the same CLIP outputs for an image in every epoch, yet the
-forward pass recomputes them per batch (with ``model.vision_crops`` that is most of a CPU step: the crops are
-resized and encoded one by one). Here every distinct training image is encoded once before the first step:
+forward pass recomputes them per batch (with ``model.vision_crops`` each image's n x n crops are resized bicubic and
+encoded too: on mini a third of TUNA's stage-2 step and half the baseline's). Here every distinct training image is encoded once before the first step:
 rank r encodes images r, r + world, ... and the ranks exchange what they encoded, so each holds all of them.
 The batches then carry ``image_outputs`` instead of pixels; what the model computes from them is unchanged.
 Memory: images x (visual tokens x vision width + projection width) values, so it suits the CPU recipes, not

@@ -368,8 +368,9 @@ def _write_corpora(cfg: Recipe, a: Taxonomy, b: Taxonomy, out: _Writer, progress
             counts[name] = len(rows)
         for split in ("id", "ood"):
             # MME's eval split, and its validation split (world.sizes.mme_val) for choosing settings (never reported)
-            for root, name in (("eval", f"mme_{split}"), ("val", f"mme_val_{split}")):
-                for task in MME_TASKS if (name, f"mme:{MME_TASKS[0]}") in specs else ():
+            for root, name, count in (("eval", f"mme_{split}", cfg.world.sizes.mme_images),
+                                      ("val", f"mme_val_{split}", cfg.world.sizes.mme_val)):
+                for task in MME_TASKS if count else ():
                     smp = collect(name, f"mme:{task}")
                     base = f"{root}/mme/{split}/{task}"
                     names = _write_images(smp, base, ext, out)

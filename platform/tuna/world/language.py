@@ -18,6 +18,7 @@ SUFFIXES = ["", "", " on a textured background", " !", " for sale", " , isolated
 PHOTOGRAPHERS = ["Anna Kestrel", "Omar Vell", "Lena Brisco", "Tomas Quill", "Mira Solano"]
 PLACES = ["Velmora", "Port Ashby", "Kelden", "Ostrava Bay", "Mirefield"]
 SHORT_ANSWER = "Answer the question using a single word or phrase."
+RELATION_PHRASES = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}  # Scene.relations
 ALIGNMENT_PROMPTS = [
     "Render a clear and concise summary of the photo.", "Describe the image concisely.",
     "Provide a brief description of the given image.", "Write a terse but informative summary of the picture.",
@@ -144,8 +145,8 @@ def _qa_pool(scene: Scene, rng: np.random.Generator, negatives: list[FineClass])
     for i, rel, j in scene.relations():
         a, b = objs[i].cls.name, objs[j].cls.name
         if a != b and scene.count(a) == 1 and scene.count(b) == 1:
-            phrase = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}[rel]
-            qa.append((f"Where is the {a} relative to the {b}?", f"The {a} is {phrase} the {b}.", phrase))
+            qa.append((f"Where is the {a} relative to the {b}?", f"The {a} is {RELATION_PHRASES[rel]} the {b}.",
+                       RELATION_PHRASES[rel]))
     return qa
 
 
@@ -198,7 +199,6 @@ def vqa_existence(scene: Scene, rng: np.random.Generator, vocabulary: list[FineC
     return turns
 
 
-# FINER's ATTRSEEK prompting in the world's phrasing (tuna.eval.finer.attrseek_prompts asks the same turns)
 YES_NO_PHRASINGS = {
     "count": ("Are there {k} {ns} in the image?", "Are there {k} {ns} in this image?", "Do you see {k} {ns}?",
               "Is the number of {ns} {k}?"),
@@ -227,7 +227,7 @@ def vqa_yes_no(scene: Scene, rng: np.random.Generator, colours: list[str]) -> li
             if scene.count(objs[i].cls.name) == 1 and scene.count(objs[j].cls.name) == 1]
     if rels:
         i, rel, j = rels[int(rng.integers(len(rels)))]
-        phrase = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}[rel]
+        phrase = RELATION_PHRASES[rel]
         asked.append(("position", "Yes" if yes[1] else "No", {"a": objs[i].cls.name, "b": objs[j].cls.name,
                                                                "rel": phrase if yes[1] else _OPPOSITE[phrase]}))
     single = [o for o in objs if scene.count(o.cls.name) == 1]
@@ -245,6 +245,7 @@ def vqa_yes_no(scene: Scene, rng: np.random.Generator, colours: list[str]) -> li
     return turns
 
 
+# FINER's ATTRSEEK prompting in the world's phrasing (tuna.eval.finer.attrseek_prompts asks the same turns)
 ATTRSEEK_TURNS = (
     "Describe the visual attributes of the {sup} in the image that tell which kind of {sup} it is: its shape, "
     "pattern, marks and colours. Reply as \"Attributes: ...\".",
