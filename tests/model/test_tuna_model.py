@@ -368,6 +368,26 @@ def test_crop_tokens_follow_the_grid(make_model):
     assert out.image_hidden_states.shape == (2, P + 1 + 4, D)
 
 
+def test_views_ride_the_same_vision_pass(make_model):
+    """encode_image_and_views: the image's tokens and feature as encode_image gives them, and each view's image
+    feature as if it were encoded alone (the served region cells)."""
+    from tuna.model.modeling_tuna import ModelInputError
+
+    model = make_model(vision_crops=2, vision_feature_select_strategy="full")
+    pixels = make_batch(model)["pixel_values"]
+    views = torch.randn(5, *pixels.shape[1:])
+    with torch.no_grad():
+        patches, image_features, view_features = model.encode_image_and_views(pixels, views)
+        want_patches, want_features = model.encode_image(pixels)
+        _, alone = model.encode_image(views, crops=False)
+        assert model.encode_image_and_views(pixels, None)[2] is None
+    torch.testing.assert_close(patches, want_patches, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(image_features, want_features, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(view_features, alone, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ModelInputError, match=r"views has shape \(5, 3, 16, 16\)"):
+        model.encode_image_and_views(pixels, views[:, :, :16, :16])
+
+
 def test_vision_crops_out_of_range_is_refused(make_model):
     from tuna.errors import ConfigError
 

@@ -41,7 +41,7 @@ from tuna.errors import TunaError
 from tuna.model.clip_model import VectorScaleCLIPModel, vectorize_scalar_parameters
 from tuna.model.configuration_tuna import TunaConfig
 from tuna.model.outputs import TunaCausalLMOutput, TunaMergedInputs
-from tuna.model.vision_features import crop_tokens, select_features
+from tuna.model.vision_features import crop_grid, select_features
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (visual tokens, tag block, padding)
 
@@ -162,22 +162,34 @@ class TunaInputs:
         The image feature is CLIP's own image embedding (post-LayerNorm CLS, visual projection): the
         joint space the tuner compares tags in.
         """
+        patches, image_features, _ = self.encode_image_and_views(pixel_values, None, crops)
+        return patches, image_features
+
+    def encode_image_and_views(self, pixel_values: torch.Tensor, views: torch.Tensor | None,
+                               crops: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """:meth:`encode_image` of ``pixel_values`` plus the image features (M, Dt) of ``views`` (M, 3, S, S), other
+        images such as the region cells a server retrieves for, in one pass of the vision tower with the crops."""
         vision = self.config.clip_config.vision_config
         want = (vision.num_channels, vision.image_size, vision.image_size)
-        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != want:
-            raise ModelInputError(
-                f"pixel_values has shape {tuple(pixel_values.shape)} but the vision tower expects (B, {want[0]}, "
-                f"{want[1]}, {want[2]}); preprocess images with the CLIP image processor saved with the encoder")
+        for name, x in (("pixel_values", pixel_values), ("views", views)):
+            if x is not None and (x.ndim != 4 or tuple(x.shape[1:]) != want):
+                raise ModelInputError(
+                    f"{name} has shape {tuple(x.shape)} but the vision tower expects (B, {want[0]}, {want[1]}, "
+                    f"{want[2]}); preprocess images with the CLIP image processor saved with the encoder")
+        b, n = pixel_values.shape[0], self.config.vision_crops if crops else 0
+        pixels = pixel_values.to(self.clip.dtype)
+        batch = [pixels] + ([crop_grid(pixels, n)] if n else []) + ([views.to(self.clip.dtype)] if views is not None else [])
         with torch.set_grad_enabled(self._clip_grad()):
-            out = self.clip.vision_model(pixel_values=pixel_values.to(self.clip.dtype), output_hidden_states=True)
-            layer = self.config.vision_feature_layer
-            patches = select_features(out.hidden_states[layer],                      # (B, P, Dv)
-                                      self.config.vision_feature_select_strategy, self.config.vision_feature_pool)
-            if crops and self.config.vision_crops:                                  # + (B, n*n, Dv)
-                tiles = crop_tokens(self.clip.vision_model, pixel_values.to(self.clip.dtype), self.config.vision_crops, layer)
-                patches = torch.cat([patches, tiles], dim=1)
-            image_features = self.clip.visual_projection(out.pooler_output)         # (B, Dt)
-        return patches, image_features
+            out = self.clip.vision_model(pixel_values=torch.cat(batch) if len(batch) > 1 else pixels,
+                                         output_hidden_states=True)
+            hidden = out.hidden_states[self.config.vision_feature_layer]
+            patches = select_features(hidden[:b], self.config.vision_feature_select_strategy,
+                                      self.config.vision_feature_pool)                # (B, P, Dv)
+            if n:                                                                    # + (B, n*n, Dv) crop CLS
+                patches = torch.cat([patches, hidden[b:b + b * n * n, 0].reshape(b, n * n, -1)], dim=1)
+            image_features = self.clip.visual_projection(out.pooler_output[:b])      # (B, Dt)
+            extra = self.clip.visual_projection(out.pooler_output[b + b * n * n:]) if views is not None else None
+        return patches, image_features, extra
 
     def encode_tag_texts(self, tag_clip_input_ids: torch.Tensor, tag_mask: torch.Tensor,
                          tag_clip_attention_mask: torch.Tensor | None = None) -> torch.Tensor:

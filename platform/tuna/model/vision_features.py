@@ -38,10 +38,4 @@ def crop_grid(pixel_values: torch.Tensor, grid: int) -> torch.Tensor:
     return F.interpolate(stacked, size=(s, s), mode="bicubic", align_corners=False)
 
 
-def crop_tokens(vision_model: torch.nn.Module, pixel_values: torch.Tensor, grid: int, layer: int) -> torch.Tensor:
-    """(B, C, S, S) -> (B, grid**2, Dv): the CLS of hidden state ``layer`` of each :func:`crop_grid` crop."""
-    hidden = vision_model(pixel_values=crop_grid(pixel_values, grid), output_hidden_states=True).hidden_states[layer]
-    return hidden[:, 0].reshape(pixel_values.shape[0], grid * grid, -1)
-
-
-__all__ = ["crop_grid", "crop_tokens", "pool_grid", "select_features"]
+__all__ = ["crop_grid", "pool_grid", "select_features"]

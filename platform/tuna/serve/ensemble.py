@@ -203,16 +203,18 @@ class Retrieval:
                 raise InvalidRequest(f"input_ids of request {i}: need one row holding exactly one image token "
                                      f"({IMAGE_TOKEN_INDEX}); send requests through the `tuna` ensemble")
         pixels = torch.from_numpy(np.stack([np.asarray(p, dtype=np.float32) for p in pixel_values]))
-        encoded = self.model.encode_image(pixels)   # (patches, image features): reused by the merge below
-        _, image_features = encoded
+        grid = self.cfg.model.region_grid if self.uses_tags else 0
+        views = None
+        if grid:   # the cells of each image too, as training retrieved (tuna.retrieval.regions): in the same vision pass
+            from tuna.retrieval.regions import region_pixels
+
+            views = region_pixels(pixels, grid)
+        patches, image_features, cells = self.model.encode_image_and_views(pixels, views)
+        encoded = (patches, image_features)   # reused by the merge below
         tags: list[list[tuple[str, float]]] = [[] for _ in range(n)]
         if self.uses_tags:
             vectors = torch.nn.functional.normalize(image_features.float(), dim=-1).numpy()
-            grid = self.cfg.model.region_grid
-            if grid:   # the cells of each image too, as training retrieved (tuna.retrieval.regions)
-                from tuna.retrieval.regions import region_pixels
-
-                cells = self.model.encode_image(region_pixels(pixels, grid), crops=False)[1]
+            if cells is not None:
                 cells = torch.nn.functional.normalize(cells.float(), dim=-1).numpy().reshape(n, grid * grid, -1)
                 vectors = np.concatenate([vectors[:, None], cells], axis=1)
             for name in dict.fromkeys(datastores):
