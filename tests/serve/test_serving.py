@@ -123,6 +123,8 @@ def test_a_vllm_export_keeps_the_contract_and_runs_the_llm_step_in_the_vllm_venv
     assert llm.parameters["EXECUTION_ENV_PATH"].string_value == "$$TRITON_MODEL_DIRECTORY/vllm_env.tar.gz"
     assert llm.instance_group[0].count == 1 and llm.backend == "python"
     assert {t.name for t in llm.input if t.allow_ragged_batch} == {"input_ids", "prompt_embedding_table"}
+    ragged = {name: {t.name for t in parsed[name].input if t.allow_ragged_batch} for name in ("retrieval", "postprocessing")}
+    assert ragged == {"retrieval": {"INPUT_ID"}, "postprocessing": {"TOKENS_BATCH"}}   # prompts / answers of any length batch
     assert "VllmLLMModel as TritonPythonModel" in (repo / "tensorrt_llm" / "1" / "model.py").read_text()
     assert "LLMModel as TritonPythonModel" in (hf / "tensorrt_llm" / "1" / "model.py").read_text()
     with tarfile.open(repo / "tensorrt_llm" / "vllm_env.tar.gz") as tar:

@@ -94,7 +94,10 @@ def retrieval(b: Batching, table_dtype: str, instances: int, stream: bool = Fals
     """``stream``: the provenance also as UTF-8 JSON bytes (PROVENANCE_BYTES, UINT8) for the decoupled LLM step to carry
     (see :func:`ensemble`)."""
     cfg = _base("retrieval", "python", b, instances)
-    _tensor(cfg.input, "INPUT_ID", "TYPE_INT32", [-1])
+    # Ragged (as the vLLM step's ids and TensorRT-LLM's templates): without it Triton's dynamic batcher groups only
+    # prompts of one length; the step pads each batch itself. (bench/serve_engines.py, mini, 1/8/32 clients: 1.93 ->
+    # 1.86 requests per execute over the run, so prompt lengths were not what kept its batches small.)
+    _tensor(cfg.input, "INPUT_ID", "TYPE_INT32", [-1], ragged=True)
     _tensor(cfg.input, "PIXEL_VALUES", "TYPE_FP32", [-1, -1, -1])
     _tensor(cfg.input, "DATASTORE", "TYPE_STRING", [1], optional=True)
     _tensor(cfg.output, "INPUT_ID", "TYPE_INT32", [-1])
@@ -163,7 +166,7 @@ def llm_llmapi(b: Batching) -> pb.ModelConfig:
 def postprocessing(b: Batching, stream: bool = False) -> pb.ModelConfig:
     """``stream``: the provenance comes as UTF-8 JSON bytes from the decoupled LLM step (PROVENANCE_BYTES)."""
     cfg = _base("postprocessing", "python", b, wait=False)
-    _tensor(cfg.input, "TOKENS_BATCH", "TYPE_INT32", [-1, -1])
+    _tensor(cfg.input, "TOKENS_BATCH", "TYPE_INT32", [-1, -1], ragged=True)   # answers of any length in one batch
     _tensor(cfg.input, "SEQUENCE_LENGTH", "TYPE_INT32", [-1])
     if stream:
         _tensor(cfg.input, "PROVENANCE_BYTES", "TYPE_UINT8", [-1], ragged=True)
