@@ -95,8 +95,7 @@ def retrieval(b: Batching, table_dtype: str, instances: int, stream: bool = Fals
     (see :func:`ensemble`)."""
     cfg = _base("retrieval", "python", b, instances)
     # Ragged (as the vLLM step's ids and TensorRT-LLM's templates): without it Triton's dynamic batcher groups only
-    # prompts of one length; the step pads each batch itself. (bench/serve_engines.py, mini, 1/8/32 clients: 1.93 ->
-    # 1.86 requests per execute over the run, so prompt lengths were not what kept its batches small.)
+    # prompts of one length; the step pads each batch itself.
     _tensor(cfg.input, "INPUT_ID", "TYPE_INT32", [-1], ragged=True)
     _tensor(cfg.input, "PIXEL_VALUES", "TYPE_FP32", [-1, -1, -1])
     _tensor(cfg.input, "DATASTORE", "TYPE_STRING", [1], optional=True)
