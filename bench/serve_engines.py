@@ -128,13 +128,32 @@ def through_triton(repo: Path, asked: list[tuple[bytes, str]], max_tokens: int, 
                 i, (img, q) = item
                 answers[i] = conn.ask(img, q, max_tokens).text
 
+            before = conns[0].step_statistics()
             lat, wall = b._drive(b._per_thread(conns[:n], ask), list(enumerate(asked)), n)
             rows[f"clients_{n}"] = b._stats(lat, wall)
             rows[f"answers_{n}"] = [answers[i] for i in range(len(asked))]
+            rows[f"step_statistics_clients_{n}"] = phase_statistics(before, conns[0].step_statistics())
         rows["step_statistics"] = conns[0].step_statistics()   # cumulative over every client count: where time went
         for c in conns:
             c.close()
     return rows
+
+
+def phase_statistics(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Triton's step statistics of one phase: the difference of two cumulative ``TunaClient.step_statistics()``
+    snapshots (request-mean milliseconds recovered from the rounded means, batch sizes exact)."""
+    out = {}
+    for name, a in after.items():
+        b = before.get(name, {"requests": 0, "executions": 0, "batch_sizes": {}})
+        requests, executions = a["requests"] - b["requests"], a["executions"] - b["executions"]
+        row: dict[str, Any] = {"requests": requests, "executions": executions,
+                               "mean_batch": round(requests / max(executions, 1), 2)}
+        for key in ("queue_ms", "compute_input_ms", "compute_infer_ms", "compute_output_ms"):
+            row[key] = round((a[key] * a["requests"] - b.get(key, 0.0) * b["requests"]) / max(requests, 1), 3)
+        sizes = {k: v - b["batch_sizes"].get(k, 0) for k, v in a["batch_sizes"].items()}
+        row["batch_sizes"] = {k: v for k, v in sizes.items() if v}
+        out[name] = row
+    return out
 
 
 def vllm_alone(venv: Path, repo: Path, requests_file: Path, clients: list[int], out: Path) -> dict[str, Any]:

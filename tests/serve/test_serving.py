@@ -252,6 +252,8 @@ def test_concurrent_requests_are_batched_and_all_answered(client: TunaClient, se
         s = stats[step]
         assert s["requests"] >= 19 and 1 <= s["executions"] <= s["requests"] and s["compute_infer_ms"] > 0, (step, s)
         assert s["mean_batch"] == round(s["requests"] / s["executions"], 2)
+        assert sum(s["batch_sizes"].values()) == s["executions"], (step, s)   # executions per batch size
+        assert sum(size * n for size, n in s["batch_sizes"].items()) == s["requests"], (step, s)
 
 
 def _malformed(img: bytes) -> list[tuple[str, list]]:

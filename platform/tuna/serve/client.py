@@ -266,22 +266,25 @@ class TunaClient:
             temperature: float | None = None, top_k: int | None = None, seed: int | None = None) -> Reply:
         return self.infer(build_inputs(image, question, max_tokens, datastore, temperature, top_k, seed))
 
-    def step_statistics(self) -> dict[str, dict[str, float]]:
+    def step_statistics(self) -> dict[str, dict[str, Any]]:
         """Triton's cumulative statistics of every model on the server (the ensemble and each step): requests,
-        executions (batches), mean batch size and mean queue / compute milliseconds per execution."""
+        executions (batches), mean batch size, the mean queue / compute milliseconds of a request (Triton sums those
+        per request: a batch of 8 counts its compute 8 times) and ``batch_sizes``: executions per batch size."""
         stats = self._client.get_inference_statistics(as_json=True).get("model_stats", [])
-        out: dict[str, dict[str, float]] = {}
+        out: dict[str, dict[str, Any]] = {}
         for m in stats:
             inference, executions = int(m.get("inference_count", 0)), int(m.get("execution_count", 0))
             s = m.get("inference_stats", {})
 
-            def ms(key: str, s: dict[str, Any] = s, executions: int = executions) -> float:
-                return round(int(s.get(key, {}).get("ns", 0)) / 1e6 / max(executions, 1), 3)
+            def ms(key: str, s: dict[str, Any] = s) -> float:
+                stat = s.get(key, {})
+                return round(int(stat.get("ns", 0)) / 1e6 / max(int(stat.get("count", 0)), 1), 3)
 
+            sizes = {int(b["batch_size"]): int(b.get("compute_infer", {}).get("count", 0)) for b in m.get("batch_stats", [])}
             out[m["name"]] = {"requests": inference, "executions": executions,
                               "mean_batch": round(inference / max(executions, 1), 2), "queue_ms": ms("queue"),
                               "compute_input_ms": ms("compute_input"), "compute_infer_ms": ms("compute_infer"),
-                              "compute_output_ms": ms("compute_output")}
+                              "compute_output_ms": ms("compute_output"), "batch_sizes": dict(sorted(sizes.items()))}
         return out
 
     def close(self) -> None:
