@@ -347,6 +347,19 @@ def test_crop_grid_windows_overlap_by_half_a_crop() -> None:
     assert torch.equal(crop_grid(x, 1), x)                                         # one crop: the image itself
 
 
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+@pytest.mark.parametrize(("shape", "to"), [((5, 3, 48, 48), (96, 96)), ((2, 3, 31, 40), (96, 64)), ((2, 3, 96, 96), (48, 48))])
+def test_resize_is_f_interpolate_as_matrix_products(shape, to, mode) -> None:
+    from tuna.model.vision_features import resize
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    want = F.interpolate(x, size=to, mode=mode, align_corners=False)
+    torch.testing.assert_close(resize(x, *to, mode), want, rtol=0, atol=2e-6)
+    assert resize(x.bfloat16(), *to, mode).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"images must be \(N, C, height, width\), got shape \(3, \d+, \d+\)"):
+        resize(x[0], *to, mode)
+
+
 def test_crop_tokens_follow_the_grid(make_model):
     """Each crop adds its CLS (from vision_feature_layer) after the image's own tokens; crops=False leaves them out."""
     from tuna.model.vision_features import crop_grid

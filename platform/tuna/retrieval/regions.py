@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
+
+from tuna.model.vision_features import resize
 
 Values = list[tuple[str, float]]
 
@@ -30,8 +31,8 @@ def region_pixels(pixels: torch.Tensor, grid: int) -> torch.Tensor:
     hs = [round(i * h / grid) for i in range(grid + 1)]
     ws = [round(i * w / grid) for i in range(grid + 1)]
     cells = [pixels[:, :, hs[r]:hs[r + 1], ws[q]:ws[q + 1]] for r in range(grid) for q in range(grid)]
-    resized = [F.interpolate(cell.float(), size=(h, w), mode="bilinear", align_corners=False) for cell in cells]
-    return torch.stack(resized, dim=1).reshape(b * grid * grid, c, h, w).to(pixels.dtype)
+    resized = [resize(cell, h, w, "bilinear") for cell in cells]
+    return torch.stack(resized, dim=1).reshape(b * grid * grid, c, h, w)
 
 
 def merge_region_values(whole: Values, regions: Sequence[Values], slots: int) -> Values:

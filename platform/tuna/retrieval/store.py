@@ -247,7 +247,8 @@ class MilvusStore:
     def build_index(self, name: str, ix: IndexConfig, wait_seconds: float = 600.0) -> dict[str, Any]:
         """Flush, (re)build the vector index described by ``ix`` if it differs, load; returns the index description.
 
-        On a server this also waits (up to ``wait_seconds``) until the background index build has every row."""
+        On a server this also waits (up to ``wait_seconds``) until the background index build has every row, then
+        merges the build's segments (:meth:`compact`)."""
         coll = collection_name(name)
         self.flush(name)
         want = index_params(ix)
@@ -264,7 +265,44 @@ class MilvusStore:
         self._loaded.add(name)
         if _is_remote(self.uri):
             self._wait_indexed(name, wait_seconds)
+            self.compact(name, wait_seconds)
         return self.index_info(name) or {}
+
+    def compact(self, name: str, wait_seconds: float = 600.0) -> int:
+        """Merge a server's segments of datastore ``name`` into as few as its size allows, indexed and loaded, and
+        return how many are loaded; Milvus Lite has nothing to merge (returns 0).
+
+        A build flushes every few batches (what a killed build keeps), which leaves one small segment per flush, and
+        a search visits every segment: measured on mini's datastore A (29,941 rows, HNSW ef 64, Milvus 2.3.5
+        standalone), 15 segments of ~2,048 rows searched 160 queries in 70 ms, the one merged segment in 16 ms.
+        Waits (up to ``wait_seconds``) for the merge, its index and the server to serve the merged segment."""
+        if not _is_remote(self.uri):
+            return 0
+        coll = collection_name(name)
+        deadline = time.monotonic() + wait_seconds
+        job = self._retry("compact", lambda: self.client.compact(coll))
+        while self._retry("compaction state", lambda: self.client.get_compaction_state(job)) != "Completed":
+            if time.monotonic() > deadline:
+                raise TunaError(f"Milvus at {self.uri} did not finish merging the segments of {coll} in "
+                                f"{wait_seconds:.0f}s; the server is overloaded or stuck, check its log and run tuna "
+                                f"index again")
+            time.sleep(0.2)
+        self._wait_indexed(name, max(1.0, deadline - time.monotonic()))
+        # The server swaps the merged segment in for the old ones in the background; searches are right meanwhile.
+        while True:
+            stored, loaded = self.segments(name)
+            if loaded == stored or time.monotonic() > deadline:
+                return len(loaded)
+            time.sleep(0.2)
+
+    def segments(self, name: str) -> tuple[set[int], set[int]]:
+        """A server's segment ids of datastore ``name``: (stored, loaded for search); Milvus Lite: two empty sets."""
+        if not _is_remote(self.uri):
+            return set(), set()
+        coll = collection_name(name)
+        stored = self._retry("segments", lambda: self.client.list_persistent_segments(coll))
+        loaded = self._retry("segments", lambda: self.client.list_loaded_segments(coll))
+        return {x.segment_id for x in stored}, {x.segment_id for x in loaded}
 
     def _create_index(self, name: str, ix: IndexConfig) -> None:
         params = self.client.prepare_index_params()
