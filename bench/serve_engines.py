@@ -20,7 +20,11 @@ With ``--milvus-server`` the served datastores live in a Milvus 2.3 standalone (
 ``milvus.uri``), built there by `tuna index`'s own builder; without it, the export's Milvus Lite copies.
 
     .venv/bin/python bench/serve_engines.py --config configs/mini.yaml [--requests 200] [--clients 1 8 32]
-        [--milvus-server] [--out bench/results/serve_engines.json]   (the vLLM venv: $TUNA_VLLM_VENV or .venv-vllm)
+        [--milvus-server] [--server-env NAME=VALUE ...] [--out bench/results/serve_engines.json]
+        (the vLLM venv: $TUNA_VLLM_VENV or .venv-vllm)
+
+Each Triton row also records, per client count, Triton's own step statistics and the CPU milliseconds per request of
+every process of the server's tree (the python stubs by step, vLLM's engine core and worker) and of the Milvus server.
 """
 
 from __future__ import annotations
@@ -60,6 +64,56 @@ def _questions(cfg: Any, n: int) -> list[tuple[bytes, str]]:
     return out[:n]
 
 
+STEPS = ("preprocessing", "retrieval", "tensorrt_llm", "postprocessing")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc; 0.0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _label(pid: int) -> str:
+    """A process's name for the CPU table: its command name, and for a Triton python stub the step it runs."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return f"gone {pid}"
+    step = next((st for st in STEPS if f"/{st}/" in cmd or cmd.rstrip().endswith(f"/{st}")), None)
+    return f"{name} {step}" if step else name
+
+
+def process_tree(roots: list[int]) -> dict[int, str]:
+    """``roots`` and every descendant of them now: pid -> label (/proc)."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree = set(roots)
+    grew = True
+    while grew:
+        found = {p for p, pp in parent.items() if pp in tree} - tree
+        tree |= found
+        grew = bool(found)
+    return {p: _label(p) for p in sorted(tree)}
+
+
+def cpu_per_request(before: dict[int, float], after: dict[int, float], labels: dict[int, str],
+                    requests: int) -> dict[str, float]:
+    """Milliseconds of CPU per request each process spent between two ``_cpu_seconds`` snapshots (those above
+    0.05 ms), largest first, and their ``total``."""
+    used = {f"{labels[p]} ({p})": 1000 * (after[p] - before.get(p, 0.0)) / max(requests, 1) for p in after}
+    rows = {k: round(v, 2) for k, v in sorted(used.items(), key=lambda kv: -kv[1]) if v > 0.05}
+    return {**rows, "total": round(sum(rows.values()), 2)}
+
+
 def server_datastores(cfg: Any, config: str, overrides: list[str], names: list[str], tmp: Path, stack: Any) -> str:
     """A Milvus standalone holding datastores ``names`` of ``cfg``'s run (built by tuna.retrieval.datastore from
     its world, encoder and tags, linked into a scratch run folder so the run's own manifests stay as they are);
@@ -77,7 +131,12 @@ def server_datastores(cfg: Any, config: str, overrides: list[str], names: list[s
     for name in names:
         m = build_datastore(there, name, rebuild=True, progress=False, log=lambda s: None)
         print(f"  datastore {name}: {m['rows']} rows -> {server.uri}", file=sys.stderr)
+    if server.process is not None:
+        EXTRA_PROCESSES.append(server.process.pid)   # its CPU is counted with the Triton rows
     return server.uri
+
+
+EXTRA_PROCESSES: list[int] = []   # processes besides tritonserver's tree whose CPU the Triton rows count (Milvus)
 
 
 def reference(repo: Path, asked: list[tuple[bytes, str]], max_tokens: int, requests_file: Path) -> dict[str, Any]:
@@ -129,10 +188,14 @@ def through_triton(repo: Path, asked: list[tuple[bytes, str]], max_tokens: int, 
                 answers[i] = conn.ask(img, q, max_tokens).text
 
             before = conns[0].step_statistics()
+            labels = process_tree([server.process.pid, *EXTRA_PROCESSES])
+            cpu = {p: _cpu_seconds(p) for p in labels}
             lat, wall = b._drive(b._per_thread(conns[:n], ask), list(enumerate(asked)), n)
+            cpu_after = {p: _cpu_seconds(p) for p in labels}
             rows[f"clients_{n}"] = b._stats(lat, wall)
             rows[f"answers_{n}"] = [answers[i] for i in range(len(asked))]
             rows[f"step_statistics_clients_{n}"] = phase_statistics(before, conns[0].step_statistics())
+            rows[f"cpu_ms_per_request_clients_{n}"] = cpu_per_request(cpu, cpu_after, labels, len(asked))
         rows["step_statistics"] = conns[0].step_statistics()   # cumulative over every client count: where time went
         for c in conns:
             c.close()
@@ -203,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--out", default="bench/results/serve_engines.json")
     p.add_argument("--milvus-server", action="store_true", help="serve the datastores from a Milvus standalone (MILVUS_URI)")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="environment for both tritonservers (repeatable), e.g. VLLM_ENABLE_V1_MULTIPROCESSING=0")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -213,11 +278,16 @@ def main(argv: list[str] | None = None) -> int:
     venv = Path(os.environ.get("TUNA_VLLM_VENV") or REPO / ".venv-vllm")
     if not (venv / "bin" / "python").is_file():
         raise SystemExit(f"no vLLM venv at {venv}: run `make vllm-env` or set TUNA_VLLM_VENV")
+    bad = [e for e in args.server_env if "=" not in e or not e.split("=", 1)[0]]
+    if bad:
+        raise SystemExit(f"--server-env {bad[0]!r}: give NAME=VALUE, e.g. --server-env VLLM_ENABLE_V1_MULTIPROCESSING=0")
+    server_env = dict(e.split("=", 1) for e in args.server_env)
     cfg = load_recipe(args.config, args.overrides)
     asked = _questions(cfg, args.requests)
     report: dict[str, Any] = {"config": args.config, "overrides": args.overrides, "requests": len(asked), "clients": args.clients,
                               "max_tokens": args.max_tokens, "max_batch_size": cfg.serve.max_batch_size,
-                              "queue_delay_us": cfg.serve.queue_delay_us, "milvus": "server" if args.milvus_server else "lite"}
+                              "queue_delay_us": cfg.serve.queue_delay_us, "milvus": "server" if args.milvus_server else "lite",
+                              "server_env": server_env}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         repos = {}
         for engine in ("hf", "vllm"):
@@ -238,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         for engine in ("hf", "vllm"):
             print(f"triton + {engine} ...", file=sys.stderr)
             report[f"triton_{engine}"] = through_triton(repos[engine], asked, args.max_tokens, args.clients,
-                                                        {**milvus, **({"TUNA_VLLM_VENV": str(venv)} if engine == "vllm" else {})})
+                                                        {**milvus, **server_env,
+                                                         **({"TUNA_VLLM_VENV": str(venv)} if engine == "vllm" else {})})
     same = {}
     for row in ("vllm_alone", "triton_hf", "triton_vllm"):
         for n in args.clients:

@@ -238,11 +238,20 @@ def test_served_answers_carry_provenance_and_swap_datastore_per_request(client: 
 def test_concurrent_requests_are_batched_and_all_answered(client: TunaClient, server: TritonServer, trained: World) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import serve_engines  # bench/serve_engines.py: the per-process CPU table it records
+
     img = _image(trained, "id", 1)
     expected = client.ask(img, "What is in the image?", max_tokens=6).text
     clients = [TunaClient(server.grpc_url) for _ in range(6)]
+    labels = serve_engines.process_tree([server.process.pid])
+    before = {p: serve_engines._cpu_seconds(p) for p in labels}
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda i: clients[i % 6].ask(img, "What is in the image?", max_tokens=6).text, range(18)))
+    cpu = serve_engines.cpu_per_request(before, {p: serve_engines._cpu_seconds(p) for p in labels}, labels, 18)
+    for step in ("retrieval", "tensorrt_llm"):   # each stub named by its step; the busy ones used CPU
+        assert any(k.startswith("triton_python_b") and f" {step} (" in k for k in cpu), (step, cpu)
+    assert cpu["total"] == pytest.approx(sum(v for k, v in cpu.items() if k != "total"), abs=0.1)
     for c in clients:
         c.close()
     assert answers == [expected] * 18
