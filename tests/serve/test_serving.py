@@ -134,6 +134,7 @@ def test_a_vllm_export_keeps_the_contract_and_runs_the_llm_step_in_the_vllm_venv
     assert subprocess.run(["bash", "-n"], input=activate, text=True).returncode == 0
     engine = json.loads((repo / "tensorrt_llm" / "1" / "assets" / "serving.json").read_text())["engine"]
     assert engine["name"] == "vllm" and engine["max_model_len"] == cfg.serve.vllm_max_model_len
+    assert engine["engine_process"] is True   # serve.vllm_engine_process: vLLM's engine core in its own process
     with pytest.raises(ServerError, match="serve.engine=vllm.*TUNA_VLLM_VENV=.*make vllm-env"):
         TritonServer(repo, env={"TUNA_VLLM_VENV": str(tmp_path / "no-venv")}).start(30)
 

@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +39,15 @@ pytestmark = [pytest.mark.vllm, pytest.mark.integration,
 MAX_TOKENS = 8
 
 
-def run_engine(lm: Path, tokenizer: Path, requests: list, tmp: Path, timeout: float = 900, logprobs: int = 0) -> dict:
+def run_engine(lm: Path, tokenizer: Path, requests: list, tmp: Path, timeout: float = 900, logprobs: int = 0,
+               extra: tuple[str, ...] = ()) -> dict:
     from tuna.serve.vllm_engine import save_requests
 
     save_requests(tmp / "requests.npz", requests)
     env = {**os.environ, "PYTHONPATH": str(REPO / "platform"), "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(["nice", "-n", "19", str(vllm_python()), "-m", "tuna.serve.vllm_engine", "--model", str(lm), "--tokenizer", str(tokenizer),
-                           "--requests", str(tmp / "requests.npz"), "--out", str(tmp / "out.json"), "--logprobs", str(logprobs)],
+                           "--requests", str(tmp / "requests.npz"), "--out", str(tmp / "out.json"), "--logprobs", str(logprobs),
+                           *extra],
                           capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp)
     assert done.returncode == 0, f"vLLM runner failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return json.loads((tmp / "out.json").read_text())
@@ -57,26 +60,32 @@ def exported(trained_head32: World, tmp_path_factory: pytest.TempPathFactory) ->
     return out / "model_repository"
 
 
-def test_vllm_answers_equal_the_predictor_and_bad_embeddings_are_refused_in_one_line(trained_head32: World, exported: Path,
-                                                                                      tmp_path: Path) -> None:
-    from tuna.inference import Predictor
+def _merged(trained: World, exported: Path, per_split: int) -> tuple[list, list, list[np.ndarray], int, object]:
+    """FINER questions through the exported preprocessing and retrieval steps: (questions, prompt tables, the merged
+    embeddings the LLM step gets (masked-out positions already removed), the end id, the HF Generator)."""
     from tuna.serve.ensemble import GenerationRequest, Generator, Preprocessor, Retrieval
-    from tuna.serve.vllm_engine import EngineRequest
 
     pre = Preprocessor(exported / "preprocessing" / "1" / "assets")
     ret = Retrieval(exported / "retrieval" / "1" / "assets")
-    lm = exported / "tensorrt_llm" / "1" / "assets"
-    gen = Generator(lm)
-    asked = finer_questions(trained_head32, 12)
+    gen = Generator(exported / "tensorrt_llm" / "1" / "assets")
+    asked = finer_questions(trained, per_split)
     try:
         prepped = [pre(q, img, MAX_TOKENS) for img, q in asked]
         tables = ret([p.input_ids for p in prepped], [p.pixel_values for p in prepped], ["A"] * len(prepped))
     finally:
         ret.close()
-    # What the LLM step gets: the merged embeddings with the masked-out positions already removed (the retrieval step).
     embeds = [gen.embeddings(GenerationRequest(t.input_ids, t.table, MAX_TOKENS, p.end_id, p.pad_id)).numpy()
               for p, t in zip(prepped, tables)]
-    end = prepped[0].end_id
+    return asked, tables, embeds, prepped[0].end_id, gen
+
+
+def test_vllm_answers_equal_the_predictor_and_bad_embeddings_are_refused_in_one_line(trained_head32: World, exported: Path,
+                                                                                      tmp_path: Path) -> None:
+    from tuna.inference import Predictor
+    from tuna.serve.vllm_engine import EngineRequest
+
+    lm = exported / "tensorrt_llm" / "1" / "assets"
+    asked, tables, embeds, end, gen = _merged(trained_head32, exported, 12)
     good = [EngineRequest(e, MAX_TOKENS, end) for e in embeds]
     hidden = embeds[0].shape[1]
     nan = embeds[0].copy()
@@ -127,6 +136,24 @@ def test_vllm_answers_equal_the_predictor_and_bad_embeddings_are_refused_in_one_
     print(f"\nvLLM load {report['load_seconds']} s; per request p50 "
           f"{1000 * float(np.median([t for (k, _, _), t in zip(order, report['latencies']) if k == 'good'])):.1f} ms; "
           f"batch of {report['batch']['requests']} in {report['batch']['seconds']:.2f} s", file=sys.stderr)
+
+
+def test_the_engine_core_in_the_callers_process_answers_the_same(trained_head32: World, exported: Path,
+                                                                  tmp_path: Path) -> None:
+    """serve.vllm_engine_process false: vLLM's engine core and model in the caller's process, the same answers."""
+    from tuna.serve.vllm_engine import EngineRequest
+
+    _, _, embeds, end, _ = _merged(trained_head32, exported, 4)
+    requests = [EngineRequest(e, MAX_TOKENS, end) for e in embeds]
+    lm, tokenizer = exported / "tensorrt_llm" / "1" / "assets", exported / "postprocessing" / "1" / "assets"
+    (tmp_path / "own").mkdir()
+    (tmp_path / "in").mkdir()
+    own = run_engine(lm, tokenizer, requests, tmp_path / "own")
+    inside = run_engine(lm, tokenizer, requests, tmp_path / "in", extra=("--in-process",))
+    assert own["engine_processes"] == 1 and inside["engine_processes"] == 0
+    texts = [a["text"] for a in inside["answers"]]
+    assert len(texts) == len(requests) >= 8 and all(texts)
+    assert texts == [a["text"] for a in own["answers"]] and inside["batch"]["texts"] == texts
 
 
 def test_an_lm_whose_head_size_the_cpu_kernel_lacks_is_refused_in_one_line_before_the_engine_starts(tmp_path: Path) -> None:
@@ -286,6 +313,61 @@ def test_the_ensemble_on_vllm_answers_over_grpc_like_the_predictor_refuses_bad_s
     while group() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not group(), f"processes of the server's group left running: {group()}"
+
+
+def test_the_engine_in_the_steps_process_serves_the_same_answers_and_a_killed_step_is_restarted_by_the_watchdog(
+        trained_head32: World, tmp_path: Path) -> None:
+    """serve.vllm_engine_process=false: no engine-core process, the same answers over gRPC; the price, scripted: a
+    SIGKILL of the LLM step's stub (now the engine too) is UNAVAILABLE until the watchdog restarts the server."""
+    import signal
+    import time
+
+    from support import SMOKE
+    from tuna.recipe import load_recipe
+    from tuna.serve.client import RequestRefused, ServerUnreachable, TunaClient
+    from tuna.serve.server import TritonServer
+    from tuna.serve.vllm_engine import _descendants
+    from tuna.serve.watchdog import Watchdog, stub_pids
+
+    cfg = load_recipe(SMOKE, [f"run.data_dir={trained_head32.cfg.data_dir}", *HEAD32, "serve.engine=vllm",
+                              "serve.vllm_engine_process=false"])
+    export_repository(cfg, "tuna", out=tmp_path / "tuna", log=lambda s: None)
+    repo = tmp_path / "tuna" / "model_repository"
+    assert json.loads((repo / "tensorrt_llm" / "1" / "assets" / "serving.json").read_text())["engine"]["engine_process"] is False
+    asked = finer_questions(trained_head32, 6)
+    _, _, expected = greedy_reference(trained_head32, repo, asked, MAX_TOKENS)
+    env = {"TUNA_VLLM_VENV": str(vllm_python().parents[1]), "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    server = TritonServer(repo, env=env, log_path=tmp_path / "tritonserver.log").start(ready_timeout=400)
+    try:
+        client = TunaClient(server.grpc_url, timeout=60)
+        assert [client.ask(img, q, max_tokens=MAX_TOKENS).text for img, q in asked] == expected and all(expected)
+        names = [Path(f"/proc/{p}/cmdline").read_bytes() for p in _descendants(server.process.pid)]
+        assert not [n for n in names if n.startswith(b"VLLM::")], names   # no engine core, no worker process
+        watchdog = Watchdog(server, period=1, deadline=10, failures=2, kill_grace=2, log=lambda s: None)
+        stop = threading.Event()
+        watcher = threading.Thread(target=watchdog.run, args=(stop,))
+        watcher.start()
+        try:
+            (pid,) = [p for p, name in stub_pids(server).items() if name.rsplit("_", 2)[0] == "tensorrt_llm"]
+            os.kill(pid, signal.SIGKILL)
+            started, refused = time.monotonic(), []
+            while True:
+                try:
+                    back = client.ask(asked[0][0], asked[0][1], max_tokens=MAX_TOKENS)
+                    break
+                except (RequestRefused, ServerUnreachable) as err:   # the dead step, then the server restarting
+                    refused.append((type(err).__name__, err.status, str(err)))
+                assert time.monotonic() - started < 400, f"not back after the kill: {watchdog.events} {refused}"
+                time.sleep(1)
+        finally:
+            stop.set()
+            watcher.join(60)
+        assert refused and all(status == "UNAVAILABLE" and "\n" not in m for _, status, m in refused), refused
+        assert watchdog.restarts >= 1 and back.text == expected[0], (watchdog.events, refused)
+        client.close()
+    finally:
+        code = server.stop()
+    assert code == 0, server.log_tail()
 
 
 # ------------------------------------------------------------------------------------------ streaming (serve.vllm_stream)

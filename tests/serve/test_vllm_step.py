@@ -311,11 +311,12 @@ def test_the_step_starts_vllm_with_the_exported_dtype_and_memory_share(monkeypat
 
     monkeypatch.setattr(vllm_engine, "VllmEngine", Recorder)
     step = vllm_step.VllmLLMModel()
-    for engine, want in [({"name": "vllm", "dtype": "bfloat16", "memory_fraction": 0.9}, ("bfloat16", 0.9)),
-                         ({"name": "vllm"}, ("float32", 0.1))]:
+    for engine, want in [({"name": "vllm", "dtype": "bfloat16", "memory_fraction": 0.9}, ("bfloat16", 0.9, True)),
+                         ({"name": "vllm", "engine_process": False}, ("float32", 0.1, False)),
+                         ({"name": "vllm"}, ("float32", 0.1, True))]:
         step.folder, step.settings = tmp_path, engine
         step._start()
-        assert (seen[-1]["dtype"], seen[-1]["memory_fraction"]) == want
+        assert (seen[-1]["dtype"], seen[-1]["memory_fraction"], seen[-1]["engine_process"]) == want
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [

@@ -544,6 +544,7 @@ class ServeConfig:
     vllm_stream: bool = False           # vllm: stream tokens (decoupled LLM step); then the ensemble takes gRPC streaming only
     vllm_dtype: str = "float32"         # vllm: the LM's dtype in the engine (float32 on CPU; bfloat16 or float16 on GPUs)
     vllm_memory_fraction: float = 0.1   # vllm: gpu_memory_utilization, the device memory share for weights + KV cache
+    vllm_engine_process: bool = True    # vllm: the engine core in a process of its own (false: in the LLM step's, see tuna.serve.vllm_engine)
     trtllm_dtype: str = "bf16"          # `tuna export --trtllm`: the TensorRT-LLM engine's dtype, bf16 | fp16 (weights, activations, prompt rows)
     probe_period: int = 5               # `tuna serve` watchdog: seconds between real-inference probes (0 = no watchdog)
     probe_deadline: int = 10            # seconds a probe's answer may take (gRPC deadline)

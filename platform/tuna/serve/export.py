@@ -277,6 +277,7 @@ def export_repository(cfg: Recipe, variant: str | None = None, out: Path | None 
         llm_settings["engine"] = {"name": "vllm", "max_model_len": cfg.serve.vllm_max_model_len,
                                   "kv_cache_gib": cfg.serve.vllm_kv_cache_gib, "dtype": cfg.serve.vllm_dtype,
                                   "memory_fraction": cfg.serve.vllm_memory_fraction,
+                                  "engine_process": cfg.serve.vllm_engine_process,
                                   # running sequences: the step's loop adds requests across execute() calls
                                   "max_num_seqs": max(cfg.serve.max_batch_size, 64)}
     settings = {

@@ -130,11 +130,23 @@ class VllmEngine:
     ``kv_cache_gib`` sets ``VLLM_CPU_KVCACHE_SPACE`` when it is not set already; ``memory_fraction`` is vLLM's
     ``gpu_memory_utilization`` (host memory on CPU: keep it low on a shared machine). ``silent_ids`` are never
     generated (default: the ``silent_token_ids`` `tuna export` wrote to serving.json). ``enforce_eager`` None: eager
-    on CPU, CUDA graphs on GPUs."""
+    on CPU, CUDA graphs on GPUs.
+
+    ``engine_process`` (``serve.vllm_engine_process``): True runs vLLM's engine core in a process of its own (vLLM's
+    default; on CPU its model runs in one more, the worker), so a crash there shows in :meth:`dead` and the LLM step
+    restarts the engine while its own process serves on. False sets ``VLLM_ENABLE_V1_MULTIPROCESSING=0``: the engine
+    core and the model run in this process (vLLM's one-process executor). Why offer it: both of vLLM's processes
+    busy-poll their shared-memory queues for a second after each message, and on CPU the worker's OpenMP thread is
+    pinned to one core and the other core is reserved for the engine core. Measured on 2 cores (mini, Triton + vLLM, 32
+    clients, Milvus server): vLLM took 29 ms of CPU per request beside the retrieval step's 17.5 ms in its own processes,
+    11 ms in the step's, and the server answered 36.5 vs 51.0 requests/s. The cost: a crash in the engine (not a Python
+    error, which the step's loop still catches) takes the step's process with it, and recovery falls to the server's
+    watchdog (tuna.serve.watchdog: the inference probe fails, the server restarts or exits for the orchestrator)."""
 
     def __init__(self, folder: str | Path, max_model_len: int = 256, dtype: str = "float32", kv_cache_gib: float = 1.0,
                  memory_fraction: float = 0.1, silent_ids: Sequence[int] | None = None, enforce_eager: bool | None = None,
-                 max_num_seqs: int = 64, seed: int = 0, tokenizer: str | Path | None = None) -> None:
+                 max_num_seqs: int = 64, seed: int = 0, tokenizer: str | Path | None = None,
+                 engine_process: bool = True) -> None:
         self.folder = Path(folder)
         # The LLM step's folder holds no tokenizer (postprocessing detokenizes): vLLM skips its own and returns ids;
         # text only when a tokenizer folder is named (or the LM folder has one).
@@ -152,6 +164,9 @@ class VllmEngine:
         self.silent_ids = [int(i) for i in silent_ids]
         os.environ.setdefault(KV_CACHE_ENV, str(max(1, math.ceil(kv_cache_gib))))   # vLLM parses an int
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        if not engine_process:   # read when the engine starts (vllm.envs reads the environment on access)
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        self.engine_process = engine_process
         from vllm import LLM
 
         _check_device(self.folder)
@@ -431,11 +446,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--kv-cache-gib", type=float, default=1.0)
     parser.add_argument("--logprobs", type=int, default=0, help="also report the first new token's top-k log-probabilities")
     parser.add_argument("--batch-repeats", type=int, default=1, help="the batch pass sends the requests this many times")
+    parser.add_argument("--in-process", action="store_true", help="the engine core in this process (engine_process=False)")
     args = parser.parse_args(argv)
     try:
         requests = _load_requests(args.requests)
         engine = VllmEngine(args.model, max_model_len=args.max_model_len, kv_cache_gib=args.kv_cache_gib,
-                            tokenizer=args.tokenizer)
+                            tokenizer=args.tokenizer, engine_process=not args.in_process)
     except TunaError as err:
         print(f"error: {err}")
         return err.exit_code
@@ -452,7 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t = time.perf_counter()
     batched = engine.generate(good) if good else []
     batch_seconds = time.perf_counter() - t
-    report = {"load_seconds": round(engine.load_seconds, 2), "answers": answers, "latencies": latencies,
+    report = {"load_seconds": round(engine.load_seconds, 2), "engine_processes": len(engine.engine_pids()),
+              "answers": answers, "latencies": latencies,
               "batch": {"requests": len(good), "seconds": batch_seconds,
                         "texts": [b.text for b in batched if isinstance(b, EngineAnswer)][: len(once)]}}
     args.out.write_text(json.dumps(report, indent=1))

@@ -105,7 +105,8 @@ class VllmLLMModel:
                           kv_cache_gib=float(self.settings.get("kv_cache_gib", 1.0)),
                           dtype=str(self.settings.get("dtype", "float32")),
                           memory_fraction=float(self.settings.get("memory_fraction", 0.1)),
-                          max_num_seqs=int(self.settings.get("max_num_seqs", 64)))
+                          max_num_seqs=int(self.settings.get("max_num_seqs", 64)),
+                          engine_process=bool(self.settings.get("engine_process", True)))
 
     def _loop(self, engine: Any) -> Any:
         from tuna.serve.engine_loop import EngineLoop
