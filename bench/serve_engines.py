@@ -89,20 +89,9 @@ def _label(pid: int) -> str:
 
 def process_tree(roots: list[int]) -> dict[int, str]:
     """``roots`` and every descendant of them now: pid -> label (/proc)."""
-    parent: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    tree = set(roots)
-    grew = True
-    while grew:
-        found = {p for p, pp in parent.items() if pp in tree} - tree
-        tree |= found
-        grew = bool(found)
-    return {p: _label(p) for p in sorted(tree)}
+    from tuna.serve.vllm_engine import _descendants
+
+    return {p: _label(p) for p in sorted({*roots, *(d for r in roots for d in _descendants(r))})}
 
 
 def cpu_per_request(before: dict[int, float], after: dict[int, float], labels: dict[int, str],
@@ -114,10 +103,10 @@ def cpu_per_request(before: dict[int, float], after: dict[int, float], labels: d
     return {**rows, "total": round(sum(rows.values()), 2)}
 
 
-def server_datastores(cfg: Any, config: str, overrides: list[str], names: list[str], tmp: Path, stack: Any) -> str:
+def server_datastores(cfg: Any, config: str, overrides: list[str], names: list[str], tmp: Path, stack: Any) -> Any:
     """A Milvus standalone holding datastores ``names`` of ``cfg``'s run (built by tuna.retrieval.datastore from
     its world, encoder and tags, linked into a scratch run folder so the run's own manifests stay as they are);
-    returns its URI. The server stops when ``stack`` closes."""
+    returns the running :class:`~tuna.retrieval.server.MilvusServer`, stopped when ``stack`` closes."""
     from tuna.recipe import load_recipe
     from tuna.retrieval.datastore import build_datastore
     from tuna.retrieval.server import MilvusServer
@@ -131,12 +120,7 @@ def server_datastores(cfg: Any, config: str, overrides: list[str], names: list[s
     for name in names:
         m = build_datastore(there, name, rebuild=True, progress=False, log=lambda s: None)
         print(f"  datastore {name}: {m['rows']} rows -> {server.uri}", file=sys.stderr)
-    if server.process is not None:
-        EXTRA_PROCESSES.append(server.process.pid)   # its CPU is counted with the Triton rows
-    return server.uri
-
-
-EXTRA_PROCESSES: list[int] = []   # processes besides tritonserver's tree whose CPU the Triton rows count (Milvus)
+    return server
 
 
 def reference(repo: Path, asked: list[tuple[bytes, str]], max_tokens: int, requests_file: Path) -> dict[str, Any]:
@@ -168,7 +152,9 @@ def reference(repo: Path, asked: list[tuple[bytes, str]], max_tokens: int, reque
 
 
 def through_triton(repo: Path, asked: list[tuple[bytes, str]], max_tokens: int, clients: list[int],
-                   env: dict[str, str]) -> dict[str, Any]:
+                   env: dict[str, str], also: list[int]) -> dict[str, Any]:
+    """tritonserver on ``repo``: each client count's latencies, answers, step statistics and CPU per process (the
+    server's tree and the processes ``also``, e.g. the Milvus server)."""
     from tuna.serve.client import TunaClient
     from tuna.serve.server import TritonServer
 
@@ -188,7 +174,7 @@ def through_triton(repo: Path, asked: list[tuple[bytes, str]], max_tokens: int, 
                 answers[i] = conn.ask(img, q, max_tokens).text
 
             before = conns[0].step_statistics()
-            labels = process_tree([server.process.pid, *EXTRA_PROCESSES])
+            labels = process_tree([server.process.pid, *also])
             cpu = {p: _cpu_seconds(p) for p in labels}
             lat, wall = b._drive(b._per_thread(conns[:n], ask), list(enumerate(asked)), n)
             cpu_after = {p: _cpu_seconds(p) for p in labels}
@@ -295,9 +281,12 @@ def main(argv: list[str] | None = None) -> int:
                               log=lambda s: None)
             repos[engine] = Path(tmp) / engine / "model_repository"
         milvus: dict[str, str] = {}
+        also: list[int] = []   # the Milvus server's CPU counts with the Triton rows
         if args.milvus_server:
             served = sorted(read_serving(repos["hf"] / "retrieval" / "1" / "assets")["datastores"])
-            milvus["MILVUS_URI"] = server_datastores(cfg, args.config, args.overrides, served, Path(tmp), stack)
+            server = server_datastores(cfg, args.config, args.overrides, served, Path(tmp), stack)
+            milvus["MILVUS_URI"] = server.uri
+            also = [server.process.pid] if server.process is not None else []
             os.environ.update(milvus)   # the in-process reference's retrieval step reads it too
         print("in-process reference ...", file=sys.stderr)
         ref = reference(repos["hf"], asked, args.max_tokens, Path(tmp) / "requests.npz")
@@ -309,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"triton + {engine} ...", file=sys.stderr)
             report[f"triton_{engine}"] = through_triton(repos[engine], asked, args.max_tokens, args.clients,
                                                         {**milvus, **server_env,
-                                                         **({"TUNA_VLLM_VENV": str(venv)} if engine == "vllm" else {})})
+                                                         **({"TUNA_VLLM_VENV": str(venv)} if engine == "vllm" else {})},
+                                                        also)
     same = {}
     for row in ("vllm_alone", "triton_hf", "triton_vllm"):
         for n in args.clients:

@@ -166,7 +166,6 @@ class VllmEngine:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         if not engine_process:   # read when the engine starts (vllm.envs reads the environment on access)
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        self.engine_process = engine_process
         from vllm import LLM
 
         _check_device(self.folder)
