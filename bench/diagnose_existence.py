@@ -3,7 +3,11 @@
   zero-shot   the CLIP alone: "yes" iff the asked class is among the image's top-k classes by image-text cosine
               (prompts "a photo of a X."), on the POPE validation splits: how much existence the encoder's own
               embedding holds, with no training on top. ``--crops N`` also says "yes" when the class is the top-1
-              of one of the N x N overlapping crops ``model.vision_crops`` feeds the connector.
+              of one of the N x N overlapping crops ``model.vision_crops`` feeds the connector; then also
+              ``capacity`` (one threshold on the asked class's best-view probability, whole image or a crop,
+              at the CLIP's own temperature: the best accuracy a reader of these views can reach with one
+              rule; the threshold is chosen on the same validation questions, so it is an upper bound) and
+              ``recall_by_size`` (objects whose class is some view's top-1, per size attribute).
   tags        the retrieved tags alone: "yes" iff a tag of the image names the asked class (whole words), on the
               POPE validation splits: how much existence a model that reads only its tags can reach (multi-object
               scenes retrieve neighbours of their dominant object, so the other objects go unnamed).
@@ -86,13 +90,23 @@ def zero_shot(cfg: Any, encoder: Path, ks: Sequence[int] = (2, 3, 4), crops: int
         def embed(pixels: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.normalize(model.visual_projection(model.vision_model(pixel_values=pixels).pooler_output), dim=-1)
 
-        embs, crop_top = [], []
+        embs, crop_top, view_probs, tops = [], [], [], []
         for i in range(0, len(paths), 256):
             pv = proc(images=[Image.open(p).convert("RGB") for p in paths[i:i + 256]], return_tensors="pt")["pixel_values"]
             embs.append(embed(pv))
             if crops:
-                crop_top += (embed(crop_grid(pv, crops)) @ text.T).argmax(1).reshape(len(pv), -1).tolist()
+                whole = embs[-1] @ text.T
+                crop_sims = (embed(crop_grid(pv, crops)) @ text.T).reshape(len(pv), crops * crops, -1)
+                crop_top += crop_sims.argmax(2).tolist()
+                views = torch.cat([whole[:, None], crop_sims], dim=1)  # (images, 1 + crops^2, classes)
+                view_probs.append((views * model.logit_scale.exp()).softmax(-1))
+                tops += views.argmax(2).tolist()
         sims, at = torch.cat(embs) @ text.T, {p: i for i, p in enumerate(paths)}
+        if crops:
+            probs = torch.cat(view_probs, dim=1).max(dim=1).values  # (images, classes): best view per class
+            asked = torch.tensor([probs[at[r["path"]], names.index(asked_name(r["text"]))].item() for r in rows])
+            out.setdefault("capacity", {}).update(best_threshold(asked, [r["label"] == "yes" for r in rows], split))
+            out.setdefault("recall_by_size", {}).update(recall_by_size(world, split, names, tops, paths))
         for k in ks:
             top = sims.topk(k, dim=1).indices.tolist()
             says = [names.index(asked_name(r["text"])) in top[at[r["path"]]] for r in rows]
@@ -101,6 +115,29 @@ def zero_shot(cfg: Any, encoder: Path, ks: Sequence[int] = (2, 3, 4), crops: int
                 says = [y or names.index(asked_name(r["text"])) in crop_top[at[r["path"]]] for y, r in zip(says, rows)]
                 out[f"top{k}+crops"] = {**out.get(f"top{k}+crops", {}), **score(rows, says, split)}
     return out
+
+
+def best_threshold(scores: torch.Tensor, truth: Sequence[bool], split: str) -> dict[str, float]:
+    """Accuracy of "yes iff score >= t" at the best t, and that t: what the features hold for existence
+    when one threshold on the best view's probability decides (validation questions only)."""
+    y = torch.tensor(truth)
+    best = max((((scores >= t) == y).float().mean().item(), t.item()) for t in scores.unique())
+    return {split: round(best[0], 3), f"{split}_threshold": round(best[1], 4)}
+
+
+def recall_by_size(world: Path, split: str, names: Sequence[str], tops: Sequence[Sequence[int]],
+                   paths: Sequence[Path]) -> dict[str, float]:
+    """Share of the annotated objects whose class is the top-1 of some view (whole image or a crop), per
+    size attribute (instances.json of the POPE validation split)."""
+    inst = json.loads((world / "val" / "pope" / split / "instances.json").read_text(encoding="utf-8"))
+    cat = {c["id"]: c["name"] for c in inst["categories"]}
+    row = {i["id"]: [p.name for p in paths].index(i["file_name"]) for i in inst["images"]}
+    hits: dict[str, list[int]] = {}
+    for a in inst["annotations"]:
+        hit = names.index(cat[a["category_id"]]) in tops[row[a["image_id"]]]
+        for key in ("all", a["attributes"]["size"]):
+            hits.setdefault(f"{split}_{key}", []).append(int(hit))
+    return {k: round(sum(v) / len(v), 3) for k, v in sorted(hits.items())}
 
 
 # ------------------------------------------------------------------------------------------------ tags alone

@@ -329,3 +329,29 @@ def test_an_encoder_stays_up_to_date_while_its_own_inputs_do(trained: dict, tmp_
     assert is_up_to_date(cfg)
     generate_world(load_recipe(SMOKE, [f"run.data_dir={legacy}", "world.sizes.yes_no=20"]), progress=False, log=_quiet)
     assert not is_up_to_date(load_recipe(SMOKE, [f"run.data_dir={legacy}", "world.sizes.yes_no=20"]))
+
+
+def test_augment_zooms_into_a_square_inside_the_image_and_flips() -> None:
+    import torch
+
+    from tuna.recipe.sections import EncoderConfig
+
+    size = 48
+    ramp = torch.arange(size, dtype=torch.uint8).repeat(size, 1) * 5   # value = 5 x column
+    x = torch.stack([ramp, ramp.T, ramp]).unsqueeze(0).repeat(64, 1, 1, 1)  # (B, 3, S, S)
+    gen = torch.Generator().manual_seed(0)
+    same = clip_train.augment(x, EncoderConfig(zoom=1.0, flip=False, rotate=False), gen)
+    assert torch.allclose(same, x.float(), atol=1e-3)                   # zoom 1, no flip: the image itself
+
+    out = clip_train.augment(x, EncoderConfig(zoom=0.5, flip=False, rotate=False), gen)
+    span = out[:, 0, 0, -1] - out[:, 0, 0, 0]                          # the columns one row of the crop covers
+    full = 5.0 * (size - 1)
+    assert bool(((span > 0.45 * full) & (span < 1.0 * full)).all())    # a side of 0.5..1 of the image, upright
+    assert bool((span < 0.9 * full).any()) and bool((span > 0.6 * full).any())  # sides drawn across the range
+    assert bool((out >= 0).all()) and bool((out <= full).all())          # inside the image: no padding values
+    assert torch.allclose(out[:, 0, :, :], out[:, 2, :, :])            # one transform per image, every channel
+
+    flipped = clip_train.augment(x, EncoderConfig(zoom=1.0, flip=True, rotate=False), gen)
+    mirrored = (flipped[:, 0, 0, 0] > flipped[:, 0, 0, -1])             # right-to-left ramps: the flipped ones
+    assert 0 < int(mirrored.sum()) < 64
+    assert torch.allclose(flipped[mirrored], x.float().flip(-1)[mirrored], atol=1e-3)
