@@ -131,7 +131,8 @@ def recall_by_size(world: Path, split: str, names: Sequence[str], tops: Sequence
     size attribute (instances.json of the POPE validation split)."""
     inst = json.loads((world / "val" / "pope" / split / "instances.json").read_text(encoding="utf-8"))
     cat = {c["id"]: c["name"] for c in inst["categories"]}
-    row = {i["id"]: [p.name for p in paths].index(i["file_name"]) for i in inst["images"]}
+    position = {p.name: i for i, p in enumerate(paths)}
+    row = {i["id"]: position[i["file_name"]] for i in inst["images"]}
     hits: dict[str, list[int]] = {}
     for a in inst["annotations"]:
         hit = names.index(cat[a["category_id"]]) in tops[row[a["image_id"]]]
