@@ -300,6 +300,12 @@ class LMConfig:
     text_repeats: int = 2           # copies of the text corpus per epoch (captions and answers appear once)
     reading_docs_per_class: int = 0  # retrieval-reading documents per class (tags then a question; 0 = none)
     scene_docs_per_class: int = 0   # scene-membership documents per class (objects named, then "Is there a X?" turns; 0 = none)
+    chat_steps: int = 0             # chat tuning after pre-training: steps on the reading + scene documents, loss on the answers (0 = none)
+    chat_batch_size: int = 16       # documents per chat-tuning step
+    chat_lr: float = 1e-3           # chat tuning's peak learning rate (warmup share lm.warmup, then cosine decay to 0)
+    chat_text_share: float = 0.25   # share of each chat-tuning batch that is pre-training text (keeps the class knowledge)
+    _fingerprint_neutral: ClassVar[dict[str, Any]] = {"chat_steps": 0, "chat_batch_size": 16, "chat_lr": 1e-3,
+                                                      "chat_text_share": 0.25}
     batch_size: int = 4             # blocks per optimizer step (small: many steps learn the class facts)
     lr: float = 5e-3                # AdamW peak learning rate (linear warmup, then cosine decay to 0)
     weight_decay: float = 0.05      # AdamW weight decay on matrices (not norms or embeddings)
@@ -316,6 +322,13 @@ class LMConfig:
                  f"must be in 0..10000, got {self.reading_docs_per_class}")
         _require(0 <= self.scene_docs_per_class <= 10_000, "scene_docs_per_class",
                  f"must be in 0..10000, got {self.scene_docs_per_class}")
+        _require(0 <= self.chat_steps <= 1_000_000, "chat_steps", f"must be in 0..1000000, got {self.chat_steps}")
+        _require(1 <= self.chat_batch_size <= 4096, "chat_batch_size", f"must be in 1..4096, got {self.chat_batch_size}")
+        _require(0 < self.chat_lr < 1, "chat_lr", f"must be in (0, 1), got {self.chat_lr}")
+        _require(0 <= self.chat_text_share < 1, "chat_text_share", f"must be a share in [0, 1), got {self.chat_text_share}")
+        _require(not self.chat_steps or self.reading_docs_per_class or self.scene_docs_per_class, "chat_steps",
+                 f"chat tuning ({self.chat_steps} steps) reads the reading and scene documents; set "
+                 f"reading_docs_per_class or scene_docs_per_class, or chat_steps: 0")
         _require(260 <= self.vocab_size <= 1_000_000, "vocab_size",
                  f"must be in 260..1000000 (256 bytes + 4 special tokens at least), got {self.vocab_size}")
         _require(self.hidden_size % self.heads == 0, "heads",

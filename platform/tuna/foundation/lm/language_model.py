@@ -31,6 +31,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import tuna.foundation.lm.pretrain as pretrain
 from tuna.errors import DataFormatError, TunaError
+from tuna.foundation.lm.chat_tune import chat_tune
 from tuna.foundation.lm.tokenizer import ensure_pad_and_template, tokens_per_name, train_tokenizer
 from tuna.layout import layout
 from tuna.recipe import Recipe, section_fingerprint
@@ -249,6 +250,11 @@ def train_lm(cfg: Recipe, progress: bool = True, log: Callable[[str], None] = pr
         log(f"lm: LlamaForCausalLM with {params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}, "
             f"{sum(len(d) for d in docs)} tokens x {lm.epochs} epochs on {lm.threads} threads")
         curve = pretrain.pretrain(model, docs, lm, cfg.run.seed, progress, log)
+        chat = (chat_tune(model, tokenizer, pretrain.encode_documents(tokenizer, reading),
+                          pretrain.encode_documents(tokenizer, corpus.text), steps=lm.chat_steps,
+                          batch_size=lm.chat_batch_size, lr=lm.chat_lr, text_share=lm.chat_text_share,
+                          max_tokens=lm.block_size, warmup=lm.warmup, seed=cfg.run.seed, log=log)
+                if lm.chat_steps else None)
         t_eval = time.perf_counter()
         metrics = evaluate_lm(model, tokenizer, corpus, taxonomy, cfg.run.seed)
         eval_seconds = time.perf_counter() - t_eval
@@ -268,11 +274,12 @@ def train_lm(cfg: Recipe, progress: bool = True, log: Callable[[str], None] = pr
             "vocab_size": len(tokenizer),
             "params": params,
             "loss": {k: curve[k] for k in ("first", "last_epoch", "per_epoch", "steps", "batch_size", "block_size")},
+            "chat_tuning": chat,
             "val_perplexity": metrics["val"]["perplexity"],
             "probe_coarse": {s: metrics["probe"][s]["coarse"] for s in pretrain.PROBE_SPLITS if s in metrics["probe"]},
             "membership": {s: v["accuracy"] for s, v in metrics["membership"].items()},
             "tokens_per_name": {s: v["mean"] for s, v in metrics["tokens_per_name"].items()},
-            "train_seconds": curve["train_seconds"],
+            "train_seconds": round(curve["train_seconds"] + (chat["train_seconds"] if chat else 0.0), 1),
             "eval_seconds": round(eval_seconds, 1),
             "total_seconds": round(time.perf_counter() - t0, 1),
             "threads": lm.threads,
