@@ -10,7 +10,7 @@ text), never an image and nothing from the eval splits. LM pre-training reads th
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -121,6 +121,7 @@ def _existence_question(name: str, rng: np.random.Generator) -> str:
 class SceneSample:
     scene: str                       # a one-line scene description naming 1..4 objects (as alignment captions do)
     turns: list[tuple[str, str]]     # existence questions about it with "Yes"/"No" answers
+    look_alike: list[bool] = field(default_factory=list)  # per turn: a "No" about a sibling of a named object
 
 
 def scene_samples(taxonomy: dict[str, Any], per_class: int, seed: int, per_doc: int = 3) -> list[SceneSample]:
@@ -151,11 +152,12 @@ def scene_samples(taxonomy: dict[str, Any], per_class: int, seed: int, per_doc: 
             pool = sibs if k % 2 and sibs else [c["name"] for c in classes if c["name"] not in named and c["name"] not in no]
             no.append(pool[int(rng.integers(len(pool)))])
         asked = [(n, "Yes") for n in yes] + [(n, "No") for n in no]
-        turns = []
+        turns, alike = [], []
         for j in rng.permutation(len(asked)):
             n, a = asked[int(j)]
             turns.append((_existence_question(n, rng), a))
-        out.append(SceneSample(scene, turns))
+            alike.append(a == "No" and n in look_alikes)
+        out.append(SceneSample(scene, turns, alike))
     return out
 
 

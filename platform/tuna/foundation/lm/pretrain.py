@@ -247,24 +247,28 @@ MEMBERSHIP_SEED = 104_729  # added to the run seed: probe scenes differ from the
 def membership_probe(model: Any, tokenizer: Any, taxonomy: dict[str, Any], seed: int, per_class: int = 4,
                      batch_size: int = 32) -> dict[str, Any]:
     """Per split: accuracy and yes-ratio of "Is there a X?" questions about a scene text naming 1..4 objects of the
-    split's classes (half Yes for named objects, half No for unnamed ones, every other No a look-alike sibling),
-    answered by comparing the " Yes" and " No" next-token logits after ``USER: {scene}\n{question} ASSISTANT:``."""
+    split's classes (two questions about named objects, two about unnamed ones: one a look-alike sibling of a named
+    object when there is one), answered by comparing the " Yes" and " No" next-token logits after
+    ``USER: {scene}\n{question} ASSISTANT:``; ``look_alike_no`` / ``other_no``: accuracy on the two kinds of "No"."""
     yes_id, no_id = (_answer_token(tokenizer, w) for w in ("Yes", "No"))
     out: dict[str, Any] = {}
     for split, classes in probe_classes(taxonomy).items():
         if len(classes) < 2:
             continue
-        items = [(f"USER: {s.scene}\n{q} ASSISTANT:", a == "Yes")
-                 for s in scene_samples({split: {"classes": classes}}, per_class, seed + MEMBERSHIP_SEED, per_doc=1)
-                 for q, a in s.turns]
+        items = [(f"USER: {s.scene}\n{q} ASSISTANT:", a == "Yes", alike)
+                 for s in scene_samples({split: {"classes": classes}}, per_class, seed + MEMBERSHIP_SEED, per_doc=2)
+                 for (q, a), alike in zip(s.turns, s.look_alike, strict=True)]
         said = []
         for i in range(0, len(items), batch_size):
-            x, mask = _left_padded(tokenizer, [p for p, _ in items[i:i + batch_size]])
+            x, mask = _left_padded(tokenizer, [p for p, _, _ in items[i:i + batch_size]])
             last = model(input_ids=x.to(model.device), attention_mask=mask.to(model.device)).logits[:, -1].float()
             said += (last[:, yes_id] > last[:, no_id]).tolist()
+        right = [s == t for s, (_, t, _) in zip(said, items)]
         n = len(items)
-        out[split] = {"n": n, "accuracy": round(sum(s == t for s, (_, t) in zip(said, items)) / n, 4),
-                      "yes_ratio": round(sum(said) / n, 4)}
+        out[split] = {"n": n, "accuracy": round(sum(right) / n, 4), "yes_ratio": round(sum(said) / n, 4)}
+        for key, keep in (("look_alike_no", lambda t, a: a), ("other_no", lambda t, a: not t and not a)):
+            kind = [r for r, (_, t, a) in zip(right, items) if keep(t, a)]
+            out[split][key] = round(sum(kind) / len(kind), 4) if kind else None
     return out
 
 
