@@ -157,6 +157,21 @@ def test_scene_documents_ask_look_alike_siblings_among_the_absent_ones() -> None
     assert sibling_no > 0.25 * (sibling_no + other_no) and other_no > 0
 
 
+def test_scene_samples_mark_the_look_alike_no_turns() -> None:
+    from tuna.world.reading import scene_samples
+
+    coarse = {c["name"]: c["coarse"] for d in TAXONOMY.values() for c in d["classes"]}
+    marked = 0
+    for sample in scene_samples(TAXONOMY, per_class=30, seed=2, per_doc=2):
+        named = {n for n in NAMES if re.search(rf"\b{n}\b", sample.scene)}
+        assert len(sample.look_alike) == len(sample.turns)
+        for (question, answer), alike in zip(sample.turns, sample.look_alike):
+            asked = next(n for n in NAMES if re.search(rf"\b{n}\b", question))
+            assert alike == (answer == "No" and coarse[asked] in {coarse[n] for n in named}), (sample.scene, question)
+            marked += alike
+    assert marked > 0
+
+
 def test_region_tags_follow_the_k_and_rarely_name_the_class() -> None:
     from tuna.world.reading import reading_samples
 
