@@ -300,12 +300,13 @@ class LMConfig:
     text_repeats: int = 2           # copies of the text corpus per epoch (captions and answers appear once)
     reading_docs_per_class: int = 0  # retrieval-reading documents per class (tags then a question; 0 = none)
     scene_docs_per_class: int = 0   # scene-membership documents per class (objects named, then "Is there a X?" turns; 0 = none)
+    scene_look_alike_share: float | None = None  # chance a scene document's "No" asks a look-alike of a named object (null = every other one)
     chat_steps: int = 0             # chat tuning after pre-training: steps on the reading + scene documents, loss on the answers (0 = none)
     chat_batch_size: int = 16       # documents per chat-tuning step
     chat_lr: float = 1e-3           # chat tuning's peak learning rate (warmup share lm.warmup, then cosine decay to 0)
     chat_text_share: float = 0.25   # share of each chat-tuning batch that is pre-training text (keeps the class knowledge)
-    _fingerprint_neutral: ClassVar[dict[str, Any]] = {"chat_steps": 0, "chat_batch_size": 16, "chat_lr": 1e-3,
-                                                      "chat_text_share": 0.25}
+    _fingerprint_neutral: ClassVar[dict[str, Any]] = {"scene_look_alike_share": None, "chat_steps": 0,
+                                                      "chat_batch_size": 16, "chat_lr": 1e-3, "chat_text_share": 0.25}
     batch_size: int = 4             # blocks per optimizer step (small: many steps learn the class facts)
     lr: float = 5e-3                # AdamW peak learning rate (linear warmup, then cosine decay to 0)
     weight_decay: float = 0.05      # AdamW weight decay on matrices (not norms or embeddings)
@@ -322,6 +323,8 @@ class LMConfig:
                  f"must be in 0..10000, got {self.reading_docs_per_class}")
         _require(0 <= self.scene_docs_per_class <= 10_000, "scene_docs_per_class",
                  f"must be in 0..10000, got {self.scene_docs_per_class}")
+        _require(self.scene_look_alike_share is None or 0 <= self.scene_look_alike_share <= 1, "scene_look_alike_share",
+                 f"must be a share in [0, 1] or null, got {self.scene_look_alike_share}")
         _require(0 <= self.chat_steps <= 1_000_000, "chat_steps", f"must be in 0..1000000, got {self.chat_steps}")
         _require(1 <= self.chat_batch_size <= 4096, "chat_batch_size", f"must be in 1..4096, got {self.chat_batch_size}")
         _require(0 < self.chat_lr < 1, "chat_lr", f"must be in (0, 1), got {self.chat_lr}")

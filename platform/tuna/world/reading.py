@@ -124,16 +124,21 @@ class SceneSample:
     look_alike: list[bool] = field(default_factory=list)  # per turn: a "No" about a sibling of a named object
 
 
-def scene_samples(taxonomy: dict[str, Any], per_class: int, seed: int, per_doc: int = 3) -> list[SceneSample]:
+def scene_samples(taxonomy: dict[str, Any], per_class: int, seed: int, per_doc: int = 3,
+                  look_alike_share: float | None = None) -> list[SceneSample]:
     """``per_class`` x (number of classes) scene texts, each naming 1..4 objects of any class of ``taxonomy``
     (with an attribute now and then), followed by ``per_doc`` "Yes" questions about named objects and as many
-    "No" questions about unnamed ones (a look-alike sibling of a named object every other time, else any class).
+    "No" questions about unnamed ones (a look-alike sibling of a named object every other time, else any class;
+    with ``look_alike_share``, a look-alike with that chance per "No" when the scene has one).
 
     The list-membership skill a real LLM brings ("is X among the things described?"), written as text only:
     no image, nothing from the eval splits. LM pre-training reads them (``lm.scene_docs_per_class``)."""
     if per_class < 0 or per_doc < 1:
         raise ValueError(f"per_class must be >= 0 and per_doc >= 1, got per_class={per_class}, per_doc={per_doc}")
+    if look_alike_share is not None and not 0 <= look_alike_share <= 1:
+        raise ValueError(f"look_alike_share must be a share in [0, 1] or None, got {look_alike_share}")
     rng = np.random.default_rng(seed + 7919)
+    draws = np.random.default_rng(seed + 7927)  # its own generator: None leaves the output as it was
     classes = [c for dom in sorted(taxonomy) for c in taxonomy[dom].get("classes", [])]
     out = []
     for _ in range(per_class * len(classes)):
@@ -149,7 +154,8 @@ def scene_samples(taxonomy: dict[str, Any], per_class: int, seed: int, per_doc: 
         no: list[str] = []
         for k in range(len(yes)):
             sibs = [n for n in look_alikes if n not in no]
-            pool = sibs if k % 2 and sibs else [c["name"] for c in classes if c["name"] not in named and c["name"] not in no]
+            alike = k % 2 if look_alike_share is None else draws.random() < look_alike_share
+            pool = sibs if alike and sibs else [c["name"] for c in classes if c["name"] not in named and c["name"] not in no]
             no.append(pool[int(rng.integers(len(pool)))])
         asked = [(n, "Yes") for n in yes] + [(n, "No") for n in no]
         turns, alike = [], []

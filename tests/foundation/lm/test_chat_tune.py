@@ -79,6 +79,7 @@ def test_train_lm_with_chat_tuning_records_it(world: World, tmp_path: Path) -> N
     (["lm.chat_steps=-1"], "lm.chat_steps", "0..1000000"),
     (["lm.chat_text_share=1"], "lm.chat_text_share", "[0, 1)"),
     (["lm.chat_lr=0"], "lm.chat_lr", "(0, 1)"),
+    (["lm.scene_look_alike_share=1.5"], "lm.scene_look_alike_share", "[0, 1] or null"),
     (["lm.chat_steps=5", "lm.reading_docs_per_class=0", "lm.scene_docs_per_class=0"], "lm.chat_steps",
      "reading_docs_per_class"),
 ])

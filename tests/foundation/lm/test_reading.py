@@ -172,6 +172,21 @@ def test_scene_samples_mark_the_look_alike_no_turns() -> None:
     assert marked > 0
 
 
+def test_look_alike_share_sets_how_often_a_no_asks_a_sibling() -> None:
+    from tuna.world.reading import scene_samples
+
+    def share(samples: list) -> float:
+        no = [a for s in samples for (_, answer), a in zip(s.turns, s.look_alike) if answer == "No"]
+        return sum(no) / len(no)
+
+    default = scene_samples(TAXONOMY, per_class=40, seed=4)
+    assert scene_samples(TAXONOMY, per_class=40, seed=4, look_alike_share=None) == default
+    always, never = (scene_samples(TAXONOMY, per_class=40, seed=4, look_alike_share=x) for x in (1.0, 0.0))
+    assert share(never) < share(default) < share(always) and share(always) > 0.6
+    with pytest.raises(ValueError, match="look_alike_share"):
+        scene_samples(TAXONOMY, per_class=1, seed=0, look_alike_share=1.5)
+
+
 def test_region_tags_follow_the_k_and_rarely_name_the_class() -> None:
     from tuna.world.reading import reading_samples
 

@@ -240,7 +240,7 @@ def train_lm(cfg: Recipe, progress: bool = True, log: Callable[[str], None] = pr
     with _torch_threads(lm.threads), staged_dir(target, "language model") as tmp:
         corpus = pretrain.load_corpus(_corpus_paths(cfg), lm.val_fraction, cfg.run.seed)
         reading = pretrain.reading_documents(taxonomy, lm.reading_docs_per_class, cfg.run.seed, reading_tags(cfg))
-        reading += pretrain.scene_documents(taxonomy, lm.scene_docs_per_class, cfg.run.seed)
+        reading += pretrain.scene_documents(taxonomy, lm.scene_docs_per_class, cfg.run.seed, lm.scene_look_alike_share)
         # the chat-layout documents teach the tokenizer the template's markers ("ASSISTANT:" one token, not ten)
         tokenizer = train_tokenizer(corpus.tokenizer_texts() + reading, lm.vocab_size, lm.max_length)
         docs = pretrain.encode_documents(tokenizer, corpus.documents(lm.text_repeats) + reading)

@@ -108,11 +108,12 @@ def reading_documents(taxonomy: dict[str, Any], per_class: int, seed: int, k: in
             for r in reading_samples(taxonomy, per_class, seed, k)]
 
 
-def scene_documents(taxonomy: dict[str, Any], per_class: int, seed: int) -> list[str]:
+def scene_documents(taxonomy: dict[str, Any], per_class: int, seed: int, look_alike_share: float | None = None
+                    ) -> list[str]:
     """Scene-membership documents (:func:`tuna.world.reading.scene_samples`) in the chat layout of instruction
     tuning: ``USER: {scene}\n{question} ASSISTANT: {answer} USER: {question} ASSISTANT: {answer} ...``."""
     docs = []
-    for s in scene_samples(taxonomy, per_class, seed):
+    for s in scene_samples(taxonomy, per_class, seed, look_alike_share=look_alike_share):
         (q0, a0), rest = s.turns[0], s.turns[1:]
         docs.append(f"USER: {s.scene}\n{q0} ASSISTANT: {a0}" + "".join(f" USER: {q} ASSISTANT: {a}" for q, a in rest))
     return docs
