@@ -316,22 +316,18 @@ class LMConfig:
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "layers", "heads", "kv_heads", "intermediate_size", "epochs", "text_repeats",
-                     "batch_size", "threads"):
+                     "batch_size", "threads", "chat_batch_size"):
             v = getattr(self, name)
             _require(v >= 1, name, f"must be >= 1, got {v}")
-        _require(0 <= self.reading_docs_per_class <= 10_000, "reading_docs_per_class",
-                 f"must be in 0..10000, got {self.reading_docs_per_class}")
-        _require(0 <= self.scene_docs_per_class <= 10_000, "scene_docs_per_class",
-                 f"must be in 0..10000, got {self.scene_docs_per_class}")
+        for name, top in (("reading_docs_per_class", 10_000), ("scene_docs_per_class", 10_000), ("chat_steps", 1_000_000)):
+            v = getattr(self, name)
+            _require(0 <= v <= top, name, f"must be in 0..{top}, got {v}")
         _require(self.scene_look_alike_share is None or 0 <= self.scene_look_alike_share <= 1, "scene_look_alike_share",
                  f"must be a share in [0, 1] or null, got {self.scene_look_alike_share}")
-        _require(0 <= self.chat_steps <= 1_000_000, "chat_steps", f"must be in 0..1000000, got {self.chat_steps}")
-        _require(1 <= self.chat_batch_size <= 4096, "chat_batch_size", f"must be in 1..4096, got {self.chat_batch_size}")
         _require(0 < self.chat_lr < 1, "chat_lr", f"must be in (0, 1), got {self.chat_lr}")
         _require(0 <= self.chat_text_share < 1, "chat_text_share", f"must be a share in [0, 1), got {self.chat_text_share}")
         _require(not self.chat_steps or self.reading_docs_per_class or self.scene_docs_per_class, "chat_steps",
-                 f"chat tuning ({self.chat_steps} steps) reads the reading and scene documents; set "
-                 f"reading_docs_per_class or scene_docs_per_class, or chat_steps: 0")
+                 "chat tuning reads the reading and scene documents; set reading_docs_per_class or scene_docs_per_class")
         _require(260 <= self.vocab_size <= 1_000_000, "vocab_size",
                  f"must be in 260..1000000 (256 bytes + 4 special tokens at least), got {self.vocab_size}")
         _require(self.hidden_size % self.heads == 0, "heads",
