@@ -71,7 +71,7 @@ def chat_tune(model: Any, tokenizer: Any, conversations: Sequence[list[int]], te
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``model`` in place for ``steps`` AdamW steps of ``batch_size`` documents: conversations (token ids,
     loss on the assistant turns) and, ``text_share`` of each batch, text documents (loss on every token), each cut
-    to ``max_tokens``. Returns the loss curve and timing."""
+    to ``max_tokens``. Returns the step counts, the first and last losses and the seconds taken."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     assistant, user = marker_ids(tokenizer, ASSISTANT), marker_ids(tokenizer, USER)

@@ -250,8 +250,8 @@ def train_lm(cfg: Recipe, progress: bool = True, log: Callable[[str], None] = pr
         log(f"lm: LlamaForCausalLM with {params / 1e6:.2f}M parameters, vocabulary {len(tokenizer)}, "
             f"{sum(len(d) for d in docs)} tokens x {lm.epochs} epochs on {lm.threads} threads")
         curve = pretrain.pretrain(model, docs, lm, cfg.run.seed, progress, log)
-        chat = (chat_tune(model, tokenizer, pretrain.encode_documents(tokenizer, reading),
-                          pretrain.encode_documents(tokenizer, corpus.text), steps=lm.chat_steps,
+        # docs = text x text_repeats + captions + answers + reading: chat tuning reuses their token ids
+        chat = (chat_tune(model, tokenizer, docs[len(docs) - len(reading):], docs[:len(corpus.text)], steps=lm.chat_steps,
                           batch_size=lm.chat_batch_size, lr=lm.chat_lr, text_share=lm.chat_text_share,
                           max_tokens=lm.block_size, warmup=lm.warmup, seed=cfg.run.seed, log=log)
                 if lm.chat_steps else None)
