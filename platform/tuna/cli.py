@@ -198,7 +198,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--variant", default="tuna,baseline", help="comma-separated trained variants (default: tuna,baseline)")
     p.add_argument("--ablations", action="store_true", help="evaluate every eval.ablations variant")
     p.add_argument("--validation", action="store_true",
-                   help="FINER, POPE and MME on the world's validation splits (world.sizes.finer_val, pope_val, mme_val) only, "
+                   help="FINER, POPE, MME and CHAIR on the world's validation splits (world.sizes.finer_val, pope_val, mme_val; "
+                        "CHAIR on the POPE validation scenes) only, "
                         "to choose settings without the eval splits")
 
 

@@ -217,10 +217,11 @@ def _mme(chk: SourceCheck, src: Source, opts: CheckOptions) -> None:
 def _coco(chk: SourceCheck, src: Source, opts: CheckOptions) -> None:
     from tuna.readers.coco import coco_files, load_coco
 
-    files = coco_files(src.path, src.image_root)
-    captions, instances = load_coco(files.captions), load_coco(files.instances)
-    chk.counts.update(captions=len(captions["annotations"]), instances=len(instances["annotations"]),
-                      categories=len(instances.get("categories", [])))
+    files = coco_files(src.path, src.image_root, captions=False)   # CHAIR reads only the instances
+    instances = load_coco(files.instances)
+    if files.captions is not None:
+        chk.counts["captions"] = len(load_coco(files.captions)["annotations"])
+    chk.counts.update(instances=len(instances["annotations"]), categories=len(instances.get("categories", [])))
     _duplicates(chk, [(im["id"], f"{files.instances}: images[{n}]") for n, im in enumerate(instances["images"])], "image id")
     check_images(chk, [(files.images / im["file_name"], f"{files.instances}: images[{n}]")
                        for n, im in enumerate(instances["images"])], opts, files.images)

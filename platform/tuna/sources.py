@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from tuna.recipe import Recipe
 
 EVAL_SPLITS = {"pope": ("id", "ood"), "finer": ("id", "ood", "b"), "mme": ("id", "ood"), "captions": ("id", "ood")}
-VALIDATED = ("finer", "pope", "mme")   # tasks with validation splits (world.sizes.finer_val, pope_val, mme_val)
+# tasks with validation splits (world.sizes.finer_val, pope_val, mme_val; CHAIR's captions: the POPE validation scenes)
+VALIDATED = ("finer", "pope", "mme", "captions")
 WEB_DOMAINS = ("A", "B", "clip")
 EVAL_SOURCES = tuple(f"{task}_{split}" for task, splits in EVAL_SPLITS.items() for split in splits)
 
@@ -60,6 +61,8 @@ def _world_path(lay: Layout, name: str) -> Path:
     if name in fixed:
         return fixed[name]
     task, _, split = name.rpartition("_")
+    if task == "captions_val":   # CHAIR needs scenes and their objects: the POPE validation images and instances
+        return lay.world_validation("pope", split)
     if task.endswith("_val"):
         return lay.world_validation(task.removesuffix("_val"), split)
     return lay.world_eval(task, split)
@@ -116,7 +119,7 @@ class Sources:
 
     def eval_set(self, task: str, split: str, validation: bool = False) -> Source:
         """Eval set ``task`` (pope, finer, mme, captions) of ``split`` (id, ood; finer also b); or, with
-        ``validation``, the validation split of FINER, POPE or MME."""
+        ``validation``, the validation split of FINER, POPE, MME or captions (CHAIR)."""
         if split not in EVAL_SPLITS.get(task, ()):
             raise ConfigError(f"no eval set {task}/{split}; declared: "
                               + ", ".join(f"{t}/{s}" for t, ss in EVAL_SPLITS.items() for s in ss))

@@ -69,8 +69,9 @@ def test_eval_file_with_missing_fields_is_one_line(trained, tmp_path: Path, caps
     assert code == 2 and len(err) == 1 and "fine-level-lbl" in err[0] and "finer.jsonl" in err[0]
 
 
-def test_validation_scores_finer_pope_and_mme_on_the_validation_split_only(trained, capsys: pytest.CaptureFixture[str]) -> None:
-    """`tuna eval --validation`: FINER, POPE and MME on world/val (never the eval images), its own metrics file, no report."""
+def test_validation_scores_finer_pope_mme_and_chair_on_the_validation_split_only(trained, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tuna eval --validation`: FINER, POPE, MME and CHAIR on world/val (never the eval images; CHAIR describes the
+    POPE validation scenes), its own metrics file, no report."""
     d = trained.cfg.data_dir
     report = d / "eval/report/report.md"
     before = report.stat().st_mtime_ns if report.is_file() else None
@@ -78,7 +79,7 @@ def test_validation_scores_finer_pope_and_mme_on_the_validation_split_only(train
     out = capsys.readouterr().out
     assert "| tuna |" in out and "| baseline |" in out and "eval/validation" in out
     m = json.loads((d / "eval/validation/tuna.json").read_text())
-    assert m["split"] == "val" and set(m["seconds"]) == {"finer", "pope", "mme"}
+    assert m["split"] == "val" and set(m["seconds"]) == {"finer", "pope", "mme", "chair"}
     n = trained.cfg.world.sizes.finer_val
     assert m["finer"]["ood"]["direct"]["n"] == n and {"b@A", "b@B", "b@none"} <= set(m["finer"])
     for group in ("id", "ood"):   # 3 POPE splits x 6 questions per validation image, every answer scored
@@ -89,10 +90,15 @@ def test_validation_scores_finer_pope_and_mme_on_the_validation_split_only(train
         assert {t: r["questions"] for t, r in m["mme"][group]["tasks"].items()} == dict.fromkeys(
             ("existence", "count", "position", "color"), 2 * trained.cfg.world.sizes.mme_val)
         assert 0 <= m["headline"][f"mme_{group}_total"] <= 800
+    for group in ("id", "ood"):   # one description per POPE validation scene, scored against its instances
+        scenes = json.loads((d / f"world/val/pope/{group}/instances.json").read_text())["images"]
+        assert m["chair"][group]["n"] == len(scenes) == trained.cfg.world.sizes.pope_val
+        assert {f"chair_{group}_i", f"chair_{group}_s"} <= set(m["headline"])
     assert all(0.0 <= v <= 1.0 for k, v in m["headline"].items() if not k.startswith("mme_"))
     cached = {p.name for p in (d / "eval/retrieved").iterdir()}
     assert any(name.startswith("val-finer-ood") for name in cached)          # the validation images' own tags
     assert any(name.startswith("val-pope-id") for name in cached) and any(name.startswith("val-mme-ood") for name in cached)
+    assert any(name.startswith("val-captions-ood") for name in cached)
     assert (report.stat().st_mtime_ns if report.is_file() else None) == before
 
 

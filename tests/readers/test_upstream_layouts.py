@@ -200,6 +200,10 @@ def test_coco_release_folder_and_chair_with_synonyms(tmp_path: Path) -> None:
     # woman -> person, puppies -> dog (plural of a synonym), taxi -> car (hallucinated), grizzly -> bear
     assert (m["mentions"], m["hallucinated"], m["recall"]) == (4, 1, 1.0)
     assert m["chair_s"] == 0.5
+    files.captions.unlink()   # CHAIR reads only the instances: a folder without captions is one for CHAIR alone
+    assert coco_files(files.instances.parent.parent, captions=False).captions is None
+    with pytest.raises(DataFormatError, match="expected one captions.json or annotations/captions_<split>.json, found none"):
+        coco_files(files.instances.parent.parent)
 
 
 def test_coco_classes_are_cocos_80_and_each_word_names_one_class() -> None:

@@ -210,20 +210,23 @@ def test_tag_dropout_removes_the_tags_of_a_seeded_share_of_examples() -> None:
     assert drop_tags(examples, 0.0, seed=0) == examples
 
 
-def test_tag_dropout_keeps_older_fingerprints_at_zero() -> None:
+@pytest.mark.parametrize("name", ["tag_dropout", "reading_describe"])
+def test_later_stage_keys_keep_older_fingerprints_at_zero(name: str) -> None:
     from tuna.recipe.loader import section_fingerprint
 
     cfg = load_recipe(SMOKE)
     fields = dataclasses.asdict(cfg.train.stage2)
-    del fields["tag_dropout"]   # what section_fingerprint(cfg.train.stage2) hashed before the field existed
+    for later in ("tag_dropout", "reading_describe"):
+        del fields[later]   # what section_fingerprint(cfg.train.stage2) hashed before the fields existed
     before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert section_fingerprint(cfg.train.stage2) == before
-    assert section_fingerprint(load_recipe(SMOKE, ["train.stage2.tag_dropout=0.3"]).train.stage2) != before
+    assert section_fingerprint(load_recipe(SMOKE, [f"train.stage2.{name}=0.3"]).train.stage2) != before
 
 
 @pytest.mark.parametrize("override, name", [("train.stage2.lm_lr_scale=-1", "lm_lr_scale"),
                                             ("lm.reading_docs_per_class=-3", "reading_docs_per_class"),
-                                            ("train.stage2.tag_dropout=1", "tag_dropout")])
+                                            ("train.stage2.tag_dropout=1", "tag_dropout"),
+                                            ("train.stage2.reading_describe=1.2", "reading_describe")])
 def test_lm_learning_rate_scale_and_reading_documents_are_validated(override: str, name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_recipe(SMOKE, [override])
@@ -257,7 +260,8 @@ def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFas
 
     cfg = load_recipe(SMOKE, [f"run.data_dir={prepared.cfg.data_dir}", "train.stage2.reading_per_class=2",
                               f"train.stage2.reading_image={mode}", "train.stage2.reading_existence=0.5",
-                              "train.stage2.reading_attrseek=0.5", "train.stage2.max_length=256"])  # ATTRSEEK: ~195 tokens
+                              "train.stage2.reading_attrseek=0.5", "train.stage2.reading_describe=0.3",
+                              "train.stage2.max_length=256"])  # ATTRSEEK: ~195 tokens
     taxonomy = json.loads((prepared.root / "taxonomy.json").read_text())
     classes = {c["name"]: c for dom in taxonomy.values() for c in dom["classes"]}
     inst = json.loads((prepared.root / "instruction" / "instances.json").read_text())

@@ -193,25 +193,27 @@ def eval_mme(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval") -> di
     return out
 
 
-def eval_chair(cfg: Recipe, asker: Asker, tag_mode: str, max_new_tokens: int = 48) -> dict[str, Any]:
-    """CHAIR_i / CHAIR_s / recall of generated detailed descriptions against the ground-truth objects."""
+def eval_chair(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval", max_new_tokens: int = 48) -> dict[str, Any]:
+    """CHAIR_i / CHAIR_s / recall of generated detailed descriptions against the ground-truth objects (``root``
+    "val": the validation scenes)."""
     from tuna.eval.chair import chair_metrics, chair_vocabulary
     from tuna.readers.coco import coco_files, coco_objects_by_image, load_coco
     from tuna.readers.coco_classes import COCO_SYNONYMS
     from tuna.world.taxonomy import load_taxonomies
 
     out = {}
-    for group in sources(cfg).splits("captions"):
-        src = sources(cfg).eval_set("captions", group)
+    for group in sources(cfg).splits("captions", validation=root == "val"):
+        src = sources(cfg).eval_set("captions", group, validation=root == "val")
         if src.from_world:   # the world's class names; real COCO: its 80 classes and their synonyms
             a, b = load_taxonomies(sources(cfg)["taxonomy"].path.read_text())
             vocab: Any = chair_vocabulary(a, b)
         else:
             vocab = COCO_SYNONYMS
-        files = coco_files(src.path, src.image_root)
+        files = coco_files(src.path, src.image_root, captions=False)
         truth = coco_objects_by_image(load_coco(files.instances))   # file name -> GT objects
         names = sorted(truth)
-        tags = _tags_for(cfg, tag_mode, [files.images / n for n in names], f"captions-{group}", cfg.model.datastore)
+        tags = _tags_for(cfg, tag_mode, [files.images / n for n in names],
+                         f"captions-{group}" if root == "eval" else f"{root}-captions-{group}", cfg.model.datastore)
         captions = asker.ask([Query(files.images / n, CAPTION_PROMPT) for n in names], tags, max_new_tokens,
                              desc=f"chair {group}")
         out[group] = chair_metrics(dict(zip(names, captions)), truth, vocab)
@@ -222,7 +224,7 @@ def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Se
                    tasks: Sequence[str] = ("pope", "finer", "mme", "chair"), progress: bool = False,
                    log: Callable[[str], None] = print, root: str = "eval") -> dict[str, Any]:
     """Every task for one trained model on the eval splits (``root`` "eval") or, for FINER and POPE, the
-    validation splits ("val"); returns the metrics (and how long each task took)."""
+    validation splits ("val"; CHAIR on the validation scenes); returns the metrics (and how long each task took)."""
     from tuna.inference import Predictor
 
     predictor = Predictor(model_dir, cfg.train.system_prompt, threads=cfg.eval.threads)
@@ -233,15 +235,16 @@ def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Se
     runners = {"pope": lambda: eval_pope(cfg, asker, tag_mode, root),
                "finer": lambda: eval_finer(cfg, asker, tag_mode, b_datastores, cfg.eval.attrseek, root),
                "mme": lambda: eval_mme(cfg, asker, tag_mode, root),
-               "chair": lambda: eval_chair(cfg, asker, tag_mode)}
+               "chair": lambda: eval_chair(cfg, asker, tag_mode, root)}
     swap = cfg.eval.swap_datastore if cfg.eval.swap_datastore in b_datastores else None
     out: dict[str, Any] = {"model": str(model_dir), "tag_mode": tag_mode, "swap_datastore": swap, "seconds": {}}
     bad = [t for t in tasks if t not in runners]
     if bad:
         raise EvalError(f"unknown eval task {bad[0]!r}; known: {', '.join(runners)}")
-    unvalidated = [t for t in tasks if root != "eval" and t not in VALIDATED]
+    unvalidated = [t for t in tasks if root != "eval" and ("captions" if t == "chair" else t) not in VALIDATED]
     if unvalidated:
-        raise EvalError(f"eval task {unvalidated[0]!r} has no validation split; validate with {' or '.join(VALIDATED)}")
+        raise EvalError(f"eval task {unvalidated[0]!r} has no validation split; validate with "
+                        f"{' or '.join('chair' if t == 'captions' else t for t in VALIDATED)}")
     from tuna.retrieval.attach import RetrievalSession
 
     # One encoder and one Milvus connection for the whole evaluation (opened only if tags are retrieved).

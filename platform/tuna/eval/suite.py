@@ -83,8 +83,8 @@ def evaluate_variant(cfg: Recipe, variant: str, progress: bool = False,
 
 def validate_variant(cfg: Recipe, variant: str, progress: bool = False,
                      log: Callable[[str], None] = print) -> dict[str, float]:
-    """FINER (world.sizes.finer_val), and POPE and MME (world.sizes.pope_val, mme_val) when the world has them,
-    on the validation splits, for choosing settings without looking at the eval splits: saves
+    """FINER (world.sizes.finer_val), and POPE, MME and CHAIR (world.sizes.pope_val, mme_val; CHAIR describes the
+    POPE validation scenes) when the world has them, on the validation splits, for choosing settings without looking at the eval splits: saves
     ``eval/validation/<variant>.json`` and returns its headline numbers."""
     from tuna.variants import variant_model
 
@@ -98,6 +98,9 @@ def validate_variant(cfg: Recipe, variant: str, progress: bool = False,
         tasks.insert(0, "pope")
     if any(src.eval_set("mme", s, validation=True).path.is_dir() for s in src.splits("mme", True)):
         tasks.append("mme")
+    if any(any(src.eval_set("captions", s, validation=True).path.glob("**/instances*.json"))
+           for s in src.splits("captions", True)):
+        tasks.append("chair")
     folder = layout(cfg).model(variant, 2)
     if not (folder / "config.json").is_file():
         raise EvalError(f"variant {variant!r} has no trained model at {folder}; run `tuna train --variant {variant}` first")

@@ -19,7 +19,7 @@ from tuna.readers.jsonio import read_json
 class CocoFiles:
     """The files of one COCO source."""
 
-    captions: Path
+    captions: Path | None   # None: a folder with instances only (CHAIR reads only those)
     instances: Path
     images: Path
 
@@ -35,8 +35,9 @@ def _one(folder: Path, world_name: str, kind: str) -> Path:
     return found[0]
 
 
-def coco_files(folder: Path, images: Path | None = None) -> CocoFiles:
-    """Captions, instances and image root of a COCO source folder (``images`` overrides the image root)."""
+def coco_files(folder: Path, images: Path | None = None, captions: bool = True) -> CocoFiles:
+    """Captions, instances and image root of a COCO source folder (``images`` overrides the image root); with
+    ``captions`` False a folder without a captions file is accepted (its ``captions`` is None)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataFormatError(f"{folder}: does not exist; point the source at a COCO folder (annotations/ + val2014/)")
@@ -45,7 +46,9 @@ def coco_files(folder: Path, images: Path | None = None) -> CocoFiles:
         split = instances.stem.removeprefix("instances_") if instances.name != "instances.json" else ""
         candidates = [folder / "images", *([folder / split] if split else [])]
         images = next((c for c in candidates if c.is_dir()), candidates[-1])
-    return CocoFiles(_one(folder, "captions.json", "captions"), instances, Path(images))
+    has_captions = captions or (folder / "captions.json").is_file() or any(
+        [*(folder / "annotations").glob("captions_*.json"), *folder.glob("captions_*.json")])
+    return CocoFiles(_one(folder, "captions.json", "captions") if has_captions else None, instances, Path(images))
 
 
 def load_coco(path: Path) -> dict[str, Any]:

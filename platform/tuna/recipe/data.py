@@ -27,7 +27,7 @@ FORMATS = {
     "finer_jsonl": "a FINER .jsonl (FINER's unified-*-combined.jsonl or the world's finer.jsonl) or its folder",
     "mme": "an MME release folder: per subtask, image + .txt side by side, or images/ + questions_answers_YN/",
     "coco_captions": "a COCO folder: annotations/{captions,instances}_<split>.json + <split>/ (or the world's "
-                     "captions.json, instances.json, images/)",
+                     "captions.json, instances.json, images/); CHAIR reads only the instances",
 }
 CORPUS_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,62}")
 # source -> the formats it accepts (today: the format the world writes)
@@ -41,6 +41,7 @@ KINDS = {
     "pope_val_id": ("pope",), "pope_val_ood": ("pope",),
     "mme_id": ("mme",), "mme_ood": ("mme",), "mme_val_id": ("mme",), "mme_val_ood": ("mme",),
     "captions_id": ("coco_captions",), "captions_ood": ("coco_captions",),
+    "captions_val_id": ("coco_captions",), "captions_val_ood": ("coco_captions",),
 }
 
 
@@ -96,6 +97,8 @@ class DataConfig:
     mme_val_ood: SourceConfig = field(default_factory=_source)
     captions_id: SourceConfig = field(default_factory=_source)    # CHAIR
     captions_ood: SourceConfig = field(default_factory=_source)
+    captions_val_id: SourceConfig = field(default_factory=_source)  # CHAIR validation (world: the POPE validation scenes)
+    captions_val_ood: SourceConfig = field(default_factory=_source)
     corpora: dict[str, SourceConfig] = field(default_factory=dict)  # more web corpora by name: datastores of new domains
 
     def __post_init__(self) -> None:

@@ -435,24 +435,24 @@ class StageConfig:
     reading_image: str = "blank"
     reading_existence: float = 0.0  # share of reading conversations asking "Is there a X?" (answer from the tags)
     reading_attrseek: float = 0.0   # share of the other reading conversations in ATTRSEEK's two turns (the tags' class)
+    reading_describe: float = 0.0   # share of the rest asking for a detailed description (it names the tags' class)
     tag_dropout: float = 0.0        # share of the stage's data examples trained without their retrieved tags (image only)
 
     # fields added after outputs were trained: at these values they leave a section's fingerprint as it was
-    _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0}
+    _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0, "reading_describe": 0.0}
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
         _require(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1 or null, got {self.max_steps}")
         for name in ("batch_size", "grad_accum"):
-            v = getattr(self, name)
-            _require(v >= 1, name, f"must be >= 1, got {v}")
+            _require(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
         _require(0 < self.lr < 1, "lr", f"must be in (0, 1), got {self.lr}")
         _require(0 <= self.lm_lr_scale <= 10, "lm_lr_scale", f"must be in 0..10, got {self.lm_lr_scale}")
         _require(0 <= self.vision_lr_scale <= 10, "vision_lr_scale", f"must be in 0..10, got {self.vision_lr_scale}")
         _require(0 <= self.reading_per_class <= 10_000, "reading_per_class",
                  f"must be in 0..10000, got {self.reading_per_class}")
-        _require(0 <= self.reading_existence <= 1, "reading_existence", f"must be a share in 0..1, got {self.reading_existence}")
-        _require(0 <= self.reading_attrseek <= 1, "reading_attrseek", f"must be a share in 0..1, got {self.reading_attrseek}")
+        for name in ("reading_existence", "reading_attrseek", "reading_describe"):
+            _require(0 <= getattr(self, name) <= 1, name, f"must be a share in 0..1, got {getattr(self, name)}")
         _require(0 <= self.tag_dropout < 1, "tag_dropout", f"must be a share in [0, 1), got {self.tag_dropout}")
         _require(self.reading_image in ("blank", "scene", "own"), "reading_image",
                  f"must be blank, scene or own, got {self.reading_image!r}")

@@ -193,7 +193,7 @@ def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> Prepared:
                          f"run `tuna world` first") from None
     whole = cfg.model.whole_image_tags   # region retrieval fills the last slots: the reading tags look the same
     samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, whole, sc.reading_existence,
-                              sc.reading_attrseek, region_tags=cfg.model.num_tags - whole)
+                              sc.reading_attrseek, region_tags=cfg.model.num_tags - whole, describe=sc.reading_describe)
     if instances is None:
         blank = write_blank_image(layout(cfg).reading_image(f"blank-{cfg.world.image_size}.png"),
                                   cfg.world.image_size)

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from tuna.world.language import ATTRSEEK_TURNS, EXISTENCE_PHRASINGS, SHORT_ANSWER, article, attributes_answer
+from tuna.world.language import ATTRSEEK_TURNS, DETAIL_PROMPTS, EXISTENCE_PHRASINGS, SHORT_ANSWER, article, attributes_answer
+from tuna.world.taxonomy import MARK_PHRASES
 
 _SIZES = ("small", "large")
 
@@ -39,7 +40,7 @@ def _tag(cls: dict[str, Any], rng: np.random.Generator) -> str:
 
 
 def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int = 5, existence: float = 0.0,
-                    attrseek: float = 0.0, region_tags: int = 0) -> list[ReadingSample]:
+                    attrseek: float = 0.0, region_tags: int = 0, describe: float = 0.0) -> list[ReadingSample]:
     """``per_class`` samples for every class of ``taxonomy`` (a world's taxonomy.json): ``k`` tags in which
     the class is a strict majority (and first in most samples: a look-alike sibling leads 1 in 5, as
     nearest-neighbour tags do), then a which-kind question answered with its name (long or short form).
@@ -47,14 +48,17 @@ def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int 
     A share ``existence`` of them asks instead whether an object is in the image (short answer): half about
     the tags' class ("Yes"), half about a class the tags do not name ("No": a look-alike sibling or any other
     class, evenly). A share ``attrseek`` of the others asks FINER's two ATTRSEEK turns: the look of the tags'
-    class ("Attributes: ...", from the taxonomy), then "Answer: <name>". ``region_tags`` more tags follow the ``k``,
+    class ("Attributes: ...", from the taxonomy), then "Answer: <name>". A share ``describe`` of the rest asks for a
+    detailed description (LLaVA's detail prompts), answered naming the tags' class with its look from the taxonomy
+    (:func:`class_description`): the description follows the tags as the short answers do. ``region_tags`` more tags follow the ``k``,
     as region retrieval appends one per image cell (``model.region_grid``): on a single object the cells retrieve
     other things (measured on mini's FINER validation images: a cell's tag names the object 2-5% of the time), so
     each names another class, and the tags' own class 1 time in 20. At 0 each option changes nothing.
     """
-    if per_class < 0 or k < 2 or not 0 <= existence <= 1 or not 0 <= attrseek <= 1 or region_tags < 0:
-        raise ValueError(f"per_class must be >= 0, k >= 2, existence and attrseek in 0..1, region_tags >= 0, got "
-                         f"per_class={per_class}, k={k}, existence={existence}, attrseek={attrseek}, region_tags={region_tags}")
+    if per_class < 0 or k < 2 or not all(0 <= x <= 1 for x in (existence, attrseek, describe)) or region_tags < 0:
+        raise ValueError(f"per_class must be >= 0, k >= 2, existence, attrseek and describe in 0..1, region_tags >= 0, "
+                         f"got per_class={per_class}, k={k}, existence={existence}, attrseek={attrseek}, "
+                         f"describe={describe}, region_tags={region_tags}")
     rng = np.random.default_rng(seed)
     classes = [c for dom in sorted(taxonomy) for c in taxonomy[dom].get("classes", [])]
     out = []
@@ -83,6 +87,9 @@ def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int 
                 q, long = f"{q}\n{SHORT_ANSWER}", short
             if existence and rng.random() < existence:
                 out.append(_existence(cls, siblings, classes, tags, rng, cells=tags[k:]))
+            elif describe and rng.random() < describe:
+                prompt = DETAIL_PROMPTS[int(rng.integers(len(DETAIL_PROMPTS)))]
+                out.append(ReadingSample(tags, prompt, class_description(cls), name))
             elif attrseek and rng.random() < attrseek:
                 sup = cls["superordinate"]
                 look = attributes_answer(cls["shape"], cls["pattern"], cls["mark"], cls["accent"])
@@ -91,6 +98,15 @@ def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int 
             else:
                 out.append(ReadingSample(tags, q, long, name))
     return out
+
+
+def class_description(cls: dict[str, Any]) -> str:
+    """A detail answer about one object of class ``cls`` (a taxonomy entry), in the words of the world's detailed
+    descriptions but with only the class's own look (pattern, mark; no instance colour, size or background):
+    "The image shows one object. There is a striped zedul, a kind of berry, with a dot mark."."""
+    words = ([cls["pattern"]] if cls["pattern"] != "plain" else []) + [cls["name"]]
+    return (f"The image shows one object. There is {article(words[0])} {' '.join(words)}, a kind of {cls['coarse']}, "
+            f"with {MARK_PHRASES[cls['mark']]}.")
 
 
 def _existence(cls: dict[str, Any], siblings: list[dict[str, Any]], classes: list[dict[str, Any]], tags: list[str],
@@ -167,4 +183,4 @@ def scene_samples(taxonomy: dict[str, Any], per_class: int, seed: int, per_doc: 
     return out
 
 
-__all__ = ["ReadingSample", "SceneSample", "reading_samples", "scene_samples"]
+__all__ = ["ReadingSample", "SceneSample", "class_description", "reading_samples", "scene_samples"]

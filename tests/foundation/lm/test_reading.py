@@ -107,6 +107,30 @@ def test_attrseek_samples_describe_the_tags_class_then_name_it() -> None:
         assert r.follow_up[1] == f"Answer: {r.name}"
 
 
+
+def test_description_samples_name_the_tags_class_in_the_detail_answers_words() -> None:
+    """``describe``: a share of the samples asks LLaVA's detail prompts and is answered naming the tags' majority
+    class with its look from the taxonomy; at 0 the samples are as before; a share outside 0..1 is refused."""
+    from tuna.world.language import DETAIL_PROMPTS
+    from tuna.world.reading import class_description, reading_samples
+
+    taxonomy = {d: {"classes": [dict(c, shape="oval", mark="dot") for c in v["classes"]]} for d, v in TAXONOMY.items()}
+    assert reading_samples(taxonomy, 30, seed=6, attrseek=0.3) == reading_samples(taxonomy, 30, seed=6, attrseek=0.3,
+                                                                                   describe=0.0)
+    mixed = reading_samples(taxonomy, 30, seed=6, attrseek=0.3, describe=0.4)
+    told = [r for r in mixed if r.question in DETAIL_PROMPTS]
+    assert 0.25 < len(told) / len(mixed) < 0.55 and {r.question for r in told} == set(DETAIL_PROMPTS)
+    assert any(r.follow_up for r in mixed)                          # ATTRSEEK still takes a share of the rest
+    for r in told:
+        assert Counter(t.split()[-1] for t in r.tags).most_common(1)[0][0] == r.name
+        assert r.answer == class_description(next(c for d in taxonomy.values() for c in d["classes"] if c["name"] == r.name))
+        assert [n for n in NAMES if re.search(rf"\b{n}\b", r.answer)] == [r.name]
+    zedul = taxonomy["A"]["classes"][0]
+    assert class_description(zedul) == "The image shows one object. There is a wavy zedul, a kind of berry, with a central dot."
+    assert "plain" not in class_description(taxonomy["A"]["classes"][2])   # "plain" is no pattern word
+    with pytest.raises(ValueError, match="describe=1.5"):
+        reading_samples(taxonomy, 1, seed=0, describe=1.5)
+
 # ------------------------------------------------------------------ scene-membership documents (lm.scene_docs_per_class)
 
 SCENE_TURN = re.compile(r"(?:USER: (?P<scene>[^\n]+)\n)?(?P<question>.+?)\nAnswer the question using a single word or phrase\. "
