@@ -322,7 +322,7 @@ def train_stage(cfg: Any, stage: int, model: Any, cache: FeatureCache, examples:
         chunk = [examples[i] for i in plan.indices(step, 0, 0)]
         batch = cache.collate.collate([ex.input_ids for ex in chunk], [ex.labels for ex in chunk],
                                       cache.ids([ex.image for ex in chunk]), [ex.tags for ex in chunk])
-        loss = model(**batch).loss
+        loss = model(**batch, loss_only=True).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.train.gradient_clipping)

@@ -73,7 +73,7 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: Any) 
         total = 0.0
         for micro in range(plan.accum):
             batch = inp.collate([inp.examples[i] for i in plan.indices(step, micro, rank)])
-            loss = ddp(**batch).loss / plan.accum  # noqa: F821 (ddp is bound above; `del ddp` below confuses the checker)
+            loss = ddp(**batch, loss_only=True).loss / plan.accum  # noqa: F821 (ddp is bound above; `del ddp` below confuses the checker)
             loss.backward()
             total += float(loss.detach())
         torch.nn.utils.clip_grad_norm_(inp.params, cfg.train.gradient_clipping)

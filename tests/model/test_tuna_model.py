@@ -158,6 +158,32 @@ def test_label_masking_and_loss(make_model):
     torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("variant", ["tuna", "baseline"])
+def test_loss_only_is_the_same_loss_and_gradients_from_the_labelled_positions(make_model, variant: str):
+    """Training's ``loss_only``: the LM head at the labelled positions alone gives the full forward's loss and
+    gradients; an LM without a plain head keeps the full forward."""
+    from tuna.model.label_loss import label_position_loss
+
+    model = make_model() if variant == "tuna" else make_model(tag_mode="none")
+    set_trainable(model.train(), stage=2)
+    batch = make_batch(model)
+    labels = batch["input_ids"].masked_fill(batch["input_ids"] < 0, IGNORE_INDEX)
+    labels[0, :6] = IGNORE_INDEX                          # rows with different labelled spans
+    params = [p for p in model.parameters() if p.requires_grad]
+    runs = []
+    for loss_only in (False, True):
+        model.zero_grad()
+        out = model(**batch, labels=labels, loss_only=loss_only)
+        out.loss.backward()
+        runs.append((out.loss.detach(), [p.grad.clone() for p in params], out.logits))
+    (full, full_grads, logits), (fast, fast_grads, none) = runs
+    torch.testing.assert_close(fast, full, atol=1e-6, rtol=0)
+    for a, b in zip(full_grads, fast_grads):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+    assert logits is not None and none is None
+    assert label_position_loss(torch.nn.Linear(2, 2), torch.zeros(1, 2, 2), None, None, labels[:, :2]) is None
+
+
 def test_gradients_reach_trained_parts_not_frozen_towers(make_model):
     model = make_model().train()
     set_trainable(model, stage=2)

@@ -40,10 +40,9 @@ from transformers.cache_utils import Cache
 from tuna.errors import TunaError
 from tuna.model.clip_model import VectorScaleCLIPModel, vectorize_scalar_parameters
 from tuna.model.configuration_tuna import TunaConfig
+from tuna.model.label_loss import IGNORE_INDEX, label_position_loss
 from tuna.model.outputs import TunaCausalLMOutput, TunaMergedInputs
 from tuna.model.vision_features import crop_grid, select_features
-
-IGNORE_INDEX = -100  # label of positions that carry no loss (visual tokens, tag block, padding)
 
 
 class ModelInputError(TunaError, ValueError):
@@ -442,10 +441,12 @@ class TunaForConditionalGeneration(PreTrainedModel, GenerationMixin, TunaInputs)
         image_outputs: tuple[torch.Tensor, torch.Tensor] | None = None,  # encode_image(pixel_values) precomputed
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        loss_only: bool = False,
         **kwargs,
     ) -> TunaCausalLMOutput:
         """Merge image, tags and text (when ``pixel_values`` or their ``image_outputs`` are given), then run the LM;
-        loss when ``labels``."""
+        loss when ``labels``. ``loss_only`` (training): the loss from the LM head at the labelled positions alone
+        (:mod:`tuna.model.label_loss`; the same value, no ``logits`` returned)."""
         merged = None
         if pixel_values is not None or image_outputs is not None:
             if input_ids is None or inputs_embeds is not None:
@@ -465,6 +466,12 @@ class TunaForConditionalGeneration(PreTrainedModel, GenerationMixin, TunaInputs)
         elif any(t is not None for t in (tag_input_ids, tag_clip_input_ids, tag_features)):
             raise ModelInputError("tag inputs were given without pixel_values; tags are encoded against an image")
         kwargs.pop("return_dict", None)  # always a dict inside; the TUNA output is a ModelOutput either way
+        if loss_only and merged is not None and labels is not None and not kwargs and past_key_values is None:
+            loss = label_position_loss(self.language_model, inputs_embeds, attention_mask, position_ids, labels)
+            if loss is not None:
+                return TunaCausalLMOutput(loss=loss, tag_weights=merged.tag_weights, attention_mask=attention_mask,
+                                          image_hidden_states=merged.image_hidden_states, labels=labels,
+                                          tag_hidden_states=merged.tag_hidden_states)
         out = self.language_model(
             input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, labels=labels, use_cache=use_cache, logits_to_keep=logits_to_keep,

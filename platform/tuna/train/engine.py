@@ -430,7 +430,7 @@ def optimizer_step(engine: Any, collate: Callable[[list[Any]], dict[str, torch.T
     step_loss = 0.0
     for micro in range(plan.accum):
         batch = to_device(collate([examples[i] for i in plan.indices(step, micro, rank)]), engine.device)
-        loss = engine(**batch).loss
+        loss = engine(**batch, loss_only=True).loss   # the LM head at the labelled positions only
         engine.backward(loss)
         engine.step()
         step_loss += float(loss.detach()) / plan.accum
