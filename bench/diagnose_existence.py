@@ -311,7 +311,8 @@ def train_stage(cfg: Any, stage: int, model: Any, cache: FeatureCache, examples:
 
     sc = cfg.train.stage(stage)
     cache.add([ex.image for ex in examples])
-    plan = engine.BatchPlan(len(examples), 1, sc.batch_size * cfg.train.ranks, sc.grad_accum, cfg.run.seed)
+    plan = engine.BatchPlan(len(examples), 1, sc.batch_size * cfg.train.ranks, sc.grad_accum, cfg.run.seed,
+                            engine.example_lengths(examples, sc))
     total = 0 if skip else plan.total_steps(sc.epochs, sc.max_steps)
     groups = engine.StageInputs(model, None, params, examples, {}, None, lm_params).param_groups(sc.lr, sc.lm_lr_scale)
     opt = torch.optim.AdamW(groups, lr=sc.lr, weight_decay=sc.weight_decay)

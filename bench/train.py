@@ -52,7 +52,7 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: Any) 
     from torch.nn.parallel import DistributedDataParallel
 
     from tuna.train import ds_config
-    from tuna.train.engine import BatchPlan, optimizer_step, prepare_stage
+    from tuna.train.engine import BatchPlan, example_lengths, optimizer_step, prepare_stage
 
     cfg = load_recipe(args.config, args.overrides)
     torch.set_num_threads(cfg.train.threads_per_rank)
@@ -64,7 +64,7 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: Any) 
     # Plain PyTorch: DDP over gloo, AdamW on the same trainable parameters, the same batches.
     torch.manual_seed(cfg.run.seed)
     inp = prepare_stage(cfg, args.variant, args.stage, rank, dist.barrier, lambda s: None)
-    plan = BatchPlan(len(inp.examples), world, sc.batch_size, sc.grad_accum, cfg.run.seed)
+    plan = BatchPlan(len(inp.examples), world, sc.batch_size, sc.grad_accum, cfg.run.seed, example_lengths(inp.examples, sc))
     ddp = DistributedDataParallel(inp.model, find_unused_parameters=False)
     opt = torch.optim.AdamW(inp.params, lr=sc.lr, weight_decay=sc.weight_decay)
 

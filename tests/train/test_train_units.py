@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
@@ -88,6 +89,31 @@ def test_batch_plan_is_seeded_disjoint_across_ranks_and_resumable() -> None:
     assert plan.indices(3, 0, 0) != plan.indices(0, 0, 0)   # a new epoch reshuffles
     with pytest.raises(TrainError, match="cannot fill one global batch of 16"):
         BatchPlan(n=10, world_size=2, batch_size=4, grad_accum=2, seed=0)
+
+
+def test_length_grouped_batches_hold_similar_lengths_each_example_once_an_epoch() -> None:
+    """``group_by_length``: each global batch comes from one run of MEGA shuffled global batches sorted by length,
+    so its examples have similar lengths; an epoch still visits distinct examples, seeded and resumable."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 200, size=2000).tolist()
+    plain = BatchPlan(n=2000, world_size=2, batch_size=4, grad_accum=2, seed=3)
+    grouped = BatchPlan(n=2000, world_size=2, batch_size=4, grad_accum=2, seed=3, lengths=lengths)
+
+    def batch(plan: BatchPlan, step: int) -> list[int]:
+        return [i for m in range(2) for r in range(2) for i in plan.indices(step, m, r)]
+
+    def padding(plan: BatchPlan) -> float:   # padded tokens / real tokens over an epoch
+        rows = [[lengths[i] for i in batch(plan, s)] for s in range(plan.steps_per_epoch)]
+        return sum(max(r) * len(r) for r in rows) / sum(map(sum, rows))
+
+    epoch = [i for s in range(grouped.steps_per_epoch) for i in batch(grouped, s)]
+    assert len(epoch) == len(set(epoch)) == grouped.steps_per_epoch * 16
+    assert padding(grouped) < 1.05 < 1.5 < padding(plain)
+    assert batch(grouped, 7) != batch(grouped, 7 + grouped.steps_per_epoch)          # a new epoch regroups
+    again = BatchPlan(n=2000, world_size=2, batch_size=4, grad_accum=2, seed=3, lengths=lengths)
+    assert again.indices(130, 1, 0) == grouped.indices(130, 1, 0)                    # resumable
+    with pytest.raises(TrainError, match="3 lengths for 2000 examples"):
+        BatchPlan(n=2000, world_size=2, batch_size=4, grad_accum=2, seed=3, lengths=[1, 2, 3])
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
@@ -210,23 +236,24 @@ def test_tag_dropout_removes_the_tags_of_a_seeded_share_of_examples() -> None:
     assert drop_tags(examples, 0.0, seed=0) == examples
 
 
-@pytest.mark.parametrize("name", ["tag_dropout", "reading_describe"])
-def test_later_stage_keys_keep_older_fingerprints_at_zero(name: str) -> None:
+@pytest.mark.parametrize("override", ["tag_dropout=0.3", "reading_describe=0.3", "group_by_length=true"])
+def test_later_stage_keys_keep_older_fingerprints_at_their_defaults(override: str) -> None:
     from tuna.recipe.loader import section_fingerprint
 
     cfg = load_recipe(SMOKE)
     fields = dataclasses.asdict(cfg.train.stage2)
-    for later in ("tag_dropout", "reading_describe"):
+    for later in ("tag_dropout", "reading_describe", "group_by_length"):
         del fields[later]   # what section_fingerprint(cfg.train.stage2) hashed before the fields existed
     before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert section_fingerprint(cfg.train.stage2) == before
-    assert section_fingerprint(load_recipe(SMOKE, [f"train.stage2.{name}=0.3"]).train.stage2) != before
+    assert section_fingerprint(load_recipe(SMOKE, [f"train.stage2.{override}"]).train.stage2) != before
 
 
 @pytest.mark.parametrize("override, name", [("train.stage2.lm_lr_scale=-1", "lm_lr_scale"),
                                             ("lm.reading_docs_per_class=-3", "reading_docs_per_class"),
                                             ("train.stage2.tag_dropout=1", "tag_dropout"),
-                                            ("train.stage2.reading_describe=1.2", "reading_describe")])
+                                            ("train.stage2.reading_describe=1.2", "reading_describe"),
+                                            ("train.stage1.group_by_length=3", "group_by_length")])
 def test_lm_learning_rate_scale_and_reading_documents_are_validated(override: str, name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_recipe(SMOKE, [override])

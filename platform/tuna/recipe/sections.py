@@ -437,9 +437,10 @@ class StageConfig:
     reading_attrseek: float = 0.0   # share of the other reading conversations in ATTRSEEK's two turns (the tags' class)
     reading_describe: float = 0.0   # share of the rest asking for a detailed description (it names the tags' class)
     tag_dropout: float = 0.0        # share of the stage's data examples trained without their retrieved tags (image only)
+    group_by_length: bool = False   # batches of similar lengths (less padding; LLaVA's group_by_modality_length)
 
     # fields added after outputs were trained: at these values they leave a section's fingerprint as it was
-    _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0, "reading_describe": 0.0}
+    _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0, "reading_describe": 0.0, "group_by_length": False}
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -454,6 +455,7 @@ class StageConfig:
         for name in ("reading_existence", "reading_attrseek", "reading_describe"):
             _require(0 <= getattr(self, name) <= 1, name, f"must be a share in 0..1, got {getattr(self, name)}")
         _require(0 <= self.tag_dropout < 1, "tag_dropout", f"must be a share in [0, 1), got {self.tag_dropout}")
+        _require(isinstance(self.group_by_length, bool), "group_by_length", f"must be true or false, got {self.group_by_length!r}")
         _require(self.reading_image in ("blank", "scene", "own"), "reading_image",
                  f"must be blank, scene or own, got {self.reading_image!r}")
         _require(0 <= self.weight_decay < 1, "weight_decay", f"must be in [0, 1), got {self.weight_decay}")
@@ -515,10 +517,8 @@ class TrainConfig:
         _require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         _require(self.template in ("vicuna_v1",), "template", f"must be vicuna_v1, got {self.template!r}")
         _require(self.gradient_clipping >= 0, "gradient_clipping", f"must be >= 0, got {self.gradient_clipping}")
-        _require(isinstance(self.gradient_checkpointing, bool), "gradient_checkpointing",
-                 f"must be true or false, got {self.gradient_checkpointing!r}")
-        _require(isinstance(self.zero3_init, bool), "zero3_init", f"must be true or false, got {self.zero3_init!r}")
-        _require(isinstance(self.cache_vision, bool), "cache_vision", f"must be true or false, got {self.cache_vision!r}")
+        for name in ("gradient_checkpointing", "zero3_init", "cache_vision"):
+            _require(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")
 
     def stage(self, n: int) -> StageConfig:
         """The settings of stage ``n`` (1 or 2)."""

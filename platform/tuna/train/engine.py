@@ -19,7 +19,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,10 +104,19 @@ def lr_lambda(total: int, warmup: float) -> Callable[[int], float]:
 
 
 class BatchPlan:
-    """Which example indices rank ``r`` takes at optimizer step ``s``, micro-step ``m``: seeded per epoch."""
+    """Which example indices rank ``r`` takes at optimizer step ``s``, micro-step ``m``: seeded per epoch. With
+    ``lengths`` (one per example) the batches group similar lengths, as Hugging Face's length-grouped sampler
+    (LLaVA's ``group_by_modality_length``): each run of :attr:`MEGA` shuffled global batches is sorted by length
+    and cut into global batches, whose order is then shuffled (less padding)."""
 
-    def __init__(self, n: int, world_size: int, batch_size: int, grad_accum: int, seed: int) -> None:
+    MEGA = 50   # global batches sorted together (the sampler's mega_batch_mult)
+
+    def __init__(self, n: int, world_size: int, batch_size: int, grad_accum: int, seed: int,
+                 lengths: Sequence[int] | None = None) -> None:
+        if lengths is not None and len(lengths) != n:
+            raise TrainError(f"BatchPlan: {len(lengths)} lengths for {n} examples; give one length per example")
         self.n, self.world, self.bs, self.accum, self.seed = n, world_size, batch_size, grad_accum, seed
+        self.lengths = None if lengths is None else np.asarray(lengths)
         self.global_batch = world_size * batch_size * grad_accum
         self.steps_per_epoch = n // self.global_batch
         if self.steps_per_epoch < 1:
@@ -122,9 +131,25 @@ class BatchPlan:
     def indices(self, step: int, micro: int, rank: int) -> list[int]:
         epoch, within = divmod(step, self.steps_per_epoch)
         if epoch not in self._perm:
-            self._perm = {epoch: np.random.default_rng(self.seed + epoch).permutation(self.n)}
+            self._perm = {epoch: self._order(np.random.default_rng(self.seed + epoch))}
         start = within * self.global_batch + (micro * self.world + rank) * self.bs
         return self._perm[epoch][start:start + self.bs].tolist()
+
+    def _order(self, rng: np.random.Generator) -> np.ndarray:
+        perm = rng.permutation(self.n)
+        if self.lengths is None:
+            return perm
+        gb, mega = self.global_batch, self.global_batch * self.MEGA
+        grouped = np.concatenate([c[np.argsort(-self.lengths[c], kind="stable")]
+                                  for c in (perm[i:i + mega] for i in range(0, self.n, mega))])
+        whole = self.steps_per_epoch * gb
+        batches = grouped[:whole].reshape(self.steps_per_epoch, gb)[rng.permutation(self.steps_per_epoch)]
+        return np.concatenate([batches.ravel(), grouped[whole:]])
+
+
+def example_lengths(examples: Sequence[Any], sc: Any) -> list[int] | None:
+    """The token counts :class:`BatchPlan` groups by when the stage sets ``group_by_length``, else None."""
+    return [len(ex.input_ids) for ex in examples] if sc.group_by_length else None
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -468,7 +493,7 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
                                                             inputs.examples, inputs.skipped, inputs.collate)
     if cfg.train.cache_vision:
         cache_vision(cfg, stage, inputs, rank, world, say)
-    plan = BatchPlan(len(examples), world, sc.batch_size, sc.grad_accum, cfg.run.seed)
+    plan = BatchPlan(len(examples), world, sc.batch_size, sc.grad_accum, cfg.run.seed, example_lengths(examples, sc))
     total = plan.total_steps(sc.epochs, sc.max_steps)
     ds = ds_config.resolve(cfg, stage, world, hidden_size=model.config.text_config.hidden_size)
     optimizer = torch.optim.AdamW(inputs.param_groups(sc.lr, sc.lm_lr_scale, sc.vision_lr_scale), lr=sc.lr, weight_decay=sc.weight_decay)
