@@ -241,17 +241,18 @@ def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Se
     bad = [t for t in tasks if t not in runners]
     if bad:
         raise EvalError(f"unknown eval task {bad[0]!r}; known: {', '.join(runners)}")
-    unvalidated = [t for t in tasks if root != "eval" and ("captions" if t == "chair" else t) not in VALIDATED]
+    source = {"chair": "captions"}   # the eval task -> the data sources it reads (the others by their own name)
+    unvalidated = [t for t in tasks if root != "eval" and source.get(t, t) not in VALIDATED]
     if unvalidated:
         raise EvalError(f"eval task {unvalidated[0]!r} has no validation split; validate with "
-                        f"{' or '.join('chair' if t == 'captions' else t for t in VALIDATED)}")
+                        f"{' or '.join({s: t for t, s in source.items()}.get(v, v) for v in VALIDATED)}")
     from tuna.retrieval.attach import RetrievalSession
 
     # One encoder and one Milvus connection for the whole evaluation (opened only if tags are retrieved).
     _SESSION["open"] = RetrievalSession(cfg) if tag_mode in ("tags", "captions") else None
     try:
         for task in tasks:
-            if not sources(cfg).splits("captions" if task == "chair" else task, validation=root != "eval"):
+            if not sources(cfg).splits(source.get(task, task), validation=root != "eval"):
                 log(f"  {task}: skipped (every {task} split is disabled in the recipe's data: section)")
                 continue
             t0 = time.perf_counter()

@@ -434,8 +434,8 @@ class StageConfig:
     # counterfactual tags) | own (a training image of the named class when it has one, else scene)
     reading_image: str = "blank"
     reading_existence: float = 0.0  # share of reading conversations asking "Is there a X?" (answer from the tags)
-    reading_attrseek: float = 0.0   # share of the other reading conversations in ATTRSEEK's two turns (the tags' class)
-    reading_describe: float = 0.0   # share of the rest asking for a detailed description (it names the tags' class)
+    reading_attrseek: float = 0.0   # share of the rest (not existence, not describe) in ATTRSEEK's two turns (the tags' class)
+    reading_describe: float = 0.0   # share of the non-existence ones asking for a detailed description (names the tags' class)
     tag_dropout: float = 0.0        # share of the stage's data examples trained without their retrieved tags (image only)
     group_by_length: bool = False   # batches of similar lengths (less padding; LLaVA's group_by_modality_length)
 

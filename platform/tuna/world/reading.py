@@ -47,10 +47,10 @@ def reading_samples(taxonomy: dict[str, Any], per_class: int, seed: int, k: int 
 
     A share ``existence`` of them asks instead whether an object is in the image (short answer): half about
     the tags' class ("Yes"), half about a class the tags do not name ("No": a look-alike sibling or any other
-    class, evenly). A share ``attrseek`` of the others asks FINER's two ATTRSEEK turns: the look of the tags'
-    class ("Attributes: ...", from the taxonomy), then "Answer: <name>". A share ``describe`` of the rest asks for a
-    detailed description (LLaVA's detail prompts), answered naming the tags' class with its look from the taxonomy
-    (:func:`class_description`): the description follows the tags as the short answers do. ``region_tags`` more tags follow the ``k``,
+    class, evenly). A share ``describe`` of the others asks for a detailed description (LLaVA's detail prompts),
+    answered naming the tags' class with its look from the taxonomy (:func:`class_description`): the description
+    follows the tags as the short answers do. A share ``attrseek`` of the rest asks FINER's two ATTRSEEK turns: the
+    look of the tags' class ("Attributes: ...", from the taxonomy), then "Answer: <name>". ``region_tags`` more tags follow the ``k``,
     as region retrieval appends one per image cell (``model.region_grid``): on a single object the cells retrieve
     other things (measured on mini's FINER validation images: a cell's tag names the object 2-5% of the time), so
     each names another class, and the tags' own class 1 time in 20. At 0 each option changes nothing.
