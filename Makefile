@@ -25,10 +25,18 @@ VLLM_SERVING_IMAGE ?= ghcr.io/tuna-platform/tuna-serving:0.1.0-vllm
 CUDA_CONFIG ?= configs/llava7b.yaml
 CUDA_IMAGE ?= ghcr.io/tuna-platform/tuna:0.1.0-cu130
 CUDA_SERVING_IMAGE ?= ghcr.io/tuna-platform/tuna-serving:0.1.0-vllm-cu130
+# The GPU serving image for TensorRT-LLM (docker/serving-trtllm.Dockerfile: tuna added to NGC's Triton + TensorRT-LLM
+# image; the chart's gpu-trtllm scenario). Where nvcr.io is not reachable (here) it is built FROM a stand-in of that image
+# (docker/trtllm-standin.Dockerfile: Python 3.12, torch, tritonserver; no TensorRT-LLM) whose Python is a host's 3.12.
+TRTLLM_BASE_IMAGE ?= nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3
+TRTLLM_SERVING_IMAGE ?= ghcr.io/tuna-platform/tuna-serving:0.1.0-trtllm
+TRTLLM_STANDIN_IMAGE ?= tuna-trtllm-standin:py312
+STANDIN_PYTHON ?= $(lastword $(sort $(wildcard /root/.pyenv/versions/3.12.*)))
+HOST_CA ?= $(or $(PIP_CERT),/etc/ssl/certs/ca-certificates.crt)
 # pip on our machines prints one warning per missing local index folder; keep the log readable.
 QUIET_PIP := sed "/is ignored: it is neither a file nor a directory/d"
 
-.PHONY: install run test test-milvus lint constraints world clean-venv vllm-env vllm-constraints docker-up docker-down base-image image image-vllm image-cuda image-serving-cuda vllm-cuda-constraints test-containers
+.PHONY: install run test test-milvus lint constraints world clean-venv vllm-env vllm-constraints docker-up docker-down base-image image image-vllm image-cuda image-serving-cuda vllm-cuda-constraints test-containers trtllm-standin image-serving-trtllm image-serving-trtllm-standin
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -148,6 +156,37 @@ image-serving-cuda: $(STAMP)
 	nice -n 19 $(BIN)/tuna image --config $(CUDA_CONFIG) --target serving-vllm --base-image $(BASE_IMAGE) --memory $(BUILD_MEMORY) \
 		--torch-variant cu130 --torch-index-url https://pypi.org/simple --log-dir data/images-cuda \
 		serve.engine=vllm cluster.serving_image=$(CUDA_SERVING_IMAGE)
+
+# image-serving-trtllm: $(TRTLLM_SERVING_IMAGE) FROM $(TRTLLM_BASE_IMAGE) (NGC; `docker login nvcr.io` first), which must
+# hold TensorRT-LLM. Not built by test-containers; tests/containers/test_trtllm_serving.py skips in one line without it.
+image-serving-trtllm: docker-up
+	@mkdir -p data/images-trtllm; [ ! -s "$(HOST_CA)" ] || cp "$(HOST_CA)" docker/build-ca/ca-certificates.crt
+	@echo "building $(TRTLLM_SERVING_IMAGE) FROM $(TRTLLM_BASE_IMAGE) (log: data/images-trtllm/build-serving-trtllm.log)"
+	@start=$$(date +%s); nice -n 19 docker build --network host --force-rm --memory $(BUILD_MEMORY) --memory-swap $(BUILD_MEMORY) \
+		-f docker/serving-trtllm.Dockerfile --build-arg TRTLLM_BASE_IMAGE=$(TRTLLM_BASE_IMAGE) \
+		--build-arg REQUIRE_TRTLLM=$(if $(TRTLLM_REQUIRE),$(TRTLLM_REQUIRE),1) -t $(TRTLLM_SERVING_IMAGE) . \
+		> data/images-trtllm/build-serving-trtllm.log 2>&1 \
+		|| { grep -h '^error:' data/images-trtllm/build-serving-trtllm.log | tail -n 1; tail -n 3 data/images-trtllm/build-serving-trtllm.log; exit 1; }; \
+	echo "$(TRTLLM_SERVING_IMAGE) built in $$(( $$(date +%s) - start ))s, $$(docker image inspect --format '{{.Size}}' $(TRTLLM_SERVING_IMAGE) | awk '{printf "%.2f GB", $$1/1e9}')"
+
+# trtllm-standin: $(TRTLLM_STANDIN_IMAGE), the stand-in for NGC's image FROM $(BASE_IMAGE), with the host's Python 3.12
+# ($(STANDIN_PYTHON), built with --enable-shared; pyenv's here) copied in.
+trtllm-standin: base-image
+	@[ -n "$(STANDIN_PYTHON)" ] && [ -x "$(STANDIN_PYTHON)/bin/python3.12" ] || { echo "error: no Python 3.12 on this host for the stand-in (STANDIN_PYTHON=<its prefix>, built with --enable-shared); where nvcr.io is reachable build FROM NGC: make image-serving-trtllm" >&2; exit 1; }
+	@rm -rf data/images-trtllm/standin && mkdir -p data/images-trtllm/standin/python && \
+	tar -C "$(STANDIN_PYTHON)" --exclude=__pycache__ --exclude=lib/python3.12/test --exclude=lib/python3.12/idlelib -cf - . \
+		| tar -C data/images-trtllm/standin/python -xf - && \
+	cp "$(HOST_CA)" data/images-trtllm/standin/ca-certificates.crt && \
+	echo "building $(TRTLLM_STANDIN_IMAGE) (log: data/images-trtllm/build-standin.log)" && \
+	nice -n 19 docker build --network host --force-rm --memory $(BUILD_MEMORY) --memory-swap $(BUILD_MEMORY) \
+		-f docker/trtllm-standin.Dockerfile --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(TRTLLM_STANDIN_IMAGE) \
+		data/images-trtllm/standin > data/images-trtllm/build-standin.log 2>&1 \
+		|| { tail -n 5 data/images-trtllm/build-standin.log; exit 1; }; rm -rf data/images-trtllm/standin; \
+	echo "$(TRTLLM_STANDIN_IMAGE) built"
+
+# image-serving-trtllm-standin: the serving-trtllm image FROM the stand-in (what can be built and run here, no GPU).
+image-serving-trtllm-standin: trtllm-standin
+	@$(MAKE) --no-print-directory image-serving-trtllm TRTLLM_BASE_IMAGE=$(TRTLLM_STANDIN_IMAGE) TRTLLM_REQUIRE=0
 
 # vllm-cuda-constraints: re-resolve constraints-vllm-cu130.txt (PyPI's vllm $(VLLM_VERSION) on PyPI's CUDA torch) for
 # Linux x86_64 / CPython 3.11 with pip's resolver; nothing is installed and no GPU is needed.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,6 +217,65 @@ def wait_for_container(name: str, url: str, seconds: float) -> float:
     finally:
         if client is not None:
             client.close()
+
+
+def run_serving_container(image: str, repository: Path, prefix: str, *docker_args: str, server_args: tuple[str, ...] = ()) -> tuple[str, str]:
+    """``docker run -d`` of a serving image as the chart runs it (read-only root, /tmp and shm writable, HOME=/tmp) with
+    ``repository`` at /models, on the host network, tritonserver on 127.0.0.1 free ports; ``docker_args`` go before the
+    image, ``server_args`` after tritonserver's. Returns (container name, gRPC URL); remove it with ``docker rm -f``."""
+    import subprocess
+    import uuid
+
+    from tuna.serve.server import free_port
+
+    name, (grpc, http, metrics) = f"{prefix}-{uuid.uuid4().hex[:8]}", (free_port(), free_port(), free_port())
+    run = subprocess.run(["docker", "run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp:rw,exec,size=2g",
+                          "--shm-size", "1g", "-e", "HOME=/tmp", "-e", "PYTHONDONTWRITEBYTECODE=1", "-v", f"{repository}:/models",
+                          *docker_args, image, "tritonserver", "--model-repository=/models", "--grpc-address=127.0.0.1",
+                          f"--grpc-port={grpc}", "--http-address=127.0.0.1", f"--http-port={http}", "--metrics-address=127.0.0.1",
+                          f"--metrics-port={metrics}", "--exit-timeout-secs=25", *server_args],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return name, f"127.0.0.1:{grpc}"
+
+
+@contextlib.contextmanager
+def served_like_in_process(image: str, world: World, repository: Path, max_tokens: int, prefix: str, *docker_args: str,
+                           server_args: tuple[str, ...] = ()) -> Iterator[tuple[str, list, list[str], list]]:
+    """``repository`` (an hf export of ``world``'s model) served by ``image`` (:func:`run_serving_container`) while the
+    block runs: yields (gRPC URL, 8 FINER questions, the in-process greedy answers, the in-process provenance)."""
+    import subprocess
+
+    asked = finer_questions(world, 4)
+    _, tables, expected = greedy_reference(world, repository, asked, max_tokens)
+    subprocess.run(["chmod", "-R", "a+rwX", str(repository.parent)], check=True)   # Milvus Lite locks its folder
+    name, url = run_serving_container(image, repository, prefix, *docker_args, server_args=server_args)
+    try:
+        wait_for_container(name, url, 600)
+        yield url, asked, expected, [t.provenance for t in tables]
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=120)
+
+
+def ask_all(url: str, asked: list[tuple[bytes, str]], max_tokens: int) -> list:
+    """Each (image, question) of ``asked`` over gRPC at ``url``, in order: the replies."""
+    from tuna.serve.client import TunaClient
+
+    client = TunaClient(url, timeout=180)
+    try:
+        return [client.ask(image, question, max_tokens=max_tokens) for image, question in asked]
+    finally:
+        client.close()
+
+
+def check_like_in_process(served: list, expected: list[str], provenance: list[dict[str, Any]]) -> None:
+    """Served replies carry the in-process greedy answers and the in-process retrieval's tags and weights (datastore A)."""
+    import numpy as np
+
+    assert [s.text for s in served] == expected and len(set(expected)) > 1, ([s.text for s in served], expected)
+    for s, want in zip(served, provenance):
+        assert s.provenance["datastore"] == "A" and s.provenance["tags"] == want["tags"]
+        assert np.allclose(s.provenance["weights"], want["weights"], atol=1e-5)
 
 
 def outputs(task_dir: Path) -> dict[str, Any]:

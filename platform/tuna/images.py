@@ -283,6 +283,13 @@ def build_images(cfg: Recipe, base: str | None, torch_variant: str = "cpu", targ
             raise ImageError(f"the {target} image serves serve.engine={engine} but the recipe's serve.engine is "
                              f"{cfg.serve.engine}; build --target {wanted}, or set serve.engine={engine} and "
                              f"cluster.serving_image=<its tag>")
+    if cfg.cluster.gpus_per_node > 0 and cfg.serve.engine == "hf" and wanted in targets:
+        # a GPU recipe's deploy serves the TensorRT-LLM repository (tuna.kfp.tasks.served_repository): its
+        # cluster.serving_image is the serving-trtllm image, built FROM NGC's by docker/serving-trtllm.Dockerfile
+        raise ImageError(f"the recipe serves on GPUs (cluster.gpus_per_node={cfg.cluster.gpus_per_node}) with TensorRT-LLM: "
+                         f"its serving image {cfg.cluster.serving_image} is built FROM NGC's by `make image-serving-trtllm`; "
+                         f"build --target project here, or pass serve.engine=vllm and cluster.serving_image=<tag> for "
+                         f"the serving-vllm image")
     for target in targets:
         check_torch_source(torch_variant, torch_index_url, target=target)
     docker_engine()

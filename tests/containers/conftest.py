@@ -27,6 +27,10 @@ CUDA_IMAGE = os.environ.get("TUNA_CUDA_IMAGE") or "ghcr.io/tuna-platform/tuna:0.
 CUDA_SERVING_IMAGE = os.environ.get("TUNA_CUDA_SERVING_IMAGE") or "ghcr.io/tuna-platform/tuna-serving:0.1.0-vllm-cu130"
 
 
+# the Makefile's TRTLLM_SERVING_IMAGE (make image-serving-trtllm, or make image-serving-trtllm-standin here)
+TRTLLM_SERVING_IMAGE = os.environ.get("TUNA_TRTLLM_SERVING_IMAGE") or "ghcr.io/tuna-platform/tuna-serving:0.1.0-trtllm"
+
+
 def _image(ref: str, build: str = "`make image` (make test-containers does)") -> str:
     if not image_exists(ref):
         pytest.skip(f"no image {ref} in the Docker engine; build it with {build}")
@@ -61,3 +65,10 @@ def cuda_image(engine: str) -> str:
 def cuda_serving(engine: str) -> str:
     """The GPU serving image (TUNA_CUDA_SERVING_IMAGE=<ref> for another tag); ~12 GB, so make test-containers leaves it out."""
     return _image(CUDA_SERVING_IMAGE, "`make image-serving-cuda` (make test-containers does not)")
+
+
+@pytest.fixture(scope="session")
+def trtllm_serving(engine: str) -> str:
+    """The TensorRT-LLM serving image (TUNA_TRTLLM_SERVING_IMAGE=<ref> for another tag), FROM NGC's image or its stand-in."""
+    return _image(TRTLLM_SERVING_IMAGE, "`make image-serving-trtllm` (FROM NGC) or `make image-serving-trtllm-standin` "
+                                        "(make test-containers does not)")

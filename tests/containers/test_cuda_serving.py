@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from support import FLUENT, HEAD32, SMOKE, World, finer_questions, greedy_reference, wait_for_container, wait_for_exit
+import support
+from support import FLUENT, HEAD32, SMOKE, World
 from tuna.images import TORCH_LABEL, image_engines
 from tuna.recipe import load_recipe
 
@@ -61,52 +60,20 @@ def _export(world: World, engine: str, out: Path) -> Path:
 
 
 def _run(image: str, repository: Path, *extra: str) -> tuple[str, str]:
-    """``docker run -d`` of the image as the chart runs it (uid 1000, read-only root, /tmp and shm writable) on the host
-    network, tritonserver on 127.0.0.1 free ports; returns (container name, gRPC URL)."""
-    from tuna.serve.server import free_port
-
-    name, (grpc, http, metrics) = f"tuna-serving-cuda-{uuid.uuid4().hex[:8]}", (free_port(), free_port(), free_port())
-    run = _docker("run", "-d", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp:rw,exec,size=2g",
-                  "--shm-size", "1g", "-e", "HOME=/tmp", "-e", "PYTHONDONTWRITEBYTECODE=1", "-v", f"{repository}:/models", *extra,
-                  image, "tritonserver", "--model-repository=/models", "--grpc-address=127.0.0.1", f"--grpc-port={grpc}",
-                  "--http-address=127.0.0.1", f"--http-port={http}", "--metrics-address=127.0.0.1", f"--metrics-port={metrics}",
-                  "--exit-timeout-secs=25")
-    assert run.returncode == 0, run.stderr
-    return name, f"127.0.0.1:{grpc}"
-
-
-def _ask_all(url: str, asked: list[tuple[bytes, str]]) -> list:
-    from tuna.serve.client import TunaClient
-
-    client = TunaClient(url, timeout=180)
-    try:
-        return [client.ask(image, question, max_tokens=MAX_TOKENS) for image, question in asked]
-    finally:
-        client.close()
+    return support.run_serving_container(image, repository, "tuna-serving-cuda", *extra)
 
 
 @pytest.fixture(scope="module")
 def hf_served(cuda_serving: str, trained_fluent: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list, list, list]]:
     """The hf export served by the GPU serving image on this CPU machine: (gRPC URL, questions, greedy answers, provenance)."""
     repository = _export(trained_fluent, "hf", tmp_path_factory.mktemp("served-cuda-hf") / "tuna")
-    asked = finer_questions(trained_fluent, 4)
-    _, tables, expected = greedy_reference(trained_fluent, repository, asked, MAX_TOKENS)
-    subprocess.run(["chmod", "-R", "a+rwX", str(repository.parent)], check=True)   # Milvus Lite locks its folder
-    name, url = _run(cuda_serving, repository)
-    try:
-        wait_for_container(name, url, 600)
-        yield url, asked, expected, [t.provenance for t in tables]
-    finally:
-        _docker("rm", "-f", name, timeout=120)
+    with support.served_like_in_process(cuda_serving, trained_fluent, repository, MAX_TOKENS, "tuna-serving-cuda") as served:
+        yield served
 
 
 def test_the_gpu_serving_image_serves_an_hf_export_on_cpu_like_the_in_process_model(hf_served: tuple) -> None:
     url, asked, expected, provenance = hf_served
-    served = _ask_all(url, asked)
-    assert [s.text for s in served] == expected and len(set(expected)) > 1, ([s.text for s in served], expected)
-    for s, want in zip(served, provenance):
-        assert s.provenance["datastore"] == "A" and s.provenance["tags"] == want["tags"]
-        assert np.allclose(s.provenance["weights"], want["weights"], atol=1e-5)
+    support.check_like_in_process(support.ask_all(url, asked, MAX_TOKENS), expected, provenance)
 
 
 def test_a_vllm_export_without_a_gpu_fails_in_one_line_and_the_server_exits(cuda_serving: str, trained_fluent: World,
@@ -117,7 +84,7 @@ def test_a_vllm_export_without_a_gpu_fails_in_one_line_and_the_server_exits(cuda
     subprocess.run(["chmod", "-R", "a+rwX", str(tmp_path)], check=True)
     name, _ = _run(cuda_serving, repository)
     try:
-        code, text = wait_for_exit(name, 300, "tritonserver kept running with an LLM step that cannot load")
+        code, text = support.wait_for_exit(name, 300, "tritonserver kept running with an LLM step that cannot load")
         assert code != "0"
         failed = [line for line in text.splitlines() if "failed to load 'tensorrt_llm'" in line]
         assert failed and "this vLLM is a GPU build (torch 2.13.0+cu130) and no GPU is visible to it" in failed[0], text[-3000:]
@@ -137,13 +104,13 @@ def test_on_a_gpu_the_vllm_export_answers_like_the_in_process_model(cuda_serving
     if not _gpus():
         pytest.skip("no NVIDIA GPU here (nvidia-smi -L fails): run on a GPU machine with the NVIDIA container toolkit")
     repository = _export(trained_fluent, "vllm", tmp_path / "tuna")
-    asked = finer_questions(trained_fluent, 4)
-    _, _, expected = greedy_reference(trained_fluent, repository, asked, MAX_TOKENS)
+    asked = support.finer_questions(trained_fluent, 4)
+    _, _, expected = support.greedy_reference(trained_fluent, repository, asked, MAX_TOKENS)
     subprocess.run(["chmod", "-R", "a+rwX", str(tmp_path)], check=True)
     name, url = _run(cuda_serving, repository, "--gpus", "all")
     try:
-        wait_for_container(name, url, 900)
-        assert [s.text for s in _ask_all(url, asked)] == expected
+        support.wait_for_container(name, url, 900)
+        assert [s.text for s in support.ask_all(url, asked, MAX_TOKENS)] == expected
         assert "EngineCore" in _docker("top", name, "-eo", "pid,args").stdout
     finally:
         _docker("rm", "-f", name, timeout=120)

@@ -155,3 +155,18 @@ def test_make_image_cuda_builds_the_project_image_with_pypi_torch_and_test_conta
     assert re.search(r"^CUDA_IMAGE \?= ghcr\.io/tuna-platform/tuna:0\.1\.0-cu130$", make, re.M)
     tests = re.search(r"^test-containers:.*\n((?:\t.*\n)+)", make, re.M).group(1)
     assert "image-cuda" not in tests and "cu130" not in tests
+
+
+def test_a_gpu_recipe_serving_tensorrt_llm_gets_no_cpu_serving_image_under_its_name() -> None:
+    """llava7b's deploy serves the TensorRT-LLM repository with cluster.serving_image (the serving-trtllm image):
+    `tuna image` would tag the CPU serving image with that name, so it refuses in one line naming the make target."""
+    done = subprocess.run([sys.executable, "-m", "tuna.cli", "image", "--config", str(REPO / "configs" / "llava7b.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "tuna image: error: the recipe serves on GPUs (cluster.gpus_per_node=8) with TensorRT-LLM: its serving image "
+        "ghcr.io/tuna-platform/tuna-serving:0.1.0-trtllm is built FROM NGC's by `make image-serving-trtllm`; build "
+        "--target project here, or pass serve.engine=vllm and cluster.serving_image=<tag> for the serving-vllm image"]
+    make = (REPO / "Makefile").read_text()
+    assert re.search(r"^TRTLLM_SERVING_IMAGE \?= ghcr\.io/tuna-platform/tuna-serving:0\.1\.0-trtllm$", make, re.M)
+    assert re.search(r"^TRTLLM_BASE_IMAGE \?= nvcr\.io/nvidia/tritonserver:25\.12-trtllm-python-py3$", make, re.M)

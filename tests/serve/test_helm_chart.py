@@ -38,6 +38,7 @@ SCENARIOS: dict[str, list[str]] = {
     "gpu-vllm": ["-f", str(CHART / "ci" / "gpu-vllm-values.yaml")],
 }
 CUDA_SERVING_IMAGE = "ghcr.io/tuna-platform/tuna-serving:0.1.0-vllm-cu130"   # the Makefile's (make image-serving-cuda)
+TRTLLM_SERVING_IMAGE = "ghcr.io/tuna-platform/tuna-serving:0.1.0-trtllm"      # the Makefile's (make image-serving-trtllm)
 # Required structure of monitoring.coreos.com/v1 ServiceMonitor (prometheus-operator CRD), the fields we set.
 SERVICE_MONITOR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -230,7 +231,7 @@ def test_gpu_only_in_the_gpu_scenario(rendered: dict[str, list[dict[str, Any]]])
     assert triton(rendered["gpu"])["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert gpu["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu["tolerations"]
-    assert triton(rendered["gpu"])["image"] == "nvcr.io/nvidia/tritonserver:25.12-trtllm-python-py3"
+    assert triton(rendered["gpu"])["image"] == TRTLLM_SERVING_IMAGE
     assert "NVIDIA_VISIBLE_DEVICES" not in env(triton(rendered["gpu"]))
     assert triton(rendered["gpu-vllm"])["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert triton(rendered["gpu-vllm"])["image"] == CUDA_SERVING_IMAGE and "NVIDIA_VISIBLE_DEVICES" not in env(triton(rendered["gpu-vllm"]))

@@ -86,6 +86,11 @@ def test_export_is_deterministic_and_every_config_parses_and_wires(trained: Worl
     for name in ("tuna", "preprocessing", "retrieval", "postprocessing"):
         assert (gpu_repo / name / "config.pbtxt").read_text() == (exported / "model_repository" / name / "config.pbtxt").read_text()
     assert "TrtllmLLMModel as TritonPythonModel" in (gpu_repo / "tensorrt_llm" / "1" / "model.py").read_text()
+    # the serving-trtllm image's steps venv (TUNA_STEPS_PATH: transformers 5 over NGC's) reaches only tuna's python
+    # steps; the tensorrt_llm step keeps TensorRT-LLM's own packages
+    assert 'os.environ.get("TUNA_STEPS_PATH"' not in (gpu_repo / "tensorrt_llm" / "1" / "model.py").read_text()
+    for name in ("preprocessing", "retrieval", "postprocessing"):
+        assert 'os.environ.get("TUNA_STEPS_PATH"' in (gpu_repo / name / "1" / "model.py").read_text(), name
     engine = yaml.safe_load((gpu_repo / "tensorrt_llm" / "1" / "model.yaml").read_text())
     assert engine["backend"] == "pytorch" and engine["model"] == "assets" and engine["dtype"] == "bfloat16"
     assert engine["triton_config"] == {"max_batch_size": trained.cfg.serve.max_batch_size, "decoupled": False}

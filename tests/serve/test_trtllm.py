@@ -238,6 +238,23 @@ def test_an_engine_failure_is_unavailable_in_one_line(step: Any) -> None:
     assert "\n" not in err.message and isinstance(EngineUnavailable("x"), Exception)
 
 
+def test_without_tensorrt_llm_the_engine_refuses_in_one_line_naming_the_image(tmp_path: Path) -> None:
+    """On a Python without TensorRT-LLM (this machine, a CPU image) the step's engine refuses before reading anything,
+    naming the serving-trtllm image and the CPU repository; Triton reports that line as the step's load failure."""
+    import importlib.util
+
+    from tuna.errors import TunaError
+    from tuna.serve.trtllm_engine import TrtllmEngine
+
+    if importlib.util.find_spec("tensorrt_llm") is not None:
+        pytest.skip("tensorrt_llm is installed here: the GPU tests below cover the engine")
+    with pytest.raises(TunaError) as err:
+        TrtllmEngine(tmp_path / "no-such-step")
+    line = str(err.value)
+    assert "\n" not in line and "does not have" in line and f"({sys.version.split()[0]})" in line
+    assert "make image-serving-trtllm" in line and "the CPU repository (model_repository)" in line
+
+
 # ------------------------------------------------------------------------------------------ on a GPU (NGC trtllm image)
 
 

@@ -161,7 +161,8 @@ def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_
         elif step == "tensorrt_llm" and s.engine == "vllm":
             module, cls = "vllm_step", "VllmLLMModel"
             _write_vllm_env(root / step / model_config.VLLM_ENV_FILE)
-        _write(root / step / "1" / "model.py", MODEL_PY.format(step=step, cls=cls, module=module))
+        steps_path = STEPS_PATH if module == "python_backend" else ""
+        _write(root / step / "1" / "model.py", MODEL_PY.format(step=step, cls=cls, module=module, steps_path=steps_path))
     pre = root / "preprocessing" / "1" / "assets"
     _copy_files(model_dir, pre, TOKENIZER_FILES + ("preprocessor_config.json",))
     _write(pre / SERVING_FILE, json.dumps(settings["preprocessing"], indent=1, sort_keys=True))
@@ -183,16 +184,21 @@ def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_
 
 
 # Each step's model.py. Triton's python stubs ignore PYTHONPATH: TUNA_SOURCE_ROOT (set by tuna.serve.server to its own
-# source tree; unset in a serving image) goes first on sys.path, so the served code is the code that started the server.
+# source tree; unset in the serving and serving-vllm images; the serving-trtllm image's tuna source) goes first on
+# sys.path, so the served code is the code that started the server. The steps tuna runs in the image's own Python
+# (python_backend: preprocessing, retrieval, postprocessing, the hf LLM step) also put TUNA_STEPS_PATH first: in the
+# serving-trtllm image, the venv with their packages over the NGC image's (docker/serving-trtllm.Dockerfile), which
+# the TensorRT-LLM and vLLM steps never see.
 MODEL_PY = '''"""Triton python model `{step}` of the TUNA ensemble (written by `tuna export`)."""
 
 import os
 import sys
 
 sys.path[:0] = [p for p in os.environ.get("TUNA_SOURCE_ROOT", "").split(os.pathsep) if p and p not in sys.path]
-
+{steps_path}
 from tuna.serve.{module} import {cls} as TritonPythonModel  # noqa: E402, F401
 '''
+STEPS_PATH = 'sys.path[:0] = [p for p in os.environ.get("TUNA_STEPS_PATH", "").split(os.pathsep) if p and p not in sys.path]\n'
 
 VLLM_ACTIVATE = """# Written by `tuna export` (serve.engine=vllm). Triton's python backend sources this bin/activate before it starts
 # the stub of the LLM step: the stub's Python becomes the vLLM venv's ($TUNA_VLLM_VENV: `make vllm-env`, or the

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,13 @@ class TrtllmEngine:
     the hf and vllm steps: at least one new token, the end id stops and is dropped."""
 
     def __init__(self, folder: str | Path) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorrt_llm") is None:
+            raise TunaError(f"the tensorrt_llm step runs TensorRT-LLM, which this Python ({sys.version.split()[0]}) does "
+                            f"not have: serve a `tuna export --trtllm` repository with the serving-trtllm image (built "
+                            f"FROM NGC's tritonserver:<yy.mm>-trtllm-python-py3 by `make image-serving-trtllm`) on a "
+                            f"GPU, or the CPU repository (model_repository) with the serving image")
         self.folder = Path(folder)
         self.args, self.triton_config = read_model_yaml(self.folder / MODEL_YAML)
         lm = Path(self.args["model"])
