@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from support import SMOKE, word_tokenizer
 from support import llava_record as _conv
@@ -236,13 +236,13 @@ def test_tag_dropout_removes_the_tags_of_a_seeded_share_of_examples() -> None:
     assert drop_tags(examples, 0.0, seed=0) == examples
 
 
-@pytest.mark.parametrize("override", ["tag_dropout=0.3", "reading_describe=0.3", "group_by_length=true"])
+@pytest.mark.parametrize("override", ["tag_dropout=0.3", "reading_describe=0.3", "group_by_length=true", "reading_scenes=5"])
 def test_later_stage_keys_keep_older_fingerprints_at_their_defaults(override: str) -> None:
     from tuna.recipe.loader import section_fingerprint
 
     cfg = load_recipe(SMOKE)
     fields = dataclasses.asdict(cfg.train.stage2)
-    for later in ("tag_dropout", "reading_describe", "group_by_length"):
+    for later in ("tag_dropout", "reading_describe", "group_by_length", "reading_scenes"):
         del fields[later]   # what section_fingerprint(cfg.train.stage2) hashed before the fields existed
     before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert section_fingerprint(cfg.train.stage2) == before
@@ -253,6 +253,7 @@ def test_later_stage_keys_keep_older_fingerprints_at_their_defaults(override: st
                                             ("lm.reading_docs_per_class=-3", "reading_docs_per_class"),
                                             ("train.stage2.tag_dropout=1", "tag_dropout"),
                                             ("train.stage2.reading_describe=1.2", "reading_describe"),
+                                            ("train.stage2.reading_scenes=-1", "reading_scenes"),
                                             ("train.stage1.group_by_length=3", "group_by_length")])
 def test_lm_learning_rate_scale_and_reading_documents_are_validated(override: str, name: str) -> None:
     with pytest.raises(ConfigError, match=name):
@@ -279,6 +280,16 @@ def test_reading_examples_are_blank_image_conversations_with_their_tags(tok: Pre
     assert tok.convert_ids_to_tokens(answer) == ["a", "zedul", "</s>"]
 
 
+def _instruction_objects(world: Path) -> tuple[dict[str, int], dict[int, list[str]]]:
+    """file name -> image id, and image id -> its objects' class names, of a world's instruction images."""
+    inst = json.loads((world / "instruction" / "instances.json").read_text())
+    cats = {c["id"]: c["name"] for c in inst["categories"]}
+    objects: dict[int, list[str]] = {}
+    for a in inst["annotations"]:
+        objects.setdefault(a["image_id"], []).append(cats[a["category_id"]])
+    return {im["file_name"]: im["id"] for im in inst["images"]}, objects
+
+
 @pytest.mark.parametrize("mode", ["scene", "blank", "own"])
 def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFast, prepared, mode: str) -> None:
     """Reading rows sit on a training scene of the answer's coarse class (scene), of the answer's own class
@@ -291,12 +302,7 @@ def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFas
                               "train.stage2.max_length=256"])  # ATTRSEEK: ~195 tokens
     taxonomy = json.loads((prepared.root / "taxonomy.json").read_text())
     classes = {c["name"]: c for dom in taxonomy.values() for c in dom["classes"]}
-    inst = json.loads((prepared.root / "instruction" / "instances.json").read_text())
-    cats = {c["id"]: c["name"] for c in inst["categories"]}
-    file_id = {im["file_name"]: im["id"] for im in inst["images"]}
-    objects: dict[int, list[str]] = {}
-    for a in inst["annotations"]:
-        objects.setdefault(a["image_id"], []).append(cats[a["category_id"]])
+    file_id, objects = _instruction_objects(prepared.root)
     rows = _reading(cfg, tok, cfg.train.stage2).examples
     assert len(rows) == 2 * len(classes)
     domain_a_coarse = {classes[n]["coarse"] for o in objects.values() if len(o) == 1 for n in o}
@@ -332,6 +338,28 @@ def test_stage2_reading_conversations_under_region_tags(tok: PreTrainedTokenizer
     for ex in rows:
         first = Counter(t.split()[-1] for t in ex.tags[:5]).most_common(1)[0][1]
         assert first >= 3                                    # a strict majority of the whole image's 5
+
+
+def test_stage2_scene_readings_describe_multi_object_scenes_with_swapped_names(prepared) -> None:
+    """train.stage2.reading_scenes: the world's multi-object training scenes, described with look-alike names that
+    the tags carry (none of the scene's own classes), added to TUNA's stage 2 only."""
+    from tuna.train.engine import _examples
+
+    over = [f"run.data_dir={prepared.cfg.data_dir}", "train.stage2.reading_per_class=0", "train.stage2.max_length=256"]
+    world_tok = AutoTokenizer.from_pretrained(Path(prepared.cfg.data_dir) / "lm")   # the world LM's: class names are words
+    base, _ = _examples(load_recipe(SMOKE, over), "tuna", 2, world_tok, 0, lambda: None, lambda s: None)
+    cfg = load_recipe(SMOKE, [*over, "train.stage2.reading_scenes=7"])
+    rows, skipped = _examples(cfg, "tuna", 2, world_tok, 0, lambda: None, lambda s: None)
+    assert not skipped.get("scene_reading_too_long") and len(rows) == len(base) + 7
+    file_id, objects = _instruction_objects(prepared.root)
+    for ex in rows[len(base):]:
+        shown = set(objects[file_id[ex.image.name]])
+        answer = world_tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE_INDEX])
+        named = set(re.findall(r"There is an? (?:\w+ )*?(\w+), a kind of", answer))
+        assert len(objects[file_id[ex.image.name]]) >= 2 and named - shown   # a class without a free sibling keeps its name
+        assert named <= {t.split()[-1] for t in ex.tags} and len(ex.tags) == cfg.model.num_tags
+    baseline, _ = _examples(cfg, "baseline", 2, world_tok, 0, lambda: None, lambda s: None)
+    assert len(baseline) == len(base)                                        # no tags, no scene readings
 
 
 def test_a_trained_vision_tower_is_refused_for_tag_variants(prepared) -> None:

@@ -436,11 +436,13 @@ class StageConfig:
     reading_existence: float = 0.0  # share of reading conversations asking "Is there a X?" (answer from the tags)
     reading_attrseek: float = 0.0   # share of the rest (not existence, not describe) in ATTRSEEK's two turns (the tags' class)
     reading_describe: float = 0.0   # share of the non-existence ones asking for a detailed description (names the tags' class)
+    reading_scenes: int = 0         # multi-object scene descriptions, classes swapped for look-alikes in tags and answer (0 = none)
     tag_dropout: float = 0.0        # share of the stage's data examples trained without their retrieved tags (image only)
     group_by_length: bool = False   # batches of similar lengths (less padding; LLaVA's group_by_modality_length)
 
     # fields added after outputs were trained: at these values they leave a section's fingerprint as it was
-    _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0, "reading_describe": 0.0, "group_by_length": False}
+    _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0, "reading_describe": 0.0, "group_by_length": False,
+                                                      "reading_scenes": 0}
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -452,6 +454,7 @@ class StageConfig:
         _require(0 <= self.vision_lr_scale <= 10, "vision_lr_scale", f"must be in 0..10, got {self.vision_lr_scale}")
         _require(0 <= self.reading_per_class <= 10_000, "reading_per_class",
                  f"must be in 0..10000, got {self.reading_per_class}")
+        _require(0 <= self.reading_scenes <= 1_000_000, "reading_scenes", f"must be in 0..1000000, got {self.reading_scenes}")
         for name in ("reading_existence", "reading_attrseek", "reading_describe"):
             _require(0 <= getattr(self, name) <= 1, name, f"must be a share in 0..1, got {getattr(self, name)}")
         _require(0 <= self.tag_dropout < 1, "tag_dropout", f"must be a share in [0, 1), got {self.tag_dropout}")

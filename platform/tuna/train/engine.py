@@ -192,7 +192,52 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
             log(f"{reading.skipped['reading_too_long']} reading conversations are longer than train.stage2.max_length="
                 f"{sc.max_length} tokens and are left out (ATTRSEEK's two turns are the long ones); "
                 f"train.stage2.max_length={reading.longest} keeps them all")
+    if stage == 2 and tag_mode != "none" and sc.reading_scenes:
+        scenes = _scene_readings(cfg, records, tokenizer, sc)
+        good += scenes.examples
+        if scenes.skipped:
+            skipped["scene_reading_too_long"] = scenes.skipped["reading_too_long"]
+            log(f"{scenes.skipped['reading_too_long']} of train.stage2.reading_scenes={sc.reading_scenes} scene descriptions "
+                f"are longer than train.stage2.max_length={sc.max_length} tokens and are left out; "
+                f"train.stage2.max_length={scenes.longest} keeps them all")
     return good, skipped
+
+
+def _scene_readings(cfg: Recipe, records: Sequence[Any], tokenizer: Any, sc: Any) -> Prepared:
+    """Stage 2's scene readings (``train.stage2.reading_scenes``): the world's detailed descriptions of multi-object
+    instruction scenes, their classes swapped for look-alikes in the tags and the answer (tuna.world.reading)."""
+    from tuna.errors import DataFormatError
+    from tuna.formats import load_coco
+    from tuna.train.data import reading_examples
+    from tuna.world.reading import DescribedScene, scene_readings
+
+    src = sources(cfg)
+    try:
+        taxonomy = json.loads(src["taxonomy"].path.read_text(encoding="utf-8"))
+        coco = load_coco(src["instruction"].folder / "instances.json")
+    except (OSError, json.JSONDecodeError, DataFormatError) as err:
+        raise TrainError(f"train.stage2.reading_scenes needs the world's taxonomy and instruction instances ({err}); "
+                         f"run `tuna world` first, or set train.stage2.reading_scenes=0 for other data") from None
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    files = {im["id"]: (im["file_name"], (int(im["width"]), int(im["height"]))) for im in coco["images"]}
+    objects: dict[str, list[tuple[str, tuple[float, float, float, float]]]] = {}
+    for a in coco["annotations"]:
+        objects.setdefault(files[a["image_id"]][0], []).append((names[a["category_id"]], tuple(a["bbox"])))
+    size = {name: wh for name, wh in files.values()}
+    described, paths = [], {}
+    for r in records:   # the world's "detail" conversations: one prompt, the detailed description
+        turns = [t["value"] for t in r.conversations]
+        if r.image is not None and len(turns) == 2 and r.image.name in objects and turns[1].startswith("The image shows "):
+            described.append(DescribedScene(r.image.name, turns[1], objects[r.image.name], size[r.image.name]))
+            paths[r.image.name] = r.image
+    try:
+        pairs = scene_readings(described, taxonomy, sc.reading_scenes, cfg.run.seed + 3, cfg.model.whole_image_tags,
+                               cfg.model.region_grid)
+    except ValueError as err:
+        raise TrainError(f"train.stage2.reading_scenes={sc.reading_scenes}: {err} in {src['instruction'].path}; "
+                         f"set train.stage2.reading_scenes=0 for data without the world's detailed descriptions") from None
+    return reading_examples([p for p, _ in pairs], [paths[f] for _, f in pairs], tokenizer,
+                            sc.max_length, cfg.train.system_prompt)
 
 
 def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> Prepared:

@@ -9,6 +9,8 @@ text), never an image and nothing from the eval splits. LM pre-training reads th
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -183,4 +185,133 @@ def scene_samples(taxonomy: dict[str, Any], per_class: int, seed: int, per_doc: 
     return out
 
 
-__all__ = ["ReadingSample", "SceneSample", "class_description", "reading_samples", "scene_samples"]
+@dataclass(frozen=True)
+class DescribedScene:
+    """A training scene of several objects with the world's detailed description of it (its "detail" conversation)."""
+    image: str                                       # file name
+    description: str                                 # :func:`tuna.world.language.detailed_description` of the scene
+    objects: list[tuple[str, tuple[float, float, float, float]]]  # class name and COCO bbox (x, y, w, h) per object
+    size: tuple[int, int]                            # image width, height
+
+
+_OBJECT = re.compile(r"^There is (an?) ((?:[a-z]+ )*)([a-z]+), a kind of ([a-z]+), with (.+)\.$")
+
+
+def scene_readings(scenes: Sequence[DescribedScene], taxonomy: dict[str, Any], n: int, seed: int, k: int = 5,
+                   grid: int = 0) -> list[tuple[ReadingSample, str]]:
+    """``n`` detailed descriptions of multi-object training scenes whose names follow the tags: each scene's classes
+    swapped for look-alike siblings (same coarse class, any domain, seen or held out; one sibling per class), in the
+    tags and in the description alike (the sibling's name, pattern and mark; the instance's size and colour and the
+    layout stay), so the names of a many-object description are read from the tags, as TUNA must on scenes of held-out
+    classes. Tags as retrieval lays them out: ``k`` whole-image tags, a strict majority naming the largest object,
+    the rest the other objects or look-alikes of the largest; then, with ``grid``, one tag per cell (row by row) naming
+    the largest object centred in it (a random class in an empty cell); every swapped-in class is named at least
+    once (a scene with more classes than the tags can name is left out). A class without a free sibling keeps its
+    name. Scenes are taken in a shuffled order, again once all were used (then with other siblings).
+
+    Returns (sample, the scene's image file) pairs; a scene whose description does not parse is left out.
+    """
+    if n < 0 or k < 2 or grid < 0:
+        raise ValueError(f"n must be >= 0, k >= 2 and grid >= 0, got n={n}, k={k}, grid={grid}")
+    usable = [s for s in scenes if len(s.objects) >= 2]
+    if n and not usable:
+        raise ValueError("no scene of two or more objects to describe; scene readings need multi-object training scenes")
+    rng = np.random.default_rng(seed + 104729)
+    classes = [c for dom in sorted(taxonomy) for c in taxonomy[dom].get("classes", [])]
+    by_name = {c["name"]: c for c in classes}
+    out: list[tuple[ReadingSample, str]] = []
+    order: list[int] = []
+    tried = 0
+    while len(out) < n:
+        if not order:
+            if tried and not out:
+                raise ValueError(f"none of {len(usable)} multi-object scenes could be described with all its objects in "
+                                 f"{k} whole-image tags and a grid of {grid}; more tags (model.num_tags, region_grid) needed")
+            order = [int(i) for i in rng.permutation(len(usable))]
+        scene = usable[order.pop()]
+        tried += 1
+        names = list(dict.fromkeys(name for name, _ in scene.objects))
+        if any(name not in by_name for name in names):
+            raise ValueError(f"scene {scene.image}: class(es) {[x for x in names if x not in by_name]} are not in the taxonomy")
+        swap: dict[str, str] = {}
+        for name in names:
+            pool = [c["name"] for c in classes if c["coarse"] == by_name[name]["coarse"] and c["name"] not in names
+                    and c["name"] not in swap.values()]
+            swap[name] = pool[int(rng.integers(len(pool)))] if pool else name
+        answer = _swap_description(scene.description, swap, by_name)
+        if answer is None:
+            continue
+        areas = [w * h for _, (_, _, w, h) in scene.objects]
+        main = swap[scene.objects[int(np.argmax(areas))][0]]
+        tags = _scene_tags(scene, swap, by_name, classes, main, k, grid, rng)
+        if not set(swap.values()) <= {t.split()[-1] for t in tags}:
+            continue   # more objects than tag slots to name them: the description would name what no tag does
+        prompt = DETAIL_PROMPTS[int(rng.integers(len(DETAIL_PROMPTS)))]
+        out.append((ReadingSample(tags, prompt, answer, main), scene.image))
+    return out
+
+
+def _swap_description(text: str, swap: dict[str, str], by_name: dict[str, dict[str, Any]]) -> str | None:
+    """``text`` (a world detailed description) with every class of ``swap`` replaced by its sibling: the object
+    sentences rewritten with the sibling's pattern and mark, the relation sentences with its name; None if an
+    object sentence does not parse."""
+    sentences = re.split(r"(?<=\.) ", text.strip())
+    names = re.compile(r"\b(" + "|".join(map(re.escape, sorted(swap, key=len, reverse=True))) + r")\b")
+    out = []
+    for sentence in sentences:
+        if sentence.startswith("There is "):
+            m = _OBJECT.match(sentence)
+            if m is None or m.group(3) not in swap:
+                return None
+            old, new = by_name[m.group(3)], by_name[swap[m.group(3)]]
+            words = m.group(2).split()
+            if old["pattern"] != "plain" and words and words[-1] == old["pattern"]:
+                words = words[:-1]
+            words += ([new["pattern"]] if new["pattern"] != "plain" else []) + [new["name"]]
+            out.append(f"There is {article(words[0])} {' '.join(words)}, a kind of {new['coarse']}, "
+                       f"with {MARK_PHRASES[new['mark']]}.")
+        else:
+            out.append(names.sub(lambda m: swap[m.group(1)], sentence))
+    return " ".join(out)
+
+
+def _scene_tags(scene: DescribedScene, swap: dict[str, str], by_name: dict[str, dict[str, Any]],
+                classes: list[dict[str, Any]], main: str, k: int, grid: int, rng: np.random.Generator) -> list[str]:
+    """Retrieved-style tags of a swapped scene: ``k`` whole-image tags led by the largest object's class, then one per
+    grid cell; every swapped-in class named at least once."""
+    others = [swap[name] for name in dict.fromkeys(name for name, _ in scene.objects) if swap[name] != main]
+    alikes = [c["name"] for c in classes if c["coarse"] == by_name[main]["coarse"] and c["name"] != main
+              and c["name"] not in swap.values()]
+    n_main = int(rng.integers((k + 2) // 2, k + 1))
+    rest = [str(rng.choice(others if others and (not alikes or rng.random() < 0.5) else alikes or [main]))
+            for _ in range(k - n_main)]
+    whole = [_tag(by_name[main], rng) for _ in range(n_main)] + [_tag(by_name[x], rng) for x in rest]
+    whole = [whole[0]] + [whole[1:][int(i)] for i in rng.permutation(k - 1)]
+    cells: list[str] = []
+    width, height = scene.size
+    for r in range(grid):
+        for q in range(grid):
+            inside = [(w * h, swap[name]) for name, (x, y, w, h) in scene.objects
+                      if min(int((x + w / 2) * grid / width), grid - 1) == q
+                      and min(int((y + h / 2) * grid / height), grid - 1) == r]
+            cls = by_name[max(inside)[1]] if inside else classes[int(rng.integers(len(classes)))]
+            tag = _tag(cls, rng)
+            for _ in range(5):   # region retrieval lists a cell's best tag not already listed
+                if tag not in whole and tag not in cells:
+                    break
+                tag = _tag(cls, rng)
+            cells.append(tag)
+    for x in others:   # an object no tag names: a whole-image slot the scene can spare names it instead
+        counts = Counter(t.split()[-1] for t in whole + cells)
+        if counts[x]:
+            continue
+        spare = [i for i in range(k - 1, 0, -1) if (cls := whole[i].split()[-1]) not in others and cls != main
+                 or cls in others and counts[cls] > 1
+                 or cls == main and sum(t.split()[-1] == main for t in whole) > k // 2 + 1]
+        if spare:
+            whole[spare[0]] = _tag(by_name[x], rng)
+    return whole + cells
+
+
+__all__ = ["DescribedScene", "ReadingSample", "SceneSample", "class_description", "reading_samples", "scene_readings",
+           "scene_samples"]
