@@ -294,7 +294,7 @@ def _instruction_objects(world: Path) -> tuple[dict[str, int], dict[int, list[st
 def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFast, prepared, mode: str) -> None:
     """Reading rows sit on a training scene of the answer's coarse class (scene), of the answer's own class
     when it has one (own), or on a blank image."""
-    from tuna.train.engine import _reading
+    from tuna.train.readings import reading_rows
 
     cfg = load_recipe(SMOKE, [f"run.data_dir={prepared.cfg.data_dir}", "train.stage2.reading_per_class=2",
                               f"train.stage2.reading_image={mode}", "train.stage2.reading_existence=0.5",
@@ -303,7 +303,7 @@ def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFas
     taxonomy = json.loads((prepared.root / "taxonomy.json").read_text())
     classes = {c["name"]: c for dom in taxonomy.values() for c in dom["classes"]}
     file_id, objects = _instruction_objects(prepared.root)
-    rows = _reading(cfg, tok, cfg.train.stage2).examples
+    rows = reading_rows(cfg, tok, cfg.train.stage2).examples
     assert len(rows) == 2 * len(classes)
     domain_a_coarse = {classes[n]["coarse"] for o in objects.values() if len(o) == 1 for n in o}
     single_classes = {o[0] for o in objects.values() if len(o) == 1}
@@ -329,11 +329,11 @@ def test_stage2_reading_conversations_under_region_tags(tok: PreTrainedTokenizer
     cell after them, as region retrieval fills the slots."""
     from collections import Counter
 
-    from tuna.train.engine import _reading
+    from tuna.train.readings import reading_rows
 
     cfg = load_recipe(SMOKE, [f"run.data_dir={prepared.cfg.data_dir}", "train.stage2.reading_per_class=3",
                               "model.region_grid=2", "model.num_tags=9"])
-    rows = _reading(cfg, tok, cfg.train.stage2).examples
+    rows = reading_rows(cfg, tok, cfg.train.stage2).examples
     assert rows and all(len(ex.tags) == 9 for ex in rows)
     for ex in rows:
         first = Counter(t.split()[-1] for t in ex.tags[:5]).most_common(1)[0][1]

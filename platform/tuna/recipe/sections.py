@@ -430,8 +430,7 @@ class StageConfig:
     lm_lr_scale: float = 1.0  # the LM's learning rate = lr x this (0 = LM frozen in this stage)
     vision_lr_scale: float = 0.0  # CLIP vision tower's learning rate = lr x this (0 = frozen, as LLaVA-1.5)
     reading_per_class: int = 0  # stage 2: text-only reading conversations per class mixed in (tuna.world.reading; 0 = none)
-    # image of those conversations: blank (text-only) | scene (a training image of the same coarse class:
-    # counterfactual tags) | own (a training image of the named class when it has one, else scene)
+    # their image: blank (text-only) | scene (a training image of the same coarse class: counterfactual tags) | own (the named class's, else scene)
     reading_image: str = "blank"
     reading_existence: float = 0.0  # share of reading conversations asking "Is there a X?" (answer from the tags)
     reading_attrseek: float = 0.0   # share of the rest (not existence, not describe) in ATTRSEEK's two turns (the tags' class)
@@ -441,8 +440,7 @@ class StageConfig:
     group_by_length: bool = False   # batches of similar lengths (less padding; LLaVA's group_by_modality_length)
 
     # fields added after outputs were trained: at these values they leave a section's fingerprint as it was
-    _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0, "reading_describe": 0.0, "group_by_length": False,
-                                                      "reading_scenes": 0}
+    _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0, "reading_describe": 0.0, "group_by_length": False, "reading_scenes": 0}
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -452,9 +450,8 @@ class StageConfig:
         _require(0 < self.lr < 1, "lr", f"must be in (0, 1), got {self.lr}")
         _require(0 <= self.lm_lr_scale <= 10, "lm_lr_scale", f"must be in 0..10, got {self.lm_lr_scale}")
         _require(0 <= self.vision_lr_scale <= 10, "vision_lr_scale", f"must be in 0..10, got {self.vision_lr_scale}")
-        _require(0 <= self.reading_per_class <= 10_000, "reading_per_class",
-                 f"must be in 0..10000, got {self.reading_per_class}")
-        _require(0 <= self.reading_scenes <= 1_000_000, "reading_scenes", f"must be in 0..1000000, got {self.reading_scenes}")
+        for name, most in (("reading_per_class", 10_000), ("reading_scenes", 1_000_000)):
+            _require(0 <= getattr(self, name) <= most, name, f"must be in 0..{most}, got {getattr(self, name)}")
         for name in ("reading_existence", "reading_attrseek", "reading_describe"):
             _require(0 <= getattr(self, name) <= 1, name, f"must be a share in 0..1, got {getattr(self, name)}")
         _require(0 <= self.tag_dropout < 1, "tag_dropout", f"must be a share in [0, 1), got {self.tag_dropout}")

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +34,6 @@ from tuna.recipe import Recipe, section_fingerprint
 from tuna.sources import file_digest, sources
 from tuna.train.build import build_model, lm_source, local_rank_zero_first
 from tuna.variants import registered_name, variant_model
-
-if TYPE_CHECKING:
-    from tuna.train.data import Prepared
 
 ENGINE_VERSION = "tuna.train/1"
 DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
@@ -160,6 +157,7 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
     from tuna.formats import load_llava
     from tuna.retrieval.attach import attach_tags
     from tuna.train.data import check_images, drop_tags, prepare
+    from tuna.train.readings import reading_rows, scene_rows
 
     data = sources(cfg)[DATA_SOURCES[stage]]
     src = data.path
@@ -185,7 +183,7 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
     if tag_mode != "none":
         good = drop_tags(good, sc.tag_dropout, cfg.run.seed + stage)
     if stage == 2 and tag_mode != "none" and sc.reading_per_class:
-        reading = _reading(cfg, tokenizer, sc)
+        reading = reading_rows(cfg, tokenizer, sc)
         good += reading.examples
         if reading.skipped:
             skipped.update(reading.skipped)
@@ -193,7 +191,7 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
                 f"{sc.max_length} tokens and are left out (ATTRSEEK's two turns are the long ones); "
                 f"train.stage2.max_length={reading.longest} keeps them all")
     if stage == 2 and tag_mode != "none" and sc.reading_scenes:
-        scenes = _scene_readings(cfg, records, tokenizer, sc)
+        scenes = scene_rows(cfg, records, tokenizer, sc)
         good += scenes.examples
         if scenes.skipped:
             skipped["scene_reading_too_long"] = scenes.skipped["reading_too_long"]
@@ -201,97 +199,6 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
                 f"are longer than train.stage2.max_length={sc.max_length} tokens and are left out; "
                 f"train.stage2.max_length={scenes.longest} keeps them all")
     return good, skipped
-
-
-def _scene_readings(cfg: Recipe, records: Sequence[Any], tokenizer: Any, sc: Any) -> Prepared:
-    """Stage 2's scene readings (``train.stage2.reading_scenes``): the world's detailed descriptions of multi-object
-    instruction scenes, their classes swapped for look-alikes in the tags and the answer (tuna.world.reading)."""
-    from tuna.errors import DataFormatError
-    from tuna.formats import load_coco
-    from tuna.train.data import reading_examples
-    from tuna.world.reading import DescribedScene, scene_readings
-
-    src = sources(cfg)
-    try:
-        taxonomy = json.loads(src["taxonomy"].path.read_text(encoding="utf-8"))
-        coco = load_coco(src["instruction"].folder / "instances.json")
-    except (OSError, json.JSONDecodeError, DataFormatError) as err:
-        raise TrainError(f"train.stage2.reading_scenes needs the world's taxonomy and instruction instances ({err}); "
-                         f"run `tuna world` first, or set train.stage2.reading_scenes=0 for other data") from None
-    names = {c["id"]: c["name"] for c in coco["categories"]}
-    files = {im["id"]: (im["file_name"], (int(im["width"]), int(im["height"]))) for im in coco["images"]}
-    objects: dict[str, list[tuple[str, tuple[float, float, float, float]]]] = {}
-    for a in coco["annotations"]:
-        objects.setdefault(files[a["image_id"]][0], []).append((names[a["category_id"]], tuple(a["bbox"])))
-    size = {name: wh for name, wh in files.values()}
-    described, paths = [], {}
-    for r in records:   # the world's "detail" conversations: one prompt, the detailed description
-        turns = [t["value"] for t in r.conversations]
-        if r.image is not None and len(turns) == 2 and r.image.name in objects and turns[1].startswith("The image shows "):
-            described.append(DescribedScene(r.image.name, turns[1], objects[r.image.name], size[r.image.name]))
-            paths[r.image.name] = r.image
-    try:
-        pairs = scene_readings(described, taxonomy, sc.reading_scenes, cfg.run.seed + 3, cfg.model.whole_image_tags,
-                               cfg.model.region_grid)
-    except ValueError as err:
-        raise TrainError(f"train.stage2.reading_scenes={sc.reading_scenes}: {err} in {src['instruction'].path}; "
-                         f"set train.stage2.reading_scenes=0 for data without the world's detailed descriptions") from None
-    return reading_examples([p for p, _ in pairs], [paths[f] for _, f in pairs], tokenizer,
-                            sc.max_length, cfg.train.system_prompt)
-
-
-def _reading(cfg: Recipe, tokenizer: Any, sc: Any) -> Prepared:
-    """Stage 2's reading conversations: tags written from the world's taxonomy (tuna.world.reading) on a
-    blank image, on a training scene of the same coarse class (``scene``: counterfactual tags, the answer
-    follows the tags, not the scene's own class), or (``own``) on a scene of the named class itself when
-    it has training images (seen classes), counterfactual only for the others."""
-    import numpy as np
-
-    from tuna.errors import DataFormatError
-    from tuna.formats import coco_objects_by_image, load_coco
-    from tuna.train.data import reading_examples, write_blank_image
-    from tuna.world.reading import reading_samples
-
-    src = sources(cfg)
-    instruction, instruction_images = src["instruction"].folder, src["instruction"].images
-    try:
-        taxonomy = json.loads(src["taxonomy"].path.read_text(encoding="utf-8"))
-        instances = (load_coco(instruction / "instances.json")
-                     if sc.reading_image in ("scene", "own") else None)
-    except (OSError, json.JSONDecodeError, DataFormatError) as err:
-        raise TrainError(f"train.stage2.reading_per_class needs the world's taxonomy and instruction instances ({err}); "
-                         f"run `tuna world` first") from None
-    whole = cfg.model.whole_image_tags   # region retrieval fills the last slots: the reading tags look the same
-    samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, whole, sc.reading_existence,
-                              sc.reading_attrseek, region_tags=cfg.model.num_tags - whole, describe=sc.reading_describe)
-    if instances is None:
-        blank = write_blank_image(layout(cfg).reading_image(f"blank-{cfg.world.image_size}.png"),
-                                  cfg.world.image_size)
-        images = [blank] * len(samples)
-    else:
-        coarse = {c["name"]: c["coarse"] for dom in taxonomy.values() for c in dom.get("classes", [])}
-        by_coarse: dict[str, list[Path]] = {}
-        by_class: dict[str, list[Path]] = {}
-        class_of: dict[Path, str] = {}
-        for file_name, names in coco_objects_by_image(instances).items():   # in image order
-            if len(names) == 1:
-                path = instruction_images / file_name
-                by_coarse.setdefault(coarse[names[0]], []).append(path)
-                by_class.setdefault(names[0], []).append(path)
-                class_of[path] = names[0]
-        every = [p for paths in by_coarse.values() for p in paths]
-        if not every:
-            raise TrainError(f"train.stage2.reading_image=scene needs single-object instruction images; "
-                             f"{instruction} has none (use reading_image=blank)")
-        rng = np.random.default_rng(cfg.run.seed + 2)
-        images = []
-        for r in samples:
-            pool = by_class.get(r.name) if sc.reading_image == "own" else None
-            pool = pool or by_coarse.get(coarse.get(r.name, ""), every)
-            if r.answer == "No":   # an existence question must not ask about the object the image shows
-                pool = [p for p in pool if class_of[p] != r.asked] or [p for p in every if class_of[p] != r.asked]
-            images.append(pool[int(rng.integers(len(pool)))])
-    return reading_examples(samples, images, tokenizer, sc.max_length, cfg.train.system_prompt)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
