@@ -505,3 +505,14 @@ def test_cache_vision_is_refused_where_the_towers_outputs_change_or_are_partitio
     check_cacheable(1, 0.0, None)
     with pytest.raises(ConfigError, match="cache_vision"):
         load_recipe(SMOKE, ["train.cache_vision=maybe"])
+
+
+@pytest.mark.parametrize("override", ["train.stage2.reading_scenes=50", "train.stage2.reading_describe=0.2",
+                                      "train.stage2.tag_dropout=0.1"])
+def test_tag_only_stage_settings_make_a_tag_variant_stale_and_leave_the_baseline_alone(override: str) -> None:
+    from tuna.train.engine import fingerprint
+
+    plain, changed = load_recipe(SMOKE), load_recipe(SMOKE, [override])
+    assert fingerprint(plain, "tuna", 2, 2) != fingerprint(changed, "tuna", 2, 2)
+    assert fingerprint(plain, "baseline", 2, 2) == fingerprint(changed, "baseline", 2, 2)   # it trains on no tags
+    assert fingerprint(plain, "baseline", 2, 2) != fingerprint(load_recipe(SMOKE, ["train.stage2.lr=0.0009"]), "baseline", 2, 2)

@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ from tuna.variants import registered_name, variant_model
 
 ENGINE_VERSION = "tuna.train/1"
 DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
+# stage settings that act on tags only, at their no-op values: a tagless variant (the baseline) fingerprints with these
+TAG_ONLY = {"tag_dropout": 0.0, "reading_describe": 0.0, "reading_scenes": 0}
 
 
 # ------------------------------------------------------------------------------------------ paths
@@ -65,10 +67,12 @@ def inputs_digest(cfg: Recipe, variant: str, stage: int) -> dict[str, str | None
 def fingerprint(cfg: Recipe, variant: str, stage: int, world_size: int) -> str:
     """What a checkpoint must match to be resumed, and an output to be up to date: stage settings, model
     variant, ranks, seed, template, precision and the inputs' digests."""
+    section, model = cfg.train.stage(stage), variant_model(cfg, variant)
+    if model["tag_mode"] == "none":   # settings that act on tags only leave a tagless variant's output as it was
+        section = replace(section, **{k: v for k, v in TAG_ONLY.items() if hasattr(section, k)})
     payload = {
-        "version": ENGINE_VERSION, "stage": stage, "stage_cfg": section_fingerprint(cfg.train.stage(stage)),
-        "model": variant_model(cfg, variant), "world_size": world_size, "seed": cfg.run.seed,
-        "system": cfg.train.system_prompt, "precision": cfg.train.precision,
+        "version": ENGINE_VERSION, "stage": stage, "stage_cfg": section_fingerprint(section), "model": model,
+        "world_size": world_size, "seed": cfg.run.seed, "system": cfg.train.system_prompt, "precision": cfg.train.precision,
         "inputs": inputs_digest(cfg, variant, stage),
     }
     if cfg.model.region_grid and payload["model"]["tag_mode"] != "none":   # other tags (and reading tags) to train on
