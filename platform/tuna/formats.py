@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tuna.readers.coco import coco_objects_by_image, load_coco
+from tuna.readers.coco import coco_boxes_by_image, coco_objects_by_image, load_coco
 from tuna.readers.finer import FINER_FIELDS, load_finer
 from tuna.readers.jsonio import read_jsonl
 from tuna.readers.llava import LlavaRecord, load_llava
@@ -80,6 +80,7 @@ def iter_text(path: Path) -> Iterator[str]:
         yield row["text"]
 
 
-__all__ = ["FINER_FIELDS", "IMAGE_EXTS", "POPE_FIELDS", "LlavaRecord", "MmeItem", "WebSample", "coco_objects_by_image",
+__all__ = ["FINER_FIELDS", "IMAGE_EXTS", "POPE_FIELDS", "LlavaRecord", "MmeItem", "WebSample", "coco_boxes_by_image",
+           "coco_objects_by_image",
            "dump_json", "dump_jsonl", "iter_text", "iter_web", "load_coco", "load_finer", "load_llava", "load_mme",
            "load_pope", "read_jsonl", "write_web_shard"]

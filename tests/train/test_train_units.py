@@ -516,3 +516,15 @@ def test_tag_only_stage_settings_make_a_tag_variant_stale_and_leave_the_baseline
     assert fingerprint(plain, "tuna", 2, 2) != fingerprint(changed, "tuna", 2, 2)
     assert fingerprint(plain, "baseline", 2, 2) == fingerprint(changed, "baseline", 2, 2)   # it trains on no tags
     assert fingerprint(plain, "baseline", 2, 2) != fingerprint(load_recipe(SMOKE, ["train.stage2.lr=0.0009"]), "baseline", 2, 2)
+
+
+@pytest.mark.parametrize("setting", ["reading_per_class", "reading_scenes"])
+def test_reading_rows_without_the_worlds_files_name_the_setting_and_both_fixes(setting: str, tmp_path: Path) -> None:
+    from tuna.train.readings import reading_rows, scene_rows
+
+    cfg = load_recipe(SMOKE, [f"run.data_dir={tmp_path}", "train.stage2.reading_image=scene", f"train.stage2.{setting}=5"])
+    with pytest.raises(TrainError) as info:
+        reading_rows(cfg, None, cfg.train.stage2) if setting == "reading_per_class" else scene_rows(cfg, [], None, cfg.train.stage2)
+    msg = str(info.value)
+    assert "\n" not in msg and f"train.stage2.{setting} needs the world's taxonomy" in msg
+    assert "run `tuna world` first" in msg and f"train.stage2.{setting}=0" in msg and str(tmp_path) in msg

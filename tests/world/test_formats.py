@@ -471,6 +471,21 @@ def test_coco_without_annotations(tmp_path: Path) -> None:
         load_coco(path)
 
 
+def test_coco_boxes_by_image_names_each_instance_with_its_box_and_refuses_a_boxless_one() -> None:
+    from tuna.formats import coco_boxes_by_image
+
+    coco = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+            "categories": [{"id": 5, "name": "dog"}, {"id": 6, "name": "cat"}],
+            "annotations": [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [1, 2, 30, 40]},
+                            {"id": 2, "image_id": 1, "category_id": 6, "bbox": [50, 2, 10.5, 8]}]}
+    assert coco_boxes_by_image(coco) == {"a.png": [("dog", (1.0, 2.0, 30.0, 40.0)), ("cat", (50.0, 2.0, 10.5, 8.0))],
+                                         "b.png": []}
+    assert coco_objects_by_image(coco) == {"a.png": ["dog", "cat"], "b.png": []}
+    del coco["annotations"][1]["bbox"]
+    with pytest.raises(DataFormatError, match=r"annotation 2 of a.png needs a 'bbox'"):
+        coco_boxes_by_image(coco)
+
+
 def test_web_folder_without_shards(tmp_path: Path) -> None:
     with pytest.raises(DataFormatError) as info:
         list(iter_web(tmp_path))

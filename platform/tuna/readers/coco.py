@@ -74,14 +74,33 @@ def load_coco(path: Path) -> dict[str, Any]:
     return data
 
 
-def coco_objects_by_image(coco: dict[str, Any]) -> dict[str, list[str]]:
-    """file_name -> category names of its instances (the ground truth CHAIR and POPE use)."""
+def _instances_by_image(coco: dict[str, Any]) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """file_name -> (category name, annotation) of its instances, every image present (in file order)."""
     names = {c["id"]: c["name"] for c in coco.get("categories", [])}
     files = {im["id"]: im["file_name"] for im in coco["images"]}
-    out: dict[str, list[str]] = {f: [] for f in files.values()}
+    out: dict[str, list[tuple[str, dict[str, Any]]]] = {f: [] for f in files.values()}
     for ann in coco["annotations"]:
-        out[files[ann["image_id"]]].append(names[ann["category_id"]])
+        out[files[ann["image_id"]]].append((names[ann["category_id"]], ann))
     return out
 
 
-__all__ = ["CocoFiles", "coco_files", "coco_objects_by_image", "load_coco"]
+def coco_objects_by_image(coco: dict[str, Any]) -> dict[str, list[str]]:
+    """file_name -> category names of its instances (the ground truth CHAIR and POPE use)."""
+    return {f: [name for name, _ in anns] for f, anns in _instances_by_image(coco).items()}
+
+
+def coco_boxes_by_image(coco: dict[str, Any]) -> dict[str, list[tuple[str, tuple[float, float, float, float]]]]:
+    """file_name -> (category name, [x, y, width, height] box) of its instances; DataFormatError for a box-less one."""
+    out: dict[str, list[tuple[str, tuple[float, float, float, float]]]] = {}
+    for f, anns in _instances_by_image(coco).items():
+        out[f] = []
+        for name, ann in anns:
+            box = ann.get("bbox")
+            if not (isinstance(box, list | tuple) and len(box) == 4):
+                raise DataFormatError(f"annotation {ann.get('id', '?')} of {f} needs a 'bbox' [x, y, width, height], "
+                                      f"got {box!r}")
+            out[f].append((name, (float(box[0]), float(box[1]), float(box[2]), float(box[3]))))
+    return out
+
+
+__all__ = ["CocoFiles", "coco_boxes_by_image", "coco_files", "coco_objects_by_image", "load_coco"]

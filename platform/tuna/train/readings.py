@@ -17,6 +17,33 @@ if TYPE_CHECKING:
     from tuna.train.data import Prepared
 
 
+def _world_inputs(cfg: Recipe, setting: str, instances: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The world's taxonomy and (``instances``) its instruction instances.json that ``train.stage2.<setting>`` reads;
+    a one-line TrainError naming both the missing input and the fix."""
+    from tuna.errors import DataFormatError
+    from tuna.formats import load_coco
+
+    src = sources(cfg)
+    try:
+        taxonomy = json.loads(src["taxonomy"].path.read_text(encoding="utf-8"))
+        coco = load_coco(src["instruction"].folder / "instances.json") if instances else None
+    except (OSError, json.JSONDecodeError, DataFormatError) as err:
+        raise TrainError(f"train.stage2.{setting} needs the world's taxonomy and instruction instances ({err}); "
+                         f"run `tuna world` first, or set train.stage2.{setting}=0 for other data") from None
+    return taxonomy, coco
+
+
+def _boxes(coco: dict[str, Any], folder: Path) -> dict[str, list[tuple[str, tuple[float, float, float, float]]]]:
+    from tuna.errors import DataFormatError
+    from tuna.formats import coco_boxes_by_image
+
+    try:
+        return coco_boxes_by_image(coco)
+    except DataFormatError as err:
+        raise TrainError(f"train.stage2.reading_scenes reads {folder / 'instances.json'}: {err}; "
+                         f"run `tuna world` again, or set train.stage2.reading_scenes=0") from None
+
+
 def reading_rows(cfg: Recipe, tokenizer: Any, sc: Any) -> Prepared:
     """Stage 2's reading conversations: tags written from the world's taxonomy (tuna.world.reading) on a
     blank image, on a training scene of the same coarse class (``scene``: counterfactual tags, the answer
@@ -24,20 +51,13 @@ def reading_rows(cfg: Recipe, tokenizer: Any, sc: Any) -> Prepared:
     it has training images (seen classes), counterfactual only for the others."""
     import numpy as np
 
-    from tuna.errors import DataFormatError
-    from tuna.formats import coco_objects_by_image, load_coco
+    from tuna.formats import coco_objects_by_image
     from tuna.train.data import reading_examples, write_blank_image
     from tuna.world.reading import reading_samples
 
     src = sources(cfg)
     instruction, instruction_images = src["instruction"].folder, src["instruction"].images
-    try:
-        taxonomy = json.loads(src["taxonomy"].path.read_text(encoding="utf-8"))
-        instances = (load_coco(instruction / "instances.json")
-                     if sc.reading_image in ("scene", "own") else None)
-    except (OSError, json.JSONDecodeError, DataFormatError) as err:
-        raise TrainError(f"train.stage2.reading_per_class needs the world's taxonomy and instruction instances ({err}); "
-                         f"run `tuna world` first") from None
+    taxonomy, instances = _world_inputs(cfg, "reading_per_class", sc.reading_image in ("scene", "own"))
     whole = cfg.model.whole_image_tags   # region retrieval fills the last slots: the reading tags look the same
     samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, whole, sc.reading_existence,
                               sc.reading_attrseek, region_tags=cfg.model.num_tags - whole, describe=sc.reading_describe)
@@ -74,24 +94,13 @@ def reading_rows(cfg: Recipe, tokenizer: Any, sc: Any) -> Prepared:
 def scene_rows(cfg: Recipe, records: Sequence[Any], tokenizer: Any, sc: Any) -> Prepared:
     """Stage 2's scene readings (``train.stage2.reading_scenes``): the world's detailed descriptions of multi-object
     instruction scenes, their classes swapped for look-alikes in the tags and the answer (tuna.world.reading)."""
-    from tuna.errors import DataFormatError
-    from tuna.formats import load_coco
     from tuna.train.data import reading_examples
     from tuna.world.reading import DescribedScene, scene_readings
 
     src = sources(cfg)
-    try:
-        taxonomy = json.loads(src["taxonomy"].path.read_text(encoding="utf-8"))
-        coco = load_coco(src["instruction"].folder / "instances.json")
-    except (OSError, json.JSONDecodeError, DataFormatError) as err:
-        raise TrainError(f"train.stage2.reading_scenes needs the world's taxonomy and instruction instances ({err}); "
-                         f"run `tuna world` first, or set train.stage2.reading_scenes=0 for other data") from None
-    names = {c["id"]: c["name"] for c in coco["categories"]}
-    files = {im["id"]: (im["file_name"], (int(im["width"]), int(im["height"]))) for im in coco["images"]}
-    objects: dict[str, list[tuple[str, tuple[float, float, float, float]]]] = {}
-    for a in coco["annotations"]:
-        objects.setdefault(files[a["image_id"]][0], []).append((names[a["category_id"]], tuple(a["bbox"])))
-    size = {name: wh for name, wh in files.values()}
+    taxonomy, coco = _world_inputs(cfg, "reading_scenes", True)
+    objects = _boxes(coco, src["instruction"].folder)
+    size = {im["file_name"]: (int(im["width"]), int(im["height"])) for im in coco["images"]}
     described, paths = [], {}
     for r in records:   # the world's "detail" conversations: one prompt, the detailed description
         turns = [t["value"] for t in r.conversations]
