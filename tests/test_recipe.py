@@ -215,6 +215,7 @@ def test_value_not_allowed_lists_the_allowed_values(override: str, key: str, all
         (["model.num_tags=0"], "model.num_tags", "1..64"),
         (["run.seed=-1"], "run.seed", ">= 0"),
         (["run.name=' '"], "run.name", "non-empty"),
+        (["eval.chair_max_new_tokens=0"], "eval.chair_max_new_tokens", "1..4096"),
     ],
 )
 def test_impossible_value(overrides: list[str], key: str, hint: str) -> None:

@@ -31,6 +31,7 @@ class Answer:
     text: str
     tags: list[str]
     tag_weights: list[float]  # the tuner's weight per tag (empty for the baseline)
+    finished: bool = True     # False when generation stopped at max_new_tokens before the end token
 
 
 class Predictor:
@@ -108,7 +109,8 @@ class Predictor:
         for i, text in enumerate(texts):
             k = len(tag_lists[i]) if self.uses_tags else 0
             w = [round(float(x), 4) for x in weights[i, :k]] if weights is not None else []
-            answers.append(Answer(text.strip(), tag_lists[i] if self.uses_tags else [], w))
+            ended = bool((out[i] == self.tokenizer.eos_token_id).any()) or out.shape[1] < max_new_tokens
+            answers.append(Answer(text.strip(), tag_lists[i] if self.uses_tags else [], w, ended))
         return answers
 
 

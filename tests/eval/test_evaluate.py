@@ -102,6 +102,24 @@ def test_validation_scores_finer_pope_mme_and_chair_on_the_validation_split_only
     assert (report.stat().st_mtime_ns if report.is_file() else None) == before
 
 
+def test_chair_counts_the_descriptions_its_token_cap_cut(trained, tmp_path: Path) -> None:
+    """eval.chair_max_new_tokens: the cap on each detailed description; ``cut`` counts those it stopped before their
+    end, and the cap is recorded beside CHAIR's numbers."""
+    copy = tmp_path / "data"
+    shutil.copytree(trained.cfg.data_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "mlflow", "eval"))
+    base = ["eval", "--config", str(SMOKE), "--validation", "--variant", "baseline", "--quiet", f"run.data_dir={copy}",
+            "eval.tasks=[chair]"]
+    n = trained.cfg.world.sizes.pope_val
+    assert main([*base, "eval.chair_max_new_tokens=1"]) == 0
+    short = json.loads((copy / "eval/validation/baseline.json").read_text())["chair"]
+    # every description that says anything was cut (one that starts with the end token is empty, and ended)
+    assert all(g["max_new_tokens"] == 1 and g["n"] == n and n - g["empty"] <= g["cut"] <= n for g in short.values())
+    assert sum(g["cut"] for g in short.values()) > 0
+    assert main([*base, "eval.chair_max_new_tokens=200"]) == 0   # a new cap makes the old scores stale
+    full = json.loads((copy / "eval/validation/baseline.json").read_text())["chair"]
+    assert all(g["max_new_tokens"] == 200 and 0 <= g["cut"] <= n for g in full.values())
+
+
 def test_validation_without_a_validation_split_is_one_line(trained, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     d = trained.cfg.data_dir

@@ -52,7 +52,12 @@ class Asker:
     def ask(self, queries: Sequence[Query], tags: dict[str, list[tuple[str, float]]], max_new_tokens: int,
             desc: str = "") -> list[str]:
         """The generated text per query ("" for an image that does not decode: scored as wrong)."""
-        out: list[str] = [""] * len(queries)
+        return [a.text if a is not None else "" for a in self.answers(queries, tags, max_new_tokens, desc)]
+
+    def answers(self, queries: Sequence[Query], tags: dict[str, list[tuple[str, float]]], max_new_tokens: int,
+                desc: str = "") -> list[Any]:
+        """The :class:`~tuna.inference.Answer` per query (None for an image that does not decode)."""
+        out: list[Any] = [None] * len(queries)
         bar = tqdm(total=len(queries), desc=desc, unit="q", disable=not self.progress, leave=False)
         for start in range(0, len(queries), self.batch_size):
             chunk = list(enumerate(queries[start:start + self.batch_size], start))
@@ -68,7 +73,7 @@ class Asker:
                     images, [list(q.turns) for _, q in keep], [q.question for _, q in keep],
                     [[t for t, _ in tags.get(str(q.image), [])] for _, q in keep], max_new_tokens=max_new_tokens)
                 for (i, _), a in zip(keep, answers):
-                    out[i] = a.text
+                    out[i] = a
             bar.update(len(chunk))
         bar.close()
         return out
@@ -195,7 +200,7 @@ def eval_mme(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval") -> di
 
 def eval_chair(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval", max_new_tokens: int = 48) -> dict[str, Any]:
     """CHAIR_i / CHAIR_s / recall of generated detailed descriptions against the ground-truth objects (``root``
-    "val": the validation scenes)."""
+    "val": the validation scenes), and ``cut``: how many descriptions ``max_new_tokens`` stopped before their end."""
     from tuna.eval.chair import chair_metrics, chair_vocabulary
     from tuna.readers.coco import coco_files, coco_objects_by_image, load_coco
     from tuna.readers.coco_classes import COCO_SYNONYMS
@@ -214,9 +219,10 @@ def eval_chair(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval", max
         names = sorted(truth)
         tags = _tags_for(cfg, tag_mode, [files.images / n for n in names],
                          f"captions-{group}" if root == "eval" else f"{root}-captions-{group}", cfg.model.datastore)
-        captions = asker.ask([Query(files.images / n, CAPTION_PROMPT) for n in names], tags, max_new_tokens,
-                             desc=f"chair {group}")
-        out[group] = chair_metrics(dict(zip(names, captions)), truth, vocab)
+        answers = asker.answers([Query(files.images / n, CAPTION_PROMPT) for n in names], tags, max_new_tokens,
+                                desc=f"chair {group}")
+        out[group] = chair_metrics({n: a.text if a else "" for n, a in zip(names, answers)}, truth, vocab)
+        out[group].update(cut=sum(1 for a in answers if a is not None and not a.finished), max_new_tokens=max_new_tokens)
     return out
 
 
@@ -235,7 +241,7 @@ def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Se
     runners = {"pope": lambda: eval_pope(cfg, asker, tag_mode, root),
                "finer": lambda: eval_finer(cfg, asker, tag_mode, b_datastores, cfg.eval.attrseek, root),
                "mme": lambda: eval_mme(cfg, asker, tag_mode, root),
-               "chair": lambda: eval_chair(cfg, asker, tag_mode, root)}
+               "chair": lambda: eval_chair(cfg, asker, tag_mode, root, cfg.eval.chair_max_new_tokens)}
     swap = cfg.eval.swap_datastore if cfg.eval.swap_datastore in b_datastores else None
     out: dict[str, Any] = {"model": str(model_dir), "tag_mode": tag_mode, "swap_datastore": swap, "seconds": {}}
     bad = [t for t in tasks if t not in runners]

@@ -32,7 +32,6 @@ from tuna.recipe.sections import (
     Precision,
     Projector,
     RunConfig,
-    ServeConfig,
     StageConfig,
     TagMode,
     TaxonomyConfig,
@@ -40,6 +39,7 @@ from tuna.recipe.sections import (
     TrainConfig,
     WorldConfig,
 )
+from tuna.recipe.serving import ServeConfig
 
 __all__ = [
     "MAX_COARSE_PER_SUPERORDINATE", "MAX_FINE_PER_COARSE", "MAX_GPUS_PER_NODE", "MAX_SUPERORDINATES", "NUM_SHAPES",

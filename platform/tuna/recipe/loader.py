@@ -25,11 +25,11 @@ from tuna.recipe.sections import (
     MineConfig,
     ModelConfig,
     RunConfig,
-    ServeConfig,
     TrackConfig,
     TrainConfig,
     WorldConfig,
 )
+from tuna.recipe.serving import ServeConfig
 
 
 @dataclass(frozen=True)
