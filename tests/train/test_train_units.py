@@ -236,13 +236,14 @@ def test_tag_dropout_removes_the_tags_of_a_seeded_share_of_examples() -> None:
     assert drop_tags(examples, 0.0, seed=0) == examples
 
 
-@pytest.mark.parametrize("override", ["tag_dropout=0.3", "reading_describe=0.3", "group_by_length=true", "reading_scenes=5"])
+@pytest.mark.parametrize("override", ["tag_dropout=0.3", "reading_describe=0.3", "group_by_length=true", "reading_scenes=5",
+                                      "reading_other_coarse=0.5"])
 def test_later_stage_keys_keep_older_fingerprints_at_their_defaults(override: str) -> None:
     from tuna.recipe.loader import section_fingerprint
 
     cfg = load_recipe(SMOKE)
     fields = dataclasses.asdict(cfg.train.stage2)
-    for later in ("tag_dropout", "reading_describe", "group_by_length", "reading_scenes"):
+    for later in ("tag_dropout", "reading_describe", "group_by_length", "reading_scenes", "reading_other_coarse"):
         del fields[later]   # what section_fingerprint(cfg.train.stage2) hashed before the fields existed
     before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert section_fingerprint(cfg.train.stage2) == before
@@ -254,6 +255,7 @@ def test_later_stage_keys_keep_older_fingerprints_at_their_defaults(override: st
                                             ("train.stage2.tag_dropout=1", "tag_dropout"),
                                             ("train.stage2.reading_describe=1.2", "reading_describe"),
                                             ("train.stage2.reading_scenes=-1", "reading_scenes"),
+                                            ("train.stage2.reading_other_coarse=1.5", "reading_other_coarse"),
                                             ("train.stage1.group_by_length=3", "group_by_length")])
 def test_lm_learning_rate_scale_and_reading_documents_are_validated(override: str, name: str) -> None:
     with pytest.raises(ConfigError, match=name):
@@ -322,6 +324,30 @@ def test_stage2_reading_conversations_from_the_world(tok: PreTrainedTokenizerFas
             assert shown[0] == name                                                 # the named class itself
         elif classes[name]["coarse"] in domain_a_coarse:
             assert classes[shown[0]]["coarse"] == classes[name]["coarse"]
+
+
+def test_reading_other_coarse_shows_a_scene_of_another_kind_and_needs_scenes(tok: PreTrainedTokenizerFast, prepared) -> None:
+    """train.stage2.reading_other_coarse=1: every reading row's image shows a class of another coarse class than the
+    one its tags (and answer) name; at 0 the rows are those of a recipe without the key; with blank images it is refused."""
+    from tuna.train.readings import reading_rows
+
+    base = [f"run.data_dir={prepared.cfg.data_dir}", "train.stage2.reading_per_class=3", "train.stage2.reading_image=scene"]
+    taxonomy = json.loads((prepared.root / "taxonomy.json").read_text())
+    classes = {c["name"]: c for dom in taxonomy.values() for c in dom["classes"]}
+    file_id, objects = _instruction_objects(prepared.root)
+    cfg = load_recipe(SMOKE, [*base, "train.stage2.reading_other_coarse=1"])
+    rows = reading_rows(cfg, tok, cfg.train.stage2).examples
+    assert len(rows) == 3 * len(classes)
+    for ex in rows:
+        name = max(classes, key=lambda n: sum(t.split()[-1] == n for t in ex.tags))   # the tags' majority
+        shown = objects[file_id[ex.image.name]]
+        assert len(shown) == 1 and classes[shown[0]]["coarse"] != classes[name]["coarse"]
+    zero = load_recipe(SMOKE, [*base, "train.stage2.reading_other_coarse=0"])
+    plain = load_recipe(SMOKE, base)
+    assert [(e.image, e.input_ids) for e in reading_rows(zero, tok, zero.train.stage2).examples] == \
+        [(e.image, e.input_ids) for e in reading_rows(plain, tok, plain.train.stage2).examples]
+    with pytest.raises(ConfigError, match="reading_other_coarse.*reading_image"):
+        load_recipe(SMOKE, ["train.stage2.reading_image=blank", "train.stage2.reading_other_coarse=0.2"])
 
 
 def test_stage2_reading_conversations_under_region_tags(tok: PreTrainedTokenizerFast, prepared) -> None:
@@ -508,7 +534,7 @@ def test_cache_vision_is_refused_where_the_towers_outputs_change_or_are_partitio
 
 
 @pytest.mark.parametrize("override", ["train.stage2.reading_scenes=50", "train.stage2.reading_describe=0.2",
-                                      "train.stage2.tag_dropout=0.1"])
+                                      "train.stage2.tag_dropout=0.1", "train.stage2.reading_other_coarse=0.3"])
 def test_tag_only_stage_settings_make_a_tag_variant_stale_and_leave_the_baseline_alone(override: str) -> None:
     from tuna.train.engine import fingerprint
 

@@ -432,6 +432,9 @@ class StageConfig:
     reading_per_class: int = 0  # stage 2: text-only reading conversations per class mixed in (tuna.world.reading; 0 = none)
     # their image: blank (text-only) | scene (a training image of the same coarse class: counterfactual tags) | own (the named class's, else scene)
     reading_image: str = "blank"
+    # share of scene/own reading conversations shown a training image of ANOTHER coarse class (a novel class's image can
+    # look like a seen class of another kind; the answer still follows the tags)
+    reading_other_coarse: float = 0.0
     reading_existence: float = 0.0  # share of reading conversations asking "Is there a X?" (answer from the tags)
     reading_attrseek: float = 0.0   # share of the rest (not existence, not describe) in ATTRSEEK's two turns (the tags' class)
     reading_describe: float = 0.0   # share of the non-existence ones asking for a detailed description (names the tags' class)
@@ -440,7 +443,8 @@ class StageConfig:
     group_by_length: bool = False   # batches of similar lengths (less padding; LLaVA's group_by_modality_length)
 
     # fields added after outputs were trained: at these values they leave a section's fingerprint as it was
-    _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0, "reading_describe": 0.0, "group_by_length": False, "reading_scenes": 0}
+    _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0, "reading_describe": 0.0, "group_by_length": False, "reading_scenes": 0,
+                                                       "reading_other_coarse": 0.0}
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -452,12 +456,14 @@ class StageConfig:
         _require(0 <= self.vision_lr_scale <= 10, "vision_lr_scale", f"must be in 0..10, got {self.vision_lr_scale}")
         for name, most in (("reading_per_class", 10_000), ("reading_scenes", 1_000_000)):
             _require(0 <= getattr(self, name) <= most, name, f"must be in 0..{most}, got {getattr(self, name)}")
-        for name in ("reading_existence", "reading_attrseek", "reading_describe"):
+        for name in ("reading_existence", "reading_attrseek", "reading_describe", "reading_other_coarse"):
             _require(0 <= getattr(self, name) <= 1, name, f"must be a share in 0..1, got {getattr(self, name)}")
         _require(0 <= self.tag_dropout < 1, "tag_dropout", f"must be a share in [0, 1), got {self.tag_dropout}")
         _require(isinstance(self.group_by_length, bool), "group_by_length", f"must be true or false, got {self.group_by_length!r}")
         _require(self.reading_image in ("blank", "scene", "own"), "reading_image",
                  f"must be blank, scene or own, got {self.reading_image!r}")
+        _require(not self.reading_other_coarse or self.reading_image != "blank", "reading_other_coarse",
+                 f"shows scene images; set reading_image to scene or own, or reading_other_coarse to 0 (got {self.reading_other_coarse})")
         _require(0 <= self.weight_decay < 1, "weight_decay", f"must be in [0, 1), got {self.weight_decay}")
         _require(0 <= self.warmup < 1, "warmup", f"must be a share of steps in [0, 1), got {self.warmup}")
         _require(16 <= self.max_length <= 32768, "max_length", f"must be in 16..32768, got {self.max_length}")

@@ -37,8 +37,8 @@ from tuna.variants import registered_name, variant_model
 
 ENGINE_VERSION = "tuna.train/1"
 DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
-# stage settings that act on tags only, at their no-op values: a tagless variant (the baseline) fingerprints with these
-TAG_ONLY = {"tag_dropout": 0.0, "reading_describe": 0.0, "reading_scenes": 0}
+# stage settings that act on tags only: a tagless variant (the baseline) fingerprints them at their no-op values
+TAG_ONLY = ("tag_dropout", "reading_describe", "reading_scenes", "reading_other_coarse")
 
 
 # ------------------------------------------------------------------------------------------ paths
@@ -69,7 +69,8 @@ def fingerprint(cfg: Recipe, variant: str, stage: int, world_size: int) -> str:
     variant, ranks, seed, template, precision and the inputs' digests."""
     section, model = cfg.train.stage(stage), variant_model(cfg, variant)
     if model["tag_mode"] == "none":   # settings that act on tags only leave a tagless variant's output as it was
-        section = replace(section, **{k: v for k, v in TAG_ONLY.items() if hasattr(section, k)})
+        neutral = getattr(section, "_fingerprint_neutral", {})
+        section = replace(section, **{k: neutral[k] for k in TAG_ONLY if k in neutral and hasattr(section, k)})
     payload = {
         "version": ENGINE_VERSION, "stage": stage, "stage_cfg": section_fingerprint(section), "model": model,
         "world_size": world_size, "seed": cfg.run.seed, "system": cfg.train.system_prompt, "precision": cfg.train.precision,

@@ -48,7 +48,8 @@ def reading_rows(cfg: Recipe, tokenizer: Any, sc: Any) -> Prepared:
     """Stage 2's reading conversations: tags written from the world's taxonomy (tuna.world.reading) on a
     blank image, on a training scene of the same coarse class (``scene``: counterfactual tags, the answer
     follows the tags, not the scene's own class), or (``own``) on a scene of the named class itself when
-    it has training images (seen classes), counterfactual only for the others."""
+    it has training images (seen classes), counterfactual only for the others; a share ``reading_other_coarse`` of
+    them shows a training image of another coarse class instead (the answer still follows the tags)."""
     import numpy as np
 
     from tuna.formats import coco_objects_by_image
@@ -81,10 +82,13 @@ def reading_rows(cfg: Recipe, tokenizer: Any, sc: Any) -> Prepared:
             raise TrainError(f"train.stage2.reading_image=scene needs single-object instruction images; "
                              f"{instruction} has none (use reading_image=blank)")
         rng = np.random.default_rng(cfg.run.seed + 2)
+        other = np.random.default_rng(cfg.run.seed + 3)   # its own stream: at reading_other_coarse=0 the rows stay as they were
         images = []
         for r in samples:
             pool = by_class.get(r.name) if sc.reading_image == "own" else None
             pool = pool or by_coarse.get(coarse.get(r.name, ""), every)
+            if sc.reading_other_coarse and other.random() < sc.reading_other_coarse:
+                pool = [p for c, paths in by_coarse.items() if c != coarse.get(r.name) for p in paths] or pool
             if r.answer == "No":   # an existence question must not ask about the object the image shows
                 pool = [p for p in pool if class_of[p] != r.asked] or [p for p in every if class_of[p] != r.asked]
             images.append(pool[int(rng.integers(len(pool)))])
