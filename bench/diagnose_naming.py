@@ -1,0 +1,77 @@
+"""Where does a trained TUNA lose the name of an unseen object? FINER's direct question on the validation split, each
+image asked four ways (issue 13, validation splits only):
+
+  photo        the image with its retrieved tags (what `tuna eval --validation` scores)
+  gray         a uniform gray image with the same tags: what the tags alone carry
+  whole_image  the image with only the whole image's tags (model.whole_image_tags; no region tags)
+  clean        the image with every tag slot naming the gold class: whether the model can say the name at all
+
+A photo score under the gray one means the vision path outvotes the tags. Scored by FINER's fine-level EM rule
+(tuna.eval.finer.finer_metrics).
+
+Usage (after `tuna run` or `tuna train` + `tuna index` of the recipe):
+  .venv/bin/python bench/diagnose_naming.py --config configs/mini.yaml [--split ood|id] [--variant tuna] [key=value ...]
+Prints one JSON line: fine EM (percent) per way, and the n images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    from tuna.eval import evaluate as ev
+    from tuna.eval.finer import direct_prompt, finer_metrics
+    from tuna.formats import load_finer
+    from tuna.inference import Predictor
+    from tuna.layout import layout
+    from tuna.recipe import load_recipe
+    from tuna.retrieval.attach import RetrievalSession
+    from tuna.samples import decode_image
+    from tuna.sources import sources
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/mini.yaml")
+    ap.add_argument("--split", default="ood", choices=("ood", "id"))
+    ap.add_argument("--variant", default="tuna")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    args = ap.parse_args(argv)
+    cfg = load_recipe(args.config, args.overrides)
+    predictor = Predictor(layout(cfg).model(args.variant, 2), cfg.train.system_prompt, threads=cfg.eval.threads)
+    if not predictor.uses_tags:
+        raise SystemExit(f"variant {args.variant!r} reads no tags; diagnose a tag variant (tuna, tuner_off, ...)")
+    src = sources(cfg).eval_set("finer", args.split, validation=True)
+    records = load_finer(src.path)
+    paths = [src.images / r["image"] for r in records]
+    ev._SESSION["open"] = RetrievalSession(cfg)
+    try:
+        tags = ev._tags_for(cfg, "tags", paths, f"val-finer-{args.split}", cfg.model.datastore)
+    finally:
+        ev._SESSION.pop("open").close()
+    photos = [decode_image(p.read_bytes(), p.name) for p in paths]
+    gray = [Image.new("RGB", im.size, (128, 128, 128)) for im in photos]
+    retrieved = [[t for t, _ in tags.get(str(p), [])] for p in paths]
+    gold = [r["fine-level-lbl"] if isinstance(r["fine-level-lbl"], str) else r["fine-level-lbl"][0] for r in records]
+    questions = [direct_prompt(r["basic-level-lbl"]) for r in records]
+    ways = {"photo": (photos, retrieved), "gray": (gray, retrieved),
+            "whole_image": (photos, [t[: cfg.model.whole_image_tags] for t in retrieved]),
+            "clean": (photos, [[g] * cfg.model.num_tags for g in gold])}
+    out: dict[str, Any] = {"split": args.split, "variant": args.variant, "seed": cfg.run.seed, "n": len(records)}
+    step = cfg.eval.batch_size
+    for way, (images, tag_lists) in ways.items():
+        answers = []
+        for i in range(0, len(images), step):
+            answers += [a.text for a in predictor.answer(images[i:i + step], [[]] * len(images[i:i + step]),
+                                                         questions[i:i + step], tag_lists[i:i + step], 16)]
+        out[way] = round(100 * finer_metrics(answers, records)["fine_em"], 1)
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
