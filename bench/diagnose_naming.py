@@ -7,7 +7,8 @@ image asked four ways (issue 13, validation splits only):
   clean        the image with every tag slot naming the gold class: whether the model can say the name at all
 
 A photo score under the gray one means the vision path outvotes the tags. Scored by FINER's fine-level EM rule
-(tuna.eval.finer.finer_metrics).
+(tuna.eval.finer.finer_metrics). The tags are always those retrieved from model.datastore, whatever the variant was
+trained on (``random`` included): the question is how the model reads real tags.
 
 Usage (after `tuna run` or `tuna train` + `tuna index` of the recipe):
   .venv/bin/python bench/diagnose_naming.py --config configs/mini.yaml [--split ood|id] [--variant tuna] [key=value ...]
