@@ -11,7 +11,8 @@ A photo score under the gray one means the vision path outvotes the tags. Scored
 trained on (``random`` included): the question is how the model reads real tags.
 
 Usage (after `tuna run` or `tuna train` + `tuna index` of the recipe):
-  .venv/bin/python bench/diagnose_naming.py --config configs/mini.yaml [--split ood|id] [--variant tuna] [key=value ...]
+  .venv/bin/python bench/diagnose_naming.py --config configs/mini.yaml [--split ood|id] [--variant tuna] [--model DIR] \
+      [key=value ...]
 Prints one JSON line: fine EM (percent) per way, and the n images.
 """
 
@@ -40,10 +41,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--config", default="configs/mini.yaml")
     ap.add_argument("--split", default="ood", choices=("ood", "id"))
     ap.add_argument("--variant", default="tuna")
+    ap.add_argument("--model", default=None, help="a stage-2 model folder instead of the variant's (e.g. a kept older one)")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = ap.parse_args(argv)
     cfg = load_recipe(args.config, args.overrides)
-    predictor = Predictor(layout(cfg).model(args.variant, 2), cfg.train.system_prompt, threads=cfg.eval.threads)
+    folder = args.model or layout(cfg).model(args.variant, 2)
+    predictor = Predictor(folder, cfg.train.system_prompt, threads=cfg.eval.threads)
     if not predictor.uses_tags:
         raise SystemExit(f"variant {args.variant!r} reads no tags; diagnose a tag variant (tuna, tuner_off, ...)")
     src = sources(cfg).eval_set("finer", args.split, validation=True)
