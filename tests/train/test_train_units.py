@@ -222,6 +222,23 @@ def test_param_groups_give_the_lm_its_own_learning_rate() -> None:
     assert len(no_lm) == 1 and no_lm[0]["params"] == [connector]
 
 
+def test_image_dropout_shows_a_seeded_share_of_tagged_examples_a_grey_image() -> None:
+    from tuna.train.data import DataError, Example, drop_images
+
+    blank = Path("blank-64.png")
+    examples = [Example(f"row-{i}", Path(f"{i}.png"), [1], [1], ["a tag"] if i % 4 else []) for i in range(2000)]
+    out = drop_images(examples, 0.3, seed=0, blank=blank)
+    dropped = {ex.id for ex in out if ex.image == blank}
+    tagged = [ex for ex in examples if ex.tags]
+    assert 0.27 < len(dropped) / len(tagged) < 0.33
+    assert all(ex.tags for ex in out if ex.id in dropped)                            # never both tags and image gone
+    assert [ex.tags for ex in out] == [ex.tags for ex in examples] and examples[1].image == Path("1.png")
+    assert {ex.id for ex in drop_images(examples[::-1], 0.3, seed=0, blank=blank) if ex.image == blank} == dropped
+    assert drop_images(examples, 0.0, seed=0, blank=blank) == examples
+    with pytest.raises(DataError, match="image dropout"):
+        drop_images(examples, 1.0, seed=0, blank=blank)
+
+
 def test_tag_dropout_removes_the_tags_of_a_seeded_share_of_examples() -> None:
     from tuna.train.data import Example, drop_tags
 
@@ -237,13 +254,14 @@ def test_tag_dropout_removes_the_tags_of_a_seeded_share_of_examples() -> None:
 
 
 @pytest.mark.parametrize("override", ["tag_dropout=0.3", "reading_describe=0.3", "group_by_length=true", "reading_scenes=5",
-                                      "reading_other_coarse=0.5"])
+                                      "reading_other_coarse=0.5", "image_dropout=0.2"])
 def test_later_stage_keys_keep_older_fingerprints_at_their_defaults(override: str) -> None:
     from tuna.recipe.loader import section_fingerprint
 
     cfg = load_recipe(SMOKE)
     fields = dataclasses.asdict(cfg.train.stage2)
-    for later in ("tag_dropout", "reading_describe", "group_by_length", "reading_scenes", "reading_other_coarse"):
+    for later in ("tag_dropout", "reading_describe", "group_by_length", "reading_scenes", "reading_other_coarse",
+                  "image_dropout"):
         del fields[later]   # what section_fingerprint(cfg.train.stage2) hashed before the fields existed
     before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert section_fingerprint(cfg.train.stage2) == before
@@ -256,6 +274,7 @@ def test_later_stage_keys_keep_older_fingerprints_at_their_defaults(override: st
                                             ("train.stage2.reading_describe=1.2", "reading_describe"),
                                             ("train.stage2.reading_scenes=-1", "reading_scenes"),
                                             ("train.stage2.reading_other_coarse=1.5", "reading_other_coarse"),
+                                            ("train.stage2.image_dropout=1", "image_dropout"),
                                             ("train.stage1.group_by_length=3", "group_by_length")])
 def test_lm_learning_rate_scale_and_reading_documents_are_validated(override: str, name: str) -> None:
     with pytest.raises(ConfigError, match=name):
@@ -386,6 +405,24 @@ def test_stage2_scene_readings_describe_multi_object_scenes_with_swapped_names(p
         assert named <= {t.split()[-1] for t in ex.tags} and len(ex.tags) == cfg.model.num_tags
     baseline, _ = _examples(cfg, "baseline", 2, world_tok, 0, lambda: None, lambda s: None)
     assert len(baseline) == len(base)                                        # no tags, no scene readings
+
+
+def test_stage2_image_dropout_shows_tagged_data_rows_a_grey_image_and_leaves_the_baseline(prepared) -> None:
+    """train.stage2.image_dropout: a share of TUNA's data rows trains on the grey image (a real file) with their
+    tags; the tags-free baseline keeps every image."""
+    from tuna.train.engine import _examples
+
+    over = [f"run.data_dir={prepared.cfg.data_dir}", "train.stage2.reading_per_class=0"]
+    world_tok = AutoTokenizer.from_pretrained(Path(prepared.cfg.data_dir) / "lm")
+    base, _ = _examples(load_recipe(SMOKE, over), "tuna", 2, world_tok, 0, lambda: None, lambda s: None)
+    cfg = load_recipe(SMOKE, [*over, "train.stage2.image_dropout=0.5"])
+    rows, _ = _examples(cfg, "tuna", 2, world_tok, 0, lambda: None, lambda s: None)
+    grey = [r for r in rows if r.image.name.startswith("blank-")]
+    assert len(rows) == len(base) and 0 < len(grey) < len(rows)
+    assert all(r.tags and r.image.is_file() for r in grey)
+    assert [(r.id, r.tags, r.input_ids) for r in rows] == [(r.id, r.tags, r.input_ids) for r in base]
+    baseline, _ = _examples(cfg, "baseline", 2, world_tok, 0, lambda: None, lambda s: None)
+    assert baseline and not any(r.image.name.startswith("blank-") for r in baseline)
 
 
 def test_a_trained_vision_tower_is_refused_for_tag_variants(prepared) -> None:
@@ -534,7 +571,8 @@ def test_cache_vision_is_refused_where_the_towers_outputs_change_or_are_partitio
 
 
 @pytest.mark.parametrize("override", ["train.stage2.reading_scenes=50", "train.stage2.reading_describe=0.2",
-                                      "train.stage2.tag_dropout=0.1", "train.stage2.reading_other_coarse=0.3"])
+                                      "train.stage2.tag_dropout=0.1", "train.stage2.reading_other_coarse=0.3",
+                                      "train.stage2.image_dropout=0.2"])
 def test_tag_only_stage_settings_make_a_tag_variant_stale_and_leave_the_baseline_alone(override: str) -> None:
     from tuna.train.engine import fingerprint
 

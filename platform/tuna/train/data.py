@@ -101,6 +101,23 @@ def drop_tags(examples: Sequence[Example], share: float, seed: int) -> list[Exam
     return [dataclasses.replace(ex, tags=[]) if dropped(ex) else ex for ex in examples]
 
 
+def drop_images(examples: Sequence[Example], share: float, seed: int, blank: Path) -> list[Example]:
+    """``examples`` with the image replaced by ``blank`` (a grey image) in a ``share`` of those that carry tags,
+    chosen by a digest of ``seed`` and each example's id (fixed across epochs and ranks, independent of
+    :func:`drop_tags`): those train the tags-only path, so the model learns to read real retrieved tags where the
+    image says nothing it knows (an unseen object)."""
+    if not 0 <= share < 1:
+        raise DataError(f"image dropout share must be in [0, 1), got {share}")
+    if share == 0:
+        return list(examples)
+
+    def dropped(ex: Example) -> bool:
+        digest = hashlib.sha256(f"image:{seed}:{ex.id}".encode()).digest()
+        return bool(ex.tags) and int.from_bytes(digest[:8], "big") / 2 ** 64 < share
+
+    return [dataclasses.replace(ex, image=blank) if dropped(ex) else ex for ex in examples]
+
+
 def reading_examples(samples: Sequence[Any], images: Sequence[Path], tokenizer: Any, max_length: int,
                      system: str) -> Prepared:
     """Reading conversations (:class:`tuna.world.reading.ReadingSample`) as stage-2 examples: ``images[i]``

@@ -38,7 +38,7 @@ from tuna.variants import registered_name, variant_model
 ENGINE_VERSION = "tuna.train/1"
 DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
 # stage settings that act on tags only: a tagless variant (the baseline) fingerprints them at their no-op values
-TAG_ONLY = ("tag_dropout", "reading_describe", "reading_scenes", "reading_other_coarse")
+TAG_ONLY = ("tag_dropout", "reading_describe", "reading_scenes", "reading_other_coarse", "image_dropout")
 
 
 # ------------------------------------------------------------------------------------------ paths
@@ -161,7 +161,7 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
               log: Callable[[str], None]) -> tuple[list[Any], dict[str, int]]:
     from tuna.formats import load_llava
     from tuna.retrieval.attach import attach_tags
-    from tuna.train.data import check_images, drop_tags, prepare
+    from tuna.train.data import check_images, drop_images, drop_tags, prepare, write_blank_image
     from tuna.train.readings import reading_rows, scene_rows
 
     data = sources(cfg)[DATA_SOURCES[stage]]
@@ -187,6 +187,9 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
         skipped["bad_image"] = len(bad)
     if tag_mode != "none":
         good = drop_tags(good, sc.tag_dropout, cfg.run.seed + stage)
+        if sc.image_dropout:
+            blank = write_blank_image(layout(cfg).reading_image(f"blank-{cfg.world.image_size}.png"), cfg.world.image_size)
+            good = drop_images(good, sc.image_dropout, cfg.run.seed + stage, blank)
     if stage == 2 and tag_mode != "none" and sc.reading_per_class:
         reading = reading_rows(cfg, tokenizer, sc)
         good += reading.examples
