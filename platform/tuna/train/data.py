@@ -85,37 +85,30 @@ def prepare(records: Sequence[LlavaRecord], tokenizer: Any, stage: int, max_leng
     return Prepared(out, skipped)
 
 
-def drop_tags(examples: Sequence[Example], share: float, seed: int) -> list[Example]:
-    """``examples`` with the retrieved tags removed from a ``share`` of them, chosen by a digest of ``seed`` and
-    each example's id (the same ones in every epoch, on every rank, whatever the order): those train the
-    image-only path, so the model learns to answer from what it sees when the tags say nothing."""
+def _seeded_share(examples: Sequence[Example], share: float, key: str, what: str) -> set[str]:
+    """The ids of a ``share`` of ``examples`` chosen by a digest of ``key`` and each id (the same ones in every epoch,
+    on every rank, whatever the order)."""
     if not 0 <= share < 1:
-        raise DataError(f"tag dropout share must be in [0, 1), got {share}")
+        raise DataError(f"{what} share must be in [0, 1), got {share}")
     if share == 0:
-        return list(examples)
+        return set()
+    return {ex.id for ex in examples
+            if int.from_bytes(hashlib.sha256(f"{key}:{ex.id}".encode()).digest()[:8], "big") / 2 ** 64 < share}
 
-    def dropped(ex: Example) -> bool:
-        digest = hashlib.sha256(f"{seed}:{ex.id}".encode()).digest()
-        return int.from_bytes(digest[:8], "big") / 2 ** 64 < share
 
-    return [dataclasses.replace(ex, tags=[]) if dropped(ex) else ex for ex in examples]
+def drop_tags(examples: Sequence[Example], share: float, seed: int) -> list[Example]:
+    """``examples`` with the retrieved tags removed from a ``share`` of them, chosen by ``seed`` and each example's
+    id: those train the image-only path, so the model learns to answer from what it sees when the tags say nothing."""
+    picked = _seeded_share(examples, share, str(seed), "tag dropout")
+    return [dataclasses.replace(ex, tags=[]) if ex.id in picked else ex for ex in examples]
 
 
 def drop_images(examples: Sequence[Example], share: float, seed: int, blank: Path) -> list[Example]:
     """``examples`` with the image replaced by ``blank`` (a grey image) in a ``share`` of those that carry tags,
-    chosen by a digest of ``seed`` and each example's id (fixed across epochs and ranks, independent of
-    :func:`drop_tags`): those train the tags-only path, so the model learns to read real retrieved tags where the
-    image says nothing it knows (an unseen object)."""
-    if not 0 <= share < 1:
-        raise DataError(f"image dropout share must be in [0, 1), got {share}")
-    if share == 0:
-        return list(examples)
-
-    def dropped(ex: Example) -> bool:
-        digest = hashlib.sha256(f"image:{seed}:{ex.id}".encode()).digest()
-        return bool(ex.tags) and int.from_bytes(digest[:8], "big") / 2 ** 64 < share
-
-    return [dataclasses.replace(ex, image=blank) if dropped(ex) else ex for ex in examples]
+    chosen by ``seed`` and each example's id, independently of :func:`drop_tags`: those train the tags-only path,
+    so the model learns to read real retrieved tags where the image says nothing it knows (an unseen object)."""
+    picked = _seeded_share(examples, share, f"image:{seed}", "image dropout")
+    return [dataclasses.replace(ex, image=blank) if ex.id in picked and ex.tags else ex for ex in examples]
 
 
 def reading_examples(samples: Sequence[Any], images: Sequence[Path], tokenizer: Any, max_length: int,
