@@ -238,9 +238,9 @@ def _val_tags(cfg: Any, tag_mode: str, paths: Sequence[Path], name: str) -> dict
     cached under ``name`` (e.g. val-pope-id)."""
     if tag_mode == "none":
         return {}
-    from tuna.eval.evaluate import _tags_for
+    from tuna.eval.evaluate import retrieved_tags
 
-    return _tags_for(cfg, tag_mode, paths, name, cfg.model.datastore)
+    return retrieved_tags(cfg, tag_mode, paths, name, cfg.model.datastore)
 
 
 @torch.no_grad()

@@ -27,13 +27,12 @@ from PIL import Image
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    from tuna.eval import evaluate as ev
+    from tuna.eval.evaluate import retrieved_tags
     from tuna.eval.finer import direct_prompt, finer_metrics
     from tuna.formats import load_finer
     from tuna.inference import Predictor
     from tuna.layout import layout
     from tuna.recipe import load_recipe
-    from tuna.retrieval.attach import RetrievalSession
     from tuna.samples import decode_image
     from tuna.sources import sources
 
@@ -52,11 +51,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     src = sources(cfg).eval_set("finer", args.split, validation=True)
     records = load_finer(src.path)
     paths = [src.images / r["image"] for r in records]
-    ev._SESSION["open"] = RetrievalSession(cfg)
-    try:
-        tags = ev._tags_for(cfg, "tags", paths, f"val-finer-{args.split}", cfg.model.datastore)
-    finally:
-        ev._SESSION.pop("open").close()
+    tags = retrieved_tags(cfg, "tags", paths, f"val-finer-{args.split}", cfg.model.datastore)
     photos = [decode_image(p.read_bytes(), p.name) for p in paths]
     gray = [Image.new("RGB", im.size, (128, 128, 128)) for im in photos]
     retrieved = [[t for t, _ in tags.get(str(p), [])] for p in paths]

@@ -82,9 +82,11 @@ class Asker:
 _SESSION: dict[str, Any] = {}  # the retrieval session of the evaluation in progress (see evaluate_model)
 
 
-def _tags_for(cfg: Recipe, tag_mode: str, images: Sequence[Path], name: str, datastore: str | None) -> dict[str, Any]:
+def retrieved_tags(cfg: Recipe, tag_mode: str, images: Sequence[Path], name: str,
+                   datastore: str | None) -> dict[str, Any]:
     """Ranked tags per eval image path (``str(path)``) for ``tag_mode`` from the tags datastore ``datastore``
-    (``model.datastore``, the swap target, or None = no tags)."""
+    (``model.datastore``, the swap target, or None = no tags), cached under ``name`` (e.g. ``val-finer-ood``).
+    Inside ``evaluate_model`` it reuses the evaluation's retrieval session; elsewhere it opens its own."""
     from tuna.retrieval.attach import attach_tags
     from tuna.retrieval.datastore import partner
 
@@ -110,7 +112,7 @@ def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval") -> d
         src = sources(cfg).eval_set("pope", group, validation=root == "val")
         splits = load_pope_splits(src.path)
         images = [src.images / r["image"] for rows in splits.values() for r in rows]
-        tags = _tags_for(cfg, tag_mode, images, f"pope-{group}" if root == "eval" else f"{root}-pope-{group}",
+        tags = retrieved_tags(cfg, tag_mode, images, f"pope-{group}" if root == "eval" else f"{root}-pope-{group}",
                          cfg.model.datastore)
         per_split = {}
         for split, rows in splits.items():
@@ -142,7 +144,7 @@ def eval_finer(cfg: Recipe, asker: Asker, tag_mode: str, b_datastores: Sequence[
         src = sources(cfg).eval_set("finer", split, validation=root == "val")
         records = load_finer(src.path)
         images = [src.images / r["image"] for r in records]
-        tags = _tags_for(cfg, tag_mode, images, f"finer-{split}" if root == "eval" else f"{root}-finer-{split}", store)
+        tags = retrieved_tags(cfg, tag_mode, images, f"finer-{split}" if root == "eval" else f"{root}-finer-{split}", store)
         if cfg.eval.finer_questions == "per_level":
             res = {"direct": _finer_per_level(asker, images, records, tags, key)}
         else:
@@ -191,7 +193,7 @@ def eval_mme(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval") -> di
     val = root == "val"
     for group in sources(cfg).splits("mme", validation=val):
         items = load_mme(sources(cfg).eval_set("mme", group, validation=val).path)
-        tags = _tags_for(cfg, tag_mode, [i.image for i in items], f"mme-{group}" if not val else f"val-mme-{group}",
+        tags = retrieved_tags(cfg, tag_mode, [i.image for i in items], f"mme-{group}" if not val else f"val-mme-{group}",
                          cfg.model.datastore)
         answers = asker.ask([Query(i.image, i.question + SHORT) for i in items], tags, 4, desc=f"mme {group}")
         out[group] = mme_metrics(items, answers)
@@ -217,7 +219,7 @@ def eval_chair(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval", max
         files = coco_files(src.path, src.image_root, captions=False)
         truth = coco_objects_by_image(load_coco(files.instances))   # file name -> GT objects
         names = sorted(truth)
-        tags = _tags_for(cfg, tag_mode, [files.images / n for n in names],
+        tags = retrieved_tags(cfg, tag_mode, [files.images / n for n in names],
                          f"captions-{group}" if root == "eval" else f"{root}-captions-{group}", cfg.model.datastore)
         answers = asker.answers([Query(files.images / n, CAPTION_PROMPT) for n in names], tags, max_new_tokens,
                                 desc=f"chair {group}")

@@ -434,7 +434,7 @@ def _threadpool_one() -> Any:
 
 def run_probes(cfg: Recipe, progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Every probe on the FINER ID and OOD images; writes ``<data_dir>/eval/probes.json`` and returns it."""
-    from tuna.eval.evaluate import _tags_for
+    from tuna.eval.evaluate import retrieved_tags
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.eval.threads)
@@ -465,7 +465,7 @@ def run_probes(cfg: Recipe, progress: bool = False, log: Callable[[str], None] =
         data = load_split(sources(cfg).eval_set("finer", split).path)
         if len(data.records) < 4:
             raise ProbeError(f"FINER {split} has {len(data.records)} readable images; the probes need at least 4")
-        retrieved = _tags_for(cfg, tuna.model.config.tag_mode, data.paths, f"finer-{split}", cfg.model.datastore)
+        retrieved = retrieved_tags(cfg, tuna.model.config.tag_mode, data.paths, f"finer-{split}", cfg.model.datastore)
         tags = [[t for t, _ in retrieved.get(str(p), [])] for p in data.paths]
         feats = tuna.image_features(data.images, tags, bs)
         if baseline is not None:

@@ -70,7 +70,7 @@ def fingerprint(cfg: Recipe, variant: str, stage: int, world_size: int) -> str:
     section, model = cfg.train.stage(stage), variant_model(cfg, variant)
     if model["tag_mode"] == "none":   # settings that act on tags only leave a tagless variant's output as it was
         neutral = getattr(section, "_fingerprint_neutral", {})
-        section = replace(section, **{k: neutral[k] for k in TAG_ONLY if k in neutral and hasattr(section, k)})
+        section = replace(section, **{k: neutral[k] for k in TAG_ONLY if k in neutral})
     payload = {
         "version": ENGINE_VERSION, "stage": stage, "stage_cfg": section_fingerprint(section), "model": model,
         "world_size": world_size, "seed": cfg.run.seed, "system": cfg.train.system_prompt, "precision": cfg.train.precision,

@@ -83,12 +83,13 @@ def reading_rows(cfg: Recipe, tokenizer: Any, sc: Any) -> Prepared:
                              f"{instruction} has none (use reading_image=blank)")
         rng = np.random.default_rng(cfg.run.seed + 2)
         other = np.random.default_rng(cfg.run.seed + 3)   # its own stream: at reading_other_coarse=0 the rows stay as they were
+        elsewhere = {c: [p for o, paths in by_coarse.items() if o != c for p in paths] for c in by_coarse}
         images = []
         for r in samples:
             pool = by_class.get(r.name) if sc.reading_image == "own" else None
             pool = pool or by_coarse.get(coarse.get(r.name, ""), every)
             if sc.reading_other_coarse and other.random() < sc.reading_other_coarse:
-                pool = [p for c, paths in by_coarse.items() if c != coarse.get(r.name) for p in paths] or pool
+                pool = elsewhere.get(coarse.get(r.name, ""), every) or pool
             if r.answer == "No":   # an existence question must not ask about the object the image shows
                 pool = [p for p in pool if class_of[p] != r.asked] or [p for p in every if class_of[p] != r.asked]
             images.append(pool[int(rng.integers(len(pool)))])
