@@ -38,7 +38,7 @@ from tuna.variants import registered_name, variant_model
 ENGINE_VERSION = "tuna.train/1"
 DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
 # stage settings that act on tags only: a tagless variant (the baseline) fingerprints them at their no-op values
-TAG_ONLY = ("tag_dropout", "reading_describe", "reading_scenes", "reading_other_coarse", "image_dropout")
+TAG_ONLY = ("tag_dropout", "reading_describe", "reading_scenes", "reading_other_coarse", "image_dropout", "novel_names")
 
 
 # ------------------------------------------------------------------------------------------ paths
@@ -190,6 +190,12 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
         if sc.image_dropout:
             blank = write_blank_image(layout(cfg).reading_image(f"blank-{cfg.world.image_size}.png"), cfg.world.image_size)
             good = drop_images(good, sc.image_dropout, cfg.run.seed + stage, blank)
+        if sc.novel_names:
+            from tuna.train.renames import novel_name_rows
+
+            good, renamed = novel_name_rows(cfg, stage, records, good, tokenizer)
+            log(f"train.stage{stage}.novel_names={sc.novel_names}: {renamed} of {len(good)} rows name their classes "
+                f"with new pseudo-words (in the text and the tags)")
     if stage == 2 and tag_mode != "none" and sc.reading_per_class:
         reading = reading_rows(cfg, tokenizer, sc)
         good += reading.examples

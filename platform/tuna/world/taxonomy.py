@@ -125,7 +125,9 @@ class Taxonomy:
         return cls(domain=data["domain"], classes=tuple(FineClass(**c) for c in data["classes"]))
 
 
-def _pseudo_word(rng: np.random.Generator, taken: set[str], syllables: tuple[int, int] = (2, 3)) -> str:
+def pseudo_word(rng: np.random.Generator, taken: set[str], syllables: tuple[int, int] = (2, 3)) -> str:
+    """A class-name-like word of ``syllables`` syllables (5-10 letters) from ``rng``, not in ``taken`` (which it joins)
+    nor a word captions and questions use."""
     while True:
         n = int(rng.integers(syllables[0], syllables[1] + 1))
         word = "".join(str(rng.choice(_ONSETS)) + str(rng.choice(_VOWELS)) for _ in range(n))
@@ -151,9 +153,9 @@ def build_taxonomies(cfg_a: TaxonomyConfig, cfg_b: DomainConfig, seed: int) -> t
                 patterns = [PATTERNS[i] for i in rng.permutation(len(PATTERNS))[: cfg.fine_per_coarse]]
                 for f in range(cfg.fine_per_coarse):
                     accent = str(rng.choice(list(COLOURS)))
-                    brand = _pseudo_word(rng, taken, (2, 2)).capitalize() if domain == "B" else None
+                    brand = pseudo_word(rng, taken, (2, 2)).capitalize() if domain == "B" else None
                     classes.append(FineClass(
-                        id=next_id, name=_pseudo_word(rng, taken), coarse=coarse_names[c], superordinate=sup,
+                        id=next_id, name=pseudo_word(rng, taken), coarse=coarse_names[c], superordinate=sup,
                         domain=domain, shape=shape, pattern=patterns[f], mark=str(rng.choice(MARKS)),
                         accent=accent, ood=False, brand=brand))
                     next_id += 1
