@@ -1,12 +1,14 @@
 """Where does a trained TUNA lose the name of an unseen object? FINER's direct question on the validation split, each
-image asked four ways (issue 13, validation splits only):
+image asked six ways (issue 13, validation splits only):
 
   photo        the image with its retrieved tags (what `tuna eval --validation` scores)
   gray         a uniform gray image with the same tags: what the tags alone carry
   whole_image  the image with only the whole image's tags (model.whole_image_tags; no region tags)
   clean        the image with every tag slot naming the gold class: whether the model can say the name at all
+  tokens_gray    the gray image's visual tokens, but the photo in the tag path (tuner weights, tag encoder)
+  tag_path_gray  the photo's visual tokens, but the gray image in the tag path
 
-A photo score under the gray one means the vision path outvotes the tags. Scored by FINER's fine-level EM rule
+A photo score under the gray one means the vision path outvotes the tags; the last two say which image path does it. Scored by FINER's fine-level EM rule
 (tuna.eval.finer.finer_metrics). The tags are always those retrieved from model.datastore, whatever the variant was
 trained on (``random`` included): the question is how the model reads real tags.
 
@@ -23,6 +25,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from PIL import Image
 
 
@@ -59,14 +62,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     questions = [direct_prompt(r["basic-level-lbl"]) for r in records]
     ways = {"photo": (photos, retrieved), "gray": (gray, retrieved),
             "whole_image": (photos, [t[: cfg.model.whole_image_tags] for t in retrieved]),
-            "clean": (photos, [[g] * cfg.model.num_tags for g in gold])}
+            "clean": (photos, [[g] * cfg.model.num_tags for g in gold]),
+            "tokens_gray": (gray, retrieved, photos), "tag_path_gray": (photos, retrieved, gray)}
     out: dict[str, Any] = {"split": args.split, "variant": args.variant, "seed": cfg.run.seed, "n": len(records)}
     step = cfg.eval.batch_size
-    for way, (images, tag_lists) in ways.items():
+    model = predictor.model
+    encode_tags = model.encode_tags
+    for way, (images, tag_lists, *tag_path) in ways.items():
         answers = []
         for i in range(0, len(images), step):
-            answers += [a.text for a in predictor.answer(images[i:i + step], [[]] * len(images[i:i + step]),
-                                                         questions[i:i + step], tag_lists[i:i + step], 16)]
+            if tag_path:   # the tag path reads this other image's patches and feature (the visual tokens stay)
+                with torch.no_grad():
+                    other = model.encode_image(predictor.processor.pixel_values(tag_path[0][i:i + step]).to(predictor.device))
+                model.encode_tags = lambda _p, _f, *a, other=other, **k: encode_tags(*other, *a, **k)
+            try:
+                answers += [a.text for a in predictor.answer(images[i:i + step], [[]] * len(images[i:i + step]),
+                                                             questions[i:i + step], tag_lists[i:i + step], 16)]
+            finally:
+                model.__dict__.pop("encode_tags", None)   # the class's method again
         out[way] = round(100 * finer_metrics(answers, records)["fine_em"], 1)
     print(json.dumps(out))
     return out
