@@ -8,8 +8,8 @@ image asked six ways (issue 13, validation splits only):
   tokens_gray    the gray image's visual tokens, but the photo in the tag path (tuner weights, tag encoder)
   tag_path_gray  the photo's visual tokens, but the gray image in the tag path
 
-A photo score under the gray one means the vision path outvotes the tags; the last two say which image path does it. Scored by FINER's fine-level EM rule
-(tuna.eval.finer.finer_metrics). The tags are always those retrieved from model.datastore, whatever the variant was
+A photo score under the gray one means the vision path outvotes the tags; the last two say which image path does it.
+Scored by FINER's fine-level EM rule (tuna.eval.finer.finer_metrics). The tags are always those retrieved from model.datastore, whatever the variant was
 trained on (``random`` included): the question is how the model reads real tags.
 
 Usage (after `tuna run` or `tuna train` + `tuna index` of the recipe):

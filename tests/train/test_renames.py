@@ -104,3 +104,37 @@ def test_stage2_novel_names_renames_tuna_rows_and_leaves_the_baseline(prepared: 
 def test_novel_names_is_a_share_below_one() -> None:
     with pytest.raises(ConfigError, match="novel_names"):
         load_recipe(SMOKE, ["train.stage2.novel_names=1"])
+
+
+def test_decoys_keep_the_real_name_in_a_free_tag_while_the_new_name_stays_the_majority(world_tok: Any) -> None:
+    from tuna.train.renames import rename_classes
+
+    records, examples = _rows(world_tok)
+    plain, renamed = rename_classes(examples, records, NAMES, 0.5, 7, world_tok, 2, 256, SYSTEM)
+    out, again = rename_classes(examples, records, NAMES, 0.5, 7, world_tok, 2, 256, SYSTEM, decoys=1)
+    assert again == renamed > 0
+    for before, one, two in zip(examples, plain, out):
+        if one == before:
+            assert two == before
+            continue
+        new = one.tags[0]
+        assert two.tags == [new, f"red {new}", "zedul"]          # the tag-only class's tag gives way to the real name
+        assert (two.input_ids, two.labels) == (one.input_ids, one.labels)   # the answer still says the new name
+    single = [dataclasses.replace(e, tags=["zedul", "migul"]) if e.tags else e for e in examples]
+    once, _ = rename_classes(single, records, NAMES, 0.5, 7, world_tok, 2, 256, SYSTEM, decoys=1)
+    assert all("zedul" not in ex.tags for ex, before in zip(once, single) if ex != before)   # one tag: no decoy
+    crowded = [dataclasses.replace(e, tags=["zedul", "red zedul"]) if e.tags else e for e in examples]
+    full, _ = rename_classes(crowded, records, NAMES, 0.5, 7, world_tok, 2, 256, SYSTEM, decoys=1)
+    assert all("zedul" not in ex.tags for ex, before in zip(full, crowded) if ex != before)   # no free tag: no decoy
+
+
+def test_novel_decoys_need_novel_names() -> None:
+    with pytest.raises(ConfigError, match="novel_decoys.*novel_names"):
+        load_recipe(SMOKE, ["train.stage2.novel_decoys=1"])
+    from tuna.train.engine import fingerprint
+
+    renamed = load_recipe(SMOKE, ["train.stage2.novel_names=0.2"])
+    decoyed = load_recipe(SMOKE, ["train.stage2.novel_names=0.2", "train.stage2.novel_decoys=1"])
+    assert decoyed.train.stage(2).novel_decoys == 1
+    assert fingerprint(renamed, "tuna", 2, 2) != fingerprint(decoyed, "tuna", 2, 2)
+    assert fingerprint(load_recipe(SMOKE), "baseline", 2, 2) == fingerprint(decoyed, "baseline", 2, 2)

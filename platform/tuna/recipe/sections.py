@@ -442,12 +442,13 @@ class StageConfig:
     tag_dropout: float = 0.0        # share of the stage's data examples trained without their retrieved tags (image only)
     image_dropout: float = 0.0      # share of the tagged data examples trained on a grey image with their tags (tags only)
     novel_names: float = 0.0        # share of the tagged data examples whose tagged, spoken classes get new pseudo-word names
+    novel_decoys: int = 0           # renamed classes per such example that also keep their real name in one other tag (0..3)
     group_by_length: bool = False   # batches of similar lengths (less padding; LLaVA's group_by_modality_length)
 
     # fields added after outputs were trained: at these values they leave a section's fingerprint as it was
     _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0, "reading_describe": 0.0, "group_by_length": False, "reading_scenes": 0,
                                                        "reading_other_coarse": 0.0, "image_dropout": 0.0,
-                                                       "novel_names": 0.0}
+                                                       "novel_names": 0.0, "novel_decoys": 0}
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -463,6 +464,9 @@ class StageConfig:
             _require(0 <= getattr(self, name) <= 1, name, f"must be a share in 0..1, got {getattr(self, name)}")
         for name in ("tag_dropout", "image_dropout", "novel_names"):
             _require(0 <= getattr(self, name) < 1, name, f"must be a share in [0, 1), got {getattr(self, name)}")
+        _require(0 <= self.novel_decoys <= 3, "novel_decoys", f"must be in 0..3, got {self.novel_decoys}")
+        _require(not self.novel_decoys or self.novel_names, "novel_decoys",
+                 f"acts on renamed examples; set novel_names above 0 too, or novel_decoys to 0 (got {self.novel_decoys})")
         _require(isinstance(self.group_by_length, bool), "group_by_length", f"must be true or false, got {self.group_by_length!r}")
         _require(self.reading_image in ("blank", "scene", "own"), "reading_image",
                  f"must be blank, scene or own, got {self.reading_image!r}")

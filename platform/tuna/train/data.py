@@ -85,21 +85,24 @@ def prepare(records: Sequence[LlavaRecord], tokenizer: Any, stage: int, max_leng
     return Prepared(out, skipped)
 
 
-def _seeded_share(examples: Sequence[Example], share: float, key: str, what: str) -> set[str]:
-    """The ids of a ``share`` of ``examples`` chosen by a digest of ``key`` and each id (the same ones in every epoch,
-    on every rank, whatever the order)."""
+def id_digest(key: str, row_id: str) -> int:
+    """A 64-bit digest of ``key`` and a row id: the same number in every epoch, on every rank, whatever the order."""
+    return int.from_bytes(hashlib.sha256(f"{key}:{row_id}".encode()).digest()[:8], "big")
+
+
+def seeded_share(examples: Sequence[Example], share: float, key: str, what: str) -> set[str]:
+    """The ids of a ``share`` of ``examples`` chosen by :func:`id_digest` of ``key`` and each id."""
     if not 0 <= share < 1:
         raise DataError(f"{what} share must be in [0, 1), got {share}")
     if share == 0:
         return set()
-    return {ex.id for ex in examples
-            if int.from_bytes(hashlib.sha256(f"{key}:{ex.id}".encode()).digest()[:8], "big") / 2 ** 64 < share}
+    return {ex.id for ex in examples if id_digest(key, ex.id) / 2 ** 64 < share}
 
 
 def drop_tags(examples: Sequence[Example], share: float, seed: int) -> list[Example]:
     """``examples`` with the retrieved tags removed from a ``share`` of them, chosen by ``seed`` and each example's
     id: those train the image-only path, so the model learns to answer from what it sees when the tags say nothing."""
-    picked = _seeded_share(examples, share, str(seed), "tag dropout")
+    picked = seeded_share(examples, share, str(seed), "tag dropout")
     return [dataclasses.replace(ex, tags=[]) if ex.id in picked else ex for ex in examples]
 
 
@@ -107,7 +110,7 @@ def drop_images(examples: Sequence[Example], share: float, seed: int, blank: Pat
     """``examples`` with the image replaced by ``blank`` (a grey image) in a ``share`` of those that carry tags,
     chosen by ``seed`` and each example's id, independently of :func:`drop_tags`: those train the tags-only path,
     so the model learns to read real retrieved tags where the image says nothing it knows (an unseen object)."""
-    picked = _seeded_share(examples, share, f"image:{seed}", "image dropout")
+    picked = seeded_share(examples, share, f"image:{seed}", "image dropout")
     return [dataclasses.replace(ex, image=blank) if ex.id in picked and ex.tags else ex for ex in examples]
 
 
@@ -184,5 +187,5 @@ def check_images(examples: Sequence[Example]) -> tuple[list[Example], list[Corru
     return good, bad
 
 
-__all__ = ["Collator", "DataError", "Example", "Prepared", "check_images", "drop_tags", "prepare", "reading_examples",
-           "write_blank_image"]
+__all__ = ["Collator", "DataError", "Example", "Prepared", "check_images", "drop_images", "drop_tags", "id_digest", "prepare",
+           "reading_examples", "seeded_share", "write_blank_image"]

@@ -38,7 +38,8 @@ from tuna.variants import registered_name, variant_model
 ENGINE_VERSION = "tuna.train/1"
 DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
 # stage settings that act on tags only: a tagless variant (the baseline) fingerprints them at their no-op values
-TAG_ONLY = ("tag_dropout", "reading_describe", "reading_scenes", "reading_other_coarse", "image_dropout", "novel_names")
+TAG_ONLY = ("tag_dropout", "reading_describe", "reading_scenes", "reading_other_coarse", "image_dropout", "novel_names",
+            "novel_decoys")
 
 
 # ------------------------------------------------------------------------------------------ paths
@@ -195,7 +196,8 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
 
             good, renamed = novel_name_rows(cfg, stage, records, good, tokenizer)
             log(f"train.stage{stage}.novel_names={sc.novel_names}: {renamed} of {len(good)} rows name their classes "
-                f"with new pseudo-words (in the text and the tags)")
+                f"with new pseudo-words (in the text and the tags)"
+                + (f", with up to {sc.novel_decoys} real name(s) left in another tag" if sc.novel_decoys else ""))
     if stage == 2 and tag_mode != "none" and sc.reading_per_class:
         reading = reading_rows(cfg, tokenizer, sc)
         good += reading.examples

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from tuna.train.data import Prepared
 
 
-def _world_inputs(cfg: Recipe, setting: str, instances: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def world_inputs(cfg: Recipe, setting: str, instances: bool) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The world's taxonomy and (``instances``) its instruction instances.json that ``train.stage2.<setting>`` reads;
     a one-line TrainError naming both the missing input and the fix."""
     from tuna.errors import DataFormatError
@@ -58,7 +58,7 @@ def reading_rows(cfg: Recipe, tokenizer: Any, sc: Any) -> Prepared:
 
     src = sources(cfg)
     instruction, instruction_images = src["instruction"].folder, src["instruction"].images
-    taxonomy, instances = _world_inputs(cfg, "reading_per_class", sc.reading_image in ("scene", "own"))
+    taxonomy, instances = world_inputs(cfg, "reading_per_class", sc.reading_image in ("scene", "own"))
     whole = cfg.model.whole_image_tags   # region retrieval fills the last slots: the reading tags look the same
     samples = reading_samples(taxonomy, sc.reading_per_class, cfg.run.seed + 1, whole, sc.reading_existence,
                               sc.reading_attrseek, region_tags=cfg.model.num_tags - whole, describe=sc.reading_describe)
@@ -103,7 +103,7 @@ def scene_rows(cfg: Recipe, records: Sequence[Any], tokenizer: Any, sc: Any) -> 
     from tuna.world.reading import DescribedScene, scene_readings
 
     src = sources(cfg)
-    taxonomy, coco = _world_inputs(cfg, "reading_scenes", True)
+    taxonomy, coco = world_inputs(cfg, "reading_scenes", True)
     objects = _boxes(coco, src["instruction"].folder)
     size = {im["file_name"]: (int(im["width"]), int(im["height"])) for im in coco["images"]}
     described, paths = [], {}
@@ -122,4 +122,4 @@ def scene_rows(cfg: Recipe, records: Sequence[Any], tokenizer: Any, sc: Any) -> 
                             sc.max_length, cfg.train.system_prompt)
 
 
-__all__ = ["reading_rows", "scene_rows"]
+__all__ = ["reading_rows", "scene_rows", "world_inputs"]
