@@ -114,6 +114,16 @@ def drop_images(examples: Sequence[Example], share: float, seed: int, blank: Pat
     return [dataclasses.replace(ex, image=blank) if ex.id in picked and ex.tags else ex for ex in examples]
 
 
+def random_tag_rows(examples: Sequence[Example], share: float, seed: int, random_tags: dict[Path, list[str]]) -> list[Example]:
+    """``examples`` with the retrieved tags of a ``share`` of the tagged ones replaced by random tags for their image
+    (``random_tags``, as the ``random`` tag mode draws them), chosen by ``seed`` and each id: on those the answer
+    follows the image and not tags that do not cohere, so the model learns to follow the tags where they agree
+    among themselves (an unseen object's) rather than where the image backs one of them."""
+    picked = seeded_share(examples, share, f"random:{seed}", "random tags")
+    return [dataclasses.replace(ex, tags=random_tags[ex.image]) if ex.id in picked and ex.tags and ex.image in random_tags
+            else ex for ex in examples]
+
+
 def reading_examples(samples: Sequence[Any], images: Sequence[Path], tokenizer: Any, max_length: int,
                      system: str) -> Prepared:
     """Reading conversations (:class:`tuna.world.reading.ReadingSample`) as stage-2 examples: ``images[i]``
@@ -188,4 +198,4 @@ def check_images(examples: Sequence[Example]) -> tuple[list[Example], list[Corru
 
 
 __all__ = ["Collator", "DataError", "Example", "Prepared", "check_images", "drop_images", "drop_tags", "id_digest", "prepare",
-           "reading_examples", "seeded_share", "write_blank_image"]
+           "random_tag_rows", "reading_examples", "seeded_share", "write_blank_image"]

@@ -39,7 +39,7 @@ ENGINE_VERSION = "tuna.train/1"
 DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
 # stage settings that act on tags only: a tagless variant (the baseline) fingerprints them at their no-op values
 TAG_ONLY = ("tag_dropout", "reading_describe", "reading_scenes", "reading_other_coarse", "image_dropout", "novel_names",
-            "novel_decoys")
+            "novel_decoys", "random_tags")
 
 
 # ------------------------------------------------------------------------------------------ paths
@@ -158,6 +158,26 @@ def example_lengths(examples: Sequence[Any], sc: Any) -> list[int] | None:
 # ------------------------------------------------------------------------------------------ building
 
 
+def _random_tag_rows(cfg: Recipe, stage: int, src: Path, images: Sequence[Path], good: list[Any], rank: int,
+                     barrier: Callable[[], None], log: Callable[[str], None]) -> list[Any]:
+    """``train.stage<stage>.random_tags``: a share of the tagged rows given the ``random`` tag mode's tags (its cache)."""
+    from tuna.retrieval.attach import attach_tags
+    from tuna.samples import image_keys
+    from tuna.train.data import random_tag_rows
+
+    cache = layout(cfg).train_cache(f"{src.parent.name}-random")
+    if rank == 0:
+        attach_tags(cfg, images, cache, "random", progress=False, log=log)
+    barrier()
+    drawn, keys = attach_tags(cfg, images, cache, "random", progress=False, log=log), image_keys(images)
+    pool = {img: [t for t, _ in drawn[keys[img]]][:cfg.model.num_tags] for img in images if keys[img] in drawn}
+    sc = cfg.train.stage(stage)
+    out = random_tag_rows(good, sc.random_tags, cfg.run.seed + stage, pool)
+    log(f"train.stage{stage}.random_tags={sc.random_tags}: {sum(a is not b for a, b in zip(good, out))} of {len(out)} "
+        f"rows trained on random tags")
+    return out
+
+
 def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, barrier: Callable[[], None],
               log: Callable[[str], None]) -> tuple[list[Any], dict[str, int]]:
     from tuna.formats import load_llava
@@ -191,6 +211,8 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
         if sc.image_dropout:
             blank = write_blank_image(layout(cfg).reading_image(f"blank-{cfg.world.image_size}.png"), cfg.world.image_size)
             good = drop_images(good, sc.image_dropout, cfg.run.seed + stage, blank)
+        if sc.random_tags:
+            good = _random_tag_rows(cfg, stage, src, images, good, rank, barrier, log)
         if sc.novel_names:
             from tuna.train.renames import novel_name_rows
 
