@@ -33,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from tuna.eval.evaluate import retrieved_tags
     from tuna.eval.finer import direct_prompt, finer_metrics
     from tuna.formats import load_finer
-    from tuna.inference import Predictor
+    from tuna.inference import ModelFolderError, Predictor
     from tuna.layout import layout
     from tuna.recipe import load_recipe
     from tuna.samples import decode_image
@@ -48,7 +48,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
     cfg = load_recipe(args.config, args.overrides)
     folder = args.model or layout(cfg).model(args.variant, 2)
-    predictor = Predictor(folder, cfg.train.system_prompt, threads=cfg.eval.threads)
+    try:
+        predictor = Predictor(folder, cfg.train.system_prompt, threads=cfg.eval.threads)
+    except ModelFolderError as err:   # one line naming the folder and the fix, no traceback
+        raise SystemExit(str(err)) from None
     if not predictor.uses_tags:
         raise SystemExit(f"variant {args.variant!r} reads no tags; diagnose a tag variant (tuna, tuner_off, ...)")
     src = sources(cfg).eval_set("finer", args.split, validation=True)

@@ -158,18 +158,27 @@ def example_lengths(examples: Sequence[Any], sc: Any) -> list[int] | None:
 # ------------------------------------------------------------------------------------------ building
 
 
+def _attached(cfg: Recipe, images: Sequence[Path], cache_name: str, tag_mode: str, rank: int,
+              barrier: Callable[[], None], log: Callable[[str], None]) -> dict[str, Any]:
+    """The tags of ``images`` in ``tag_mode``, by image key: rank 0 retrieves them into the train cache ``cache_name``
+    (one process opens Milvus Lite), then every rank reads that cache."""
+    from tuna.retrieval.attach import attach_tags
+
+    cache = layout(cfg).train_cache(cache_name)
+    if rank == 0:
+        attach_tags(cfg, images, cache, tag_mode, progress=False, log=log)
+    barrier()
+    return attach_tags(cfg, images, cache, tag_mode, progress=False, log=log)
+
+
 def _random_tag_rows(cfg: Recipe, stage: int, src: Path, images: Sequence[Path], good: list[Any], rank: int,
                      barrier: Callable[[], None], log: Callable[[str], None]) -> list[Any]:
     """``train.stage<stage>.random_tags``: a share of the tagged rows given the ``random`` tag mode's tags (its cache)."""
-    from tuna.retrieval.attach import attach_tags
     from tuna.samples import image_keys
     from tuna.train.data import random_tag_rows
 
-    cache = layout(cfg).train_cache(f"{src.parent.name}-random")
-    if rank == 0:
-        attach_tags(cfg, images, cache, "random", progress=False, log=log)
-    barrier()
-    drawn, keys = attach_tags(cfg, images, cache, "random", progress=False, log=log), image_keys(images)
+    drawn = _attached(cfg, images, f"{src.parent.name}-random", "random", rank, barrier, log)
+    keys = image_keys(images)
     pool = {img: [t for t, _ in drawn[keys[img]]][:cfg.model.num_tags] for img in images if keys[img] in drawn}
     sc = cfg.train.stage(stage)
     out = random_tag_rows(good, sc.random_tags, cfg.run.seed + stage, pool)
@@ -181,7 +190,6 @@ def _random_tag_rows(cfg: Recipe, stage: int, src: Path, images: Sequence[Path],
 def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, barrier: Callable[[], None],
               log: Callable[[str], None]) -> tuple[list[Any], dict[str, int]]:
     from tuna.formats import load_llava
-    from tuna.retrieval.attach import attach_tags
     from tuna.train.data import check_images, drop_images, drop_tags, prepare, write_blank_image
     from tuna.train.readings import reading_rows, scene_rows
 
@@ -194,12 +202,8 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
     tag_mode = variant_model(cfg, variant)["tag_mode"]
     tags = None
     if tag_mode != "none":
-        cache = layout(cfg).train_cache(f"{src.parent.name}-{tag_mode}")
         images = sorted({r.image for r in records if r.image is not None})
-        if rank == 0:  # one process opens Milvus Lite; the others read the cache it writes
-            attach_tags(cfg, images, cache, tag_mode, progress=False, log=log)
-        barrier()
-        tags = attach_tags(cfg, images, cache, tag_mode, progress=False, log=log)
+        tags = _attached(cfg, images, f"{src.parent.name}-{tag_mode}", tag_mode, rank, barrier, log)
     sc = cfg.train.stage(stage)
     prepared = prepare(records, tokenizer, stage, sc.max_length, cfg.train.system_prompt, tags, cfg.model.num_tags)
     good, bad = check_images(prepared.examples)
