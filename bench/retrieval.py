@@ -156,7 +156,8 @@ def run_set(name: str, base: np.ndarray, queries: np.ndarray, ix: IndexConfig, s
 def world_vectors(cfg_path: str, limit: int) -> np.ndarray:
     from tuna.errors import CorruptSample
     from tuna.formats import iter_web
-    from tuna.retrieval.clip import encoder_path, load_encoder
+    from tuna.layout import encoder_path
+    from tuna.retrieval.clip import load_encoder
     from tuna.samples import decode_image
 
     cfg = load_recipe(cfg_path)

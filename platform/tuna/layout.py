@@ -191,4 +191,14 @@ def layout(recipe: Recipe) -> Layout:
     return Layout(Path(recipe.run.data_dir))
 
 
-__all__ = ["MANIFEST", "QUARANTINE", "Layout", "layout"]
+def encoder_path(cfg: Recipe) -> str:
+    """Where the run's encoder comes from: ``model.vision_tower`` when set, else ``<data_dir>/encoder``."""
+    return cfg.model.vision_tower or str(layout(cfg).encoder)
+
+
+def lm_path(cfg: Recipe) -> str:
+    """Where the run's LM comes from: ``model.language_model`` or ``model.llava`` when set, else ``<data_dir>/lm``."""
+    return cfg.model.language_model or cfg.model.llava or str(layout(cfg).lm)
+
+
+__all__ = ["MANIFEST", "QUARANTINE", "Layout", "encoder_path", "layout", "lm_path"]

@@ -266,14 +266,14 @@ def _index(cfg: Recipe, opts: Options) -> Outcome:
 
 
 def _train_up_to_date(cfg: Recipe, opts: Options) -> bool:
-    from tuna.train.engine import is_up_to_date
+    from tuna.train.freshness import is_up_to_date
 
     return all(is_up_to_date(cfg, v, s) for v in opts.variants for s in opts.stages)
 
 
 def _train(cfg: Recipe, opts: Options) -> Outcome:
     """Local DeepSpeed ranks; a stage that reruns makes the later stage rerun too."""
-    from tuna.train.engine import is_up_to_date
+    from tuna.train.freshness import is_up_to_date
     from tuna.train.launch import launch_local
 
     lines, parts, metrics, manifests, trained = [], [], {}, {}, False

@@ -17,8 +17,9 @@ from tuna.cli import main
 from tuna.errors import ConfigError, TunaError
 from tuna.foundation import clip_train
 from tuna.foundation.clip import PROMPT, evaluate_zero_shot, is_up_to_date, train_encoder, zero_shot_splits
+from tuna.layout import encoder_path
 from tuna.recipe import load_recipe
-from tuna.retrieval.clip import ClipEncoder, EncoderUnavailable, encoder_path, load_encoder
+from tuna.retrieval.clip import ClipEncoder, EncoderUnavailable, load_encoder
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 KIND = DAMAGE_KIND

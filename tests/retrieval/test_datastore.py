@@ -18,9 +18,9 @@ from tuna.cli import main
 from tuna.errors import CorruptSample, TunaError
 from tuna.formats import iter_web
 from tuna.foundation.clip import train_encoder
-from tuna.layout import layout
+from tuna.layout import encoder_path, layout
 from tuna.recipe import Recipe, load_recipe
-from tuna.retrieval.clip import encoder_path, load_encoder
+from tuna.retrieval.clip import load_encoder
 from tuna.retrieval.datastore import DATASTORES, Retriever, build_datastore, read_manifest, spec_of
 from tuna.retrieval.store import DimensionMismatch, MilvusStore, UnknownDatastore
 from tuna.samples import decode_image

@@ -19,9 +19,9 @@ from tuna.cli import main
 from tuna.errors import CorruptSample
 from tuna.formats import iter_web
 from tuna.foundation.clip import run_encoder
-from tuna.layout import layout
+from tuna.layout import encoder_path, layout
 from tuna.recipe import Recipe, load_recipe
-from tuna.retrieval.clip import encoder_path, load_encoder
+from tuna.retrieval.clip import load_encoder
 from tuna.retrieval.datastore import DATASTORES, Retriever, read_manifest, spec_of
 from tuna.retrieval.server import MilvusServer, MilvusServerError, free_port, server_executable
 from tuna.retrieval.store import MilvusStore, UnknownDatastore

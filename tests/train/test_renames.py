@@ -131,7 +131,7 @@ def test_decoys_keep_the_real_name_in_a_free_tag_while_the_new_name_stays_the_ma
 def test_novel_decoys_need_novel_names() -> None:
     with pytest.raises(ConfigError, match="novel_decoys.*novel_names"):
         load_recipe(SMOKE, ["train.stage2.novel_decoys=1"])
-    from tuna.train.engine import fingerprint
+    from tuna.train.freshness import fingerprint
 
     renamed = load_recipe(SMOKE, ["train.stage2.novel_names=0.2"])
     decoyed = load_recipe(SMOKE, ["train.stage2.novel_names=0.2", "train.stage2.novel_decoys=1"])

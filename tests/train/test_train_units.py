@@ -4,6 +4,7 @@ tests/model/test_processing_tuna.py)."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -174,8 +175,10 @@ def test_a_gpu_recipe_on_a_machine_without_gpus_is_one_line_before_any_rank(
 
 def test_local_command_runs_the_worker_module_on_n_ranks() -> None:
     cmd = local_command(Path("r.yaml"), 2, "baseline", 2, True, 29501)
-    assert cmd[1:3] == ["-m", "deepspeed.launcher.runner"]
-    assert cmd[cmd.index("--num_gpus") + 1] == "2" and cmd[cmd.index("--module") + 1] == "tuna.train.worker"
+    assert cmd[1:4] == ["-u", "-m", "deepspeed.launcher.launch"]
+    world = next(a.split("=", 1)[1] for a in cmd if a.startswith("--world_info="))
+    assert json.loads(base64.urlsafe_b64decode(world)) == {"localhost": [0, 1]}   # what the deepspeed runner passes
+    assert "--module" in cmd and cmd[cmd.index("--log_level=info") + 1] == "tuna.train.worker"
     assert cmd[-5:] == ["--stage", "2", "--variant", "baseline", "--resume"]
 
 
@@ -510,7 +513,7 @@ def test_each_nodes_local_rank_zero_builds_first_and_every_rank_meets_the_barrie
 
 
 def test_region_tags_make_a_tag_variants_training_stale_and_leave_the_baseline_alone() -> None:
-    from tuna.train.engine import fingerprint
+    from tuna.train.freshness import fingerprint
 
     plain, regions = load_recipe(SMOKE, ["model.num_tags=9"]), load_recipe(SMOKE, ["model.num_tags=9", "model.region_grid=2"])
     assert fingerprint(plain, "tuna", 2, 2) != fingerprint(regions, "tuna", 2, 2)
@@ -576,7 +579,7 @@ def test_cache_vision_is_refused_where_the_towers_outputs_change_or_are_partitio
                                       "train.stage2.image_dropout=0.2", "train.stage2.novel_names=0.2",
                                       "train.stage2.random_tags=0.2"])
 def test_tag_only_stage_settings_make_a_tag_variant_stale_and_leave_the_baseline_alone(override: str) -> None:
-    from tuna.train.engine import fingerprint
+    from tuna.train.freshness import fingerprint
 
     plain, changed = load_recipe(SMOKE), load_recipe(SMOKE, [override])
     assert fingerprint(plain, "tuna", 2, 2) != fingerprint(changed, "tuna", 2, 2)

@@ -233,7 +233,7 @@ def run_register(config: str, overrides: Sequence[str], parent: str, repository:
     Returns ``models:/<name>@<alias>`` (what the Helm chart's mlflow source and ``deploy`` read).
     """
     from tuna import track
-    from tuna.train.engine import registered_name
+    from tuna.variants import registered_name
 
     cfg = _load(config, overrides)
     numbers = {k: float(v) for k, v in metrics.items()

@@ -88,7 +88,8 @@ class RetrievalSession:
     (a Milvus Lite datastore stays locked to this process while it is open)."""
 
     def __init__(self, cfg: Recipe) -> None:
-        from tuna.retrieval.clip import encoder_path, load_encoder
+        from tuna.layout import encoder_path
+        from tuna.retrieval.clip import load_encoder
         from tuna.retrieval.datastore import Retriever
 
         self.cfg = cfg

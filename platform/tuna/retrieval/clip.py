@@ -22,8 +22,6 @@ from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPModel
 
 from tuna.errors import TunaError
-from tuna.layout import layout
-from tuna.recipe import Recipe
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -119,11 +117,6 @@ class ClipEncoder:
                                                  attention_mask=tok["attention_mask"]).pooler_output  # (B, dim)
             out.append(F.normalize(feats.float(), dim=-1).numpy())
         return np.concatenate(out).astype(np.float32, copy=False)
-
-
-def encoder_path(cfg: Recipe) -> str:
-    """Where the run's encoder comes from: ``model.vision_tower`` when set, else ``<data_dir>/encoder``."""
-    return cfg.model.vision_tower or str(layout(cfg).encoder)
 
 
 def load_encoder(path_or_id: str | Path) -> ClipEncoder:

@@ -141,7 +141,8 @@ def _batches(samples: Iterator[WebSample], size: int) -> Iterator[list[WebSample
 def build_datastore(cfg: Recipe, name: str, rebuild: bool = False, progress: bool = True,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """Embed datastore ``name``'s corpus, insert it with its values, index it; returns the manifest."""
-    from tuna.retrieval.clip import encoder_path, load_encoder
+    from tuna.layout import encoder_path
+    from tuna.retrieval.clip import load_encoder
     from tuna.tags.io import load_tags
 
     spec = spec_of(cfg, name)

@@ -33,7 +33,6 @@ from tuna.errors import TunaError
 from tuna.layout import Layout, layout
 from tuna.recipe import Recipe
 from tuna.serve import llmapi_repository, model_config
-from tuna.serve.ensemble import SERVING_FILE
 
 EXPORT_VERSION = "tuna.serve/2"   # 2: the retrieval step holds the prompt encoder and the datastores
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json")
@@ -136,6 +135,8 @@ def _forget_paths(config: Any) -> None:
 def _repository(cfg: Recipe, model_dir: Path, root: Path, lm_dir: Path, encoder_dir: Path, settings: dict[str, Any],
                 gpu_dtype: str | None) -> dict[str, Any]:
     """Write one repository under ``root``: the LLM step on serve.engine (CPU), or on TensorRT-LLM when ``gpu_dtype``."""
+    from tuna.serve.ensemble import SERVING_FILE  # torch: not imported by the up-to-date check
+
     s = cfg.serve
     batching = model_config.Batching(s.max_batch_size, s.queue_delay_us, s.instances)
     table = "TYPE_FP32"   # the retrieval step's rows, float32 on the wire; the GPU engine casts them to gpu_dtype

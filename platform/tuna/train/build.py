@@ -8,16 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from tuna.errors import TrainError
-from tuna.layout import layout
+from tuna.layout import layout, lm_path
 from tuna.recipe import Recipe
 from tuna.variants import variant_model
-
-
-def lm_source(cfg: Recipe) -> str:
-    """The causal LM: ``model.language_model`` when set, else the tiny LM of `tuna lm` (``<data_dir>/lm``)."""
-    from tuna.foundation.lm import lm_path
-
-    return lm_path(cfg)
 
 
 def load_tokenizer(source: str) -> Any:
@@ -35,9 +28,9 @@ def load_tokenizer(source: str) -> Any:
 
 def build_model(cfg: Recipe, variant: str, stage: int, language_model: Any = None) -> tuple[Any, Any]:
     """(model, LM tokenizer) at the start of ``stage``: freshly composed for stage 1 (around ``language_model`` when
-    given, an LM already loaded from ``lm_source``), stage 1's output for 2."""
+    given, an LM already loaded from ``lm_path``), stage 1's output for 2."""
+    from tuna.layout import encoder_path
     from tuna.model import TunaForConditionalGeneration, build_tuna
-    from tuna.retrieval.clip import encoder_path
 
     settings = variant_model(cfg, variant)
     if stage == 1 and cfg.model.llava:   # LLaVA-1.5's tower, projector and LM + the full CLIP's text tower
@@ -46,7 +39,7 @@ def build_model(cfg: Recipe, variant: str, stage: int, language_model: Any = Non
         model = build_tuna_from_llava(cfg.model.llava, encoder_path(cfg), max_tag_tokens=8, **settings)
         return model, load_tokenizer(cfg.model.llava)
     if stage == 1:
-        lm = lm_source(cfg)
+        lm = lm_path(cfg)
         model = build_tuna(encoder_path(cfg), lm if language_model is None else language_model, max_tag_tokens=8, **settings)
         return model, load_tokenizer(lm)
     prev = layout(cfg).model(variant, 1)
@@ -69,4 +62,4 @@ def local_rank_zero_first(local_rank: int, barrier: Callable[[], None], fn: Call
             barrier()
 
 
-__all__ = ["build_model", "lm_source", "load_tokenizer", "local_rank_zero_first"]
+__all__ = ["build_model", "load_tokenizer", "local_rank_zero_first"]

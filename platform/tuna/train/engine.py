@@ -13,14 +13,13 @@ Outputs: ``<data_dir>/train/<variant>/stage<N>/`` with ``checkpoints/``, ``model
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,71 +29,11 @@ import yaml
 
 from tuna.errors import TrainError
 from tuna.layout import layout
-from tuna.recipe import Recipe, section_fingerprint
-from tuna.sources import file_digest, sources
-from tuna.train.build import build_model, lm_source, local_rank_zero_first
+from tuna.recipe import Recipe
+from tuna.sources import sources
+from tuna.train.build import build_model, local_rank_zero_first
+from tuna.train.freshness import DATA_SOURCES, fingerprint
 from tuna.variants import registered_name, variant_model
-
-ENGINE_VERSION = "tuna.train/1"
-DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
-# stage settings that act on tags only: a tagless variant (the baseline) fingerprints them at their no-op values
-TAG_ONLY = ("tag_dropout", "reading_describe", "reading_scenes", "reading_other_coarse", "image_dropout", "novel_names",
-            "novel_decoys", "random_tags")
-
-
-# ------------------------------------------------------------------------------------------ paths
-
-
-def inputs_digest(cfg: Recipe, variant: str, stage: int) -> dict[str, str | None]:
-    """Digests of what a stage reads: the world, the encoder, the LM, the datastores (their manifests), and
-    for stage 2 the stage-1 result; any change makes the stage's output stale."""
-    from tuna.retrieval.clip import encoder_path
-
-    lay = layout(cfg)
-    out = {"world": sources(cfg).digest(DATA_SOURCES[stage], "taxonomy"),
-           "encoder": file_digest(Path(encoder_path(cfg)) / "manifest.json") or encoder_path(cfg),
-           "lm": file_digest(Path(lm_source(cfg)) / "manifest.json") or lm_source(cfg)}
-    if variant_model(cfg, variant)["tag_mode"] != "none":
-        from tuna.retrieval.datastore import partner
-
-        # the model's datastore and its captions partner (the world's A and A_captions): the variants read one of them
-        for name in filter(None, (cfg.model.datastore, partner(cfg, cfg.model.datastore, "captions"))):
-            out[f"datastore_{name}"] = file_digest(lay.datastore(name) / "manifest.json")
-    if stage == 2:
-        out["stage1"] = file_digest(lay.stage(variant, 1) / "metrics.json")
-    return out
-
-
-def fingerprint(cfg: Recipe, variant: str, stage: int, world_size: int) -> str:
-    """What a checkpoint must match to be resumed, and an output to be up to date: stage settings, model
-    variant, ranks, seed, template, precision and the inputs' digests."""
-    section, model = cfg.train.stage(stage), variant_model(cfg, variant)
-    if model["tag_mode"] == "none":   # settings that act on tags only leave a tagless variant's output as it was
-        neutral = getattr(section, "_fingerprint_neutral", {})
-        section = replace(section, **{k: neutral[k] for k in TAG_ONLY if k in neutral})
-    payload = {
-        "version": ENGINE_VERSION, "stage": stage, "stage_cfg": section_fingerprint(section), "model": model,
-        "world_size": world_size, "seed": cfg.run.seed, "system": cfg.train.system_prompt, "precision": cfg.train.precision,
-        "inputs": inputs_digest(cfg, variant, stage),
-    }
-    if cfg.model.region_grid and payload["model"]["tag_mode"] != "none":   # other tags (and reading tags) to train on
-        payload["region_grid"] = cfg.model.region_grid
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def is_up_to_date(cfg: Recipe, variant: str, stage: int) -> bool:
-    """True when ``variant``'s stage output exists with this config's fingerprint (on ``train.ranks`` ranks)."""
-    path = layout(cfg).stage(variant, stage) / "metrics.json"
-    if not path.is_file():
-        return False
-    try:
-        done = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return False
-    if done.get("fingerprint") != fingerprint(cfg, variant, stage, cfg.train.ranks):
-        return False
-    return stage == 1 or is_up_to_date(cfg, variant, 1)
-
 
 # ------------------------------------------------------------------------------------------ schedule
 
@@ -285,7 +224,7 @@ def save_hf(cfg: Recipe, variant: str, stage: int, state: dict[str, torch.Tensor
     """Load the consolidated ``state`` into a fresh model and ``save_pretrained`` it with its tokenizers and processor."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    from tuna.retrieval.clip import encoder_path
+    from tuna.layout import encoder_path
 
     model, _ = build_model(cfg, variant, stage)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -384,7 +323,8 @@ def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
         raise TrainError(f"stage {stage} of {variant!r} has no trainable parameters; check model.tag_mode / model.tuner")
     examples, skipped = _examples(cfg, variant, stage, tokenizer, rank, barrier, log)
     if stage == 1:  # the CLIP tokenizer and image processor of the tower
-        from tuna.retrieval.clip import encoder_path, load_encoder
+        from tuna.layout import encoder_path
+        from tuna.retrieval.clip import load_encoder
 
         enc = load_encoder(encoder_path(cfg))
         processor, clip_tok = enc.processor, enc.tokenizer

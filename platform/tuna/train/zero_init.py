@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from tuna.errors import TrainError
+from tuna.layout import lm_path
 from tuna.recipe import Recipe
-from tuna.train.build import build_model, lm_source, local_rank_zero_first
+from tuna.train.build import build_model, local_rank_zero_first
 
 ZERO_CKPT_FILES = ("latest", "zero_to_fp32.py")   # what `engine.save_checkpoint` leaves in a DeepSpeed checkpoint folder
 
@@ -103,14 +104,13 @@ def held(model: Any) -> dict[str, int]:
 
 def checkpoint_sources(cfg: Recipe, variant: str, stage: int) -> dict[str, str]:
     """The checkpoints ``build_model`` reads for ``stage``, by the recipe key (or output) that names them."""
-    from tuna.layout import layout
-    from tuna.retrieval.clip import encoder_path
+    from tuna.layout import encoder_path, layout
 
     if stage == 2:
         return {f"stage 1's model of {variant!r}": str(layout(cfg).model(variant, 1))}
     if cfg.model.llava:
         return {"model.llava": cfg.model.llava, "model.vision_tower": encoder_path(cfg)}
-    return {"model.vision_tower": encoder_path(cfg), "model.language_model": lm_source(cfg)}
+    return {"model.vision_tower": encoder_path(cfg), "model.language_model": lm_path(cfg)}
 
 
 def build_partitioned(cfg: Recipe, variant: str, stage: int, local_rank: int,

@@ -33,7 +33,7 @@ import tuna.foundation.lm.pretrain as pretrain
 from tuna.errors import DataFormatError, TunaError
 from tuna.foundation.lm.chat_tune import chat_tune
 from tuna.foundation.lm.tokenizer import ensure_pad_and_template, tokens_per_name, train_tokenizer
-from tuna.layout import layout
+from tuna.layout import layout, lm_path
 from tuna.recipe import Recipe, section_fingerprint
 from tuna.sources import sources
 from tuna.staging import staged_dir
@@ -78,11 +78,6 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 def _count_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def lm_path(cfg: Recipe) -> str:
-    """Where the run's LM comes from: ``model.language_model`` or ``model.llava`` when set, else ``<data_dir>/lm``."""
-    return cfg.model.language_model or cfg.model.llava or str(layout(cfg).lm)
 
 
 def load_lm(path_or_id: str | Path, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
