@@ -5,7 +5,10 @@ batches and data (the stage's examples, collated the same way, images decoded ea
 median per-step time of each and the platform's overhead ratio (goal <= 1.10), and the per-rank
 optimizer-state bytes of ZeRO-2 vs plain data parallel (AdamW moments; ZeRO-2 partitions them).
 
-    .venv/bin/python bench/train.py --config configs/smoke.yaml [--stage 2] [--steps 30] [--out bench/results/train.json]
+    .venv/bin/python bench/train.py --config configs/smoke.yaml [--stage 2] [--steps 30] [--buckets 2] [--out bench/results/train.json]
+
+--buckets N also times ``train.length_buckets=N`` (each micro-batch run in N forwards of similar lengths) against the
+whole micro-batches, on the same DeepSpeed engine and steps.
 
 Needs the recipe's world, encoder, datastores, LM (and stage 1 for --stage 2): `tuna run` builds them.
 """
@@ -94,6 +97,9 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: Any) 
     engine, _, _, _ = deepspeed.initialize(model=inp.model, optimizer=opt, config=ds)
     result["deepspeed_step_s"] = _timed(lambda s: optimizer_step(engine, inp.collate, inp.examples, plan, s, rank),
                                         args.steps, args.warmup)
+    if args.buckets > 1:   # the same engine and steps, each micro-batch run in train.length_buckets forwards
+        result["buckets_step_s"] = _timed(lambda s: optimizer_step(engine, inp.collate, inp.examples, plan, s, rank,
+                                                                   args.buckets), args.steps, args.warmup)
     result["deepspeed_optimizer_state_bytes"] = _state_bytes(engine.optimizer.optimizer)
     result["trainable_params"] = sum(p.numel() for p in inp.params)
     result["examples"], result["global_batch"] = len(inp.examples), plan.global_batch
@@ -108,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant", default="tuna")
     p.add_argument("--steps", type=int, default=30, help="timed optimizer steps per loop")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--buckets", type=int, default=1, help="also time train.length_buckets=N on the same engine and steps "
+                                                           "(the peer: whole micro-batches)")
     p.add_argument("--out", default="bench/results/train.json")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
@@ -139,13 +147,17 @@ def main(argv: list[str] | None = None) -> int:
                             "optimizer_state_bytes_per_rank": [results[r]["deepspeed_optimizer_state_bytes"] for r in sorted(results)]},
         "step_time_ratio_deepspeed_over_plain": round(ds / plain, 3),
         "optimizer_state_ratio_zero2_over_plain": round(results[0]["deepspeed_optimizer_state_bytes"] / max(1, results[0]["plain_optimizer_state_bytes"]), 3),
+        **({} if "buckets_step_s" not in r0 else {
+            f"deepspeed_zero2_length_buckets_{args.buckets}": {"median_step_s": round(statistics.median(r0["buckets_step_s"]), 4)},
+            "step_time_ratio_buckets_over_whole": round(statistics.median(r0["buckets_step_s"]) / ds, 3)}),
         "machine": {"python": pyplatform.python_version(), "torch": torch.__version__, "cores": os.cpu_count()},
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({k: report[k] for k in ("plain_ddp", "deepspeed_zero2", "step_time_ratio_deepspeed_over_plain",
-                                              "optimizer_state_ratio_zero2_over_plain")}, indent=1))
+                                              "optimizer_state_ratio_zero2_over_plain")} | {k: v for k, v in report.items() if "buckets" in k},
+                     indent=1))
     return 0
 
 

@@ -159,3 +159,18 @@ def test_cached_vision_trains_the_same_loss_curve_as_pixels(trained, tmp_path: P
                     data_dir=d)
     assert refused.returncode != 0 and "Traceback" not in refused.stdout + refused.stderr
     assert "train.cache_vision: stage 2 trains the vision tower" in refused.stdout + refused.stderr
+
+
+def test_length_buckets_train_the_same_loss_curve_as_whole_micro_batches(trained, tmp_path: Path) -> None:
+    """train.length_buckets: each micro-batch run in up to 3 forwards of similar lengths (ZeRO-3, as the fixture's
+    stage 2) pads fewer text positions and reproduces the fixture's loss curve (one forward per micro-batch)."""
+    d = tmp_path / "buckets"
+    shutil.copytree(trained.cfg.data_dir, d, ignore=shutil.ignore_patterns("stage2", "eval", "serve"))
+    done = _tuna("--stage", "2", "--variant", "tuna", "train.stage2.zero_stage=3", "train.zero3_init=false",
+                 "train.length_buckets=3", data_dir=d)
+    assert done.returncode == 0, done.stderr[-2000:]
+    said = re.search(r"train.length_buckets=3: the text padded to ([\d.]+)x its tokens \(whole micro-batches: ([\d.]+)x",
+                     done.stdout + done.stderr)
+    assert said and 1.0 <= float(said[1]) < float(said[2]), done.stdout[-2000:]
+    reference = trained.cfg.data_dir / "train/tuna/stage2/loss.jsonl"
+    assert _losses(d / "train/tuna/stage2/loss.jsonl") == pytest.approx(_losses(reference), abs=1e-4)

@@ -526,6 +526,7 @@ class TrainConfig:
     deepspeed_config: str | None = None  # a DeepSpeed JSON with "auto" fields; null = the repo's zero<stage>.json
     zero3_init: bool = False        # stages on ZeRO-3 build the model partitioned (deepspeed.zero.Init): no rank holds it whole
     cache_vision: bool = False      # encode each training image once per stage with the frozen vision tower (held in memory)
+    length_buckets: int = 1         # split each micro-batch into up to N runs of similar lengths, one loss (the same gradient, less padding); 1 = off
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=lambda: StageConfig(lr=2e-4))
 
@@ -539,6 +540,8 @@ class TrainConfig:
         _require(self.gradient_clipping >= 0, "gradient_clipping", f"must be >= 0, got {self.gradient_clipping}")
         for name in ("gradient_checkpointing", "zero3_init", "cache_vision"):
             _require(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")
+        _require(isinstance(self.length_buckets, int) and 1 <= self.length_buckets <= 8, "length_buckets",
+                 f"must be 1 (off) .. 8 sub-batches per micro-batch, got {self.length_buckets!r}")
 
     def stage(self, n: int) -> StageConfig:
         """The settings of stage ``n`` (1 or 2)."""

@@ -185,6 +185,41 @@ class Collator(TunaProcessor):
         return batch
 
 
+def length_split(examples: Sequence[Example], buckets: int) -> list[list[Example]]:
+    """``examples`` sorted by token count and cut into ``min(buckets, len(examples))`` runs so that the padded tokens
+    (each run padded to its longest) are fewest: the sub-batches ``train.length_buckets`` runs one after the other.
+    The count never depends on the lengths, so every rank runs as many forwards (ZeRO-3 gathers in each)."""
+    order = sorted(examples, key=lambda ex: len(ex.input_ids))
+    n = len(order)
+    k = max(1, min(buckets, n))
+    lengths = [len(ex.input_ids) for ex in order]
+    # best[j][i]: fewest padded tokens of the first i examples in j runs; cut[j][i]: where the last run starts
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(k + 1)]
+    cut = [[0] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = 0
+    for j in range(1, k + 1):
+        for i in range(1, n + 1):
+            for start in range(j - 1, i):
+                cost = best[j - 1][start] + lengths[i - 1] * (i - start)
+                if cost < best[j][i]:
+                    best[j][i], cut[j][i] = cost, start
+    parts, end = [], n
+    for j in range(k, 0, -1):
+        start = cut[j][end]
+        parts.append(order[start:end])
+        end = start
+    return parts[::-1]
+
+
+def padding_ratio(batches: Sequence[Sequence[Example]], buckets: int = 1) -> float:
+    """Text positions computed per real token over ``batches``, each cut by :func:`length_split` into ``buckets`` runs
+    and each run padded to its longest (1.0 = no padding)."""
+    real = sum(len(ex.input_ids) for b in batches for ex in b)
+    padded = sum(len(run) * len(run[-1].input_ids) for b in batches for run in length_split(b, buckets))
+    return padded / max(1, real)
+
+
 def check_images(examples: Sequence[Example]) -> tuple[list[Example], list[CorruptSample]]:
     """Split examples into those whose image decodes and the rejects (key + reason), before training starts."""
     good, bad = [], []
@@ -197,5 +232,5 @@ def check_images(examples: Sequence[Example]) -> tuple[list[Example], list[Corru
     return good, bad
 
 
-__all__ = ["Collator", "DataError", "Example", "Prepared", "check_images", "drop_images", "drop_tags", "id_digest", "prepare",
+__all__ = ["Collator", "DataError", "Example", "Prepared", "check_images", "drop_images", "drop_tags", "id_digest", "length_split", "padding_ratio", "prepare",
            "random_tag_rows", "reading_examples", "seeded_share", "write_blank_image"]

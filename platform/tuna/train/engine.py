@@ -29,6 +29,7 @@ import yaml
 
 from tuna.errors import TrainError
 from tuna.layout import layout
+from tuna.model.label_loss import IGNORE_INDEX
 from tuna.recipe import Recipe
 from tuna.sources import sources
 from tuna.train.build import build_model, local_rank_zero_first
@@ -382,14 +383,28 @@ def cache_vision(cfg: Recipe, stage: int, inputs: StageInputs, rank: int, world:
         f"in {time.perf_counter() - t0:.1f}s")
 
 
+def micro_loss(engine: Any, collate: Callable[[list[Any]], dict[str, torch.Tensor]], batch: list[Any],
+               buckets: int = 1) -> torch.Tensor:
+    """The loss of one micro-batch: one forward, or with ``buckets`` > 1 (``train.length_buckets``) one forward per
+    run of similar lengths (:func:`tuna.train.data.length_split`, less padding) and their losses weighted by their
+    labelled tokens, which is the whole micro-batch's mean loss, so its gradient too."""
+    from tuna.train.data import length_split
+
+    parts = length_split(batch, buckets) if buckets > 1 else [batch]
+    if len(parts) == 1:
+        return engine(**to_device(collate(batch), engine.device), loss_only=True).loss  # the LM head at the labels only
+    outs = [engine(**to_device(collate(part), engine.device), loss_only=True) for part in parts]
+    counts = [int((out.labels[:, 1:] != IGNORE_INDEX).sum()) for out in outs]
+    return sum(out.loss * (n / sum(counts)) for out, n in zip(outs, counts))
+
+
 def optimizer_step(engine: Any, collate: Callable[[list[Any]], dict[str, torch.Tensor]], examples: list[Any],
-                   plan: BatchPlan, step: int, rank: int) -> float:
+                   plan: BatchPlan, step: int, rank: int, buckets: int = 1) -> float:
     """One optimizer step of a DeepSpeed engine (its micro-steps included, each batch moved to the engine's
     device); returns the loss averaged over ranks."""
     step_loss = 0.0
     for micro in range(plan.accum):
-        batch = to_device(collate([examples[i] for i in plan.indices(step, micro, rank)]), engine.device)
-        loss = engine(**batch, loss_only=True).loss   # the LM head at the labelled positions only
+        loss = micro_loss(engine, collate, [examples[i] for i in plan.indices(step, micro, rank)], buckets)
         engine.backward(loss)
         engine.step()
         step_loss += float(loss.detach()) / plan.accum
@@ -429,6 +444,12 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
         cache_vision(cfg, stage, inputs, rank, world, say)
     plan = BatchPlan(len(examples), world, sc.batch_size, sc.grad_accum, cfg.run.seed, example_lengths(examples, sc))
     total = plan.total_steps(sc.epochs, sc.max_steps)
+    if cfg.train.length_buckets > 1 and rank == 0:
+        from tuna.train.data import padding_ratio
+
+        first = [[examples[i] for i in plan.indices(s, m, rank)] for s in range(plan.steps_per_epoch) for m in range(plan.accum)]
+        say(f"  train.length_buckets={cfg.train.length_buckets}: the text padded to {padding_ratio(first, cfg.train.length_buckets):.2f}x "
+            f"its tokens (whole micro-batches: {padding_ratio(first):.2f}x; rank 0, epoch 1)")
     ds = ds_config.resolve(cfg, stage, world, hidden_size=model.config.text_config.hidden_size)
     optimizer = torch.optim.AdamW(inputs.param_groups(sc.lr, sc.lm_lr_scale, sc.vision_lr_scale), lr=sc.lr, weight_decay=sc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total, sc.warmup))
@@ -467,7 +488,7 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
         progress = reporter_from_env(start)  # the TrainJob's status.trainerStatus (Kubeflow Trainer); a no-op elsewhere
         for step in range(start, total):
             t0 = time.perf_counter()
-            step_loss = optimizer_step(engine, collate, examples, plan, step, rank)
+            step_loss = optimizer_step(engine, collate, examples, plan, step, rank, cfg.train.length_buckets)
             if not math.isfinite(step_loss):
                 raise TrainError(f"loss became {step_loss} at step {step + 1}; lower train.stage{stage}.lr")
             losses.append(round(step_loss, 6))
