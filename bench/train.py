@@ -1,7 +1,8 @@
 """Training benchmark: the platform's DeepSpeed ZeRO-2 step vs a plain PyTorch DDP loop, in one run, same machine.
 
 Both run on the same 2 CPU ranks (gloo), with the same TUNA model, trainable parameters, AdamW,
-batches and data (the stage's examples, collated the same way, images decoded each step). Reported:
+batches and data (the stage's examples, collated the same way; with train.cache_vision, as `tuna train`, the
+frozen tower's outputs encoded once up front, else images decoded each step). Reported:
 median per-step time of each and the platform's overhead ratio (goal <= 1.10), and the per-rank
 optimizer-state bytes of ZeRO-2 vs plain data parallel (AdamW moments; ZeRO-2 partitions them).
 
@@ -55,7 +56,7 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: Any) 
     from torch.nn.parallel import DistributedDataParallel
 
     from tuna.train import ds_config
-    from tuna.train.engine import BatchPlan, example_lengths, optimizer_step, prepare_stage
+    from tuna.train.engine import BatchPlan, cache_vision, example_lengths, optimizer_step, prepare_stage
 
     cfg = load_recipe(args.config, args.overrides)
     torch.set_num_threads(cfg.train.threads_per_rank)
@@ -67,6 +68,8 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: Any) 
     # Plain PyTorch: DDP over gloo, AdamW on the same trainable parameters, the same batches.
     torch.manual_seed(cfg.run.seed)
     inp = prepare_stage(cfg, args.variant, args.stage, rank, dist.barrier, lambda s: None)
+    if cfg.train.cache_vision:   # as `tuna train`: the frozen tower's outputs encoded once, not every step
+        cache_vision(cfg, args.stage, inp, rank, world, lambda s: None)
     plan = BatchPlan(len(inp.examples), world, sc.batch_size, sc.grad_accum, cfg.run.seed, example_lengths(inp.examples, sc))
     ddp = DistributedDataParallel(inp.model, find_unused_parameters=False)
     opt = torch.optim.AdamW(inp.params, lr=sc.lr, weight_decay=sc.weight_decay)
@@ -91,6 +94,8 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: Any) 
     # The platform: the same step function `tuna train` runs, on a DeepSpeed ZeRO-2 engine.
     torch.manual_seed(cfg.run.seed)
     inp = prepare_stage(cfg, args.variant, args.stage, rank, dist.barrier, lambda s: None)
+    if cfg.train.cache_vision:
+        cache_vision(cfg, args.stage, inp, rank, world, lambda s: None)
     ds = ds_config.resolve(cfg, args.stage, world, hidden_size=inp.model.config.text_config.hidden_size)
     ds["zero_optimization"]["stage"] = 2
     opt = torch.optim.AdamW(inp.params, lr=sc.lr, weight_decay=sc.weight_decay)
@@ -98,6 +103,10 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: Any) 
     result["deepspeed_step_s"] = _timed(lambda s: optimizer_step(engine, inp.collate, inp.examples, plan, s, rank),
                                         args.steps, args.warmup)
     if args.buckets > 1:   # the same engine and steps, each micro-batch run in train.length_buckets forwards
+        from tuna.train.data import padding_ratio
+
+        first = [[inp.examples[i] for i in plan.indices(s, m, rank)] for s in range(plan.steps_per_epoch) for m in range(plan.accum)]
+        result["text_padding"] = {"whole": round(padding_ratio(first), 3), "buckets": round(padding_ratio(first, args.buckets), 3)}
         result["buckets_step_s"] = _timed(lambda s: optimizer_step(engine, inp.collate, inp.examples, plan, s, rank,
                                                                    args.buckets), args.steps, args.warmup)
     result["deepspeed_optimizer_state_bytes"] = _state_bytes(engine.optimizer.optimizer)
@@ -149,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         "optimizer_state_ratio_zero2_over_plain": round(results[0]["deepspeed_optimizer_state_bytes"] / max(1, results[0]["plain_optimizer_state_bytes"]), 3),
         **({} if "buckets_step_s" not in r0 else {
             f"deepspeed_zero2_length_buckets_{args.buckets}": {"median_step_s": round(statistics.median(r0["buckets_step_s"]), 4)},
-            "step_time_ratio_buckets_over_whole": round(statistics.median(r0["buckets_step_s"]) / ds, 3)}),
+            "step_time_ratio_buckets_over_whole": round(statistics.median(r0["buckets_step_s"]) / ds, 3),
+            "text_padding_buckets": r0["text_padding"]}),
         "machine": {"python": pyplatform.python_version(), "torch": torch.__version__, "cores": os.cpu_count()},
     }
     out = Path(args.out)
