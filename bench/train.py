@@ -105,7 +105,7 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, out: Any) 
     if args.buckets > 1:   # the same engine and steps, each micro-batch run in train.length_buckets forwards
         from tuna.train.data import padding_ratio
 
-        first = [[inp.examples[i] for i in plan.indices(s, m, rank)] for s in range(plan.steps_per_epoch) for m in range(plan.accum)]
+        first = plan.epoch_batches(inp.examples, rank)
         result["text_padding"] = {"whole": round(padding_ratio(first), 3), "buckets": round(padding_ratio(first, args.buckets), 3)}
         result["buckets_step_s"] = _timed(lambda s: optimizer_step(engine, inp.collate, inp.examples, plan, s, rank,
                                                                    args.buckets), args.steps, args.warmup)

@@ -526,7 +526,7 @@ class TrainConfig:
     deepspeed_config: str | None = None  # a DeepSpeed JSON with "auto" fields; null = the repo's zero<stage>.json
     zero3_init: bool = False        # stages on ZeRO-3 build the model partitioned (deepspeed.zero.Init): no rank holds it whole
     cache_vision: bool = False      # encode each training image once per stage with the frozen vision tower (held in memory)
-    length_buckets: int = 1         # split each micro-batch into up to N runs of similar lengths, one loss (the same gradient, less padding); 1 = off
+    length_buckets: int = 1         # split each micro-batch into N runs of similar lengths, one loss (the same gradient, less padding); 1 = off
     stage1: StageConfig = field(default_factory=StageConfig)
     stage2: StageConfig = field(default_factory=lambda: StageConfig(lr=2e-4))
 

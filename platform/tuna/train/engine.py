@@ -78,6 +78,12 @@ class BatchPlan:
         start = within * self.global_batch + (micro * self.world + rank) * self.bs
         return self._perm[epoch][start:start + self.bs].tolist()
 
+    def epoch_batches(self, examples: Sequence[Any], rank: int, epoch: int = 0) -> list[list[Any]]:
+        """Rank ``rank``'s micro-batches of ``epoch``, in order, as lists of ``examples``."""
+        first = epoch * self.steps_per_epoch
+        return [[examples[i] for i in self.indices(step, micro, rank)]
+                for step in range(first, first + self.steps_per_epoch) for micro in range(self.accum)]
+
     def _order(self, rng: np.random.Generator) -> np.ndarray:
         perm = rng.permutation(self.n)
         if self.lengths is None:
@@ -395,7 +401,8 @@ def micro_loss(engine: Any, collate: Callable[[list[Any]], dict[str, torch.Tenso
         return engine(**to_device(collate(batch), engine.device), loss_only=True).loss  # the LM head at the labels only
     outs = [engine(**to_device(collate(part), engine.device), loss_only=True) for part in parts]
     counts = [int((out.labels[:, 1:] != IGNORE_INDEX).sum()) for out in outs]
-    return sum(out.loss * (n / sum(counts)) for out, n in zip(outs, counts))
+    total = sum(counts)
+    return sum(out.loss * (n / total) for out, n in zip(outs, counts))
 
 
 def optimizer_step(engine: Any, collate: Callable[[list[Any]], dict[str, torch.Tensor]], examples: list[Any],
@@ -450,7 +457,7 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
     if cfg.train.length_buckets > 1 and rank == 0:
         from tuna.train.data import padding_ratio
 
-        first = [[examples[i] for i in plan.indices(s, m, rank)] for s in range(plan.steps_per_epoch) for m in range(plan.accum)]
+        first = plan.epoch_batches(examples, rank)
         say(f"  train.length_buckets={cfg.train.length_buckets}: the text padded to {padding_ratio(first, cfg.train.length_buckets):.2f}x "
             f"its tokens (whole micro-batches: {padding_ratio(first):.2f}x; rank 0, epoch 1)")
     ds = ds_config.resolve(cfg, stage, world, hidden_size=model.config.text_config.hidden_size)
