@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import transformers
 
+from tuna.cpu_math import cpu_math
 from tuna.errors import CorruptSample, DataFormatError, OutputError
 from tuna.formats import load_finer
 from tuna.layout import layout
@@ -275,88 +276,85 @@ def train_encoder(cfg: Recipe, progress: bool = True, log: Callable[[str], None]
     except OSError as err:
         raise OutputError(f"cannot write the encoder under {str(target.parent)!r} ({err.strerror or err}); "
                           f"set run.data_dir to a writable folder") from None
-    threads = torch.get_num_threads()
-    torch.set_num_threads(enc.threads)
-    t0 = time.perf_counter()
-    try:
-        processor = clip_train.build_processor(cfg.world.image_size)
-        pairs = clip_train.load_pairs(web_corpora(cfg), processor, cfg.mine.max_caption_chars, progress)
-        log(f"encoder data: {pairs.quarantine.summary(pairs.total, 'web pairs')}")
-        cleaned: list[str | None] | None = None
-        cleaning: dict[str, Any] = {"rate": enc.clean_captions}
-        objects: clip_train.ObjectTargets | None = None
-        if enc.clean_captions > 0 or enc.object_loss > 0:
-            t_clean = time.perf_counter()
-            mined = clip_train.mine_objects(pairs.captions, cfg.mine)
-            seconds = round(time.perf_counter() - t_clean, 1)
-            if enc.clean_captions > 0:
-                cleaned = clip_train.clean_captions(pairs.captions, cfg.mine, objects=mined)
-                found = sum(c is not None for c in cleaned)
-                cleaning.update(with_objects=found, seconds=seconds)
-                log(f"encoder captions: {found}/{len(cleaned)} cleaned to their mined objects in {seconds:.0f}s "
-                    f"(used for {enc.clean_captions:.0%} of the pairs at each step)")
-            if enc.object_loss > 0:
-                objects = clip_train.ObjectTargets.from_objects(mined)
-                log(f"encoder object loss: {len(objects.vocabulary)} mined nouns named by >= "
-                    f"{clip_train.OBJECT_MIN_COUNT} captions, {float(objects.targets.sum(1).mean()):.2f} per pair "
-                    f"(weight {enc.object_loss}, on {enc.object_loss_tokens})")
-        tokenizer = clip_train.build_tokenizer(pairs.captions + [c for c in cleaned or [] if c], enc.max_text_tokens)
-        torch.manual_seed(cfg.run.seed)
-        model = clip_train.build_model(enc, tokenizer, cfg.world.image_size)
-        log(f"encoder: CLIPModel with {_count_params(model.vision_model) / 1e6:.2f}M vision + "
-            f"{_count_params(model.text_model) / 1e6:.2f}M text parameters, vocabulary {len(tokenizer)}, "
-            f"{len(pairs.captions)} pairs x {enc.epochs} epochs on {enc.threads} threads")
-        curve = clip_train.train_clip(model, pairs, tokenizer, processor, enc, cfg.run.seed, progress, log, cleaned=cleaned,
-                                      objects=objects)
-        with _hf_progress(False):
-            model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        pairs.quarantine.write(tmp / "quarantine.jsonl")
-        encoder = ClipEncoder(model, tokenizer, processor, path=str(target))
-        t_eval = time.perf_counter()
-        metrics = zero_shot(encoder, cfg)
-        metrics["encoder"] = str(target)
-        eval_seconds = time.perf_counter() - t_eval
-        manifest = {
-            "version": ENCODER_VERSION,
-            "encoder_hash": encoder.encoder_hash,
-            "fingerprint": encoder.fingerprint,
-            "dim": encoder.dim,
-            "corpus_hash": pairs.corpus_sha256,
-            "corpora": pairs.per_corpus,
-            "pairs": len(pairs.captions),
-            "clean_captions": cleaning,
-            **({"object_loss": {"vocabulary": len(objects.vocabulary), "per_epoch": curve["object_per_epoch"]}}
-               if objects is not None else {}),
-            "quarantined": {"count": len(pairs.quarantine), "kinds": pairs.quarantine.reasons()},
-            "inputs": _inputs(cfg, data_fingerprint),
-            "config": cfg.to_dict()["encoder"],
-            "image_size": cfg.world.image_size,
-            "vocab_size": len(tokenizer),
-            "params": {"vision": _count_params(model.vision_model), "text": _count_params(model.text_model),
-                       "total": _count_params(model)},
-            "train_seconds": curve["train_seconds"],
-            "eval_seconds": round(eval_seconds, 1),
-            "total_seconds": round(time.perf_counter() - t0, 1),
-            "loss": {k: curve[k] for k in ("first", "last_epoch", "per_epoch", "steps", "batch_size")},
-            "temperature": round(1.0 / curve["logit_scale"], 5),
-            "zero_shot_top1": {s: metrics[s]["top1"] for s in FINER_SPLITS if s in metrics},
-            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        }
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        torch.set_num_threads(threads)
+    with cpu_math(enc.threads):
+        t0 = time.perf_counter()
+        try:
+            processor = clip_train.build_processor(cfg.world.image_size)
+            pairs = clip_train.load_pairs(web_corpora(cfg), processor, cfg.mine.max_caption_chars, progress)
+            log(f"encoder data: {pairs.quarantine.summary(pairs.total, 'web pairs')}")
+            cleaned: list[str | None] | None = None
+            cleaning: dict[str, Any] = {"rate": enc.clean_captions}
+            objects: clip_train.ObjectTargets | None = None
+            if enc.clean_captions > 0 or enc.object_loss > 0:
+                t_clean = time.perf_counter()
+                mined = clip_train.mine_objects(pairs.captions, cfg.mine)
+                seconds = round(time.perf_counter() - t_clean, 1)
+                if enc.clean_captions > 0:
+                    cleaned = clip_train.clean_captions(pairs.captions, cfg.mine, objects=mined)
+                    found = sum(c is not None for c in cleaned)
+                    cleaning.update(with_objects=found, seconds=seconds)
+                    log(f"encoder captions: {found}/{len(cleaned)} cleaned to their mined objects in {seconds:.0f}s "
+                        f"(used for {enc.clean_captions:.0%} of the pairs at each step)")
+                if enc.object_loss > 0:
+                    objects = clip_train.ObjectTargets.from_objects(mined)
+                    log(f"encoder object loss: {len(objects.vocabulary)} mined nouns named by >= "
+                        f"{clip_train.OBJECT_MIN_COUNT} captions, {float(objects.targets.sum(1).mean()):.2f} per pair "
+                        f"(weight {enc.object_loss}, on {enc.object_loss_tokens})")
+            tokenizer = clip_train.build_tokenizer(pairs.captions + [c for c in cleaned or [] if c], enc.max_text_tokens)
+            torch.manual_seed(cfg.run.seed)
+            model = clip_train.build_model(enc, tokenizer, cfg.world.image_size)
+            log(f"encoder: CLIPModel with {_count_params(model.vision_model) / 1e6:.2f}M vision + "
+                f"{_count_params(model.text_model) / 1e6:.2f}M text parameters, vocabulary {len(tokenizer)}, "
+                f"{len(pairs.captions)} pairs x {enc.epochs} epochs on {enc.threads} threads")
+            curve = clip_train.train_clip(model, pairs, tokenizer, processor, enc, cfg.run.seed, progress, log, cleaned=cleaned,
+                                          objects=objects)
+            with _hf_progress(False):
+                model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
+            pairs.quarantine.write(tmp / "quarantine.jsonl")
+            encoder = ClipEncoder(model, tokenizer, processor, path=str(target))
+            t_eval = time.perf_counter()
+            metrics = zero_shot(encoder, cfg)
+            metrics["encoder"] = str(target)
+            eval_seconds = time.perf_counter() - t_eval
+            manifest = {
+                "version": ENCODER_VERSION,
+                "encoder_hash": encoder.encoder_hash,
+                "fingerprint": encoder.fingerprint,
+                "dim": encoder.dim,
+                "corpus_hash": pairs.corpus_sha256,
+                "corpora": pairs.per_corpus,
+                "pairs": len(pairs.captions),
+                "clean_captions": cleaning,
+                **({"object_loss": {"vocabulary": len(objects.vocabulary), "per_epoch": curve["object_per_epoch"]}}
+                   if objects is not None else {}),
+                "quarantined": {"count": len(pairs.quarantine), "kinds": pairs.quarantine.reasons()},
+                "inputs": _inputs(cfg, data_fingerprint),
+                "config": cfg.to_dict()["encoder"],
+                "image_size": cfg.world.image_size,
+                "vocab_size": len(tokenizer),
+                "params": {"vision": _count_params(model.vision_model), "text": _count_params(model.text_model),
+                           "total": _count_params(model)},
+                "train_seconds": curve["train_seconds"],
+                "eval_seconds": round(eval_seconds, 1),
+                "total_seconds": round(time.perf_counter() - t0, 1),
+                "loss": {k: curve[k] for k in ("first", "last_epoch", "per_epoch", "steps", "batch_size")},
+                "temperature": round(1.0 / curve["logit_scale"], 5),
+                "zero_shot_top1": {s: metrics[s]["top1"] for s in FINER_SPLITS if s in metrics},
+                "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            }
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            if target.exists():
+                target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     log(f"encoder {encoder.fingerprint} written to {target} in {manifest['total_seconds']:.0f}s "
         f"(training {manifest['train_seconds']:.0f}s); {summary_line(metrics)}")
     return manifest

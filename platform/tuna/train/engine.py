@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import yaml
 
+from tuna.cpu_math import use_cpu_math
 from tuna.errors import TrainError
 from tuna.layout import layout
 from tuna.model.label_loss import IGNORE_INDEX
@@ -431,10 +432,7 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
 
     if stage not in (1, 2):
         raise TrainError(f"--stage must be 1 or 2, got {stage!r}")
-    torch.set_num_threads(cfg.train.threads_per_rank)
-    # Subnormal floats (tiny weights, moments, activations late in training) run ~10-100x slower on CPUs; flushing them to
-    # zero kept mini's stage-2 step flat at 0.25 s where it grew 0.27 -> 0.52 s by step 600, the same losses (2026-12-07).
-    torch.set_flush_denormal(True)
+    use_cpu_math(cfg.train.threads_per_rank)
     # The CPU accelerator JIT-builds a shared-memory all-reduce op (~1 min) used only by inference; training
     # communicates through gloo, so skip the build.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False

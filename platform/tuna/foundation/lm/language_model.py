@@ -30,6 +30,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import tuna.foundation.lm.pretrain as pretrain
+from tuna.cpu_math import cpu_math
 from tuna.errors import DataFormatError, TunaError
 from tuna.foundation.lm.chat_tune import chat_tune
 from tuna.foundation.lm.tokenizer import ensure_pad_and_template, tokens_per_name, train_tokenizer
@@ -63,17 +64,6 @@ def _hf_quiet() -> Iterator[None]:
     finally:
         if was:
             hf_logging.enable_progress_bar()
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch CPU threads, then restore the previous count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _count_params(model: torch.nn.Module) -> int:
@@ -232,7 +222,7 @@ def train_lm(cfg: Recipe, progress: bool = True, log: Callable[[str], None] = pr
     taxonomy = _taxonomy(sources(cfg)["taxonomy"].path)
     target = layout(cfg).lm
     t0 = time.perf_counter()
-    with _torch_threads(lm.threads), staged_dir(target, "language model") as tmp:
+    with cpu_math(lm.threads), staged_dir(target, "language model") as tmp:
         corpus = pretrain.load_corpus(_corpus_paths(cfg), lm.val_fraction, cfg.run.seed)
         reading = pretrain.reading_documents(taxonomy, lm.reading_docs_per_class, cfg.run.seed, reading_tags(cfg))
         reading += pretrain.scene_documents(taxonomy, lm.scene_docs_per_class, cfg.run.seed, lm.scene_look_alike_share)
@@ -305,7 +295,7 @@ def run_lm(cfg: Recipe, force: bool = False, progress: bool = True,
             metrics: dict[str, Any] = {"skipped": f"{', '.join(f'data.{n}' for n in missing)} disabled"}
         else:
             corpus = pretrain.load_corpus(_corpus_paths(cfg), cfg.lm.val_fraction, cfg.run.seed)
-            with _torch_threads(cfg.lm.threads):
+            with cpu_math(cfg.lm.threads):
                 metrics = evaluate_lm(model, tokenizer, corpus, _taxonomy(sources(cfg)["taxonomy"].path), cfg.run.seed)
         metrics["lm"] = lm_path(cfg)
         return {"status": "loaded", "path": lm_path(cfg), "params": _count_params(model),
