@@ -10,6 +10,7 @@ One run (one recipe) owns one folder, ``run.data_dir``::
     train/<variant>/stage<N>/   one training stage (`tuna train`): checkpoints/, model/, loss.jsonl, metrics.json
     train/recipes/              the resolved recipes the training ranks read
     train/retrieved/, train/reading/   caches of retrieved tags and reading-data images
+    train/vision/               the frozen vision tower's encodings of the training images (train.cache_vision)
     eval/<variant>/metrics.json every number of `tuna eval`; eval/table.md, eval/probes.json, eval/report/
     eval/validation/            `tuna eval --validation`; eval/retrieved/: cached retrievals
     serve/<variant>/            the exported Triton repository (`tuna export`); serve/logs/: tritonserver logs
@@ -121,6 +122,10 @@ class Layout:
 
     def reading_image(self, name: str) -> Path:
         return self.root / "train" / "reading" / name
+
+    def vision_store(self, key: str) -> Path:
+        """The frozen vision tower's saved encodings of the training images (``train.cache_vision``)."""
+        return self.root / "train" / "vision" / f"{key}.pt"
 
     # ------------------------------------------------------------------ evaluation
     @property

@@ -151,9 +151,18 @@ def test_cached_vision_trains_the_same_loss_curve_as_pixels(trained, tmp_path: P
     done = _tuna("--stage", "2", "--variant", "tuna", "train.stage2.zero_stage=3", "train.zero3_init=false",
                  "train.cache_vision=true", data_dir=d)
     assert done.returncode == 0, done.stderr[-2000:]
-    encoded = re.search(r"(\d+) training images encoded once with the frozen vision tower", done.stdout + done.stderr)
-    assert encoded and int(encoded[1]) > 0, done.stdout[-2000:]
+    said = re.compile(r"(\d+) training images through the frozen vision tower \(train.cache_vision\): (\d+) encoded once, "
+                      r"(\d+) read from (\S+),")
+    first = said.search(done.stdout + done.stderr)
+    assert first and int(first[1]) == int(first[2]) > 0 and first[3] == "0", done.stdout[-2000:]
     reference = trained.cfg.data_dir / "train/tuna/stage2/loss.jsonl"
+    assert _losses(d / "train/tuna/stage2/loss.jsonl") == pytest.approx(_losses(reference), abs=1e-4)
+    # the next run of the stage (any variant on the same frozen tower) reads the encodings back
+    again = _tuna("--stage", "2", "--variant", "tuna", "--force", "train.stage2.zero_stage=3", "train.zero3_init=false",
+                  "train.cache_vision=true", data_dir=d)
+    assert again.returncode == 0, again.stderr[-2000:]
+    second = said.search(again.stdout + again.stderr)
+    assert second and second[2] == "0" and second[3] == first[1] and Path(second[4]) == d / "train/vision", again.stdout[-2000:]
     assert _losses(d / "train/tuna/stage2/loss.jsonl") == pytest.approx(_losses(reference), abs=1e-4)
     refused = _tuna("--stage", "2", "--variant", "baseline", "train.cache_vision=true", "train.stage2.vision_lr_scale=0.1",
                     data_dir=d)

@@ -562,6 +562,52 @@ def test_cache_vision_encodes_each_image_once_split_over_the_ranks() -> None:
     assert _Tower.calls == 3   # 5 images in batches of 2, each once
 
 
+def test_vision_store_keeps_encodings_while_their_images_and_tower_are_unchanged(tmp_path: Path) -> None:
+    """train.cache_vision's store: encodings read back as written; an image rewritten since is dropped (re-encoded);
+    the key moves with the tower's weights and the visual settings; old stores are pruned; a damaged one is one line."""
+    import os
+    from types import SimpleNamespace
+
+    from tuna.train.vision_cache import load_store, save_store, tower_key
+
+    images = [tmp_path / f"img{i}.png" for i in range(3)]
+    for i, p in enumerate(images):
+        p.write_bytes(bytes([i]) * 10)
+    encoded = {p: (torch.full((2, 4), float(i)), torch.full((3,), -float(i))) for i, p in enumerate(images)}
+    store = tmp_path / "vision" / "k1.pt"
+    save_store(store, encoded)
+    back = load_store(store)
+    assert sorted(back) == images and all(torch.equal(back[p][0], encoded[p][0]) and torch.equal(back[p][1], encoded[p][1])
+                                          for p in images)
+    images[1].write_bytes(b"changed")
+    assert sorted(load_store(store)) == [images[0], images[2]]
+    assert load_store(tmp_path / "vision" / "absent.pt") == {}
+
+    tower = torch.nn.Linear(4, 4)
+    model = SimpleNamespace(config=SimpleNamespace(vision_feature_layer=-1, vision_feature_select_strategy="full",
+                                                   vision_feature_pool=2, vision_crops=3),
+                            clip=SimpleNamespace(vision_model=tower, visual_projection=torch.nn.Linear(4, 2)))
+    key = tower_key(model, torch.float32)
+    assert key == tower_key(model, torch.float32) and key != tower_key(model, torch.bfloat16)
+    model.config.vision_crops = 0
+    assert tower_key(model, torch.float32) != key
+    model.config.vision_crops = 3
+    with torch.no_grad():
+        tower.weight[0, 0] += 1e-3
+    assert tower_key(model, torch.float32) != key
+
+    os.utime(store, ns=(10**9, 10**9))
+    for i in range(2, 7):
+        save_store(tmp_path / "vision" / f"k{i}.pt", encoded)
+        os.utime(tmp_path / "vision" / f"k{i}.pt", ns=(i * 10**9, i * 10**9))
+    save_store(tmp_path / "vision" / "k7.pt", encoded, keep=4)
+    assert sorted(p.name for p in (tmp_path / "vision").glob("*.pt")) == ["k4.pt", "k5.pt", "k6.pt", "k7.pt"]
+    (tmp_path / "vision" / "k7.pt").write_bytes(b"not a torch file")
+    with pytest.raises(TrainError, match=r"vision store .*k7.pt is unreadable .*delete it") as info:
+        load_store(tmp_path / "vision" / "k7.pt")
+    assert "\n" not in str(info.value)
+
+
 def test_cache_vision_is_refused_where_the_towers_outputs_change_or_are_partitioned() -> None:
     from tuna.train.vision_cache import check_cacheable
 

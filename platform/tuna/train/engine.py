@@ -373,7 +373,7 @@ def cache_vision(cfg: Recipe, stage: int, inputs: StageInputs, rank: int, world:
     carry the frozen tower's outputs instead of pixels (tuna.train.vision_cache)."""
     import torch.distributed as dist
 
-    from tuna.train.vision_cache import PRECISION_DTYPES, check_cacheable, encode_all
+    from tuna.train.vision_cache import PRECISION_DTYPES, check_cacheable, encode_all, load_store, save_store, tower_key
 
     check_cacheable(stage, cfg.train.stage(stage).vision_lr_scale, inputs.partitioned)
 
@@ -383,11 +383,20 @@ def cache_vision(cfg: Recipe, stage: int, inputs: StageInputs, rank: int, world:
         return parts
 
     t0 = time.perf_counter()
+    dtype = PRECISION_DTYPES[cfg.train.precision]
     images = sorted({ex.image for ex in inputs.examples})
-    inputs.collate.vision = encode_all(inputs.model, inputs.collate.read, images, rank, world, gather,
-                                       PRECISION_DTYPES[cfg.train.precision])
-    say(f"  {len(images)} training images encoded once with the frozen vision tower (train.cache_vision) "
-        f"in {time.perf_counter() - t0:.1f}s")
+    store = layout(cfg).vision_store(tower_key(inputs.model, dtype))
+    stored = load_store(store)
+    # every rank encodes what any rank lacks (ranks on nodes without the shared data dir lack all of it)
+    mine = [p for p in images if p not in stored]
+    missing = sorted(set().union(*gather(mine))) if world > 1 else mine
+    encoded = encode_all(inputs.model, inputs.collate.read, missing, rank, world, gather, dtype) if missing else {}
+    stored.update(encoded)
+    if encoded and rank == 0:
+        save_store(store, stored)
+    inputs.collate.vision = {p: stored[p] for p in images}
+    say(f"  {len(images)} training images through the frozen vision tower (train.cache_vision): {len(missing)} encoded "
+        f"once, {len(images) - len(missing)} read from {store.parent}, in {time.perf_counter() - t0:.1f}s")
 
 
 def micro_loss(engine: Any, collate: Callable[[list[Any]], dict[str, torch.Tensor]], batch: list[Any],

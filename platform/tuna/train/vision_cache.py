@@ -7,10 +7,17 @@ rank r encodes images r, r + world, ... and the ranks exchange what they encoded
 The batches then carry ``image_outputs`` instead of pixels; what the model computes from them is unchanged.
 Memory: images x (visual tokens x vision width + projection width) values, so it suits the CPU recipes, not
 LLaVA-665K on CLIP-L.
+
+The encodings are also kept on disk (``train/vision/<tower key>.pt``), so the other stages and variants that read
+the same images through the same frozen tower (TUNA and the baseline, every ablation) load them instead of encoding
+again. The key digests the tower's and visual projection's weights, the visual settings and the dtype; an entry
+counts only while its image file keeps the size and modification time it was encoded at.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,4 +68,57 @@ def batch_outputs(cache: dict[Path, Outputs], images: Sequence[Path]) -> Outputs
     return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
 
 
-__all__ = ["PRECISION_DTYPES", "batch_outputs", "check_cacheable", "encode_all"]
+def tower_key(model: Any, dtype: torch.dtype) -> str:
+    """A digest of everything ``model.encode_image`` computes from besides the pixels: the vision tower's and the
+    visual projection's weights, ``vision_feature_layer`` / ``_select_strategy`` / ``_pool``, ``vision_crops``,
+    and the cached values' dtype."""
+    cfg = model.config
+    digest = hashlib.sha256(repr((cfg.vision_feature_layer, cfg.vision_feature_select_strategy,
+                                  cfg.vision_feature_pool, cfg.vision_crops, str(dtype))).encode())
+    for prefix, module in (("vision_model", model.clip.vision_model), ("visual_projection", model.clip.visual_projection)):
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(f"{prefix}.{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _stamp(image: Path) -> tuple[int, int]:
+    stat = image.stat()
+    return stat.st_size, stat.st_mtime_ns
+
+
+def load_store(path: Path) -> dict[Path, Outputs]:
+    """The encodings saved at ``path`` whose image files are unchanged since (none when there is no such file)."""
+    if not path.is_file():
+        return {}
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        rows = zip(saved["images"], saved["stamps"], saved["patches"], saved["features"], strict=True)
+    except Exception as err:  # noqa: BLE001 - a damaged store is re-encoded, never trusted
+        raise TrainError(f"train.cache_vision: the vision store {path} is unreadable ({type(err).__name__}); "
+                         f"delete it and the images are encoded again") from err
+    out: dict[Path, Outputs] = {}
+    for name, stamp, patches, features in rows:
+        image = Path(name)
+        if image.is_file() and _stamp(image) == tuple(stamp):
+            out[image] = (patches, features)
+    return out
+
+
+def save_store(path: Path, encoded: dict[Path, Outputs], keep: int = 4) -> None:
+    """Write ``encoded`` to ``path`` (atomically) and delete all but the ``keep`` newest stores beside it."""
+    images = sorted(p for p in encoded if p.is_file())
+    if not images:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"images": [str(p) for p in images], "stamps": [list(_stamp(p)) for p in images],
+                "patches": torch.stack([encoded[p][0] for p in images]),
+                "features": torch.stack([encoded[p][1] for p in images])}, tmp)
+    os.replace(tmp, path)
+    stores = sorted(path.parent.glob("*.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for old in stores[keep:]:
+        old.unlink(missing_ok=True)
+
+
+__all__ = ["PRECISION_DTYPES", "batch_outputs", "check_cacheable", "encode_all", "load_store", "save_store", "tower_key"]
