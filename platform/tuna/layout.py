@@ -11,7 +11,7 @@ One run (one recipe) owns one folder, ``run.data_dir``::
     train/recipes/              the resolved recipes the training ranks read
     train/retrieved/, train/reading/   caches of retrieved tags and reading-data images
     train/vision/               the frozen vision tower's encodings of the training images (train.cache_vision)
-    eval/<variant>/metrics.json every number of `tuna eval`; eval/table.md, eval/probes.json, eval/report/
+    eval/<variant>/metrics.json every number of `tuna eval` (answers/: POPE answers, LLaVA answer files); eval/table.md, eval/probes.json, eval/report/
     eval/validation/            `tuna eval --validation`; eval/retrieved/: cached retrievals
     serve/<variant>/            the exported Triton repository (`tuna export`); serve/logs/: tritonserver logs
     serve/<variant>-hf/, -llava/  Hugging Face exports (`tuna export --format hf|llava`)

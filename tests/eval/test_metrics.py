@@ -32,8 +32,10 @@ from tuna.eval.finer import (
 from tuna.eval.mme import mme_metrics, read_mme_answer
 from tuna.eval.pope import (
     parse_yes_no,
+    pope_by_tags,
     pope_metrics,
     pope_summary,
+    question_object,
     score_pope_rows,
 )
 from tuna.formats import MmeItem, coco_objects_by_image, load_coco, load_finer, load_mme
@@ -102,6 +104,24 @@ def test_pope_all_yes_and_all_no() -> None:
 def test_pope_summary_is_the_mean_over_splits() -> None:
     s = pope_summary({"random": {"f1": 0.9, "accuracy": 0.8}, "popular": {"f1": 0.6, "accuracy": 0.7}})
     assert s["f1"] == pytest.approx(0.75) and s["accuracy"] == pytest.approx(0.75) and s["splits"] == 2
+
+
+def test_pope_by_tags_splits_the_questions_by_whether_a_tag_names_their_object() -> None:
+    """The object comes from POPE's template; a tag names it by the whole-word rule (plural too, not inside another
+    word); each part is scored as a split of its own; a question outside the template is counted apart."""
+    assert question_object("Is there a dining table in the image?") == "dining table"
+    assert question_object("is there an apple in the picture") == "apple"
+    assert question_object("What colour is the cat?") is None
+    questions = ["Is there a dining table in the image?", "Is there a cat in the image?", "Is there a tab in the image?",
+                 "Is there a dog in the image?", "How many cats are there?"]
+    tags = [["wooden dining table", "chair"], ["cats"], ["tablet"], [], ["cat"]]
+    out = pope_by_tags(["Yes", "No", "No", "Yes", "Yes"], ["yes", "yes", "no", "no", "yes"], questions, tags)
+    assert out["unmatched"] == 1
+    assert (out["named"]["n"], out["named"]["tp"], out["named"]["fn"], out["named"]["recall"]) == (2, 1, 1, 0.5)
+    assert (out["unnamed"]["n"], out["unnamed"]["tn"], out["unnamed"]["fp"]) == (2, 1, 1)
+    assert pope_by_tags(["Yes"], ["yes"], questions[:1], [[]])["named"] == {"n": 0}
+    with pytest.raises(ValueError, match="2 answers, 1 labels, 1 questions and 1 tag lists"):
+        pope_by_tags(["Yes", "No"], ["yes"], questions[:1], [[]])
 
 
 def test_pope_rejects_bad_input_naming_it() -> None:

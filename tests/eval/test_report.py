@@ -1,5 +1,6 @@
 """The evaluation report on models trained by the real `tuna train` (the `trained` fixture): markdown, PNGs,
-flat metrics, MLflow artifacts read back, the probes figure when probes.json exists, and the CLI's report line."""
+flat metrics, MLflow artifacts read back, the probes figure when probes.json exists, the CLI's report line, and the
+POPE answer files beside the metrics."""
 
 from __future__ import annotations
 
@@ -87,6 +88,48 @@ def test_report_writes_markdown_pngs_metrics_and_logs_them_to_mlflow(evaluated: 
     data = client.get_run(run.run_id).data
     assert data.metrics["tuna_finer_ood_fine_em"] == pytest.approx(metrics["tuna"]["finer_ood_fine_em"])
     assert "baseline_pope_id_f1" in data.metrics and "tuna_finer_b_at_B_fine_em" in data.metrics
+
+
+def _llava_reads_no(text: str) -> bool:
+    """LLaVA's llava/eval/eval_pope.py rule, restated: the first sentence, commas dropped, split on spaces; "no"
+    when a word is No, no or not, else "yes"."""
+    first = text.split(".")[0] if "." in text else text
+    return any(w in ("No", "no", "not") for w in first.replace(",", "").split(" "))
+
+
+def test_eval_writes_every_pope_answer_in_llavas_answer_file_format(evaluated: World) -> None:
+    """eval/<variant>/answers/pope-<group>-<split>.jsonl: one line per question in the question file's order (its
+    question_id, prompt, label, image), the generation as ``text`` and the tags shown; scoring the files again gives
+    metrics.json's counts, and LLaVA's own reading of each non-empty answer agrees with ours."""
+    from tuna.eval.pope import pope_by_tags, pope_metrics
+    from tuna.readers.pope import load_pope_splits
+    from tuna.sources import sources
+
+    cfg = evaluated.cfg
+    for variant in VARIANTS:
+        metrics = json.loads((cfg.data_dir / "eval" / variant / "metrics.json").read_text())
+        for group in sources(cfg).splits("pope"):
+            questions = load_pope_splits(sources(cfg).eval_set("pope", group).path)
+            for split, rows in questions.items():
+                path = cfg.data_dir / "eval" / variant / "answers" / f"pope-{group}-{split}.jsonl"
+                answers = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+                assert [(a["question_id"], a["prompt"], a["label"], a["image"]) for a in answers] == \
+                       [(r["question_id"], r["text"], r["label"], r["image"]) for r in rows], path
+                assert {a["category"] for a in answers} == {split}
+                assert all(isinstance(a["tags"], list) and (variant == "baseline") == (not a["tags"]) for a in answers)
+                again = pope_metrics([a["text"] for a in answers], [a["label"] for a in answers])
+                assert again == metrics["pope"][group]["per_split"][split], path
+                by_tags = metrics["pope"][group].get("by_tags", {}).get(split)
+                assert (by_tags is None) == (variant == "baseline")
+                if by_tags:
+                    assert by_tags == pope_by_tags([a["text"] for a in answers], [a["label"] for a in answers],
+                                                   [a["prompt"] for a in answers], [a["tags"] for a in answers])
+                    assert by_tags["named"]["n"] + by_tags["unnamed"]["n"] + by_tags["unmatched"] == len(answers)
+                for a in answers:
+                    if a["text"].strip():
+                        llava = "no" if _llava_reads_no(a["text"].strip()) else "yes"
+                        ours = pope_metrics([a["text"]], [a["label"]])
+                        assert (ours["tp"] + ours["fp"] == 1) == (llava == "yes"), a
 
 
 def test_tuna_eval_prints_the_report_path_and_tracks_an_eval_report_run(evaluated: World,

@@ -26,9 +26,10 @@ from tuna.sources import VALIDATED, sources
 
 SHORT = "\nAnswer the question using a single word or phrase."  # LLaVA's short-answer suffix (also in training)
 CAPTION_PROMPT = "Describe the image in detail."
-# 4: FINER's tag quality (how often the retrieved tags name the gold class); 3: the swapped-in datastore by its recipe
-# name (finer_b_fine_em); 2: MME read by calculation.py's rule, FINER EM by eval_fgvc.py's rule (+ whole-word)
-EVAL_VERSION = "tuna.eval/4"
+# 5: POPE apart for objects the tags name and those they miss (pope.<group>.by_tags); 4: FINER's tag quality (how
+# often the retrieved tags name the gold class); 3: the swapped-in datastore by its recipe name (finer_b_fine_em);
+# 2: MME read by calculation.py's rule, FINER EM by eval_fgvc.py's rule (+ whole-word)
+EVAL_VERSION = "tuna.eval/5"
 
 
 class EvalError(TunaError):
@@ -101,10 +102,12 @@ def retrieved_tags(cfg: Recipe, tag_mode: str, images: Sequence[Path], name: str
     return {str(p): tags[k] for p, k in image_keys(unique).items() if k in tags}   # by path: MME's folders repeat names
 
 
-def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval") -> dict[str, Any]:
+def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval",
+              answers_dir: Path | None = None) -> dict[str, Any]:
     """POPE per split (ID/OOD x random/popular/adversarial) and LLaVA's mean F1 per split group, on the world's
-    eval split (``root`` "eval") or its validation split ("val", world.sizes.pope_val)."""
-    from tuna.eval.pope import pope_metrics, pope_summary
+    eval split (``root`` "eval") or its validation split ("val", world.sizes.pope_val). With ``answers_dir`` every
+    answer is also written to ``pope-<group>-<split>.jsonl`` there (:func:`write_answers`)."""
+    from tuna.eval.pope import pope_by_tags, pope_metrics, pope_summary
     from tuna.readers.pope import load_pope_splits
 
     out: dict[str, Any] = {}
@@ -114,12 +117,18 @@ def eval_pope(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval") -> d
         images = [src.images / r["image"] for rows in splits.values() for r in rows]
         tags = retrieved_tags(cfg, tag_mode, images, f"pope-{group}" if root == "eval" else f"{root}-pope-{group}",
                          cfg.model.datastore)
-        per_split = {}
+        per_split, by_tags = {}, {}
         for split, rows in splits.items():
             queries = [Query(src.images / r["image"], r["text"] + SHORT) for r in rows]
             answers = asker.ask(queries, tags, max_new_tokens=4, desc=f"pope {group} {split}")
-            per_split[split] = pope_metrics(answers, [r["label"] for r in rows])
-        out[group] = {**pope_summary(per_split), "per_split": per_split}
+            labels = [r["label"] for r in rows]
+            per_split[split] = pope_metrics(answers, labels)
+            shown = [[t for t, _ in tags.get(str(q.image), [])] for q in queries]
+            if tag_mode != "none":
+                by_tags[split] = pope_by_tags(answers, labels, [r["text"] for r in rows], shown)
+            if answers_dir is not None:
+                write_answers(answers_dir / f"pope-{group}-{split}.jsonl", rows, answers, split, shown)
+        out[group] = {**pope_summary(per_split), "per_split": per_split, **({"by_tags": by_tags} if by_tags else {})}
     return out
 
 
@@ -230,9 +239,11 @@ def eval_chair(cfg: Recipe, asker: Asker, tag_mode: str, root: str = "eval", max
 
 def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Sequence[str | None] = (),
                    tasks: Sequence[str] = ("pope", "finer", "mme", "chair"), progress: bool = False,
-                   log: Callable[[str], None] = print, root: str = "eval") -> dict[str, Any]:
+                   log: Callable[[str], None] = print, root: str = "eval",
+                   answers_dir: Path | None = None) -> dict[str, Any]:
     """Every task for one trained model on the eval splits (``root`` "eval") or, for FINER and POPE, the
-    validation splits ("val"; CHAIR on the validation scenes); returns the metrics (and how long each task took)."""
+    validation splits ("val"; CHAIR on the validation scenes); returns the metrics (and how long each task took).
+    ``answers_dir``: POPE's answers are also written there, one file per split (:func:`write_answers`)."""
     from tuna.inference import Predictor
 
     predictor = Predictor(model_dir, cfg.train.system_prompt, threads=cfg.eval.threads)
@@ -240,7 +251,7 @@ def evaluate_model(cfg: Recipe, model_dir: Path, tag_mode: str, b_datastores: Se
         raise EvalError(f"{model_dir} was trained with tag_mode {predictor.model.config.tag_mode!r} but is evaluated with "
                         f"{tag_mode!r}; evaluate each variant with its own tag mode")
     asker = Asker(predictor, cfg.eval.batch_size, progress)
-    runners = {"pope": lambda: eval_pope(cfg, asker, tag_mode, root),
+    runners = {"pope": lambda: eval_pope(cfg, asker, tag_mode, root, answers_dir),
                "finer": lambda: eval_finer(cfg, asker, tag_mode, b_datastores, cfg.eval.attrseek, root),
                "mme": lambda: eval_mme(cfg, asker, tag_mode, root),
                "chair": lambda: eval_chair(cfg, asker, tag_mode, root, cfg.eval.chair_max_new_tokens)}
@@ -284,6 +295,11 @@ def headline(m: dict[str, Any]) -> dict[str, float]:
             row[f"pope_{g}_acc"] = m["pope"][g]["accuracy"]
             if "yes_ratio" in m["pope"][g]:
                 row[f"pope_{g}_yes"] = m["pope"][g]["yes_ratio"]
+            by_tags = m["pope"][g].get("by_tags", {}).values()
+            for part in ("named", "unnamed"):   # recall on present objects a tag names / no tag names (mean of splits)
+                recalls = [b[part]["recall"] for b in by_tags if "recall" in b[part]]
+                if recalls:
+                    row[f"pope_{g}_recall_tag_{part}"] = sum(recalls) / len(recalls)
             adversarial = m["pope"][g].get("per_split", {}).get("adversarial")
             if adversarial:
                 row[f"pope_{g}_adv_acc"] = adversarial["accuracy"]
@@ -313,10 +329,25 @@ def headline(m: dict[str, Any]) -> dict[str, float]:
     return row
 
 
+def write_answers(path: Path, rows: Sequence[dict[str, Any]], answers: Sequence[str], category: str,
+                  tags: Sequence[Sequence[str]]) -> None:
+    """One JSON line per question in LLaVA's answer-file format (``question_id``, ``prompt``, ``text``: what
+    ``llava/eval/eval_pope.py`` reads beside the question file), plus its ``image``, gold ``label``, ``category``
+    (the POPE split) and the ``tags`` the model was shown, in the question file's order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row, text, shown in zip(rows, answers, tags, strict=True):
+            f.write(json.dumps({"question_id": row["question_id"], "prompt": row["text"], "text": text,
+                                "image": row["image"], "label": row["label"], "category": category,
+                                "tags": list(shown)}) + "\n")
+    tmp.replace(path)
+
+
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 __all__ = ["Asker", "EvalError", "Query", "eval_chair", "eval_finer", "eval_mme", "eval_pope", "evaluate_model",
-           "headline", "write_json"]
+           "headline", "write_answers", "write_json"]

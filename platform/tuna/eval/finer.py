@@ -140,6 +140,13 @@ def label_forms(label: str) -> list[list[str]]:
     return [f.split() for f in dict.fromkeys(forms) if f]
 
 
+def tag_names(tag: str, label: str) -> bool:
+    """True when ``tag`` names ``label`` by the whole-word rule: the label or its plural is a token sequence of the
+    normalised tag ("checkered kraidroul" names kraidroul; "dining table" names "table" but "tablet" does not)."""
+    tokens = normalize(tag).split()
+    return any(_contains(tokens, form) for form in label_forms(label))
+
+
 def level_hits(prediction: str, labels: Labels, window: int = EM_WINDOW) -> dict[str, bool]:
     """level -> hit under the whole-word rule for one generation; ``labels`` as in :func:`finer_level_hits`."""
     if window < 1:
@@ -172,8 +179,8 @@ def tag_quality(tags: Sequence[Sequence[str]], records: Sequence[Mapping[str, An
         raise ValueError(f"{len(tags)} tag lists for {len(records)} FINER records")
     anywhere = majority = first = untagged = 0
     for i, (row, record) in enumerate(zip(tags, records)):
-        forms = [form for gold in record_labels(record, i)["fine"] for form in label_forms(gold)]
-        named = [any(_contains(normalize(t).split(), form) for form in forms) for t in row[:top]]
+        golds = record_labels(record, i)["fine"]
+        named = [any(tag_names(t, gold) for gold in golds) for t in row[:top]]
         untagged += not row
         anywhere += any(named)
         majority += sum(named) * 2 > len(named) > 0

@@ -20,6 +20,7 @@ accuracy, and it lowers recall when the label is "yes"; it does not enter precis
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -99,6 +100,42 @@ def pope_summary(per_split: Mapping[str, Mapping[str, float | int]]) -> dict[str
            "splits": k}
     if all("yes_ratio" in m for m in per_split.values()):
         out["yes_ratio"] = sum(float(m["yes_ratio"]) for m in per_split.values()) / k
+    return out
+
+
+_OBJECT = re.compile(r"^\s*is there an? (.+?) in the (?:image|picture|photo)\s*\??\s*$", re.IGNORECASE)
+
+
+def question_object(question: str) -> str | None:
+    """The object a POPE question asks about ("Is there a dining table in the image?" -> "dining table"), or None
+    for a question not in POPE's template."""
+    match = _OBJECT.match(question)
+    return match[1] if match else None
+
+
+def pope_by_tags(answers: Sequence[str], labels: Sequence[str], questions: Sequence[str],
+                 tags: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """One split's :func:`pope_metrics` apart for the questions whose object the model's retrieved tags name (by
+    FINER's whole-word rule, :func:`tuna.eval.finer.tag_names`) and those whose object no tag names: ``named``,
+    ``unnamed`` (``{"n": 0}`` when empty) and ``unmatched``, the questions outside POPE's template (in neither).
+    The recall of ``unnamed`` is how often a model finds a present object its tags missed."""
+    from tuna.eval.finer import tag_names
+
+    if not len(answers) == len(labels) == len(questions) == len(tags):
+        raise ValueError(f"{len(answers)} answers, {len(labels)} labels, {len(questions)} questions and {len(tags)} "
+                         "tag lists; they must pair up by position")
+    parts: dict[str, tuple[list[str], list[str]]] = {"named": ([], []), "unnamed": ([], [])}
+    unmatched = 0
+    for answer, label, question, shown in zip(answers, labels, questions, tags):
+        obj = question_object(question)
+        if obj is None:
+            unmatched += 1
+            continue
+        part = parts["named" if any(tag_names(t, obj) for t in shown) else "unnamed"]
+        part[0].append(answer)
+        part[1].append(label)
+    out: dict[str, Any] = {k: pope_metrics(*v) if v[1] else {"n": 0} for k, v in parts.items()}
+    out["unmatched"] = unmatched
     return out
 
 

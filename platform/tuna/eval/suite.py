@@ -29,6 +29,8 @@ COLUMNS = (
     ("pope_ood_acc", "POPE OOD acc"), ("pope_id_yes", "POPE ID yes-ratio"), ("mme_id_total", "MME ID"),
     ("mme_ood_total", "MME OOD"), ("chair_ood_i", "CHAIR_i OOD"), ("chair_ood_s", "CHAIR_s OOD"),
     ("finer_ood_gold_in_tags", "OOD: a top-k tag names the object"), ("finer_ood_gold_majority", "OOD: most tags name it"),
+    ("pope_id_recall_tag_named", "POPE ID recall, objects a tag names"),
+    ("pope_id_recall_tag_unnamed", "POPE ID recall, objects no tag names"),
 )
 
 
@@ -75,7 +77,8 @@ def evaluate_variant(cfg: Recipe, variant: str, progress: bool = False,
         raise EvalError(f"variant {variant!r} has no trained model at {folder}; run `tuna train --variant {variant}` first")
     tag_mode = variant_model(cfg, variant)["tag_mode"]
     log(f"eval {variant} ({folder})")
-    metrics = evaluate_model(cfg, folder, tag_mode, b_datastores(cfg, variant, tag_mode), cfg.eval.tasks, progress, log)
+    metrics = evaluate_model(cfg, folder, tag_mode, b_datastores(cfg, variant, tag_mode), cfg.eval.tasks, progress, log,
+                             answers_dir=layout(cfg).eval / variant / "answers")
     metrics.update(variant=variant, fingerprint=_fingerprint(cfg, variant), headline=headline(metrics))
     write_json(layout(cfg).eval / variant / "metrics.json", metrics)
     return metrics
@@ -106,7 +109,8 @@ def validate_variant(cfg: Recipe, variant: str, progress: bool = False,
         raise EvalError(f"variant {variant!r} has no trained model at {folder}; run `tuna train --variant {variant}` first")
     tag_mode = variant_model(cfg, variant)["tag_mode"]
     log(f"validate {variant} ({folder}): {', '.join(tasks)}")
-    metrics = evaluate_model(cfg, folder, tag_mode, b_datastores(cfg, variant, tag_mode), tasks, progress, log, root="val")
+    metrics = evaluate_model(cfg, folder, tag_mode, b_datastores(cfg, variant, tag_mode), tasks, progress, log, root="val",
+                             answers_dir=layout(cfg).validation / "answers" / variant)
     metrics.update(variant=variant, split="val", headline=headline(metrics))
     write_json(layout(cfg).validation / f"{variant}.json", metrics)
     return metrics["headline"]
