@@ -443,6 +443,9 @@ class StageConfig:
     image_dropout: float = 0.0      # share of the tagged data examples trained on a grey image with their tags (tags only)
     novel_names: float = 0.0        # share of the tagged data examples whose tagged, spoken classes get new pseudo-word names
     random_tags: float = 0.0        # share of the tagged data examples trained on random tags (the random tag mode's) instead
+    # share of the tagged data examples with existence turns whose tags stop answering them (tuna.train.existence):
+    # tags naming an object asked as present removed, the names of objects asked as absent put among them
+    existence_tags: float = 0.0
     novel_decoys: int = 0           # renamed classes per such example that also keep their real name in one other tag (0..3)
     group_by_length: bool = False   # batches of similar lengths (less padding; LLaVA's group_by_modality_length)
 
@@ -450,7 +453,7 @@ class StageConfig:
     _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0, "reading_describe": 0.0, "group_by_length": False, "reading_scenes": 0,
                                                        "reading_other_coarse": 0.0, "image_dropout": 0.0,
                                                        "novel_names": 0.0, "novel_decoys": 0,
-                                                       "random_tags": 0.0}
+                                                       "random_tags": 0.0, "existence_tags": 0.0}
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -464,7 +467,7 @@ class StageConfig:
             _require(0 <= getattr(self, name) <= most, name, f"must be in 0..{most}, got {getattr(self, name)}")
         for name in ("reading_existence", "reading_attrseek", "reading_describe", "reading_other_coarse"):
             _require(0 <= getattr(self, name) <= 1, name, f"must be a share in 0..1, got {getattr(self, name)}")
-        for name in ("tag_dropout", "image_dropout", "novel_names", "random_tags"):
+        for name in ("tag_dropout", "image_dropout", "novel_names", "random_tags", "existence_tags"):
             _require(0 <= getattr(self, name) < 1, name, f"must be a share in [0, 1), got {getattr(self, name)}")
         _require(0 <= self.novel_decoys <= 3, "novel_decoys", f"must be in 0..3, got {self.novel_decoys}")
         _require(not self.novel_decoys or self.novel_names, "novel_decoys",

@@ -134,6 +134,22 @@ def _random_tag_rows(cfg: Recipe, stage: int, src: Path, images: Sequence[Path],
     return out
 
 
+def _existence_tags(cfg: Recipe, stage: int, records: Sequence[Any], good: list[Any], log: Callable[[str], None]) -> list[Any]:
+    """``train.stage<stage>.existence_tags``: a share of the rows' tags edited so they do not answer their existence
+    turns; logs how far the tags decide existence before (and after) the edit."""
+    from tuna.train.existence import describe_cue, existence_cue, existence_tag_rows
+
+    conversations = {r.id: r.conversations for r in records}
+    sc = cfg.train.stage(stage)
+    log(f"train.stage{stage}: {describe_cue(existence_cue(good, conversations))}")
+    if not sc.existence_tags:
+        return good
+    out, edited = existence_tag_rows(good, conversations, sc.existence_tags, cfg.run.seed + stage, cfg.model.num_tags)
+    log(f"train.stage{stage}.existence_tags={sc.existence_tags}: {edited:,} rows' tags edited; after it, "
+        f"{describe_cue(existence_cue(out, conversations))}")
+    return out
+
+
 def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, barrier: Callable[[], None],
               log: Callable[[str], None]) -> tuple[list[Any], dict[str, int]]:
     from tuna.formats import load_llava
@@ -159,6 +175,7 @@ def _examples(cfg: Recipe, variant: str, stage: int, tokenizer: Any, rank: int, 
         skipped["bad_image"] = len(bad)
     if tag_mode != "none":
         good = drop_tags(good, sc.tag_dropout, cfg.run.seed + stage)
+        good = _existence_tags(cfg, stage, records, good, log)
         if sc.image_dropout:
             blank = write_blank_image(layout(cfg).reading_image(f"blank-{cfg.world.image_size}.png"), cfg.world.image_size)
             good = drop_images(good, sc.image_dropout, cfg.run.seed + stage, blank)

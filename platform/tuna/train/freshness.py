@@ -20,7 +20,7 @@ ENGINE_VERSION = "tuna.train/1"
 DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
 # stage settings that act on tags only: a tagless variant (the baseline) fingerprints them at their no-op values
 TAG_ONLY = ("tag_dropout", "reading_describe", "reading_scenes", "reading_other_coarse", "image_dropout", "novel_names",
-            "novel_decoys", "random_tags")
+            "novel_decoys", "random_tags", "existence_tags")
 
 
 def inputs_digest(cfg: Recipe, variant: str, stage: int) -> dict[str, str | None]:
