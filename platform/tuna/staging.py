@@ -1,6 +1,6 @@
-"""Write a step's output folder atomically: build it beside the target, rename it into place at the end.
+"""Write a step's output folder (or file) atomically: build it beside the target, rename it into place at the end.
 
-A failed or interrupted step leaves the previous output untouched and no half-written folder behind.
+A failed or interrupted step leaves the previous output untouched and no half-written folder or file behind.
 """
 
 from __future__ import annotations
@@ -49,4 +49,18 @@ def staged_dir(target: Path, what: str) -> Iterator[Path]:
         publish(tmp, target, what)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def staged_file(target: Path) -> Iterator[Path]:
+    """Yield a fresh path beside ``target`` (its folder created; unique per process, so ranks may write the same file
+    at once); on success it replaces ``target``, on any error it is removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise

@@ -23,6 +23,7 @@ from tuna.layout import layout
 from tuna.recipe import Recipe
 from tuna.samples import decode_image, image_keys
 from tuna.sources import VALIDATED, sources
+from tuna.staging import staged_file
 
 SHORT = "\nAnswer the question using a single word or phrase."  # LLaVA's short-answer suffix (also in training)
 CAPTION_PROMPT = "Describe the image in detail."
@@ -334,14 +335,11 @@ def write_answers(path: Path, rows: Sequence[dict[str, Any]], answers: Sequence[
     """One JSON line per question in LLaVA's answer-file format (``question_id``, ``prompt``, ``text``: what
     ``llava/eval/eval_pope.py`` reads beside the question file), plus its ``image``, gold ``label``, ``category``
     (the POPE split) and the ``tags`` the model was shown, in the question file's order."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with staged_file(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for row, text, shown in zip(rows, answers, tags, strict=True):
             f.write(json.dumps({"question_id": row["question_id"], "prompt": row["text"], "text": text,
                                 "image": row["image"], "label": row["label"], "category": category,
                                 "tags": list(shown)}) + "\n")
-    tmp.replace(path)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -24,6 +24,7 @@ from tuna.errors import CorruptSample, TunaError
 from tuna.layout import layout
 from tuna.recipe import Recipe
 from tuna.samples import Quarantine, decode_image, image_keys
+from tuna.staging import staged_file
 
 ATTACH_VERSION = "tuna.attach/1"
 Tagged = list[tuple[str, float]]  # ranked (value, score) pairs of one image
@@ -174,11 +175,9 @@ def attach_tags(cfg: Recipe, images: Sequence[Path], cache: Path, tag_mode: str,
         tags = {k: _random_tags(vocab, k, cfg.model.num_tags, cfg.run.seed) for k in image_keys(images).values()}
     else:
         tags = retrieve_images(cfg, images, source, progress=progress, quarantine=quarantine, session=session)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
     payload: dict[str, Any] = {"key": key, "tags": tags, "skipped": quarantine.rows}
-    tmp.write_text(json.dumps(payload, sort_keys=True), encoding="utf-8")
-    tmp.replace(cache)
+    with staged_file(cache) as tmp:
+        tmp.write_text(json.dumps(payload, sort_keys=True), encoding="utf-8")
     log(f"attached {tag_mode} from {source} to {len(tags)} images ({len(quarantine)} skipped) -> {cache}")
     return tags
 

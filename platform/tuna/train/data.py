@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from tuna.model.processing_tuna import (
     tokenize_plain,
 )
 from tuna.samples import decode_image, image_keys
+from tuna.staging import staged_file
 
 
 class DataError(TunaError, ValueError):
@@ -152,10 +152,8 @@ def write_blank_image(path: Path, size: int) -> Path:
     from PIL import Image
 
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # ranks may write it at once
-        Image.new("RGB", (size, size), (128, 128, 128)).save(tmp, format="PNG")
-        tmp.replace(path)
+        with staged_file(path) as tmp:   # ranks may write it at once
+            Image.new("RGB", (size, size), (128, 128, 128)).save(tmp, format="PNG")
     return path
 
 

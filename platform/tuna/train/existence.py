@@ -20,7 +20,7 @@ from tuna.train.data import Example, id_digest, seeded_share
 
 # POPE's template and its LLaVA-665K / MME variants; "<image>" and an instruction on other lines are allowed
 _EXISTENCE = re.compile(r"^\s*(?:is there an? (?P<a>.+?) in (?:the|this) (?:image|picture|photo)"
-                        r"|does (?:the|this) (?:image|picture|photo) (?:contain|have|show) an? (?P<b>.+?))\s*\?",
+                        r"|does (?:the|this) (?:image|picture|photo) (?:contain|have|show) an? (?P<b>.+?))\s*(?:\?|$)",
                         re.IGNORECASE)
 
 

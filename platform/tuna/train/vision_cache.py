@@ -17,7 +17,6 @@ counts only while its image file keeps the size and modification time it was enc
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from tuna.errors import TrainError
+from tuna.staging import staged_file
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Outputs = tuple[torch.Tensor, torch.Tensor]   # (P, Dv) patch features, (Dt,) image feature of one image
@@ -110,12 +110,10 @@ def save_store(path: Path, encoded: dict[Path, Outputs], keep: int = 4) -> None:
     images = sorted(p for p in encoded if p.is_file())
     if not images:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"images": [str(p) for p in images], "stamps": [list(_stamp(p)) for p in images],
-                "patches": torch.stack([encoded[p][0] for p in images]),
-                "features": torch.stack([encoded[p][1] for p in images])}, tmp)
-    os.replace(tmp, path)
+    with staged_file(path) as tmp:
+        torch.save({"images": [str(p) for p in images], "stamps": [list(_stamp(p)) for p in images],
+                    "patches": torch.stack([encoded[p][0] for p in images]),
+                    "features": torch.stack([encoded[p][1] for p in images])}, tmp)
     stores = sorted(path.parent.glob("*.pt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
     for old in stores[keep:]:
         old.unlink(missing_ok=True)
