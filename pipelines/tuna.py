@@ -152,14 +152,16 @@ def build_pipeline(options: PipelineOptions = None):
             tracking.after(*others)  # the parent run records every datastore (their manifests)
             parent = tracking.output
 
-            final = {}
-            for variant in VARIANTS:
+            final, last = {}, {}
+            for variant in sorted(VARIANTS, key=lambda v: v != o.init_from):   # train.stage2.init_from's variant first
                 base = lm.outputs["model"]
                 for stage in (1, 2):
                     step = c["train"](config=config, overrides=ov, mlflow_parent=parent, stage=stage, variant=variant,
                                       launcher=o.launcher, base=base, datastore=index[o.model_datastore].outputs["index"])
                     trainer(pod(step, f"train-{variant}-stage{stage}", checkpoints=True))
-                    base = step.outputs["model"]
+                    if stage == 2 and o.init_from and variant != o.init_from:
+                        step.after(last[o.init_from])   # its stage 2 starts from that variant's finished model
+                    last[variant], base = step, step.outputs["model"]
                 final[variant] = base
 
             evaluation = pod(c["evaluate"](config=config, overrides=ov, mlflow_parent=parent,

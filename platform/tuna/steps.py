@@ -273,11 +273,11 @@ def _train_up_to_date(cfg: Recipe, opts: Options) -> bool:
 
 def _train(cfg: Recipe, opts: Options) -> Outcome:
     """Local DeepSpeed ranks; a stage that reruns makes the later stage rerun too."""
-    from tuna.train.freshness import is_up_to_date
+    from tuna.train.freshness import is_up_to_date, training_order
     from tuna.train.launch import launch_local
 
     lines, parts, metrics, manifests, trained = [], [], {}, {}, False
-    for variant in opts.variants:
+    for variant in training_order(cfg, opts.variants):   # a variant whose stage 2 starts another's comes first
         todo = [s for s in opts.stages if opts.force or opts.resume or not is_up_to_date(cfg, variant, s)]
         if todo:
             todo = [s for s in opts.stages if s >= todo[0]]

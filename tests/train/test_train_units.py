@@ -258,14 +258,14 @@ def test_tag_dropout_removes_the_tags_of_a_seeded_share_of_examples() -> None:
 
 @pytest.mark.parametrize("override", ["tag_dropout=0.3", "reading_describe=0.3", "group_by_length=true", "reading_scenes=5",
                                       "reading_other_coarse=0.5", "image_dropout=0.2", "novel_names=0.2",
-                                      "random_tags=0.2", "existence_tags=0.2"])
+                                      "random_tags=0.2", "existence_tags=0.2", "init_from=baseline"])
 def test_later_stage_keys_keep_older_fingerprints_at_their_defaults(override: str) -> None:
     from tuna.recipe.loader import section_fingerprint
 
     cfg = load_recipe(SMOKE)
     fields = dataclasses.asdict(cfg.train.stage2)
     for later in ("tag_dropout", "reading_describe", "group_by_length", "reading_scenes", "reading_other_coarse",
-                  "image_dropout", "novel_names", "novel_decoys", "random_tags", "existence_tags"):
+                  "image_dropout", "novel_names", "novel_decoys", "random_tags", "existence_tags", "init_from"):
         del fields[later]   # what section_fingerprint(cfg.train.stage2) hashed before the fields existed
     before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert section_fingerprint(cfg.train.stage2) == before
@@ -623,7 +623,8 @@ def test_cache_vision_is_refused_where_the_towers_outputs_change_or_are_partitio
 @pytest.mark.parametrize("override", ["train.stage2.reading_scenes=50", "train.stage2.reading_describe=0.2",
                                       "train.stage2.tag_dropout=0.1", "train.stage2.reading_other_coarse=0.3",
                                       "train.stage2.image_dropout=0.2", "train.stage2.novel_names=0.2",
-                                      "train.stage2.random_tags=0.2", "train.stage2.existence_tags=0.2"])
+                                      "train.stage2.random_tags=0.2", "train.stage2.existence_tags=0.2",
+                                      "train.stage2.init_from=baseline"])
 def test_tag_only_stage_settings_make_a_tag_variant_stale_and_leave_the_baseline_alone(override: str) -> None:
     from tuna.train.freshness import fingerprint
 

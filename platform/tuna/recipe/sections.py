@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Literal
 
 from tuna.errors import ConfigError
 from tuna.recipe.checks import require as _require
-from tuna.variants import ABLATIONS, VARIANT_NAMES
+from tuna.variants import ABLATIONS, VARIANT_NAMES, VARIANTS
 
 ImageFormat = Literal["png", "jpg"]
 Projector = Literal["linear", "mlp2x_gelu"]
@@ -446,6 +446,9 @@ class StageConfig:
     # share of the tagged data examples with existence turns whose tags stop answering them (tuna.train.existence):
     # tags naming an object asked as present removed, the names of objects asked as absent put among them
     existence_tags: float = 0.0
+    # stage 2 of the tag variants starts from this tagless variant's finished stage-2 model (its LM, projector and
+    # vision tower; the tag encoder and tuner stay stage 1's): TUNA fine-tunes a finished LLaVA, as with model.llava
+    init_from: str | None = None
     novel_decoys: int = 0           # renamed classes per such example that also keep their real name in one other tag (0..3)
     group_by_length: bool = False   # batches of similar lengths (less padding; LLaVA's group_by_modality_length)
 
@@ -453,7 +456,8 @@ class StageConfig:
     _fingerprint_neutral: ClassVar[dict[str, Any]] = {"tag_dropout": 0.0, "reading_describe": 0.0, "group_by_length": False, "reading_scenes": 0,
                                                        "reading_other_coarse": 0.0, "image_dropout": 0.0,
                                                        "novel_names": 0.0, "novel_decoys": 0,
-                                                       "random_tags": 0.0, "existence_tags": 0.0}
+                                                       "random_tags": 0.0, "existence_tags": 0.0,
+                                                       "init_from": None}
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -469,6 +473,9 @@ class StageConfig:
             _require(0 <= getattr(self, name) <= 1, name, f"must be a share in 0..1, got {getattr(self, name)}")
         for name in ("tag_dropout", "image_dropout", "novel_names", "random_tags", "existence_tags"):
             _require(0 <= getattr(self, name) < 1, name, f"must be a share in [0, 1), got {getattr(self, name)}")
+        tagless = [name for name, changes in VARIANTS.items() if changes.get("tag_mode") == "none"]
+        _require(self.init_from is None or self.init_from in tagless, "init_from",
+                 f"must be null or a variant without tags ({', '.join(tagless)}), got {self.init_from!r}")
         _require(0 <= self.novel_decoys <= 3, "novel_decoys", f"must be in 0..3, got {self.novel_decoys}")
         _require(not self.novel_decoys or self.novel_names, "novel_decoys",
                  f"acts on renamed examples; set novel_names above 0 too, or novel_decoys to 0 (got {self.novel_decoys})")
@@ -540,6 +547,9 @@ class TrainConfig:
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
         _require(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         _require(self.template in ("vicuna_v1",), "template", f"must be vicuna_v1, got {self.template!r}")
+        _require(self.stage1.init_from is None, "stage1.init_from",
+                 f"stage 1 composes the model; init_from is a stage-2 setting (train.stage2.init_from), got "
+                 f"{self.stage1.init_from!r}")
         _require(self.gradient_clipping >= 0, "gradient_clipping", f"must be >= 0, got {self.gradient_clipping}")
         for name in ("gradient_checkpointing", "zero3_init", "cache_vision"):
             _require(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")

@@ -5,6 +5,7 @@ LLaVA-1.5 + CLIP), stage 2 loads stage 1's output; built once per node first whe
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tuna.errors import TrainError
@@ -47,7 +48,36 @@ def build_model(cfg: Recipe, variant: str, stage: int, language_model: Any = Non
         raise TrainError(f"stage 2 of {variant!r} starts from stage 1's model, but {prev} holds none; run "
                          f"`tuna train --stage 1 --variant {variant}` first")
     model = TunaForConditionalGeneration.from_pretrained(str(prev))
+    from tuna.train.freshness import init_variant
+
+    if start := init_variant(cfg, variant):
+        adopt_weights(model, layout(cfg).model(start, 2), f"train.stage2.init_from={start}", variant)
     return model, load_tokenizer(str(prev))
+
+
+OWN_PARTS = ("tag_encoder.", "tuner.")   # what a tag variant keeps from its stage 1 when stage 2 starts elsewhere
+
+
+def adopt_weights(model: Any, source: Path, key: str, variant: str) -> int:
+    """Load every weight of the model saved in ``source`` into ``model`` except its :data:`OWN_PARTS`; returns how
+    many tensors were taken. One-line TrainError when ``source`` holds no model or one of another shape."""
+    from safetensors.torch import load_file
+
+    files = sorted(source.glob("*.safetensors"))
+    if not files:
+        name = source.parent.parent.name
+        raise TrainError(f"{key} starts the stage 2 of {variant!r} from {source}, which holds no trained model; run "
+                         f"`tuna train --variant {name}` first, or set train.stage2.init_from=null")
+    theirs = {k: v for f in files for k, v in load_file(str(f)).items() if not k.startswith(OWN_PARTS)}
+    mine = model.state_dict()
+    bad = [k for k, v in theirs.items() if k not in mine or tuple(mine[k].shape) != tuple(v.shape)]
+    missing = [k for k in mine if not k.startswith(OWN_PARTS) and k not in theirs and not k.endswith("lm_head.weight")]
+    if bad or missing:
+        raise TrainError(f"{key}: the model in {source} does not fit {variant!r} ({len(bad)} tensors of another name or "
+                         f"shape, e.g. {bad[:2]}; {len(missing)} missing, e.g. {missing[:2]}); both must come from one "
+                         f"recipe's model section (set train.stage2.init_from=null otherwise)")
+    model.load_state_dict(theirs, strict=False)
+    return len(theirs)
 
 
 def local_rank_zero_first(local_rank: int, barrier: Callable[[], None], fn: Callable[[], Any]) -> Any:
@@ -62,4 +92,4 @@ def local_rank_zero_first(local_rank: int, barrier: Callable[[], None], fn: Call
             barrier()
 
 
-__all__ = ["build_model", "load_tokenizer", "local_rank_zero_first"]
+__all__ = ["OWN_PARTS", "adopt_weights", "build_model", "load_tokenizer", "local_rank_zero_first"]

@@ -34,7 +34,7 @@ from tuna.model.label_loss import IGNORE_INDEX
 from tuna.recipe import Recipe
 from tuna.sources import sources
 from tuna.train.build import build_model, local_rank_zero_first
-from tuna.train.freshness import DATA_SOURCES, fingerprint
+from tuna.train.freshness import DATA_SOURCES, fingerprint, init_variant
 from tuna.variants import registered_name, variant_model
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -333,6 +333,9 @@ def prepare_stage(cfg: Recipe, variant: str, stage: int, rank: int = 0,
             f"of {partitioned['params']:,} parameters ({100 * say_held:.0f}%)")
     else:
         model, tokenizer = local_rank_zero_first(local_rank, barrier, lambda: build_model(cfg, variant, stage))
+        if stage == 2 and (start := init_variant(cfg, variant)):
+            log(f"{variant} stage 2 starts from {start}'s stage-2 model (train.stage2.init_from): its LM, projector and "
+                f"vision tower, with {variant}'s stage-1 tag encoder and tuner")
     if sc.vision_lr_scale > 0 and model.config.tag_mode != "none":
         raise TrainError(f"train.stage{stage}.vision_lr_scale={sc.vision_lr_scale} would train the vision tower of "
                          f"{variant!r}, whose image embedding retrieves its tags when served (the datastore keys come "

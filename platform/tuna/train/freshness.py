@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +21,7 @@ ENGINE_VERSION = "tuna.train/1"
 DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
 # stage settings that act on tags only: a tagless variant (the baseline) fingerprints them at their no-op values
 TAG_ONLY = ("tag_dropout", "reading_describe", "reading_scenes", "reading_other_coarse", "image_dropout", "novel_names",
-            "novel_decoys", "random_tags", "existence_tags")
+            "novel_decoys", "random_tags", "existence_tags", "init_from")
 
 
 def inputs_digest(cfg: Recipe, variant: str, stage: int) -> dict[str, str | None]:
@@ -38,7 +39,22 @@ def inputs_digest(cfg: Recipe, variant: str, stage: int) -> dict[str, str | None
             out[f"datastore_{name}"] = file_digest(lay.datastore(name) / "manifest.json")
     if stage == 2:
         out["stage1"] = file_digest(lay.stage(variant, 1) / "metrics.json")
+        if start := init_variant(cfg, variant):
+            out[f"init_{start}"] = file_digest(lay.stage(start, 2) / "metrics.json")
     return out
+
+
+def init_variant(cfg: Recipe, variant: str) -> str | None:
+    """The variant whose stage-2 model starts ``variant``'s stage 2 (``train.stage2.init_from``; tag variants only),
+    or None when stage 2 starts from stage 1's model."""
+    start = cfg.train.stage2.init_from
+    return start if start and start != variant and variant_model(cfg, variant)["tag_mode"] != "none" else None
+
+
+def training_order(cfg: Recipe, variants: Sequence[str]) -> tuple[str, ...]:
+    """``variants`` with those another one's stage 2 starts from (:func:`init_variant`) moved first."""
+    first = {init_variant(cfg, v) for v in variants} - {None}
+    return tuple([v for v in variants if v in first] + [v for v in variants if v not in first])
 
 
 def fingerprint(cfg: Recipe, variant: str, stage: int, world_size: int) -> str:
@@ -72,4 +88,5 @@ def is_up_to_date(cfg: Recipe, variant: str, stage: int) -> bool:
     return stage == 1 or is_up_to_date(cfg, variant, 1)
 
 
-__all__ = ["DATA_SOURCES", "ENGINE_VERSION", "TAG_ONLY", "fingerprint", "inputs_digest", "is_up_to_date"]
+__all__ = ["DATA_SOURCES", "ENGINE_VERSION", "TAG_ONLY", "fingerprint", "init_variant", "inputs_digest", "is_up_to_date",
+           "training_order"]

@@ -120,7 +120,13 @@ def launch_local(cfg: Recipe, stage: int | str, variant: str = "tuna", resume: b
         check_checkpoints(cfg)
     from tuna.datacheck import preflight
     from tuna.sources import sources
-    from tuna.train.freshness import DATA_SOURCES
+    from tuna.train.freshness import DATA_SOURCES, init_variant, is_up_to_date
+
+    start = init_variant(cfg, variant)
+    if start and not is_up_to_date(cfg, start, 2):
+        raise TrainError(f"train.stage2.init_from={start} starts the stage 2 of {variant!r} from {start}'s finished "
+                         f"stage-2 model, which is missing or stale; run `tuna train --variant {start}` first, or set "
+                         f"train.stage2.init_from=null")
 
     src = sources(cfg)
     preflight([src[DATA_SOURCES[s]] for s in ((1, 2) if stage == "all" else (int(stage),))])   # before any rank starts

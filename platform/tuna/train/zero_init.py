@@ -126,6 +126,13 @@ def build_partitioned(cfg: Recipe, variant: str, stage: int, local_rank: int,
         raise TrainError("train.zero3_init with train.stage1.zero_stage=3 and model.llava: LLaVA's vision tower and projector "
                          "are copied into TUNA's parts, which partitioned parameters cannot take; train stage 1 on ZeRO-2 "
                          "(LLaVA-1.5 trains only the connector there) or set train.zero3_init=false")
+    from tuna.train.freshness import init_variant
+
+    if stage == 2 and init_variant(cfg, variant):
+        raise TrainError(f"train.zero3_init with train.stage2.zero_stage=3 and train.stage2.init_from="
+                         f"{cfg.train.stage2.init_from}: the finished model's weights are copied into the stage-1 model, "
+                         f"which partitioned parameters cannot take; set train.zero3_init=false (ZeRO-3 still "
+                         f"partitions the model once built) or train.stage2.init_from=null")
     sources = checkpoint_sources(cfg, variant, stage)
     for key, src in sources.items():
         check_partitionable(key, src)
