@@ -27,6 +27,21 @@ def test_init_from_names_a_tagless_variant_and_only_in_stage_2(override: str, na
         load_recipe(SMOKE, [override])
 
 
+def test_init_epochs_and_lm_scale_act_on_the_started_variants_only() -> None:
+    from tuna.train.freshness import fingerprint, variant_recipe
+
+    cfg = load_recipe(SMOKE, [INIT, "train.stage2.init_epochs=0.5", "train.stage2.init_lm_lr_scale=0.2"])
+    tuna, baseline = variant_recipe(cfg, "tuna").train.stage2, variant_recipe(cfg, "baseline").train.stage2
+    assert (tuna.epochs, tuna.lm_lr_scale) == (0.5, 0.2)
+    assert (baseline.epochs, baseline.lm_lr_scale) == (cfg.train.stage2.epochs, cfg.train.stage2.lm_lr_scale)
+    assert variant_recipe(variant_recipe(cfg, "tuna"), "tuna") == variant_recipe(cfg, "tuna")
+    assert variant_recipe(load_recipe(SMOKE, [INIT]), "tuna") == load_recipe(SMOKE, [INIT])
+    assert fingerprint(cfg, "baseline", 2, 2) == fingerprint(load_recipe(SMOKE), "baseline", 2, 2)
+    assert fingerprint(cfg, "tuna", 2, 2) != fingerprint(load_recipe(SMOKE, [INIT]), "tuna", 2, 2)
+    with pytest.raises(ConfigError, match="init_epochs.*set init_from too"):
+        load_recipe(SMOKE, ["train.stage2.init_epochs=2"])
+
+
 def test_init_variant_and_training_order() -> None:
     from tuna.train.freshness import init_variant, training_order
 
@@ -88,14 +103,15 @@ def _train(data_dir: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores for 2 CPU ranks")
 def test_tuna_stage2_trains_on_two_ranks_from_the_baselines_finished_model(trained, tmp_path: Path) -> None:
-    """With the LM frozen in stage 2, the trained TUNA's LM is the baseline's stage-2 LM to the bit; its tag encoder
-    is its own; without the baseline's model it stops before any rank starts, in one line."""
+    """With the LM frozen in the started stage 2 (init_lm_lr_scale=0: the ranks read it), the trained TUNA's LM is the
+    baseline's stage-2 LM to the bit; its tag encoder is its own; without the baseline's model it stops before any rank
+    starts, in one line."""
     from safetensors.torch import load_file
 
     d = tmp_path / "init"
     shutil.copytree(trained.cfg.data_dir, d, ignore=shutil.ignore_patterns("eval", "serve"))
     shutil.rmtree(d / "train/tuna/stage2")
-    done = _train(d, INIT, "train.stage2.lm_lr_scale=0", "train.stage2.zero_stage=2")
+    done = _train(d, INIT, "train.stage2.init_lm_lr_scale=0", "train.stage2.zero_stage=2")
     out = done.stdout + done.stderr
     assert done.returncode == 0, out[-2000:]
     assert "tuna stage 2 starts from baseline's stage-2 model (train.stage2.init_from)" in out

@@ -449,6 +449,8 @@ class StageConfig:
     # stage 2 of the tag variants starts from this tagless variant's finished stage-2 model (its LM, projector and
     # vision tower; the tag encoder and tuner stay stage 1's): TUNA fine-tunes a finished LLaVA, as with model.llava
     init_from: str | None = None
+    init_epochs: float | None = None      # stage-2 epochs of a variant started from init_from (null = epochs)
+    init_lm_lr_scale: float | None = None  # its LM learning-rate scale (null = lm_lr_scale)
     novel_decoys: int = 0           # renamed classes per such example that also keep their real name in one other tag (0..3)
     group_by_length: bool = False   # batches of similar lengths (less padding; LLaVA's group_by_modality_length)
 
@@ -457,7 +459,7 @@ class StageConfig:
                                                        "reading_other_coarse": 0.0, "image_dropout": 0.0,
                                                        "novel_names": 0.0, "novel_decoys": 0,
                                                        "random_tags": 0.0, "existence_tags": 0.0,
-                                                       "init_from": None}
+                                                       "init_from": None, "init_epochs": None, "init_lm_lr_scale": None}
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
@@ -476,6 +478,11 @@ class StageConfig:
         tagless = [name for name, changes in VARIANTS.items() if changes.get("tag_mode") == "none"]
         _require(self.init_from is None or self.init_from in tagless, "init_from",
                  f"must be null or a variant without tags ({', '.join(tagless)}), got {self.init_from!r}")
+        _require(self.init_epochs is None or self.init_epochs > 0, "init_epochs", f"must be > 0 or null, got {self.init_epochs}")
+        _require(self.init_lm_lr_scale is None or 0 <= self.init_lm_lr_scale <= 10, "init_lm_lr_scale",
+                 f"must be in 0..10 or null, got {self.init_lm_lr_scale}")
+        _require(bool(self.init_from) or (self.init_epochs is None and self.init_lm_lr_scale is None), "init_epochs",
+                 "init_epochs and init_lm_lr_scale act on a stage 2 started from init_from; set init_from too, or both to null")
         _require(0 <= self.novel_decoys <= 3, "novel_decoys", f"must be in 0..3, got {self.novel_decoys}")
         _require(not self.novel_decoys or self.novel_names, "novel_decoys",
                  f"acts on renamed examples; set novel_names above 0 too, or novel_decoys to 0 (got {self.novel_decoys})")

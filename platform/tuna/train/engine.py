@@ -34,7 +34,7 @@ from tuna.model.label_loss import IGNORE_INDEX
 from tuna.recipe import Recipe
 from tuna.sources import sources
 from tuna.train.build import build_model, local_rank_zero_first
-from tuna.train.freshness import DATA_SOURCES, fingerprint, init_variant
+from tuna.train.freshness import DATA_SOURCES, fingerprint, init_variant, variant_recipe
 from tuna.variants import registered_name, variant_model
 
 # ------------------------------------------------------------------------------------------ schedule
@@ -461,6 +461,7 @@ def train_stage(cfg: Recipe, stage: int, variant: str = "tuna", resume: bool = F
 
     if stage not in (1, 2):
         raise TrainError(f"--stage must be 1 or 2, got {stage!r}")
+    cfg = variant_recipe(cfg, variant)   # stage 2 started from train.stage2.init_from: its own epochs / LM lr scale
     use_cpu_math(cfg.train.threads_per_rank)
     # The CPU accelerator JIT-builds a shared-memory all-reduce op (~1 min) used only by inference; training
     # communicates through gloo, so skip the build.

@@ -21,7 +21,7 @@ ENGINE_VERSION = "tuna.train/1"
 DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
 # stage settings that act on tags only: a tagless variant (the baseline) fingerprints them at their no-op values
 TAG_ONLY = ("tag_dropout", "reading_describe", "reading_scenes", "reading_other_coarse", "image_dropout", "novel_names",
-            "novel_decoys", "random_tags", "existence_tags", "init_from")
+            "novel_decoys", "random_tags", "existence_tags", "init_from", "init_epochs", "init_lm_lr_scale")
 
 
 def inputs_digest(cfg: Recipe, variant: str, stage: int) -> dict[str, str | None]:
@@ -51,6 +51,17 @@ def init_variant(cfg: Recipe, variant: str) -> str | None:
     return start if start and start != variant and variant_model(cfg, variant)["tag_mode"] != "none" else None
 
 
+def variant_recipe(cfg: Recipe, variant: str) -> Recipe:
+    """``cfg`` as ``variant``'s training reads it: when its stage 2 starts from ``train.stage2.init_from``, stage 2's
+    ``init_epochs`` / ``init_lm_lr_scale`` stand in for ``epochs`` / ``lm_lr_scale`` (those left null keep theirs)."""
+    s2 = cfg.train.stage2
+    if not init_variant(cfg, variant) or (s2.init_epochs is None and s2.init_lm_lr_scale is None):
+        return cfg
+    s2 = replace(s2, epochs=s2.epochs if s2.init_epochs is None else s2.init_epochs,
+                 lm_lr_scale=s2.lm_lr_scale if s2.init_lm_lr_scale is None else s2.init_lm_lr_scale)
+    return replace(cfg, train=replace(cfg.train, stage2=s2))
+
+
 def training_order(cfg: Recipe, variants: Sequence[str]) -> tuple[str, ...]:
     """``variants`` with those another one's stage 2 starts from (:func:`init_variant`) moved first."""
     first = {init_variant(cfg, v) for v in variants} - {None}
@@ -60,7 +71,7 @@ def training_order(cfg: Recipe, variants: Sequence[str]) -> tuple[str, ...]:
 def fingerprint(cfg: Recipe, variant: str, stage: int, world_size: int) -> str:
     """What a checkpoint must match to be resumed, and an output to be up to date: stage settings, model
     variant, ranks, seed, template, precision and the inputs' digests."""
-    section, model = cfg.train.stage(stage), variant_model(cfg, variant)
+    section, model = variant_recipe(cfg, variant).train.stage(stage), variant_model(cfg, variant)
     if model["tag_mode"] == "none":   # settings that act on tags only leave a tagless variant's output as it was
         neutral = getattr(section, "_fingerprint_neutral", {})
         section = replace(section, **{k: neutral[k] for k in TAG_ONLY if k in neutral})
@@ -89,4 +100,4 @@ def is_up_to_date(cfg: Recipe, variant: str, stage: int) -> bool:
 
 
 __all__ = ["DATA_SOURCES", "ENGINE_VERSION", "TAG_ONLY", "fingerprint", "init_variant", "inputs_digest", "is_up_to_date",
-           "training_order"]
+           "training_order", "variant_recipe"]
