@@ -33,8 +33,10 @@ def _expand(name: str, stage: dict) -> list[tuple[str, dict]]:
             return {sub(k, item): sub(v, item) for k, v in value.items()}
         return value
 
-    if "foreach" in stage:
-        return [(f"{name}@{i}", sub(stage["do"], i)) for i in stage["foreach"]]
+    if "foreach" in stage:   # a list of names, or a dict of name -> fields
+        items = stage["foreach"]
+        pairs = items.items() if isinstance(items, dict) else ((i, i) for i in items)
+        return [(f"{name}@{k}", sub(stage["do"], v)) for k, v in pairs]
     if "matrix" in stage:
         (k1, v1), (k2, v2) = stage["matrix"].items()
         body = {k: v for k, v in stage.items() if k != "matrix"}
