@@ -4,7 +4,8 @@ DAG (inside an ExitHandler whose exit task, ``notify``, always runs)::
 
     validate -> world -> encoder -> build_index per declared datastore -> start_run (MLflow parent run)
                       -> mine_tags ---^    (the world's: A, B, A_captions)  lm --^
-    start_run -> train stage 1 -> train stage 2   (variant tuna, and variant baseline: two chains)
+    start_run -> train stage 1 -> train stage 2   (variant baseline, and variant tuna: its stage 2 waits for the
+                                                  baseline's, which it starts from with train.stage2.init_from)
               -> evaluate (both stage-2 models) -> export_model_repository (tuna) -> register_model -> deploy
 
 ``build_pipeline(options)`` returns the ``@dsl.pipeline``; :class:`tuna.kfp.options.PipelineOptions` holds what KFP
@@ -31,7 +32,7 @@ from tuna.kfp.options import (
     PIPELINE_NAME,
     SECRET_ENV,
     SECRET_OPTIONAL_ENV,
-    VARIANTS,
+    TRAINING_ORDER,
     PipelineOptions,
 )
 from tuna_components.build_index.component import build_index
@@ -153,14 +154,16 @@ def build_pipeline(options: PipelineOptions = None):
             parent = tracking.output
 
             final, last = {}, {}
-            for variant in sorted(VARIANTS, key=lambda v: v != o.init_from):   # train.stage2.init_from's variant first
+            for variant in TRAINING_ORDER:
                 base = lm.outputs["model"]
                 for stage in (1, 2):
                     step = c["train"](config=config, overrides=ov, mlflow_parent=parent, stage=stage, variant=variant,
                                       launcher=o.launcher, base=base, datastore=index[o.model_datastore].outputs["index"])
                     trainer(pod(step, f"train-{variant}-stage{stage}", checkpoints=True))
-                    if stage == 2 and o.init_from and variant != o.init_from:
-                        step.after(last[o.init_from])   # its stage 2 starts from that variant's finished model
+                    if stage == 2 and variant != TRAINING_ORDER[0]:
+                        # the recipe is a run parameter: with train.stage2.init_from its stage 2 starts from the
+                        # baseline's finished model, so it always waits for it
+                        step.after(last[TRAINING_ORDER[0]])
                     last[variant], base = step, step.outputs["model"]
                 final[variant] = base
 

@@ -265,7 +265,7 @@ def test_later_stage_keys_keep_older_fingerprints_at_their_defaults(override: st
     cfg = load_recipe(SMOKE)
     fields = dataclasses.asdict(cfg.train.stage2)
     for later in ("tag_dropout", "reading_describe", "group_by_length", "reading_scenes", "reading_other_coarse",
-                  "image_dropout", "novel_names", "novel_decoys", "random_tags", "existence_tags", "init_from"):
+                  "image_dropout", "novel_names", "novel_decoys", "random_tags", "existence_tags", "init_from", "init_epochs", "init_lm_lr_scale"):
         del fields[later]   # what section_fingerprint(cfg.train.stage2) hashed before the fields existed
     before = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
     assert section_fingerprint(cfg.train.stage2) == before

@@ -34,6 +34,7 @@ LAUNCHERS = ("local", "trainjob", "pytorchjob")    # = the values of cluster.lau
 DEPLOY_TARGETS = ("local", "helm", "none")
 SERVING_SOURCES = ("pvc", "mlflow")
 VARIANTS = ("tuna", "baseline")                    # trained and evaluated by the pipeline, like `tuna run`
+TRAINING_ORDER = ("baseline", "tuna")              # TUNA's stage-2 task waits for the baseline's (train.stage2.init_from)
 WORLD_DATASTORES = ("A", "B", "A_captions")        # a recipe without a datastores: section (tuna.retrieval.datastore)
 # Secret keys that become env vars of the pipeline pods (the same shapes `tuna train --launcher trainjob` mounts).
 SECRET_ENV = {
@@ -64,13 +65,12 @@ class PipelineOptions:
     version: str = __version__
     datastores: tuple[str, ...] = WORLD_DATASTORES   # the recipe's datastores: one index task each
     model_datastore: str = "A"                       # model.datastore: the one the training tasks read
-    init_from: str | None = None                     # train.stage2.init_from: TUNA's stage 2 waits for its stage 2
 
     @classmethod
     def of(cls, cfg: Recipe, version: str = __version__, cluster: ClusterConfig | None = None) -> PipelineOptions:
         """The options a recipe compiles to: its cluster section (or ``cluster``) and its declared datastores."""
         return cls(cluster=cluster or cfg.cluster, version=version, datastores=tuple(cfg.datastores),
-                   model_datastore=cfg.model.datastore, init_from=cfg.train.stage2.init_from)
+                   model_datastore=cfg.model.datastore)
 
     def __post_init__(self) -> None:
         if self.model_datastore not in self.datastores:
@@ -118,8 +118,6 @@ class PipelineOptions:
                                   "checkpoints_mount": c.checkpoints_mount, "trtllm": c.gpus_per_node > 0}
         if (self.datastores, self.model_datastore) != (WORLD_DATASTORES, "A"):
             out.update(datastores=list(self.datastores), model_datastore=self.model_datastore)
-        if self.init_from:   # the training tasks' order
-            out.update(init_from=self.init_from)
         if self.trains_in_task:
             out.update(gpus=c.gpus_per_node, node_selector=dict(sorted(c.node_selector.items())),
                        tolerations=[asdict(t) for t in c.tolerations], cpu=c.cpu, memory=c.memory, shm_size=c.shm_size)
@@ -128,4 +126,4 @@ class PipelineOptions:
 
 __all__ = ["ACCELERATOR", "BASE_IMAGE", "DEFAULT_RECIPE", "DEPLOY_TARGETS", "ERROR_FILE_ENV", "GOLDEN_VERSION", "IMAGE_UID",
            "LAUNCHERS", "PIPELINE_NAME", "SECRET_ENV", "SECRET_OPTIONAL_ENV",
-           "SERVING_SOURCES", "TARGETS", "VARIANTS", "WORLD_DATASTORES", "PipelineError", "PipelineOptions"]
+           "SERVING_SOURCES", "TARGETS", "TRAINING_ORDER", "VARIANTS", "WORLD_DATASTORES", "PipelineError", "PipelineOptions"]

@@ -76,7 +76,7 @@ def existence_tag_rows(examples: Sequence[Example], conversations: Mapping[str, 
                        share: float, seed: int, num_tags: int) -> tuple[list[Example], int]:
     """``examples`` with the tags of a ``share`` of those that carry tags and existence turns edited by
     :func:`edit_tags` (chosen by ``seed`` and each id, topped up from another tagged example's tags; ``conversations``
-    by example id), and how many were edited."""
+    by example id), and how many of them changed."""
     asked = {ex.id: turns for ex in examples if ex.tags and (turns := existence_turns(conversations.get(ex.id, ())))}
     picked = seeded_share([ex for ex in examples if ex.id in asked], share, f"existence:{seed}", "existence tags")
     tagged = [ex.tags for ex in examples if ex.tags]
@@ -86,7 +86,7 @@ def existence_tag_rows(examples: Sequence[Example], conversations: Mapping[str, 
             key = id_digest(str(seed), ex.id)
             ex = dataclasses.replace(ex, tags=edit_tags(ex.tags, asked[ex.id], num_tags, key, tagged[key % len(tagged)]))
         out.append(ex)
-    return out, len(picked)
+    return out, sum(a is not b and a.tags != b.tags for a, b in zip(examples, out))
 
 
 def existence_cue(examples: Sequence[Example], conversations: Mapping[str, Sequence[Mapping[str, str]]]) -> dict[str, Any]:
