@@ -243,15 +243,16 @@ def test_generate_left_padded_batch_matches_single_rows(make_model):
     assert torch.equal(both[1], alone[0])
 
 
-@pytest.mark.parametrize("tag_mode", ["tags", "none"])
-def test_prompt_encoder_alone_merges_exactly_as_the_model(make_model, tmp_path, tag_mode):
+@pytest.mark.parametrize("tag_mode, settings", [("tags", {}), ("none", {}),
+                                                ("tags", {"tuner_order": True, "tuner_rank_prior": 0.05})])
+def test_prompt_encoder_alone_merges_exactly_as_the_model(make_model, tmp_path, tag_mode, settings):
     """What serving's retrieval step loads: the model minus the LM's layers, saved and loaded on its own."""
     from safetensors import safe_open
 
     from tuna.model import TunaPromptEncoder
     from tuna.model.modeling_tuna import PROMPT_ENCODER_WEIGHTS
 
-    model = make_model(tag_mode=tag_mode)
+    model = make_model(tag_mode=tag_mode, **settings)
     TunaPromptEncoder.from_model(model).save_pretrained(tmp_path)
     with safe_open(str(tmp_path / PROMPT_ENCODER_WEIGHTS), "pt") as f:
         keys = set(f.keys())

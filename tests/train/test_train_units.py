@@ -644,3 +644,18 @@ def test_reading_rows_without_the_worlds_files_name_the_setting_and_both_fixes(s
     msg = str(info.value)
     assert "\n" not in msg and f"train.stage2.{setting} needs the world's taxonomy" in msg
     assert "run `tuna world` first" in msg and f"train.stage2.{setting}=0" in msg and str(tmp_path) in msg
+
+
+def test_tuner_order_and_rank_prior_retrain_only_the_variants_whose_tuner_weighs_tags() -> None:
+    from tuna.train.freshness import fingerprint
+    from tuna.variants import TUNER_KEYS, fingerprint_settings, variant_model
+
+    plain = load_recipe(SMOKE)
+    assert not set(fingerprint_settings(variant_model(plain, "tuna"))) & set(TUNER_KEYS)   # the fingerprints before the keys
+    for key in ("model.tuner_order=true", "model.tuner_rank_prior=0.02"):
+        tuned = load_recipe(SMOKE, [key])
+        assert fingerprint(plain, "tuna", 1, 2) != fingerprint(tuned, "tuna", 1, 2)
+        for variant in ("baseline", "tuner_off"):   # no tuner weighs their tags
+            assert fingerprint(plain, variant, 2, 2) == fingerprint(tuned, variant, 2, 2)
+    with pytest.raises(ConfigError, match="tuner_rank_prior"):
+        load_recipe(SMOKE, ["model.tuner_rank_prior=2"])

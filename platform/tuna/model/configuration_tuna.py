@@ -9,6 +9,8 @@ tower encodes the tags) and the causal LM's config (``LlamaConfig`` by default; 
 
 from __future__ import annotations
 
+import math
+
 from transformers import AutoConfig, CLIPConfig, PretrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
@@ -43,6 +45,10 @@ class TunaConfig(PretrainedConfig):
       what the "tags" are) or ``"none"`` (no tag block: the LLaVA baseline).
     - ``use_tuner``: weight tags by the adaptive weight tuner (else uniform weights).
     - ``tuner_logit_scale_init``: initial softmax temperature inverse of the tuner (learned in stage 2).
+    - ``tuner_rank_prior``: cosine the tuner takes off per retrieval rank before its softmax (0 = none): the
+      retrieval order is evidence too (a tag retrieved first is right more often than CLIP's cosine alone says).
+    - ``tuner_order``: the LM reads the tags heaviest first by the tuner's weights (False = the retrieval order);
+      ignored with ``use_tuner`` off.
     - ``tag_weight_norm``: ``"mean"`` scales each tag's embeddings by ``weight * n_valid_tags`` (uniform
       weights leave them unchanged), ``"sum"`` by ``weight`` itself.
     - ``tag_encoder_heads``: heads of the tag encoder's cross-attention (None = the vision tower's heads).
@@ -70,6 +76,8 @@ class TunaConfig(PretrainedConfig):
     tag_mode: str = "tags"
     use_tuner: bool = True
     tuner_logit_scale_init: float = 10.0
+    tuner_rank_prior: float = 0.0
+    tuner_order: bool = False
     tag_weight_norm: str = "mean"
     tag_encoder_heads: int | None = None
     image_token_index: int = IMAGE_TOKEN_INDEX
@@ -113,6 +121,10 @@ class TunaConfig(PretrainedConfig):
         need(1 <= self.max_tag_tokens <= 256, "max_tag_tokens", f"must be in 1..256, got {self.max_tag_tokens}")
         need(self.tuner_logit_scale_init > 0, "tuner_logit_scale_init",
              f"must be > 0 (it is a softmax inverse temperature), got {self.tuner_logit_scale_init}")
+        need(isinstance(self.tuner_rank_prior, (int, float)) and math.isfinite(self.tuner_rank_prior)
+             and 0 <= self.tuner_rank_prior <= 1, "tuner_rank_prior",
+             f"must be a cosine in 0..1 taken off per rank (0 = none), got {self.tuner_rank_prior!r}")
+        need(isinstance(self.tuner_order, bool), "tuner_order", f"must be true or false, got {self.tuner_order!r}")
         width = self.clip_config.vision_config.hidden_size
         heads = self.tag_encoder_heads or self.clip_config.vision_config.num_attention_heads
         need(heads >= 1 and width % heads == 0, "tag_encoder_heads",

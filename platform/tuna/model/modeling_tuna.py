@@ -7,12 +7,14 @@ Parts (B images, k tags per image, P visual tokens, T LM tokens per tag, D the L
 - image-aware tag encoder: each tag's CLIP text feature (text tower + text projection, frozen) is the
   query of a multi-head cross-attention over the same CLIP patch features; the result goes through the
   SAME connector into the LM space -> one visual-tag embedding per tag;
-- adaptive weight tuner: cosine(tag text feature, image feature), both in CLIP's joint space, times a
-  learned scale -> softmax over the image's valid tags -> one weight per tag (returned for provenance);
+- adaptive weight tuner: cosine(tag text feature, image feature), both in CLIP's joint space, less
+  ``tuner_rank_prior`` per retrieval rank, times a learned scale -> softmax over the image's valid tags -> one
+  weight per tag (returned for provenance, in the tags' retrieval order);
 - merged sequence: the single ``<image>`` id in ``input_ids`` is replaced by
   ``[P visual tokens][tag block]``, the tag block being, for tag i = 1..k,
   ``[visual-tag embedding_i][word embeddings of tag i (T slots)]``, all of tag i's embeddings scaled by
-  its weight. Absent tags and padding slots stay in place but are masked out of attention (and of the
+  its weight; with ``tuner_order`` the blocks come in the order of the tuner's weights, heaviest first
+  (ties keep the retrieval order). Absent tags and padding slots stay in place but are masked out of attention (and of the
   positions: position ids count only attended tokens), so every example has the same length.
 
 ``tag_mode="none"`` has no tag block at all and is numerically a ``LlavaForConditionalGeneration``
@@ -106,16 +108,20 @@ class TagEncoder(nn.Module):
 
 
 class AdaptiveWeightTuner(nn.Module):
-    """Tag relevance: softmax over an image's valid tags of ``scale * cosine(tag feature, image feature)``."""
+    """Tag relevance: softmax over an image's valid tags of ``scale * (cosine(tag feature, image feature) -
+    rank_prior * rank)``, rank 0 being the first retrieved tag."""
 
-    def __init__(self, logit_scale_init: float) -> None:
+    def __init__(self, logit_scale_init: float, rank_prior: float = 0.0) -> None:
         super().__init__()
         self.logit_scale = nn.Parameter(torch.tensor([math.log(logit_scale_init)]))  # (1,) learned in stage 2; not 0-d: DeepSpeed broadcasts params as bytes
+        self.rank_prior = float(rank_prior)
 
     def forward(self, tag_features: torch.Tensor, image_features: torch.Tensor, tag_mask: torch.Tensor) -> torch.Tensor:
         """(B, k, Dt), (B, Dt), (B, k) bool -> (B, k) weights; each row sums to 1 over its valid tags (all 0 if none)."""
         cos = torch.einsum("bkd,bd->bk", F.normalize(tag_features.float(), dim=-1),
                            F.normalize(image_features.float(), dim=-1))              # (B, k)
+        if self.rank_prior:
+            cos = cos - self.rank_prior * torch.arange(cos.shape[-1], device=cos.device, dtype=cos.dtype)
         logits = (self.logit_scale.float().exp() * cos).masked_fill(~tag_mask, float("-inf"))
         return _masked_softmax(logits, tag_mask)
 
@@ -276,6 +282,10 @@ class TunaInputs:
         block = torch.cat([visual_tags[:, :, None].to(words.dtype), words], dim=2)  # (B, k, 1+T, D)
         block_mask = torch.cat([valid[..., None], tok_mask], dim=2)               # (B, k, 1+T)
         block = block * (scale[..., None, None] * block_mask[..., None]).to(block.dtype)
+        if self.config.use_tuner and self.config.tuner_order:                     # heaviest tag first
+            order = torch.sort(weights.detach().masked_fill(~valid, -1.0), dim=-1, descending=True, stable=True).indices
+            block = block.gather(1, order[:, :, None, None].expand_as(block))
+            block_mask = block_mask.gather(1, order[:, :, None].expand_as(block_mask))
         return block.reshape(b, k * (1 + t), -1), block_mask.reshape(b, k * (1 + t)), weights, visual_tags
 
     # ---------------------------------------------------------------------------- merging
@@ -384,7 +394,7 @@ class TunaForConditionalGeneration(PreTrainedModel, GenerationMixin, TunaInputs)
                                        config.projector_hidden_act)
         self.tag_encoder = TagEncoder(clip_cfg.projection_dim, clip_cfg.vision_config.hidden_size,
                                       config.tag_encoder_num_heads)
-        self.tuner = AdaptiveWeightTuner(config.tuner_logit_scale_init)
+        self.tuner = AdaptiveWeightTuner(config.tuner_logit_scale_init, config.tuner_rank_prior)
         self.language_model = (language_model if language_model is not None
                                else AutoModelForCausalLM.from_config(config.text_config))
         for adopted in (clip, language_model):
@@ -536,7 +546,7 @@ class TunaPromptEncoder(TunaInputs, nn.Module):
                                        config.projector_hidden_act)
         self.tag_encoder = TagEncoder(clip_cfg.projection_dim, clip_cfg.vision_config.hidden_size,
                                       config.tag_encoder_num_heads)
-        self.tuner = AdaptiveWeightTuner(config.tuner_logit_scale_init)
+        self.tuner = AdaptiveWeightTuner(config.tuner_logit_scale_init, config.tuner_rank_prior)
         self.embed_tokens = nn.Embedding(text_cfg.vocab_size, text_cfg.hidden_size)
         self.requires_grad_(False)
 

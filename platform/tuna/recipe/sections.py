@@ -384,6 +384,8 @@ class ModelConfig:
     region_grid: int = 0            # also retrieve for each cell of a grid x grid split (one tag each; 0 = whole image only)
     tag_mode: TagMode = "tags"
     tuner: bool = True
+    tuner_rank_prior: float = 0.0   # cosine the tuner takes off per retrieval rank (0 = CLIP's cosine alone)
+    tuner_order: bool = False       # the LM reads the tags heaviest first by the tuner's weights (false = retrieval order)
     datastore: str = "A"            # the datastore TUNA retrieves from in training and ID/OOD eval (a datastores: entry)
 
     @property
@@ -398,6 +400,8 @@ class ModelConfig:
         _require(self.num_tags > self.region_grid ** 2, "num_tags",
                  f"{self.num_tags} tag slots cannot hold the whole image's tags and one per region of model.region_grid="
                  f"{self.region_grid} ({self.region_grid ** 2}); raise num_tags above {self.region_grid ** 2}")
+        _require(0.0 <= self.tuner_rank_prior <= 1.0, "tuner_rank_prior",
+                 f"must be a cosine in 0..1 taken off per rank (0 = none), got {self.tuner_rank_prior}")
         _require(self.vision_feature_layer != 0, "vision_feature_layer",
                  "0 is the embedding output; use -1 (last) or -2 (LLaVA's choice)")
         _require(self.vision_feature_select_strategy in ("default", "full"), "vision_feature_select_strategy",

@@ -15,7 +15,7 @@ from pathlib import Path
 from tuna.layout import encoder_path, layout, lm_path
 from tuna.recipe import Recipe, section_fingerprint
 from tuna.sources import file_digest, sources
-from tuna.variants import variant_model
+from tuna.variants import fingerprint_settings, variant_model
 
 ENGINE_VERSION = "tuna.train/1"
 DATA_SOURCES = {1: "alignment", 2: "instruction"}  # the recipe's data: source each stage trains on
@@ -71,7 +71,7 @@ def training_order(cfg: Recipe, variants: Sequence[str]) -> tuple[str, ...]:
 def fingerprint(cfg: Recipe, variant: str, stage: int, world_size: int) -> str:
     """What a checkpoint must match to be resumed, and an output to be up to date: stage settings, model
     variant, ranks, seed, template, precision and the inputs' digests."""
-    section, model = variant_recipe(cfg, variant).train.stage(stage), variant_model(cfg, variant)
+    section, model = variant_recipe(cfg, variant).train.stage(stage), fingerprint_settings(variant_model(cfg, variant))
     if model["tag_mode"] == "none":   # settings that act on tags only leave a tagless variant's output as it was
         neutral = getattr(section, "_fingerprint_neutral", {})
         section = replace(section, **{k: neutral[k] for k in TAG_ONLY if k in neutral})
