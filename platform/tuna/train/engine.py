@@ -141,7 +141,9 @@ def _existence_tags(cfg: Recipe, stage: int, records: Sequence[Any], good: list[
 
     conversations = {r.id: r.conversations for r in records}
     sc = cfg.train.stage(stage)
-    log(f"train.stage{stage}: {describe_cue(existence_cue(good, conversations))}")
+    cue = existence_cue(good, conversations)
+    if any(cue[k] for k in ("yes_named", "no_named", "yes_unnamed", "no_unnamed")):   # stage 1 asks nothing
+        log(f"train.stage{stage}: {describe_cue(cue)}")
     if not sc.existence_tags:
         return good
     out, edited = existence_tag_rows(good, conversations, sc.existence_tags, cfg.run.seed + stage, cfg.model.num_tags)
