@@ -7,15 +7,12 @@ Parts (B images, k tags per image, P visual tokens, T LM tokens per tag, D the L
 - image-aware tag encoder: each tag's CLIP text feature (text tower + text projection, frozen) is the
   query of a multi-head cross-attention over the same CLIP patch features; the result goes through the
   SAME connector into the LM space -> one visual-tag embedding per tag;
-- adaptive weight tuner: cosine(tag text feature, image feature), both in CLIP's joint space, less
-  ``tuner_rank_prior`` per retrieval rank, times a learned scale -> softmax over the image's valid tags -> one
-  weight per tag (returned for provenance, in the tags' retrieval order);
-- merged sequence: the single ``<image>`` id in ``input_ids`` is replaced by
-  ``[P visual tokens][tag block]``, the tag block being, for tag i = 1..k,
-  ``[visual-tag embedding_i][word embeddings of tag i (T slots)]``, all of tag i's embeddings scaled by
-  its weight; with ``tuner_order`` the blocks come in the order of the tuner's weights, heaviest first
-  (ties keep the retrieval order). Absent tags and padding slots stay in place but are masked out of attention (and of the
-  positions: position ids count only attended tokens), so every example has the same length.
+- adaptive weight tuner: cosine(tag text feature, image feature) in CLIP's joint space, less ``tuner_rank_prior`` per
+  retrieval rank, times a learned scale -> softmax over the image's valid tags -> one weight per tag (for provenance);
+- merged sequence: the single ``<image>`` id in ``input_ids`` is replaced by ``[P visual tokens][tag block]``, the
+  tag block being, for tag i = 1..k, ``[visual-tag embedding_i][word embeddings of tag i (T slots)]``, all scaled by
+  its weight, heaviest first with ``tuner_order``. Absent tags and padding slots stay in place but are masked out of
+  attention (and of the positions: position ids count only attended tokens), so every example has the same length.
 
 ``tag_mode="none"`` has no tag block at all and is numerically a ``LlavaForConditionalGeneration``
 (see ``tuna.model.builder.to_llava``).
