@@ -209,7 +209,8 @@ def make_plan(cfg: Recipe, variant: str = "tuna") -> Plan:
                         vision_feature_pool=settings["vision_feature_pool"],
                         vision_crops=settings["vision_crops"], num_tags=settings["num_tags"],
                         tag_mode=settings["tag_mode"], use_tuner=settings["tuner"], max_tag_tokens=8,
-                        tuner_rank_prior=settings["tuner_rank_prior"], tuner_order=settings["tuner_order"])
+                        tuner_rank_prior=settings["tuner_rank_prior"], tuner_order=settings["tuner_order"],
+                        tag_position=settings["tag_position"])
     model = meta_tuna(config)
     parts = count_parts(model)
     trainable = {stage: trainable_count(model, stage, cfg.train.stage(stage).train_word_embeddings) for stage in (1, 2)}

@@ -27,10 +27,12 @@ VARIANT_NAMES: tuple[str, ...] = tuple(VARIANTS)
 TRAINED = ("tuna", "baseline")                 # what `tuna run`, the pipeline and `make run` train: TUNA and its twin
 ABLATIONS = ("tuna", "tuner_off", "captions", "random", "baseline")  # the default eval.ablations order
 MODEL_KEYS = ("projector", "vision_feature_layer", "vision_feature_select_strategy", "vision_feature_pool",
-              "vision_crops", "num_tags", "tag_mode", "tuner", "tuner_rank_prior", "tuner_order")
+              "vision_crops", "num_tags", "tag_mode", "tuner", "tuner_rank_prior", "tuner_order",
+              "tag_position")
 # Keys added after trained outputs existed, with the value they had then: a variant's training fingerprint
 # names them only when they act (:func:`fingerprint_settings`).
 TUNER_KEYS: Mapping[str, Any] = MappingProxyType({"tuner_rank_prior": 0.0, "tuner_order": False})
+TAG_KEYS: Mapping[str, Any] = MappingProxyType({"tag_position": "after"})   # ... where any tag block is read
 
 
 def check_variant(name: str) -> str:
@@ -48,9 +50,12 @@ def variant_model(recipe: Recipe, variant: str) -> dict[str, Any]:
 
 def fingerprint_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """``variant_model``'s settings as a training fingerprint counts them: the tuner's keys only where a tuner
-    weighs tags (tag_mode other than none, tuner on) and they differ from :data:`TUNER_KEYS`."""
-    unused = settings["tag_mode"] == "none" or not settings["tuner"]
-    return {k: v for k, v in settings.items() if k not in TUNER_KEYS or not (unused or v == TUNER_KEYS[k])}
+    weighs tags (tag_mode other than none, tuner on) and they differ from :data:`TUNER_KEYS`; the tag keys only
+    where there are tags and they differ from :data:`TAG_KEYS`."""
+    untagged = settings["tag_mode"] == "none"
+    late = {k: (v, untagged or not settings["tuner"]) for k, v in TUNER_KEYS.items()}
+    late |= {k: (v, untagged) for k, v in TAG_KEYS.items()}
+    return {k: v for k, v in settings.items() if k not in late or not (late[k][1] or v == late[k][0])}
 
 
 def run_variants(recipe: Recipe, ablations: bool) -> tuple[str, ...]:
@@ -76,5 +81,5 @@ def registered_name(recipe: Recipe, variant: str) -> str:
     return f"{base}-{variant.replace('_', '-')}"
 
 
-__all__ = ["ABLATIONS", "MODEL_KEYS", "TRAINED", "TUNER_KEYS", "VARIANTS", "VARIANT_NAMES", "check_variant",
+__all__ = ["ABLATIONS", "MODEL_KEYS", "TAG_KEYS", "TRAINED", "TUNER_KEYS", "VARIANTS", "VARIANT_NAMES", "check_variant",
            "fingerprint_settings", "parse_variants", "registered_name", "run_variants", "variant_model"]

@@ -659,3 +659,16 @@ def test_tuner_order_and_rank_prior_retrain_only_the_variants_whose_tuner_weighs
             assert fingerprint(plain, variant, 2, 2) == fingerprint(tuned, variant, 2, 2)
     with pytest.raises(ConfigError, match="tuner_rank_prior"):
         load_recipe(SMOKE, ["model.tuner_rank_prior=2"])
+
+
+def test_tag_position_retrains_the_tag_variants_only() -> None:
+    from tuna.train.freshness import fingerprint
+    from tuna.variants import TAG_KEYS, fingerprint_settings, variant_model
+
+    plain, moved = load_recipe(SMOKE), load_recipe(SMOKE, ["model.tag_position=before"])
+    assert not set(fingerprint_settings(variant_model(plain, "tuna"))) & set(TAG_KEYS)   # the fingerprints before the key
+    for variant in ("tuna", "tuner_off", "captions", "random"):
+        assert fingerprint(plain, variant, 1, 2) != fingerprint(moved, variant, 1, 2)
+    assert fingerprint(plain, "baseline", 2, 2) == fingerprint(moved, "baseline", 2, 2)   # no tags to move
+    with pytest.raises(ConfigError, match="tag_position"):
+        load_recipe(SMOKE, ["model.tag_position=middle"])

@@ -49,6 +49,8 @@ class TunaConfig(PretrainedConfig):
       retrieval order is evidence too (a tag retrieved first is right more often than CLIP's cosine alone says).
     - ``tuner_order``: the LM reads the tags heaviest first by the tuner's weights (False = the retrieval order);
       ignored with ``use_tuner`` off.
+    - ``tag_position``: ``"after"`` puts the tag block after the visual tokens (TUNA's layout), ``"before"`` ahead of
+      them, so the visual tokens keep the distance to the question that a tagless (LLaVA) model learned.
     - ``tag_weight_norm``: ``"mean"`` scales each tag's embeddings by ``weight * n_valid_tags`` (uniform
       weights leave them unchanged), ``"sum"`` by ``weight`` itself.
     - ``tag_encoder_heads``: heads of the tag encoder's cross-attention (None = the vision tower's heads).
@@ -78,6 +80,7 @@ class TunaConfig(PretrainedConfig):
     tuner_logit_scale_init: float = 10.0
     tuner_rank_prior: float = 0.0
     tuner_order: bool = False
+    tag_position: str = "after"
     tag_weight_norm: str = "mean"
     tag_encoder_heads: int | None = None
     image_token_index: int = IMAGE_TOKEN_INDEX
@@ -125,6 +128,8 @@ class TunaConfig(PretrainedConfig):
              and 0 <= self.tuner_rank_prior <= 1, "tuner_rank_prior",
              f"must be a cosine in 0..1 taken off per rank (0 = none), got {self.tuner_rank_prior!r}")
         need(isinstance(self.tuner_order, bool), "tuner_order", f"must be true or false, got {self.tuner_order!r}")
+        need(self.tag_position in ("after", "before"), "tag_position",
+             f"must be 'after' (the tag block follows the visual tokens) or 'before', got {self.tag_position!r}")
         width = self.clip_config.vision_config.hidden_size
         heads = self.tag_encoder_heads or self.clip_config.vision_config.num_attention_heads
         need(heads >= 1 and width % heads == 0, "tag_encoder_heads",

@@ -2,17 +2,17 @@
 
 Parts (B images, k tags per image, P visual tokens, T LM tokens per tag, D the LM width):
 
-- frozen CLIP vision tower -> hidden state ``vision_feature_layer`` (CLS dropped, as LLaVA; or kept; grid optionally pooled) -> connector -> P visual
-  tokens: exactly LLaVA's path;
+- frozen CLIP vision tower -> hidden state ``vision_feature_layer`` (CLS kept or dropped, grid optionally pooled) ->
+  connector -> P visual tokens: exactly LLaVA's path;
 - image-aware tag encoder: each tag's CLIP text feature (text tower + text projection, frozen) is the
   query of a multi-head cross-attention over the same CLIP patch features; the result goes through the
   SAME connector into the LM space -> one visual-tag embedding per tag;
 - adaptive weight tuner: cosine(tag text feature, image feature) in CLIP's joint space, less ``tuner_rank_prior`` per
   retrieval rank, times a learned scale -> softmax over the image's valid tags -> one weight per tag (for provenance);
-- merged sequence: the single ``<image>`` id in ``input_ids`` is replaced by ``[P visual tokens][tag block]``, the
-  tag block being, for tag i = 1..k, ``[visual-tag embedding_i][word embeddings of tag i (T slots)]``, all scaled by
-  its weight, heaviest first with ``tuner_order``. Absent tags and padding slots stay in place but are masked out of
-  attention (and of the positions: position ids count only attended tokens), so every example has the same length.
+- merged sequence: the ``<image>`` id in ``input_ids`` becomes ``[P visual tokens][tag block]`` (tag block first with
+  ``tag_position="before"``), the tag block being, for tag i = 1..k, ``[visual-tag embedding_i][word embeddings of tag i
+  (T slots)]``, all scaled by its weight, heaviest first with ``tuner_order``. Absent tags and padding slots stay in
+  place, masked out of attention and positions (position ids count attended tokens): every example has one length.
 
 ``tag_mode="none"`` has no tag block at all and is numerically a ``LlavaForConditionalGeneration``
 (see ``tuna.model.builder.to_llava``).
@@ -307,11 +307,10 @@ class TunaInputs:
         tag_features: torch.Tensor | None = None,
         image_outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> TunaMergedInputs:
-        """Replace each row's `<image>` id (input_ids (B, L)) by [visual tokens][tag block]; see the module doc.
+        """Replace each row's `<image>` id (input_ids (B, L)) by [visual tokens][tag block] (the module doc).
 
-        Tag inputs are ignored in tag_mode "none" (so one batch feeds TUNA and the baseline alike).
-        ``image_outputs``: what :meth:`encode_image` returned for these ``pixel_values`` (a caller that already encoded
-        the images to retrieve tags passes it instead of encoding them twice).
+        Tag inputs are ignored in tag_mode "none" (one batch feeds TUNA and the baseline alike). ``image_outputs``:
+        :meth:`encode_image` of these ``pixel_values`` (a caller that encoded them to retrieve tags passes it).
         """
         if input_ids.ndim != 2:
             raise ModelInputError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
@@ -340,8 +339,8 @@ class TunaInputs:
             block, block_mask, weights, visual_tags = self.encode_tags(
                 patches, image_features, tag_input_ids, tag_attention_mask, tag_mask, tag_clip_input_ids,
                 tag_clip_attention_mask, tag_features)
-            inserted = torch.cat([inserted, block.to(text.dtype)], dim=1)           # (B, P + k(1+T), D)
-            inserted_mask = torch.cat([inserted_mask, block_mask], dim=1)
+            parts = [(inserted, inserted_mask), (block.to(text.dtype), block_mask)][::1 if self.config.tag_position == "after" else -1]
+            inserted, inserted_mask = (torch.cat(list(t), dim=1) for t in zip(*parts))   # (B, P + k(1+T), D), (B, P + k(1+T))
         mask = (torch.ones_like(input_ids, dtype=torch.long) if attention_mask is None else attention_mask.long())
         embeds, masks, labs = [], [], []
         for i in range(b):

@@ -386,6 +386,7 @@ class ModelConfig:
     tuner: bool = True
     tuner_rank_prior: float = 0.0   # cosine the tuner takes off per retrieval rank (0 = CLIP's cosine alone)
     tuner_order: bool = False       # the LM reads the tags heaviest first by the tuner's weights (false = retrieval order)
+    tag_position: str = "after"     # the tag block after the visual tokens (TUNA's layout) or before them (next to the prompt's start)
     datastore: str = "A"            # the datastore TUNA retrieves from in training and ID/OOD eval (a datastores: entry)
 
     @property
@@ -402,6 +403,8 @@ class ModelConfig:
                  f"{self.region_grid} ({self.region_grid ** 2}); raise num_tags above {self.region_grid ** 2}")
         _require(0.0 <= self.tuner_rank_prior <= 1.0, "tuner_rank_prior",
                  f"must be a cosine in 0..1 taken off per rank (0 = none), got {self.tuner_rank_prior}")
+        _require(self.tag_position in ("after", "before"), "tag_position",
+                 f"use 'after' (the tag block follows the visual tokens) or 'before', got {self.tag_position!r}")
         _require(self.vision_feature_layer != 0, "vision_feature_layer",
                  "0 is the embedding output; use -1 (last) or -2 (LLaVA's choice)")
         _require(self.vision_feature_select_strategy in ("default", "full"), "vision_feature_select_strategy",
