@@ -244,7 +244,8 @@ def test_generate_left_padded_batch_matches_single_rows(make_model):
 
 
 @pytest.mark.parametrize("tag_mode, settings", [("tags", {}), ("none", {}),
-                                                ("tags", {"tuner_order": True, "tuner_rank_prior": 0.05})])
+                                                ("tags", {"tuner_order": True, "tuner_rank_prior": 0.05}),
+                                                ("tags", {"tag_position": "before"})])
 def test_prompt_encoder_alone_merges_exactly_as_the_model(make_model, tmp_path, tag_mode, settings):
     """What serving's retrieval step loads: the model minus the LM's layers, saved and loaded on its own."""
     from safetensors import safe_open
