@@ -17,12 +17,18 @@
               validation naming (the short-answer which-kind question; a hit when the first answer token is
               the gold name's), every 400 stage-2 steps and at the end. ``--oracle`` replaces the visual tokens by the LM's own word embeddings
               of the objects' names (from instances.json): what the LM + stage 2 reach with perfect vision.
+  probe       what the connector's input holds, without the LM: a small MLP read of each visual token (the recipe's
+              tokens: model.vision_feature_layer / _pool / vision_crops), max over the tokens per class, trained with
+              multi-label BCE on the instruction images' objects (instances.json; 30 epochs, seed 0) and asked the
+              POPE validation ID questions (yes iff the asked class scores above 0.5): the existence a per-token
+              reader of these features reaches; ``--linear`` reads each token with one linear layer instead.
 
 Usage (after `tuna world`, `tuna encoder` and `tuna lm` of the recipe):
   .venv/bin/python bench/diagnose_existence.py zero-shot --config configs/mini.yaml [--encoder DIR] [--crops 3]
   .venv/bin/python bench/diagnose_existence.py tags --config configs/mini.yaml     (after `tuna index`)
   .venv/bin/python bench/diagnose_existence.py train OUT --config configs/mini.yaml [--oracle] [--skip-stage1] \\
       [key=value overrides, e.g. model.language_model=/path/lm train.stage2.lm_lr_scale=0.2]
+  .venv/bin/python bench/diagnose_existence.py probe --config configs/mini.yaml [--linear] [model.vision_crops=4]
 Prints one JSON line of accuracies (and yes-ratios) per split and negative kind; train also writes OUT/result.json.
 """
 
@@ -370,9 +376,82 @@ def fast_train(cfg: Any, out: Path, variant: str, oracle: bool, skip_stage1: boo
     return result
 
 
+# ------------------------------------------------------------------------------------------------ probe
+
+
+def image_objects(folder: Path) -> tuple[list[Path], dict[Path, set[str]]]:
+    """Every image of a world folder (instances.json beside images/) and the class names of its objects."""
+    d = json.loads((folder / "instances.json").read_text())
+    cats = {c["id"]: c["name"] for c in d["categories"]}
+    files = {i["id"]: folder / "images" / i["file_name"] for i in d["images"]}
+    names: dict[Path, set[str]] = {}
+    for a in d["annotations"]:
+        names.setdefault(files[a["image_id"]], set()).add(cats[a["category_id"]])
+    return sorted(files.values()), names
+
+
+@torch.no_grad()
+def visual_tokens(model: Any, processor: Any, paths: Sequence[Path]) -> torch.Tensor:
+    """(N, P, Dv) the features the connector reads (the model's own encode_image: layer, pooling, crops)."""
+    out = []
+    for i in range(0, len(paths), 128):
+        pixels = processor(images=[Image.open(p).convert("RGB") for p in paths[i:i + 128]], return_tensors="pt")
+        out.append(model.encode_image(pixels["pixel_values"])[0].float())
+    return torch.cat(out)
+
+
+def token_probe(cfg: Any, linear: bool = False, max_train: int = 6000, epochs: int = 30) -> dict[str, Any]:
+    """POPE validation ID accuracy of a per-token reader (max over tokens) trained on the instruction images."""
+    from transformers import AutoImageProcessor
+
+    from tuna.layout import encoder_path
+    from tuna.train.build import build_model
+
+    torch.manual_seed(cfg.run.seed)
+    world = Path(cfg.run.data_dir) / "world"
+    model, _ = build_model(cfg, "baseline", 1)
+    model.eval()
+    processor = AutoImageProcessor.from_pretrained(str(encoder_path(cfg)))
+    train_paths, train_names = image_objects(world / "instruction")
+    train_paths = train_paths[:max_train]
+    vocab = sorted({n for p in train_paths for n in train_names.get(p, ())})
+    at = {n: i for i, n in enumerate(vocab)}
+    y = torch.zeros(len(train_paths), len(vocab))
+    for r, p in enumerate(train_paths):
+        for n in train_names.get(p, ()):
+            y[r, at[n]] = 1.0
+    rows = [r for r in pope_rows(world, "id") if asked_name(r["text"]) in at]
+    val_paths = sorted({r["path"] for r in rows})
+    t0 = time.perf_counter()
+    x_train, x_val = visual_tokens(model, processor, train_paths), visual_tokens(model, processor, val_paths)
+    flat = x_train.reshape(-1, x_train.shape[-1])
+    mean, std = flat.mean(0), flat.std(0) + 1e-5
+    x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
+    width = x_train.shape[-1]
+    head = (torch.nn.Linear(width, len(vocab)) if linear else
+            torch.nn.Sequential(torch.nn.Linear(width, 256), torch.nn.GELU(), torch.nn.Linear(256, len(vocab))))
+    opt = torch.optim.AdamW(head.parameters(), lr=3e-3, weight_decay=1e-2)
+    gen = torch.Generator().manual_seed(cfg.run.seed)
+    for _ in range(epochs):
+        order = torch.randperm(len(x_train), generator=gen)
+        for i in range(0, len(order), 128):
+            j = order[i:i + 128]
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(head(x_train[j]).amax(1), y[j])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        probs = torch.sigmoid(head(x_val).amax(1))
+    row_of = {p: i for i, p in enumerate(val_paths)}
+    says = [bool(probs[row_of[r["path"]], at[asked_name(r["text"])]] > 0.5) for r in rows]
+    return {"reader": "linear" if linear else "mlp", "tokens": x_train.shape[1], "classes": len(vocab),
+            "train_images": len(train_paths), "questions": len(rows), "seconds": round(time.perf_counter() - t0),
+            **score(rows, says, "id")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("zero-shot", "tags", "train"))
+    ap.add_argument("mode", choices=("zero-shot", "tags", "train", "probe"))
     ap.add_argument("out", nargs="?", help="train: folder for result.json")
     ap.add_argument("--config", default="configs/mini.yaml")
     ap.add_argument("--encoder", help="zero-shot: a CLIP folder (default: the recipe's <data_dir>/encoder)")
@@ -380,10 +459,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--variant", default="baseline")
     ap.add_argument("--oracle", action="store_true", help="train: visual tokens = the LM's embeddings of the objects' names")
     ap.add_argument("--skip-stage1", action="store_true")
+    ap.add_argument("--linear", action="store_true", help="probe: one linear layer per token instead of a small MLP")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("overrides", nargs="*", help="recipe overrides key=value")
     args = ap.parse_intermixed_args(argv)
     torch.set_num_threads(args.threads)
+    if args.mode != "train" and args.out:   # OUT is train's; elsewhere the first word is an override
+        args.overrides, args.out = [args.out, *args.overrides], None
     cfg = load_recipe(args.config, args.overrides)
     if args.mode == "zero-shot":
         res = zero_shot(cfg, Path(args.encoder or Path(cfg.run.data_dir) / "encoder"), crops=args.crops)
@@ -391,6 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.mode == "tags":
         print(json.dumps(tags_alone(cfg)))
+        return 0
+    if args.mode == "probe":
+        print(json.dumps(token_probe(cfg, args.linear)))
         return 0
     if not args.out:
         ap.error("train needs OUT, the folder for result.json")
