@@ -15,7 +15,7 @@
               both stages, so each image is encoded once; ~10x faster than `tuna train` on 2 cores), then POPE
               validation accuracy read from the Yes/No logits at the answer position (no generation), and FINER
               validation naming (the short-answer which-kind question; a hit when the first answer token is
-              the gold name's), every 400 stage-2 steps and at the end. ``--oracle`` replaces the visual tokens by the LM's own word embeddings
+              the gold name's), every 400 stage-2 steps (``--every``) and at the end. ``--oracle`` replaces the visual tokens by the LM's own word embeddings
               of the objects' names (from instances.json): what the LM + stage 2 reach with perfect vision.
   probe       what the connector's input holds, without the LM: a small MLP read of each visual token (the recipe's
               tokens: model.vision_feature_layer / _pool / vision_crops), max over the tokens per class, trained with
@@ -312,7 +312,7 @@ def quick_finer(model: Any, cache: FeatureCache, tokenizer: Any, cfg: Any) -> di
 
 
 def train_stage(cfg: Any, stage: int, model: Any, cache: FeatureCache, examples: list[Any], params: list[Any],
-                lm_params: list[Any], skip: bool, every: Callable[[int], None]) -> dict[str, Any]:
+                lm_params: list[Any], skip: bool, every: Callable[[int], None], interval: int = 400) -> dict[str, Any]:
     from tuna.train import engine
 
     sc = cfg.train.stage(stage)
@@ -339,12 +339,12 @@ def train_stage(cfg: Any, stage: int, model: Any, cache: FeatureCache, examples:
         if step % 200 == 0 or step == total - 1:
             print(f"stage {stage} step {step + 1}/{total} loss {sum(losses[-50:]) / len(losses[-50:]):.3f} "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
-        if stage == 2 and step and step % 400 == 0:
+        if stage == 2 and step and step % interval == 0:
             every(step)
     return {"steps": total, "seconds": round(time.perf_counter() - t0), "last_loss": round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4)}
 
 
-def fast_train(cfg: Any, out: Path, variant: str, oracle: bool, skip_stage1: bool) -> dict[str, Any]:
+def fast_train(cfg: Any, out: Path, variant: str, oracle: bool, skip_stage1: bool, interval: int = 400) -> dict[str, Any]:
     from tuna.model import set_trainable
     from tuna.train import engine
 
@@ -361,7 +361,8 @@ def fast_train(cfg: Any, out: Path, variant: str, oracle: bool, skip_stage1: boo
         result["curve"].append({"step": step, **quick_pope(model, cache, tok, cfg), **quick_finer(model, cache, tok, cfg)})
         print("  pope", json.dumps(result["curve"][-1]), flush=True)
 
-    result["stage1"] = train_stage(cfg, 1, model, cache, inp.examples, inp.params, inp.lm_params, skip_stage1 or oracle, every)
+    result["stage1"] = train_stage(cfg, 1, model, cache, inp.examples, inp.params, inp.lm_params, skip_stage1 or oracle, every,
+                                   interval)
     sc2 = cfg.train.stage(2)
     groups = set_trainable(model, 2, sc2.train_word_embeddings, False)
     if sc2.lm_lr_scale == 0 and "language_model" in groups:
@@ -369,7 +370,7 @@ def fast_train(cfg: Any, out: Path, variant: str, oracle: bool, skip_stage1: boo
             p.requires_grad_(False)
     examples, _ = engine._examples(cfg, variant, 2, tok, 0, lambda: None, lambda s: None)
     result["stage2"] = train_stage(cfg, 2, model, cache, examples, [p for g in groups.values() for p in g.values()],
-                                   list(groups.get("language_model", {}).values()), False, every)
+                                   list(groups.get("language_model", {}).values()), False, every, interval)
     result["pope_val"] = quick_pope(model, cache, tok, cfg)
     result["finer_val"] = quick_finer(model, cache, tok, cfg)
     (out / "result.json").write_text(json.dumps(result, indent=1, default=str))
@@ -459,6 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--variant", default="baseline")
     ap.add_argument("--oracle", action="store_true", help="train: visual tokens = the LM's embeddings of the objects' names")
     ap.add_argument("--skip-stage1", action="store_true")
+    ap.add_argument("--every", type=int, default=400, help="train: stage-2 steps between validation points")
     ap.add_argument("--linear", action="store_true", help="probe: one linear layer per token instead of a small MLP")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("overrides", nargs="*", help="recipe overrides key=value")
@@ -479,7 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.out:
         ap.error("train needs OUT, the folder for result.json")
-    res = fast_train(cfg, Path(args.out), args.variant, args.oracle, args.skip_stage1)
+    if args.every < 1:
+        ap.error(f"--every must be a positive number of steps, got {args.every}")
+    res = fast_train(cfg, Path(args.out), args.variant, args.oracle, args.skip_stage1, args.every)
     print(json.dumps(res["pope_val"]))
     return 0
 
