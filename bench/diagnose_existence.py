@@ -212,13 +212,9 @@ class OracleCache(FeatureCache):
     def __init__(self, model: Any, collate: Any, tokenizer: Any, world: Path, slots: int = 5) -> None:
         super().__init__(model, collate)
         self.tokenizer, self.slots = tokenizer, slots
-        self.names: dict[Path, list[str]] = {}
+        self.names: dict[Path, set[str]] = {}
         for inst in world.rglob("instances.json"):
-            d = json.loads(inst.read_text())
-            cats = {c["id"]: c["name"] for c in d["categories"]}
-            files = {i["id"]: i["file_name"] for i in d["images"]}
-            for a in d["annotations"]:
-                self.names.setdefault(inst.parent / "images" / files[a["image_id"]], []).append(cats[a["category_id"]])
+            self.names.update(image_objects(inst.parent)[1])
         model.projector = torch.nn.Identity()
 
     @torch.no_grad()
